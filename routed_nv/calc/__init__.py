@@ -1,0 +1,1 @@
+"""Pure desired-state calculation: (config, directory view) -> desired kernel objects."""

@@ -1,0 +1,32 @@
+"""`routed-nv`: the one command-line entry point.
+
+Each package exposes its own click commands; this module only assembles them, so that importing
+the CLI does not import pyroute2, vici or iptc until a command needs them.
+"""
+
+from __future__ import annotations
+
+import click
+
+from routed_nv import __version__
+from routed_nv.config.commands import config_group
+from routed_nv.doctor import doctor_command
+from routed_nv.lab.commands import lab_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="routed-nv")
+def main() -> None:
+    """routed_nv: routed network virtualization for Linux hypervisor hosts.
+
+    \b
+    Examples:
+      routed-nv config check /etc/routed-nv/routed-nv.toml
+      routed-nv doctor -o json
+      routed-nv lab demo
+    """
+
+
+main.add_command(config_group)
+main.add_command(doctor_command)
+main.add_command(lab_group)

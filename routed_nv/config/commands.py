@@ -1,0 +1,83 @@
+"""`routed-nv config ...`: check and show the effective configuration."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from routed_nv.config.loader import ConfigError, default_path, load_config
+
+
+@click.group("config")
+def config_group() -> None:
+    """Check or show the configuration (host file + conf.d drop-ins + ROUTED_NV_* variables)."""
+
+
+@config_group.command("check")
+@click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--drop-in-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory of *.toml drop-ins [default: conf.d beside PATH].",
+)
+@click.option(
+    "--as-drop-in",
+    "as_drop_in",
+    metavar="NAME",
+    help="Check PATH as the drop-in NAME, merged with the installed host file and drop-ins.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when the configuration is valid.")
+def check_command(
+    path: Path | None, drop_in_dir: Path | None, as_drop_in: str | None, quiet: bool
+) -> None:
+    """Validate the configuration; exit 0 when valid, 1 with one line per problem when not.
+
+    PATH defaults to $ROUTED_NV_CONFIG or /etc/routed-nv/routed-nv.toml. Made for configuration
+    tools: Ansible's `validate: routed-nv config check %s` checks a rendered host file before it
+    is installed; `--as-drop-in NAME` checks a rendered drop-in together with the installed files.
+
+    \b
+    Examples:
+      routed-nv config check
+      routed-nv config check /etc/routed-nv/routed-nv.toml
+      routed-nv config check --as-drop-in 10-tenants.toml /tmp/rendered.toml
+    """
+    substitute = None
+    if as_drop_in is not None:
+        if path is None:
+            raise click.UsageError("--as-drop-in needs the PATH of the file to check")
+        substitute = (as_drop_in, path)
+        path = default_path()
+    try:
+        config = load_config(path, drop_in_dir=drop_in_dir, substitute=substitute)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    if not quiet:
+        click.echo(
+            f"ok: host {config.host.name}: {len(config.tenants)} tenants, "
+            f"{len(config.endpoints)} endpoints, {len(config.peers)} peers"
+        )
+
+
+@config_group.command("show")
+@click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+def show_command(path: Path | None) -> None:
+    """Print the effective configuration as JSON, after merging every layer and the defaults.
+
+    \b
+    Examples:
+      routed-nv config show
+      ROUTED_NV_HOST__UPLINK=eth1 routed-nv config show | jq .host
+    """
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    click.echo(json.dumps(config.model_dump(mode="json"), indent=2))

@@ -1,0 +1,155 @@
+"""The typed configuration of one routed_nv host.
+
+Field checks live in the types (types.py); checks that relate fields to each other live in
+crosscheck.py so that each problem is reported against the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from routed_nv.config.types import (
+    Asn,
+    HostId,
+    IfName,
+    IPAddress,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    Mtu,
+    Name,
+    TenantId,
+    int_range,
+)
+
+# IPv6 + ESP header + IV + trailer + ICV with AES-GCM-128 in transport mode (ARCHITECTURE.md §5).
+ESP_OVERHEAD = 74
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Host(_Strict):
+    name: Name
+    id: HostId = Field(description="deployment-wide unique host number; the SPI's sender slot")
+    underlay_prefix: IPv6Network = Field(description="the /64 this host owns on the underlay")
+    underlay_aggregate: IPv6Network = Field(description="the prefix all hosts' /64s come from")
+    uplink: IfName = Field(description="the underlay interface")
+    underlay_mtu: Mtu = 1500
+
+    @property
+    def address(self) -> ipaddress.IPv6Address:
+        """The host address (IKE and BGP endpoint): <prefix>::1."""
+        return self.underlay_prefix[1]
+
+    def tenant_address(self, tenant_id: int) -> ipaddress.IPv6Address:
+        """The tenant outer address: <prefix>::1:<tenant id>."""
+        return tenant_outer_address(self.underlay_prefix, tenant_id)
+
+    @property
+    def tunnel_mtu(self) -> int:
+        return self.underlay_mtu - ESP_OVERHEAD
+
+
+# Tenant outer addresses are <prefix>::1:<tenant id in hex> (tenant 100 -> ::1:64). ARCHITECTURE.md
+# wrote <prefix>::<T>, but then tenant 1 would be the host address ::1 and high tenant ids would
+# collide with infrastructure addresses (uplink, ToR) in ::2..::ffff; one fixed group avoids both.
+TENANT_ADDRESS_OFFSET = 0x1_0000
+
+
+def tenant_outer_address(prefix: ipaddress.IPv6Network, tenant_id: int) -> ipaddress.IPv6Address:
+    return prefix[TENANT_ADDRESS_OFFSET + tenant_id]
+
+
+class Upstream(_Strict):
+    """An eBGP neighbour (top-of-rack router) that learns this host's /64."""
+
+    address: IPv6Address
+    asn: Asn
+
+
+class Directory(_Strict):
+    asn: Asn = 65000
+    route_reflectors: list[IPv6Address] = Field(default_factory=list, max_length=8)
+    password_file: Path | None = None
+    upstreams: list[Upstream] = Field(default_factory=list)
+    bird_socket: Path = Path("/run/bird/bird.ctl")
+
+
+class KeyingMode(StrEnum):
+    IKE = "ike"
+    STATIC = "static"
+
+
+class Keying(_Strict):
+    mode: KeyingMode = KeyingMode.IKE
+    # static mode: one secret per tenant, <secrets_dir>/<tenant name>.key, from which every SA key
+    # is derived (HKDF); never logged.
+    secrets_dir: Path = Path("/etc/routed-nv/keys")
+    rotation_grace_s: Annotated[int, int_range(1, 3600)] = 5
+    # ike mode
+    vici_socket: Path = Path("/var/run/charon.vici")
+    psk_file: Path | None = None
+    ca_cert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ike_proposals: list[str] = Field(default_factory=lambda: ["aes128gcm16-prfsha256-x25519"])
+    esp_proposals: list[str] = Field(default_factory=lambda: ["aes128gcm16-x25519"])
+
+
+class Tenant(_Strict):
+    id: TenantId
+    ipv4: list[IPv4Network] = Field(default_factory=list)
+    ipv6: list[IPv6Network] = Field(default_factory=list)
+    mtu: Mtu | None = Field(default=None, description="workload MTU; default underlay MTU - 74")
+
+
+class EndpointStyle(StrEnum):
+    HOST = "host"  # workload holds /32 and /128 and a default via the host's gateway addresses
+    PROXY = "proxy"  # workload holds a /24../64 on-link; the host answers ARP/ND by proxy
+
+
+class Endpoint(_Strict):
+    """A workload on this host."""
+
+    tenant: Name
+    addresses: list[IPAddress] = Field(min_length=1)
+    interface: IfName | None = Field(default=None, description="the host side (veth or tap)")
+    netns: Name | None = Field(
+        default=None, description="the workload's netns; routed_nv makes the veth pair into it"
+    )
+    style: EndpointStyle = EndpointStyle.HOST
+
+
+class Peer(_Strict):
+    """Another host, for static directory entries and static keying."""
+
+    id: HostId
+    underlay_prefix: IPv6Network
+
+
+class RemoteEndpoint(_Strict):
+    """A workload on another host, configured statically (the BGP directory supersedes it)."""
+
+    tenant: Name
+    addresses: list[IPAddress] = Field(min_length=1)
+    host: Name
+
+
+class Config(_Strict):
+    host: Host
+    directory: Directory = Field(default_factory=Directory)
+    keying: Keying = Field(default_factory=Keying)
+    tenants: dict[Name, Tenant] = Field(default_factory=dict)
+    endpoints: dict[Name, Endpoint] = Field(default_factory=dict)
+    peers: dict[Name, Peer] = Field(default_factory=dict)
+    remote_endpoints: dict[Name, RemoteEndpoint] = Field(default_factory=dict)
+
+    def tenant_mtu(self, name: str) -> int:
+        return self.tenants[name].mtu or self.host.tunnel_mtu
