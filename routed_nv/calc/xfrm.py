@@ -1,0 +1,119 @@
+"""Desired XFRM state of this host: policies per local tenant, and (static keying) one SA per peer,
+direction and key generation. Pure, apart from reading secrets through the injected loader.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from routed_nv import markers
+from routed_nv.calc.inputs import DirectoryView, PeerHost
+from routed_nv.config.model import Config, KeyingMode, Tenant
+from routed_nv.esp import spi
+from routed_nv.esp.keys import KeyFileError, KeyLoader, TenantKeys, derive_sa_key
+from routed_nv.esp.objects import (
+    TUNNELLED_PROTOS,
+    Action,
+    Direction,
+    PolicyKey,
+    StateKey,
+    XfrmPolicy,
+    XfrmState,
+)
+
+ANY = ipaddress.IPv6Network("::/0")
+
+
+@dataclass(frozen=True)
+class DesiredXfrm:
+    policies: Mapping[PolicyKey, XfrmPolicy]
+    # None when SAs are not routed_nv's to manage (IKE mode: charon installs them).
+    states: Mapping[StateKey, XfrmState] | None
+    # Tenants whose SAs could not be calculated (unreadable key file, ...): the driver leaves
+    # their SAs in the kernel as they are rather than cutting the tenant off.
+    keep_states_of: frozenset[int] = frozenset()
+    errors: tuple[str, ...] = ()
+
+
+def desired_xfrm(config: Config, view: DirectoryView, load_keys: KeyLoader) -> DesiredXfrm:
+    policies = {p.key(): p for t in config.tenants.values() for p in tenant_policies(config, t)}
+    if config.keying.mode is not KeyingMode.STATIC:
+        return DesiredXfrm(policies, states=None)
+    states: dict[StateKey, XfrmState] = {}
+    keep: set[int] = set()
+    errors: list[str] = []
+    for name, tenant in sorted(config.tenants.items()):
+        peers, peer_errors = _usable_peers(config, view.peers_of(tenant.id))
+        errors += [f"tenant {name}: {e}" for e in peer_errors]
+        if not peers:
+            continue  # no SA needed, so no key file needed either
+        try:
+            keys = load_keys(name)
+            tenant_states = list(tenant_sas(config, tenant, peers, keys))
+        except (KeyFileError, spi.SpiExhausted) as exc:
+            errors.append(f"tenant {name}: {exc}")
+            keep.add(tenant.id)
+            continue
+        states.update((s.key(), s) for s in tenant_states)
+    return DesiredXfrm(policies, states, frozenset(keep), tuple(errors))
+
+
+def tenant_policies(config: Config, tenant: Tenant) -> Iterator[XfrmPolicy]:
+    """ESP required for the tenant's tunnel traffic, with block policies beneath as a backstop."""
+    here = ipaddress.IPv6Network(config.host.tenant_address(tenant.id))
+    reqid = markers.reqid(tenant.id)
+    for proto in TUNNELLED_PROTOS:
+        for direction, src, dst, block_src, block_dst in (
+            (Direction.OUT, here, config.host.underlay_aggregate, here, ANY),
+            (Direction.IN, ANY, here, ANY, here),
+        ):
+            yield XfrmPolicy(
+                direction, src, dst, proto, markers.XFRM_POLICY_PRIORITY, Action.ALLOW, reqid
+            )
+            yield XfrmPolicy(
+                direction, block_src, block_dst, proto, markers.XFRM_BLOCK_PRIORITY, Action.BLOCK
+            )
+
+
+def tenant_sas(
+    config: Config, tenant: Tenant, peers: list[PeerHost], keys: TenantKeys
+) -> Iterator[XfrmState]:
+    """Per peer: an outbound SA for the active generation, an inbound SA for every generation."""
+    me = config.host
+    here = me.tenant_address(tenant.id)
+    reqid = markers.reqid(tenant.id)
+    for peer in peers:
+        there = peer.tenant_address(tenant.id)
+        gen = keys.active
+        yield XfrmState(
+            src=here,
+            dst=there,
+            spi=spi.encode(tenant.id, me.id, gen),
+            reqid=reqid,
+            key_material=derive_sa_key(keys.generations[gen], tenant.id, me.id, peer.id, gen),
+        )
+        for gen, secret in sorted(keys.generations.items()):
+            yield XfrmState(
+                src=there,
+                dst=here,
+                spi=spi.encode(tenant.id, peer.id, gen),
+                reqid=reqid,
+                key_material=derive_sa_key(secret, tenant.id, peer.id, me.id, gen),
+            )
+
+
+def _usable_peers(config: Config, peers: frozenset[PeerHost]) -> tuple[list[PeerHost], list[str]]:
+    """Peers whose host id is a unique sender slot; a clash would make two SAs share an SPI."""
+    counts = Counter(p.id for p in peers)
+    usable, errors = [], []
+    for peer in sorted(peers):
+        if peer.id == config.host.id:
+            errors.append(f"peer {peer.name} has this host's id {peer.id}; no SAs to it")
+        elif counts[peer.id] > 1:
+            errors.append(f"peer {peer.name} shares host id {peer.id} with another peer; no SAs")
+        else:
+            usable.append(peer)
+    return usable, errors

@@ -1,0 +1,1 @@
+"""ESP datapath: the SPI plan, static/derived keys, and the XFRM adapter and driver."""

@@ -1,0 +1,194 @@
+"""The XFRM driver: reads routed_nv's SAs and policies back from the kernel, diffs them against the
+desired state and applies the difference in an order that never opens a plaintext window.
+
+Order: block policies, inbound SAs, outbound SAs (the kernel prefers the newest SA for output, so
+a new generation takes over as soon as it is added), ESP-required policies; then removals, last:
+ESP-required policies, SAs (an inbound one only once it has been stale for the rotation
+grace period, so packets still in flight decrypt), block policies.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from routed_nv import markers
+from routed_nv.calc.xfrm import DesiredXfrm
+from routed_nv.esp.objects import TUNNELLED_PROTOS, PolicyKey, StateKey, XfrmPolicy, XfrmState
+from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
+from routed_nv.reconcile import delta
+
+
+class XfrmAdapter(Protocol):
+    def read_states(self) -> list[XfrmState]: ...
+    def read_policies(self) -> list[XfrmPolicy]: ...
+    def apply(self, ops: list[Op]) -> list[OpFailure]: ...
+
+
+@dataclass(frozen=True)
+class XfrmPlan:
+    ops: tuple[Op, ...]
+    waiting: Mapping[StateKey, float]  # stale inbound SAs kept for now: key -> seconds left
+
+    def lines(self) -> list[str]:
+        """The plan for humans (`apply --dry-run`); keys are redacted."""
+        lines = [op.describe() for op in self.ops]
+        lines += [
+            f"keep state dst {dst} spi 0x{spi:08x} for {left:.0f} s more (rotation grace)"
+            for (dst, spi), left in sorted(self.waiting.items())
+        ]
+        return lines
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+
+@dataclass
+class XfrmResult:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    waiting: int = 0  # stale inbound SAs left in place until their grace period ends
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class XfrmDriver:
+    """Programs one network namespace's XFRM state (the adapter decides which namespace)."""
+
+    def __init__(
+        self,
+        adapter: XfrmAdapter,
+        local_prefix: ipaddress.IPv6Network,
+        grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._adapter = adapter
+        self._local_prefix = local_prefix
+        self._grace_s = grace_s
+        self._clock = clock
+        # When each stale inbound SA was first seen stale. Lost on restart, which only delays
+        # its removal by one more grace period.
+        self._stale_since: dict[StateKey, float] = {}
+
+    def plan(self, desired: DesiredXfrm) -> XfrmPlan:
+        """What apply() would do now; reads the kernel, changes nothing."""
+        states, policies = self._read()
+        return plan_ops(
+            desired, states, policies, self._local_prefix, self._stale_since,
+            self._clock(), self._grace_s,
+        )  # fmt: skip
+
+    def apply(self, desired: DesiredXfrm) -> XfrmResult:
+        result = XfrmResult(errors=list(desired.errors))
+        try:
+            states, policies = self._read()
+        except XfrmError as exc:
+            result.errors.append(str(exc))
+            return result
+        now = self._clock()
+        plan = plan_ops(
+            desired, states, policies, self._local_prefix, self._stale_since, now, self._grace_s
+        )
+        self._stale_since = {k: self._stale_since.get(k, now) for k in plan.waiting}
+        try:
+            failures = self._adapter.apply(list(plan.ops))
+        except XfrmError as exc:
+            result.errors.append(str(exc))
+            return result
+        failed = {id(f.op) for f in failures}
+        for op in plan.ops:
+            if id(op) in failed:
+                continue
+            if op.verb is Verb.DELETE:
+                result.deleted += 1
+            elif op.verb is Verb.ADD:
+                result.added += 1
+            else:
+                result.updated += 1
+        result.waiting = len(plan.waiting)
+        result.errors += [str(f) for f in failures]
+        return result
+
+    def _read(self) -> tuple[list[XfrmState], list[XfrmPolicy]]:
+        states = [s for s in self._adapter.read_states() if is_our_state(s)]
+        policies = [
+            p for p in self._adapter.read_policies() if is_our_policy(p, self._local_prefix)
+        ]
+        return states, policies
+
+
+def is_our_state(state: XfrmState) -> bool:
+    return state.tenant_id is not None
+
+
+def is_our_policy(policy: XfrmPolicy, local_prefix: ipaddress.IPv6Network) -> bool:
+    if policy.reqid is not None:
+        return markers.tenant_of_reqid(policy.reqid) is not None
+    # A block carries no reqid: ours are at our priority, on a tenant address of this host.
+    tenant_side = policy.src if policy.direction == "out" else policy.dst
+    return (
+        policy.is_block
+        and policy.priority == markers.XFRM_BLOCK_PRIORITY
+        and policy.proto in TUNNELLED_PROTOS
+        and tenant_side.prefixlen == 128
+        and tenant_side.subnet_of(local_prefix)
+    )
+
+
+def plan_ops(
+    desired: DesiredXfrm,
+    actual_states: Iterable[XfrmState],
+    actual_policies: Iterable[XfrmPolicy],
+    local_prefix: ipaddress.IPv6Network,
+    stale_since: Mapping[StateKey, float],
+    now: float,
+    grace_s: float,
+) -> XfrmPlan:
+    """The ordered ops from actual (already filtered to ours) to desired. Pure."""
+    pol = delta(desired.policies, {p.key(): p for p in actual_policies})
+
+    def policies(objs: Mapping[PolicyKey, XfrmPolicy], verb: Verb, block: bool) -> list[Op]:
+        return [Op(verb, p) for _, p in sorted(objs.items(), key=_sort) if p.is_block == block]
+
+    sa_upserts: list[Op] = []
+    sa_deletes: list[Op] = []
+    waiting: dict[StateKey, float] = {}
+    if desired.states is not None:
+        keep = desired.keep_states_of
+        actual = {s.key(): s for s in actual_states if s.tenant_id not in keep}
+        sa = delta(desired.states, actual)
+
+        def inbound_first(item: tuple[StateKey, XfrmState]) -> tuple[bool, str]:
+            return (item[1].src in local_prefix, str(item[0]))
+
+        for key, state in sorted(sa.upserts.items(), key=inbound_first):
+            if key in actual:  # an SA cannot change in place: replace it
+                sa_upserts.append(Op(Verb.DELETE, actual[key]))
+            sa_upserts.append(Op(Verb.ADD, state))
+        for key, state in sorted(sa.deletes.items(), key=inbound_first):
+            left = grace_s - (now - stale_since.get(key, now))
+            if state.src in local_prefix or left <= 0:  # outbound SAs go at once
+                sa_deletes.append(Op(Verb.DELETE, state))
+            else:
+                waiting[key] = left
+    ops = [
+        *policies(pol.upserts, Verb.UPDATE, block=True),
+        *sa_upserts,
+        *policies(pol.upserts, Verb.UPDATE, block=False),
+        *policies(pol.deletes, Verb.DELETE, block=False),
+        *sa_deletes,
+        *policies(pol.deletes, Verb.DELETE, block=True),
+    ]
+    return XfrmPlan(tuple(ops), waiting)
+
+
+def _sort(item: tuple[object, object]) -> str:
+    # A stable, readable order for plans and batches.
+    return str(item[0])

@@ -1,0 +1,94 @@
+"""The XFRM objects routed_nv owns, as the calculation wants them and as the kernel reports them.
+
+Both sides use the same frozen types, so `key()` identifies an object the way the kernel does and
+equality of the whole object says whether it needs changing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+
+from routed_nv import markers
+from routed_nv.esp.secret import Secret
+
+AEAD_ALGORITHM = "rfc4106(gcm(aes))"
+ICV_BITS = 128
+REPLAY_WINDOW = 64
+# The inner protocols a tenant tunnel carries: IPv4-in-IPv6 and IPv6-in-IPv6. Never ICMPv6, so
+# PMTUD on the underlay keeps working.
+TUNNELLED_PROTOS = (4, 41)
+
+StateKey = tuple[ipaddress.IPv6Address, int]
+PolicyKey = tuple[str, ipaddress.IPv6Network, ipaddress.IPv6Network, int]
+
+
+class Direction(StrEnum):
+    OUT = "out"
+    IN = "in"
+
+
+class Action(StrEnum):
+    ALLOW = "allow"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True)
+class XfrmState:
+    """One ESP SA in transport mode with an AEAD key."""
+
+    src: ipaddress.IPv6Address
+    dst: ipaddress.IPv6Address
+    spi: int
+    reqid: int
+    key_material: Secret  # the AEAD key + salt; repr is redacted
+    mode: str = "transport"
+    replay_window: int = REPLAY_WINDOW
+    aead: str = AEAD_ALGORITHM
+    icv_bits: int = ICV_BITS
+
+    def key(self) -> StateKey:
+        # The kernel finds an SA by (destination, SPI, protocol); the protocol is always ESP.
+        return (self.dst, self.spi)
+
+    @property
+    def tenant_id(self) -> int | None:
+        return markers.tenant_of_reqid(self.reqid)
+
+    def describe(self) -> str:
+        return (
+            f"state src {self.src} dst {self.dst} spi 0x{self.spi:08x} reqid {self.reqid} "
+            f"mode {self.mode} replay-window {self.replay_window} aead {self.aead} "
+            f"<key redacted> {self.icv_bits}"
+        )
+
+
+@dataclass(frozen=True)
+class XfrmPolicy:
+    """A policy on one inner protocol: either ESP-required (with a template) or a block."""
+
+    direction: Direction
+    src: ipaddress.IPv6Network
+    dst: ipaddress.IPv6Network
+    proto: int
+    priority: int
+    action: Action = Action.ALLOW
+    reqid: int | None = None  # the ESP transport template's reqid; None for a block
+
+    def key(self) -> PolicyKey:
+        # The kernel identifies a policy by its selector and direction (not its priority).
+        return (self.direction.value, self.src, self.dst, self.proto)
+
+    @property
+    def is_block(self) -> bool:
+        return self.action is Action.BLOCK
+
+    def describe(self) -> str:
+        text = (
+            f"policy src {self.src} dst {self.dst} proto {self.proto} dir {self.direction} "
+            f"priority {self.priority}"
+        )
+        if self.is_block:
+            return f"{text} action block"
+        return f"{text} tmpl proto esp reqid {self.reqid} mode transport"

@@ -1,0 +1,243 @@
+"""The one adapter to the kernel's XFRM tables, through iproute2 (pyroute2 has no XFRM SA/SP API).
+
+Reading: `ip xfrm state` / `ip xfrm policy` as text. iproute2 6.1 ignores `-json` for xfrm (it
+prints the same text), and it prints SA keys without `-s`, so the text is parsed here.
+
+Writing: one `ip -force -batch -` process fed on stdin, so keys never appear in argv (visible in
+ps). iproute2's xfrm code exits the whole batch on the first kernel error without naming the line,
+so every command is followed by `xfrm state count`, whose "SAD count" line marks it as done; on
+failure the op after the last marker is the one that failed, and the rest are run in a new batch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from routed_nv.esp.objects import Action, Direction, XfrmPolicy, XfrmState
+from routed_nv.esp.secret import Secret
+
+_DONE_MARKER = "xfrm state count"
+_DONE_OUTPUT = "SAD count"
+# Deleting something already gone is success (ENOENT for policies, ESRCH for states).
+_GONE = ("No such file or directory", "No such process")
+_TIMEOUT_S = 60
+
+
+class Verb(StrEnum):
+    ADD = "add"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Op:
+    verb: Verb
+    obj: XfrmState | XfrmPolicy
+
+    def describe(self) -> str:
+        return f"{self.verb} {self.obj.describe()}"
+
+
+@dataclass(frozen=True)
+class OpFailure:
+    op: Op
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.op.describe()}: {self.message}"
+
+
+class XfrmError(Exception):
+    """iproute2 could not be run or its output not read."""
+
+
+class IprouteXfrm:
+    """XFRM access in one network namespace (None: the agent's own)."""
+
+    def __init__(self, netns: str | None = None, ip: str = "ip") -> None:
+        self.netns = netns
+        self._cmd = [ip, *(["-n", netns] if netns else [])]
+
+    def read_states(self) -> list[XfrmState]:
+        return parse_states(self._show("state"))
+
+    def read_policies(self) -> list[XfrmPolicy]:
+        return parse_policies(self._show("policy"))
+
+    def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
+        """Run every op; returns the ones that failed (the others were applied)."""
+        failures = []
+        remaining = list(ops)
+        while remaining:
+            done, message = self._batch(remaining)
+            if message is None:
+                break
+            failed = remaining[done]
+            if not (failed.verb is Verb.DELETE and any(g in message for g in _GONE)):
+                failures.append(OpFailure(failed, message))
+            remaining = remaining[done + 1 :]
+        return failures
+
+    def _where(self) -> str:
+        return f" in netns {self.netns}" if self.netns else ""
+
+    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [*self._cmd, *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise XfrmError(f"cannot run '{' '.join([*self._cmd, *args])}': {exc}") from None
+
+    def _show(self, what: str) -> str:
+        proc = self._run(["xfrm", what])
+        if proc.returncode != 0:
+            raise XfrmError(f"ip xfrm {what}{self._where()} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _batch(self, ops: list[Op]) -> tuple[int, str | None]:
+        """Runs ops in one batch: (ops completed, error message of the next one or None)."""
+        script = "".join(f"{render(op)}\n{_DONE_MARKER}\n" for op in ops)
+        proc = self._run(["-force", "-batch", "-"], stdin=script)
+        done = proc.stdout.count(_DONE_OUTPUT)
+        if proc.returncode == 0 and done == len(ops):
+            return done, None
+        message = proc.stderr.strip() or f"ip exited with status {proc.returncode}"
+        return min(done, len(ops) - 1), message
+
+
+def render(op: Op) -> str:
+    """The iproute2 batch line for an op (contains the key for state adds: stdin only)."""
+    obj = op.obj
+    if isinstance(obj, XfrmState):
+        ident = f"src {obj.src} dst {obj.dst} proto esp spi 0x{obj.spi:08x}"
+        if op.verb is Verb.DELETE:
+            return f"xfrm state delete {ident}"
+        return (
+            f"xfrm state {op.verb} {ident} reqid {obj.reqid} mode {obj.mode} "
+            f"replay-window {obj.replay_window} "
+            f"aead {obj.aead} 0x{obj.key_material.hex()} {obj.icv_bits}"
+        )
+    sel = f"src {obj.src} dst {obj.dst} proto {obj.proto} dir {obj.direction}"
+    if op.verb is Verb.DELETE:
+        return f"xfrm policy delete {sel}"
+    if obj.is_block:
+        return f"xfrm policy {op.verb} {sel} priority {obj.priority} action block"
+    return (
+        f"xfrm policy {op.verb} {sel} priority {obj.priority} "
+        f"tmpl proto esp reqid {obj.reqid} mode transport"
+    )
+
+
+def parse_states(text: str) -> list[XfrmState]:
+    """The IPv6 ESP SAs in `ip xfrm state` output; others (IPv4, AH, ...) are skipped."""
+    states = []
+    for block in _blocks(text):
+        first = block[0].split()
+        words = " ".join(block).replace(",", " ").split()
+        src, dst = _v6(_after(first, "src")), _v6(_after(first, "dst"))
+        if src is None or dst is None or _after(words, "proto") != "esp":
+            continue
+        aead = _after_n(words, "aead", 3)
+        # With a window > 32 iproute2 uses the ESN replay attribute and prints the real window as
+        # `replay_window N` in the anti-replay context; `replay-window` then shows 0.
+        replay = _after(words, "replay_window") or _after(words, "replay-window") or "0"
+        states.append(
+            XfrmState(
+                src=src,
+                dst=dst,
+                spi=int(_after(words, "spi") or "0", 0),
+                reqid=int(_after(words, "reqid") or "0"),
+                mode=_after(words, "mode") or "",
+                replay_window=int(replay),
+                aead=aead[0] if aead else "",
+                key_material=Secret(bytes.fromhex(aead[1].removeprefix("0x")) if aead else b""),
+                icv_bits=int(aead[2]) if aead else 0,
+            )
+        )
+    return states
+
+
+def parse_policies(text: str) -> list[XfrmPolicy]:
+    """The IPv6 in/out policies with an inner protocol; others (sockets, fwd, ...) are skipped."""
+    policies = []
+    for block in _blocks(text):
+        first = block[0].split()
+        words = " ".join(block).split()
+        src, dst = _v6_net(_after(first, "src")), _v6_net(_after(first, "dst"))
+        proto, direction = _proto_number(_after(first, "proto")), _after(words, "dir")
+        if src is None or dst is None or proto is None or direction not in ("in", "out"):
+            continue
+        action = Action.BLOCK if _after(words, "action") == "block" else Action.ALLOW
+        tmpl = words[words.index("tmpl") :] if "tmpl" in words else []
+        reqid = _after(tmpl, "reqid")
+        policies.append(
+            XfrmPolicy(
+                direction=Direction(direction),
+                src=src,
+                dst=dst,
+                proto=proto,
+                priority=int(_after(words, "priority") or "0"),
+                action=action,
+                reqid=int(reqid) if reqid is not None else None,
+            )
+        )
+    return policies
+
+
+def _blocks(text: str) -> list[list[str]]:
+    """Each object starts on an unindented line; its attributes follow, indented."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            blocks.append([line])
+        elif line.strip() and blocks:
+            blocks[-1].append(line)
+    return blocks
+
+
+def _after(words: list[str], key: str) -> str | None:
+    found = _after_n(words, key, 1)
+    return found[0] if found else None
+
+
+def _after_n(words: list[str], key: str, n: int) -> list[str] | None:
+    if key not in words:
+        return None
+    i = words.index(key)
+    found = words[i + 1 : i + 1 + n]
+    return found if len(found) == n else None
+
+
+def _v6(text: str | None) -> ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.IPv6Address(text) if text else None
+    except ValueError:
+        return None
+
+
+def _v6_net(text: str | None) -> ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.IPv6Network(text) if text else None
+    except ValueError:
+        return None
+
+
+def _proto_number(text: str | None) -> int | None:
+    # iproute2 prints protocol names from /etc/protocols (4 = ipencap, 41 = ipv6).
+    if text is None or text.isdigit():
+        return int(text) if text else None
+    try:
+        return socket.getprotobyname(text)
+    except OSError:
+        return None
