@@ -1,0 +1,130 @@
+"""`routed-nv doctor`: what this machine's kernel and tools provide, and whether that is enough.
+
+The facts are read here (files and two subprocesses); the judgement is in
+`routed_nv.kernel_features`. The lab calls `datapath_ready()` to decide whether it must run inside
+user-mode-linux.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+
+from routed_nv.kernel_features import MachineFacts, Report, evaluate, format_table
+
+CHARON = Path("/usr/lib/ipsec/charon")
+UML_MODULES = Path("/usr/lib/uml/modules")
+# Tools live in sbin, which an unprivileged PATH often lacks.
+_SEARCH_PATH = os.pathsep.join(
+    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=_SEARCH_PATH)
+
+
+def _iptables_version() -> str:
+    iptables = _which("iptables")
+    if iptables is None:
+        return ""
+    try:
+        done = subprocess.run(
+            [iptables, "-V"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout + done.stderr
+
+
+def gather_facts() -> MachineFacts:
+    release = os.uname().release
+    modules_dir = Path("/lib/modules") / release
+    sys_module = Path("/sys/module")
+    return MachineFacts(
+        release=release,
+        loaded_modules=frozenset(p.name for p in sys_module.iterdir())
+        if sys_module.is_dir()
+        else frozenset(),
+        modules_builtin=_read(modules_dir / "modules.builtin"),
+        modules_dep=_read(modules_dir / "modules.dep"),
+        proc_crypto=_read(Path("/proc/crypto")),
+        iptables_version=_iptables_version(),
+        iptables_legacy=_which("iptables-legacy"),
+        charon=str(CHARON) if os.access(CHARON, os.X_OK) else None,
+        bird=_which("bird"),
+        birdc=_which("birdc"),
+        linux_uml=_which("linux.uml"),
+        uml_module_releases=tuple(sorted(p.name for p in UML_MODULES.iterdir()))
+        if UML_MODULES.is_dir()
+        else (),
+    )
+
+
+def diagnose() -> Report:
+    return evaluate(gather_facts())
+
+
+def datapath_ready() -> tuple[bool, list[str]]:
+    """Whether this kernel has everything the datapath needs, and the names of what it lacks."""
+    report = diagnose()
+    return report.datapath_ready, report.missing
+
+
+@click.command(name="doctor")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Human table or machine-readable JSON.",
+)
+def doctor_command(output: str) -> None:
+    """Check what this kernel and machine provide for routed_nv.
+
+    Reports the kernel features the datapath needs (esp4, esp6, xfrm_user, vrf, ip6_tunnel,
+    IPv4 over an NBMA ip6tnl, AES-GCM) and the tools around it (iptables backend, charon, BIRD,
+    user-mode-linux for the lab). A module counts when it is loaded, built in or loadable.
+
+    Exit status: 0 when every datapath need is met, 1 when one is missing (the lab then runs
+    inside user-mode-linux). Tools are reported but do not change the exit status.
+
+    \b
+    Examples:
+      routed-nv doctor
+      routed-nv doctor -o json | jq -r '.missing[]'
+      routed-nv doctor >/dev/null || echo "kernel lacks datapath features"
+    """
+    report = diagnose()
+    if output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "datapath_ready": report.datapath_ready,
+                    "missing": report.missing,
+                    "features": [
+                        {"name": f.name, "ok": f.ok, "needed": f.needed, "detail": f.detail}
+                        for f in report.features
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(format_table(report.features))
+        verdict = "ready" if report.datapath_ready else "missing " + ", ".join(report.missing)
+        click.echo(f"\ndatapath: {verdict}")
+    raise SystemExit(0 if report.datapath_ready else 1)

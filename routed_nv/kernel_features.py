@@ -1,0 +1,204 @@
+"""What a machine provides for routed_nv, decided from raw facts (pure logic, no I/O).
+
+`routed_nv.doctor` gathers the facts (files under /proc, /sys and /lib/modules, `iptables -V`,
+binary paths); this module only parses and judges them, so every rule is unit-tested with fakes.
+A kernel module counts as available when it is loaded, built in, or loadable (in modules.dep).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Kernel modules the datapath needs, by the feature name doctor reports.
+DATAPATH_MODULES = ("esp4", "esp6", "xfrm_user", "vrf", "ip6_tunnel")
+# ip6_tunnel routes IPv4 over an NBMA (remote any) tunnel since Linux 5.18.
+NBMA_IPV4_MIN_RELEASE = (5, 18)
+GCM_ALGORITHMS = ("rfc4106(gcm(aes))", "gcm(aes)")
+
+_MODULE_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
+_RELEASE = re.compile(r"^(\d+)\.(\d+)")
+_IPTABLES_VERSION = re.compile(r"iptables v(?P<version>[\d.]+)(?: \((?P<backend>[\w-]+)\))?")
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """Everything doctor reads from the machine, as raw text and paths."""
+
+    release: str  # uname -r
+    loaded_modules: frozenset[str] = frozenset()  # names under /sys/module
+    modules_builtin: str = ""  # /lib/modules/<release>/modules.builtin
+    modules_dep: str = ""  # /lib/modules/<release>/modules.dep
+    proc_crypto: str = ""  # /proc/crypto
+    iptables_version: str = ""  # `iptables -V` output, empty when iptables is absent
+    iptables_legacy: str | None = None  # path of iptables-legacy
+    charon: str | None = None  # path of the charon daemon
+    bird: str | None = None
+    birdc: str | None = None
+    linux_uml: str | None = None
+    uml_module_releases: tuple[str, ...] = ()  # directories under /usr/lib/uml/modules
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    ok: bool
+    detail: str
+    needed: bool = False  # needed by the datapath; a missing one makes doctor fail
+
+
+@dataclass(frozen=True)
+class Report:
+    features: tuple[Feature, ...]
+
+    @property
+    def missing(self) -> list[str]:
+        """Names of the datapath features this machine lacks."""
+        return [f.name for f in self.features if f.needed and not f.ok]
+
+    @property
+    def datapath_ready(self) -> bool:
+        return not self.missing
+
+
+def module_names(listing: str) -> set[str]:
+    """Module names from modules.builtin or modules.dep text (path before any ':')."""
+    names = set()
+    for line in listing.splitlines():
+        path = line.split(":", 1)[0].strip()
+        if path:
+            names.add(normalize_module(_MODULE_SUFFIX.sub("", path.rsplit("/", 1)[-1])))
+    return names
+
+
+def normalize_module(name: str) -> str:
+    # modprobe treats '-' and '_' alike; /sys/module always uses '_'.
+    return name.replace("-", "_")
+
+
+def crypto_names(proc_crypto: str) -> set[str]:
+    return {
+        line.split(":", 1)[1].strip()
+        for line in proc_crypto.splitlines()
+        if line.startswith("name") and ":" in line
+    }
+
+
+def parse_release(release: str) -> tuple[int, int] | None:
+    match = _RELEASE.match(release)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def iptables_backend(version_output: str) -> str | None:
+    """'legacy' or 'nf_tables' from `iptables -V`; versions before 1.8 only had legacy."""
+    match = _IPTABLES_VERSION.search(version_output)
+    if not match:
+        return None
+    return match["backend"] or "legacy"
+
+
+class _Modules:
+    def __init__(self, facts: MachineFacts) -> None:
+        self.loaded = {normalize_module(m) for m in facts.loaded_modules}
+        self.builtin = module_names(facts.modules_builtin)
+        self.loadable = module_names(facts.modules_dep)
+        self.release = facts.release
+
+    def status(self, name: str) -> tuple[bool, str]:
+        if name in self.loaded:
+            return True, "loaded"
+        if name in self.builtin:
+            return True, "built in"
+        if name in self.loadable:
+            return True, "loadable module"
+        return False, f"not built in, loaded or loadable on {self.release}"
+
+
+def evaluate(facts: MachineFacts) -> Report:
+    modules = _Modules(facts)
+    features = [_module_feature(modules, name) for name in DATAPATH_MODULES]
+    features += [
+        _nbma_feature(facts, modules),
+        _gcm_feature(facts, modules),
+        _iptables_feature(facts),
+        _binary_feature("charon", facts.charon, "strongSwan's IKE daemon"),
+        _bird_feature(facts),
+        _uml_feature(facts),
+    ]
+    return Report(tuple(features))
+
+
+def _module_feature(modules: _Modules, name: str) -> Feature:
+    ok, detail = modules.status(name)
+    return Feature(name, ok, detail, needed=True)
+
+
+def _nbma_feature(facts: MachineFacts, modules: _Modules) -> Feature:
+    name = "ip6tnl-nbma-ipv4"
+    release = parse_release(facts.release)
+    if release is None:
+        return Feature(name, False, f"cannot parse kernel release {facts.release!r}", needed=True)
+    need = ".".join(map(str, NBMA_IPV4_MIN_RELEASE))
+    if release < NBMA_IPV4_MIN_RELEASE:
+        return Feature(name, False, f"kernel {facts.release} < {need}", needed=True)
+    tunnel_ok, _ = modules.status("ip6_tunnel")
+    detail = f"kernel {facts.release} >= {need}" + ("" if tunnel_ok else ", but no ip6_tunnel")
+    return Feature(name, tunnel_ok, detail, needed=True)
+
+
+def _gcm_feature(facts: MachineFacts, modules: _Modules) -> Feature:
+    registered = crypto_names(facts.proc_crypto)
+    for algorithm in GCM_ALGORITHMS:
+        if algorithm in registered:
+            return Feature("gcm", True, f"{algorithm} in /proc/crypto", needed=True)
+    # The template only shows in /proc/crypto once something instantiated it.
+    ok, detail = modules.status("gcm")
+    return Feature("gcm", ok, f"gcm template: {detail}", needed=True)
+
+
+def _iptables_feature(facts: MachineFacts) -> Feature:
+    backend = iptables_backend(facts.iptables_version)
+    if backend is None and not facts.iptables_legacy:
+        return Feature("iptables", False, "iptables not found")
+    legacy = backend == "legacy" or facts.iptables_legacy is not None
+    default = f"default backend {backend}" if backend else "no iptables command"
+    if legacy:
+        via = "default" if backend == "legacy" else facts.iptables_legacy
+        detail = f"{default}; legacy via {via} (python-iptables drives legacy only)"
+    else:
+        detail = f"{default}; no iptables-legacy, and python-iptables drives legacy only"
+    return Feature("iptables", legacy, detail)
+
+
+def _binary_feature(name: str, path: str | None, what: str) -> Feature:
+    return Feature(name, path is not None, path or f"{what} not found")
+
+
+def _bird_feature(facts: MachineFacts) -> Feature:
+    missing = [n for n, p in (("bird", facts.bird), ("birdc", facts.birdc)) if p is None]
+    if missing:
+        return Feature("bird", False, f"{', '.join(missing)} not found")
+    return Feature("bird", True, f"{facts.bird}, {facts.birdc}")
+
+
+def _uml_feature(facts: MachineFacts) -> Feature:
+    if facts.linux_uml is None:
+        return Feature("user-mode-linux", False, "linux.uml not found")
+    if not facts.uml_module_releases:
+        return Feature("user-mode-linux", False, f"{facts.linux_uml}, but no modules")
+    return Feature(
+        "user-mode-linux",
+        True,
+        f"{facts.linux_uml}, modules {', '.join(facts.uml_module_releases)}",
+    )
+
+
+def format_table(rows: Iterable[Feature]) -> str:
+    """The human table: feature | status | detail."""
+    lines = [("FEATURE", "STATUS", "DETAIL")]
+    for f in rows:
+        status = "ok" if f.ok else ("missing" if f.needed else "missing (optional)")
+        lines.append((f.name, status, f.detail))
+    widths = [max(len(line[i]) for line in lines) for i in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in lines)
