@@ -1,0 +1,291 @@
+"""Run a command inside a user-mode-linux kernel that has what this machine's kernel lacks.
+
+Debian's `linux.uml` (6.1) runs as an ordinary process with ESP, VRF, ip6_tunnel and GCM as
+modules. The guest's root is this machine's filesystem (hostfs), so it sees the same project,
+venv and binaries; /tmp, /run, /dev/shm and /lib/modules are private to the guest, and the working
+directory is bound back in so results written there appear on the host.
+
+The command's stdout and stderr go to files in a work directory on the host (hostfs writes go
+straight through), which are streamed live to ours; the kernel console goes to a log that is
+shown only when the guest did not report. Exit status: the command's own, 124 on timeout, 125
+when the guest did not report one.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+IN_GUEST_ENV = "ROUTED_NV_IN_UML"  # set to 1 in the guest, so nothing boots a guest in a guest
+DEFAULT_MEM = "512M"  # the guest needs ~50 MB; 256 MB runs three charons
+DEFAULT_TIMEOUT = 600.0
+EXIT_TIMEOUT = 124
+EXIT_NO_REPORT = 125
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GUEST_MODULES = (
+    "ipv6",
+    "veth",
+    "dummy",
+    "vrf",
+    "ip6_tunnel",
+    "tunnel6",
+    "tunnel4",
+    "esp6",
+    "esp4",
+    "xfrm_user",
+    "xfrm_algo",
+    "gcm",
+    "ghash-generic",
+    "ctr",
+    "seqiv",
+    "echainiv",
+    "authenc",
+    "authencesn",
+    "hmac",
+    "sha256_generic",
+    "sha512_generic",
+    "cbc",
+    "aes_generic",
+    "ip6_tables",
+    "ip6table_filter",
+    "ip6table_mangle",
+    "ip6table_raw",
+    "ip_tables",
+    "iptable_filter",
+    "iptable_mangle",
+    "iptable_raw",
+    "xt_policy",
+    "xt_mark",
+    "xt_comment",
+    "vxlan",
+    "bridge",
+    "nf_conntrack",
+)
+# Lines linux.uml itself prints around the kernel's (quiet) console output.
+_CONSOLE_NOISE = (
+    "reboot: ",
+    "Powering off",
+    "Checking ",
+    "Core dump limits",
+    "Linux version ",
+    "Kernel command line",
+)
+_POLL_S = 0.05
+
+
+def in_guest() -> bool:
+    return os.environ.get(IN_GUEST_ENV) == "1"
+
+
+def needs_uml() -> bool:
+    """True when the datapath needs a kernel this one is not (and we are not in the guest)."""
+    if in_guest():
+        return False
+    from routed_nv.doctor import datapath_ready
+
+    return not datapath_ready()[0]
+
+
+def guest_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The guest's environment: a minimal base plus ROUTED_NV_*, CI and TERM from ours."""
+    env = {"PATH": GUEST_PATH, "HOME": "/root"}
+    env.update(
+        {k: v for k, v in environ.items() if k.startswith("ROUTED_NV_") or k in ("CI", "TERM")}
+    )
+    env[IN_GUEST_ENV] = "1"
+    return env
+
+
+def init_script(
+    *,
+    work: Path,
+    cwd: Path,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    interactive: bool = False,
+    modules: Sequence[str] = GUEST_MODULES,
+) -> str:
+    """The guest's /sbin/init: private mounts, modules, the command, its status, power off."""
+    q = shlex.quote
+    stash = work / "cwd"
+    if interactive:
+        redirect = "</dev/console >/dev/console 2>&1"
+    else:
+        redirect = (
+            f"<{q(str(work / 'stdin'))} >{q(str(work / 'stdout'))} 2>{q(str(work / 'stderr'))}"
+        )
+    lines = [
+        "#!/bin/sh",
+        *(f"export {k}={q(v)}" for k, v in env.items()),
+        "mount -t proc proc /proc; mount -t sysfs sysfs /sys",
+        "mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev",
+        # Keep the working directory reachable even if it lives under a private mount.
+        f"mkdir -p {q(str(stash))} && mount --bind {q(str(cwd))} {q(str(stash))}",
+        "for d in /tmp /run /dev/shm; do mkdir -p $d; mount -t tmpfs tmpfs $d; done",
+        f"mkdir -p {q(str(cwd))} && mount --bind {q(str(stash))} {q(str(cwd))}",
+        'V=$(uname -r); mount -t tmpfs tmpfs /lib/modules; mkdir -p "/lib/modules/$V"',
+        'mount --bind "/usr/lib/uml/modules/$V" "/lib/modules/$V"',
+        f"modprobe -qa {' '.join(modules)}",
+        "ip link set lo up",
+        f"cd {q(str(cwd))} && {shlex.join(argv)} {redirect}",
+        f"echo $? > {q(str(work / 'rc'))}",
+        "sync",
+        "poweroff -f",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def kernel_command(*, linux: str, work: Path, mem: str, umid: str) -> list[str]:
+    return [
+        linux,
+        f"mem={mem}",
+        f"umid={umid}",
+        f"uml_dir={work}",
+        "root=/dev/root",
+        "rootfstype=hostfs",
+        "rootflags=/",
+        "rw",
+        "quiet",
+        "loglevel=1",
+        f"init={work / 'init'}",
+        "con=null",
+        "con0=fd:0,fd:1",
+    ]
+
+
+class _Tail(threading.Thread):
+    """Copies what the guest appends to a host file into one of our streams, as it arrives."""
+
+    def __init__(self, path: Path, sink: BinaryIO) -> None:
+        super().__init__(daemon=True)
+        self.path, self.sink, self.done = path, sink, threading.Event()
+
+    def run(self) -> None:
+        while not self.path.exists():
+            if self.done.wait(_POLL_S):
+                break
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            while True:
+                finished = self.done.is_set()  # read once more after the guest stopped
+                chunk = f.read(65536)
+                if chunk:
+                    self.sink.write(chunk)
+                    self.sink.flush()
+                elif finished:
+                    return
+                else:
+                    self.done.wait(_POLL_S)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def _binary(stream: object) -> BinaryIO:
+    return getattr(stream, "buffer", stream)  # type: ignore[return-value]
+
+
+def run_in_uml(
+    argv: Sequence[str],
+    *,
+    mem: str = DEFAULT_MEM,
+    timeout: float = DEFAULT_TIMEOUT,
+    cwd: Path | None = None,
+    stdin_data: bytes | None = None,
+    interactive: bool = False,
+) -> int:
+    """Boot a guest, run argv in it (in cwd) and return its exit status.
+
+    Non-interactive: the command reads stdin_data (or nothing) and its output is streamed live.
+    Interactive: the command runs on the guest console, which is our own stdin and stdout.
+    """
+    linux = shutil.which("linux.uml")
+    if linux is None:
+        print("routed-nv: linux.uml missing: apt-get install user-mode-linux", file=sys.stderr)
+        return EXIT_NO_REPORT
+    work = Path(tempfile.mkdtemp(prefix="rnv-uml-", dir="/var/tmp"))
+    try:
+        (work / "init").write_text(
+            init_script(
+                work=work,
+                cwd=(cwd or Path.cwd()).resolve(),
+                argv=argv,
+                env=guest_env(os.environ),
+                interactive=interactive,
+            )
+        )
+        (work / "init").chmod(0o755)
+        (work / "stdin").write_bytes(stdin_data or b"")
+        command = kernel_command(linux=linux, work=work, mem=mem, umid=f"rnv{os.getpid()}")
+        return _boot(command, work, timeout, interactive)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _boot(command: list[str], work: Path, timeout: float, interactive: bool) -> int:
+    console = work / "console"
+    tails = (
+        []
+        if interactive
+        else [
+            _Tail(work / "stdout", _binary(sys.stdout)),
+            _Tail(work / "stderr", _binary(sys.stderr)),
+        ]
+    )
+    # UML backs guest memory with a file in TMPDIR; /dev/shm keeps it off the disk.
+    env = {**os.environ, "TMPDIR": "/dev/shm"}
+    with console.open("wb") as log:
+        io: dict[str, object] = (
+            {} if interactive else {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": log}
+        )
+        proc = subprocess.Popen(command, env=env, start_new_session=True, **io)  # type: ignore[call-overload]
+        for tail in tails:
+            tail.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # UML forks helpers into the session it leads: kill that group, by its pid.
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for tail in tails:
+                tail.stop()
+    rc_file = work / "rc"
+    if rc_file.exists() and rc_file.read_text().strip():
+        return int(rc_file.read_text())
+    _show_console(console)
+    if timed_out:
+        print(f"routed-nv: UML guest timed out after {timeout:g} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print("routed-nv: UML guest did not report an exit status", file=sys.stderr)
+    return EXIT_NO_REPORT
+
+
+def _show_console(console: Path) -> None:
+    lines = console.read_text(errors="replace").splitlines() if console.exists() else []
+    for line in lines[-40:]:
+        if not line.startswith(_CONSOLE_NOISE):
+            print(f"uml: {line}", file=sys.stderr)
+
+
+def run_here_or_in_uml(argv: Sequence[str], **uml_options: object) -> int:
+    """Run argv on this kernel when it can carry the datapath (or we are the guest), else in UML."""
+    if not needs_uml():
+        return subprocess.run(list(argv), check=False).returncode
+    return run_in_uml(argv, **uml_options)  # type: ignore[arg-type]
