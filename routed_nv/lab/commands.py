@@ -1,0 +1,170 @@
+"""`routed-nv lab`: the multi-host lab in network namespaces, inside UML when the kernel needs it.
+
+Commands that need the datapath re-run themselves in a user-mode-linux guest when this kernel
+lacks it (`python -m routed_nv.lab.commands ...`); in the guest they run directly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from routed_nv.lab import uml
+from routed_nv.lab.builder import Lab, LabError, remove_leftovers
+from routed_nv.lab.checks import underlay_pings
+from routed_nv.lab.topology import Topology, default_topology
+
+
+def _uml_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--mem",
+        default=uml.DEFAULT_MEM,
+        show_default=True,
+        help="Guest memory when the lab runs inside user-mode-linux.",
+    )(command)
+    return click.option(
+        "--timeout",
+        type=float,
+        default=uml.DEFAULT_TIMEOUT,
+        show_default=True,
+        help="Seconds before the UML guest is killed (exit status 124).",
+    )(command)
+
+
+def _reexec_in_uml(args: list[str], mem: str, timeout: float, **kwargs: Any) -> None:
+    argv = [sys.executable, "-m", "routed_nv.lab.commands", *args]
+    raise SystemExit(uml.run_in_uml(argv, mem=mem, timeout=timeout, **kwargs))
+
+
+def _describe(topology: Topology) -> None:
+    click.echo(f"underlay {topology.aggregate}, router namespace {topology.router_namespace}")
+    for host in topology.hosts:
+        workloads = ", ".join(f"{w.name} ({w.tenant})" for w in topology.workloads_on(host.name))
+        click.echo(f"  {host.namespace:<16} {host.uplink_address!s:<24} workloads: {workloads}")
+
+
+@click.group(name="lab")
+def lab_group() -> None:
+    """A multi-host lab: hosts, an underlay router and workloads as network namespaces.
+
+    When this kernel lacks the datapath features (see `routed-nv doctor`), lab commands boot a
+    user-mode-linux guest that has them and run inside it. Lab namespaces are named `rnv-lab-*`.
+
+    \b
+    Examples:
+      routed-nv lab demo
+      routed-nv lab shell
+      echo 'ip -n rnv-lab-router -6 route' | routed-nv lab shell
+    """
+
+
+@lab_group.command(name="demo")
+@_uml_options
+def demo_command(mem: str, timeout: float) -> None:
+    """Build the default lab, prove underlay reachability between all hosts, tear it down.
+
+    Exit status 0 when every host reaches every other host, 1 otherwise (124: the UML guest
+    timed out, 125: it did not report).
+
+    \b
+    Examples:
+      routed-nv lab demo
+      routed-nv lab demo --mem 256M --timeout 120
+    """
+    if uml.needs_uml():
+        click.echo(
+            "routed-nv: this kernel lacks datapath features; running the lab in UML", err=True
+        )
+        _reexec_in_uml(["demo"], mem, timeout)
+    started = time.monotonic()
+    topology = default_topology()
+    with Lab(topology) as lab:
+        click.echo(
+            f"built {len(topology.namespaces)} namespaces in {time.monotonic() - started:.2f} s"
+        )
+        _describe(topology)
+        pings = underlay_pings(lab)
+    for p in pings:
+        click.echo(
+            f"  {'ok  ' if p.ok else 'FAIL'} {p.source} -> {p.target} {p.address}: {p.detail}"
+        )
+    failed = [p for p in pings if not p.ok]
+    verdict = "FAILED" if failed else "ok"
+    click.echo(
+        f"underlay: {len(pings) - len(failed)}/{len(pings)} host pairs reachable, "
+        f"lab torn down; demo {verdict} in {time.monotonic() - started:.2f} s"
+    )
+    raise SystemExit(1 if failed else 0)
+
+
+@lab_group.command(name="shell")
+@_uml_options
+def shell_command(mem: str, timeout: float) -> None:
+    """Open a shell in the default lab (built first, torn down when the shell exits).
+
+    The shell runs in the root namespace of the lab's kernel; use `ip netns exec rnv-lab-host1
+    ...` or `ip -n rnv-lab-host1 ...` to act inside a host. Without a terminal, commands are read
+    from stdin. Exits with the shell's status.
+
+    \b
+    Examples:
+      routed-nv lab shell
+      echo 'ip netns exec rnv-lab-host1 ping -6 -c1 2001:db8:0:2:ffff::1' | routed-nv lab shell
+    """
+    interactive = sys.stdin.isatty()
+    if uml.needs_uml():
+        stdin_data = None if interactive else sys.stdin.buffer.read()
+        _reexec_in_uml(["shell"], mem, timeout, stdin_data=stdin_data, interactive=interactive)
+    topology = default_topology()
+    with Lab(topology):
+        click.echo("lab built; namespaces: " + " ".join(topology.namespaces), err=True)
+        shell = [os.environ.get("SHELL", "/bin/sh")] if interactive else ["/bin/sh"]
+        status = subprocess.run(shell, env={**os.environ, "PS1": "rnv-lab# "}, check=False)
+    click.echo("lab torn down", err=True)
+    raise SystemExit(status.returncode)
+
+
+@lab_group.command(name="up")
+def up_command() -> None:
+    """Build the default lab and leave it running (only on a kernel with the datapath features).
+
+    \b
+    Examples:
+      routed-nv lab up && ip netns exec rnv-lab-host1 ping -6 -c1 2001:db8:0:2:ffff::1
+      routed-nv lab down
+    """
+    if uml.needs_uml():
+        raise click.ClickException(
+            "this kernel lacks datapath features and a UML lab ends with its command: "
+            "use `routed-nv lab shell`"
+        )
+    topology = default_topology()
+    try:
+        Lab(topology).build()
+    except LabError as e:
+        raise click.ClickException(str(e)) from e
+    _describe(topology)
+
+
+@lab_group.command(name="down")
+def down_command() -> None:
+    """Remove every `rnv-lab-*` namespace (and what runs in it) left by `lab up` or a crash.
+
+    \b
+    Examples:
+      routed-nv lab down
+    """
+    removed = remove_leftovers()
+    click.echo(
+        f"removed {len(removed)} lab namespaces" + (": " + " ".join(removed) if removed else "")
+    )
+
+
+if __name__ == "__main__":
+    lab_group()
