@@ -206,9 +206,11 @@ def run_in_uml(
     cwd: Path | None = None,
     stdin_data: bytes | None = None,
     interactive: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Boot a guest, run argv in it (in cwd) and return its exit status.
 
+    The guest gets guest_env() of our environment plus env.
     Non-interactive: the command reads stdin_data (or nothing) and its output is streamed live.
     Interactive: the command runs on the guest console, which is our own stdin and stdout.
     """
@@ -223,7 +225,7 @@ def run_in_uml(
                 work=work,
                 cwd=(cwd or Path.cwd()).resolve(),
                 argv=argv,
-                env=guest_env(os.environ),
+                env={**guest_env(os.environ), **(env or {})},
                 interactive=interactive,
             )
         )

@@ -1,0 +1,99 @@
+"""Kernel tests run themselves inside user-mode-linux when this kernel cannot carry the datapath.
+
+Tests marked `@pytest.mark.kernel` need ESP, VRF, ip6_tunnel and GCM. When some are selected,
+this kernel lacks them (`routed-nv doctor`) and we are not already the guest, the first of them
+to come up boots ONE guest that runs a pytest session over exactly those node ids, with its
+output streamed live. The guest's `routed_nv.lab.guest_report` plugin writes every phase's
+outcome and failure text to .rnv-lab/; each kernel test is then reported here with its real guest
+outcome, without running any host-side fixture for it. If the guest times out or crashes, every
+kernel test without a result fails with that reason. Other tests run normally on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import pytest
+
+from routed_nv.lab import uml
+from routed_nv.lab.guest_report import REPORT_ENV
+
+_GUEST_RUN = pytest.StashKey["_GuestRun | None"]()
+
+
+class _GuestRun:
+    def __init__(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        self.config = config
+        self.nodeids = {item.nodeid for item in items}
+        self.results: dict[str, list[dict[str, Any]]] | None = None
+        self.failure = ""
+
+    def run(self) -> dict[str, list[dict[str, Any]]]:
+        if self.results is not None:
+            return self.results
+        report = self.config.rootpath / ".rnv-lab" / f"kernel-tests-{os.getpid()}.json"
+        report.parent.mkdir(exist_ok=True)
+        report.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "pytest", "-p", "routed_nv.lab.guest_report"]
+        argv += ["-p", "no:cacheprovider", "-q", *sorted(self.nodeids)]
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if terminal is not None:
+            terminal.write_sep("-", f"{len(self.nodeids)} kernel tests in a UML guest")
+        with capture.global_and_fixture_disabled():
+            rc = uml.run_in_uml(argv, cwd=self.config.rootpath, env={REPORT_ENV: str(report)})
+        if terminal is not None:
+            terminal.write_sep("-", f"UML guest finished with exit status {rc}")
+        self.results = json.loads(report.read_text()) if report.exists() else {}
+        reasons = {
+            uml.EXIT_TIMEOUT: "the UML guest timed out",
+            uml.EXIT_NO_REPORT: "the UML guest crashed or did not report",
+        }
+        self.failure = reasons.get(
+            rc, f"no result from the guest pytest session (exit status {rc})"
+        )
+        return self.results
+
+
+def _guest_run(item: pytest.Item) -> _GuestRun | None:
+    config = item.config
+    if _GUEST_RUN not in config.stash:
+        # Decided once, on the final selection (after -k/-m deselection).
+        kernel = [i for i in item.session.items if i.get_closest_marker("kernel")]
+        config.stash[_GUEST_RUN] = _GuestRun(config, kernel) if kernel and uml.needs_uml() else None
+    return config.stash[_GUEST_RUN]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    if item.get_closest_marker("kernel") is None:
+        return None
+    guest = _guest_run(item)
+    if guest is None:
+        return None
+    phases = guest.run().get(item.nodeid) or [
+        {"when": "setup", "outcome": "passed"},
+        {"when": "call", "outcome": "failed", "longrepr": guest.failure},
+        {"when": "teardown", "outcome": "passed"},
+    ]
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for phase in phases:
+        longrepr = phase.get("longrepr")
+        report = pytest.TestReport(
+            nodeid=item.nodeid,
+            location=item.location,
+            keywords=dict.fromkeys(item.keywords, 1),
+            outcome=phase["outcome"],
+            longrepr=tuple(longrepr) if isinstance(longrepr, list) else longrepr,
+            when=phase["when"],
+            sections=[tuple(s) for s in phase.get("sections", [])],
+            duration=phase.get("duration", 0.0),
+        )
+        if phase.get("wasxfail") is not None:
+            report.wasxfail = phase["wasxfail"]
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
