@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from routed_nv.lab import uml
+
+WORK = Path("/var/tmp/rnv-uml-x")
+
+
+def script(**overrides: object) -> str:
+    args: dict[str, object] = {
+        "work": WORK,
+        "cwd": Path("/tmp/my project"),
+        "argv": ["python", "-c", "print('hi')"],
+        "env": {"ROUTED_NV_IN_UML": "1", "CI": "it's"},
+    }
+    return uml.init_script(**{**args, **overrides})  # type: ignore[arg-type]
+
+
+def test_guest_env_passes_only_our_variables_and_marks_the_guest() -> None:
+    env = uml.guest_env({"ROUTED_NV_X": "1", "CI": "true", "SECRET": "no", "PATH": "/host"})
+    assert env["ROUTED_NV_X"] == "1" and env["CI"] == "true"
+    assert env[uml.IN_GUEST_ENV] == "1"
+    assert "SECRET" not in env
+    assert env["PATH"] == uml.GUEST_PATH
+
+
+def test_init_script_exports_env_quoted() -> None:
+    text = script()
+    assert text.startswith("#!/bin/sh\n")
+    assert "export CI=" + shlex.quote("it's") in text
+
+
+def test_init_script_mounts_private_dirs_and_binds_the_cwd_back() -> None:
+    lines = script().splitlines()
+    stash = lines.index(
+        "mkdir -p /var/tmp/rnv-uml-x/cwd && mount --bind '/tmp/my project' /var/tmp/rnv-uml-x/cwd"
+    )
+    private = lines.index(
+        "for d in /tmp /run /dev/shm; do mkdir -p $d; mount -t tmpfs tmpfs $d; done"
+    )
+    back = lines.index(
+        "mkdir -p '/tmp/my project' && mount --bind /var/tmp/rnv-uml-x/cwd '/tmp/my project'"
+    )
+    assert stash < private < back
+
+
+def test_init_script_loads_modules_runs_the_command_and_reports_status() -> None:
+    text = script(modules=["esp4", "vrf"])
+    assert "modprobe -qa esp4 vrf" in text
+    run = "cd '/tmp/my project' && python -c 'print('\"'\"'hi'\"'\"')'"
+    assert (
+        f"{run} </var/tmp/rnv-uml-x/stdin >/var/tmp/rnv-uml-x/stdout 2>/var/tmp/rnv-uml-x/stderr"
+        in text
+    )
+    lines = text.splitlines()
+    assert lines[-3:] == ["echo $? > /var/tmp/rnv-uml-x/rc", "sync", "poweroff -f"]
+
+
+def test_interactive_command_uses_the_console() -> None:
+    assert "</dev/console >/dev/console 2>&1" in script(interactive=True)
+
+
+def test_kernel_command() -> None:
+    command = uml.kernel_command(linux="/usr/bin/linux.uml", work=WORK, mem="256M", umid="rnv1")
+    assert command[:4] == ["/usr/bin/linux.uml", "mem=256M", "umid=rnv1", f"uml_dir={WORK}"]
+    assert "rootfstype=hostfs" in command and "rootflags=/" in command
+    assert f"init={WORK}/init" in command
+    assert command[-1] == "con0=fd:0,fd:1"
+
+
+def test_run_here_when_the_kernel_is_capable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uml, "needs_uml", lambda: False)
+    monkeypatch.setattr(uml, "run_in_uml", lambda *a, **k: pytest.fail("booted a guest"))
+    assert uml.run_here_or_in_uml(["sh", "-c", "exit 7"]) == 7
+
+
+def test_run_in_uml_when_the_kernel_lacks_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(uml, "needs_uml", lambda: True)
+    monkeypatch.setattr(uml, "run_in_uml", lambda argv, **k: calls.append((argv, k)) or 3)
+    assert uml.run_here_or_in_uml(["true"], mem="256M") == 3
+    assert calls == [(["true"], {"mem": "256M"})]
+
+
+def test_the_guest_never_boots_another_guest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(uml.IN_GUEST_ENV, "1")
+    assert not uml.needs_uml()
