@@ -12,6 +12,7 @@ from __future__ import annotations
 HOST_DEVICE = "rnv0"  # dummy device that carries the host and tenant outer addresses
 VRF_PREFIX = "rnv-v"  # rnv-v<tenant>: one VRF per tenant
 TUNNEL_PREFIX = "rnv-t"  # rnv-t<tenant>: one NBMA ip6tnl per tenant, enslaved to its VRF
+ENDPOINT_LINK_PREFIX = "rnv-e"  # host end of a veth pair routed_nv made into a workload's netns
 
 # Route protocol numbers (rtm_protocol); /etc/iproute2/rt_protos.d/routed-nv.conf names them.
 RTPROT_ENDPOINT = 230  # routes to workloads on this host (published to the directory)

@@ -1,0 +1,245 @@
+"""Desired routing state of this host: (config, directory view) -> kernel objects (pure).
+
+Decisions:
+- Every tenant in the config is local: it gets its VRF, tunnel and outer address even before a
+  workload arrives, so the directory and IKE can come up first and a workload's first packet
+  finds everything in place. Remote routes of tenants that are not configured are ignored.
+- Workload interfaces get the tenant MTU on both ends; the tunnel gets the underlay MTU - 74.
+- Proxy-style workloads (on-link /24 and /64) need one proxy-NDP entry per other IPv6 address of
+  the tenant (local and remote): O(proxy endpoints x tenant addresses) kernel entries, fine for
+  hundreds of addresses per tenant, not for 100k. IPv4 proxy_arp needs no entries: the kernel
+  answers for every destination its VRF routes via another interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Iterator
+
+from routed_nv import markers
+from routed_nv.calc.inputs import DirectoryView
+from routed_nv.config.model import Config, Endpoint, EndpointStyle
+from routed_nv.routing.objects import (
+    MAIN_TABLE,
+    RT_SCOPE_LINK,
+    Address,
+    DesiredRouting,
+    IPAddress,
+    Link,
+    LinkKind,
+    NeighProxy,
+    Port,
+    Route,
+    Sysctl,
+    Tunnel,
+    VethPeer,
+)
+
+# No tenant route may fall through to the main table: the last word in every VRF table.
+UNREACHABLE_METRIC = 4278198272
+WORKLOAD_IFNAME = "eth0"  # the workload end of a veth pair routed_nv creates
+_IFNAMSIZ = 15
+
+
+class RoutingConflict(ValueError):
+    """The config asks for something the routing datapath cannot build."""
+
+
+def endpoint_link_name(endpoint_name: str) -> str:
+    """The host end of the veth of a netns endpoint: rnv-e<name>, shortened with a hash if the
+    name does not fit in 15 characters, so it stays stable across restarts."""
+    room = _IFNAMSIZ - len(markers.ENDPOINT_LINK_PREFIX)
+    if len(endpoint_name) <= room:
+        return markers.ENDPOINT_LINK_PREFIX + endpoint_name
+    digest = hashlib.sha256(endpoint_name.encode()).hexdigest()[:5]
+    return f"{markers.ENDPOINT_LINK_PREFIX}{endpoint_name[: room - 5]}{digest}"
+
+
+def host_ifname(name: str, endpoint: Endpoint) -> str:
+    if endpoint.netns is not None:
+        if endpoint.interface is not None:
+            raise RoutingConflict(
+                f"endpoint {name}: set either interface (an existing tap/veth) or netns "
+                "(routed_nv makes the veth pair), not both"
+            )
+        return endpoint_link_name(name)
+    if endpoint.interface is None:
+        raise RoutingConflict(f"endpoint {name}: needs an interface or a netns")
+    return endpoint.interface
+
+
+def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
+    host = config.host
+    tenant_ids = {name: t.id for name, t in config.tenants.items()}
+    ifnames = {name: host_ifname(name, ep) for name, ep in config.endpoints.items()}
+    _check_unique_ifnames(ifnames)
+
+    sysctls = {
+        Sysctl("net/ipv6/conf/all/forwarding", "1"),
+        Sysctl("net/ipv4/ip_forward", "1"),
+        Sysctl(f"net/ipv6/conf/{markers.HOST_DEVICE}/accept_dad", "0"),
+    }
+    links = {Link(markers.HOST_DEVICE, LinkKind.DUMMY)}
+    ports: set[Port] = set()
+    addresses = {Address(markers.HOST_DEVICE, _host_route(host.address))}
+    routes: set[Route] = set()
+    proxies: set[NeighProxy] = set()
+
+    for tid in tenant_ids.values():
+        vrf = markers.vrf_name(tid)
+        outer = host.tenant_address(tid)
+        addresses.add(Address(markers.HOST_DEVICE, _host_route(outer)))
+        links.add(Link(vrf, LinkKind.VRF, vrf_table=markers.vrf_table(tid)))
+        links.add(
+            Link(
+                markers.tunnel_name(tid),
+                LinkKind.IP6TNL,
+                mtu=host.tunnel_mtu,
+                master=vrf,
+                tunnel=Tunnel(local=outer),
+            )
+        )
+        routes.update(_unreachable_defaults(markers.vrf_table(tid)))
+
+    for name, ep in config.endpoints.items():
+        tid = tenant_ids[ep.tenant]
+        ifname = ifnames[name]
+        mtu = config.tenant_mtu(ep.tenant)
+        vrf = markers.vrf_name(tid)
+        if ep.netns is None:
+            ports.add(Port(ifname, mtu, master=vrf))
+        else:
+            peer = VethPeer(ep.netns, WORKLOAD_IFNAME)
+            links.add(Link(ifname, LinkKind.VETH, mtu=mtu, master=vrf, veth_peer=peer))
+            ports.add(Port(WORKLOAD_IFNAME, mtu, netns=ep.netns))
+            addresses.update(_workload_addresses(config, ep))
+            routes.update(_workload_routes(ep))
+        addresses.add(Address(ifname, ipaddress.ip_interface(f"{markers.GATEWAY_V4}/32")))
+        addresses.add(Address(ifname, ipaddress.ip_interface(f"{markers.GATEWAY_V6}/64")))
+        sysctls.update(_endpoint_sysctls(ifname, ep.style))
+        for addr in ep.addresses:
+            dst = _host_route(addr).network
+            scope = RT_SCOPE_LINK if dst.version == 4 else 0
+            for table in (markers.vrf_table(tid), markers.publish_table(tid)):
+                routes.add(Route(dst, table, markers.RTPROT_ENDPOINT, dev=ifname, scope=scope))
+
+    remote = [r for r in view.remote_routes if r.tenant_id in tenant_ids.values()]
+    for r in remote:
+        routes.add(
+            Route(
+                r.prefix,
+                markers.vrf_table(r.tenant_id),
+                markers.RTPROT_REMOTE,
+                dev=markers.tunnel_name(r.tenant_id),
+                via=r.peer.tenant_address(r.tenant_id),
+                onlink=True,
+            )
+        )
+
+    for name, ep in config.endpoints.items():
+        if ep.style is EndpointStyle.PROXY:
+            tid = tenant_ids[ep.tenant]
+            others = _tenant_v6_addresses(config, view, ep.tenant, tid) - set(ep.addresses)
+            proxies.update(NeighProxy(ifnames[name], a) for a in others)
+
+    return DesiredRouting(
+        sysctls=frozenset(sysctls),
+        links=frozenset(links),
+        ports=frozenset(ports),
+        addresses=frozenset(addresses),
+        routes=frozenset(routes),
+        neigh_proxies=frozenset(proxies),
+    )
+
+
+def _host_route(addr: IPAddress) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    return ipaddress.ip_interface(f"{addr}/{addr.max_prefixlen}")
+
+
+def _check_unique_ifnames(ifnames: dict[str, str]) -> None:
+    seen: dict[str, str] = {}
+    for name, ifname in sorted(ifnames.items()):
+        if ifname in seen:
+            raise RoutingConflict(
+                f"endpoints {seen[ifname]} and {name} both use interface {ifname}"
+            )
+        seen[ifname] = name
+
+
+def _unreachable_defaults(table: int) -> Iterator[Route]:
+    for default in ("0.0.0.0/0", "::/0"):
+        yield Route(
+            ipaddress.ip_network(default),
+            table,
+            markers.RTPROT_INFRA,
+            unreachable=True,
+            metric=UNREACHABLE_METRIC,
+        )
+
+
+def _endpoint_sysctls(ifname: str, style: EndpointStyle) -> Iterator[Sysctl]:
+    # strict reverse-path check: a workload may only send from addresses routed back to it
+    # (the kernel applies max(all, this), so a loose "all" weakens it; netfilter is the guard)
+    yield Sysctl(f"net/ipv4/conf/{ifname}/rp_filter", "1")
+    yield Sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+    if style is EndpointStyle.PROXY:
+        yield Sysctl(f"net/ipv4/conf/{ifname}/proxy_arp", "1")
+        yield Sysctl(f"net/ipv6/conf/{ifname}/proxy_ndp", "1")
+        # the default random delay of up to 0.8 s would stall every first packet
+        yield Sysctl(f"net/ipv4/neigh/{ifname}/proxy_delay", "0")
+        yield Sysctl(f"net/ipv6/neigh/{ifname}/proxy_delay", "0")
+
+
+def _workload_prefixlen(config: Config, ep: Endpoint, addr: IPAddress) -> int:
+    """A proxy-style workload holds its address with the tenant subnet's length (on-link)."""
+    if ep.style is EndpointStyle.PROXY:
+        tenant = config.tenants[ep.tenant]
+        for net in (*tenant.ipv4, *tenant.ipv6):
+            if addr in net:
+                return net.prefixlen
+    return addr.max_prefixlen
+
+
+def _workload_addresses(config: Config, ep: Endpoint) -> Iterator[Address]:
+    for addr in ep.addresses:
+        iface = ipaddress.ip_interface(f"{addr}/{_workload_prefixlen(config, ep, addr)}")
+        yield Address(WORKLOAD_IFNAME, iface, netns=ep.netns)
+
+
+def _workload_routes(ep: Endpoint) -> Iterator[Route]:
+    """Inside the workload: everything goes to the host's gateway addresses."""
+    versions = {a.version for a in ep.addresses}
+    on_eth0 = {"dev": WORKLOAD_IFNAME, "netns": ep.netns}
+    if 4 in versions:
+        gateway = ipaddress.ip_network(f"{markers.GATEWAY_V4}/32")
+        yield Route(gateway, MAIN_TABLE, markers.RTPROT_INFRA, scope=RT_SCOPE_LINK, **on_eth0)
+        yield Route(
+            ipaddress.ip_network("0.0.0.0/0"),
+            MAIN_TABLE,
+            markers.RTPROT_INFRA,
+            via=gateway.network_address,
+            **on_eth0,
+        )
+    if 6 in versions:
+        yield Route(
+            ipaddress.ip_network("::/0"),
+            MAIN_TABLE,
+            markers.RTPROT_INFRA,
+            via=ipaddress.ip_address(markers.GATEWAY_V6),
+            **on_eth0,
+        )
+
+
+def _tenant_v6_addresses(
+    config: Config, view: DirectoryView, tenant: str, tid: int
+) -> set[IPAddress]:
+    local: Iterable[IPAddress] = (
+        a for ep in config.endpoints.values() if ep.tenant == tenant for a in ep.addresses
+    )
+    remote = (
+        r.prefix.network_address
+        for r in view.remote_routes
+        if r.tenant_id == tid and r.prefix.version == 6
+    )
+    return {a for a in (*local, *remote) if a.version == 6}
