@@ -62,13 +62,21 @@ def desired_xfrm(config: Config, view: DirectoryView, load_keys: KeyLoader) -> D
 
 
 def tenant_policies(config: Config, tenant: Tenant) -> Iterator[XfrmPolicy]:
-    """ESP required for the tenant's tunnel traffic, with block policies beneath as a backstop."""
+    """ESP required for the tenant's tunnel traffic to and from the underlay aggregate, with
+    block policies for any address beneath as a backstop.
+
+    Both directions are scoped to the aggregate (ARCHITECTURE.md has `src ::/0` inbound): the
+    kernel identifies a policy by selector and direction only, not priority, so an inbound
+    ESP-required policy from ::/0 and the inbound block from ::/0 cannot coexist (verified on 6.1:
+    `add` fails with EEXIST, `update` replaces one with the other).
+    """
     here = ipaddress.IPv6Network(config.host.tenant_address(tenant.id))
+    aggregate = config.host.underlay_aggregate
     reqid = markers.reqid(tenant.id)
     for proto in TUNNELLED_PROTOS:
         for direction, src, dst, block_src, block_dst in (
-            (Direction.OUT, here, config.host.underlay_aggregate, here, ANY),
-            (Direction.IN, ANY, here, ANY, here),
+            (Direction.OUT, here, aggregate, here, ANY),
+            (Direction.IN, aggregate, here, ANY, here),
         ):
             yield XfrmPolicy(
                 direction, src, dst, proto, markers.XFRM_POLICY_PRIORITY, Action.ALLOW, reqid
