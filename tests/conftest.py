@@ -7,6 +7,7 @@ output streamed live. The guest's `routed_nv.lab.guest_report` plugin writes eve
 outcome and failure text to .rnv-lab/; each kernel test is then reported here with its real guest
 outcome, without running any host-side fixture for it. If the guest times out or crashes, every
 kernel test without a result fails with that reason. Other tests run normally on the host.
+ROUTED_NV_UML_MEM and ROUTED_NV_UML_TIMEOUT (seconds) size the guest.
 """
 
 from __future__ import annotations
@@ -43,13 +44,20 @@ class _GuestRun:
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         if terminal is not None:
             terminal.write_sep("-", f"{len(self.nodeids)} kernel tests in a UML guest")
+        timeout = float(os.environ.get("ROUTED_NV_UML_TIMEOUT", uml.DEFAULT_TIMEOUT))
         with capture.global_and_fixture_disabled():
-            rc = uml.run_in_uml(argv, cwd=self.config.rootpath, env={REPORT_ENV: str(report)})
+            rc = uml.run_in_uml(
+                argv,
+                cwd=self.config.rootpath,
+                env={REPORT_ENV: str(report)},
+                mem=os.environ.get("ROUTED_NV_UML_MEM", uml.DEFAULT_MEM),
+                timeout=timeout,
+            )
         if terminal is not None:
             terminal.write_sep("-", f"UML guest finished with exit status {rc}")
         self.results = json.loads(report.read_text()) if report.exists() else {}
         reasons = {
-            uml.EXIT_TIMEOUT: "the UML guest timed out",
+            uml.EXIT_TIMEOUT: f"the UML guest timed out after {timeout:g} s",
             uml.EXIT_NO_REPORT: "the UML guest crashed or did not report",
         }
         self.failure = reasons.get(
