@@ -1,0 +1,162 @@
+"""Desired isolation and anti-spoofing rules of this host, as data (docs/isolation.md: why).
+
+Everything lives in the raw table's PREROUTING hook, before conntrack and routing, and in the one
+place where both checks can see what they need (measured on 6.1, see the doc):
+- the workload's own veth/tap as in-interface (later hooks only see the tenant's VRF device);
+- the ESP secpath of the decrypted outer packet (the ip6tnl decapsulation drops it, so the inner
+  packet on rnv-t<T> can no longer be matched with `-m policy --pol ipsec`).
+
+Chains, all prefixed markers.CHAIN_PREFIX, reached by one jump from PREROUTING per family:
+  RNV-PREROUTING      dispatch: a workload's interface -> its RNV-SRC chain; IP-in-IPv6 -> RNV-DECAP
+  RNV-SRC-<ifname>    the sources that workload may use; everything else is dropped
+  RNV-DECAP (IPv6)    IP-in-IPv6 to this host's /64 must have been decrypted by the SA of the tenant
+                      that owns the destination (reqid binds SA -> tenant); plaintext is dropped
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from routed_nv import markers
+from routed_nv.config.model import Config, Endpoint
+
+TABLE = "raw"
+HOOK = "PREROUTING"  # the built-in chain that carries our single jump
+DISPATCH = f"{markers.CHAIN_PREFIX}PREROUTING"
+DECAP = f"{markers.CHAIN_PREFIX}DECAP"
+SRC_PREFIX = f"{markers.CHAIN_PREFIX}SRC-"
+
+PROTO_IPIP = 4  # IPv4 in IPv6
+PROTO_IPV6 = 41  # IPv6 in IPv6
+PROTO_ICMPV6 = 58
+# What a workload may send from a link-local or unspecified source: router and neighbour
+# solicitations and neighbour advertisements (RFC 4861 sends them from fe80::/10; DAD's
+# neighbour solicitation from ::). Nothing else needs them: the host is the only neighbour.
+ND_TYPES = (133, 135, 136)
+DAD_TYPE = 135
+LINK_LOCAL = "fe80::/10"
+UNSPECIFIED = "::/128"
+
+
+class Family(StrEnum):
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule in iptables terms. Every rule also carries the comment "routed-nv" (the adapter
+    adds it), so a restarted agent and an operator both recognise it."""
+
+    target: str  # ACCEPT, DROP, RETURN or one of our chains
+    goto: bool = False  # -g: a RETURN from the target chain returns to our caller's caller
+    in_interface: str | None = None
+    src: str | None = None  # a network in its canonical text form: "10.0.0.1/32"
+    dst: str | None = None
+    protocol: int | None = None
+    icmpv6_type: int | None = None
+    # `-m policy --dir in`: None = no policy match, 0 = `--pol none` (not decrypted),
+    # otherwise `--pol ipsec --proto esp --reqid <value>`
+    ipsec_reqid: int | None = None
+
+    def render(self) -> str:
+        """The rule as iptables arguments, for plans and logs."""
+        parts = []
+        if self.in_interface:
+            parts.append(f"-i {self.in_interface}")
+        if self.src:
+            parts.append(f"-s {self.src}")
+        if self.dst:
+            parts.append(f"-d {self.dst}")
+        if self.protocol is not None:
+            parts.append(f"-p {self.protocol}")
+        if self.icmpv6_type is not None:
+            parts.append(f"-m icmp6 --icmpv6-type {self.icmpv6_type}")
+        if self.ipsec_reqid == 0:
+            parts.append("-m policy --dir in --pol none")
+        elif self.ipsec_reqid is not None:
+            parts.append(f"-m policy --dir in --pol ipsec --proto esp --reqid {self.ipsec_reqid}")
+        parts.append(f"{'-g' if self.goto else '-j'} {self.target}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, order=True)
+class ChainKey:
+    family: Family
+    table: str
+    chain: str
+
+    def describe(self) -> str:
+        return f"{self.family} {self.table} {self.chain}"
+
+
+@dataclass(frozen=True)
+class DesiredRules:
+    chains: Mapping[ChainKey, tuple[Rule, ...]]  # our own chains and their whole content
+    # the single jump from each built-in chain we hook into: (family, table, built-in) -> chain
+    jumps: Mapping[ChainKey, str]
+    errors: tuple[str, ...] = ()
+
+
+def host_interface(endpoint: Endpoint) -> str | None:
+    """The host side of a workload's link, as far as the config names it."""
+    return endpoint.interface
+
+
+def desired_rules(config: Config) -> DesiredRules:
+    chains: dict[ChainKey, tuple[Rule, ...]] = {}
+    errors: list[str] = []
+    dispatch: dict[Family, list[Rule]] = {Family.IPV4: [], Family.IPV6: []}
+    for name, endpoint in sorted(config.endpoints.items()):
+        ifname = host_interface(endpoint)
+        if ifname is None:
+            errors.append(f"endpoint {name}: no host-side interface name, no anti-spoofing rules")
+            continue
+        chain = SRC_PREFIX + ifname
+        for family, rules in source_rules(endpoint).items():
+            chains[ChainKey(family, TABLE, chain)] = rules
+            dispatch[family].append(Rule(target=chain, goto=True, in_interface=ifname))
+    local = str(config.host.underlay_prefix)
+    dispatch[Family.IPV6] += [
+        Rule(target=DECAP, goto=True, dst=local, protocol=p) for p in (PROTO_IPIP, PROTO_IPV6)
+    ]
+    chains[ChainKey(Family.IPV6, TABLE, DECAP)] = decap_rules(config)
+    for family, rules in dispatch.items():
+        chains[ChainKey(family, TABLE, DISPATCH)] = tuple(rules)
+    jumps = {ChainKey(f, TABLE, HOOK): DISPATCH for f in Family}
+    return DesiredRules(chains=chains, jumps=jumps, errors=tuple(errors))
+
+
+def source_rules(endpoint: Endpoint) -> dict[Family, tuple[Rule, ...]]:
+    """Anti-spoofing: the workload may source its own addresses (and ND from link-local)."""
+    own: dict[Family, list[Rule]] = {Family.IPV4: [], Family.IPV6: []}
+    for addr in sorted(endpoint.addresses, key=lambda a: (a.version, a)):
+        family = Family.IPV4 if addr.version == 4 else Family.IPV6
+        own[family].append(Rule(target="RETURN", src=str(ipaddress.ip_network(addr))))
+    own[Family.IPV6] += [
+        Rule(target="RETURN", src=LINK_LOCAL, protocol=PROTO_ICMPV6, icmpv6_type=t)
+        for t in ND_TYPES
+    ]
+    own[Family.IPV6].append(
+        Rule(target="RETURN", src=UNSPECIFIED, protocol=PROTO_ICMPV6, icmpv6_type=DAD_TYPE)
+    )
+    return {family: (*rules, Rule(target="DROP")) for family, rules in own.items()}
+
+
+def decap_rules(config: Config) -> tuple[Rule, ...]:
+    """IP-in-IPv6 to this host: only what the destination tenant's own SAs decrypted."""
+    return (
+        *(
+            Rule(
+                target="RETURN",
+                dst=str(ipaddress.ip_network(config.host.tenant_address(t.id))),
+                ipsec_reqid=markers.reqid(t.id),
+            )
+            for t in sorted(config.tenants.values(), key=lambda t: t.id)
+        ),
+        Rule(target="DROP", ipsec_reqid=0),  # plaintext: never decrypted (own counter)
+        Rule(target="DROP"),  # decrypted by an SA of another tenant, or for no tenant of ours
+    )

@@ -1,0 +1,1 @@
+"""Isolation and anti-spoofing rules in legacy iptables, via python-iptables (docs/isolation.md)."""

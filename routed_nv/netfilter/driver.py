@@ -1,0 +1,115 @@
+"""The netfilter driver: reads our chains back, diffs them against the desired rules and rewrites
+only the chains that differ, one commit per table.
+
+Fail closed: nothing is ever flushed to be rebuilt later. A restarted agent reads its chains,
+finds them as it wants them and changes nothing; a chain that differs is replaced in the same
+commit that leaves every other chain alone, so there is no moment without rules. Chains of ours
+that are no longer wanted are deleted in that commit too, after the jumps to them are gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from routed_nv.calc.netfilter import ChainKey, DesiredRules, Family
+from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
+from routed_nv.reconcile import delta
+
+
+class TablesAdapter(Protocol):
+    def read(self, family: Family, table: str) -> ActualTable: ...
+    def apply(self, change: TableChange) -> None: ...
+
+
+@dataclass(frozen=True)
+class NetfilterPlan:
+    changes: tuple[TableChange, ...]
+
+    def lines(self) -> list[str]:
+        return [line for change in self.changes for line in change.lines()]
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+
+@dataclass
+class NetfilterResult:
+    chains_set: int = 0
+    chains_deleted: int = 0
+    hooks_fixed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class NetfilterDriver:
+    """Programs one network namespace's rules (the adapter decides which namespace)."""
+
+    def __init__(self, adapter: TablesAdapter) -> None:
+        self._adapter = adapter
+
+    def read(self, desired: DesiredRules) -> list[ActualTable]:
+        """Our chains (with counters) in every table the desired rules use."""
+        return [self._adapter.read(family, table) for family, table in _tables(desired)]
+
+    def plan(self, desired: DesiredRules) -> NetfilterPlan:
+        """What apply() would do now; reads the kernel, changes nothing."""
+        return plan_changes(desired, self.read(desired))
+
+    def apply(self, desired: DesiredRules) -> NetfilterResult:
+        """Brings every table in line; a table that fails stays as it was (its commit is atomic)
+        and is reported, the others are still applied."""
+        result = NetfilterResult(errors=list(desired.errors))
+        for family, table in _tables(desired):
+            try:
+                change = plan_table(desired, self._adapter.read(family, table))
+                if change:
+                    self._adapter.apply(change)
+            except NetfilterError as exc:  # names the table and the operation
+                result.errors.append(str(exc))
+                continue
+            result.chains_set += len(change.set_chains)
+            result.chains_deleted += len(change.delete_chains)
+            result.hooks_fixed += len(change.hooks)
+        return result
+
+
+def plan_changes(desired: DesiredRules, actual: Iterable[ActualTable]) -> NetfilterPlan:
+    changes = (plan_table(desired, table) for table in actual)
+    return NetfilterPlan(tuple(c for c in changes if c))
+
+
+def plan_table(desired: DesiredRules, actual: ActualTable) -> TableChange:
+    """The minimal change of one table: chains whose content differs, hooks that are not exactly
+    our single jump in first position, and our chains nobody wants any more."""
+    mine = {k.chain: rules for k, rules in desired.chains.items() if _in(k, actual)}
+    chains = delta(mine, actual.chains)
+    wanted_hooks = {k.chain: (target,) for k, target in desired.jumps.items() if _in(k, actual)}
+    hooks: dict[str, str | None] = {}
+    for hook in wanted_hooks.keys() | actual.hooks.keys():
+        want = wanted_hooks.get(hook)
+        have = actual.hooks.get(hook, ())
+        if want is None:
+            hooks[hook] = None
+        elif have != ((0, want[0]),):
+            hooks[hook] = want[0]
+    return TableChange(
+        family=actual.family,
+        table=actual.table,
+        set_chains=chains.upserts,
+        hooks=hooks,
+        delete_chains=tuple(sorted(chains.deletes)),
+    )
+
+
+def _in(key: ChainKey, actual: ActualTable) -> bool:
+    return key.family == actual.family and key.table == actual.table
+
+
+def _tables(desired: DesiredRules) -> list[tuple[Family, str]]:
+    keys = [*desired.chains, *desired.jumps]
+    return sorted({(k.family, k.table) for k in keys})

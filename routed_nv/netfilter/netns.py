@@ -1,0 +1,60 @@
+"""Run a function inside a named network namespace (/run/netns/NAME, as `ip netns` makes them).
+
+libiptc talks to the kernel through a socket it opens in the calling thread's namespace, so the
+work runs in a short-lived thread that setns()es first: the agent's own threads never change
+namespace, nothing has to be switched back, and no process (nor a second python-iptables import)
+is started. Python 3.11 has no os.setns, hence the one libc call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
+
+
+class NetnsError(Exception):
+    pass
+
+
+def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """fn() in netns (None: right here, in the caller's namespace)."""
+    if netns is None:
+        return fn()
+    path = os.path.join(NETNS_DIR, netns)
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            _setns(path)
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def _setns(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NetnsError(f"network namespace {os.path.basename(path)}: {exc.strerror}") from None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NetnsError(f"cannot enter network namespace {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
