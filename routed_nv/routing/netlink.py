@@ -1,0 +1,357 @@
+"""The pyroute2 adapter: the only module that imports pyroute2 (IPRoute, never IPDB/NDB).
+
+One NetlinkKernel talks to one network namespace: the process's own (netns None) or a named
+one under /var/run/netns, opened with flags=0 so that a typo never creates a namespace.
+Objects read back carry no netns: the driver knows which logical namespace it asked.
+Netlink errors become KernelError subclasses with the errno's words; "already gone" on delete
+and "already there" on address/neigh add count as success.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from socket import AF_INET, AF_INET6
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute, NetlinkError
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import RTM_GETNEIGH
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+from routed_nv.routing.kernel import (
+    AlreadyExists,
+    KernelError,
+    LinkState,
+    NetnsNotFound,
+    NotFound,
+)
+from routed_nv.routing.objects import (
+    Address,
+    IPInterface,
+    Link,
+    LinkKind,
+    NeighProxy,
+    Route,
+    Tunnel,
+)
+
+NETNS_DIR = Path("/var/run/netns")
+PROC_SYS = Path("/proc/sys")
+
+IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+NTF_PROXY = 0x08
+RTNH_F_ONLINK = 0x04
+RTN_UNICAST = 1
+RTN_UNREACHABLE = 7
+IP6_TNL_F_IGN_ENCAP_LIMIT = 0x1
+_TUNNEL_MODES = {"any": 0, "ipip": 4, "ip6ip6": 41}
+_GONE = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV}
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except NetlinkError as exc:
+        code = exc.code
+        words = os.strerror(code) if code else str(exc)
+        if code == errno.EEXIST:
+            raise AlreadyExists(words) from None
+        if code in _GONE:
+            raise NotFound(words) from None
+        raise KernelError(words) from None
+    except OSError as exc:
+        raise KernelError(exc.strerror or str(exc)) from None
+
+
+class NetlinkKernel:
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        if netns is not None and not (NETNS_DIR / netns).exists():
+            raise NetnsNotFound(f"netns {netns} does not exist")
+        with _errors():
+            self._ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    # links
+
+    def _index(self, name: str) -> int:
+        with _errors():
+            found = self._ipr.link_lookup(ifname=name)
+        if not found:
+            raise NotFound("No such device")
+        return found[0]
+
+    def links(self) -> list[LinkState]:
+        with _errors():
+            msgs = self._ipr.get_links()
+        names = {m["index"]: m.get("ifname") for m in msgs}
+        return [_link_state(m, names) for m in msgs]
+
+    def add_link(self, link: Link) -> None:
+        spec: dict[str, Any] = {"ifname": link.name, "kind": str(link.kind)}
+        if link.kind is LinkKind.VRF:
+            spec["vrf_table"] = link.vrf_table
+        elif link.kind is LinkKind.IP6TNL and link.tunnel is not None:
+            spec.update(_tunnel_spec(link.tunnel))
+        elif link.kind is LinkKind.VETH and link.veth_peer is not None:
+            spec["peer"] = {"ifname": link.veth_peer.name, "net_ns_fd": link.veth_peer.netns}
+        with _errors():
+            self._ipr.link("add", **spec)
+        self.set_link(link.name, link.mtu, link.master, link.up)
+
+    def set_link(self, name: str, mtu: int | None, master: str | None, up: bool) -> None:
+        spec: dict[str, Any] = {
+            "index": self._index(name),
+            "master": self._index(master) if master else 0,
+            "state": "up" if up else "down",
+        }
+        if mtu is not None:
+            spec["mtu"] = mtu
+        with _errors():
+            self._ipr.link("set", **spec)
+
+    def delete_link(self, name: str) -> None:
+        try:
+            index = self._index(name)
+            with _errors():
+                self._ipr.link("del", index=index)
+        except NotFound:
+            pass
+
+    # addresses
+
+    def addresses(self, ifnames: set[str]) -> list[tuple[str, IPInterface]]:
+        with _errors():
+            names = {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
+            msgs = self._ipr.get_addr()
+        found = []
+        for m in msgs:
+            name = names.get(m["index"])
+            if name in ifnames:
+                addr = m.get("IFA_LOCAL") or m.get("IFA_ADDRESS")
+                found.append((name, ipaddress.ip_interface(f"{addr}/{m['prefixlen']}")))
+        return found
+
+    def _addr(self, command: str, address: Address) -> None:
+        iface = address.address
+        with _errors():
+            self._ipr.addr(
+                command,
+                index=self._index(address.ifname),
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                **({"flags": IFA_F_NODAD} if iface.version == 6 and command == "add" else {}),
+            )
+
+    def add_address(self, address: Address) -> None:
+        with suppress(AlreadyExists):
+            self._addr("add", address)
+
+    def delete_address(self, address: Address) -> None:
+        with suppress(NotFound):
+            self._addr("del", address)
+
+    # routes
+
+    def routes(self, protos: set[int]) -> list[Route]:
+        with _errors():
+            names = {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
+            found = []
+            for family in (AF_INET, AF_INET6):
+                for m in self._ipr.get_routes(family=family):
+                    if m["proto"] in protos and not m.get("RTA_MULTIPATH"):
+                        found.append(_route(m, names))
+        return found
+
+    def _route_spec(self, route: Route) -> dict[str, Any]:
+        # the full route also for deletes: the kernel then removes only a route that matches
+        # ours in type, scope and protocol, never a look-alike someone else added
+        spec: dict[str, Any] = {
+            "family": AF_INET if route.dst.version == 4 else AF_INET6,
+            "dst": str(route.dst),
+            "table": route.table,
+            "proto": route.proto,
+            "priority": route.metric,
+            "type": RTN_UNREACHABLE if route.unreachable else RTN_UNICAST,
+            "scope": route.scope,
+        }
+        if route.dev is not None:
+            spec["oif"] = self._index(route.dev)
+        if route.via is not None:
+            if route.via.version == route.dst.version:
+                spec["gateway"] = str(route.via)
+            else:
+                spec["via"] = {"family": AF_INET6, "addr": str(route.via)}
+        if route.onlink:
+            spec["flags"] = RTNH_F_ONLINK
+        return spec
+
+    def replace_route(self, route: Route) -> None:
+        spec = self._route_spec(route)
+        with _errors():
+            self._ipr.route("replace", **spec)
+
+    def delete_route(self, route: Route) -> None:
+        try:
+            spec = self._route_spec(route)
+            with _errors():
+                self._ipr.route("del", **spec)
+        except NotFound:
+            pass
+
+    # proxy-NDP entries
+
+    def neigh_proxies(self, ifnames: set[str]) -> list[NeighProxy]:
+        # the kernel dumps its proxy table only when the request carries NTF_PROXY
+        request = ndmsg()
+        request["family"] = AF_INET6
+        request["flags"] = NTF_PROXY
+        with _errors():
+            names = {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
+            msgs = self._ipr.nlm_request(
+                request, msg_type=RTM_GETNEIGH, msg_flags=NLM_F_REQUEST | NLM_F_DUMP
+            )
+            found = []
+            for m in msgs:
+                name = names.get(m["ifindex"])
+                if name in ifnames and m["flags"] & NTF_PROXY:
+                    addr = ipaddress.IPv6Address(m.get("NDA_DST"))
+                    found.append(NeighProxy(name, addr))
+        return found
+
+    def _neigh(self, command: str, proxy: NeighProxy) -> None:
+        with _errors():
+            self._ipr.neigh(
+                command,
+                dst=str(proxy.address),
+                ifindex=self._index(proxy.ifname),
+                flags=NTF_PROXY,
+                family=AF_INET6,
+            )
+
+    def add_neigh_proxy(self, proxy: NeighProxy) -> None:
+        with suppress(AlreadyExists):
+            self._neigh("add", proxy)
+
+    def delete_neigh_proxy(self, proxy: NeighProxy) -> None:
+        with suppress(NotFound):
+            self._neigh("del", proxy)
+
+    # sysctls
+
+    def read_sysctl(self, path: str) -> str | None:
+        def read() -> str | None:
+            try:
+                return (PROC_SYS / path).read_text().strip()
+            except FileNotFoundError:
+                return None
+
+        return self._in_netns(read)
+
+    def write_sysctl(self, path: str, value: str) -> None:
+        self._in_netns(lambda: (PROC_SYS / path).write_text(value))
+
+    def _in_netns(self, action: Callable[[], T]) -> T:
+        """Run `action` in this namespace: /proc/sys/net shows the namespace of the thread that
+        opens it, so a named namespace gets a short-lived thread that setns()es into it and
+        leaves the rest of the process where it is."""
+        try:
+            if self.netns is None:
+                return action()
+            outcome: list[Any] = []
+
+            def run() -> None:
+                try:
+                    pyroute2_netns.setns(self.netns, flags=0)
+                    outcome.append(action())
+                except Exception as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=run, name=f"sysctl-{self.netns}")
+            thread.start()
+            thread.join()
+            if isinstance(outcome[0], Exception):
+                raise outcome[0]
+            return outcome[0]  # type: ignore[no-any-return]
+        except OSError as exc:
+            raise KernelError(exc.strerror or str(exc)) from None
+
+
+def _link_state(m: Any, names: dict[int, str]) -> LinkState:
+    info = m.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+    data = m.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))
+    master = m.get("IFLA_MASTER")
+    return LinkState(
+        name=m.get("IFLA_IFNAME"),
+        index=m["index"],
+        kind=info,
+        mtu=m.get("IFLA_MTU"),
+        up=bool(m["flags"] & IFF_UP),
+        master=names.get(master) if master else None,
+        vrf_table=data.get("IFLA_VRF_TABLE") if info == "vrf" and data else None,
+        tunnel=_tunnel(data) if info == "ip6tnl" and data else None,
+        peer_index=m.get("IFLA_LINK") if info == "veth" else None,
+    )
+
+
+def _tunnel(data: Any) -> Tunnel:
+    modes = {v: k for k, v in _TUNNEL_MODES.items()}
+    remote = ipaddress.IPv6Address(data.get("IFLA_IP6TNL_REMOTE"))
+    flags = data.get("IFLA_IP6TNL_FLAGS") or 0
+    return Tunnel(
+        local=ipaddress.IPv6Address(data.get("IFLA_IP6TNL_LOCAL")),
+        remote=None if remote.is_unspecified else remote,
+        mode=modes.get(data.get("IFLA_IP6TNL_PROTO"), str(data.get("IFLA_IP6TNL_PROTO"))),
+        hoplimit=data.get("IFLA_IP6TNL_TTL"),
+        encap_limit=(
+            None if flags & IP6_TNL_F_IGN_ENCAP_LIMIT else data.get("IFLA_IP6TNL_ENCAP_LIMIT")
+        ),
+    )
+
+
+def _tunnel_spec(tunnel: Tunnel) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "ip6tnl_proto": _TUNNEL_MODES[tunnel.mode],
+        "ip6tnl_local": str(tunnel.local),
+        "ip6tnl_ttl": tunnel.hoplimit,
+    }
+    if tunnel.remote is not None:
+        spec["ip6tnl_remote"] = str(tunnel.remote)
+    if tunnel.encap_limit is None:
+        spec["ip6tnl_flags"] = IP6_TNL_F_IGN_ENCAP_LIMIT
+    else:
+        spec["ip6tnl_encap_limit"] = tunnel.encap_limit
+    return spec
+
+
+def _route(m: Any, names: dict[int, str]) -> Route:
+    family_default = "0.0.0.0" if m["family"] == AF_INET else "::"
+    dst = ipaddress.ip_network(f"{m.get('RTA_DST') or family_default}/{m['dst_len']}")
+    via = m.get("RTA_GATEWAY") or (m.get("RTA_VIA") or {}).get("addr")
+    unreachable = m["type"] == RTN_UNREACHABLE
+    oif = m.get("RTA_OIF")
+    return Route(
+        dst=dst,
+        table=m.get("RTA_TABLE") or m["table"],
+        proto=m["proto"],
+        # IPv6 unreachable routes point at lo by construction; that is not a choice of ours
+        dev=None if unreachable or oif is None else names.get(oif),
+        via=ipaddress.ip_address(via) if via else None,
+        onlink=bool(m["flags"] & RTNH_F_ONLINK),
+        unreachable=unreachable,
+        scope=m["scope"],
+        metric=m.get("RTA_PRIORITY") or 0,
+    )

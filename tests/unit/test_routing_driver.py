@@ -1,0 +1,350 @@
+"""The routing driver against an in-memory kernel: diff, ownership, partial failure."""
+
+import dataclasses
+import ipaddress
+
+import pytest
+
+from routed_nv import markers
+from routed_nv.calc.inputs import static_view
+from routed_nv.calc.routing import desired_routing, endpoint_link_name
+from routed_nv.config.model import Config
+from routed_nv.routing.driver import RoutingDriver
+from routed_nv.routing.kernel import AlreadyExists, KernelError, LinkState, NetnsNotFound, NotFound
+from routed_nv.routing.objects import Address, NeighProxy, Route
+
+net = ipaddress.ip_network
+
+
+class FakeKernel:
+    """One namespace; veths reach into the other namespaces of the same world."""
+
+    def __init__(self, world, name):
+        self.world, self.name = world, name
+        self.links_ = {}  # name -> LinkState
+        self.addrs = set()  # (ifname, interface)
+        self.routes_ = {}  # (table, dst, metric) -> Route
+        self.proxies = set()
+        self.sysctls = {"net/ipv4/ip_forward": "0", "net/ipv6/conf/all/forwarding": "0"}
+        self.log = []
+        self.failing = {}  # str(dst) -> error words
+
+    def _new_index(self):
+        self.world.next_index += 1
+        return self.world.next_index
+
+    def plain_link(self, name, kind=None, master=None, mtu=1500):
+        self.links_[name] = LinkState(name, self._new_index(), kind, mtu, True, master)
+
+    def links(self):
+        return list(self.links_.values())
+
+    def add_link(self, link):
+        self.log.append(("add_link", link.name))
+        if link.name in self.links_:
+            raise AlreadyExists("File exists")
+        state = LinkState(
+            link.name,
+            self._new_index(),
+            str(link.kind),
+            1500,
+            False,
+            None,
+            link.vrf_table,
+            link.tunnel,
+        )
+        if link.veth_peer:
+            peer_ns = self.world.ns(link.veth_peer.netns)
+            peer = LinkState(
+                link.veth_peer.name,
+                peer_ns._new_index(),
+                "veth",
+                1500,
+                False,
+                None,
+                peer_index=state.index,
+            )
+            peer_ns.links_[peer.name] = peer
+            state = dataclasses.replace(state, peer_index=peer.index)
+        self.links_[link.name] = state
+        self.set_link(link.name, link.mtu, link.master, link.up)
+
+    def set_link(self, name, mtu, master, up):
+        self.log.append(("set_link", name))
+        if name not in self.links_:
+            raise NotFound("No such device")
+        s = self.links_[name]
+        self.links_[name] = dataclasses.replace(s, mtu=mtu or s.mtu, master=master, up=up)
+
+    def delete_link(self, name):
+        self.log.append(("delete_link", name))
+        self.links_.pop(name, None)
+        self.addrs = {a for a in self.addrs if a[0] != name}
+        self.routes_ = {k: r for k, r in self.routes_.items() if r.dev != name}
+
+    def addresses(self, ifnames):
+        return [a for a in self.addrs if a[0] in ifnames]
+
+    def _need(self, ifname):
+        if ifname not in self.links_:
+            raise NotFound("No such device")
+
+    def add_address(self, address):
+        self._need(address.ifname)
+        self.addrs.add((address.ifname, address.address))
+
+    def delete_address(self, address):
+        self.addrs.discard((address.ifname, address.address))
+
+    def routes(self, protos):
+        return [r for r in self.routes_.values() if r.proto in protos]
+
+    def replace_route(self, route):
+        if str(route.dst) in self.failing:
+            raise KernelError(self.failing[str(route.dst)])
+        if route.dev:
+            self._need(route.dev)
+        self.log.append(("replace_route", str(route.dst)))
+        self.routes_[(route.table, route.dst, route.metric)] = dataclasses.replace(
+            route, netns=None
+        )
+
+    def delete_route(self, route):
+        self.log.append(("delete_route", str(route.dst)))
+        self.routes_.pop((route.table, route.dst, route.metric), None)
+
+    def neigh_proxies(self, ifnames):
+        return [NeighProxy(i, a) for i, a in self.proxies if i in ifnames]
+
+    def add_neigh_proxy(self, proxy):
+        self.proxies.add((proxy.ifname, proxy.address))
+
+    def delete_neigh_proxy(self, proxy):
+        self.proxies.discard((proxy.ifname, proxy.address))
+
+    def read_sysctl(self, path):
+        return self.sysctls.get(path)
+
+    def write_sysctl(self, path, value):
+        self.sysctls[path] = value
+
+    def close(self):
+        pass
+
+
+class World:
+    def __init__(self, *namespaces):
+        self.next_index = 0
+        self.kernels = {ns: FakeKernel(self, ns) for ns in (None, *namespaces)}
+
+    def ns(self, name):
+        if name not in self.kernels:
+            raise NetnsNotFound(f"netns {name} does not exist")
+        return self.kernels[name]
+
+
+def make_config(endpoints=None, tenants=None):
+    return Config.model_validate(
+        {
+            "host": {
+                "name": "host1",
+                "id": 1,
+                "underlay_prefix": "2001:db8:0:1::/64",
+                "underlay_aggregate": "2001:db8::/48",
+                "uplink": "eth0",
+            },
+            "tenants": tenants or {"blue": {"id": 100, "ipv6": ["fd10::/64"]}, "red": {"id": 200}},
+            "endpoints": endpoints
+            if endpoints is not None
+            else {
+                "b1": {"tenant": "blue", "addresses": ["10.0.0.1", "fd10::1"], "netns": "w1"},
+                "r1": {"tenant": "red", "addresses": ["10.0.0.1", "fd10::1"], "netns": "w2"},
+                "tap": {"tenant": "blue", "addresses": ["10.0.0.3"], "interface": "tap3"},
+            },
+            "peers": {"host2": {"id": 2, "underlay_prefix": "2001:db8:0:2::/64"}},
+            "remote_endpoints": {
+                "far": {"tenant": "blue", "addresses": ["10.0.0.2", "fd10::2"], "host": "host2"}
+            },
+        }
+    )
+
+
+def desired(cfg):
+    return desired_routing(cfg, static_view(cfg))
+
+
+@pytest.fixture
+def world():
+    w = World("w1", "w2")
+    w.ns(None).plain_link("tap3", kind="tun")
+    return w
+
+
+@pytest.fixture
+def driver(world):
+    return RoutingDriver(world.ns)
+
+
+def test_apply_builds_everything_and_second_apply_changes_nothing(world, driver):
+    result = driver.apply(desired(make_config()))
+    assert result.ok, result.lines()
+    host = world.ns(None)
+    assert host.links_["rnv-v100"].vrf_table == markers.vrf_table(100)
+    assert host.links_["rnv-t100"].master == "rnv-v100"
+    assert host.links_["rnv-t100"].mtu == 1426
+    assert host.links_["tap3"].master == "rnv-v100"
+    assert world.ns("w1").links_["eth0"].up
+    assert ("eth0", ipaddress.ip_interface("10.0.0.1/32")) in world.ns("w2").addrs
+    assert host.sysctls["net/ipv4/ip_forward"] == "1"
+    assert (markers.vrf_table(100), net("10.0.0.2/32"), 0) in host.routes_
+    assert not driver.plan(desired(make_config())).changes
+    assert driver.apply(desired(make_config())).changes == []
+
+
+def test_plan_changes_nothing_and_lists_what_apply_would_do(world, driver):
+    plan = driver.plan(desired(make_config()))
+    assert world.ns(None).links_.keys() == {"tap3"}
+    lines = plan.lines()
+    assert "+ link rnv-v100 type vrf table 268435556 nomaster up" in lines
+    assert any(line.startswith("+ route 10.0.0.2/32 via ") for line in lines)
+    assert len(plan.changes) == len(driver.apply(desired(make_config())).changes)
+
+
+def test_one_failing_route_does_not_stop_the_others_and_is_retried(world, driver):
+    world.ns(None).failing["10.0.0.2/32"] = "Network is unreachable"
+    result = driver.apply(desired(make_config()))
+    assert [str(f) for f in result.failures] == [
+        f"route 10.0.0.2/32 table {markers.vrf_table(100)}: Network is unreachable"
+    ]
+    assert (markers.vrf_table(100), net("fd10::2/128"), 1024) in world.ns(None).routes_
+    del world.ns(None).failing["10.0.0.2/32"]
+    again = driver.apply(desired(make_config()))
+    assert again.ok and [str(c.obj.dst) for c in again.changes] == ["10.0.0.2/32"]
+
+
+def test_foreign_objects_are_left_alone(world, driver):
+    host = world.ns(None)
+    host.plain_link("eth9")
+    host.plain_link("rnv-v12x", kind="bridge")  # our prefix, but not one of our names
+    host.plain_link("rnv-v300", kind="bridge")  # our name, but not our kind
+    host.addrs.add(("eth9", ipaddress.ip_interface("192.0.2.1/24")))
+    foreign = Route(net("10.0.0.2/32"), markers.vrf_table(100), proto=4, dev="eth9")
+    host.routes_[foreign.key[1:]] = foreign
+    driver.apply(desired(make_config()))
+    assert {"eth9", "rnv-v12x", "rnv-v300"} <= host.links_.keys()
+    assert ("eth9", ipaddress.ip_interface("192.0.2.1/24")) in host.addrs
+    assert not any(op[0] == "delete_link" for op in host.log)
+
+
+def test_removing_a_tenant_and_endpoints_removes_exactly_their_objects(world, driver):
+    driver.apply(desired(make_config()))
+    host = world.ns(None)
+    smaller = make_config(
+        tenants={"blue": {"id": 100, "ipv6": ["fd10::/64"]}},
+        endpoints={"b1": {"tenant": "blue", "addresses": ["10.0.0.1", "fd10::1"], "netns": "w1"}},
+    )
+    result = driver.apply(desired(smaller))
+    assert result.ok, result.lines()
+    deleted = {op[1] for op in host.log if op[0] == "delete_link"}
+    assert deleted == {"rnv-v200", "rnv-t200", endpoint_link_name("r1")}
+    # the tap is not ours: released from the VRF, stripped of our gateway addresses, kept
+    assert host.links_["tap3"].master is None
+    assert not any(ifname == "tap3" for ifname, _ in host.addrs)
+    assert not any(r.table == markers.vrf_table(200) for r in host.routes_.values())
+    assert (markers.vrf_table(100), net("10.0.0.1/32"), 0) in host.routes_
+    assert (markers.vrf_table(100), net("10.0.0.3/32"), 0) not in host.routes_
+    outer_200 = smaller.host.tenant_address(200)
+    assert not any(a.ip == outer_200 for _, a in host.addrs)
+    assert driver.plan(desired(smaller)).changes == []
+
+
+def test_mtu_change_modifies_the_link_in_place(world, driver):
+    driver.apply(desired(make_config()))
+    host = world.ns(None)
+    host.log.clear()
+    cfg = make_config(tenants={"blue": {"id": 100, "mtu": 1400}, "red": {"id": 200}})
+    result = driver.apply(desired(cfg))
+    assert result.ok
+    veth = endpoint_link_name("b1")
+    assert ("set_link", veth) in host.log
+    assert not any(op[0] in ("delete_link", "add_link") for op in host.log)
+    assert host.links_[veth].mtu == 1400 and world.ns("w1").links_["eth0"].mtu == 1400
+
+
+def test_changed_tunnel_endpoint_recreates_the_tunnel(world, driver):
+    driver.apply(desired(make_config()))
+    host = world.ns(None)
+    tunnel = host.links_["rnv-t100"]
+    other = dataclasses.replace(tunnel.tunnel, hoplimit=10)
+    host.links_["rnv-t100"] = dataclasses.replace(tunnel, tunnel=other)
+    host.log.clear()
+    driver.apply(desired(make_config()))
+    assert host.log[:2] == [("delete_link", "rnv-t100"), ("add_link", "rnv-t100")]
+    assert host.links_["rnv-t100"].tunnel.hoplimit == 64
+
+
+def test_veth_whose_peer_is_gone_is_recreated(world, driver):
+    driver.apply(desired(make_config()))
+    del world.ns("w1").links_["eth0"]
+    result = driver.apply(desired(make_config()))
+    assert result.ok
+    assert "eth0" in world.ns("w1").links_
+    assert any(c.op == "~" and c.obj.name == endpoint_link_name("b1") for c in result.changes)
+
+
+def test_missing_workload_netns_is_reported_once_and_the_rest_is_applied():
+    world = World("w1")  # w2 does not exist
+    world.ns(None).plain_link("tap3", kind="tun")
+    result = RoutingDriver(world.ns).apply(desired(make_config()))
+    messages = [str(f) for f in result.failures]
+    assert "netns w2: netns w2 does not exist" in messages
+    r1 = endpoint_link_name("r1")
+    red, red_publish = markers.vrf_table(200), markers.publish_table(200)
+    # the veth into w2 cannot be made, so what depends on it fails too, and nothing else
+    assert messages == [
+        "netns w2: netns w2 does not exist",
+        f"link {r1}: netns w2 does not exist",
+        f"address 169.254.0.1/32 dev {r1}: No such device",
+        f"address fe80::1/64 dev {r1}: No such device",
+        f"route 10.0.0.1/32 table {red}: No such device",
+        f"route 10.0.0.1/32 table {red_publish}: No such device",
+        f"route fd10::1/128 table {red}: No such device",
+        f"route fd10::1/128 table {red_publish}: No such device",
+    ]
+    assert "rnv-v200" in world.ns(None).links_
+    assert "eth0" in world.ns("w1").links_
+
+
+def test_missing_port_interface_fails_alone(world, driver):
+    del world.ns(None).links_["tap3"]
+    result = driver.apply(desired(make_config()))
+    assert [str(f) for f in result.failures] == [
+        "port tap3: No such device",
+        "address 169.254.0.1/32 dev tap3: No such device",
+        "address fe80::1/64 dev tap3: No such device",
+        f"route 10.0.0.3/32 table {markers.vrf_table(100)}: No such device",
+        f"route 10.0.0.3/32 table {markers.publish_table(100)}: No such device",
+    ]
+    assert "rnv-t100" in world.ns(None).links_
+
+
+def test_kernel_made_link_local_addresses_are_not_ours(world, driver):
+    driver.apply(desired(make_config()))
+    veth = endpoint_link_name("b1")
+    world.ns(None).addrs.add((veth, ipaddress.ip_interface("fe80::1234/64")))
+    assert driver.plan(desired(make_config())).changes == []
+
+
+def test_links_are_created_vrf_first(world, driver):
+    driver.apply(desired(make_config()))
+    added = [op[1] for op in world.ns(None).log if op[0] == "add_link"]
+    assert added.index("rnv-v100") < added.index("rnv-t100")
+    assert added.index("rnv-v200") < added.index(endpoint_link_name("r1"))
+
+
+def test_stray_address_on_our_device_is_removed(world, driver):
+    driver.apply(desired(make_config()))
+    stray = Address(markers.HOST_DEVICE, ipaddress.ip_interface("2001:db8:0:1::99/128"))
+    world.ns(None).addrs.add((stray.ifname, stray.address))
+    result = driver.apply(desired(make_config()))
+    assert [str(c) for c in result.changes] == [f"- {stray}"]
