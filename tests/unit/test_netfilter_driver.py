@@ -1,0 +1,177 @@
+from dataclasses import replace
+
+import pytest
+
+from routed_nv.calc.netfilter import DISPATCH, Family, Rule, desired_rules
+from routed_nv.config.model import Config
+from routed_nv.netfilter.driver import NetfilterDriver
+from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
+
+
+class FakeTables:
+    """Legacy tables as the adapter reports them; apply() mimics one atomic commit."""
+
+    def __init__(self) -> None:
+        self.chains: dict[tuple[Family, str], dict[str, tuple]] = {}
+        self.hooks: dict[tuple[Family, str], dict[str, list[str]]] = {}
+        self.applied: list[TableChange] = []
+        self.fail: set[Family] = set()
+
+    def read(self, family, table):
+        hooks = self.hooks.get((family, table), {})
+        return ActualTable(
+            family,
+            table,
+            dict(self.chains.get((family, table), {})),
+            {},
+            {h: tuple(enumerate(targets)) for h, targets in hooks.items() if targets},
+        )
+
+    def apply(self, change):
+        if change.family in self.fail:
+            raise NetfilterError(f"{change.family} table {change.table}: apply failed: boom")
+        self.applied.append(change)
+        chains = self.chains.setdefault((change.family, change.table), {})
+        hooks = self.hooks.setdefault((change.family, change.table), {})
+        chains.update(change.set_chains)
+        for hook, target in change.hooks.items():
+            hooks[hook] = [target] if target else []
+        for name in change.delete_chains:
+            del chains[name]
+
+
+def config(endpoints=None, tenants=None) -> Config:
+    return Config.model_validate(
+        {
+            "host": {
+                "name": "h1",
+                "id": 1,
+                "underlay_prefix": "2001:db8:0:1::/64",
+                "underlay_aggregate": "2001:db8::/48",
+                "uplink": "u1",
+            },
+            "tenants": tenants or {"blue": {"id": 100}, "red": {"id": 200}},
+            "endpoints": endpoints
+            or {
+                "web": {
+                    "tenant": "blue",
+                    "addresses": ["10.0.0.1", "fd10::1"],
+                    "interface": "wl-web",
+                },
+                "db": {"tenant": "red", "addresses": ["10.0.0.2"], "interface": "wl-db"},
+            },
+        }
+    )
+
+
+@pytest.fixture
+def fake():
+    return FakeTables()
+
+
+def test_first_apply_creates_everything_and_second_changes_nothing(fake):
+    driver = NetfilterDriver(fake)
+    desired = desired_rules(config())
+    result = driver.apply(desired)
+    assert result.ok
+    assert result.chains_set == len(desired.chains)
+    assert result.hooks_fixed == 2
+    assert not driver.plan(desired)  # converged: "apply twice, the second changes nothing"
+    fake.applied.clear()
+    assert driver.apply(desired).chains_set == 0
+    assert fake.applied == []
+
+
+def test_restart_adopts_existing_rules_without_touching_them(fake):
+    NetfilterDriver(fake).apply(desired_rules(config()))
+    fake.applied.clear()
+    restarted = NetfilterDriver(fake)  # no memory, only the kernel's state
+    restarted.apply(desired_rules(config()))
+    assert fake.applied == []
+
+
+def test_only_the_chain_that_differs_is_replaced(fake):
+    driver = NetfilterDriver(fake)
+    driver.apply(desired_rules(config()))
+    fake.applied.clear()
+    changed = config(
+        endpoints={
+            "web": {"tenant": "blue", "addresses": ["10.0.0.9", "fd10::1"], "interface": "wl-web"},
+            "db": {"tenant": "red", "addresses": ["10.0.0.2"], "interface": "wl-db"},
+        }
+    )
+    driver.apply(desired_rules(changed))
+    assert [(c.family, sorted(c.set_chains)) for c in fake.applied] == [
+        (Family.IPV4, ["RNV-SRC-wl-web"])
+    ]
+    assert fake.applied[0].set_chains["RNV-SRC-wl-web"][0] == Rule(
+        target="RETURN", src="10.0.0.9/32"
+    )
+
+
+def test_removed_tenant_loses_its_chains_and_decap_rule_in_one_commit_per_table(fake):
+    driver = NetfilterDriver(fake)
+    driver.apply(desired_rules(config()))
+    fake.applied.clear()
+    blue_only = config(
+        tenants={"blue": {"id": 100}},
+        endpoints={"web": {"tenant": "blue", "addresses": ["10.0.0.1"], "interface": "wl-web"}},
+    )
+    driver.apply(desired_rules(blue_only))
+    by_family = {c.family: c for c in fake.applied}
+    assert by_family[Family.IPV4].delete_chains == ("RNV-SRC-wl-db",)
+    assert set(by_family[Family.IPV4].set_chains) == {DISPATCH}
+    assert by_family[Family.IPV6].delete_chains == ("RNV-SRC-wl-db",)
+    assert set(by_family[Family.IPV6].set_chains) == {DISPATCH, "RNV-DECAP", "RNV-SRC-wl-web"}
+    assert not driver.plan(desired_rules(blue_only))
+
+
+def test_foreign_or_unreadable_rule_in_our_chain_gets_the_chain_rewritten(fake):
+    driver = NetfilterDriver(fake)
+    desired = desired_rules(config())
+    driver.apply(desired)
+    chains = fake.chains[(Family.IPV4, "raw")]
+    chains["RNV-SRC-wl-web"] = (None, *chains["RNV-SRC-wl-web"])  # e.g. inserted by hand
+    plan = driver.plan(desired)
+    assert plan.lines()[0] == "ipv4 raw: set chain RNV-SRC-wl-web (2 rules)"
+
+
+def test_our_jump_must_be_first_and_single(fake):
+    driver = NetfilterDriver(fake)
+    desired = desired_rules(config())
+    driver.apply(desired)
+    fake.hooks[(Family.IPV4, "raw")]["PREROUTING"] = ["SOMETHING", DISPATCH]  # hooks list ours
+    fake.hooks[(Family.IPV6, "raw")]["PREROUTING"] = [DISPATCH, DISPATCH]
+    plan = driver.plan(desired)
+    assert [dict(c.hooks) for c in plan.changes] == [{"PREROUTING": DISPATCH}] * 2
+
+
+def test_stale_jump_in_a_hook_we_no_longer_use_is_removed(fake):
+    driver = NetfilterDriver(fake)
+    desired = desired_rules(config())
+    driver.apply(desired)
+    fake.hooks[(Family.IPV4, "raw")]["OUTPUT"] = [DISPATCH]
+    (change,) = driver.plan(desired).changes
+    assert change.hooks == {"OUTPUT": None}
+    assert "ipv4 raw: remove our jumps from OUTPUT" in change.lines()
+
+
+def test_dry_run_lines_show_every_rule(fake):
+    lines = NetfilterDriver(fake).plan(desired_rules(config())).lines()
+    assert "ipv4 raw: set chain RNV-SRC-wl-web (2 rules)" in lines
+    assert "  -A RNV-SRC-wl-web -s 10.0.0.1/32 -j RETURN" in lines
+    assert "ipv6 raw: make -I PREROUTING 1 -j RNV-PREROUTING our only rule in PREROUTING" in lines
+
+
+def test_a_failing_table_is_reported_and_the_other_still_applied(fake):
+    fake.fail = {Family.IPV6}
+    desired = desired_rules(config())
+    result = NetfilterDriver(fake).apply(desired)
+    assert result.errors == ["ipv6 table raw: apply failed: boom"]
+    assert (Family.IPV4, "raw") in fake.chains
+    assert (Family.IPV6, "raw") not in fake.chains
+
+
+def test_calculation_errors_are_passed_on(fake):
+    desired = replace(desired_rules(config()), errors=("endpoint x: no interface",))
+    assert NetfilterDriver(fake).apply(desired).errors == ["endpoint x: no interface"]
