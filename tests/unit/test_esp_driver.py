@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+from routed_nv import markers
+from routed_nv.calc.xfrm import DesiredXfrm
+from routed_nv.esp.driver import XfrmDriver
+from routed_nv.esp.objects import Action, Direction, XfrmPolicy, XfrmState
+from routed_nv.esp.secret import Secret
+from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
+
+PREFIX = ipaddress.IPv6Network("2001:db8:0:1::/64")
+HERE = ipaddress.IPv6Address("2001:db8:0:1::1:64")
+THERE = ipaddress.IPv6Address("2001:db8:0:2::1:64")
+AGG = ipaddress.IPv6Network("2001:db8::/48")
+ANY = ipaddress.IPv6Network("::/0")
+HERE128 = ipaddress.IPv6Network(HERE)
+REQID = markers.reqid(100)
+KEY = Secret(b"\x07" * 20)
+
+
+def sa(src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address, spi: int, **kw) -> XfrmState:
+    return XfrmState(src, dst, spi, kw.pop("reqid", REQID), kw.pop("key", KEY), **kw)
+
+
+OUT0, OUT1 = sa(HERE, THERE, 0x640004), sa(HERE, THERE, 0x640005)
+IN0, IN1 = sa(THERE, HERE, 0x640008), sa(THERE, HERE, 0x640009)
+BLOCK = XfrmPolicy(Direction.OUT, HERE128, ANY, 4, markers.XFRM_BLOCK_PRIORITY, Action.BLOCK)
+ALLOW = XfrmPolicy(Direction.OUT, HERE128, AGG, 4, markers.XFRM_POLICY_PRIORITY, reqid=REQID)
+
+
+class FakeKernel:
+    """An XFRM table that applies ops like iproute2 would, and can be told to fail some."""
+
+    def __init__(self) -> None:
+        self.states: dict[object, XfrmState] = {}
+        self.policies: dict[object, XfrmPolicy] = {}
+        self.log: list[Op] = []
+        self.fail_spi: int | None = None
+        self.broken = False
+
+    def read_states(self) -> list[XfrmState]:
+        if self.broken:
+            raise XfrmError("ip xfrm state in netns x failed: boom")
+        return list(self.states.values())
+
+    def read_policies(self) -> list[XfrmPolicy]:
+        return list(self.policies.values())
+
+    def apply(self, ops: list[Op]) -> list[OpFailure]:
+        failures = []
+        for op in ops:
+            obj = op.obj
+            if isinstance(obj, XfrmState) and obj.spi == self.fail_spi:
+                failures.append(OpFailure(op, "RTNETLINK answers: File exists"))
+                continue
+            self.log.append(op)
+            table: dict = self.states if isinstance(obj, XfrmState) else self.policies
+            if op.verb is Verb.DELETE:
+                table.pop(obj.key(), None)
+            else:
+                table[obj.key()] = obj
+        return failures
+
+
+def desired(*objs: XfrmState | XfrmPolicy, **kw) -> DesiredXfrm:
+    return DesiredXfrm(
+        policies={o.key(): o for o in objs if isinstance(o, XfrmPolicy)},
+        states=kw.pop("states", {o.key(): o for o in objs if isinstance(o, XfrmState)}),
+        **kw,
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def driver(kernel: FakeKernel, clock: Clock | None = None) -> XfrmDriver:
+    return XfrmDriver(kernel, PREFIX, grace_s=5, clock=clock or Clock())
+
+
+def test_first_apply_order_never_opens_a_plaintext_window() -> None:
+    kernel = FakeKernel()
+    result = driver(kernel).apply(desired(ALLOW, OUT0, IN0, BLOCK))
+    assert [op.obj for op in kernel.log] == [BLOCK, IN0, OUT0, ALLOW]
+    assert (result.added, result.updated, result.deleted, result.errors) == (2, 2, 0, [])
+
+
+def test_second_apply_is_a_no_op_even_after_restart() -> None:
+    kernel = FakeKernel()
+    want = desired(ALLOW, OUT0, IN0, BLOCK)
+    driver(kernel).apply(want)
+    kernel.log.clear()
+    assert not driver(kernel).plan(want)
+    assert driver(kernel).apply(want) == driver(kernel).apply(want)
+    assert kernel.log == []
+
+
+def test_rotation_is_make_before_break() -> None:
+    kernel, clock = FakeKernel(), Clock()
+    drv = driver(kernel, clock)
+    drv.apply(desired(OUT0, IN0))
+    drv.apply(desired(OUT0, IN0, IN1))  # 1. accept the new generation
+    kernel.log.clear()
+    drv.apply(desired(OUT1, IN0, IN1))  # 2. send with it: add before delete
+    assert [(op.verb, op.obj) for op in kernel.log] == [(Verb.ADD, OUT1), (Verb.DELETE, OUT0)]
+    kernel.log.clear()
+    result = drv.apply(desired(OUT1, IN1))  # 3. retire the old: only after the grace period
+    assert (result.deleted, result.waiting, kernel.log) == (0, 1, [])
+    assert drv.plan(desired(OUT1, IN1)).lines() == [
+        f"keep state dst {HERE} spi 0x00640008 for 5 s more (rotation grace)"
+    ]
+    clock.now += 4.9
+    assert drv.apply(desired(OUT1, IN1)).deleted == 0
+    clock.now += 0.2
+    result = drv.apply(desired(OUT1, IN1))
+    assert (result.deleted, result.waiting) == (1, 0)
+    assert set(kernel.states.values()) == {OUT1, IN1}
+
+
+def test_changed_sa_is_replaced_and_policies_updated_in_place() -> None:
+    kernel = FakeKernel()
+    driver(kernel).apply(desired(IN0, ALLOW))
+    kernel.log.clear()
+    new_in0 = replace(IN0, key_material=Secret(b"\x08" * 20))
+    new_allow = replace(ALLOW, reqid=markers.reqid(101))  # same key, other value
+    driver(kernel).apply(desired(new_in0, new_allow))
+    assert [(op.verb, op.obj) for op in kernel.log] == [
+        (Verb.DELETE, IN0),
+        (Verb.ADD, new_in0),
+        (Verb.UPDATE, new_allow),
+    ]
+
+
+def test_removed_tenant_goes_last_with_blocks_at_the_very_end() -> None:
+    kernel = FakeKernel()
+    driver(kernel).apply(desired(BLOCK, ALLOW, OUT0))
+    kernel.log.clear()
+    driver(kernel).apply(desired())
+    assert [op.obj for op in kernel.log] == [ALLOW, OUT0, BLOCK]
+
+
+def test_foreign_objects_are_left_alone() -> None:
+    kernel = FakeKernel()
+    foreign = [
+        sa(HERE, THERE, 0x4242, reqid=5),
+        XfrmPolicy(Direction.OUT, HERE128, AGG, 4, 1),  # no template, not our block priority
+        replace(BLOCK, priority=10),
+        replace(BLOCK, src=ipaddress.IPv6Network("2001:db8:0:9::1:64/128")),  # not our prefix
+    ]
+    for obj in foreign:
+        (kernel.states if isinstance(obj, XfrmState) else kernel.policies)[obj.key()] = obj
+    assert driver(kernel).apply(desired()).deleted == 0
+    assert kernel.log == []
+
+
+def test_tenants_with_unreadable_keys_and_ike_mode_keep_their_sas() -> None:
+    kernel = FakeKernel()
+    driver(kernel).apply(desired(OUT0, IN0))
+    kernel.log.clear()
+    driver(kernel).apply(desired(states={}, keep_states_of=frozenset({100})))
+    driver(kernel).apply(desired(states=None))
+    assert kernel.log == []
+
+
+def test_one_failure_does_not_stop_the_others() -> None:
+    kernel = FakeKernel()
+    kernel.fail_spi = IN0.spi
+    result = driver(kernel).apply(desired(OUT0, IN0, BLOCK, errors=("tenant red: bad key",)))
+    assert result.added == 1 and result.updated == 1 and not result.ok
+    assert result.errors == [
+        "tenant red: bad key",
+        f"add state src {THERE} dst {HERE} spi 0x00640008 reqid {REQID} mode transport "
+        "replay-window 64 aead rfc4106(gcm(aes)) <key redacted> 128: "
+        "RTNETLINK answers: File exists",
+    ]
+
+
+def test_unreadable_kernel_is_reported_not_raised() -> None:
+    kernel = FakeKernel()
+    kernel.broken = True
+    result = driver(kernel).apply(desired(OUT0))
+    assert result.errors == ["ip xfrm state in netns x failed: boom"] and kernel.log == []
+
+
+def test_dry_run_lines_redact_keys() -> None:
+    lines = driver(FakeKernel()).plan(desired(BLOCK, OUT0)).lines()
+    assert lines[0] == (
+        f"update policy src {HERE128} dst ::/0 proto 4 dir out priority 2000000 action block"
+    )
+    assert "<key redacted>" in lines[1] and KEY.hex() not in "".join(lines)
