@@ -330,8 +330,13 @@ _MANAGERS: tuple[_Manager, ...] = (
 
 
 def _sort_key(obj: Any) -> tuple:
-    rank = LINK_ORDER[obj.kind] if isinstance(obj, Link) else 0
-    return (rank, str(obj))
+    """Dependencies first: VRFs before their slaves, a gateway's on-link route before routes
+    via that gateway."""
+    if isinstance(obj, Link):
+        return (LINK_ORDER[obj.kind], str(obj))
+    if isinstance(obj, Route):
+        return (obj.via is not None, str(obj))
+    return (0, str(obj))
 
 
 class RoutingDriver:

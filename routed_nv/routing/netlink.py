@@ -221,9 +221,10 @@ class NetlinkKernel:
         request["flags"] = NTF_PROXY
         with _errors():
             names = {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
-            msgs = self._ipr.nlm_request(
-                request, msg_type=RTM_GETNEIGH, msg_flags=NLM_F_REQUEST | NLM_F_DUMP
-            )
+            request["header"]["type"] = RTM_GETNEIGH
+            request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+            # (the synchronous nlm_request of pyroute2 0.9.7 fails on a missing status key)
+            msgs = self._ipr.nlm_request_batch([request])
             found = []
             for m in msgs:
                 name = names.get(m["ifindex"])
