@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from routed_nv import markers
+from routed_nv.calc.routing import RoutingConflict, host_ifname
 from routed_nv.config.model import Config, Endpoint
 
 TABLE = "raw"
@@ -101,19 +102,15 @@ class DesiredRules:
     errors: tuple[str, ...] = ()
 
 
-def host_interface(endpoint: Endpoint) -> str | None:
-    """The host side of a workload's link, as far as the config names it."""
-    return endpoint.interface
-
-
 def desired_rules(config: Config) -> DesiredRules:
     chains: dict[ChainKey, tuple[Rule, ...]] = {}
     errors: list[str] = []
     dispatch: dict[Family, list[Rule]] = {Family.IPV4: [], Family.IPV6: []}
     for name, endpoint in sorted(config.endpoints.items()):
-        ifname = host_interface(endpoint)
-        if ifname is None:
-            errors.append(f"endpoint {name}: no host-side interface name, no anti-spoofing rules")
+        try:
+            ifname = host_ifname(name, endpoint)  # the same name the routing driver gives it
+        except RoutingConflict as exc:
+            errors.append(f"{exc}; no anti-spoofing rules for it")
             continue
         chain = SRC_PREFIX + ifname
         for family, rules in source_rules(endpoint).items():

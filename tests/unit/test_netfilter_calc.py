@@ -7,7 +7,8 @@ from routed_nv.calc.netfilter import (
     Rule,
     desired_rules,
 )
-from routed_nv.config.model import Config
+from routed_nv.calc.routing import host_ifname
+from routed_nv.config.model import Config, Endpoint
 
 V4, V6 = Family.IPV4, Family.IPV6
 
@@ -131,11 +132,19 @@ def test_removing_a_tenant_removes_exactly_its_rules():
     assert all(r.ipsec_reqid != markers.reqid(200) for r in chain(after, V6, DECAP))
 
 
-def test_endpoint_without_interface_name_is_reported():
+def test_netns_endpoint_is_guarded_on_the_veth_the_routing_driver_makes():
     rules = desired_rules(
         config(endpoints={"db": {"tenant": "red", "addresses": ["10.0.0.1"], "netns": "red-db"}})
     )
-    assert rules.errors == ("endpoint db: no host-side interface name, no anti-spoofing rules",)
+    veth = host_ifname("db", Endpoint(tenant="red", addresses=["10.0.0.1"], netns="red-db"))
+    assert ChainKey(V4, "raw", f"RNV-SRC-{veth}") in rules.chains
+
+
+def test_endpoint_without_interface_or_netns_is_reported():
+    rules = desired_rules(config(endpoints={"db": {"tenant": "red", "addresses": ["10.0.0.1"]}}))
+    assert rules.errors == (
+        "endpoint db: needs an interface or a netns; no anti-spoofing rules for it",
+    )
 
 
 def test_render_reads_like_iptables():
