@@ -25,6 +25,13 @@ def problems(config: Config) -> list[Found]:
 
 def _host(config: Config) -> Iterator[Found]:
     host = config.host
+    if not 8 <= host.underlay_aggregate.prefixlen <= 64:
+        # XFRM policies select on the aggregate; ::/0 would collide with the catch-all blocks
+        yield (
+            ("host", "underlay_aggregate"),
+            str(host.underlay_aggregate),
+            "is not a prefix of length 8..64",
+        )
     if host.underlay_prefix.prefixlen != 64:
         yield ("host", "underlay_prefix"), str(host.underlay_prefix), "is not a /64"
     if not host.underlay_prefix.subnet_of(host.underlay_aggregate):

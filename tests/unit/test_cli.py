@@ -1,0 +1,91 @@
+"""The `routed-nv` command line as a user and a configuration tool see it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from routed_nv import doctor
+from routed_nv.cli import main
+from routed_nv.kernel_features import evaluate
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), env=env or {}, catch_exceptions=False)
+
+
+def all_commands(group=main, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from all_commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", list(all_commands()), ids=" ".join)
+def test_every_command_has_help_with_examples(path: tuple[str, ...]) -> None:
+    result = invoke(*path, "--help")
+    assert result.exit_code == 0
+    if not hasattr(main.get_command(None, path[0]), "commands") or len(path) > 1:
+        assert "Examples:" in result.stdout
+
+
+def test_config_check_accepts_the_shipped_example() -> None:
+    result = invoke("config", "check", str(EXAMPLES / "routed-nv.toml"))
+    assert result.exit_code == 0
+    assert result.stdout == "ok: host host1: 2 tenants, 2 endpoints, 1 peers\n"
+
+
+def test_config_check_reports_one_line_per_problem_and_exits_1(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path, dirs_exist_ok=True)
+    tenants = tmp_path / "conf.d" / "10-tenants.toml"
+    tenants.write_text(tenants.read_text().replace("id = 100", "id = 70000"))
+    result = invoke("config", "check", str(tmp_path / "routed-nv.toml"))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "conf.d/10-tenants.toml: tenants.blue.id: 70000 is out of range 1..65535"
+    ]
+
+
+def test_config_check_as_drop_in_uses_the_installed_files(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "etc")
+    rendered = tmp_path / "rendered.toml"
+    rendered.write_text('[tenants.blue]\nid = 100\nipv4 = ["10.1.0.0/24"]\n')
+    env = {"ROUTED_NV_CONFIG": str(tmp_path / "etc" / "routed-nv.toml")}
+    result = invoke("config", "check", "--as-drop-in", "10-tenants.toml", str(rendered), env=env)
+    assert result.exit_code == 1
+    assert "conf.d/20-endpoints.toml: endpoints.blue-web.addresses[0]: '10.0.0.1' is outside" in (
+        result.stderr
+    )
+
+
+def test_config_show_prints_the_merged_configuration_with_env_overrides() -> None:
+    result = invoke(
+        "config", "show", str(EXAMPLES / "routed-nv.toml"), env={"ROUTED_NV_HOST__UPLINK": "eth9"}
+    )
+    assert result.exit_code == 0
+    shown = json.loads(result.stdout)
+    assert shown["host"]["uplink"] == "eth9"
+    assert shown["tenants"]["red"]["id"] == 200
+    assert shown["keying"]["mode"] == "ike"
+
+
+def test_doctor_json_and_exit_status_follow_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = doctor.gather_facts()
+    report = evaluate(facts)
+    monkeypatch.setattr(doctor, "diagnose", lambda: report)
+    result = invoke("doctor", "-o", "json")
+    shown = json.loads(result.stdout)
+    assert result.exit_code == (0 if report.datapath_ready else 1)
+    assert shown["missing"] == report.missing
+    names = {f["name"] for f in shown["features"]}
+    assert {"esp4", "esp6", "xfrm_user", "vrf", "ip6_tunnel", "gcm"} <= names
+    table = invoke("doctor")
+    assert table.exit_code == result.exit_code
+    assert "datapath:" in table.stdout
