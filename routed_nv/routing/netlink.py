@@ -81,6 +81,7 @@ class NetlinkKernel:
             raise NetnsNotFound(f"netns {netns} does not exist")
         with _errors():
             self._ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
+        self._indexes: dict[str, int] = {}
 
     def close(self) -> None:
         self._ipr.close()
@@ -88,11 +89,14 @@ class NetlinkKernel:
     # links
 
     def _index(self, name: str) -> int:
-        with _errors():
-            found = self._ipr.link_lookup(ifname=name)
-        if not found:
-            raise NotFound("No such device")
-        return found[0]
+        # one lookup per name and run, not one per route: thousands of routes share a device
+        if name not in self._indexes:
+            with _errors():
+                found = self._ipr.link_lookup(ifname=name)
+            if not found:
+                raise NotFound("No such device")
+            self._indexes[name] = found[0]
+        return self._indexes[name]
 
     def links(self) -> list[LinkState]:
         with _errors():
@@ -108,6 +112,7 @@ class NetlinkKernel:
             spec.update(_tunnel_spec(link.tunnel))
         elif link.kind is LinkKind.VETH and link.veth_peer is not None:
             spec["peer"] = {"ifname": link.veth_peer.name, "net_ns_fd": link.veth_peer.netns}
+        self._indexes.pop(link.name, None)
         with _errors():
             self._ipr.link("add", **spec)
         self.set_link(link.name, link.mtu, link.master, link.up)
@@ -128,6 +133,7 @@ class NetlinkKernel:
             index = self._index(name)
             with _errors():
                 self._ipr.link("del", index=index)
+            del self._indexes[name]
         except NotFound:
             pass
 
