@@ -108,7 +108,9 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
         mtu = config.tenant_mtu(ep.tenant)
         vrf = markers.vrf_name(tid)
         if ep.netns is None:
-            ports.add(Port(ifname, mtu, master=vrf))
+            # A tap's MTU is the hypervisor's: a guest sending more than the tenant MTU then gets
+            # packet-too-big from the tunnel, where a smaller tap would drop it silently.
+            ports.add(Port(ifname, None, master=vrf))
         else:
             peer = VethPeer(ep.netns, WORKLOAD_IFNAME)
             links.add(Link(ifname, LinkKind.VETH, mtu=mtu, master=vrf, veth_peer=peer))

@@ -218,7 +218,8 @@ class _Ports:
                 wanted = (ns, s.name) in desired
                 stale = not wanted and _is_our_vrf(s.master) and not _is_owned_link(s)
                 if wanted or stale:
-                    found[(ns, s.name)] = Port(s.name, s.mtu, netns=ns, master=s.master, up=s.up)
+                    port = Port(s.name, s.mtu, netns=ns, master=s.master, up=s.up)
+                    found[(ns, s.name)] = _unmanaged_as_none(port, desired.get((ns, s.name)))
         return found
 
     def upsert(self, kernel: Kernel, new: Port, old: Port | None) -> None:

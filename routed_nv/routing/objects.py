@@ -130,7 +130,7 @@ class Port:
     of a veth pair. It is never created or deleted, only enslaved/released, sized and set up."""
 
     name: str
-    mtu: int
+    mtu: int | None  # None: left as the hypervisor set it
     netns: str | None = None
     master: str | None = None
     up: bool = True
