@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from routed_nv import __version__
+from routed_nv.agent.commands import apply_command
 from routed_nv.config.commands import config_group
 from routed_nv.doctor import doctor_command
 from routed_nv.lab.commands import lab_group
@@ -22,11 +23,13 @@ def main() -> None:
     \b
     Examples:
       routed-nv config check /etc/routed-nv/routed-nv.toml
+      routed-nv apply --dry-run
       routed-nv doctor -o json
       routed-nv lab demo
     """
 
 
+main.add_command(apply_command)
 main.add_command(config_group)
 main.add_command(doctor_command)
 main.add_command(lab_group)

@@ -98,6 +98,11 @@ def _ip(args: Sequence[str], batch: Sequence[str] = ()) -> str:
     return done.stdout
 
 
+def ip_batch(namespace: str, lines: Sequence[str]) -> None:
+    """Run `ip` commands in a namespace with one process (each process costs ~70 ms in UML)."""
+    _ip(["-n", namespace, "-batch", "-"], lines)
+
+
 def lab_namespaces() -> list[str]:
     """Namespaces on this machine that carry the lab's prefix."""
     names = (line.split()[0] for line in _ip(["netns", "list"]).splitlines() if line.strip())
@@ -149,7 +154,7 @@ class Lab:
             for ns in build_plan.forwarding:
                 self.exec(ns, ["sysctl", "-qw", *_SYSCTLS], check=True)
             for ns, lines in build_plan.batches:
-                _ip(["-n", ns, "-batch", "-"], lines)
+                ip_batch(ns, lines)
         except BaseException:
             self.teardown()
             raise

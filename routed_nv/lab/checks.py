@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 
 from routed_nv.lab.builder import Lab
 
@@ -36,3 +36,120 @@ def underlay_pings(lab: Lab) -> list[Ping]:
     pairs = [(a.name, b.name) for a in lab.topology.hosts for b in lab.topology.hosts if a != b]
     with ThreadPoolExecutor(max_workers=len(pairs) or 1) as pool:
         return list(pool.map(lambda pair: _ping(lab, *pair), pairs))
+
+
+# Tenant traffic checks. A workload's ICMP echo-request counters (/proc/net/snmp, per netns) say
+# who really answered: with overlapping tenants, 10.0.0.2 exists once per tenant, and only the
+# counters tell that blue's packet reached blue2 and never red2.
+
+_ECHO_COUNTERS = (
+    'awk \'/^Icmp:/ {if (!h) {for (i=1;i<=NF;i++) c[$i]=i; h=1} else v4=$c["InEchos"]} '
+    'END {printf "%s ", v4}\' /proc/net/snmp; '
+    "awk '$1 == \"Icmp6InEchos\" {print $2}' /proc/net/snmp6"
+)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """One same-tenant (source, destination, address family) probe and who received it."""
+
+    source: str
+    target: str
+    address: str
+    answered: bool  # the source got its replies
+    target_echoes: int  # echo requests the intended workload received
+    twin_echoes: int  # echo requests the other tenant's workload with this address received
+
+    @property
+    def ok(self) -> bool:
+        return self.answered and self.target_echoes >= PROBES and self.twin_echoes == 0
+
+
+PROBES = 2
+
+
+def echo_counters(lab: Lab) -> dict[str, tuple[int, int]]:
+    """(IPv4, IPv6) echo requests received so far, per workload."""
+    workloads = lab.topology.workloads
+    with ThreadPoolExecutor(max_workers=len(workloads)) as pool:
+        outputs = pool.map(
+            lambda w: lab.exec(w.namespace, ["sh", "-c", _ECHO_COUNTERS], check=True).stdout,
+            workloads,
+        )
+    return {
+        w.name: tuple(int(v) for v in out.split())  # type: ignore[misc]
+        for w, out in zip(workloads, outputs, strict=True)
+    }
+
+
+def tenant_matrix(lab: Lab) -> list[Reach]:
+    """Every same-tenant pair on different hosts, IPv4 and IPv6, with receive-side proof."""
+    topology = lab.topology
+    results = []
+    for target in topology.workloads:
+        twins = [
+            w
+            for w in topology.workloads
+            if w.tenant != target.tenant and (w.ipv4 == target.ipv4 or w.ipv6 == target.ipv6)
+        ]
+        sources = [
+            w for w in topology.workloads if w.tenant == target.tenant and w.host != target.host
+        ]
+        for family, address in ((0, str(target.ipv4)), (1, str(target.ipv6))):
+            before = echo_counters(lab)
+            with ThreadPoolExecutor(max_workers=len(sources) or 1) as pool:
+                answered = list(
+                    pool.map(
+                        lambda s, a=address: (
+                            lab.exec(
+                                s.namespace, ["ping", "-c", str(PROBES), "-i", "0.2", "-W", "2", a]
+                            ).returncode
+                            == 0
+                        ),
+                        sources,
+                    )
+                )
+            after = echo_counters(lab)
+            got = after[target.name][family] - before[target.name][family]
+            twin = sum(after[t.name][family] - before[t.name][family] for t in twins)
+            for source, ok in zip(sources, answered, strict=True):
+                # every source sent PROBES: the target must have seen all of them
+                results.append(
+                    Reach(source.name, target.name, address, ok, got // max(len(sources), 1), twin)
+                )
+    return results
+
+
+# What crosses the underlay, from a capture on the underlay router.
+
+_ESP = re.compile(r"ESP\(spi=0x([0-9a-f]+),")
+_IP6 = re.compile(r"\bIP6 ([0-9a-f:]+)(?:\.\d+)? > ([0-9a-f:]+?)(?:\.\d+)?: (.*)$")
+
+
+@dataclass
+class WireReport:
+    esp_spis: set[int]
+    esp_packets: int
+    link_local: int  # ND/MLD between the router and one host: never leaves that link
+    leaks: list[str]  # anything between hosts that is not ESP, and any IPv4 or ARP at all
+
+
+def read_capture(text: str, topology_aggregate: IPv6Network) -> WireReport:
+    report = WireReport(set(), 0, 0, [])
+    for line in text.splitlines():
+        m = _IP6.search(line)
+        if m is None:
+            if line.strip():
+                report.leaks.append(line)  # ARP, IPv4 or anything else that is not IPv6
+            continue
+        src, dst, rest = IPv6Address(m[1]), IPv6Address(m[2]), m[3]
+        if src.is_link_local or dst.is_link_local or dst.is_multicast:
+            report.link_local += 1
+            continue
+        esp = _ESP.search(rest)
+        if esp and src in topology_aggregate and dst in topology_aggregate:
+            report.esp_packets += 1
+            report.esp_spis.add(int(esp[1], 16))
+        else:
+            report.leaks.append(line)
+    return report

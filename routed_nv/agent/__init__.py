@@ -1,0 +1,1 @@
+"""The agent: one-shot apply now, the continuous reconcile loop with the directory later."""

@@ -1,0 +1,117 @@
+"""The whole per-host datapath as one unit: calculate, plan and apply in a fixed order.
+
+Order matters for isolation, so it is fixed here and nowhere else:
+1. netfilter: anti-spoofing and "only what this tenant's SAs decrypted" come first;
+2. XFRM: catch-all block policies, then SAs, then ESP policies — before any tunnel exists,
+   nothing can leave a tenant in plaintext;
+3. routing: VRFs, tunnels, workload interfaces and routes last, when traffic is already guarded.
+Each driver keeps going past a failing object; a failure in one stage does not stop the next, so
+one bad object never leaves the rest of the host unprogrammed, and the next apply retries it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from routed_nv.calc.inputs import DirectoryView
+from routed_nv.calc.netfilter import desired_rules
+from routed_nv.calc.routing import RoutingConflict, desired_routing
+from routed_nv.calc.xfrm import desired_xfrm
+from routed_nv.config.model import Config
+from routed_nv.esp import keys
+from routed_nv.esp.driver import XfrmDriver
+from routed_nv.esp.xfrm import IprouteXfrm
+from routed_nv.netfilter.driver import NetfilterDriver
+from routed_nv.netfilter.iptables import IptcTables
+from routed_nv.routing.driver import RoutingDriver
+from routed_nv.routing.netlink import NetlinkKernel
+
+
+@dataclass
+class Stage:
+    name: str
+    lines: list[str] = field(default_factory=list)  # changes (planned or made), one per line
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Outcome:
+    stages: list[Stage]
+
+    @property
+    def changed(self) -> bool:
+        return any(stage.lines for stage in self.stages)
+
+    @property
+    def ok(self) -> bool:
+        return not any(stage.errors for stage in self.stages)
+
+
+class Datapath:
+    """The three drivers of one host (network namespace). Keep one instance for the life of an
+    agent: the XFRM driver remembers since when old inbound SAs are unwanted (rotation grace)."""
+
+    def __init__(self, config: Config, netns: str | None = None) -> None:
+        self._netns = netns
+        self.netfilter = NetfilterDriver(IptcTables(netns=netns))
+        self.xfrm = XfrmDriver(
+            IprouteXfrm(netns), config.host.underlay_prefix, config.keying.rotation_grace_s
+        )
+        self.routing = RoutingDriver(NetlinkKernel, host_netns=netns)
+
+    def plan(self, config: Config, view: DirectoryView) -> Outcome:
+        return self._run(config, view, execute=False)
+
+    def apply(self, config: Config, view: DirectoryView) -> Outcome:
+        return self._run(config, view, execute=True)
+
+    def _run(self, config: Config, view: DirectoryView, execute: bool) -> Outcome:
+        return Outcome(
+            [
+                _stage("netfilter", lambda: self._netfilter(config, view, execute)),
+                _stage("xfrm", lambda: self._xfrm(config, view, execute)),
+                _stage("routing", lambda: self._routing(config, view, execute)),
+            ]
+        )
+
+    def _netfilter(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
+        desired = desired_rules(config)
+        stage = Stage("netfilter", errors=list(desired.errors))
+        plan = self.netfilter.plan(desired)
+        stage.lines = plan.lines()
+        if execute and plan:
+            stage.errors += self.netfilter.apply(desired).errors
+        return stage
+
+    def _xfrm(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
+        desired = desired_xfrm(config, view, keys.loader(config.keying.secrets_dir))
+        stage = Stage("xfrm")
+        plan = self.xfrm.plan(desired)
+        stage.lines = [op.describe() for op in plan.ops]
+        if execute:
+            stage.errors += self.xfrm.apply(desired).errors
+        else:
+            stage.errors += desired.errors
+        return stage
+
+    def _routing(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
+        try:
+            desired = desired_routing(config, view)
+        except RoutingConflict as exc:
+            return Stage("routing", errors=[str(exc)])
+        result = self.routing.apply(desired) if execute else self.routing.plan(desired)
+        return Stage(
+            "routing",
+            lines=[str(c) for c in result.changes],
+            errors=[str(f) for f in result.failures],
+        )
+
+
+def _stage(name: str, run: Callable[[], Stage]) -> Stage:
+    start = time.monotonic()
+    stage = run()
+    stage.seconds = time.monotonic() - start
+    return stage

@@ -1,0 +1,33 @@
+"""Command-line options shared by several commands, defined once (as pip-tools does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Host file [default: $ROUTED_NV_CONFIG or /etc/routed-nv/routed-nv.toml]; "
+    "conf.d/*.toml beside it and ROUTED_NV_* variables are merged on top.",
+)
+
+netns_option = click.option(
+    "--netns",
+    metavar="NAME",
+    default=None,
+    help="Program the host datapath in network namespace NAME (labs, tests) instead of this one.",
+)
+
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Human-readable text or machine-readable JSON.",
+)
