@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
 
 from routed_nv.lab.builder import Lab
 
@@ -153,3 +160,28 @@ def read_capture(text: str, topology_aggregate: IPv6Network) -> WireReport:
         else:
             report.leaks.append(line)
     return report
+
+
+@contextmanager
+def underlay_capture(lab: Lab) -> Iterator[list[WireReport]]:
+    """Capture everything the underlay router forwards while the block runs; the report is
+    appended to the yielded list when the block ends."""
+    with tempfile.TemporaryDirectory() as workdir:
+        pcap = Path(workdir) / "underlay.pcap"
+        capture = lab.spawn(
+            lab.topology.router_namespace,
+            ["tcpdump", "-i", "any", "-nn", "-U", "-w", str(pcap)],
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1)  # tcpdump opens its sockets asynchronously
+        reports: list[WireReport] = []
+        try:
+            yield reports
+        finally:
+            time.sleep(0.5)
+            capture.send_signal(signal.SIGINT)
+            capture.wait(timeout=10)
+        text = subprocess.run(
+            ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, check=True
+        ).stdout
+        reports.append(read_capture(text, lab.topology.aggregate))

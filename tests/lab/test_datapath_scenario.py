@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,7 @@ from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
 from routed_nv.esp import spi
 from routed_nv.lab.builder import Lab
-from routed_nv.lab.checks import echo_counters, read_capture, tenant_matrix
+from routed_nv.lab.checks import echo_counters, tenant_matrix, underlay_capture
 from routed_nv.lab.datapath import LabDatapath
 from routed_nv.lab.topology import default_topology
 
@@ -55,28 +54,14 @@ def test_a_second_apply_and_a_restarted_agent_change_nothing(lab: LabDatapath) -
         assert outcome.ok and not outcome.changed, [s.lines for s in outcome.stages]
 
 
-def test_full_tenant_matrix_over_esp_only(lab: LabDatapath, tmp_path: Path) -> None:
-    pcap = Path("/tmp/underlay.pcap")  # the guest's private /tmp
-    router = lab.lab.topology.router_namespace
-    capture = lab.lab.spawn(
-        router, ["tcpdump", "-i", "any", "-nn", "-U", "-w", str(pcap)], stderr=subprocess.DEVNULL
-    )
-    time.sleep(1)  # tcpdump needs a moment before it captures
-    try:
+def test_full_tenant_matrix_over_esp_only(lab: LabDatapath) -> None:
+    with underlay_capture(lab.lab) as wire_reports:
         reaches = tenant_matrix(lab.lab)
-    finally:
-        time.sleep(0.5)
-        capture.send_signal(signal.SIGINT)
-        capture.wait(timeout=10)
+    (wire,) = wire_reports
 
     # 6 workloads x 2 same-tenant peers on other hosts x 2 families
     assert len(reaches) == 24
     assert [r for r in reaches if not r.ok] == []
-
-    text = subprocess.run(
-        ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, check=True
-    ).stdout
-    wire = read_capture(text, lab.lab.topology.aggregate)
     assert wire.leaks == []
     assert wire.esp_packets >= 24 * 2 * 2  # every echo and reply, seen on two router links
     # the SPI names tenant and sender: exactly one per (tenant, sending host) in use
