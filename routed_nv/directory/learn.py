@@ -1,0 +1,155 @@
+"""From the mirror tables' routes to the DirectoryView the datapath calculation consumes (pure).
+
+BGP is not trusted blindly: a host can announce anything. Each mirror route is checked against
+this host's config, and what fails is rejected with a kind (a bounded label for metrics) and a
+sentence (for logs and `routed-nv status`):
+- the tenant (from the mirror table) must be one this host knows;
+- the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
+- the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate;
+- an address this host holds itself for that tenant is not remote (a move in progress).
+Among the survivors, one location per (tenant, address): the highest mobility sequence wins,
+then the lowest host address, so every host picks the same one (docs/directory.md).
+
+A host learned from BGP is known by its /64 only. Its host id (the SPI sender slot, needed only
+for static keying) comes from config.peers when a peer has that /64, and is UNKNOWN_HOST_ID
+otherwise: IKE keying does not need it; static keying cannot key such a peer (the XFRM
+calculation reports the clash).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from routed_nv import markers
+from routed_nv.calc.inputs import DirectoryView, IPNetwork, PeerHost, RemoteRoute
+from routed_nv.config.model import Config
+from routed_nv.directory.mobility import sequence_of
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+UNKNOWN_HOST_ID = 0
+HOST_PREFIX_LEN = 64
+HOST_INTERFACE_ID = 1  # a host address is <prefix>::1 (config.model.Host.address)
+
+
+@dataclass(frozen=True, order=True)
+class MirrorRoute:
+    """A route as BIRD wrote it into a mirror table."""
+
+    table: int
+    prefix: IPNetwork
+    next_hop: IPAddress
+    metric: int
+
+
+class Reason(StrEnum):
+    NOT_MIRROR = "not-mirror-table"
+    UNKNOWN_TENANT = "unknown-tenant"
+    NOT_ONE_ADDRESS = "not-one-address"
+    OUTSIDE_SUBNETS = "outside-tenant-subnets"
+    BAD_NEXT_HOP = "bad-next-hop"
+    SELF = "next-hop-is-this-host"
+    LOCAL = "held-by-this-host"
+    BAD_METRIC = "bad-metric"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    route: MirrorRoute
+    reason: Reason
+    detail: str
+
+    def __str__(self) -> str:
+        r = self.route
+        return f"{r.prefix} via {r.next_hop} (table {r.table}): {self.reason}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Learned:
+    view: DirectoryView
+    rejected: tuple[Rejection, ...]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    route: RemoteRoute
+    sequence: int
+    mirror: MirrorRoute
+
+    def rank(self) -> tuple[int, int]:
+        # Highest sequence first, then the lowest host address.
+        return (-self.sequence, int(self.route.peer.address))
+
+
+def learn(config: Config, routes: Iterable[MirrorRoute]) -> Learned:
+    local = {
+        (config.tenants[ep.tenant].id, ipaddress.ip_network(addr))
+        for ep in config.endpoints.values()
+        if ep.tenant in config.tenants
+        for addr in ep.addresses
+    }
+    known = {p.underlay_prefix: (name, p.id) for name, p in config.peers.items()}
+    rejected: list[Rejection] = []
+    locations: dict[tuple[int, IPNetwork], list[_Candidate]] = {}
+    for mirror in sorted(routes):
+        outcome = _check(config, local, known, mirror)
+        if isinstance(outcome, Rejection):
+            rejected.append(outcome)
+        else:
+            key = (outcome.route.tenant_id, outcome.route.prefix)
+            locations.setdefault(key, []).append(outcome)
+    chosen = []
+    for candidates in locations.values():
+        winner, *losers = sorted(candidates, key=_Candidate.rank)
+        chosen.append(winner.route)
+        detail = f"sequence {winner.sequence} at {winner.route.peer.address} wins"
+        rejected += [Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers]
+    return Learned(DirectoryView(frozenset(chosen)), tuple(rejected))
+
+
+def _check(
+    config: Config,
+    local: set[tuple[int, IPNetwork]],
+    known: dict[ipaddress.IPv6Network, tuple[str, int]],
+    mirror: MirrorRoute,
+) -> _Candidate | Rejection:
+    def reject(reason: Reason, detail: str) -> Rejection:
+        return Rejection(mirror, reason, detail)
+
+    tenant_id = mirror.table - markers.MIRROR_TABLE_BASE
+    if not markers.TENANT_ID_MIN <= tenant_id <= markers.TENANT_ID_MAX:
+        return reject(Reason.NOT_MIRROR, f"table {mirror.table} is not a mirror table")
+    tenant = next((t for t in config.tenants.values() if t.id == tenant_id), None)
+    if tenant is None:
+        return reject(Reason.UNKNOWN_TENANT, f"tenant {tenant_id} is not configured here")
+    prefix = mirror.prefix
+    if prefix.prefixlen != prefix.max_prefixlen:
+        return reject(Reason.NOT_ONE_ADDRESS, "an endpoint route is a /32 or /128")
+    subnets = tenant.ipv4 if prefix.version == 4 else tenant.ipv6
+    if not any(prefix.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
+        return reject(Reason.OUTSIDE_SUBNETS, f"not in tenant {tenant_id}'s subnets")
+    if (tenant_id, prefix) in local:
+        return reject(Reason.LOCAL, "this host holds that address for the tenant")
+    host_prefix = _host_prefix(mirror.next_hop)
+    aggregate = config.host.underlay_aggregate
+    if host_prefix is None or not host_prefix.subnet_of(aggregate):
+        return reject(Reason.BAD_NEXT_HOP, f"not a host address (<a /64 in {aggregate}>::1)")
+    if host_prefix == config.host.underlay_prefix:
+        return reject(Reason.SELF, "announced with this host's own address")
+    sequence = sequence_of(mirror.metric, prefix.version)
+    if sequence is None:
+        return reject(Reason.BAD_METRIC, f"metric {mirror.metric} carries no sequence")
+    name, host_id = known.get(host_prefix, (str(host_prefix), UNKNOWN_HOST_ID))
+    peer = PeerHost(name, host_id, host_prefix)
+    return _Candidate(RemoteRoute(tenant_id, prefix, peer), sequence, mirror)
+
+
+def _host_prefix(next_hop: IPAddress) -> ipaddress.IPv6Network | None:
+    """The /64 whose host address the next hop is, or None if it is not a host address."""
+    if next_hop.version != 6:
+        return None
+    prefix = ipaddress.IPv6Network((int(next_hop), HOST_PREFIX_LEN), strict=False)
+    return prefix if prefix[HOST_INTERFACE_ID] == next_hop else None

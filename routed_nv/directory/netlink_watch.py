@@ -1,0 +1,275 @@
+"""Event-driven watch of the mirror tables: one dump at start, then the kernel's route events.
+
+This is a netlink *monitor* socket, and it is plain stdlib rather than a second pyroute2
+adapter: pyroute2 0.9 reads ahead into its own queue, so select() on its descriptor misses
+events it already holds, and it hides the ENOBUFS that says events were lost. Here the socket
+is ours: subscribed to RTNLGRP_IPV4_ROUTE and RTNLGRP_IPV6_ROUTE before the dump (so nothing
+falls between dump and events), with a large receive buffer, and a lost-events error answered
+by a fresh dump whose difference becomes events. Only the few route attributes BIRD writes into
+a mirror table are parsed (destination, table, metric, gateway or RTA_VIA).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import select
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from routed_nv import markers
+from routed_nv.directory.learn import MirrorRoute
+
+NETNS_DIR = Path("/var/run/netns")
+NETLINK_ROUTE = 0
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
+SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max
+RCVBUF = 32 * 1024 * 1024  # as BIRD's netlink rx buffer: bursts of 100,000 routes
+CLONE_NEWNET = 0x40000000
+
+NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE, RTA_VIA = 1, 5, 6, 15, 18
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTATTR = struct.Struct("=HH")
+_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_MIRROR_TABLES = range(
+    markers.mirror_table(markers.TENANT_ID_MIN), markers.mirror_table(markers.TENANT_ID_MAX) + 1
+)
+
+
+class WatchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RouteEvent:
+    added: bool  # False: removed
+    route: MirrorRoute
+
+    def __str__(self) -> str:
+        r = self.route
+        return f"{'add' if self.added else 'del'} {r.prefix} via {r.next_hop} table {r.table}"
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def parse(data: bytes) -> Iterator[tuple[int, int, int, MirrorRoute | None]]:
+    """(message type, sequence, port id, mirror route or None) for each netlink message."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            break
+        body = data[offset + _NLMSGHDR.size : offset + length]
+        route = _route(body) if kind in (RTM_NEWROUTE, RTM_DELROUTE) else None
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
+            yield kind, seq, pid, None
+            if code:
+                raise WatchError(f"netlink route dump failed: {os.strerror(code)}")
+        else:
+            yield kind, seq, pid, route
+        offset += _align(length)
+
+
+def _route(body: bytes) -> MirrorRoute | None:
+    if len(body) < _RTMSG.size:
+        return None
+    family, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = _RTMSG.unpack_from(body)
+    version = _FAMILIES.get(family)
+    if version is None:
+        return None
+    attrs: dict[int, bytes] = {}
+    offset = _RTMSG.size
+    while offset + _RTATTR.size <= len(body):
+        length, kind = _RTATTR.unpack_from(body, offset)
+        if length < _RTATTR.size:
+            break
+        attrs[kind] = body[offset + _RTATTR.size : offset + length]
+        offset += _align(length)
+    table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+    if table not in _MIRROR_TABLES:
+        return None
+    dst = ipaddress.ip_address(attrs.get(RTA_DST, bytes(4 if version == 4 else 16)))
+    next_hop = _next_hop(attrs)
+    if next_hop is None:
+        return None  # not written by BIRD's mirror export, which always sets a gateway
+    metric = struct.unpack("=I", attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
+    prefix = ipaddress.ip_network((dst, dst_len))
+    return MirrorRoute(table, prefix, next_hop, metric)
+
+
+def _next_hop(attrs: dict[int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if RTA_GATEWAY in attrs:
+        return ipaddress.ip_address(attrs[RTA_GATEWAY])
+    if RTA_VIA in attrs:  # struct rtvia: family, then the address (IPv4 via inet6)
+        return ipaddress.ip_address(attrs[RTA_VIA][2:])
+    return None
+
+
+def _key(route: MirrorRoute) -> tuple[int, object, int]:
+    return (route.table, route.prefix, route.metric)  # the kernel's identity of a route
+
+
+class MirrorWatch:
+    """The mirror tables of one network namespace (None: this process's own), kept current.
+
+    open() dumps; then wait() blocks until the kernel reports changes and returns them, with
+    `routes` updated. fileno() lets an agent loop select() on it with its other inputs.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._routes: dict[tuple[int, object, int], MirrorRoute] = {}
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    @property
+    def routes(self) -> frozenset[MirrorRoute]:
+        return frozenset(self._routes.values())
+
+    def open(self) -> MirrorWatch:
+        self._sock = _open_socket(self.netns)
+        self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+        self._dump()
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> MirrorWatch:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        if self._sock is None:
+            raise WatchError("the mirror watch is not open")
+        return self._sock.fileno()
+
+    def wait(self, timeout: float | None = None) -> list[RouteEvent]:
+        """Block up to `timeout` seconds (None: forever) for route changes; return all that have
+        arrived by then (an empty list on timeout)."""
+        events: list[RouteEvent] = []
+        ready, _, _ = select.select([self], [], [], timeout)
+        while ready:
+            try:
+                data = self._recv(socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise WatchError(f"netlink route watch failed: {exc.strerror}") from None
+                events += self._resync()  # the kernel dropped events: the dump is the truth
+                continue
+            events += self._apply(data)
+        return events
+
+    def _recv(self, flags: int = 0) -> bytes:
+        assert self._sock is not None
+        return self._sock.recv(1 << 20, flags)
+
+    def _apply(self, data: bytes) -> list[RouteEvent]:
+        events = []
+        for kind, _seq, _pid, route in parse(data):
+            if route is None:
+                continue
+            added = kind == RTM_NEWROUTE
+            if added:
+                self._routes[_key(route)] = route
+            else:
+                self._routes.pop(_key(route), None)
+            events.append(RouteEvent(added, route))
+        return events
+
+    def _dump(self) -> list[RouteEvent]:
+        """Request a dump and read to its end; events that interleave apply in arrival order."""
+        assert self._sock is not None
+        self._seq += 1
+        request = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+        header = _NLMSGHDR.pack(
+            _NLMSGHDR.size + len(request), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0
+        )
+        self._sock.send(header + request)
+        port = self._sock.getsockname()[0]
+        events: list[RouteEvent] = []
+        while True:
+            data = self._recv()
+            events += self._apply(data)
+            if any(
+                kind in (NLMSG_DONE, NLMSG_ERROR) and seq == self._seq and pid == port
+                for kind, seq, pid, _ in parse(data)
+            ):
+                return events
+
+    def _resync(self) -> list[RouteEvent]:
+        before = dict(self._routes)
+        self._routes.clear()
+        self._dump()
+        gone = [RouteEvent(False, r) for k, r in before.items() if k not in self._routes]
+        new = [RouteEvent(True, r) for k, r in self._routes.items() if before.get(k) != r]
+        return gone + new
+
+
+def _open_socket(netns: str | None) -> socket.socket:
+    """A NETLINK_ROUTE socket in a named network namespace. A socket belongs to the namespace of
+    the thread that creates it, so a short-lived thread enters the namespace (setns) for that."""
+    if netns is None:
+        return _new_socket()
+    path = NETNS_DIR / netns
+    result: list[socket.socket | BaseException] = []
+
+    def create() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            result.append(WatchError(f"netns {netns} does not exist ({exc.strerror})"))
+            return
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                result.append(WatchError(f"cannot enter netns {netns}: {os.strerror(code)}"))
+                return
+            result.append(_new_socket())
+        except OSError as exc:
+            result.append(exc)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=create, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    outcome = result[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _new_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except PermissionError:  # not root: the sysctl-limited buffer, and resyncs on overflow
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    return sock
