@@ -174,3 +174,17 @@ def default_topology() -> Topology:
         for h in hosts
     )
     return Topology(IPv6Network("2001:db8::/48"), hosts, tenants, workloads)
+
+
+def directory_topology() -> Topology:
+    """The default topology plus two route reflectors (rr1, rr2) for the BGP directory.
+
+    Route reflector ids and /64s follow the hosts' pattern (id 11 -> 2001:db8:0:11::/64) so that
+    router ids, derived from node ids, are unique across the whole underlay.
+    """
+    base = default_topology()
+    reflectors = tuple(
+        Node(id=i, name=f"rr{n}", prefix=IPv6Network(f"2001:db8:0:{i}::/64"))
+        for n, i in ((1, 11), (2, 12))
+    )
+    return Topology(base.aggregate, base.hosts, base.tenants, base.workloads, reflectors)

@@ -1,0 +1,109 @@
+"""BIRD in the lab: one daemon per underlay node (hosts and route reflectors), each with its own
+config, control socket and log under a per-node directory of the lab's work directory.
+
+Daemons run in the foreground (`-f`) as processes of the Lab, so that the Lab knows their pids:
+stop() and kill() signal exactly that pid, and the Lab's teardown stops whatever is left. Every
+start uses `-R` (graceful restart recovery), as production must (ARCHITECTURE.md §6).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from ipaddress import IPv6Address
+from pathlib import Path
+from subprocess import DEVNULL, Popen
+
+from routed_nv.config.model import Config, Directory
+from routed_nv.directory import bird_config
+from routed_nv.lab.builder import Lab, LabError, ip_batch
+from routed_nv.lab.topology import Node, Topology
+
+SOCKET_WAIT_S = 10.0
+BGP_ADDRESS_INTERFACE = 1  # a node's BGP address is <node /64>::1, like a host address
+
+
+def bgp_address(node: Node) -> IPv6Address:
+    return node.prefix[BGP_ADDRESS_INTERFACE]
+
+
+@dataclass
+class BirdNode:
+    node: Node
+    directory: Path
+    process: Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "bird.conf"
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "bird.ctl"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "bird.log"
+
+
+class LabBird:
+    """The BIRD daemons of one built lab."""
+
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.nodes: dict[str, BirdNode] = {}
+
+    def node(self, name: str) -> BirdNode:
+        if name not in self.nodes:
+            node = next(n for n in self.lab.topology.underlay_nodes if n.name == name)
+            self.nodes[name] = BirdNode(node, self.workdir / name)
+        return self.nodes[name]
+
+    def start_route_reflectors(self, password: str | None = None) -> None:
+        """Give every route reflector its BGP address and start its BIRD."""
+        topology = self.lab.topology
+        for rr in topology.route_reflectors:
+            ip_batch(rr.namespace, [f"addr add {bgp_address(rr)}/128 dev lo"])
+            bird = self.node(rr.name)
+            text = bird_config.render_route_reflector(
+                rr.id, bgp_address(rr), topology.aggregate, Directory().asn, password, bird.log
+            )
+            self.start(rr.name, text)
+
+    def start(self, name: str, text: str | None = None) -> BirdNode:
+        """(Re)start a node's BIRD, with a new config if given; wait for its control socket."""
+        bird = self.node(name)
+        if text is not None:
+            bird_config.write_private(bird.config, text)
+            bird_config.check(bird.config)
+        bird.socket.unlink(missing_ok=True)
+        argv = ["bird", "-f", "-R", "-c", str(bird.config), "-s", str(bird.socket)]
+        bird.process = self.lab.spawn(bird.node.namespace, argv, stdout=DEVNULL, stderr=DEVNULL)
+        deadline = time.monotonic() + SOCKET_WAIT_S
+        while not bird.socket.exists():
+            if bird.process.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"{name}: BIRD did not start (see {bird.log})")
+            time.sleep(0.02)
+        return bird
+
+    def signal(self, name: str, signum: signal.Signals) -> None:
+        """Signal a node's BIRD by its pid and wait for it to exit."""
+        process = self.node(name).process
+        if process is None or process.poll() is not None:
+            raise LabError(f"{name}: BIRD is not running")
+        process.send_signal(signum)
+        process.wait(timeout=SOCKET_WAIT_S)
+
+    def kill(self, name: str) -> None:
+        """kill -9: the crash that graceful restart is for."""
+        self.signal(name, signal.SIGKILL)
+
+
+def with_directory(config: Config, topology: Topology) -> Config:
+    """A lab host's config with the lab's route reflectors as its directory."""
+    directory = config.directory.model_copy(
+        update={"route_reflectors": [bgp_address(rr) for rr in topology.route_reflectors]}
+    )
+    return config.model_copy(update={"directory": directory})
