@@ -1,0 +1,144 @@
+"""The rendered BIRD configs: what they must contain, that BIRD parses them, and the secret."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from routed_nv import markers
+from routed_nv.config.model import Config
+from routed_nv.directory import bird_config
+from routed_nv.directory.bird_config import BirdConfigError
+
+needs_bird = pytest.mark.skipif(shutil.which("bird") is None, reason="bird is not installed")
+
+
+def config(**directory: Any) -> Config:
+    return Config.model_validate(
+        {
+            "host": {
+                "name": "host1",
+                "id": 258,
+                "underlay_prefix": "2001:db8:0:1::/64",
+                "underlay_aggregate": "2001:db8::/48",
+                "uplink": "uplink",
+            },
+            "directory": {"route_reflectors": ["2001:db8:0:11::1", "2001:db8:0:12::1"]} | directory,
+            "tenants": {
+                "blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]},
+                "red": {"id": 200, "ipv4": ["10.0.0.0/24"]},
+            },
+        }
+    )
+
+
+def test_router_id_is_the_host_id() -> None:
+    assert "router id 0.0.1.2;" in bird_config.render_host(config(), None)
+
+
+def test_every_route_reflector_gets_a_multihop_session_from_the_host_address() -> None:
+    text = bird_config.render_host(config(), None)
+    for i, rr in ((1, "2001:db8:0:11::1"), (2, "2001:db8:0:12::1")):
+        assert f"protocol bgp rr{i} {{" in text
+        assert f"local 2001:db8:0:1::1 as 65000; neighbor {rr} as 65000; multihop;" in text
+    assert text.count("long lived graceful restart on;") == 2
+    assert text.count("add paths on;") == 4
+    assert text.count("extended next hop on;") == 2  # ipv4 channels only
+
+
+def test_tenant_tables_only_for_families_with_subnets() -> None:
+    text = bird_config.render_host(config(), None)
+    assert "ipv4 table t4_100;" in text and "ipv6 table t6_100;" in text
+    assert "ipv4 table t4_200;" in text and "t6_200" not in text
+
+
+def test_publish_learns_only_endpoint_routes_of_the_publish_table() -> None:
+    text = bird_config.render_host(config(), None)
+    assert f"kernel table {markers.publish_table(100)}; learn;" in text
+    assert f"import where krt_source = {markers.RTPROT_ENDPOINT};" in text
+    assert "bgp_large_community.add((65000, 1, 100));" in text
+    # the sequence rides on the metric above the family's kernel default
+    assert "if krt_metric > 1024 then" in text and "(65000, 2, krt_metric - 1024)" in text
+    assert "(65000, 2, krt_metric))" in text
+
+
+def test_mirror_exports_the_owner_as_onlink_gateway_with_the_sequence_as_metric() -> None:
+    text = bird_config.render_host(config(), None)
+    assert f"kernel table {markers.mirror_table(200)}; metric 0; persist;" in text
+    assert "onlink = true; gw = bgp_next_hop;" in text
+    assert "krt_metric = 1024 + filter(bgp_large_community, [(65000, 2, *)]).max.data2;" in text
+
+
+def test_upstreams_get_the_host_prefix_and_give_underlay_routes() -> None:
+    text = bird_config.render_host(config(upstreams=[{"address": "fe80::1", "asn": 65100}]), None)
+    assert "route 2001:db8:0:1::/64 unreachable;" in text
+    assert 'neighbor fe80::1 as 65100; interface "uplink";' in text
+    assert "import where net ~ [2001:db8::/48+] && !(net ~ [2001:db8:0:1::/64+]);" in text
+    assert "protocol bgp upstream" not in bird_config.render_host(config(), None)
+
+
+def test_password_is_read_from_its_file_and_rendered(tmp_path: Path) -> None:
+    secret = tmp_path / "bgp.key"
+    secret.write_text("s3cr3t\n")
+    password = bird_config.read_password(secret)
+    assert password == "s3cr3t"
+    assert bird_config.render_host(config(), password).count('password "s3cr3t";') == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", "is empty"), ('a"b\n', "cannot quote"), (None, "cannot read")],
+)
+def test_bad_password_files_are_clear_errors(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    secret = tmp_path / "bgp.key"
+    if content is not None:
+        secret.write_text(content)
+    with pytest.raises(BirdConfigError, match=message) as caught:
+        bird_config.read_password(secret)
+    assert 'a"b' not in str(caught.value)
+
+
+def test_write_private_is_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "bird.conf"
+    bird_config.write_private(path, "x")
+    assert path.read_text() == "x" and path.stat().st_mode & 0o777 == 0o600
+
+
+@needs_bird
+def test_bird_parses_the_host_config(tmp_path: Path) -> None:
+    path = tmp_path / "bird.conf"
+    upstream = [{"address": "2001:db8:ff::1", "asn": 65100}]
+    bird_config.write_private(
+        path, bird_config.render_host(config(upstreams=upstream), "pw", tmp_path / "log")
+    )
+    bird_config.check(path)
+
+
+@needs_bird
+def test_bird_parses_the_route_reflector_config(tmp_path: Path) -> None:
+    path = tmp_path / "rr.conf"
+    text = bird_config.render_route_reflector(
+        11,
+        ipaddress.IPv6Address("2001:db8:0:11::1"),
+        ipaddress.IPv6Network("2001:db8::/48"),
+        65000,
+        None,
+    )
+    assert "neighbor range 2001:db8::/48 as 65000; multihop;" in text
+    assert "rr client;" in text
+    path.write_text(text)
+    bird_config.check(path)
+
+
+@needs_bird
+def test_check_reports_birds_own_words(tmp_path: Path) -> None:
+    path = tmp_path / "bad.conf"
+    path.write_text("router id 1.2.3.4;\nprotocol nonsense {}\n")
+    with pytest.raises(BirdConfigError, match=r"BIRD rejects .*bad.conf: .*bad.conf:2"):
+        bird_config.check(path)
