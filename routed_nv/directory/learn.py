@@ -34,7 +34,7 @@ HOST_PREFIX_LEN = 64
 HOST_INTERFACE_ID = 1  # a host address is <prefix>::1 (config.model.Host.address)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class MirrorRoute:
     """A route as BIRD wrote it into a mirror table."""
 
@@ -42,6 +42,19 @@ class MirrorRoute:
     prefix: IPNetwork
     next_hop: IPAddress
     metric: int
+
+    def sort_key(self) -> tuple[int, ...]:
+        # ipaddress objects of different versions do not compare; their integers do.
+        p, n = self.prefix, self.next_hop
+        return (
+            self.table,
+            p.version,
+            int(p.network_address),
+            p.prefixlen,
+            n.version,
+            int(n),
+            self.metric,
+        )
 
 
 class Reason(StrEnum):
@@ -94,7 +107,7 @@ def learn(config: Config, routes: Iterable[MirrorRoute]) -> Learned:
     known = {p.underlay_prefix: (name, p.id) for name, p in config.peers.items()}
     rejected: list[Rejection] = []
     locations: dict[tuple[int, IPNetwork], list[_Candidate]] = {}
-    for mirror in sorted(routes):
+    for mirror in sorted(set(routes), key=MirrorRoute.sort_key):
         outcome = _check(config, local, known, mirror)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)

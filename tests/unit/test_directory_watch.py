@@ -1,0 +1,119 @@
+"""netlink_watch: the route-message parser on hand-built messages, and the state it keeps."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+import pytest
+
+from routed_nv import markers
+from routed_nv.directory import netlink_watch as nw
+from routed_nv.directory.learn import MirrorRoute
+
+TABLE = markers.mirror_table(100)
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + bytes(-length % 4)
+
+
+def message(kind: int, family: int, dst: str, dst_len: int, table: int, *attrs: bytes,
+            seq: int = 0, pid: int = 0) -> bytes:  # fmt: skip
+    body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table & 0xFF, 186, 0, 1, 0)
+    body += attr(nw.RTA_DST, ipaddress.ip_address(dst).packed)
+    body += attr(nw.RTA_TABLE, struct.pack("=I", table)) + b"".join(attrs)
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, seq, pid) + body
+
+
+def via6(address: str) -> bytes:
+    return attr(
+        nw.RTA_VIA, struct.pack("=H", socket.AF_INET6) + ipaddress.ip_address(address).packed
+    )
+
+
+def test_ipv4_route_via_inet6_with_metric() -> None:
+    data = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE, via6("2001:db8:0:2::1"),
+                   attr(nw.RTA_PRIORITY, struct.pack("=I", 3)))  # fmt: skip
+    [(kind, _, _, route)] = list(nw.parse(data))
+    assert kind == nw.RTM_NEWROUTE
+    assert route == MirrorRoute(
+        TABLE, ipaddress.ip_network("10.0.0.2/32"), ipaddress.ip_address("2001:db8:0:2::1"), 3
+    )
+
+
+def test_ipv6_route_with_gateway_and_several_messages_in_one_read() -> None:
+    gw = attr(nw.RTA_GATEWAY, ipaddress.ip_address("2001:db8:0:3::1").packed)
+    data = message(nw.RTM_NEWROUTE, socket.AF_INET6, "fd10::3", 128, TABLE, gw) + message(
+        nw.RTM_DELROUTE, socket.AF_INET6, "fd10::4", 128, TABLE, gw
+    )
+    routes = [(kind, r.prefix if r else None) for kind, _, _, r in nw.parse(data)]
+    assert routes == [
+        (nw.RTM_NEWROUTE, ipaddress.ip_network("fd10::3/128")),
+        (nw.RTM_DELROUTE, ipaddress.ip_network("fd10::4/128")),
+    ]
+
+
+def test_routes_outside_mirror_tables_or_without_gateway_are_ignored() -> None:
+    gw = via6("2001:db8:0:2::1")
+    other = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, 254, gw)
+    no_gateway = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE)
+    assert [r for *_, r in nw.parse(other + no_gateway)] == [None, None]
+
+
+def test_dump_error_is_a_clear_error() -> None:
+    error = struct.pack("=IHHII", 20, nw.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -1)
+    with pytest.raises(nw.WatchError, match="netlink route dump failed: Operation not permitted"):
+        list(nw.parse(error))
+
+
+class ScriptedWatch(nw.MirrorWatch):
+    """The watch's bookkeeping without a socket: reads come from a list."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        super().__init__()
+        self.reads = reads
+
+    def _recv(self, flags: int = 0) -> bytes:
+        return self.reads.pop(0)
+
+
+def test_events_update_the_routes_by_kernel_identity() -> None:
+    gw2, gw3 = via6("2001:db8:0:2::1"), via6("2001:db8:0:3::1")
+    watch = ScriptedWatch([])
+    events = watch._apply(
+        message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE, gw2)
+        + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE, gw3)  # replaces
+        + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.5", 32, TABLE, gw3)
+        + message(nw.RTM_DELROUTE, socket.AF_INET, "10.0.0.5", 32, TABLE, gw3)
+    )
+    assert [str(e).split(" via")[0] for e in events] == [
+        "add 10.0.0.2/32", "add 10.0.0.2/32", "add 10.0.0.5/32", "del 10.0.0.5/32"
+    ]  # fmt: skip
+    (route,) = watch.routes
+    assert str(route.next_hop) == "2001:db8:0:3::1"
+
+
+def test_resync_turns_a_fresh_dump_into_the_difference() -> None:
+    gw = via6("2001:db8:0:2::1")
+    kept = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE, gw)
+    watch = ScriptedWatch([])
+    watch._apply(kept + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.3", 32, TABLE, gw))
+    watch._sock = FakeSocket()  # type: ignore[assignment]
+    done = struct.pack("=IHHII", 16, nw.NLMSG_DONE, 0, 1, FakeSocket.PORT)
+    watch.reads = [kept + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.4", 32, TABLE, gw), done]
+    events = watch._resync()
+    assert sorted(str(e).split(" via")[0] for e in events) == ["add 10.0.0.4/32", "del 10.0.0.3/32"]
+    assert {str(r.prefix) for r in watch.routes} == {"10.0.0.2/32", "10.0.0.4/32"}
+
+
+class FakeSocket:
+    PORT = 4242
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def getsockname(self) -> tuple[int, int]:
+        return (self.PORT, 0)

@@ -1,0 +1,141 @@
+"""learn: mirror routes -> DirectoryView, with every rejection reasoned and one location chosen."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from routed_nv import markers
+from routed_nv.config.model import Config
+from routed_nv.directory.learn import UNKNOWN_HOST_ID, MirrorRoute, Reason, learn
+
+CONFIG = Config.model_validate(
+    {
+        "host": {
+            "name": "host1",
+            "id": 1,
+            "underlay_prefix": "2001:db8:0:1::/64",
+            "underlay_aggregate": "2001:db8::/48",
+            "uplink": "uplink",
+        },
+        "tenants": {
+            "blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]},
+            "red": {"id": 200, "ipv4": ["10.0.0.0/24"]},
+        },
+        "endpoints": {"b1": {"tenant": "blue", "addresses": ["10.0.0.1"]}},
+        "peers": {"host2": {"id": 2, "underlay_prefix": "2001:db8:0:2::/64"}},
+    }
+)
+
+
+def route(
+    prefix: str, tenant: int = 100, via: str = "2001:db8:0:2::1", metric: int = -1
+) -> MirrorRoute:
+    net = ipaddress.ip_network(prefix)
+    if metric == -1:
+        metric = 0 if net.version == 4 else 1024
+    return MirrorRoute(markers.mirror_table(tenant), net, ipaddress.ip_address(via), metric)
+
+
+def test_a_valid_route_names_the_configured_peer() -> None:
+    learned = learn(CONFIG, [route("10.0.0.2/32"), route("fd10::2/128")])
+    assert learned.rejected == ()
+    (peer,) = {r.peer for r in learned.view.remote_routes}
+    assert (peer.name, peer.id, str(peer.underlay_prefix)) == ("host2", 2, "2001:db8:0:2::/64")
+    assert {str(r.prefix) for r in learned.view.remote_routes} == {"10.0.0.2/32", "fd10::2/128"}
+
+
+def test_an_unconfigured_peer_is_known_by_its_prefix() -> None:
+    learned = learn(CONFIG, [route("10.0.0.3/32", via="2001:db8:0:3::1")])
+    (remote,) = learned.view.remote_routes
+    assert (remote.peer.name, remote.peer.id) == ("2001:db8:0:3::/64", UNKNOWN_HOST_ID)
+    assert str(remote.peer.tenant_address(100)) == "2001:db8:0:3::1:64"
+
+
+def test_same_prefix_in_two_tenants_both_survive() -> None:
+    learned = learn(CONFIG, [route("10.0.0.2/32", 100), route("10.0.0.2/32", 200)])
+    assert {r.tenant_id for r in learned.view.remote_routes} == {100, 200}
+
+
+def reasons(*routes: MirrorRoute) -> list[Reason]:
+    learned = learn(CONFIG, routes)
+    assert learned.view.remote_routes == frozenset()
+    return [r.reason for r in learned.rejected]
+
+
+def test_rejections_carry_their_reason() -> None:
+    assert reasons(route("10.0.0.2/32", tenant=300)) == [Reason.UNKNOWN_TENANT]
+    assert reasons(route("10.9.0.2/32")) == [Reason.OUTSIDE_SUBNETS]
+    assert reasons(route("fd10::2/128", tenant=200)) == [Reason.OUTSIDE_SUBNETS]
+    assert reasons(route("10.0.0.0/30")) == [Reason.NOT_ONE_ADDRESS]
+    assert reasons(route("10.0.0.2/32", via="2001:db8:0:1::1")) == [Reason.SELF]
+    assert reasons(route("10.0.0.2/32", via="2001:db9:0:2::1")) == [Reason.BAD_NEXT_HOP]
+    assert reasons(route("10.0.0.2/32", via="2001:db8:0:2::7")) == [Reason.BAD_NEXT_HOP]
+    assert reasons(route("10.0.0.2/32", via="192.0.2.1")) == [Reason.BAD_NEXT_HOP]
+    assert reasons(route("fd10::2/128", metric=5)) == [Reason.BAD_METRIC]
+    assert reasons(route("10.0.0.1/32")) == [Reason.LOCAL]
+    assert reasons(
+        MirrorRoute(
+            100, ipaddress.ip_network("10.0.0.2/32"), ipaddress.ip_address("2001:db8:0:2::1"), 0
+        )
+    ) == [Reason.NOT_MIRROR]
+
+
+def test_rejection_text_says_what_and_why() -> None:
+    (rejection,) = learn(CONFIG, [route("10.9.0.2/32")]).rejected
+    assert str(rejection) == (
+        f"10.9.0.2/32 via 2001:db8:0:2::1 (table {markers.mirror_table(100)}): "
+        "outside-tenant-subnets: not in tenant 100's subnets"
+    )
+
+
+def test_the_higher_sequence_wins_and_the_other_is_reported_superseded() -> None:
+    old = route("10.0.0.5/32", via="2001:db8:0:2::1", metric=3)
+    new = route("10.0.0.5/32", via="2001:db8:0:3::1", metric=4)
+    learned = learn(CONFIG, [old, new])
+    (remote,) = learned.view.remote_routes
+    assert str(remote.peer.address) == "2001:db8:0:3::1"
+    (rejection,) = learned.rejected
+    assert rejection.route == old and rejection.reason is Reason.SUPERSEDED
+    assert "sequence 4 at 2001:db8:0:3::1 wins" in rejection.detail
+
+
+HOSTS = st.integers(2, 40).map(lambda i: f"2001:db8:0:{i:x}::1")
+CANDIDATES = st.lists(
+    st.builds(
+        lambda host, tenant, last, seq: route(f"10.0.0.{last}/32", tenant, host, seq),
+        HOSTS,
+        st.sampled_from([100, 200]),
+        st.integers(2, 6),
+        st.integers(0, 3),
+    ),
+    max_size=30,
+)
+
+
+@given(CANDIDATES, st.randoms())
+def test_choice_is_deterministic_and_order_independent(routes: list[MirrorRoute], rnd) -> None:  # type: ignore[no-untyped-def]
+    shuffled = list(routes)
+    rnd.shuffle(shuffled)
+    assert learn(CONFIG, routes) == learn(CONFIG, shuffled)
+
+
+@given(CANDIDATES)
+def test_one_location_per_tenant_address_with_the_highest_sequence(
+    routes: list[MirrorRoute],
+) -> None:
+    learned = learn(CONFIG, routes)
+    keys = [(r.tenant_id, r.prefix) for r in learned.view.remote_routes]
+    assert len(keys) == len(set(keys)) == len({(r.table, r.prefix) for r in routes})
+    for remote in learned.view.remote_routes:
+        rivals = [
+            r
+            for r in routes
+            if r.table == markers.mirror_table(remote.tenant_id) and r.prefix == remote.prefix
+        ]
+        top = max(r.metric for r in rivals)
+        winners = sorted(int(r.next_hop) for r in rivals if r.metric == top)
+        assert int(remote.peer.address) == winners[0]
+    assert len(learned.rejected) == len(set(routes)) - len(keys)  # the rest: superseded
