@@ -132,10 +132,6 @@ def _minus(expr: str, base: int) -> str:
     return f"{expr} - {base}" if base else expr
 
 
-def _plus(base: int, expr: str) -> str:
-    return f"{base} + {expr}" if base else expr
-
-
 def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
     t = tenant.id
     tag = f"({asn}, {TENANT_COMMUNITY}, {t})"
@@ -164,7 +160,7 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
         "  import filter {",
         f"    if source != RTS_BGP || !({tag} ~ bgp_large_community) then reject;",
         f"    if bgp_large_community ~ {moved} then",
-        f"      bgp_local_pref = {_plus(LOCAL_PREFERENCE, _sequence(asn))};",
+        f"      bgp_local_pref = {LOCAL_PREFERENCE} + {_sequence(asn)};",
         "    accept;",
         "  };",
         "}",
@@ -174,14 +170,11 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
         f"protocol kernel m{n} {{",
         f"  {fam.table} {{ table mt{n}; import none; export filter {{",
         "    if source != RTS_BGP then reject;",
-        "    onlink = true; gw = bgp_next_hop;",
-        f"    krt_metric = {base};",
-        f"    if bgp_large_community ~ {moved} then",
-        f"      krt_metric = {_plus(base, _sequence(asn))};",
-        "    accept;",
+        "    onlink = true; gw = bgp_next_hop; accept;",
         "  }; };",
-        # metric 0: each route's krt_metric (the sequence) reaches the kernel, not BIRD's 32.
-        f"  kernel table {markers.mirror_table(t)}; metric 0; persist; graceful restart on;",
+        # One metric for every mirror route: BIRD 2.0.12 replaces a kernel route in place, so a
+        # per-route metric would leave the old location behind when the best path changes.
+        f"  kernel table {markers.mirror_table(t)}; persist; graceful restart on;",
         f"  netlink rx buffer {NETLINK_RX_BUFFER};",
         "}",
     ]

@@ -7,8 +7,11 @@ sentence (for logs and `routed-nv status`):
 - the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
 - the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate;
 - an address this host holds itself for that tenant is not remote (a move in progress).
-Among the survivors, one location per (tenant, address): the highest mobility sequence wins,
-then the lowest host address, so every host picks the same one (docs/directory.md).
+BIRD has already chosen one location per (tenant, address) by mobility sequence (a moved
+endpoint's route carries local_pref 100 + sequence; docs/directory.md) and the mirror table holds
+only that choice. Should a table hold more than one (routes left by an earlier BIRD config, or
+written by hand), the lowest metric wins, as it would in the kernel, then the lowest host address,
+so the choice never depends on the order routes were read in.
 
 A host learned from BGP is known by its /64 only. Its host id (the SPI sender slot, needed only
 for static keying) comes from config.peers when a peer has that /64, and is UNKNOWN_HOST_ID
@@ -26,7 +29,6 @@ from enum import StrEnum
 from routed_nv import markers
 from routed_nv.calc.inputs import DirectoryView, IPNetwork, PeerHost, RemoteRoute
 from routed_nv.config.model import Config
-from routed_nv.directory.mobility import sequence_of
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN_HOST_ID = 0
@@ -65,7 +67,6 @@ class Reason(StrEnum):
     BAD_NEXT_HOP = "bad-next-hop"
     SELF = "next-hop-is-this-host"
     LOCAL = "held-by-this-host"
-    BAD_METRIC = "bad-metric"
     SUPERSEDED = "superseded"
 
 
@@ -89,12 +90,10 @@ class Learned:
 @dataclass(frozen=True)
 class _Candidate:
     route: RemoteRoute
-    sequence: int
     mirror: MirrorRoute
 
     def rank(self) -> tuple[int, int]:
-        # Highest sequence first, then the lowest host address.
-        return (-self.sequence, int(self.route.peer.address))
+        return (self.mirror.metric, int(self.route.peer.address))
 
 
 def learn(config: Config, routes: Iterable[MirrorRoute]) -> Learned:
@@ -118,7 +117,7 @@ def learn(config: Config, routes: Iterable[MirrorRoute]) -> Learned:
     for candidates in locations.values():
         winner, *losers = sorted(candidates, key=_Candidate.rank)
         chosen.append(winner.route)
-        detail = f"sequence {winner.sequence} at {winner.route.peer.address} wins"
+        detail = f"{winner.route.peer.address} (metric {winner.mirror.metric}) wins"
         rejected += [Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers]
     return Learned(DirectoryView(frozenset(chosen)), tuple(rejected))
 
@@ -152,12 +151,9 @@ def _check(
         return reject(Reason.BAD_NEXT_HOP, f"not a host address (<a /64 in {aggregate}>::1)")
     if host_prefix == config.host.underlay_prefix:
         return reject(Reason.SELF, "announced with this host's own address")
-    sequence = sequence_of(mirror.metric, prefix.version)
-    if sequence is None:
-        return reject(Reason.BAD_METRIC, f"metric {mirror.metric} carries no sequence")
     name, host_id = known.get(host_prefix, (str(host_prefix), UNKNOWN_HOST_ID))
     peer = PeerHost(name, host_id, host_prefix)
-    return _Candidate(RemoteRoute(tenant_id, prefix, peer), sequence, mirror)
+    return _Candidate(RemoteRoute(tenant_id, prefix, peer), mirror)
 
 
 def _host_prefix(next_hop: IPAddress) -> ipaddress.IPv6Network | None:

@@ -6,9 +6,14 @@ than the highest sequence it saw for that endpoint elsewhere). Endpoints that ne
 sequence community, so their attributes stay shared between routes (per-route attributes cost
 4-5x the memory in BIRD).
 
-Kernel: in both the publish and the mirror tables the sequence is the route metric above the
-kernel's default for the family (IPv4 0, IPv6 1024), so a publish route written without a metric
-means "sequence 0" and the agent reads the winning sequence straight off the mirror table.
+Receivers: the tenant pipe sets local_pref = 100 + sequence on moved endpoints' routes, so
+BIRD's best path (which alone reaches the mirror table) is the newest location; equal sequences
+fall to BGP's usual tie-breaks (lowest router id), the same on every host.
+
+Kernel: in the publish table the sequence is the route metric above the kernel's default for
+the family (IPv4 0, IPv6 1024), so a publish route written without a metric means "sequence 0".
+The mirror table does not carry it (one fixed metric: BIRD 2.0.12 would leave the old location
+behind if the metric changed with the best path).
 """
 
 from __future__ import annotations
@@ -21,13 +26,7 @@ MAX_SEQUENCE = 0xFFFF_FFFF - DEFAULT_METRIC[6]  # so that the IPv6 metric stays 
 
 
 def metric_for(sequence: int, version: int) -> int:
-    """The publish/mirror route metric that carries a sequence."""
+    """The metric of a publish-table route that carries a sequence (the routing driver's)."""
     if not 0 <= sequence <= MAX_SEQUENCE:
         raise ValueError(f"mobility sequence {sequence} is out of range 0..{MAX_SEQUENCE}")
     return DEFAULT_METRIC[version] + sequence
-
-
-def sequence_of(metric: int, version: int) -> int | None:
-    """The sequence a mirror route's metric carries, or None if it is below the family's base."""
-    sequence = metric - DEFAULT_METRIC[version]
-    return sequence if sequence >= 0 else None

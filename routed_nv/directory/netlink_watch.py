@@ -141,6 +141,9 @@ class MirrorWatch:
     def routes(self) -> frozenset[MirrorRoute]:
         return frozenset(self._routes.values())
 
+    def __len__(self) -> int:
+        return len(self._routes)
+
     def open(self) -> MirrorWatch:
         self._sock = _open_socket(self.netns)
         self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))

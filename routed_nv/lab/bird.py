@@ -15,8 +15,10 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from subprocess import DEVNULL, Popen
 
+from routed_nv import markers
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
+from routed_nv.directory.birdc import BirdClient
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import Node, Topology
 
@@ -71,6 +73,40 @@ class LabBird:
                 rr.id, bgp_address(rr), topology.aggregate, Directory().asn, password, bird.log
             )
             self.start(rr.name, text)
+
+    def start_hosts(self, configs: dict[str, Config]) -> None:
+        """Start every host's BIRD with the config rendered from its Config. The host address
+        must exist first (the routing driver puts it on rnv0; see add_host_addresses)."""
+        for name, config in configs.items():
+            self.start(name, bird_config.render_host(config, None, self.node(name).log))
+
+    def add_host_addresses(self) -> None:
+        """rnv0 with the host address, as the routing driver makes it, for labs without the
+        datapath: BGP sessions run between host addresses."""
+        for host in self.lab.topology.hosts:
+            ip_batch(
+                host.namespace,
+                [
+                    f"link add {markers.HOST_DEVICE} type dummy",
+                    f"link set {markers.HOST_DEVICE} up",
+                    f"addr add {bgp_address(host)}/128 dev {markers.HOST_DEVICE} nodad",
+                ],
+            )
+
+    def wait_established(self, sessions: int | None = None, timeout: float = 30.0) -> None:
+        """Until every host has `sessions` (default: all) route-reflector sessions Established."""
+        deadline = time.monotonic() + timeout
+        pending = [h.name for h in self.lab.topology.hosts]
+        while pending:
+            with BirdClient(self.node(pending[0]).socket) as bird:
+                states = [p.session for p in bird.protocols() if p.proto == "BGP"]
+            wanted = len(states) if sessions is None else sessions
+            if states and states.count("Established") >= wanted:
+                pending.pop(0)
+            elif time.monotonic() > deadline:
+                raise LabError(f"{pending[0]}: BGP sessions not established: {states}")
+            else:
+                time.sleep(0.1)
 
     def start(self, name: str, text: str | None = None) -> BirdNode:
         """(Re)start a node's BIRD, with a new config if given; wait for its control socket."""

@@ -66,11 +66,15 @@ def test_publish_learns_only_endpoint_routes_of_the_publish_table() -> None:
     assert "(65000, 2, krt_metric))" in text
 
 
-def test_mirror_exports_the_owner_as_onlink_gateway_with_the_sequence_as_metric() -> None:
+def test_mirror_exports_the_owner_as_onlink_gateway() -> None:
     text = bird_config.render_host(config(), None)
-    assert f"kernel table {markers.mirror_table(200)}; metric 0; persist;" in text
-    assert "onlink = true; gw = bgp_next_hop;" in text
-    assert "krt_metric = 1024 + filter(bgp_large_community, [(65000, 2, *)]).max.data2;" in text
+    assert f"kernel table {markers.mirror_table(200)}; persist;" in text
+    assert "onlink = true; gw = bgp_next_hop; accept;" in text
+
+
+def test_a_moved_endpoint_is_preferred_by_its_sequence() -> None:
+    text = bird_config.render_host(config(), None)
+    assert "bgp_local_pref = 100 + filter(bgp_large_community, [(65000, 2, *)]).max.data2;" in text
 
 
 def test_upstreams_get_the_host_prefix_and_give_underlay_routes() -> None:

@@ -74,7 +74,6 @@ def test_rejections_carry_their_reason() -> None:
     assert reasons(route("10.0.0.2/32", via="2001:db9:0:2::1")) == [Reason.BAD_NEXT_HOP]
     assert reasons(route("10.0.0.2/32", via="2001:db8:0:2::7")) == [Reason.BAD_NEXT_HOP]
     assert reasons(route("10.0.0.2/32", via="192.0.2.1")) == [Reason.BAD_NEXT_HOP]
-    assert reasons(route("fd10::2/128", metric=5)) == [Reason.BAD_METRIC]
     assert reasons(route("10.0.0.1/32")) == [Reason.LOCAL]
     assert reasons(
         MirrorRoute(
@@ -91,21 +90,21 @@ def test_rejection_text_says_what_and_why() -> None:
     )
 
 
-def test_the_higher_sequence_wins_and_the_other_is_reported_superseded() -> None:
-    old = route("10.0.0.5/32", via="2001:db8:0:2::1", metric=3)
-    new = route("10.0.0.5/32", via="2001:db8:0:3::1", metric=4)
-    learned = learn(CONFIG, [old, new])
+def test_of_duplicates_the_lowest_metric_wins_and_the_other_is_reported_superseded() -> None:
+    stale = route("10.0.0.5/32", via="2001:db8:0:2::1", metric=40)
+    current = route("10.0.0.5/32", via="2001:db8:0:3::1", metric=32)
+    learned = learn(CONFIG, [stale, current])
     (remote,) = learned.view.remote_routes
     assert str(remote.peer.address) == "2001:db8:0:3::1"
     (rejection,) = learned.rejected
-    assert rejection.route == old and rejection.reason is Reason.SUPERSEDED
-    assert "sequence 4 at 2001:db8:0:3::1 wins" in rejection.detail
+    assert rejection.route == stale and rejection.reason is Reason.SUPERSEDED
+    assert "2001:db8:0:3::1 (metric 32) wins" in rejection.detail
 
 
 HOSTS = st.integers(2, 40).map(lambda i: f"2001:db8:0:{i:x}::1")
 CANDIDATES = st.lists(
     st.builds(
-        lambda host, tenant, last, seq: route(f"10.0.0.{last}/32", tenant, host, seq),
+        lambda host, tenant, last, metric: route(f"10.0.0.{last}/32", tenant, host, metric),
         HOSTS,
         st.sampled_from([100, 200]),
         st.integers(2, 6),
@@ -123,7 +122,7 @@ def test_choice_is_deterministic_and_order_independent(routes: list[MirrorRoute]
 
 
 @given(CANDIDATES)
-def test_one_location_per_tenant_address_with_the_highest_sequence(
+def test_one_location_per_tenant_address_with_the_lowest_metric(
     routes: list[MirrorRoute],
 ) -> None:
     learned = learn(CONFIG, routes)
@@ -135,7 +134,7 @@ def test_one_location_per_tenant_address_with_the_highest_sequence(
             for r in routes
             if r.table == markers.mirror_table(remote.tenant_id) and r.prefix == remote.prefix
         ]
-        top = max(r.metric for r in rivals)
+        top = min(r.metric for r in rivals)
         winners = sorted(int(r.next_hop) for r in rivals if r.metric == top)
         assert int(remote.peer.address) == winners[0]
     assert len(learned.rejected) == len(set(routes)) - len(keys)  # the rest: superseded
