@@ -17,6 +17,7 @@ from routed_nv import markers
 from routed_nv.agent.datapath import Datapath, Outcome
 from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
+from routed_nv.config.writer import to_toml
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import UPLINK, WORKLOAD_IFNAME, Node, Topology, Workload
 
@@ -92,6 +93,13 @@ class LabDatapath:
         topology = lab.topology
         write_secrets(topology, self.secrets_dir)
         self.configs = {h.name: host_config(topology, h, self.secrets_dir) for h in topology.hosts}
+        # the same configs as files, so `routed-nv apply -c` and operators in `lab shell` see them
+        self.config_files = {}
+        for host, config in self.configs.items():
+            path = workdir / host / "routed-nv.toml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(to_toml(config))
+            self.config_files[host] = path
         self.datapaths = {
             h.name: Datapath(self.configs[h.name], netns=h.namespace) for h in topology.hosts
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -297,3 +298,41 @@ def test_removing_an_endpoint_removes_exactly_its_objects(lab: LabDatapath) -> N
     assert_removes_exactly(lab, "host2", Config.model_validate(data), belongs, "wl-red2")
     red = sh(lab, ns("red2"), "ping -c 2 -i 0.2 -W 2 10.0.0.1")
     assert " 0% packet loss" in red
+
+
+def routed_nv(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "routed_nv", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_apply_command_plans_applies_and_reports_by_exit_status(lab: LabDatapath) -> None:
+    path = lab.config_files["host3"]
+    original = path.read_text()
+    common = ["apply", "--netns", ns("host3"), "-c", str(path)]
+    assert routed_nv(*common, "--dry-run").returncode == 0  # in sync: nothing to do
+
+    extra = '[remote_endpoints.extra]\ntenant = "blue"\naddresses = ["10.0.0.77"]\nhost = "host1"\n'
+    path.write_text(original + extra)
+    try:
+        planned = routed_nv(*common, "--dry-run")
+        assert planned.returncode == 1, planned.stderr
+        assert "routing: + route 10.0.0.77/32" in planned.stdout
+        assert "10.0.0.77" not in sh(lab, ns("host3"), "ip route show table all")  # dry
+        assert routed_nv(*common, "--dry-run").returncode == 1  # still not applied
+        applied = routed_nv(*common)
+        assert applied.returncode == 0, applied.stderr
+        assert "10.0.0.77" in sh(lab, ns("host3"), "ip route show vrf rnv-v100")
+        assert routed_nv(*common, "--dry-run").returncode == 0
+    finally:
+        path.write_text(original)
+        assert routed_nv(*common).returncode == 0
+
+    path.write_text(original.replace("id = 100", "id = 70000", 1))
+    try:
+        broken = routed_nv(*common)
+    finally:
+        path.write_text(original)
+    assert broken.returncode == 2
+    assert "tenants.blue.id: 70000 is out of range 1..65535" in broken.stderr
+    assert not lab.plan("host3").changed  # nothing was half-applied

@@ -89,3 +89,12 @@ def test_doctor_json_and_exit_status_follow_the_report(monkeypatch: pytest.Monke
     table = invoke("doctor")
     assert table.exit_code == result.exit_code
     assert "datapath:" in table.stdout
+
+
+def test_apply_with_an_invalid_config_applies_nothing_and_exits_2(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "conf.d" / "99-bad.toml").write_text("[host]\nid = 0\n")
+    result = invoke("apply", "-c", str(tmp_path / "routed-nv.toml"))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["conf.d/99-bad.toml: host.id: 0 is out of range 1..16383"]
+    assert result.stdout == ""

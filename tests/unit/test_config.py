@@ -256,3 +256,11 @@ def test_names_are_checked_not_crashed_on(name: str) -> None:
         assert all(str(p).startswith("t.toml: tenants.") for p in exc.problems)
     else:
         assert list(config.tenants) == [name]
+
+
+def test_written_config_loads_back_identical(tmp_path: Path) -> None:
+    from routed_nv.config.writer import to_toml
+
+    config = load_config(EXAMPLES / "routed-nv.toml", env={})
+    (tmp_path / "routed-nv.toml").write_text(to_toml(config))
+    assert load_config(tmp_path / "routed-nv.toml", env={}) == config
