@@ -3,7 +3,7 @@
 Addressing plan (documented here because the builder and the tests share it):
 - every underlay node (host or route reflector) owns a /64 inside the underlay aggregate;
 - its uplink to the underlay router carries `<node /64>:ffff::1`. Interface ids ::1..::ffff are
-  left to the datapath: ::1 is the host address, ::<tenant id> the tenant outer addresses;
+  left to the datapath: ::1 is the host address, ::1:<tenant id> the tenant outer addresses;
 - each router<->node veth is a point-to-point link addressed fe80::1 (router) / fe80::2 (node);
   the router routes each node /64 to fe80::2 on that link, and nodes route the aggregate to fe80::1.
 """
@@ -21,7 +21,7 @@ UPLINK = "uplink"  # the node's link to the underlay router
 WORKLOAD_IFNAME = "eth0"
 ROUTER_LINK_LOCAL = IPv6Address("fe80::1")
 NODE_LINK_LOCAL = IPv6Address("fe80::2")
-UPLINK_INTERFACE_ID = 0xFFFF_0000_0000_0001  # :ffff::1, clear of ::1 and ::<tenant id>
+UPLINK_INTERFACE_ID = 0xFFFF_0000_0000_0001  # :ffff::1, clear of ::1 and ::1:<tenant id>
 IFNAMSIZ = 15
 
 
