@@ -68,7 +68,7 @@ def write_secrets(topology: Topology, secrets_dir: Path) -> None:
             fh.write(f"0 {secrets.token_hex(32)} active\n")
 
 
-def configure_workload(lab: Lab, workload: Workload, mtu: int) -> None:
+def configure_workload(workload: Workload, mtu: int) -> None:
     """What a guest OS does on boot: its addresses, and its host as the gateway for everything."""
     gw4, gw6 = markers.GATEWAY_V4, markers.GATEWAY_V6
     ip_batch(
@@ -106,7 +106,11 @@ class LabDatapath:
 
     def configure_workloads(self) -> None:
         for w in self.lab.topology.workloads:
-            configure_workload(self.lab, w, self.configs[w.host].tenant_mtu(w.tenant))
+            self.configure_workloads_of(w.name)
+
+    def configure_workloads_of(self, name: str) -> None:
+        w = next(w for w in self.lab.topology.workloads if w.name == name)
+        configure_workload(w, self.configs[w.host].tenant_mtu(w.tenant))
 
     def apply(self, host: str, config: Config | None = None) -> Outcome:
         config = config or self.configs[host]

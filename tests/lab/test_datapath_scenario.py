@@ -336,3 +336,38 @@ def test_apply_command_plans_applies_and_reports_by_exit_status(lab: LabDatapath
     assert broken.returncode == 2
     assert "tenants.blue.id: 70000 is out of range 1..65535" in broken.stderr
     assert not lab.plan("host3").changed  # nothing was half-applied
+
+
+def test_proxy_style_workload_on_a_subnet_reaches_its_tenant_through_the_host(
+    lab: LabDatapath,
+) -> None:
+    # blue1 becomes a classic guest: 10.0.0.1/24 and fd10::1/64 on-link, no gateway at all
+    data = lab.configs["host1"].model_dump(mode="json")
+    data["endpoints"]["blue1"]["style"] = "proxy"
+    proxy = Config.model_validate(data)
+    guest = ns("blue1")
+    sh(lab, guest, "ip route flush dev eth0; ip -6 route flush dev eth0; ip addr flush dev eth0")
+    sh(
+        lab,
+        guest,
+        "ip addr add 10.0.0.1/24 dev eth0 && ip addr add fd10::1/64 dev eth0 nodad && "
+        "ip -6 route del default 2>/dev/null; true",
+    )
+    try:
+        assert lab.apply("host1", proxy).ok
+        v4 = sh(lab, guest, "ping -c 2 -i 0.2 -W 2 10.0.0.2")
+        v6 = sh(lab, guest, "ping -c 2 -i 0.2 -W 2 fd10::2")
+        neighbours = sh(lab, guest, "ip neigh show dev eth0; ip -6 neigh show dev eth0")
+        host_mac = sh(lab, ns("host1"), "cat /sys/class/net/wl-blue1/address").strip()
+        routes = sh(lab, guest, "ip route; ip -6 route")
+    finally:
+        sh(lab, guest, "ip addr flush dev eth0")
+        lab.configure_workloads_of("blue1")
+        assert lab.apply("host1").ok
+
+    assert "via" not in routes  # the guest really has no gateway
+    assert " 0% packet loss" in v4 and " 0% packet loss" in v6
+    # the host answered ARP and ND for the remote workload itself: nothing was flooded
+    assert re.search(rf"10\.0\.0\.2 lladdr {host_mac}", neighbours), neighbours
+    assert re.search(rf"fd10::2 lladdr {host_mac}", neighbours), neighbours
+    assert " 0% packet loss" in sh(lab, guest, "ping -c 2 -i 0.2 -W 2 10.0.0.2")
