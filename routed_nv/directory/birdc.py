@@ -187,7 +187,7 @@ class BirdClient:
     def routes(self, arguments: str = "") -> list[Route]:
         """`show route <arguments> all`; a lookup that finds nothing is an empty list."""
         try:
-            reply = self.command(f"show route {arguments} all".replace("  ", " "))
+            reply = self.command(" ".join(["show route", *arguments.split(), "all"]))
         except CommandError as exc:
             if exc.code == ROUTE_NOT_FOUND:
                 return []
