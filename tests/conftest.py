@@ -7,7 +7,8 @@ output streamed live. The guest's `routed_nv.lab.guest_report` plugin writes eve
 outcome and failure text to .rnv-lab/; each kernel test is then reported here with its real guest
 outcome, without running any host-side fixture for it. If the guest times out or crashes, every
 kernel test without a result fails with that reason. Other tests run normally on the host.
-ROUTED_NV_UML_MEM and ROUTED_NV_UML_TIMEOUT (seconds) size the guest.
+ROUTED_NV_UML_MEM and ROUTED_NV_UML_TIMEOUT (seconds) size the guest; the defaults fit the whole
+kernel suite (BIRD, charon and many namespaces) inside CI's 90 minutes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pytest
 from routed_nv.lab import uml
 from routed_nv.lab.guest_report import REPORT_ENV
 
+SUITE_TIMEOUT_S = 3600.0
+SUITE_MEM = "1G"
 _GUEST_RUN = pytest.StashKey["_GuestRun | None"]()
 
 
@@ -44,13 +47,13 @@ class _GuestRun:
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         if terminal is not None:
             terminal.write_sep("-", f"{len(self.nodeids)} kernel tests in a UML guest")
-        timeout = float(os.environ.get("ROUTED_NV_UML_TIMEOUT", uml.DEFAULT_TIMEOUT))
+        timeout = float(os.environ.get("ROUTED_NV_UML_TIMEOUT", SUITE_TIMEOUT_S))
         with capture.global_and_fixture_disabled():
             rc = uml.run_in_uml(
                 argv,
                 cwd=self.config.rootpath,
                 env={REPORT_ENV: str(report)},
-                mem=os.environ.get("ROUTED_NV_UML_MEM", uml.DEFAULT_MEM),
+                mem=os.environ.get("ROUTED_NV_UML_MEM", SUITE_MEM),
                 timeout=timeout,
             )
         if terminal is not None:
