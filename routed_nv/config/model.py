@@ -80,6 +80,9 @@ class Directory(_Strict):
     password_file: Path | None = None
     upstreams: list[Upstream] = Field(default_factory=list)
     bird_socket: Path = Path("/run/bird/bird.ctl")
+    # routed_nv renders this file from the config and owns it; BIRD's own bird.conf includes it
+    # or BIRD runs with `-c` on it
+    bird_config: Path = Path("/run/routed-nv/bird.conf")
 
 
 class KeyingMode(StrEnum):
