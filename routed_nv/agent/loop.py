@@ -1,0 +1,349 @@
+"""The agent's reconcile loop (after Calico Felix): cheap inputs mark dirty, one thread applies.
+
+Inputs come from anywhere and only record and wake: `publish` (the directory source's callback,
+any thread), `request_reload` and `request_stop` (signal handlers, the control socket). The loop
+thread alone touches the kernel, through one Datapath that lives as long as the agent:
+- one apply per dirty period, never sooner than `min_interval_s` after the previous one started,
+  so a burst of directory updates becomes one apply of the latest view;
+- a full resync every `resync_interval_s` even when nothing is dirty: every apply reads the
+  kernel back and diffs it, so this catches drift nobody reported;
+- a failed apply (some objects, or an exception) stays dirty and is retried with exponential
+  backoff; the objects that did apply stay applied;
+- before the source is in sync no remote route is deleted (`source.keep_known`).
+Stopping leaves the dataplane exactly as it is (fail closed: isolation stays in the kernel; a
+restarted agent adopts it and changes nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from routed_nv.agent.events import EventLog
+from routed_nv.agent.notify import Notifier
+from routed_nv.agent.snapshot import ApplyRecord, Counts, SaInfo, Snapshot, SourceInfo, count
+from routed_nv.agent.source import DirectorySource, SourceUpdate, keep_known
+from routed_nv.calc.inputs import DirectoryView
+from routed_nv.config.loader import ConfigError
+from routed_nv.config.model import Config
+
+if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2 and iptc
+    from routed_nv.agent.datapath import Outcome
+
+
+@dataclass(frozen=True)
+class Settings:
+    min_interval_s: float = 0.2
+    resync_interval_s: float = 30.0
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+class DatapathLike(Protocol):
+    def apply(self, config: Config, view: DirectoryView) -> Outcome: ...
+
+
+# The fields a Datapath is built from (the XFRM driver's ownership test uses the host prefix,
+# its timers the rotation grace): the one Datapath cannot follow a change, a restart can.
+def restart_only(config: Config) -> tuple[object, ...]:
+    return (config.host.underlay_prefix, config.keying.rotation_grace_s)
+
+
+RESTART_ONLY_PROBLEM = "host.underlay_prefix and keying.rotation_grace_s change only on restart"
+
+
+class Waker:
+    """A socket pair the loop sleeps on. Signals wake it too: the daemon hands `write_fd` to
+    signal.set_wakeup_fd, so handlers themselves only set flags."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+
+    @property
+    def write_fd(self) -> int:
+        return self._w.fileno()
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups already: awake enough
+            self._w.send(b"\0")
+
+    def wait(self, timeout: float | None) -> None:
+        ready, _, _ = select.select([self._r], [], [], timeout)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                while self._r.recv(4096):
+                    pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        datapath: DatapathLike,
+        source: DirectorySource,
+        load_config: Callable[[], Config],
+        *,
+        read_sas: Callable[[], list[SaInfo]] = list,
+        settings: Settings | None = None,
+        log: EventLog | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.settings = settings or Settings()
+        self.waker = Waker()
+        self.on_apply: list[Callable[[ApplyRecord], None]] = []  # metrics observe durations
+        self._datapath = datapath
+        self._source = source
+        self._load_config = load_config
+        self._read_sas = read_sas
+        self._log = log or EventLog()
+        self._notify = notifier or Notifier("")
+        self._clock = clock
+        self._wall = wall
+        self._started = wall()
+        # Flags: set from signal handlers, so plain assignments (no lock, no I/O).
+        self.stop_requested = False
+        self.reload_requested = False
+        # Shared with input threads and readers: guarded by _lock, values replaced whole.
+        self._lock = threading.Lock()
+        self._update: SourceUpdate | None = None
+        self._updates = 0
+        self._dirty: set[str] = set()
+        self._rejected_total: Counter[str] = Counter()
+        self._state = "starting"
+        self._known = DirectoryView(frozenset())
+        self._last: ApplyRecord | None = None
+        self._last_ok: float | None = None
+        self._counts = Counts()
+        self._sas: tuple[SaInfo, ...] = ()
+        self._reconciles = 0
+        self._reconcile_errors = 0
+        self._config_errors = 0
+        # Loop-thread only.
+        self._last_start: float | None = None
+        self._last_end = 0.0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._ready_sent = False
+        self._reload_pending = False  # READY=1 owed to systemd after the reload's apply
+
+    # -- inputs: cheap, any thread ------------------------------------------------------------
+
+    def publish(self, update: SourceUpdate) -> None:
+        with self._lock:
+            before = set(self._update.rejected) if self._update else set()
+            self._rejected_total.update(r.reason for r in update.rejected if r not in before)
+            self._update = update
+            self._updates += 1
+            self._dirty.add("directory")
+        self.waker.wake()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        self.waker.wake()
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        self.waker.wake()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Reconcile until asked to stop; leaves the dataplane as it is."""
+        self._log("agent.start", pid=os.getpid(), source=self._source.name)
+        self._source.start(self.config, self.publish)
+        while not self.stop_requested:
+            timeout = self.step()
+            if timeout != 0:
+                self.waker.wait(timeout)
+        with self._lock:
+            self._state = "stopping"
+        self._notify.stopping("stopping; dataplane left in place")
+        self._source.stop()
+        self._log("agent.stop", dataplane="left-in-place")
+
+    def step(self) -> float | None:
+        """Do whatever is due now. Returns seconds until something else is due (None: nothing
+        until an input arrives, 0: call again)."""
+        if self.reload_requested:
+            self.reload_requested = False
+            self._reload()
+        if self.stop_requested:
+            return 0
+        now = self._clock()
+        due = self._next_apply(now)
+        if due is None:
+            return None
+        if due > now:
+            return due - now
+        self._apply(now)
+        return 0
+
+    def _next_apply(self, now: float) -> float | None:
+        with self._lock:
+            if self._update is None:  # no view yet: applying would delete what it lacks
+                return None
+            dirty = bool(self._dirty)
+        if self._last_start is None:
+            return now
+        resync = self._last_end + self.settings.resync_interval_s
+        if not dirty and now < resync:
+            return resync
+        return max(self._last_start + self.settings.min_interval_s, self._retry_at)
+
+    def _apply(self, now: float) -> None:
+        with self._lock:
+            update = self._update
+            assert update is not None
+            why = sorted(self._dirty) or ["resync"]
+            self._dirty.clear()
+        if self._last_start is None:
+            why = ["start"]
+        view = update.view if update.in_sync else keep_known(self._known, update.view)
+        config = self.config
+        self._last_start, started = now, self._wall()
+        try:
+            outcome = self._datapath.apply(config, view)
+            errors = tuple(f"{s.name}: {e}" for s in outcome.stages for e in s.errors)
+            changes = sum(len(s.lines) for s in outcome.stages)
+            stages = {f"{s.name}_changes": len(s.lines) for s in outcome.stages}
+        except Exception as exc:  # a bug or a vanished netns must not end the agent
+            errors, changes, stages = (f"apply: {type(exc).__name__}: {exc}",), 0, {}
+        end = self._clock()
+        self._last_end = end
+        record = ApplyRecord(started, end - now, not errors, changes, errors, ",".join(why))
+        self._after_apply(config, view, record)
+        self._log(
+            "agent.apply",
+            ok=record.ok,
+            changes=changes,
+            seconds=record.seconds,
+            trigger=record.trigger,
+            in_sync=update.in_sync,
+            **stages,
+        )
+        for error in errors:
+            self._log("agent.apply.error", error=error)
+        if errors:
+            self._failures += 1
+            backoff = self.settings.backoff_min_s * 2 ** (self._failures - 1)
+            self._retry_at = end + min(backoff, self.settings.backoff_max_s)
+            with self._lock:
+                self._dirty.add("retry")
+        else:
+            self._failures, self._retry_at = 0, 0.0
+        for observe in self.on_apply:
+            observe(record)
+        self._report(record)
+
+    def _after_apply(self, config: Config, view: DirectoryView, record: ApplyRecord) -> None:
+        try:
+            sas = tuple(self._read_sas())
+        except Exception as exc:  # counts are for people; the apply itself is what matters
+            self._log("agent.inspect.error", error=f"{type(exc).__name__}: {exc}")
+            sas = self._sas
+        counts = count(config, view, sas)
+        with self._lock:
+            # An apply that ran (even with errors) may have programmed all of `view`: it is
+            # the last known state until the source is in sync again.
+            self._known = view
+            self._last = record
+            self._sas = sas
+            self._counts = counts
+            self._reconciles += 1
+            if record.ok:
+                self._last_ok = record.time
+                self._state = "ready"
+            else:
+                self._reconcile_errors += 1
+                if self._state == "ready":
+                    self._state = "degraded"
+
+    def _report(self, record: ApplyRecord) -> None:
+        c = self._counts
+        text = (
+            f"{c.local_endpoints} local endpoints, {c.remote_addresses} remote addresses, "
+            f"{c.sas} SAs; last apply {'ok' if record.ok else 'FAILED'} "
+            f"({record.changes} changes, {record.seconds:.2f} s)"
+        )
+        if (record.ok and not self._ready_sent) or self._reload_pending:
+            self._ready_sent = self._ready_sent or record.ok
+            self._reload_pending = False
+            self._notify.ready(text)
+        else:
+            self._notify.status(text)
+
+    def _reload(self) -> None:
+        self._notify.reloading("reloading configuration")
+        try:
+            config = self._load_config()
+            problems = []
+            if restart_only(config) != restart_only(self.config):
+                problems = [RESTART_ONLY_PROBLEM]
+        except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+        if problems:
+            with self._lock:
+                self._config_errors += 1
+            self._log("agent.reload", ok=False, problems=len(problems), kept="previous")
+            for problem in problems:
+                self._log("agent.reload.problem", problem=problem)
+            status = f"reload failed ({len(problems)} problems): running on the previous config"
+            if self._ready_sent:
+                self._notify.ready(status)
+            else:
+                self._notify.status(status)
+            return
+        with self._lock:
+            self.config = config
+            self._dirty.add("reload")
+        self._log(
+            "agent.reload", ok=True, tenants=len(config.tenants), endpoints=len(config.endpoints)
+        )
+        self._reload_pending = True  # READY=1 once the new config is applied
+        self._source.reload(config)
+
+    # -- readers: any thread ------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            update = self._update
+            source = SourceInfo(
+                name=self._source.name,
+                in_sync=bool(update and update.in_sync),
+                detail=update.detail if update else "waiting for the first update",
+                peers=update.peers if update else (),
+                rejected=update.rejected if update else (),
+            )
+            return Snapshot(
+                state=self._state,
+                pid=os.getpid(),
+                started=self._started,
+                config=self.config,
+                view=self._known,
+                source=source,
+                last_apply=self._last,
+                last_ok=self._last_ok,
+                counts=self._counts,
+                sas=self._sas,
+                reconciles=self._reconciles,
+                reconcile_errors=self._reconcile_errors,
+                config_errors=self._config_errors,
+                rejected_total=dict(self._rejected_total),
+            )

@@ -1,0 +1,95 @@
+"""What the running agent knows, as one immutable value: status, lookups, metrics read it.
+
+The loop thread builds a Snapshot on request (under its lock, from values it replaces whole), so
+the control socket and the metrics thread never see a half-updated agent and never block an
+apply. Everything here is plain data; `report.py` turns it into answers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from routed_nv.agent.source import PeerStatus, RejectedRoute
+from routed_nv.calc.inputs import DirectoryView
+from routed_nv.calc.routing import RoutingConflict, desired_routing
+from routed_nv.config.model import Config
+
+
+@dataclass(frozen=True)
+class SaInfo:
+    """An ESP SA of ours in the kernel, without its key."""
+
+    src: ipaddress.IPv6Address
+    dst: ipaddress.IPv6Address
+    spi: int
+    tenant_id: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    tenants: int = 0
+    local_endpoints: int = 0
+    remote_addresses: int = 0
+    routes: int = 0  # every route routed_nv wants in the kernel (endpoint, remote, plumbing)
+    sas: int = 0
+    local_by_tenant: dict[int, int] = field(default_factory=dict)
+    remote_by_tenant: dict[int, int] = field(default_factory=dict)
+
+
+def count(config: Config, view: DirectoryView, sas: Iterable[SaInfo]) -> Counts:
+    ids = {name: t.id for name, t in config.tenants.items()}
+    local = Counter(ids[ep.tenant] for ep in config.endpoints.values())
+    remote = Counter(r.tenant_id for r in view.remote_routes if r.tenant_id in ids.values())
+    try:
+        routes = len(desired_routing(config, view).routes)
+    except RoutingConflict:  # the apply reported it; nothing of it is in the kernel
+        routes = 0
+    return Counts(
+        tenants=len(ids),
+        local_endpoints=local.total(),
+        remote_addresses=remote.total(),
+        routes=routes,
+        sas=len(list(sas)),
+        local_by_tenant=dict(local),
+        remote_by_tenant=dict(remote),
+    )
+
+
+@dataclass(frozen=True)
+class ApplyRecord:
+    time: float  # wall clock, seconds since the epoch, at the start
+    seconds: float
+    ok: bool
+    changes: int
+    errors: tuple[str, ...]
+    trigger: str  # what made it run: start, directory, reload, resync, retry
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    name: str
+    in_sync: bool
+    detail: str
+    peers: tuple[PeerStatus, ...]
+    rejected: tuple[RejectedRoute, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    state: str  # starting, ready, degraded, stopping
+    pid: int
+    started: float  # wall clock
+    config: Config
+    view: DirectoryView  # the view last applied
+    source: SourceInfo
+    last_apply: ApplyRecord | None
+    last_ok: float | None  # wall clock of the last apply without errors
+    counts: Counts
+    sas: tuple[SaInfo, ...]
+    reconciles: int
+    reconcile_errors: int
+    config_errors: int
+    rejected_total: dict[str, int]  # rejections seen, by reason (counted when first seen)

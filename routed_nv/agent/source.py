@@ -1,0 +1,103 @@
+"""Where the agent's view of other hosts comes from: a pluggable directory source.
+
+A source pushes *whole views* (level-triggered, never deltas) through the `publish` callback it
+is started with, from whatever thread it runs; the agent only records the latest update and
+marks itself dirty, so bursts of updates coalesce into one apply. Each update says whether the
+source is in sync (it has told everything it knows: static config at once, BGP once the route
+reflectors' End-of-RIB is in and the mirror tables are read). Until then the agent deletes no
+remote route (see `keep_known`): a route it was not told about yet is not a route that is gone.
+
+The static source reads `peers` and `remote_endpoints` from the config. The BGP source (the
+mirror-table watch + learn) implements the same protocol; `peers` and `rejected` carry its
+sessions and the routes it refused, for `routed-nv status` and the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from routed_nv.calc.inputs import DirectoryView, RemoteRoute, static_view
+from routed_nv.config.model import Config
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """One directory session (a BGP neighbour), as `birdc show protocols` shows it."""
+
+    name: str
+    address: str
+    state: str  # "up", "down", "start", ...
+    since: str = ""
+    info: str = ""  # BGP: Established, Active, ...
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+
+class RejectedRoute(Protocol):
+    """A route the source refused (directory.learn.Rejection fits): a bounded reason for
+    metrics labels, and a sentence (str()) for people."""
+
+    @property
+    def reason(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class SourceUpdate:
+    view: DirectoryView
+    in_sync: bool
+    peers: tuple[PeerStatus, ...] = ()
+    rejected: tuple[RejectedRoute, ...] = ()
+    detail: str = ""  # one line on the source's state, for status ("2 of 2 sessions up")
+
+
+Publish = Callable[[SourceUpdate], None]
+
+
+class DirectorySource(Protocol):
+    name: str  # "static", "bgp": shown in status and logs
+
+    def start(self, config: Config, publish: Publish) -> None:
+        """Begin delivering updates through publish (may call it before returning)."""
+
+    def reload(self, config: Config) -> None:
+        """The agent's config changed (SIGHUP): re-validate and publish again."""
+
+    def stop(self) -> None:
+        """Stop delivering; leave whatever the source feeds from (BIRD, kernel tables) alone."""
+
+
+class StaticSource:
+    """The config's static peers and remote endpoints: in sync as soon as it is read."""
+
+    name = "static"
+
+    def __init__(self) -> None:
+        self._publish: Publish | None = None
+
+    def start(self, config: Config, publish: Publish) -> None:
+        self._publish = publish
+        self.reload(config)
+
+    def reload(self, config: Config) -> None:
+        if self._publish is not None:
+            self._publish(SourceUpdate(static_view(config), in_sync=True, detail="from config"))
+
+    def stop(self) -> None:
+        self._publish = None
+
+
+def keep_known(known: DirectoryView, update: DirectoryView) -> DirectoryView:
+    """The view to apply while the source is not in sync: everything it says now, plus every
+    remote address it has not mentioned yet at its last known location (no deletions; a
+    location the source does mention replaces the old one, so an address never has two)."""
+    told = {_where(r) for r in update.remote_routes}
+    kept = {r for r in known.remote_routes if _where(r) not in told}
+    return DirectoryView(update.remote_routes | kept)
+
+
+def _where(route: RemoteRoute) -> tuple[int, object]:
+    return (route.tenant_id, route.prefix)
