@@ -1,0 +1,175 @@
+"""The agent's local control socket: one JSON request line in, one JSON answer line out.
+
+    {"request": "status"}
+    {"request": "lookup", "tenant": "blue", "address": "10.0.0.2"}
+    {"request": "endpoints"}
+    {"request": "directory"}
+    {"request": "reload"}                  (the same as SIGHUP)
+
+Answers are {"ok": true, "result": ...} or {"ok": false, "code": "not-found" | "bad-request",
+"error": "..."}. The socket is <run dir>/agent.sock, mode 0600, and the peer's uid is checked
+too (root or the agent's own user): it reveals the deployment's layout and can trigger reloads.
+Requests only read a Snapshot, so they never wait for an apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import socketserver
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from routed_nv.agent import report
+from routed_nv.agent.snapshot import Snapshot
+
+SOCKET_NAME = "agent.sock"
+MAX_REQUEST = 64 * 1024
+TIMEOUT_S = 5.0
+_UCRED = struct.Struct("=iII")  # pid, uid, gid
+
+
+class ControlError(RuntimeError):
+    pass
+
+
+class AgentDown(ControlError):
+    """No agent answers on the socket."""
+
+
+class RequestFailed(ControlError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) -> dict[str, Any]:
+    kind = request.get("request")
+    try:
+        if kind == "status":
+            return _ok(report.status(snap))
+        if kind == "endpoints":
+            return _ok({"source": "agent", "endpoints": report.endpoints(snap.config, snap.view)})
+        if kind == "directory":
+            return _ok(report.directory(snap))
+        if kind == "lookup":
+            tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
+            found = report.lookup(snap.config, snap.view, snap.sas, tenant, address)
+            if found is None:
+                return _error("not-found", f"no endpoint {address} in tenant {tenant}")
+            return _ok(found)
+        if kind == "reload":
+            reload()
+            return _ok({"reload": "requested"})
+    except report.QueryError as exc:
+        return _error("bad-request", str(exc))
+    return _error("bad-request", f"unknown request {kind!r}")
+
+
+def _ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "code": code, "error": message}
+
+
+class ControlServer:
+    def __init__(
+        self, path: Path, snapshot: Callable[[], Snapshot], reload: Callable[[], None]
+    ) -> None:
+        self.path = path
+        _claim(path)
+        server = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            timeout = TIMEOUT_S
+
+            def handle(self) -> None:
+                reply = server.handle(self.connection, self.rfile.readline(MAX_REQUEST))
+                self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+        self._server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        self._server.daemon_threads = True
+        os.chmod(path, 0o600)
+        self._snapshot = snapshot
+        self._reload = reload
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="control", daemon=True
+        )
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        return self
+
+    def handle(self, conn: socket.socket, line: bytes) -> dict[str, Any]:
+        uid = _peer_uid(conn)
+        if uid not in (0, os.geteuid()):
+            return _error("bad-request", f"uid {uid} may not use the control socket")
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return _error("bad-request", "a request is one JSON object on one line")
+        if not isinstance(request, dict):
+            return _error("bad-request", "a request is one JSON object on one line")
+        return answer(request, self._snapshot(), self._reload)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return _UCRED.unpack(creds)[1]
+
+
+def _claim(path: Path) -> None:
+    """Make way for our socket: a stale one (its agent died) goes, a live one is an error."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return
+    try:
+        ask(path, {"request": "status"}, timeout=1.0)
+    except AgentDown:
+        path.unlink()
+        return
+    raise ControlError(f"another agent is running (it answers on {path})")
+
+
+def ask(path: Path, request: dict[str, Any], timeout: float = TIMEOUT_S) -> Any:
+    """Send one request; the result, or RequestFailed with the agent's code and message."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise AgentDown(f"no agent answers on {path} ({exc.strerror})") from None
+        except PermissionError:
+            raise ControlError(
+                f"{path}: permission denied (the control socket is root's)"
+            ) from None
+        data = b""
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as exc:
+            raise ControlError(f"{path}: {exc}") from None
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise ControlError(f"{path}: the agent sent no answer") from None
+    if not reply.get("ok"):
+        raise RequestFailed(reply.get("code", "error"), reply.get("error", "failed"))
+    return reply["result"]

@@ -1,0 +1,205 @@
+"""Answers to the control socket's questions, as JSON-ready data (pure).
+
+The same functions answer from a running agent's Snapshot and, for `endpoint list` and `lookup`
+without an agent, from the configuration alone; the commands say which one answered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from routed_nv import __version__
+from routed_nv.agent.snapshot import SaInfo, Snapshot
+from routed_nv.calc.inputs import DirectoryView, RemoteRoute
+from routed_nv.config.model import Config
+
+Json = dict[str, Any]
+
+
+class QueryError(ValueError):
+    """The question itself is wrong (unknown tenant, not an address): a usage error."""
+
+
+def rfc3339(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds")
+
+
+def status(snap: Snapshot, now: float | None = None) -> Json:
+    now = time.time() if now is None else now
+    c, src, last = snap.counts, snap.source, snap.last_apply
+    return {
+        "agent": {
+            "state": snap.state,
+            "host": snap.config.host.name,
+            "pid": snap.pid,
+            "version": __version__,
+            "started": rfc3339(snap.started),
+            "uptime_s": round(now - snap.started, 1),
+        },
+        "directory": {
+            "source": src.name,
+            "in_sync": src.in_sync,
+            "detail": src.detail,
+            "peers_up": sum(p.up for p in src.peers),
+            "peers": [
+                {
+                    "name": p.name,
+                    "address": p.address,
+                    "state": p.state,
+                    "since": p.since,
+                    "info": p.info,
+                }
+                for p in src.peers
+            ],
+            "rejected": [{"reason": str(r.reason), "route": str(r)} for r in src.rejected],
+            "rejected_total": snap.rejected_total,
+        },
+        "datapath": {
+            "tenants": c.tenants,
+            "local_endpoints": c.local_endpoints,
+            "remote_addresses": c.remote_addresses,
+            "routes": c.routes,
+            "sas": c.sas,
+        },
+        "last_apply": None
+        if last is None
+        else {
+            "time": rfc3339(last.time),
+            "seconds": round(last.seconds, 3),
+            "ok": last.ok,
+            "changes": last.changes,
+            "errors": list(last.errors),
+            "trigger": last.trigger,
+        },
+        "last_ok": rfc3339(snap.last_ok),
+        "reconciles": snap.reconciles,
+        "reconcile_errors": snap.reconcile_errors,
+        "config_errors": snap.config_errors,
+    }
+
+
+def _tenant(config: Config, tenant: str) -> tuple[str, int]:
+    """A tenant given by name or by id."""
+    for name, t in config.tenants.items():
+        if tenant in (name, str(t.id)):
+            return name, t.id
+    raise QueryError(f"no tenant {tenant!r} in this host's configuration")
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise QueryError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def lookup(
+    config: Config, view: DirectoryView, sas: Iterable[SaInfo] | None, tenant: str, address: str
+) -> Json | None:
+    """Who holds `address` in `tenant`: this host (which endpoint) or a peer, with the tenant
+    outer addresses and, when the SAs are known (sas is not None), the SPIs both ways."""
+    name, tid = _tenant(config, tenant)
+    addr = _address(address)
+    mine = config.host.tenant_address(tid)
+    answer: Json = {"tenant": name, "tenant_id": tid, "address": str(addr)}
+    for ep_name, ep in sorted(config.endpoints.items()):
+        if ep.tenant == name and addr in ep.addresses:
+            return answer | {
+                "location": "local",
+                "endpoint": ep_name,
+                "host": config.host.name,
+                "host_address": str(config.host.address),
+                "tenant_address": str(mine),
+            }
+    prefix = ipaddress.ip_network(addr)
+    route = next((r for r in view.remote_routes if r.tenant_id == tid and r.prefix == prefix), None)
+    if route is None:
+        return None
+    theirs = route.peer.tenant_address(tid)
+    spis: Json | None = None
+    if sas is not None:
+        found = list(sas)
+        spis = {
+            "out": [_hex(s.spi) for s in found if (s.src, s.dst) == (mine, theirs)],
+            "in": [_hex(s.spi) for s in found if (s.src, s.dst) == (theirs, mine)],
+        }
+    return answer | {
+        "location": "remote",
+        "host": route.peer.name,
+        "host_address": str(route.peer.address),
+        "tenant_address": str(theirs),
+        "spis": spis,
+    }
+
+
+def _hex(spi: int) -> str:
+    return f"0x{spi:08x}"
+
+
+def endpoints(config: Config, view: DirectoryView) -> list[Json]:
+    """Local endpoints by name, then one row per remote address (the directory carries
+    addresses, not endpoint names)."""
+    rows: list[Json] = [
+        {
+            "name": name,
+            "tenant": ep.tenant,
+            "addresses": [str(a) for a in ep.addresses],
+            "location": "local",
+            "host": config.host.name,
+            "interface": ep.interface,
+            "netns": ep.netns,
+        }
+        for name, ep in sorted(config.endpoints.items())
+    ]
+    names = _tenant_names(config)
+    rows += [
+        {
+            "name": None,
+            "tenant": names.get(r.tenant_id, str(r.tenant_id)),
+            "addresses": [str(r.prefix.network_address)],
+            "location": "remote",
+            "host": r.peer.name,
+            "interface": None,
+            "netns": None,
+        }
+        for r in _sorted(view.remote_routes)
+    ]
+    return rows
+
+
+def directory(snap: Snapshot) -> Json:
+    names = _tenant_names(snap.config)
+    return {
+        "source": snap.source.name,
+        "in_sync": snap.source.in_sync,
+        "routes": [
+            {
+                "tenant": names.get(r.tenant_id, str(r.tenant_id)),
+                "tenant_id": r.tenant_id,
+                "prefix": str(r.prefix),
+                "host": r.peer.name,
+                "host_address": str(r.peer.address),
+                "next_hop": str(r.peer.tenant_address(r.tenant_id)),
+            }
+            for r in _sorted(snap.view.remote_routes)
+        ],
+        "rejected": [{"reason": str(r.reason), "route": str(r)} for r in snap.source.rejected],
+    }
+
+
+def _tenant_names(config: Config) -> dict[int, str]:
+    return {t.id: name for name, t in config.tenants.items()}
+
+
+def _sorted(routes: Iterable[RemoteRoute]) -> list[RemoteRoute]:
+    # addresses of both families do not compare with each other; their integers do
+    return sorted(
+        routes,
+        key=lambda r: (r.tenant_id, r.prefix.version, int(r.prefix.network_address), r.peer.name),
+    )
