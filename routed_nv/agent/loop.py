@@ -52,12 +52,16 @@ class DatapathLike(Protocol):
 
 
 # The fields a Datapath is built from (the XFRM driver's ownership test uses the host prefix,
-# its timers the rotation grace): the one Datapath cannot follow a change, a restart can.
+# its timers the rotation grace, the IKE driver its VICI socket): the one Datapath cannot follow
+# a change, a restart can.
 def restart_only(config: Config) -> tuple[object, ...]:
-    return (config.host.underlay_prefix, config.keying.rotation_grace_s)
+    k = config.keying
+    return (config.host.underlay_prefix, k.rotation_grace_s, k.vici_socket)
 
 
-RESTART_ONLY_PROBLEM = "host.underlay_prefix and keying.rotation_grace_s change only on restart"
+RESTART_ONLY_PROBLEM = (
+    "host.underlay_prefix, keying.rotation_grace_s and keying.vici_socket change only on restart"
+)
 
 
 class Waker:
@@ -224,11 +228,12 @@ class Agent:
             changes = sum(len(s.lines) for s in outcome.stages)
             stages = {f"{s.name}_changes": len(s.lines) for s in outcome.stages}
         except Exception as exc:  # a bug or a vanished netns must not end the agent
+            outcome = None
             errors, changes, stages = (f"apply: {type(exc).__name__}: {exc}",), 0, {}
         end = self._clock()
         self._last_end = end
         record = ApplyRecord(started, end - now, not errors, changes, errors, ",".join(why))
-        self._after_apply(config, view, record)
+        self._after_apply(config, view, record, inspect=outcome is not None)
         self._log(
             "agent.apply",
             ok=record.ok,
@@ -252,12 +257,15 @@ class Agent:
             observe(record)
         self._report(record)
 
-    def _after_apply(self, config: Config, view: DirectoryView, record: ApplyRecord) -> None:
-        try:
-            sas = tuple(self._read_sas())
-        except Exception as exc:  # counts are for people; the apply itself is what matters
-            self._log("agent.inspect.error", error=f"{type(exc).__name__}: {exc}")
-            sas = self._sas
+    def _after_apply(
+        self, config: Config, view: DirectoryView, record: ApplyRecord, inspect: bool
+    ) -> None:
+        sas = self._sas  # an apply that could not even start would not find the SAs either
+        if inspect:
+            try:
+                sas = tuple(self._read_sas())
+            except Exception as exc:  # counts are for people; the apply is what matters
+                self._log("agent.inspect.error", error=f"{type(exc).__name__}: {exc}")
         counts = count(config, view, sas)
         with self._lock:
             # An apply that ran (even with errors) may have programmed all of `view`: it is

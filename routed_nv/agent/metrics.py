@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from routed_nv import __version__
 from routed_nv.agent.snapshot import ApplyRecord, Snapshot
-from routed_nv.netfilter.netns import run_in_netns
+from routed_nv.netfilter.netns import NetnsError, run_in_netns
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -46,7 +46,7 @@ def xfrm_stat_reader(netns: str | None) -> Callable[[], dict[str, int]]:
     def read() -> dict[str, int]:
         try:
             return parse_xfrm_stat(run_in_netns(netns, XFRM_STAT.read_text))
-        except OSError:  # a kernel without XFRM statistics
+        except (OSError, NetnsError):  # no XFRM statistics in this kernel, or no such netns
             return {}
 
     return read
@@ -76,7 +76,7 @@ class AgentCollector(Collector):
         endpoints.add_metric(["local"], c.local_endpoints)
         endpoints.add_metric(["remote"], c.remote_addresses)
         yield endpoints
-        yield _gauge("routed_nv_routes", "Routes routed_nv keeps in the kernel", c.routes)
+        yield _gauge("routed_nv_routes", "Routes routed_nv wants in the kernel", c.routes)
         yield _gauge("routed_nv_sas", "ESP SAs of routed_nv's tenants in the kernel", c.sas)
         yield _gauge(
             "routed_nv_bgp_peers_up",

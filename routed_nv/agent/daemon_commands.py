@@ -1,0 +1,189 @@
+"""`routed-nv agent`: the long-running reconcile daemon (systemd Type=notify)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
+from routed_nv.agent.events import EventLog, LogFormat
+from routed_nv.agent.loop import Agent, Settings
+from routed_nv.agent.metrics import DEFAULT_ADDRESS, Metrics, parse_address, xfrm_stat_reader
+from routed_nv.agent.notify import Notifier
+from routed_nv.agent.options import run_dir_option
+from routed_nv.agent.snapshot import SaInfo
+from routed_nv.agent.source import StaticSource
+from routed_nv.config.loader import ConfigError, load_config
+from routed_nv.options import config_option, netns_option
+
+EXIT_STOPPED = 0
+EXIT_FAILED = 2  # invalid configuration or cannot start: nothing was applied
+
+
+def _metrics_address(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
+    if value == "off":
+        return None
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@click.command("agent")
+@config_option
+@netns_option
+@run_dir_option
+@click.option(
+    "--metrics-address",
+    default=DEFAULT_ADDRESS,
+    show_default=True,
+    callback=_metrics_address,
+    metavar="HOST:PORT|off",
+    help="Serve Prometheus metrics here; `off` serves none.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice([f.value for f in LogFormat]),
+    default=LogFormat.TEXT.value,
+    show_default=True,
+    help="Event lines as `event key=value ...` or one JSON object per line (stderr).",
+)
+@click.option(
+    "--resync-interval",
+    type=click.FloatRange(min=1),
+    default=Settings.resync_interval_s,
+    show_default=True,
+    metavar="SECONDS",
+    help="Re-read and repair the whole datapath this often even when nothing changed.",
+)
+@click.option(
+    "--min-interval",
+    type=click.FloatRange(min=0),
+    default=Settings.min_interval_s,
+    show_default=True,
+    metavar="SECONDS",
+    help="At most one apply per this many seconds; updates in between are coalesced.",
+)
+def agent_command(
+    config_path: Path | None,
+    netns: str | None,
+    run_dir: Path,
+    metrics_address: str | None,
+    log_format: str,
+    resync_interval: float,
+    min_interval: float,
+) -> None:
+    """Keep this host's datapath where the configuration and the directory say, continuously.
+
+    Applies once at start (adopting what an earlier agent left: nothing is flushed), then
+    whenever the directory or the configuration changes, and every --resync-interval seconds
+    to repair drift. Remote endpoints come from the configuration's static `peers` and
+    `remote_endpoints` (directory source "static").
+
+    \b
+    Signals and readiness:
+      SIGHUP           reload the configuration; an invalid one is logged and the agent keeps
+                       running on the previous one
+      SIGTERM, SIGINT  stop, leaving the dataplane in place (traffic keeps flowing, isolation
+                       stays enforced); a restarted agent changes nothing
+      sd_notify        READY=1 after the first successful apply, STATUS= after each apply,
+                       RELOADING=1 / READY=1 around reloads, STOPPING=1 (only with
+                       $NOTIFY_SOCKET, as systemd Type=notify sets it)
+    The control socket RUN_DIR/agent.sock (root only) answers `routed-nv status`, `lookup`,
+    `endpoint list` and `directory dump`.
+
+    \b
+    Exit status:
+      0  stopped by SIGTERM or SIGINT
+      2  the configuration is invalid, or another agent runs, or the metrics port is taken
+         (nothing was applied)
+
+    \b
+    Examples:
+      routed-nv agent
+      routed-nv agent -c /etc/routed-nv/routed-nv.toml --log-format json
+      routed-nv agent --run-dir /tmp/rnv --metrics-address off
+      ip netns exec host1 routed-nv agent -c lab/host1/routed-nv.toml --run-dir /tmp/rnv/host1
+      systemctl reload routed-nv   # = kill -HUP <agent pid>
+    """
+    log = EventLog(LogFormat(log_format))
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        log("agent.start", ok=False, problems=len(exc.problems))
+        sys.exit(EXIT_FAILED)
+
+    # The drivers import pyroute2 and iptc: only load them when the agent really starts.
+    from routed_nv.agent.datapath import Datapath
+
+    settings = Settings(min_interval_s=min_interval, resync_interval_s=resync_interval)
+    agent = Agent(
+        config,
+        Datapath(config, netns),
+        StaticSource(),
+        lambda: load_config(config_path),
+        read_sas=_kernel_sas(netns),
+        settings=settings,
+        log=log,
+        notifier=Notifier(),
+    )
+    try:
+        control = ControlServer(run_dir / SOCKET_NAME, agent.snapshot, agent.request_reload)
+    except (ControlError, OSError) as exc:
+        log("agent.start", ok=False, error=str(exc))
+        sys.exit(EXIT_FAILED)
+    metrics = Metrics(agent.snapshot, xfrm_stat_reader(netns))
+    agent.on_apply.append(metrics.observe)
+    try:
+        if metrics_address is not None:
+            metrics.serve(metrics_address)
+    except OSError as exc:
+        control.close()
+        log("agent.start", ok=False, error=f"metrics on {metrics_address}: {exc.strerror}")
+        sys.exit(EXIT_FAILED)
+    _handle_signals(agent)
+    control.start()
+    try:
+        agent.run()
+    finally:
+        control.close()
+        metrics.close()
+    sys.exit(EXIT_STOPPED)
+
+
+def _handle_signals(agent: Agent) -> None:
+    """Handlers only set flags; the wake-up fd makes the sleeping loop notice at once."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        agent.stop_requested = True
+
+    def reload(signum: int, frame: FrameType | None) -> None:
+        agent.reload_requested = True
+
+    signal.set_wakeup_fd(agent.waker.write_fd, warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+
+
+def _kernel_sas(netns: str | None) -> Callable[[], list[SaInfo]]:
+    from routed_nv.esp.xfrm import IprouteXfrm
+
+    xfrm = IprouteXfrm(netns)
+
+    def read() -> list[SaInfo]:
+        return [
+            SaInfo(s.src, s.dst, s.spi, tenant)
+            for s in xfrm.read_states()
+            if (tenant := s.tenant_id) is not None  # ours: reqid in routed_nv's range
+        ]
+
+    return read
