@@ -1,0 +1,270 @@
+"""Desired strongSwan state of this host in IKE keying mode. Pure, apart from reading the
+credential files through the injected reader.
+
+One IKE connection `rnv-<peer>` per peer host that shares at least one tenant with this host,
+between the two host addresses, and in it one CHILD_SA `rnv-<peer>-t<T>` per shared tenant:
+transport mode between the two tenant outer addresses, restricted to IPv4-in-IPv6 (4) and
+IPv6-in-IPv6 (41), with reqid = markers.reqid(T).
+
+`policies = no`: routed_nv's XFRM driver owns the policies in both keying modes (its out/in ESP
+policies carry the same reqid, and its catch-all blocks stay when charon is down), so charon only
+installs SAs, which the kernel resolves by (addresses, reqid). `mode = transport_proxy`, because
+the CHILD_SA's addresses (tenant outer addresses) are not the IKE endpoints (host addresses):
+plain `transport` is refused with TS_UNACCEPTABLE (ARCHITECTURE.md §4).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from routed_nv import markers
+from routed_nv.calc.inputs import DirectoryView, PeerHost
+from routed_nv.config.model import Config, Keying, KeyingMode
+from routed_nv.esp.keys import KeyFileError, _read_private
+from routed_nv.esp.objects import TUNNELLED_PROTOS
+from routed_nv.esp.secret import Secret
+
+# The id of our shared secret in charon (load-shared/unload-shared/get-shared), so that it is
+# recognisable and replaceable like our connections.
+PSK_ID = f"{markers.IKE_CONN_PREFIX}psk"
+
+VICI_MESSAGE = Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class IkeTimers:
+    """Lifetimes and liveness checks. The defaults follow strongSwan's own (rekey IKE every 4 h,
+    CHILD_SAs every hour, both with jitter), with DPD every 30 s so that a dead peer's SAs are
+    replaced within about a minute rather than at the next rekey."""
+
+    ike_rekey_s: int = 4 * 3600
+    child_rekey_s: int = 3600
+    dpd_delay_s: int = 30
+
+
+@dataclass(frozen=True)
+class IkeChild:
+    name: str
+    tenant_id: int
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+
+    @property
+    def reqid(self) -> int:
+        return markers.reqid(self.tenant_id)
+
+
+@dataclass(frozen=True)
+class IkeConn:
+    name: str
+    peer: str
+    local_addr: str
+    remote_addr: str
+    children: tuple[IkeChild, ...]
+    message: VICI_MESSAGE = field(compare=False, repr=False)  # the load-conn body
+
+    @property
+    def digest(self) -> str:
+        """Changes whenever anything in the load-conn message changes."""
+        text = json.dumps(self.message, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SharedSecret:
+    id: str
+    secret: Secret
+    owners: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Certificate:
+    flag: str  # "CA" (a trust anchor) or "NONE" (our own)
+    pem: str
+    der: bytes  # what list-certs reports, to recognise it there
+    path: Path
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    secret: Secret  # the PEM file's bytes
+    path: Path
+
+
+Credential = SharedSecret | Certificate | PrivateKey
+
+
+@dataclass(frozen=True)
+class DesiredIke:
+    conns: Mapping[str, IkeConn]
+    credentials: tuple[Credential, ...]
+    # Connections that could not be calculated keep whatever charon has (as XFRM's keep_states_of).
+    keep: frozenset[str] = frozenset()
+    errors: tuple[str, ...] = ()
+
+
+FileReader = Callable[[Path], str]
+
+
+def conn_name(peer: str) -> str:
+    return f"{markers.IKE_CONN_PREFIX}{peer}"
+
+
+def child_name(peer: str, tenant_id: int) -> str:
+    return f"{conn_name(peer)}-t{tenant_id}"
+
+
+def is_ours(name: str) -> bool:
+    return name.startswith(markers.IKE_CONN_PREFIX)
+
+
+def desired_ike(
+    config: Config,
+    view: DirectoryView,
+    timers: IkeTimers = IkeTimers(),  # frozen: one shared default is safe
+    read_private: FileReader = _read_private,
+    read_public: FileReader | None = None,
+) -> DesiredIke:
+    if config.keying.mode is not KeyingMode.IKE:
+        return DesiredIke({}, ())
+    shared: dict[PeerHost, list[int]] = {}
+    for tenant in sorted(config.tenants.values(), key=lambda t: t.id):
+        for peer in view.peers_of(tenant.id):
+            shared.setdefault(peer, []).append(tenant.id)
+    peers = sorted(shared)
+    errors = [
+        f"peer {p.name} has this host's address {p.address}; no IKE connection to it"
+        for p in peers
+        if p.address == config.host.address
+    ]
+    peers = [p for p in peers if p.address != config.host.address]
+    try:
+        credentials, local_auth, remote_auth = _auth(
+            config, peers, read_private, read_public or _read_public
+        )
+    except KeyFileError as exc:
+        # Without credentials nothing can be (re)authenticated; what is up stays up.
+        names = frozenset(conn_name(p.name) for p in peers)
+        return DesiredIke({}, (), keep=names, errors=(*errors, str(exc)))
+    conns = {
+        conn_name(p.name): _conn(config, p, shared[p], timers, local_auth, remote_auth)
+        for p in peers
+    }
+    return DesiredIke(conns, credentials, errors=tuple(errors))
+
+
+def _ts(address: object) -> tuple[str, ...]:
+    return tuple(f"{address}/128[{proto}]" for proto in TUNNELLED_PROTOS)
+
+
+def _conn(
+    config: Config,
+    peer: PeerHost,
+    tenants: list[int],
+    timers: IkeTimers,
+    local_auth: dict[str, object],
+    remote_auth: dict[str, object],
+) -> IkeConn:
+    keying = config.keying
+    me, there = str(config.host.address), str(peer.address)
+    children = tuple(
+        IkeChild(
+            child_name(peer.name, t),
+            t,
+            _ts(config.host.tenant_address(t)),
+            _ts(peer.tenant_address(t)),
+        )
+        for t in tenants
+    )
+    message = {
+        "version": "2",
+        "local_addrs": [me],
+        "remote_addrs": [there],
+        "proposals": list(keying.ike_proposals),
+        "rekey_time": f"{timers.ike_rekey_s}s",
+        "dpd_delay": f"{timers.dpd_delay_s}s",
+        # A restarted peer's new IKE_SA (INITIAL_CONTACT) replaces the dead one at once.
+        "unique": "replace",
+        "local": {**local_auth, "id": me},
+        "remote": {**remote_auth, "id": there},
+        "children": {
+            c.name: {
+                "mode": "transport_proxy",
+                "local_ts": list(c.local_ts),
+                "remote_ts": list(c.remote_ts),
+                "reqid": str(c.reqid),
+                "esp_proposals": list(keying.esp_proposals),
+                "policies": "no",
+                "rekey_time": f"{timers.child_rekey_s}s",
+                # Up as soon as loaded, and back up after a peer's DPD timeout or delete; the
+                # driver's reconcile initiates whatever is still missing after that.
+                "start_action": "start",
+                "dpd_action": "restart",
+                "close_action": "restart",
+            }
+            for c in children
+        },
+    }
+    return IkeConn(conn_name(peer.name), peer.name, me, there, children, message)
+
+
+def _auth(
+    config: Config, peers: list[PeerHost], read_private: FileReader, read_public: FileReader
+) -> tuple[tuple[Credential, ...], dict[str, object], dict[str, object]]:
+    """The credentials to load into charon, and the local/remote auth sections of every conn."""
+    keying = config.keying
+    if keying.psk_file is not None:
+        secret = read_private(keying.psk_file).strip()
+        if not secret:
+            raise KeyFileError(f"{keying.psk_file}: the pre-shared key file is empty")
+        owners = (str(config.host.address), *(str(p.address) for p in peers))
+        psk = SharedSecret(PSK_ID, Secret(secret.encode()), owners)
+        return (psk,), {"auth": "psk"}, {"auth": "psk"}
+    ca_path, cert_path, key_path = _cert_files(keying)
+    ca = _certificate("CA", ca_path, read_public(ca_path))
+    credentials = (
+        ca,
+        _certificate("NONE", cert_path, read_public(cert_path)),
+        PrivateKey(Secret(read_private(key_path).encode()), key_path),
+    )
+    # The peer's certificate must name its host address (an IP subjectAltName) and be issued
+    # by our CA: pinning the CA keeps other trust anchors loaded in charon out of routed_nv.
+    return credentials, {"auth": "pubkey"}, {"auth": "pubkey", "cacerts": [ca.pem]}
+
+
+def _cert_files(keying: Keying) -> tuple[Path, Path, Path]:
+    if keying.ca_cert is None or keying.cert is None or keying.key is None:
+        raise KeyFileError(
+            "keying: IKE mode needs psk_file, or ca_cert, cert and key (X.509); "
+            "none of them is complete"
+        )
+    return keying.ca_cert, keying.cert, keying.key
+
+
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
+
+
+def _certificate(flag: str, path: Path, text: str) -> Certificate:
+    match = _PEM.search(text)
+    if match is None:
+        raise KeyFileError(f"{path}: no PEM certificate in the file")
+    try:
+        der = base64.b64decode("".join(match[1].split()), validate=True)
+    except ValueError:
+        raise KeyFileError(f"{path}: the PEM certificate is not valid base64") from None
+    return Certificate(flag, match[0], der, path)
+
+
+def _read_public(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: certificate file is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot read certificate file: {exc}") from None
