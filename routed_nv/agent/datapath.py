@@ -4,7 +4,9 @@ Order matters for isolation, so it is fixed here and nowhere else:
 1. netfilter: anti-spoofing and "only what this tenant's SAs decrypted" come first;
 2. XFRM: catch-all block policies, then SAs, then ESP policies — before any tunnel exists,
    nothing can leave a tenant in plaintext;
-3. routing: VRFs, tunnels, workload interfaces and routes last, when traffic is already guarded.
+3. routing: VRFs, tunnels, workload interfaces and routes last, when traffic is already guarded;
+4. IKE keying mode: charon's connections, once the host and tenant addresses they run between
+   exist (routing puts them on rnv0); the SAs charon installs resolve the ESP policies of 2.
 Each driver keeps going past a failing object; a failure in one stage does not stop the next, so
 one bad object never leaves the rest of the host unprogrammed, and the next apply retries it.
 """
@@ -15,13 +17,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from routed_nv.calc.ike import desired_ike
 from routed_nv.calc.inputs import DirectoryView
 from routed_nv.calc.netfilter import desired_rules
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.calc.xfrm import desired_xfrm
-from routed_nv.config.model import Config
+from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import keys
 from routed_nv.esp.driver import XfrmDriver
+from routed_nv.esp.ike import IkeDriver
+from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from routed_nv.esp.xfrm import IprouteXfrm
 from routed_nv.netfilter.driver import NetfilterDriver
 from routed_nv.netfilter.iptables import IptcTables
@@ -61,6 +66,9 @@ class Datapath:
             IprouteXfrm(netns), config.host.underlay_prefix, config.keying.rotation_grace_s
         )
         self.routing = RoutingDriver(NetlinkKernel, host_netns=netns)
+        # charon is reached by its VICI socket path, whatever namespace it runs in.
+        socket = config.keying.vici_socket
+        self.ike = IkeDriver(lambda: ViciSession(socket))
 
     def plan(self, config: Config, view: DirectoryView) -> Outcome:
         return self._run(config, view, execute=False)
@@ -74,6 +82,11 @@ class Datapath:
                 _stage("netfilter", lambda: self._netfilter(config, view, execute)),
                 _stage("xfrm", lambda: self._xfrm(config, view, execute)),
                 _stage("routing", lambda: self._routing(config, view, execute)),
+                *(
+                    [_stage("ike", lambda: self._ike(config, view, execute))]
+                    if config.keying.mode is KeyingMode.IKE
+                    else []
+                ),
             ]
         )
 
@@ -96,6 +109,17 @@ class Datapath:
         else:
             stage.errors += desired.errors
         return stage
+
+    def _ike(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
+        desired = desired_ike(config, view)
+        if execute:
+            result = self.ike.apply(desired)
+            return Stage("ike", lines=result.done, errors=result.errors)
+        try:
+            plan = self.ike.plan(desired)
+        except ViciError as exc:
+            return Stage("ike", errors=[*desired.errors, str(exc)])
+        return Stage("ike", lines=[op.describe() for op in plan.ops], errors=list(desired.errors))
 
     def _routing(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
         try:
