@@ -54,9 +54,10 @@ class Mtu(_Model):
 
 
 class Convergence(_Model):
-    seconds: float  # from starting the move until the first answered probe sent after it
+    seconds: float | None  # from starting the move to the first answered probe sent after it
     move_seconds: float  # of which: doing the move itself (port moved, control plane updated)
     method: str
+    note: str = ""  # why there is no figure, with the counters that tell
 
 
 class Flood(_Model):
@@ -103,8 +104,8 @@ class Projection(_Model):
 
 
 class Environment(_Model):
-    kernel: str
-    machine: str  # `uname -m` in the kernel that ran the datapath ("um" under UML)
+    kernel: str  # release of the kernel that ran the datapath
+    uml: bool  # that kernel was a user-mode-linux guest
     cpus: int  # CPUs that kernel has (UML: 1)
     cpu_model: str  # the physical CPU, from the machine's /proc/cpuinfo
     crypto: dict[str, list[str]]  # /proc/crypto: algorithm name -> driver names, as loaded

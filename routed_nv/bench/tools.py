@@ -14,12 +14,15 @@ import ipaddress
 import json
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 
 WARMUP = 20  # first transactions resolve neighbours and open the congestion window
 ETH_P_ARP, ETH_P_IPV6 = 0x0806, 0x86DD
 BROADCAST = b"\xff" * 6
+CARRIER_TIMEOUT_S = 2.0
+ANNOUNCE_FIRST_S, ANNOUNCE_STEP_S = 0.05, 0.1
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -86,16 +89,42 @@ def dad_probe(mac: bytes, target: ipaddress.IPv6Address) -> bytes:
     return ether + ip6 + body
 
 
-def announce(ifname: str, ipv4: str | None, ipv6: str | None) -> None:
-    mac = bytes.fromhex(
-        Path(f"/sys/class/net/{ifname}/address").read_text().strip().replace(":", "")
-    )
+def _wait_for_carrier(ifname: str) -> None:
+    # A veth whose peer just moved namespaces is without carrier for a moment, and a device
+    # without carrier drops what it is given. A guest's virtual NIC never loses it.
+    carrier = Path(f"/sys/class/net/{ifname}/carrier")
+    deadline = time.monotonic() + CARRIER_TIMEOUT_S
+    while carrier.read_text().strip() != "1" and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def announce(ifname: str, ipv4: str | None, ipv6: str | None, rounds: int) -> None:
+    """Send the announcements `rounds` times, spaced like QEMU's announce-self after a live
+    migration (50 ms, then 100 ms more each round)."""
+    address = Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+    mac = bytes.fromhex(address.replace(":", ""))
+    frames = [garp(mac, ipaddress.IPv4Address(ipv4))] if ipv4 else []
+    frames += [dad_probe(mac, ipaddress.IPv6Address(ipv6))] if ipv6 else []
+    _wait_for_carrier(ifname)
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
         sock.bind((ifname, 0))
-        if ipv4:
-            sock.send(garp(mac, ipaddress.IPv4Address(ipv4)))
-        if ipv6:
-            sock.send(dad_probe(mac, ipaddress.IPv6Address(ipv6)))
+        for i in range(rounds):
+            if i:
+                time.sleep(ANNOUNCE_FIRST_S + ANNOUNCE_STEP_S * (i - 1))
+            for frame in frames:
+                sock.send(frame)
+
+
+def command(tool: str, *args: str) -> list[str]:
+    """The command line that runs one of these tools (for callers outside the workload)."""
+    return [sys.executable, "-m", "routed_nv.bench.tools", tool, *args]
+
+
+def announce_argv(
+    ifname: str, ipv4: str | None = None, ipv6: str | None = None, rounds: int = 1
+) -> list[str]:
+    options = (["--ipv4", ipv4] if ipv4 else []) + (["--ipv6", ipv6] if ipv6 else [])
+    return command("announce", ifname, "--rounds", str(rounds), *options)
 
 
 def main() -> None:
@@ -113,13 +142,14 @@ def main() -> None:
     ann.add_argument("ifname")
     ann.add_argument("--ipv4")
     ann.add_argument("--ipv6")
+    ann.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     if args.tool == "rr-serve":
         rr_serve(args.port, args.size)
     elif args.tool == "rr-client":
         print(json.dumps(rr_client(args.address, args.port, args.size, args.count)))
     else:
-        announce(args.ifname, args.ipv4, args.ipv6)
+        announce(args.ifname, args.ipv4, args.ipv6, args.rounds)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""`routed-nv bench`: the comparative benchmark, inside UML when this kernel lacks the datapath.
+
+Like `routed-nv lab`, the command re-runs itself in a user-mode-linux guest
+(`python -m routed_nv.bench.commands --guest-report FILE`); the guest writes the JSON report to
+a file the caller can read, and the caller renders it (so plotting never runs in the guest).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from routed_nv.bench import plots, report
+from routed_nv.bench.results import Report
+from routed_nv.bench.run import FULL, QUICK, run
+from routed_nv.lab import uml
+
+DEFAULT_TIMEOUT_S = 3600.0  # --full at 30 hosts takes a while in the guest
+
+
+def _log(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _in_uml(quick: bool, mem: str, timeout: float) -> Report:
+    # /var/tmp is the machine's own in the guest too (only /tmp, /run, /dev/shm are private).
+    with tempfile.TemporaryDirectory(prefix="rnvb-", dir="/var/tmp") as workdir:
+        path = Path(workdir) / "report.json"
+        argv = [sys.executable, "-m", "routed_nv.bench.commands", "--guest-report", str(path)]
+        rc = uml.run_in_uml([*argv, "--quick" if quick else "--full"], mem=mem, timeout=timeout)
+        if rc != 0 or not path.exists():
+            raise click.ClickException(f"the benchmark in the UML guest failed (exit status {rc})")
+        result = Report.model_validate_json(path.read_text())
+    # The guest sees its own virtual CPU: name the machine's.
+    result.environment.cpu_model = report.host_cpu_model()
+    return result
+
+
+@click.command(name="bench")
+@click.option(
+    "--quick/--full",
+    default=False,
+    help="--quick: 2 s iperf3 runs, 3 and 10 hosts, one run each (CI, a few minutes). "
+    "--full (default): 10 s runs, median of 3, 3/10/30 hosts.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Markdown tables for people, or the JSON report.",
+)
+@click.option(
+    "--save",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the JSON report to this file.",
+)
+@click.option(
+    "--plots",
+    "plot_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write PNG plots into this directory (needs matplotlib).",
+)
+@click.option("--mem", default=uml.DEFAULT_MEM, show_default=True, help="UML guest memory.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds before the UML guest is killed.",
+)
+@click.option("--guest-report", type=click.Path(path_type=Path), hidden=True)
+def bench_command(
+    quick: bool,
+    output: str,
+    save: Path | None,
+    plot_dir: Path | None,
+    mem: str,
+    timeout: float,
+    guest_report: Path | None,
+) -> None:
+    """Compare routed_nv with bridged VXLAN overlays (plain and IPsec) and the plain underlay.
+
+    Builds the lab's 3-host, 2-tenant workload set once per variant and measures, between
+    workloads on different hosts: TCP throughput (iperf3, 1 and 4 streams) with CPU per Gbit,
+    TCP request/response latency (p50/p99), per-packet overhead and the workload MTU (checked
+    with DF pings), packets that cross hosts when a workload resolves a neighbour, boots or
+    probes an unknown address (as the lab grows), convergence after moving a workload, and
+    kernel state per host (measured, and by formula up to 1,000 hosts). Absolute figures from
+    a UML guest are not a machine's: compare the ratios. Method: docs/benchmarks.md.
+
+    \b
+    Examples:
+      routed-nv bench --quick
+      routed-nv bench --quick -o json > bench.json
+      routed-nv bench --full --save docs/benchmarks.json --plots docs/img
+    """
+    plan = QUICK if quick else FULL
+    if guest_report is not None:
+        guest_report.write_text(run(plan, _log).model_dump_json(indent=2))
+        return
+    result = _in_uml(quick, mem, timeout) if uml.needs_uml() else run(plan, _log)
+    if save is not None:
+        save.write_text(result.model_dump_json(indent=2) + "\n")
+    if plot_dir is not None:
+        for path in plots.plot(result, plot_dir):
+            _log(f"wrote {path}")
+    click.echo(result.model_dump_json(indent=2) if output == "json" else report.tables(result))
+
+
+if __name__ == "__main__":
+    bench_command()

@@ -1,0 +1,41 @@
+"""Per-packet overhead and workload MTU arithmetic of the benchmark variants."""
+
+from __future__ import annotations
+
+import pytest
+
+from routed_nv.bench import overhead
+from routed_nv.bench.results import Variant
+from routed_nv.config.model import ESP_OVERHEAD
+
+
+@pytest.mark.parametrize(
+    ("variant", "mtu", "bytes_added"),
+    [
+        (Variant.UNDERLAY, 1500, 0),
+        (Variant.ROUTED, 1426, 74),  # 40 + 8 + 8 + 2 + 16, no padding at 1426
+        (Variant.VXLAN, 1430, 70),  # 40 + 8 + 8 + 14
+        (Variant.VXLAN_IPSEC, 1396, 104),  # 70 + 34 of ESP
+    ],
+)
+def test_workload_mtu_and_overhead_on_a_1500_underlay(
+    variant: Variant, mtu: int, bytes_added: int
+) -> None:
+    assert overhead.workload_mtu(variant) == mtu
+    assert overhead.overhead(variant) == bytes_added
+    assert overhead.outer_size(variant, mtu) <= 1500 < overhead.outer_size(variant, mtu + 1)
+
+
+def test_routed_mtu_agrees_with_the_datapath_constant() -> None:
+    assert overhead.overhead(Variant.ROUTED) == ESP_OVERHEAD
+
+
+def test_esp_pads_payload_and_trailer_to_four_bytes() -> None:
+    # 8 header + 8 IV + 16 ICV = 32, plus payload + 2 rounded up to a multiple of 4
+    assert [overhead.esp_transport(n) for n in (2, 3, 4, 5, 6)] == [36, 40, 40, 40, 40]
+    assert overhead.esp_transport(7) == 44
+
+
+def test_jumbo_underlay_moves_every_mtu_by_the_same_overhead() -> None:
+    for variant in Variant:
+        assert overhead.workload_mtu(variant, 9000) - overhead.workload_mtu(variant) == 7500
