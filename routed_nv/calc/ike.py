@@ -189,8 +189,9 @@ def _conn(
         "proposals": list(keying.ike_proposals),
         "rekey_time": f"{timers.ike_rekey_s}s",
         "dpd_delay": f"{timers.dpd_delay_s}s",
-        # A restarted peer's new IKE_SA (INITIAL_CONTACT) replaces the dead one at once.
-        "unique": "replace",
+        # `unique` stays at its default (no): a restarted peer's INITIAL_CONTACT still replaces
+        # its dead IKE_SA at once. `replace` would also delete a duplicate from a simultaneous
+        # start 10 s later; with both ends re-initiating, that loops for ever (seen in the lab).
         "local": {**local_auth, "id": me},
         "remote": {**remote_auth, "id": there},
         "children": {
@@ -202,11 +203,12 @@ def _conn(
                 "esp_proposals": list(keying.esp_proposals),
                 "policies": "no",
                 "rekey_time": f"{timers.child_rekey_s}s",
-                # Up as soon as loaded, and back up after a peer's DPD timeout or delete; the
-                # driver's reconcile initiates whatever is still missing after that.
+                # Up as soon as loaded, and back up after a DPD timeout. A peer's delete is
+                # deliberate (tenant gone, charon stopping, duplicate resolved): restarting on it
+                # would fight the peer. The driver's reconcile initiates whatever is missing.
                 "start_action": "start",
                 "dpd_action": "restart",
-                "close_action": "restart",
+                "close_action": "none",
             }
             for c in children
         },

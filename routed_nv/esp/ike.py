@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -54,6 +55,7 @@ class ViciApi(Protocol):
     def load_cert(self, flag: str, pem: str) -> None: ...
     def load_key(self, key: Secret) -> str: ...
     def initiate(self, ike: str, child: str, timeout_s: float) -> None: ...
+    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None: ...
 
 
 Connect = Callable[[], AbstractContextManager[ViciApi]]
@@ -69,6 +71,7 @@ class Verb(StrEnum):
     UNLOAD_CONN = "unload-conn"
     LOAD_CONN = "load-conn"
     INITIATE = "initiate"
+    TERMINATE = "terminate"
 
 
 @dataclass(frozen=True)
@@ -79,16 +82,19 @@ class IkeOp:
     conn: IkeConn | None = None  # load-conn, initiate
     child: str | None = None  # initiate
     credential: Credential | None = None
+    ike_id: str | None = None  # terminate: charon's IKE_SA unique id
 
     def describe(self) -> str:
-        target = self.child or self.name
+        target = self.child or (f"{self.name}[{self.ike_id}]" if self.ike_id else self.name)
         return f"{self.verb} {target} ({self.reason})"
 
 
 @dataclass(frozen=True)
 class IkeSa:
     conn: str
+    uniqueid: str
     state: str  # ESTABLISHED, CONNECTING, ...
+    initiator: bool  # this host started it
     busy: bool  # exchanges queued or in flight: a CHILD_SA may be on its way
     children: Mapping[str, str]  # child name -> best state
 
@@ -194,6 +200,8 @@ class IkeDriver:
             self._memory.conns[conn.name] = conn.digest
         elif op.verb is Verb.INITIATE and op.child is not None:
             vici.initiate(op.name, op.child, self._initiate_timeout_s)
+        elif op.verb is Verb.TERMINATE and op.ike_id is not None:
+            vici.terminate_ike(op.ike_id, self._initiate_timeout_s)
 
 
 def read_charon(vici: ViciApi) -> Charon:
@@ -219,7 +227,14 @@ def _ike_sa(name: str, sa: Mapping[str, Any]) -> IkeSa:
         if child.get("name") not in children or state in UP_CHILD_STATES:
             children[child.get("name", "")] = state
     busy = bool(sa.get("tasks-queued") or sa.get("tasks-active") or sa.get("tasks-passive"))
-    return IkeSa(name, sa.get("state", ""), busy, children)
+    return IkeSa(
+        name,
+        sa.get("uniqueid", ""),
+        sa.get("state", ""),
+        sa.get("initiator") == "yes",
+        busy,
+        children,
+    )
 
 
 def summarize_desired(conn: IkeConn) -> ConnSummary:
@@ -287,6 +302,7 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
         if any(sa.busy or sa.state != "ESTABLISHED" for sa in sas):
             waiting.append(f"{name} (exchanges in flight)")
             continue
+        ops += _duplicates(conn, sas)
         up = {
             child for sa in sas for child, state in sa.children.items() if state in UP_CHILD_STATES
         }
@@ -296,6 +312,20 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
             if c.name not in up
         ]
     return IkePlan(tuple(ops), tuple(waiting))
+
+
+def _duplicates(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
+    """Both hosts may start an IKE_SA at the same moment (both agents starting, both seeing
+    none); the pair then keeps the one the lower host address initiated. Each end decides alone
+    and the same way: the higher one terminates those it initiated, the lower one waits."""
+    if len(sas) < 2 or ipaddress.ip_address(conn.local_addr) < ipaddress.ip_address(
+        conn.remote_addr
+    ):
+        return []
+    ours = [sa for sa in sas if sa.initiator]
+    if len(ours) == len(sas):
+        ours = ours[1:]  # all ours (the peer's are gone): keep one
+    return [IkeOp(Verb.TERMINATE, conn.name, "duplicate IKE_SA", ike_id=sa.uniqueid) for sa in ours]
 
 
 def _load_reason(conn: IkeConn, charon: Charon, memory: Memory) -> str:

@@ -154,6 +154,16 @@ class ViciSession:
         except (SessionException, DeserializationException, OSError) as exc:
             raise ViciError(f"initiating {child}: {exc}", tuple(log)) from None
 
+    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
+        body = {"ike-id": uniqueid, "timeout": str(int(timeout_s * 1000))}
+        try:
+            for _ in self._session.terminate(body):
+                pass  # control-log lines: only the outcome matters here
+        except CommandException as exc:
+            raise ViciError(f"terminating IKE_SA #{uniqueid}: {_errmsg(exc)}") from None
+        except (SessionException, DeserializationException, OSError) as exc:
+            raise ViciError(f"terminating IKE_SA #{uniqueid}: {exc}") from None
+
     def rekey(self, *, child: str | None = None, ike: str | None = None) -> None:
         body = {"child": child} if child else {"ike": ike}
         self._call("rekey", lambda: self._session.rekey(body))
