@@ -1,0 +1,263 @@
+"""The IKE driver against a fake charon that answers VICI like charon 5.9.8 does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from routed_nv.calc.ike import DesiredIke, desired_ike
+from routed_nv.calc.inputs import static_view
+from routed_nv.esp.ike import IkeDriver, Verb, _duplicates, read_charon
+from routed_nv.esp.secret import Secret
+from routed_nv.esp.vici_adapter import ViciError, ViciSession
+from tests.unit.test_ike_calc import config
+
+PROTO_NAMES = {"4": "ipencap", "41": "ipv6"}
+
+
+class FakeCharon:
+    def __init__(self) -> None:
+        self.conns: dict[str, Mapping[str, Any]] = {}
+        self.sas: list[tuple[str, dict[str, Any]]] = []
+        self.shared: dict[str, bytes] = {}
+        self.keys: list[str] = []
+        self.calls: list[str] = []
+        self.initiate_error: ViciError | None = None
+
+    # reading, as charon prints it
+    def list_conns(self) -> dict[str, dict[str, Any]]:
+        def ts(sel: list[str]) -> list[str]:
+            return [
+                s.replace(f"[{n}]", f"[{name}]")
+                for s in sel
+                for n, name in PROTO_NAMES.items()
+                if s.endswith(f"[{n}]")
+            ]
+
+        return {
+            name: {
+                "local_addrs": msg["local_addrs"],
+                "remote_addrs": msg["remote_addrs"],
+                "version": "IKEv2",
+                "children": {
+                    c: {
+                        "mode": "TRANSPORT",
+                        "local-ts": ts(v["local_ts"]),
+                        "remote-ts": ts(v["remote_ts"]),
+                    }
+                    for c, v in msg["children"].items()
+                },
+            }
+            for name, msg in self.conns.items()
+        }
+
+    def list_sas(self) -> list[tuple[str, dict[str, Any]]]:
+        return self.sas
+
+    def get_shared(self) -> list[str]:
+        return list(self.shared)
+
+    def get_keys(self) -> list[str]:
+        return self.keys
+
+    def list_certs(self) -> list[bytes]:
+        return []
+
+    # writing
+    def load_conn(self, name: str, message: Mapping[str, object]) -> None:
+        self.calls.append(f"load-conn {name}")
+        self.conns[name] = message
+
+    def unload_conn(self, name: str) -> None:
+        self.calls.append(f"unload-conn {name}")
+        del self.conns[name]
+
+    def load_shared(self, ident: str, secret: Secret, owners: list[str]) -> None:
+        self.calls.append(f"load-shared {ident}")
+        self.shared[ident] = secret.value
+
+    def load_cert(self, flag: str, pem: str) -> None:
+        self.calls.append(f"load-cert {flag}")
+
+    def load_key(self, key: Secret) -> str:
+        self.calls.append("load-key")
+        self.keys.append("ab12")
+        return "ab12"
+
+    def initiate(self, ike: str, child: str, timeout_s: float) -> None:
+        self.calls.append(f"initiate {child}")
+        if self.initiate_error:
+            raise self.initiate_error
+
+    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
+        self.calls.append(f"terminate {uniqueid}")
+
+    def establish(
+        self, conn: str, children: list[str], uniqueid: str = "1", initiator: bool = True
+    ) -> None:
+        sa = {
+            "uniqueid": uniqueid,
+            "state": "ESTABLISHED",
+            "initiator": "yes" if initiator else "no",
+            "child-sas": {
+                f"{c}-{i}": {"name": c, "state": "INSTALLED"} for i, c in enumerate(children)
+            },
+        }
+        self.sas.append((conn, sa))
+
+
+@pytest.fixture
+def desired(tmp_path: Path) -> DesiredIke:
+    path = tmp_path / "psk"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"secret")
+    os.close(fd)
+    cfg = config({"mode": "ike", "psk_file": str(path)})
+    return desired_ike(cfg, static_view(cfg))
+
+
+def driver_for(charon: FakeCharon) -> IkeDriver:
+    @contextmanager
+    def connect() -> Iterator[FakeCharon]:
+        yield charon
+
+    return IkeDriver(connect)  # type: ignore[arg-type]
+
+
+def test_first_apply_loads_the_secret_then_the_conns_and_initiates_nothing(
+    desired: DesiredIke,
+) -> None:
+    charon = FakeCharon()
+    result = driver_for(charon).apply(desired)
+    assert result.ok, result.errors
+    # start_action=start brings freshly loaded conns up: initiating too would race it
+    assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
+
+
+def test_a_converged_charon_gets_no_calls_and_an_empty_plan(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"])
+    charon.establish("rnv-host3", ["rnv-host3-t200"], uniqueid="2")
+    charon.calls.clear()
+    assert not driver.plan(desired)
+    assert driver.apply(desired).done == [] and charon.calls == []
+
+
+def test_missing_children_are_initiated_and_foreign_conns_left_alone(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.conns["roadwarrior"] = {"local_addrs": [], "remote_addrs": [], "children": {}}
+    charon.conns["rnv-host9"] = {"local_addrs": [], "remote_addrs": [], "children": {}}
+    charon.establish("rnv-host2", ["rnv-host2-t100"])
+    charon.calls.clear()
+    driver.apply(desired)
+    assert charon.calls == [
+        "unload-conn rnv-host9",
+        "initiate rnv-host2-t200",
+        "initiate rnv-host3-t200",
+    ]
+    assert "roadwarrior" in charon.conns
+
+
+def test_what_a_charon_restart_or_load_all_dropped_is_put_back(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.conns.clear()  # swanctl --load-all unloads VICI-loaded conns
+    charon.shared.clear()  # and a restart forgets the secret too
+    charon.calls.clear()
+    plan = driver.plan(desired)
+    assert [op.describe() for op in plan.ops] == [
+        "load-shared rnv-psk (missing)",
+        "load-conn rnv-host2 (missing)",
+        "load-conn rnv-host3 (missing)",
+    ]
+    assert charon.calls == []  # planning changes nothing
+    driver.apply(desired)
+    assert sorted(charon.conns) == ["rnv-host2", "rnv-host3"]
+
+
+def test_a_restarted_agent_reloads_once_and_a_changed_conn_is_reloaded(
+    desired: DesiredIke, tmp_path: Path
+) -> None:
+    charon = FakeCharon()
+    driver_for(charon).apply(desired)
+    fresh = driver_for(charon)
+    charon.calls.clear()
+    fresh.apply(desired)  # no memory: reload (charon keeps identical conns and their SAs)
+    assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
+    charon.calls.clear()
+    fresh.apply(desired)
+    assert [c for c in charon.calls if c.startswith("load")] == []
+
+    cfg = config(
+        {"mode": "ike", "psk_file": str(tmp_path / "psk"), "esp_proposals": ["aes256gcm16"]}
+    )
+    changed = desired_ike(cfg, static_view(cfg))
+    charon.calls.clear()
+    fresh.apply(changed)
+    assert charon.calls == ["load-conn rnv-host2", "load-conn rnv-host3"]
+
+
+def test_busy_ike_sas_are_waited_for(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.sas.append(("rnv-host2", {"uniqueid": "1", "state": "CONNECTING", "child-sas": {}}))
+    charon.sas.append(
+        ("rnv-host3", {"uniqueid": "2", "state": "ESTABLISHED", "tasks-active": ["CHILD_CREATE"]})
+    )
+    plan = driver.plan(desired)
+    assert not plan.ops and len(plan.waiting) == 2
+
+
+def test_duplicate_ike_sas_are_resolved_by_the_higher_address_only(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    # host1 (::1:...) is lower than host2: it keeps both and waits for host2 to terminate its own
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "1", initiator=True)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "2", initiator=False)
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    assert not driver.plan(desired).ops
+
+    # seen from the higher end (swap the addresses): terminate the one it initiated
+    conn = desired.conns["rnv-host2"]
+    flipped = type(conn)(
+        conn.name, conn.peer, conn.remote_addr, conn.local_addr, conn.children, conn.message
+    )
+    sas = read_charon(charon).sas["rnv-host2"]
+    (op,) = _duplicates(flipped, sas)
+    assert op.verb is Verb.TERMINATE and op.ike_id == "1"
+
+
+def test_a_wrong_psk_becomes_a_clear_error_and_stops_that_peer_only(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.calls.clear()
+    charon.initiate_error = ViciError(
+        "initiating rnv-host2-t100: establishing CHILD_SA 'rnv-host2-t100' failed",
+        ("received AUTHENTICATION_FAILED notify error",),
+    )
+    result = driver.apply(desired)
+    # the second child of host2 is not tried (same IKE_SA), host3 is
+    assert charon.calls == ["initiate rnv-host2-t100", "initiate rnv-host3-t200"]
+    assert len(result.errors) == 2
+    assert result.errors[0].startswith("initiate rnv-host2-t100 (not up): authentication failed")
+    assert "pre-shared key" in result.errors[0]
+
+
+def test_charon_unreachable_is_one_clear_error(desired: DesiredIke, tmp_path: Path) -> None:
+    driver = IkeDriver(lambda: ViciSession(tmp_path / "nope.vici"))
+    result = driver.apply(desired)
+    (error,) = result.errors
+    assert "nope.vici does not exist: is charon running" in error
