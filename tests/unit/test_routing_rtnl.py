@@ -1,0 +1,102 @@
+"""The stdlib route codec: what is encoded decodes to the same route, and batched requests get
+their own answers, in order."""
+
+import errno
+import ipaddress
+import struct
+
+import pytest
+
+from routed_nv.routing import rtnl
+from routed_nv.routing.objects import RT_SCOPE_LINK, Route
+
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+NAMES = {7: "rnv-t100", 8: "eth0"}
+
+ROUTES = [
+    Route(
+        net("10.0.0.2/32"), 0x1000_0064, 231, dev="rnv-t100", via=ip("2001:db8::64"), onlink=True
+    ),
+    Route(
+        net("fd10::2/128"), 0x1000_0064, 231, dev="rnv-t100", via=ip("2001:db8::64"), onlink=True
+    ),
+    Route(net("0.0.0.0/0"), 100, 232, unreachable=True, metric=4278198272),
+    Route(net("10.0.0.1/32"), 0x2000_0064, 230, dev="eth0", scope=RT_SCOPE_LINK),
+    Route(net("0.0.0.0/0"), 254, 232, dev="eth0", via=ip("169.254.0.1")),
+]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_an_encoded_route_decodes_to_itself(route):
+    oif = {v: k for k, v in NAMES.items()}.get(route.dev)
+    ((kind, flags, _seq, body),) = rtnl.messages(rtnl.encode_route(route, oif, delete=False))
+    assert kind == rtnl.RTM_NEWROUTE
+    assert flags & rtnl.NLM_F_REPLACE and flags & rtnl.NLM_F_ACK
+    assert rtnl.decode_route(body, NAMES, {route.proto}) == route
+
+
+def test_a_delete_carries_the_whole_route():
+    ((kind, flags, _seq, body),) = rtnl.messages(rtnl.encode_route(ROUTES[0], 7, delete=True))
+    assert kind == rtnl.RTM_DELROUTE and not flags & rtnl.NLM_F_CREATE
+    assert rtnl.decode_route(body, NAMES, {231}) == ROUTES[0]
+
+
+def test_routes_of_other_protocols_are_not_decoded():
+    ((_, _, _, body),) = rtnl.messages(rtnl.encode_route(ROUTES[0], 7, delete=False))
+    assert rtnl.decode_route(body, NAMES, {230, 232}) is None
+
+
+def ack(seq, code, text=None):
+    """An NLMSG_ERROR as a kernel with NETLINK_CAP_ACK and NETLINK_EXT_ACK sends it."""
+    body = struct.pack("=i", -code) + struct.pack("=IHHII", 16, 24, 0, seq, 0)
+    flags = 0
+    if text is not None:
+        payload = text.encode() + b"\0"
+        attr = struct.pack("=HH", 4 + len(payload), rtnl.NLMSGERR_ATTR_MSG) + payload
+        body += attr + bytes(-len(attr) % 4)
+        flags = rtnl.NLM_F_ACK_TLVS
+    return struct.pack("=IHHII", 16 + len(body), rtnl.NLMSG_ERROR, flags, seq, 0) + body
+
+
+class FakeSocket:
+    """Answers every request of a send() in one datagram; routes to 10.0.0.13 are refused."""
+
+    def __init__(self):
+        self.sends = 0
+        self.answers = []
+
+    def send(self, data):
+        self.sends += 1
+        reply = b""
+        for kind, _flags, seq, body in rtnl.messages(bytes(data)):
+            route = rtnl.decode_route(body, NAMES, {231})
+            assert kind == rtnl.RTM_NEWROUTE
+            bad = route.dst == net("10.0.0.13/32")
+            reply += ack(seq, errno.EINVAL if bad else 0, "Invalid gateway" if bad else None)
+        self.answers.append(reply)
+        return len(data)
+
+    def recv(self, size):
+        return self.answers.pop(0)
+
+
+def test_batched_requests_are_answered_one_by_one_in_order():
+    routes = [
+        Route(
+            net(f"10.0.{i // 250}.{i % 250}/32"),
+            0x1000_0064,
+            231,
+            dev="rnv-t100",
+            via=ip("2001:db8::64"),
+        )
+        for i in range(600)
+    ]
+    sock = FakeSocket()
+    requests = [rtnl.encode_route(r, 7, delete=False) for r in routes]
+    requests[5] = None  # not sent (e.g. its device is missing)
+    outcomes = rtnl.RouteSocket(sock).send(requests)
+    assert sock.sends == 3  # 600 requests, CHUNK per send()
+    assert outcomes[13] == (errno.EINVAL, "Invalid gateway")
+    assert [i for i, (code, _) in enumerate(outcomes) if code] == [13]
+    assert outcomes[5] == (0, None)
