@@ -1,5 +1,14 @@
-"""Programs the routing datapath: reads the kernel back, diffs it against the desired state and
-makes the minimal changes, one object kind after the other in dependency order.
+"""Programs the routing datapath: diffs the desired state against what the kernel has and makes
+the minimal changes, one object kind after the other in dependency order.
+
+What the kernel has comes from a cache (Felix's dataplane cache): the first run, and every run
+asked to `resync`, reads each namespace's kernel in full; after that our own successful writes
+keep the cache current and a run only applies the delta, so a directory event costs in
+proportion to what changed, not to the 100,000 routes a host may carry. Drift made by others is
+found by the periodic resync. Changing a device has side effects in the kernel (deleting or
+re-enslaving it drops its routes and addresses), so a run that changes a device forgets what it
+knew of that namespace's links, addresses, proxies and sysctls (cheap to read again) and
+re-asserts the wanted routes through that device (routes are too many to read again).
 
 Ownership (how a restarted agent recognises what it may change or remove):
 - links: rnv0, rnv-v<T> (vrf), rnv-t<T> (ip6tnl), rnv-e<name> (veth) — created and deleted.
@@ -12,8 +21,9 @@ Ownership (how a restarted agent recognises what it may change or remove):
 - sysctls: only set, never reverted (the previous value is unknown after a restart).
 Changing a link's MTU or master happens in place; only a change the kernel cannot make in place
 (VRF table, tunnel endpoints, veth peer) recreates the link.
-A failure is reported against its object and the driver carries on with the others; a second
-apply then retries exactly what is still different.
+A failure is reported against its object and the driver carries on with the others (routes go
+to the kernel in batches, and every route gets its own answer); the cache keeps what the kernel
+really has, so a second apply retries exactly what is still different.
 """
 
 from __future__ import annotations
@@ -26,11 +36,12 @@ from typing import Any, Protocol
 
 from routed_nv import markers
 from routed_nv.reconcile import delta
-from routed_nv.routing.kernel import Kernel, KernelError, LinkState
+from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
 from routed_nv.routing.objects import (
     LINK_ORDER,
     Address,
     DesiredRouting,
+    IPInterface,
     Link,
     LinkKind,
     NeighProxy,
@@ -76,20 +87,46 @@ class Result:
         return [str(c) for c in self.changes] + [f"! {f}" for f in self.failures]
 
 
-class _Session:
-    """The kernels of one plan/apply run, one per namespace, and what we own in each."""
+RouteKey = tuple[str | None, int, Any, int]
 
-    def __init__(self, open_kernel: OpenKernel, host_netns: str | None, result: Result):
+
+@dataclass
+class _Known:
+    """What the driver knows of one namespace's kernel; None (or a missing sysctl): not known,
+    read it when it is needed."""
+
+    links: list[LinkState] | None = None
+    addresses: set[tuple[str, IPInterface]] | None = None  # of every interface
+    proxies: set[NeighProxy] | None = None  # of every interface, without netns
+    routes: dict[RouteKey, Route] | None = None  # ours only, with netns
+    sysctls: dict[str, str | None] = field(default_factory=dict)
+
+
+class _Session:
+    """One plan/apply run: the cache, the kernels opened for it (only where something must be
+    read or written) and the devices it changed."""
+
+    def __init__(
+        self,
+        open_kernel: OpenKernel,
+        host_netns: str | None,
+        result: Result,
+        known: dict[str | None, _Known],
+    ):
         self._open = open_kernel
         self._host_netns = host_netns
         self._kernels: dict[str | None, Kernel] = {}
         self._missing: set[str | None] = set()
         self._result = result
+        self.known = known
         self.owned_ifnames: dict[str | None, set[str]] = {}
+        # routes through these devices, or in these tables, may have gone with a device change
+        self.touched_devices: dict[str | None, set[str]] = {}
+        self.touched_tables: dict[str | None, set[int]] = {}
 
     def kernel(self, netns: str | None) -> Kernel | None:
         """The kernel of a logical namespace (None: the host's), or None if it cannot be opened
-        (reported once)."""
+        (reported once, and all that was known of it is forgotten)."""
         if netns in self._missing:
             return None
         if netns not in self._kernels:
@@ -97,6 +134,7 @@ class _Session:
                 self._kernels[netns] = self._open(netns if netns else self._host_netns)
             except KernelError as exc:
                 self._missing.add(netns)
+                self.known.pop(netns, None)
                 self._result.failures.append(
                     Failure(f"netns {netns or self._host_netns}", str(exc))
                 )
@@ -104,7 +142,69 @@ class _Session:
         return self._kernels[netns]
 
     def available(self, namespaces: Iterable[str | None]) -> set[str | None]:
-        return {ns for ns in namespaces if self.kernel(ns) is not None}
+        """The namespaces known from earlier runs, and those that open now."""
+        for ns in namespaces:
+            if ns not in self.known and self.kernel(ns) is not None:
+                self.known[ns] = _Known()
+        return {ns for ns in namespaces if ns in self.known}
+
+    def _kernel_for_read(self, netns: str | None) -> Kernel:
+        kernel = self.kernel(netns)
+        if kernel is None:
+            raise KernelError(f"netns {netns or self._host_netns} is unavailable")
+        return kernel
+
+    def _entry(self, netns: str | None) -> _Known:
+        known = self.known.get(netns)
+        if known is None:
+            raise KernelError(f"netns {netns or self._host_netns} is unavailable")
+        return known
+
+    def links(self, netns: str | None) -> list[LinkState]:
+        known = self.known.get(netns)
+        if known is None:
+            return []  # a namespace that could not be opened has no links we can see
+        if known.links is None:
+            known.links = self._kernel_for_read(netns).links()
+        return known.links
+
+    def addresses(self, netns: str | None) -> set[tuple[str, IPInterface]]:
+        known = self._entry(netns)
+        if known.addresses is None:
+            known.addresses = set(self._kernel_for_read(netns).addresses())
+        return known.addresses
+
+    def proxies(self, netns: str | None) -> set[NeighProxy]:
+        known = self._entry(netns)
+        if known.proxies is None:
+            known.proxies = set(self._kernel_for_read(netns).neigh_proxies())
+        return known.proxies
+
+    def routes(self, netns: str | None) -> dict[RouteKey, Route]:
+        known = self._entry(netns)
+        if known.routes is None:
+            found = (
+                dataclasses.replace(r, netns=netns)
+                for r in self._kernel_for_read(netns).routes(OUR_PROTOS)
+            )
+            known.routes = {r.key: r for r in found}
+        return known.routes
+
+    def sysctl(self, netns: str | None, path: str) -> str | None:
+        sysctls = self._entry(netns).sysctls
+        if path not in sysctls:
+            sysctls[path] = self._kernel_for_read(netns).read_sysctl(path)
+        return sysctls[path]
+
+    def touch(self, netns: str | None, ifname: str, table: int | None = None) -> None:
+        """A device was changed (or we tried): the kernel may have dropped what hung on it."""
+        known = self.known.get(netns)
+        if known is not None:
+            known.links = known.addresses = known.proxies = None
+            known.sysctls.clear()
+        self.touched_devices.setdefault(netns, set()).add(ifname)
+        if table is not None:
+            self.touched_tables.setdefault(netns, set()).add(table)
 
     def close(self) -> None:
         for kernel in self._kernels.values():
@@ -120,9 +220,34 @@ class _Manager(Protocol):
 
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict: ...
 
-    def upsert(self, kernel: Kernel, new: Any, old: Any) -> None: ...
+    def write(self, session: _Session, changes: list[Change]) -> list[KernelError | None]:
+        """Make the changes; one outcome per change, in order (None: done)."""
 
-    def remove(self, kernel: Kernel, old: Any) -> None: ...
+
+class _OneByOne:
+    """Writes one object after the other (kinds that come by the handful per host)."""
+
+    def write(self, session: _Session, changes: list[Change]) -> list[KernelError | None]:
+        outcomes: list[KernelError | None] = []
+        for change in changes:
+            kernel = session.kernel(change.obj.netns)
+            try:
+                if kernel is None:
+                    raise KernelError("its network namespace is unavailable")
+                if change.op == "-":
+                    self.remove(session, kernel, change.obj)
+                else:
+                    self.upsert(session, kernel, change.obj, change.old)
+                outcomes.append(None)
+            except KernelError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def upsert(self, session: _Session, kernel: Kernel, new: Any, old: Any) -> None:
+        raise NotImplementedError
+
+    def remove(self, session: _Session, kernel: Kernel, old: Any) -> None:
+        raise NotImplementedError
 
 
 def _is_owned_link(state: LinkState) -> bool:
@@ -149,7 +274,7 @@ def _unmanaged_as_none(actual: Any, wanted: Any | None) -> Any:
     return dataclasses.replace(actual, **unset)
 
 
-class _Links:
+class _Links(_OneByOne):
     kind = "links"
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Link]:
@@ -158,8 +283,7 @@ class _Links:
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for ns in namespaces:
-            states = session.kernel(ns).links()  # type: ignore[union-attr]
-            for s in filter(_is_owned_link, states):
+            for s in filter(_is_owned_link, session.links(ns)):
                 wanted = desired.get((ns, s.name))
                 link = Link(
                     s.name,
@@ -181,9 +305,7 @@ class _Links:
         (which makes the link differ and be recreated)."""
         if wanted is None or wanted.veth_peer is None:
             return None
-        kernel = session.kernel(wanted.veth_peer.netns)
-        peers = kernel.links() if kernel else []
-        for p in peers:
+        for p in session.links(wanted.veth_peer.netns):
             if (
                 p.name == wanted.veth_peer.name
                 and p.kind == LinkKind.VETH
@@ -193,19 +315,33 @@ class _Links:
                 return wanted.veth_peer
         return None
 
-    def upsert(self, kernel: Kernel, new: Link, old: Link | None) -> None:
-        if old is not None and new.same_identity(old):
-            kernel.set_link(new.name, new.mtu, new.master, new.up)
-            return
-        if old is not None:
+    def upsert(self, session: _Session, kernel: Kernel, new: Link, old: Link | None) -> None:
+        try:
+            if old is not None and new.same_identity(old):
+                kernel.set_link(new.name, new.mtu, new.master, new.up)
+                return
+            if old is not None:
+                kernel.delete_link(old.name)
+            kernel.add_link(new)
+        finally:
+            self._touch(session, new)
+            if old is not None:
+                self._touch(session, old)
+
+    def remove(self, session: _Session, kernel: Kernel, old: Link) -> None:
+        try:
             kernel.delete_link(old.name)
-        kernel.add_link(new)
+        finally:
+            self._touch(session, old)
 
-    def remove(self, kernel: Kernel, old: Link) -> None:
-        kernel.delete_link(old.name)
+    @staticmethod
+    def _touch(session: _Session, link: Link) -> None:
+        session.touch(link.netns, link.name, link.vrf_table)
+        if link.veth_peer is not None:  # the other end goes and comes with this one
+            session.touch(link.veth_peer.netns, link.veth_peer.name)
 
 
-class _Ports:
+class _Ports(_OneByOne):
     kind = "ports"
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Port]:
@@ -214,7 +350,7 @@ class _Ports:
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for ns in namespaces:
-            for s in session.kernel(ns).links():  # type: ignore[union-attr]
+            for s in session.links(ns):
                 wanted = (ns, s.name) in desired
                 stale = not wanted and _is_our_vrf(s.master) and not _is_owned_link(s)
                 if wanted or stale:
@@ -222,14 +358,20 @@ class _Ports:
                     found[(ns, s.name)] = _unmanaged_as_none(port, desired.get((ns, s.name)))
         return found
 
-    def upsert(self, kernel: Kernel, new: Port, old: Port | None) -> None:
-        kernel.set_link(new.name, new.mtu, new.master, new.up)
+    def upsert(self, session: _Session, kernel: Kernel, new: Port, old: Port | None) -> None:
+        try:
+            kernel.set_link(new.name, new.mtu, new.master, new.up)
+        finally:
+            session.touch(new.netns, new.name)
 
-    def remove(self, kernel: Kernel, old: Port) -> None:
-        kernel.set_link(old.name, None, None, old.up)
+    def remove(self, session: _Session, kernel: Kernel, old: Port) -> None:
+        try:
+            kernel.set_link(old.name, None, None, old.up)
+        finally:
+            session.touch(old.netns, old.name)
 
 
-class _Sysctls:
+class _Sysctls(_OneByOne):
     kind = "sysctls"
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Sysctl]:
@@ -239,19 +381,20 @@ class _Sysctls:
         found = {}
         for (ns, path), want in desired.items():
             if ns in namespaces:
-                value = session.kernel(ns).read_sysctl(path)  # type: ignore[union-attr]
+                value = session.sysctl(ns, path)
                 if value is not None:
                     found[(ns, path)] = dataclasses.replace(want, value=value)
         return found
 
-    def upsert(self, kernel: Kernel, new: Sysctl, old: Sysctl | None) -> None:
+    def upsert(self, session: _Session, kernel: Kernel, new: Sysctl, old: Sysctl | None) -> None:
         kernel.write_sysctl(new.path, new.value)
+        session.known[new.netns].sysctls[new.path] = new.value  # opened for the write: known
 
-    def remove(self, kernel: Kernel, old: Sysctl) -> None:
+    def remove(self, session: _Session, kernel: Kernel, old: Sysctl) -> None:
         raise AssertionError("sysctls are never removed")  # actual() only reads desired ones
 
 
-class _Addresses:
+class _Addresses(_OneByOne):
     kind = "addresses"
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Address]:
@@ -260,19 +403,23 @@ class _Addresses:
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for ns in namespaces:
-            kernel = session.kernel(ns)
-            for ifname, iface in kernel.addresses(session.owned_ifnames[ns]):  # type: ignore[union-attr]
+            owned = session.owned_ifnames[ns]
+            for ifname, iface in session.addresses(ns):
+                if ifname not in owned:
+                    continue
                 if iface.version == 6 and iface.is_link_local and iface.ip != _GATEWAY_V6:
                     continue  # the kernel's own link-local address
                 addr = Address(ifname, iface, netns=ns)
                 found[addr] = addr
         return found
 
-    def upsert(self, kernel: Kernel, new: Address, old: Address | None) -> None:
+    def upsert(self, session: _Session, kernel: Kernel, new: Address, old: Address | None) -> None:
         kernel.add_address(new)
+        session.addresses(new.netns).add((new.ifname, new.address))
 
-    def remove(self, kernel: Kernel, old: Address) -> None:
+    def remove(self, session: _Session, kernel: Kernel, old: Address) -> None:
         kernel.delete_address(old)
+        session.addresses(old.netns).discard((old.ifname, old.address))
 
 
 class _Routes:
@@ -284,19 +431,41 @@ class _Routes:
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for ns in namespaces:
-            for r in session.kernel(ns).routes(OUR_PROTOS):  # type: ignore[union-attr]
-                route = dataclasses.replace(r, netns=ns)
-                found[route.key] = route
+            devices = session.touched_devices.get(ns, set())
+            tables = session.touched_tables.get(ns, set())
+            for key, route in session.routes(ns).items():
+                if key in desired and (route.dev in devices or route.table in tables):
+                    continue  # may have gone with its device: assert it again
+                found[key] = route
         return found
 
-    def upsert(self, kernel: Kernel, new: Route, old: Route | None) -> None:
-        kernel.replace_route(new)
+    def write(self, session: _Session, changes: list[Change]) -> list[KernelError | None]:
+        """One batch per namespace; the cache learns every route the kernel accepted."""
+        outcomes: list[KernelError | None] = [None] * len(changes)
+        by_netns: dict[str | None, list[int]] = {}
+        for i, change in enumerate(changes):
+            by_netns.setdefault(change.obj.netns, []).append(i)
+        for ns, indexes in by_netns.items():
+            kernel = session.kernel(ns)
+            ops = [RouteOp(changes[i].op == "-", changes[i].obj) for i in indexes]
+            if kernel is None:
+                answers: list[KernelError | None] = [
+                    KernelError("its network namespace is unavailable")
+                ] * len(ops)
+            else:
+                answers = kernel.write_routes(ops)
+            known = session.known.get(ns)
+            for i, op, error in zip(indexes, ops, answers, strict=True):
+                outcomes[i] = error
+                if error is None and known is not None and known.routes is not None:
+                    if op.delete:
+                        known.routes.pop(op.route.key, None)
+                    else:
+                        known.routes[op.route.key] = op.route
+        return outcomes
 
-    def remove(self, kernel: Kernel, old: Route) -> None:
-        kernel.delete_route(old)
 
-
-class _NeighProxies:
+class _NeighProxies(_OneByOne):
     kind = "neighbour proxies"
 
     def wanted(self, desired: DesiredRouting) -> Iterable[NeighProxy]:
@@ -305,17 +474,23 @@ class _NeighProxies:
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for ns in namespaces:
-            kernel = session.kernel(ns)
-            for p in kernel.neigh_proxies(session.owned_ifnames[ns]):  # type: ignore[union-attr]
+            owned = session.owned_ifnames[ns]
+            for p in session.proxies(ns):
+                if p.ifname not in owned:
+                    continue
                 proxy = dataclasses.replace(p, netns=ns)
                 found[proxy] = proxy
         return found
 
-    def upsert(self, kernel: Kernel, new: NeighProxy, old: NeighProxy | None) -> None:
+    def upsert(
+        self, session: _Session, kernel: Kernel, new: NeighProxy, old: NeighProxy | None
+    ) -> None:
         kernel.add_neigh_proxy(new)
+        session.proxies(new.netns).add(dataclasses.replace(new, netns=None))
 
-    def remove(self, kernel: Kernel, old: NeighProxy) -> None:
+    def remove(self, session: _Session, kernel: Kernel, old: NeighProxy) -> None:
         kernel.delete_neigh_proxy(old)
+        session.proxies(old.netns).discard(dataclasses.replace(old, netns=None))
 
 
 # Dependency order: links before the ports enslaved to them, per-device sysctls before the
@@ -343,25 +518,38 @@ def _sort_key(obj: Any) -> tuple:
 class RoutingDriver:
     """Brings the kernel to a DesiredRouting. `host_netns` None programs the namespace this
     process runs in; a name programs that namespace (labs, tests). Workload namespaces named by
-    the objects are opened as they are."""
+    the objects are opened as they are. Keep one driver for the life of an agent: it holds the
+    cache of what the kernel has."""
 
     def __init__(self, open_kernel: OpenKernel, host_netns: str | None = None) -> None:
         self._open = open_kernel
         self._host_netns = host_netns
+        self._known: dict[str | None, _Known] = {}
 
-    def plan(self, desired: DesiredRouting) -> Result:
-        """What apply would change, without changing anything."""
-        return self._run(desired, execute=False)
+    def plan(self, desired: DesiredRouting, resync: bool = False) -> Result:
+        """What apply would change, without changing anything. `resync`: read the kernel again
+        instead of trusting the cache."""
+        return self._run(desired, execute=False, resync=resync)
 
-    def apply(self, desired: DesiredRouting) -> Result:
-        return self._run(desired, execute=True)
+    def apply(self, desired: DesiredRouting, resync: bool = False) -> Result:
+        """Make the changes. `resync`: read the kernel again first (catches others' changes)."""
+        return self._run(desired, execute=True, resync=resync)
 
-    def _run(self, desired: DesiredRouting, execute: bool) -> Result:
+    def _run(self, desired: DesiredRouting, execute: bool, resync: bool) -> Result:
         result = Result()
-        session = _Session(self._open, self._host_netns, result)
+        wanted_namespaces = desired.namespaces()
+        if resync:
+            self._known.clear()
+        for ns in set(self._known) - wanted_namespaces:
+            del self._known[ns]  # forgotten: read afresh if it is ever wanted again
+        session = _Session(self._open, self._host_netns, result, self._known)
         try:
-            namespaces = session.available(desired.namespaces())
-            session.owned_ifnames = self._owned_ifnames(session, desired, namespaces)
+            namespaces = session.available(wanted_namespaces)
+            try:
+                session.owned_ifnames = self._owned_ifnames(session, desired, namespaces)
+            except KernelError as exc:
+                result.failures.append(Failure("reading links", str(exc)))
+                return result
             for manager in _MANAGERS:
                 self._reconcile(manager, session, desired, namespaces, execute, result)
         finally:
@@ -379,7 +567,7 @@ class RoutingDriver:
             if obj.netns in owned:
                 owned[obj.netns].add(obj.name)
         for ns in namespaces:
-            for s in session.kernel(ns).links():  # type: ignore[union-attr]
+            for s in session.links(ns):
                 if _is_owned_link(s) or _is_our_vrf(s.master):
                     owned[ns].add(s.name)
         return owned
@@ -402,23 +590,19 @@ class RoutingDriver:
             result.failures.append(Failure(f"reading {manager.kind}", str(exc)))
             return
         changes = delta(wanted, actual)
-        for new in sorted(changes.upserts.values(), key=_sort_key):
-            old = actual.get(new.key)
-            change = Change("~" if old is not None else "+", new, old)
-            kernel = session.kernel(new.netns)
-            _attempt(result, change, execute, manager.upsert, kernel, new, old)
-        for old in sorted(changes.deletes.values(), key=_sort_key, reverse=True):
-            kernel = session.kernel(old.netns)
-            _attempt(result, Change("-", old), execute, manager.remove, kernel, old)
-
-
-def _attempt(
-    result: Result, change: Change, execute: bool, action: Callable[..., None], *args: Any
-) -> None:
-    if execute:
-        try:
-            action(*args)
-        except KernelError as exc:
-            result.failures.append(Failure(change.obj.describe(), str(exc)))
+        planned = [
+            Change("~" if new.key in actual else "+", new, actual.get(new.key))
+            for new in sorted(changes.upserts.values(), key=_sort_key)
+        ]
+        planned += [
+            Change("-", old)
+            for old in sorted(changes.deletes.values(), key=_sort_key, reverse=True)
+        ]
+        if not execute:
+            result.changes += planned
             return
-    result.changes.append(change)
+        for change, error in zip(planned, manager.write(session, planned), strict=True):
+            if error is None:
+                result.changes.append(change)
+            else:
+                result.failures.append(Failure(change.obj.describe(), str(error)))

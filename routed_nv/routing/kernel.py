@@ -1,13 +1,17 @@
 """What the routing driver needs from the kernel of one network namespace, and its errors.
 
-netlink.py implements it with pyroute2; unit tests implement it with a dictionary. Read methods
-report facts (LinkState); which of them routed_nv owns is the driver's decision.
+netlink.py implements it (pyroute2 for links, addresses and neighbours; rtnl.py for routes); unit
+tests implement it with a dictionary. Read methods report facts (LinkState, every address of every
+interface); which of them routed_nv owns is the driver's decision.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from routed_nv.routing.objects import Address, IPInterface, Link, NeighProxy, Route, Tunnel
 
@@ -27,6 +31,25 @@ class NotFound(KernelError):
 
 class NetnsNotFound(KernelError):
     pass
+
+
+# "Already gone": what deleting a missing route, address, neighbour or device answers.
+_GONE = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV}
+
+
+def error_from_errno(code: int, detail: str | None = None) -> KernelError:
+    """The KernelError for a netlink errno; `detail` is the kernel's extended ack text if any."""
+    words = os.strerror(code) + (f" ({detail})" if detail else "")
+    if code == errno.EEXIST:
+        return AlreadyExists(words)
+    if code in _GONE:
+        return NotFound(words)
+    return KernelError(words)
+
+
+class RouteOp(NamedTuple):
+    delete: bool  # False: replace (add or overwrite)
+    route: Route
 
 
 @dataclass(frozen=True)
@@ -56,7 +79,8 @@ class Kernel(Protocol):
 
     def delete_link(self, name: str) -> None: ...
 
-    def addresses(self, ifnames: set[str]) -> list[tuple[str, IPInterface]]: ...
+    def addresses(self) -> list[tuple[str, IPInterface]]:
+        """Every address of every interface."""
 
     def add_address(self, address: Address) -> None: ...
 
@@ -65,11 +89,12 @@ class Kernel(Protocol):
     def routes(self, protos: set[int]) -> list[Route]:
         """Routes of every table whose protocol is one of `protos`."""
 
-    def replace_route(self, route: Route) -> None: ...
+    def write_routes(self, ops: Sequence[RouteOp]) -> list[KernelError | None]:
+        """Apply the ops in order, many per round trip; one outcome per op (None: done). Deleting
+        a route that is already gone is success."""
 
-    def delete_route(self, route: Route) -> None: ...
-
-    def neigh_proxies(self, ifnames: set[str]) -> list[NeighProxy]: ...
+    def neigh_proxies(self) -> list[NeighProxy]:
+        """Every IPv6 proxy-NDP entry."""
 
     def add_neigh_proxy(self, proxy: NeighProxy) -> None: ...
 

@@ -1,7 +1,9 @@
-"""The pyroute2 adapter: the only module that imports pyroute2 (IPRoute, never IPDB/NDB).
+"""The kernel adapter: the only module that imports pyroute2 (IPRoute, never IPDB/NDB).
 
 One NetlinkKernel talks to one network namespace: the process's own (netns None) or a named
 one under /var/run/netns, opened with flags=0 so that a typo never creates a namespace.
+Links, addresses and proxy-NDP entries go through pyroute2 (a few per host); routes, which come
+by the 100,000, go through rtnl.py's batched stdlib socket, opened in the same namespace.
 Objects read back carry no netns: the driver knows which logical namespace it asked.
 Netlink errors become KernelError subclasses with the errno's words; "already gone" on delete
 and "already there" on address/neigh add count as success.
@@ -9,14 +11,12 @@ and "already there" on address/neigh add count as success.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from socket import AF_INET, AF_INET6
+from socket import AF_INET6
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
@@ -25,12 +25,15 @@ from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_GETNEIGH
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
+from routed_nv.routing import rtnl
 from routed_nv.routing.kernel import (
     AlreadyExists,
     KernelError,
     LinkState,
     NetnsNotFound,
     NotFound,
+    RouteOp,
+    error_from_errno,
 )
 from routed_nv.routing.objects import (
     Address,
@@ -48,12 +51,8 @@ PROC_SYS = Path("/proc/sys")
 IFF_UP = 0x1
 IFA_F_NODAD = 0x02
 NTF_PROXY = 0x08
-RTNH_F_ONLINK = 0x04
-RTN_UNICAST = 1
-RTN_UNREACHABLE = 7
 IP6_TNL_F_IGN_ENCAP_LIMIT = 0x1
 _TUNNEL_MODES = {"any": 0, "ipip": 4, "ip6ip6": 41}
-_GONE = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV}
 
 T = TypeVar("T")
 
@@ -63,13 +62,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except NetlinkError as exc:
-        code = exc.code
-        words = os.strerror(code) if code else str(exc)
-        if code == errno.EEXIST:
-            raise AlreadyExists(words) from None
-        if code in _GONE:
-            raise NotFound(words) from None
-        raise KernelError(words) from None
+        raise (error_from_errno(exc.code) if exc.code else KernelError(str(exc))) from None
     except OSError as exc:
         raise KernelError(exc.strerror or str(exc)) from None
 
@@ -82,9 +75,17 @@ class NetlinkKernel:
         with _errors():
             self._ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
         self._indexes: dict[str, int] = {}
+        self._routes: rtnl.RouteSocket | None = None  # opened when routes are first needed
 
     def close(self) -> None:
         self._ipr.close()
+        if self._routes is not None:
+            self._routes.close()
+
+    def _route_socket(self) -> rtnl.RouteSocket:
+        if self._routes is None:
+            self._routes = rtnl.RouteSocket(self._in_netns(rtnl.new_socket))
+        return self._routes
 
     # links
 
@@ -139,14 +140,18 @@ class NetlinkKernel:
 
     # addresses
 
-    def addresses(self, ifnames: set[str]) -> list[tuple[str, IPInterface]]:
+    def _names(self) -> dict[int, str]:
         with _errors():
-            names = {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
+            return {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
+
+    def addresses(self) -> list[tuple[str, IPInterface]]:
+        names = self._names()
+        with _errors():
             msgs = self._ipr.get_addr()
         found = []
         for m in msgs:
             name = names.get(m["index"])
-            if name in ifnames:
+            if name is not None:
                 addr = m.get("IFA_LOCAL") or m.get("IFA_ADDRESS")
                 found.append((name, ipaddress.ip_interface(f"{addr}/{m['prefixlen']}")))
         return found
@@ -173,60 +178,45 @@ class NetlinkKernel:
     # routes
 
     def routes(self, protos: set[int]) -> list[Route]:
-        with _errors():
-            names = {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
-            found = []
-            for family in (AF_INET, AF_INET6):
-                for m in self._ipr.get_routes(family=family):
-                    if m["proto"] in protos and not m.get("RTA_MULTIPATH"):
-                        found.append(_route(m, names))
-        return found
-
-    def _route_spec(self, route: Route) -> dict[str, Any]:
-        # the full route also for deletes: the kernel then removes only a route that matches
-        # ours in type, scope and protocol, never a look-alike someone else added
-        spec: dict[str, Any] = {
-            "family": AF_INET if route.dst.version == 4 else AF_INET6,
-            "dst": str(route.dst),
-            "table": route.table,
-            "proto": route.proto,
-            "priority": route.metric,
-            "type": RTN_UNREACHABLE if route.unreachable else RTN_UNICAST,
-            "scope": route.scope,
-        }
-        if route.dev is not None:
-            spec["oif"] = self._index(route.dev)
-        if route.via is not None:
-            if route.via.version == route.dst.version:
-                spec["gateway"] = str(route.via)
-            else:
-                spec["via"] = {"family": AF_INET6, "addr": str(route.via)}
-        if route.onlink:
-            spec["flags"] = RTNH_F_ONLINK
-        return spec
-
-    def replace_route(self, route: Route) -> None:
-        spec = self._route_spec(route)
-        with _errors():
-            self._ipr.route("replace", **spec)
-
-    def delete_route(self, route: Route) -> None:
+        names = self._names()
         try:
-            spec = self._route_spec(route)
-            with _errors():
-                self._ipr.route("del", **spec)
-        except NotFound:
-            pass
+            return self._route_socket().dump(protos, names)
+        except OSError as exc:
+            raise KernelError(exc.strerror or str(exc)) from None
+
+    def write_routes(self, ops: Sequence[RouteOp]) -> list[KernelError | None]:
+        outcomes: list[KernelError | None] = [None] * len(ops)
+        requests: list[bytes | None] = []
+        for i, (delete, route) in enumerate(ops):
+            try:
+                oif = self._index(route.dev) if route.dev is not None else None
+            except NotFound as exc:
+                # a missing device: nothing to delete, nothing to route through
+                outcomes[i] = None if delete else exc
+                requests.append(None)
+                continue
+            requests.append(rtnl.encode_route(route, oif, delete))
+        try:
+            acks = self._route_socket().send(requests)
+        except (OSError, KernelError) as exc:
+            # the outcome of every request is unknown: report them all, the next apply retries
+            error = exc if isinstance(exc, KernelError) else KernelError(exc.strerror or str(exc))
+            return [error if r is not None else o for r, o in zip(requests, outcomes, strict=True)]
+        for i, (code, detail) in enumerate(acks):
+            if code:
+                error = error_from_errno(code, detail)
+                outcomes[i] = None if ops[i].delete and isinstance(error, NotFound) else error
+        return outcomes
 
     # proxy-NDP entries
 
-    def neigh_proxies(self, ifnames: set[str]) -> list[NeighProxy]:
+    def neigh_proxies(self) -> list[NeighProxy]:
         # the kernel dumps its proxy table only when the request carries NTF_PROXY
         request = ndmsg()
         request["family"] = AF_INET6
         request["flags"] = NTF_PROXY
+        names = self._names()
         with _errors():
-            names = {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
             request["header"]["type"] = RTM_GETNEIGH
             request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
             # (the synchronous nlm_request of pyroute2 0.9.7 fails on a missing status key)
@@ -234,7 +224,7 @@ class NetlinkKernel:
             found = []
             for m in msgs:
                 name = names.get(m["ifindex"])
-                if name in ifnames and m["flags"] & NTF_PROXY:
+                if name is not None and m["flags"] & NTF_PROXY:
                     addr = ipaddress.IPv6Address(m.get("NDA_DST"))
                     found.append(NeighProxy(name, addr))
         return found
@@ -342,23 +332,3 @@ def _tunnel_spec(tunnel: Tunnel) -> dict[str, Any]:
     else:
         spec["ip6tnl_encap_limit"] = tunnel.encap_limit
     return spec
-
-
-def _route(m: Any, names: dict[int, str]) -> Route:
-    family_default = "0.0.0.0" if m["family"] == AF_INET else "::"
-    dst = ipaddress.ip_network(f"{m.get('RTA_DST') or family_default}/{m['dst_len']}")
-    via = m.get("RTA_GATEWAY") or (m.get("RTA_VIA") or {}).get("addr")
-    unreachable = m["type"] == RTN_UNREACHABLE
-    oif = m.get("RTA_OIF")
-    return Route(
-        dst=dst,
-        table=m.get("RTA_TABLE") or m["table"],
-        proto=m["proto"],
-        # IPv6 unreachable routes point at lo by construction; that is not a choice of ours
-        dev=None if unreachable or oif is None else names.get(oif),
-        via=ipaddress.ip_address(via) if via else None,
-        onlink=bool(m["flags"] & RTNH_F_ONLINK),
-        unreachable=unreachable,
-        scope=m["scope"],
-        metric=m.get("RTA_PRIORITY") or 0,
-    )

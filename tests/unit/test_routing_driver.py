@@ -1,7 +1,9 @@
-"""The routing driver against an in-memory kernel: diff, ownership, partial failure."""
+"""The routing driver against an in-memory kernel: diff, ownership, partial failure, the cache
+of what the kernel has and batched route writes."""
 
 import dataclasses
 import ipaddress
+from collections import Counter
 
 import pytest
 
@@ -27,6 +29,7 @@ class FakeKernel:
         self.proxies = set()
         self.sysctls = {"net/ipv4/ip_forward": "0", "net/ipv6/conf/all/forwarding": "0"}
         self.log = []
+        self.reads = Counter()  # what the driver read, by kind
         self.failing = {}  # str(dst) -> error words
 
     def _new_index(self):
@@ -37,6 +40,7 @@ class FakeKernel:
         self.links_[name] = LinkState(name, self._new_index(), kind, mtu, True, master)
 
     def links(self):
+        self.reads["links"] += 1
         return list(self.links_.values())
 
     def add_link(self, link):
@@ -82,8 +86,9 @@ class FakeKernel:
         self.addrs = {a for a in self.addrs if a[0] != name}
         self.routes_ = {k: r for k, r in self.routes_.items() if r.dev != name}
 
-    def addresses(self, ifnames):
-        return [a for a in self.addrs if a[0] in ifnames]
+    def addresses(self):
+        self.reads["addresses"] += 1
+        return list(self.addrs)
 
     def _need(self, ifname):
         if ifname not in self.links_:
@@ -97,9 +102,22 @@ class FakeKernel:
         self.addrs.discard((address.ifname, address.address))
 
     def routes(self, protos):
+        self.reads["routes"] += 1
         return [r for r in self.routes_.values() if r.proto in protos]
 
-    def replace_route(self, route):
+    def write_routes(self, ops):
+        # like the kernel: one request after the other, each with its own answer
+        self.log.append(("write_routes", len(ops)))
+        outcomes = []
+        for delete, route in ops:
+            try:
+                (self._delete_route if delete else self._replace_route)(route)
+                outcomes.append(None)
+            except KernelError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _replace_route(self, route):
         if str(route.dst) in self.failing:
             raise KernelError(self.failing[str(route.dst)])
         if route.dev:
@@ -109,12 +127,12 @@ class FakeKernel:
             route, netns=None
         )
 
-    def delete_route(self, route):
+    def _delete_route(self, route):
         self.log.append(("delete_route", str(route.dst)))
         self.routes_.pop((route.table, route.dst, route.metric), None)
 
-    def neigh_proxies(self, ifnames):
-        return [NeighProxy(i, a) for i, a in self.proxies if i in ifnames]
+    def neigh_proxies(self):
+        return [NeighProxy(i, a) for i, a in self.proxies]
 
     def add_neigh_proxy(self, proxy):
         self.proxies.add((proxy.ifname, proxy.address))
@@ -123,6 +141,7 @@ class FakeKernel:
         self.proxies.discard((proxy.ifname, proxy.address))
 
     def read_sysctl(self, path):
+        self.reads["sysctls"] += 1
         return self.sysctls.get(path)
 
     def write_sysctl(self, path, value):
@@ -278,15 +297,18 @@ def test_changed_tunnel_endpoint_recreates_the_tunnel(world, driver):
     other = dataclasses.replace(tunnel.tunnel, hoplimit=10)
     host.links_["rnv-t100"] = dataclasses.replace(tunnel, tunnel=other)
     host.log.clear()
-    driver.apply(desired(make_config()))
+    driver.apply(desired(make_config()), resync=True)
     assert host.log[:2] == [("delete_link", "rnv-t100"), ("add_link", "rnv-t100")]
     assert host.links_["rnv-t100"].tunnel.hoplimit == 64
+    # the kernel dropped the routes through the old tunnel; the same run put them back
+    assert (markers.vrf_table(100), net("10.0.0.2/32"), 0) in host.routes_
+    assert driver.plan(desired(make_config()), resync=True).changes == []
 
 
 def test_veth_whose_peer_is_gone_is_recreated(world, driver):
     driver.apply(desired(make_config()))
     del world.ns("w1").links_["eth0"]
-    result = driver.apply(desired(make_config()))
+    result = driver.apply(desired(make_config()), resync=True)
     assert result.ok
     assert "eth0" in world.ns("w1").links_
     assert any(c.op == "~" and c.obj.name == endpoint_link_name("b1") for c in result.changes)
@@ -346,5 +368,107 @@ def test_stray_address_on_our_device_is_removed(world, driver):
     driver.apply(desired(make_config()))
     stray = Address(markers.HOST_DEVICE, ipaddress.ip_interface("2001:db8:0:1::99/128"))
     world.ns(None).addrs.add((stray.ifname, stray.address))
-    result = driver.apply(desired(make_config()))
+    result = driver.apply(desired(make_config()), resync=True)
     assert [str(c) for c in result.changes] == [f"- {stray}"]
+
+
+def remote_endpoints(count, start=0):
+    return {
+        f"e{i}": {
+            "tenant": "blue",
+            "addresses": [f"10.1.0.{i + 1}", f"fd11::{i + 1:x}"],
+            "host": "host2",
+        }
+        for i in range(start, start + count)
+    }
+
+
+def config_with_remotes(count):
+    cfg = make_config()
+    data = cfg.model_dump(mode="json")
+    data["remote_endpoints"] |= remote_endpoints(count)
+    return Config.model_validate(data)
+
+
+def test_reapply_reads_no_routes_and_once_settled_nothing_at_all(world, driver):
+    driver.apply(desired(config_with_remotes(20)))
+    host = world.ns(None)
+    host.reads.clear()
+    result = driver.apply(desired(config_with_remotes(20)))
+    assert result.ok and result.changes == []
+    # the first apply changed devices, so their cheap facts (links) are read again, once
+    assert host.reads["routes"] == 0 and host.reads["links"] == 1
+    for kernel in world.kernels.values():
+        kernel.reads.clear()
+        kernel.log.clear()
+    assert driver.apply(desired(config_with_remotes(20))).changes == []
+    assert all(k.reads == {} and k.log == [] for k in world.kernels.values())
+
+
+def test_a_delta_writes_only_the_delta_in_one_batch(world, driver):
+    driver.apply(desired(config_with_remotes(20)))
+    host = world.ns(None)
+    host.reads.clear()
+    host.log.clear()
+    result = driver.apply(desired(config_with_remotes(21)))
+    assert result.ok
+    assert sorted(str(c.obj.dst) for c in result.changes) == ["10.1.0.21/32", "fd11::15/128"]
+    assert host.reads["routes"] == 0
+    assert [op for op in host.log if op[0] == "write_routes"] == [("write_routes", 2)]
+    result = driver.apply(desired(config_with_remotes(19)))
+    assert [str(c) for c in result.changes if c.op == "-"] == [
+        str(c) for c in result.changes
+    ] and len(result.changes) == 4
+
+
+def test_a_failure_in_the_middle_of_a_batch_is_attributed_and_the_rest_applied(world, driver):
+    host = world.ns(None)
+    host.failing["10.1.0.10/32"] = "Invalid argument"
+    result = driver.apply(desired(config_with_remotes(20)))
+    table = markers.vrf_table(100)
+    assert [str(f) for f in result.failures] == [
+        f"route 10.1.0.10/32 table {table}: Invalid argument"
+    ]
+    route_batches = [op for op in host.log if op[0] == "write_routes"]
+    assert len(route_batches) == 1  # every route of the host in one batch
+    assert (table, net("10.1.0.11/32"), 0) in host.routes_
+    assert (table, net("10.1.0.9/32"), 0) in host.routes_
+    assert (table, net("10.1.0.10/32"), 0) not in host.routes_
+    # the cache knows the route is missing: the next apply retries exactly that one
+    del host.failing["10.1.0.10/32"]
+    host.log.clear()
+    again = driver.apply(desired(config_with_remotes(20)))
+    assert again.ok and [str(c.obj.dst) for c in again.changes] == ["10.1.0.10/32"]
+    assert host.log == [("write_routes", 1), ("replace_route", "10.1.0.10/32")]
+
+
+def test_drift_is_found_by_resync(world, driver):
+    cfg = config_with_remotes(3)
+    driver.apply(desired(cfg))
+    host = world.ns(None)
+    gone = host.routes_.pop((markers.vrf_table(100), net("10.1.0.2/32"), 0))
+    stray = dataclasses.replace(gone, dst=net("10.9.9.9/32"))
+    host.routes_[stray.key[1:]] = stray
+    assert driver.plan(desired(cfg)).changes == []  # the cache does not know yet
+    result = driver.apply(desired(cfg), resync=True)
+    assert sorted(str(c) for c in result.changes) == [f"+ {gone}", f"- {stray}"]
+    assert driver.plan(desired(cfg), resync=True).changes == []
+
+
+def test_a_restarted_driver_recognises_everything_and_changes_nothing(world, driver):
+    driver.apply(desired(config_with_remotes(5)))
+    assert RoutingDriver(world.ns).plan(desired(config_with_remotes(5))).changes == []
+
+
+def test_a_new_workload_reasserts_only_its_own_routes(world, driver):
+    driver.apply(desired(config_with_remotes(5)))
+    host = world.ns(None)
+    host.log.clear()
+    cfg = make_config()
+    data = cfg.model_dump(mode="json")
+    data["remote_endpoints"] |= remote_endpoints(5)
+    data["endpoints"]["b2"] = {"tenant": "blue", "addresses": ["10.0.0.7"], "netns": "w1"}
+    result = driver.apply(desired(Config.model_validate(data)))
+    assert result.ok, result.lines()
+    written = sorted(op[1] for op in host.log if op[0] == "replace_route")
+    assert written == ["10.0.0.7/32", "10.0.0.7/32"]  # VRF and publish table
