@@ -70,18 +70,20 @@ class Datapath:
         socket = config.keying.vici_socket
         self.ike = IkeDriver(lambda: ViciSession(socket))
 
-    def plan(self, config: Config, view: DirectoryView) -> Outcome:
-        return self._run(config, view, execute=False)
+    def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
+        return self._run(config, view, execute=False, resync=resync)
 
-    def apply(self, config: Config, view: DirectoryView) -> Outcome:
-        return self._run(config, view, execute=True)
+    def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
+        """`resync`: drivers that cache the kernel (routing) read it again first; pass it on the
+        periodic resync, which is what finds changes made behind the agent's back."""
+        return self._run(config, view, execute=True, resync=resync)
 
-    def _run(self, config: Config, view: DirectoryView, execute: bool) -> Outcome:
+    def _run(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Outcome:
         return Outcome(
             [
                 _stage("netfilter", lambda: self._netfilter(config, view, execute)),
                 _stage("xfrm", lambda: self._xfrm(config, view, execute)),
-                _stage("routing", lambda: self._routing(config, view, execute)),
+                _stage("routing", lambda: self._routing(config, view, execute, resync)),
                 *(
                     [_stage("ike", lambda: self._ike(config, view, execute))]
                     if config.keying.mode is KeyingMode.IKE
@@ -121,12 +123,13 @@ class Datapath:
             return Stage("ike", errors=[*desired.errors, str(exc)])
         return Stage("ike", lines=[op.describe() for op in plan.ops], errors=list(desired.errors))
 
-    def _routing(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
+    def _routing(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Stage:
         try:
             desired = desired_routing(config, view)
         except RoutingConflict as exc:
             return Stage("routing", errors=[str(exc)])
-        result = self.routing.apply(desired) if execute else self.routing.plan(desired)
+        run = self.routing.apply if execute else self.routing.plan
+        result = run(desired, resync=resync)
         return Stage(
             "routing",
             lines=[str(c) for c in result.changes],
