@@ -1,0 +1,124 @@
+"""`routed-nv agent` as a real process in each host namespace of a built lab.
+
+Each agent gets the host's config file (LabDatapath writes them), its own run directory (control
+socket) and its own sd_notify socket, which this process reads: readiness is measured exactly
+as systemd would see it. Agents are started through Lab.spawn, so a lab teardown stops any that
+a test left running (by pid).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from routed_nv.agent.control import SOCKET_NAME, ask
+from routed_nv.lab.builder import LabError
+from routed_nv.lab.datapath import LabDatapath
+
+# The agent command by import path: works whether or not the CLI group lists it yet.
+AGENT = "from routed_nv.agent.daemon_commands import agent_command; agent_command()"
+STATUS = "from routed_nv.agent.status_commands import status_command; status_command()"
+READY_TIMEOUT_S = 60.0
+
+
+class LabAgent:
+    def __init__(self, lab: LabDatapath, host: str, workdir: Path) -> None:
+        self.lab = lab
+        self.host = host
+        self.namespace = lab.lab.topology.host(host).namespace
+        self.config_path = lab.config_files[host]
+        self.run_dir = workdir / host / "run"
+        self.log_path = workdir / host / "agent.log"
+        self._notify_path = workdir / host / "notify"
+        self._notify: socket.socket | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.messages: list[dict[str, str]] = []
+
+    def start(self, *args: str) -> float:
+        """Start the agent; returns the seconds from start to READY=1."""
+        self._notify_path.unlink(missing_ok=True)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._notify.bind(str(self._notify_path))
+        argv = [sys.executable, "-c", AGENT, "-c", str(self.config_path)]
+        argv += ["--run-dir", str(self.run_dir), *args]
+        started = time.monotonic()
+        env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path)}
+        with self.log_path.open("ab") as log:
+            self.proc = self.lab.lab.spawn(self.namespace, argv, stdout=log, stderr=log, env=env)
+        self.until("READY")
+        return time.monotonic() - started
+
+    def until(self, key: str, timeout: float = READY_TIMEOUT_S) -> dict[str, str]:
+        """The next sd_notify message that carries `key` (READY, RELOADING, STOPPING...)."""
+        assert self._notify is not None
+        end = time.monotonic() + timeout
+        while True:
+            self._notify.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                data = self._notify.recv(4096).decode()
+            except TimeoutError:
+                raise LabError(
+                    f"{self.host}: no {key}= from the agent in {timeout:g} s; log:\n{self.log()}"
+                ) from None
+            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            self.messages.append(message)
+            if key in message:
+                return message
+
+    def reload(self) -> dict[str, str]:
+        """SIGHUP; returns the READY message that ends the reload (after its apply)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        self.until("RELOADING")
+        return self.until("READY")
+
+    def stop(self) -> int:
+        """SIGTERM; returns the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.until("STOPPING", timeout=1)  # sent before the exit: already queued
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+        return code
+
+    def status(self) -> dict[str, Any]:
+        return ask(self.run_dir / SOCKET_NAME, {"request": "status"})  # type: ignore[no-any-return]
+
+    def status_command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`routed-nv status` as an operator runs it (the socket is a path: any namespace)."""
+        return subprocess.run(
+            [sys.executable, "-c", STATUS, "--run-dir", str(self.run_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+class LabAgents:
+    """One LabAgent per lab host."""
+
+    def __init__(self, lab: LabDatapath, workdir: Path) -> None:
+        self.agents = {h.name: LabAgent(lab, h.name, workdir) for h in lab.lab.topology.hosts}
+
+    def __getitem__(self, host: str) -> LabAgent:
+        return self.agents[host]
+
+    def start_all(self, *args: str) -> dict[str, float]:
+        return {host: agent.start(*args) for host, agent in self.agents.items()}
+
+    def stop_all(self) -> dict[str, int]:
+        return {
+            host: a.stop() for host, a in self.agents.items() if a.proc and a.proc.poll() is None
+        }

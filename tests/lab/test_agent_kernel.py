@@ -1,0 +1,196 @@
+"""`routed-nv agent` as a process in every host namespace of the lab, on a real kernel: readiness
+through sd_notify, status through the control socket, reload on SIGHUP (and on `endpoint add`),
+and a stop that leaves the dataplane in place, with a restart that changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_datapath_scenario import Ping, kernel_objects, ns, sh
+
+from routed_nv.lab.agents import LabAgents
+from routed_nv.lab.builder import Lab
+from routed_nv.lab.checks import tenant_matrix
+from routed_nv.lab.datapath import LabDatapath
+from routed_nv.lab.topology import default_topology
+
+pytestmark = pytest.mark.kernel
+
+ENDPOINT_CMD = "from routed_nv.agent.status_commands import endpoint_group; endpoint_group()"
+NEW_NETNS = "rnv-lab-blue1b"  # the lab prefix: `routed-nv lab down` cleans it up if we do not
+
+
+@dataclass
+class Env:
+    lab: LabDatapath
+    agents: LabAgents
+    ready_s: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    workdir = tmp_path_factory.mktemp("agents")
+    with Lab(default_topology()) as built:
+        lab = LabDatapath(built, workdir)
+        lab.configure_workloads()
+        agents = LabAgents(lab, workdir)
+        ready = agents.start_all()
+        print(f"\nagent start -> READY=1 (first apply, empty host): {ready}")
+        yield Env(lab, agents, ready)
+        agents.stop_all()
+
+
+def test_agents_get_ready_and_every_tenant_pair_reaches_over_esp(env: Env) -> None:
+    reaches = tenant_matrix(env.lab.lab)
+    assert [r for r in reaches if not r.ok] == []
+    assert len(reaches) == 24
+    for host, agent in env.agents.agents.items():
+        assert agent.status()["agent"]["state"] == "ready", (host, agent.log())
+        applies = [x for x in agent.log().splitlines() if x.startswith("agent.apply ")]
+        print(f"{host}: {applies}")
+        assert applies[0].startswith("agent.apply ok=true changes=")
+        assert "changes=0 " not in applies[0] and "trigger=start" in applies[0]
+
+
+def test_status_json_and_metrics_of_a_running_agent(env: Env) -> None:
+    agent = env.agents["host1"]
+    done = agent.status_command("-o", "json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["datapath"] | {"routes": 0} == {
+        "tenants": 2,
+        "local_endpoints": 2,
+        "remote_addresses": 8,  # 2 tenants x 2 other hosts x (IPv4 + IPv6)
+        "routes": 0,
+        "sas": 8,  # 2 tenants x 2 peers x (in + out)
+    }
+    assert status["directory"] | {"detail": ""} == {
+        "source": "static",
+        "in_sync": True,
+        "detail": "",
+        "peers_up": 0,
+        "peers": [],
+        "rejected": [],
+        "rejected_total": {},
+    }
+    brief = agent.status_command("--brief")
+    assert brief.stdout.startswith("ready: directory static in sync"), brief.stdout
+
+    scrape = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9573/metrics').read().decode())"
+    metrics = env.lab.lab.exec(agent.namespace, [sys.executable, "-c", scrape]).stdout
+    assert "routed_nv_sas 8.0" in metrics
+    assert 'routed_nv_endpoints{location="remote"} 8.0' in metrics
+    assert 'routed_nv_xfrm_errors_total{counter="XfrmInTmplMismatch"}' in metrics
+    assert "routed_nv_reconcile_duration_seconds_count" in metrics
+
+
+def endpoint_cmd(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    host1 = env.agents["host1"]
+    common = ["-c", str(host1.config_path), "--run-dir", str(host1.run_dir)]
+    return subprocess.run(
+        [sys.executable, "-c", ENDPOINT_CMD, *args, *common],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_new_endpoint_is_reachable_after_reload(env: Env) -> None:
+    host1, host2 = env.agents["host1"], env.agents["host2"]
+    host2_file = host2.config_path
+    original = host2_file.read_text()
+    subprocess.run(["ip", "netns", "add", NEW_NETNS], check=True)
+    try:
+        sh(env.lab, NEW_NETNS, "ip link set lo up")
+        # host1: `routed-nv endpoint add` writes its own drop-in and asks the agent to reload
+        added = endpoint_cmd(
+            env,
+            "add",
+            "blue1b",
+            "--tenant",
+            "blue",
+            "--address",
+            "10.0.0.11",
+            "--address",
+            "fd10::11",
+            "--netns",
+            NEW_NETNS,
+        )
+        assert added.returncode == 0, added.stderr
+        assert added.stdout.splitlines()[-1] == "agent reload requested"
+        host1.until("RELOADING")
+        started = time.monotonic()
+        host1.until("READY")
+        # host2: its (static) directory learns the endpoint from its config file, on SIGHUP
+        host2_file.write_text(
+            original + '\n[remote_endpoints.blue1b]\ntenant = "blue"\n'
+            'addresses = ["10.0.0.11", "fd10::11"]\nhost = "host1"\n'
+        )
+        host2.reload()
+        print(f"\nhost1 reload -> READY=1 with the endpoint: {time.monotonic() - started:.2f} s")
+        v4 = sh(env.lab, ns("blue2"), "ping -c 3 -i 0.2 -W 2 10.0.0.11")
+        v6 = sh(env.lab, ns("blue2"), "ping -6 -c 3 -i 0.2 -W 2 fd10::11")
+        assert " 0% packet loss" in v4 and " 0% packet loss" in v6, (v4, v6)
+        assert host1.status()["datapath"]["local_endpoints"] == 3
+    finally:
+        endpoint_cmd(env, "del", "blue1b")
+        host2_file.write_text(original)
+        host1.until("READY")
+        host2.reload()
+        subprocess.run(["ip", "netns", "del", NEW_NETNS], check=False)
+    assert "rnv-eblue1b" not in sh(env.lab, ns("host1"), "ip -o link")
+
+
+def test_a_bad_config_on_sighup_keeps_the_agent_on_the_old_one(env: Env) -> None:
+    agent = env.agents["host3"]
+    original = agent.config_path.read_text()
+    agent.config_path.write_text(original.replace("id = 100", "id = 70000", 1))
+    try:
+        message = agent.reload()
+    finally:
+        agent.config_path.write_text(original)
+    assert message["STATUS"].startswith("reload failed (1 problems)")
+    assert agent.status()["config_errors"] == 1
+    assert "tenants.blue.id: 70000 is out of range" in agent.log()
+    reaches = sh(env.lab, ns("blue3"), "ping -c 2 -i 0.2 -W 2 10.0.0.1")
+    assert " 0% packet loss" in reaches
+
+
+def test_stopped_agents_leave_the_dataplane_and_restarted_ones_change_nothing(env: Env) -> None:
+    hosts = list(env.agents.agents)
+    before = {h: kernel_objects(env.lab, h) for h in hosts}
+    pings = [Ping(env.lab, "blue1", "10.0.0.2"), Ping(env.lab, "red3", "fd10::1")]
+
+    assert env.agents.stop_all() == dict.fromkeys(hosts, 0)
+    for agent in env.agents.agents.values():
+        assert agent.log().splitlines()[-1] == "agent.stop dataplane=left-in-place"
+        assert agent.messages[-1]["STOPPING"] == "1"
+    time.sleep(1.0)  # traffic flows with no agent at all
+    stopped = {h: kernel_objects(env.lab, h) for h in hosts}
+    restart_s = env.agents.start_all()
+    print(f"\nrestarted agent -> READY=1 (adopts, 0 changes): {restart_s}")
+    time.sleep(0.5)
+    results = [p.stop() for p in pings]
+
+    assert stopped == before
+    for sent, received in results:
+        assert sent > 100 and received == sent, results
+    for host, agent in env.agents.agents.items():
+        last = agent.status()["last_apply"]
+        assert (last["ok"], last["changes"], last["trigger"]) == (True, 0, "start"), host
+    assert {h: kernel_objects(env.lab, h) for h in hosts} == before
+
+
+def test_agent_log_has_no_key_material(env: Env) -> None:
+    secrets = [p.read_text().split()[1] for p in Path(env.lab.secrets_dir).glob("*.key")]
+    for agent in env.agents.agents.values():
+        log = agent.log()
+        assert log and not any(secret in log for secret in secrets)
