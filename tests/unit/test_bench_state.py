@@ -15,6 +15,10 @@ def test_lab_host_matches_what_routed_nv_installs_on_three_hosts() -> None:
     )
 
 
+def test_routed_nv_keys_only_peers_with_the_tenants_workloads() -> None:
+    assert state.per_host(Variant.ROUTED, lab_load(Variant.ROUTED, 30)).sas == 8
+
+
 def test_bridged_state_is_fdb_and_host_pair_sas() -> None:
     load = lab_load(Variant.VXLAN, 10)
     assert state.per_host(Variant.VXLAN, load) == HostState(routes=0, sas=0, policies=0, fdb=22)
@@ -48,4 +52,4 @@ def test_projection_grid_covers_every_variant_and_size() -> None:
     assert {(p.variant, p.hosts, p.span) for p in rows} >= {
         (v, h, h) for v in Variant for h in (10, 100, 1000)
     }
-    assert len(rows) == 2 * 3 * len(Variant)
+    assert len(rows) == (3 + 2) * len(Variant)  # sparse only where it differs from dense
