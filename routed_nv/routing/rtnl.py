@@ -66,39 +66,52 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = _RTATTR.size + len(payload)
-    return _RTATTR.pack(length, kind) + payload + bytes(_align(length) - length)
+# Attributes packed in one call each: a route's whole message takes a handful of pack() calls.
+_ATTR_U32 = struct.Struct("=HHI")
+_ATTR_V4 = struct.Struct("=HH4s")
+_ATTR_V6 = struct.Struct("=HH16s")
+# struct rtvia (family, then the address), padded to 4 bytes, per next-hop IP version
+_ATTR_VIA = {4: struct.Struct("=HHH4s2x"), 6: struct.Struct("=HHH16s2x")}
+
+
+def _addr_attr(kind: int, packed: bytes) -> bytes:
+    layout = _ATTR_V4 if len(packed) == 4 else _ATTR_V6
+    return layout.pack(layout.size, kind, packed)
 
 
 def encode_route(route: Route, oif: int | None, delete: bool) -> bytes:
     """RTM_NEWROUTE (create or replace) or RTM_DELROUTE for `route`, sequence number 0 (set by
-    RouteSocket.send). A delete carries the whole
-    route, so the kernel removes only a route that matches ours in type, scope and protocol,
-    never a look-alike someone else added."""
+    RouteSocket.send). A delete carries the whole route, so the kernel removes only a route that
+    matches ours in type, scope and protocol, never a look-alike someone else added."""
     dst = route.dst
     table = route.table
-    body = _RTMSG.pack(
-        _FAMILY[dst.version],
-        dst.prefixlen,
-        0,  # src_len
-        0,  # tos
-        table if table <= RT_TABLE_MAX_IN_HEADER else RT_TABLE_UNSPEC,
-        route.proto,
-        route.scope,
-        RTN_UNREACHABLE if route.unreachable else RTN_UNICAST,
-        RTNH_F_ONLINK if route.onlink else 0,
-    )
-    body += _attr(RTA_DST, dst.network_address.packed)
-    body += _attr(RTA_TABLE, _U32.pack(table))
-    body += _attr(RTA_PRIORITY, _U32.pack(route.metric))
+    parts = [
+        _RTMSG.pack(
+            _FAMILY[dst.version],
+            dst.prefixlen,
+            0,  # src_len
+            0,  # tos
+            table if table <= RT_TABLE_MAX_IN_HEADER else RT_TABLE_UNSPEC,
+            route.proto,
+            route.scope,
+            RTN_UNREACHABLE if route.unreachable else RTN_UNICAST,
+            RTNH_F_ONLINK if route.onlink else 0,
+        ),
+        _addr_attr(RTA_DST, dst.network_address.packed),
+        _ATTR_U32.pack(_ATTR_U32.size, RTA_TABLE, table),
+        _ATTR_U32.pack(_ATTR_U32.size, RTA_PRIORITY, route.metric),
+    ]
     if oif is not None:
-        body += _attr(RTA_OIF, _U32.pack(oif))
-    if route.via is not None:
-        if route.via.version == dst.version:
-            body += _attr(RTA_GATEWAY, route.via.packed)
-        else:  # an IPv6 next hop of an IPv4 route (struct rtvia: family, address)
-            body += _attr(RTA_VIA, _VIA_FAMILY.pack(_FAMILY[route.via.version]) + route.via.packed)
+        parts.append(_ATTR_U32.pack(_ATTR_U32.size, RTA_OIF, oif))
+    via = route.via
+    if via is not None:
+        if via.version == dst.version:
+            parts.append(_addr_attr(RTA_GATEWAY, via.packed))
+        else:  # e.g. an IPv6 next hop of an IPv4 route
+            layout = _ATTR_VIA[via.version]
+            family = _FAMILY[via.version]
+            parts.append(layout.pack(layout.size - 2, RTA_VIA, family, via.packed))
+    body = b"".join(parts)
     kind, flags = (
         (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK)
         if delete

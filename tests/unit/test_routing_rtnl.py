@@ -100,3 +100,9 @@ def test_batched_requests_are_answered_one_by_one_in_order():
     assert outcomes[13] == (errno.EINVAL, "Invalid gateway")
     assert [i for i, (code, _) in enumerate(outcomes) if code] == [13]
     assert outcomes[5] == (0, None)
+
+
+def test_an_ipv4_next_hop_of_an_ipv6_route_round_trips():
+    route = Route(net("fd10::2/128"), 100, 231, dev="eth0", via=ip("192.0.2.1"))
+    ((_, _, _, body),) = rtnl.messages(rtnl.encode_route(route, 8, delete=False))
+    assert rtnl.decode_route(body, NAMES, {231}) == route
