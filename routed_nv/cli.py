@@ -12,6 +12,7 @@ from routed_nv import __version__
 from routed_nv.agent.commands import apply_command
 from routed_nv.config.commands import config_group
 from routed_nv.doctor import doctor_command
+from routed_nv.esp.commands import sa_group
 from routed_nv.lab.commands import lab_group
 
 
@@ -33,3 +34,4 @@ main.add_command(apply_command)
 main.add_command(config_group)
 main.add_command(doctor_command)
 main.add_command(lab_group)
+main.add_command(sa_group)

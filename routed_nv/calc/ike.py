@@ -26,7 +26,7 @@ from pathlib import Path
 from routed_nv import markers
 from routed_nv.calc.inputs import DirectoryView, PeerHost
 from routed_nv.config.model import Config, Keying, KeyingMode
-from routed_nv.esp.keys import KeyFileError, _read_private
+from routed_nv.esp.keys import KeyFileError, read_private
 from routed_nv.esp.objects import TUNNELLED_PROTOS
 from routed_nv.esp.secret import Secret
 
@@ -128,7 +128,7 @@ def desired_ike(
     config: Config,
     view: DirectoryView,
     timers: IkeTimers = IkeTimers(),  # frozen: one shared default is safe
-    read_private: FileReader = _read_private,
+    read_private: FileReader = read_private,
     read_public: FileReader | None = None,
 ) -> DesiredIke:
     if config.keying.mode is not KeyingMode.IKE:

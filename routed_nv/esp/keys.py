@@ -60,7 +60,7 @@ def loader(secrets_dir: Path) -> KeyLoader:
 
 
 def load_tenant_keys(path: Path, tenant: str) -> TenantKeys:
-    return parse_key_file(_read_private(path), path, tenant)
+    return parse_key_file(read_private(path), path, tenant)
 
 
 def parse_key_file(text: str, path: Path, tenant: str) -> TenantKeys:
@@ -101,7 +101,7 @@ def derive_sa_key(
     return Secret(hkdf.derive(secret.value))
 
 
-def _read_private(path: Path) -> str:
+def read_private(path: Path) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
