@@ -42,10 +42,8 @@ def test_routed_nv_floods_nothing_across_hosts_and_bridges_do(report: Report) ->
     for s in _variant(report, Variant.ROUTED).scale:
         assert (s.flood.resolve, s.flood.unknown, s.flood.boot) == (0, 0, 0)
     for variant in (Variant.VXLAN, Variant.VXLAN_IPSEC):
-        small, large = _variant(report, variant).scale
-        assert small.flood.resolve > 0 and small.flood.unknown > 0 and small.flood.boot > 0
-        # head-end replication: one copy per other host
-        assert large.flood.unknown > small.flood.unknown
+        for s in _variant(report, variant).scale:
+            assert s.flood.resolve > 0 and s.flood.unknown > 0 and s.flood.boot > 0, variant
 
 
 def test_measured_state_matches_the_formulas(report: Report) -> None:
