@@ -10,6 +10,7 @@ import click
 
 from routed_nv import __version__
 from routed_nv.agent.commands import apply_command
+from routed_nv.bench.commands import bench_command
 from routed_nv.config.commands import config_group
 from routed_nv.doctor import doctor_command
 from routed_nv.esp.commands import sa_group
@@ -31,6 +32,7 @@ def main() -> None:
 
 
 main.add_command(apply_command)
+main.add_command(bench_command)
 main.add_command(config_group)
 main.add_command(doctor_command)
 main.add_command(lab_group)

@@ -170,7 +170,8 @@ def underlay_capture(lab: Lab) -> Iterator[list[WireReport]]:
         pcap = Path(workdir) / "underlay.pcap"
         capture = lab.spawn(
             lab.topology.router_namespace,
-            ["tcpdump", "-i", "any", "-nn", "-U", "-w", str(pcap)],
+            # immediate mode: without it the packets still buffered when tcpdump stops are lost
+            ["tcpdump", "-i", "any", "-nn", "--immediate-mode", "-U", "-w", str(pcap)],
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1)  # tcpdump opens its sockets asynchronously
