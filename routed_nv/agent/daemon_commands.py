@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 from collections.abc import Callable
@@ -112,6 +113,8 @@ def agent_command(
       ip netns exec host1 routed-nv agent -c lab/host1/routed-nv.toml --run-dir /tmp/rnv/host1
       systemctl reload routed-nv   # = kill -HUP <agent pid>
     """
+    # a crash or a hang (SIGABRT) leaves every thread's stack in the journal
+    faulthandler.enable()
     log = EventLog(LogFormat(log_format))
     try:
         config = load_config(config_path)

@@ -5,8 +5,9 @@ any thread), `request_reload` and `request_stop` (signal handlers, the control s
 thread alone touches the kernel, through one Datapath that lives as long as the agent:
 - one apply per dirty period, never sooner than `min_interval_s` after the previous one started,
   so a burst of directory updates becomes one apply of the latest view;
-- a full resync every `resync_interval_s` even when nothing is dirty: every apply reads the
-  kernel back and diffs it, so this catches drift nobody reported;
+- a full resync every `resync_interval_s` even when nothing is dirty: drivers that cache the
+  kernel (routing) read it all again first, so this catches drift nobody reported; a retry
+  after a failure resyncs too, since a failure can mean the cache is wrong;
 - a failed apply (some objects, or an exception) stays dirty and is retried with exponential
   backoff; the objects that did apply stay applied;
 - before the source is in sync no remote route is deleted (`source.keep_known`).
@@ -48,7 +49,7 @@ class Settings:
 
 
 class DatapathLike(Protocol):
-    def apply(self, config: Config, view: DirectoryView) -> Outcome: ...
+    def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
 
 
 # The fields a Datapath is built from (the XFRM driver's ownership test uses the host prefix,
@@ -223,7 +224,8 @@ class Agent:
         config = self.config
         self._last_start, started = now, self._wall()
         try:
-            outcome = self._datapath.apply(config, view)
+            resync = bool({"start", "resync", "retry"} & set(why))
+            outcome = self._datapath.apply(config, view, resync=resync)
             errors = tuple(f"{s.name}: {e}" for s in outcome.stages for e in s.errors)
             changes = sum(len(s.lines) for s in outcome.stages)
             stages = {f"{s.name}_changes": len(s.lines) for s in outcome.stages}

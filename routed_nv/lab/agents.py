@@ -25,6 +25,7 @@ from routed_nv.lab.datapath import LabDatapath
 AGENT = "from routed_nv.agent.daemon_commands import agent_command; agent_command()"
 STATUS = "from routed_nv.agent.status_commands import status_command; status_command()"
 READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
 
 
 class LabAgent:
@@ -82,7 +83,13 @@ class LabAgent:
         """SIGTERM; returns the exit status."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
+        try:
+            code = self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # the agent enables faulthandler: SIGABRT writes every thread's stack to its log
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=10)
+            raise LabError(f"{self.host}: agent did not stop; log:\n{self.log()}") from None
         self.until("STOPPING", timeout=1)  # sent before the exit: already queued
         if self._notify is not None:
             self._notify.close()

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.kernel
 
 ENDPOINT_CMD = "from routed_nv.agent.status_commands import endpoint_group; endpoint_group()"
 NEW_NETNS = "rnv-lab-blue1b"  # the lab prefix: `routed-nv lab down` cleans it up if we do not
+RESYNC_S = 4
+AGENT_ARGS = ("--resync-interval", str(RESYNC_S))
 
 
 @dataclass
@@ -41,7 +43,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         lab = LabDatapath(built, workdir)
         lab.configure_workloads()
         agents = LabAgents(lab, workdir)
-        ready = agents.start_all()
+        ready = agents.start_all(*AGENT_ARGS)
         print(f"\nagent start -> READY=1 (first apply, empty host): {ready}")
         yield Env(lab, agents, ready)
         agents.stop_all()
@@ -175,7 +177,7 @@ def test_stopped_agents_leave_the_dataplane_and_restarted_ones_change_nothing(en
         assert agent.messages[-1]["STOPPING"] == "1"
     time.sleep(1.0)  # traffic flows with no agent at all
     stopped = {h: kernel_objects(env.lab, h) for h in hosts}
-    restart_s = env.agents.start_all()
+    restart_s = env.agents.start_all(*AGENT_ARGS)
     print(f"\nrestarted agent -> READY=1 (adopts, 0 changes): {restart_s}")
     time.sleep(0.5)
     results = [p.stop() for p in pings]
@@ -184,9 +186,24 @@ def test_stopped_agents_leave_the_dataplane_and_restarted_ones_change_nothing(en
     for sent, received in results:
         assert sent > 100 and received == sent, results
     for host, agent in env.agents.agents.items():
-        last = agent.status()["last_apply"]
-        assert (last["ok"], last["changes"], last["trigger"]) == (True, 0, "start"), host
+        since_restart = agent.log().rsplit("agent.start ", 1)[1]
+        first = next(x for x in since_restart.splitlines() if x.startswith("agent.apply "))
+        assert first.startswith("agent.apply ok=true changes=0 "), (host, first)
+        assert "trigger=start" in first
     assert {h: kernel_objects(env.lab, h) for h in hosts} == before
+
+
+def test_the_periodic_resync_repairs_drift_nobody_reported(env: Env) -> None:
+    agent = env.agents["host1"]
+    sh(env.lab, ns("host1"), "ip route del 10.0.0.2/32 vrf rnv-v100")
+    assert "10.0.0.2" not in sh(env.lab, ns("host1"), "ip route show vrf rnv-v100")
+    deadline = time.monotonic() + 3 * RESYNC_S
+    while "10.0.0.2" not in sh(env.lab, ns("host1"), "ip route show vrf rnv-v100"):
+        assert time.monotonic() < deadline, agent.log()
+        time.sleep(0.2)
+    repaired = [x for x in agent.log().splitlines() if "routing_changes=1" in x]
+    assert repaired and "trigger=resync" in repaired[-1]
+    assert " 0% packet loss" in sh(env.lab, ns("blue1"), "ping -c 2 -i 0.2 -W 2 10.0.0.2")
 
 
 def test_agent_log_has_no_key_material(env: Env) -> None:

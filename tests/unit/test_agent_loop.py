@@ -51,12 +51,14 @@ def view(*routes: RemoteRoute) -> DirectoryView:
 class FakeDatapath:
     def __init__(self) -> None:
         self.applied: list[tuple[Config, DirectoryView]] = []
+        self.resyncs: list[bool] = []
         self.errors: list[str] = []
         self.raises: Exception | None = None
         self.changes = ["+ route 10.0.0.2/32"]
 
-    def apply(self, config: Config, view: DirectoryView) -> Outcome:
+    def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         self.applied.append((config, view))
+        self.resyncs.append(resync)
         if self.raises is not None:
             raise self.raises
         return Outcome([Stage("routing", lines=list(self.changes), errors=list(self.errors))])
@@ -176,6 +178,11 @@ def test_a_periodic_resync_applies_without_any_update() -> None:
     h.settle()
     assert len(h.datapath.applied) == 2
     assert "trigger=resync" in h.lines("agent.apply")[-1]
+    h.publish(view(route("10.0.0.3")))
+    h.clock.now += 1
+    h.settle()
+    # the first apply and the resync read the whole kernel again; an update trusts the caches
+    assert h.datapath.resyncs == [True, True, False]
 
 
 def test_no_remote_route_is_deleted_before_the_source_is_in_sync() -> None:
@@ -219,6 +226,7 @@ def test_failures_stay_dirty_and_are_retried_with_exponential_backoff() -> None:
     snap = h.agent.snapshot()
     assert (snap.state, snap.reconcile_errors, snap.last_ok) == ("starting", 3, None)
     assert "trigger=retry" in h.lines("agent.apply")[-1]
+    assert h.datapath.resyncs[-1] is True  # a failure may mean a cache is wrong
     h.datapath.errors = []
     h.clock.now += 4
     assert h.settle() == pytest.approx(30)  # recovered: back to the resync period
