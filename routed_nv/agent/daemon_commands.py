@@ -114,7 +114,7 @@ def agent_command(
       systemctl reload routed-nv   # = kill -HUP <agent pid>
     """
     # a crash or a hang (SIGABRT) leaves every thread's stack in the journal
-    faulthandler.enable()
+    faulthandler.enable(sys.__stderr__)  # the real fd 2, even when click swaps sys.stderr
     log = EventLog(LogFormat(log_format))
     try:
         config = load_config(config_path)
