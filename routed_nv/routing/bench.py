@@ -6,20 +6,23 @@ by RoutingDriver over the real kernel, next to the `ip -batch` floor for the sam
 For each N (half IPv4 /32, half IPv6 /128, via the tenant tunnel like the directory's routes):
 first apply (the kernel has the tenant's links but none of the N routes), re-apply with nothing
 to change (from the cache, then with resync = reading the kernel again), apply of a one-route
-delta, and `ip -batch` adding the same N routes to an empty table (the floor). The calculation
-of the desired state is timed apart: it is not the driver's. Runs inside UML when this kernel
-lacks VRF/ip6tnl. Prints numbers only: UML speeds are not a machine's, compare the columns.
+delta, removal of all N, and `ip -batch` adding the same N routes to an empty table (the
+floor). The calculation of the desired state is timed apart: it is not the driver's. Runs inside
+UML when this kernel lacks VRF/ip6tnl. Prints numbers only: UML speeds are not a machine's,
+compare the columns.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from routed_nv import markers
@@ -27,7 +30,7 @@ from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute
 from routed_nv.calc.routing import desired_routing
 from routed_nv.config.model import Config
 from routed_nv.lab import uml
-from routed_nv.lab.builder import ip_batch
+from routed_nv.lab.builder import LabError, ip_batch
 from routed_nv.routing.driver import Result, RoutingDriver
 from routed_nv.routing.netlink import NetlinkKernel
 from routed_nv.routing.objects import DesiredRouting
@@ -50,6 +53,7 @@ class Row:
     again: float
     resync: float
     delta: float
+    remove: float
     floor: float
 
 
@@ -111,27 +115,41 @@ def measure(n: int) -> Row:
         start = time.monotonic()
         desired = desired_routing(config, _view(n))
         calc = time.monotonic() - start
-        first = _timed(lambda: driver.apply(desired))
-        again = _timed(lambda: driver.apply(desired))
-        resync = _timed(lambda: driver.apply(desired, resync=True))
-        one_more = desired_routing(config, _view(n + 1))
-        delta = _timed(lambda: driver.apply(one_more))
+        first = _timed(partial(driver.apply, desired))
+        again = _timed(partial(driver.apply, desired))
+        resync = _timed(partial(driver.apply, desired, resync=True))
         lines = _floor_lines(desired)
-        start = time.monotonic()
-        ip_batch(NETNS, lines)
-        floor = time.monotonic() - start
-        return Row(n, calc, first, again, resync, delta, floor)
+        del desired  # one desired state at a time
+        one_more = desired_routing(config, _view(n + 1))
+        delta = _timed(partial(driver.apply, one_more))
+        del one_more
+        remove = _timed(partial(driver.apply, desired_routing(config, _view(0))))
+        return Row(n, calc, first, again, resync, delta, remove, _floor(lines))
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], check=False)
 
 
-def report(rows: list[Row]) -> None:
+def _floor(lines: list[str]) -> float:
+    """Seconds for `ip -batch` to add the routes; NaN when it cannot (in UML, 100,000 routes can
+    exhaust the host's vm.max_map_count: "UML ran out of memory on the host side")."""
+    start = time.monotonic()
+    try:
+        ip_batch(NETNS, lines)
+    except LabError as exc:
+        print(f"ip -batch floor for {len(lines)} routes failed: {exc}", file=sys.stderr)
+        return math.nan
+    return time.monotonic() - start
+
+
+def report(sizes: list[int]) -> None:
+    """One row per size, printed as soon as it is measured."""
     print("seconds; apply = RoutingDriver.apply alone, calc = desired_routing for the N routes")
-    header = ("N", "calc", "apply", "re-apply", "re-apply+resync", "1-route delta", "ip -batch")
-    print("".join(f"{h:>16}" for h in header))
-    for r in rows:
-        values = (r.calc, r.first, r.again, r.resync, r.delta, r.floor)
-        print(f"{r.n:>16}" + "".join(f"{v:>16.3f}" for v in values))
+    header = ("N", "calc", "apply", "re-apply", "+resync", "1-route delta", "remove N", "ip -batch")
+    print("".join(f"{h:>14}" for h in header), flush=True)
+    for n in sizes:
+        r = measure(n)
+        values = (r.calc, r.first, r.again, r.resync, r.delta, r.remove, r.floor)
+        print(f"{r.n:>14}" + "".join(f"{v:>14.3f}" for v in values), flush=True)
 
 
 def main() -> int:
@@ -141,9 +159,9 @@ def main() -> int:
     args = parser.parse_args()
     if uml.needs_uml():
         argv = [sys.executable, "-m", "routed_nv.routing.bench", *sys.argv[1:]]
-        return uml.run_in_uml(argv, cwd=Path.cwd(), mem="768M", timeout=1800)
+        return uml.run_in_uml(argv, cwd=Path.cwd(), mem="2G", timeout=1800)
     sizes = args.routes or (FULL_SIZES if args.full else DEFAULT_SIZES)
-    report([measure(n) for n in sizes])
+    report(sizes)
     return 0
 
 
