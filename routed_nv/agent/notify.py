@@ -1,7 +1,8 @@
 """sd_notify(3) in a few lines of stdlib: readiness and status for a systemd Type=notify unit.
 
 Without $NOTIFY_SOCKET (not started by systemd, or a lab) every call is a no-op. A failure to
-send is ignored: readiness reporting must never stop the agent.
+send is ignored, and a send never blocks (a full receiver queue drops the message): readiness
+reporting must never stop the agent, not even from stopping.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class Notifier:
         message = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self._address)
+                # a datagram socket blocks when the receiver's queue is full (net.unix.
+                # max_dgram_qlen, 10 by default): a reader that does not drain must not hang us
+                sock.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError:
             pass
 

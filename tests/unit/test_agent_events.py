@@ -7,8 +7,9 @@ import json
 import socket
 from pathlib import Path
 
-from routed_nv.agent.events import EventLog, LogFormat
+from routed_nv.agent.events import EventLog
 from routed_nv.agent.notify import Notifier
+from routed_nv.config.model import LogFormat
 from routed_nv.esp.secret import Secret
 
 
@@ -56,3 +57,22 @@ def test_notify_sends_datagrams_and_is_a_no_op_without_a_socket(tmp_path: Path) 
     assert got[0] == ["READY=1", "STATUS=applied"]
     assert got[1][0] == "RELOADING=1" and got[1][1].startswith("MONOTONIC_USEC=")
     assert got[2] == ["STOPPING=1", "STATUS=bye"]
+
+
+def test_notify_never_blocks_on_a_receiver_that_does_not_read(tmp_path) -> None:
+    import socket
+    import threading
+
+    from routed_nv.agent.notify import Notifier
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        notifier = Notifier(str(path))
+        sender = threading.Thread(
+            target=lambda: [notifier.status(f"apply {i}") for i in range(500)], daemon=True
+        )
+        sender.start()
+        sender.join(timeout=5)
+        assert not sender.is_alive()  # far more messages than the queue holds, none blocked
+        assert receiver.recv(100).startswith(b"STATUS=apply 0")
