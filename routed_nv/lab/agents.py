@@ -9,10 +9,12 @@ a test left running (by pid).
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,7 @@ from routed_nv.agent.control import SOCKET_NAME, ask
 from routed_nv.lab.builder import LabError
 from routed_nv.lab.datapath import LabDatapath
 
-# The agent command by import path: works whether or not the CLI group lists it yet.
-AGENT = "from routed_nv.agent.daemon_commands import agent_command; agent_command()"
-STATUS = "from routed_nv.agent.status_commands import status_command; status_command()"
+ROUTED_NV = [sys.executable, "-m", "routed_nv"]  # the CLI as installed, without a PATH lookup
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
@@ -38,6 +38,7 @@ class LabAgent:
         self.log_path = workdir / host / "agent.log"
         self._notify_path = workdir / host / "notify"
         self._notify: socket.socket | None = None
+        self._inbox: queue.Queue[dict[str, str]] = queue.Queue()
         self.proc: subprocess.Popen[bytes] | None = None
         self.messages: list[dict[str, str]] = []
 
@@ -46,7 +47,9 @@ class LabAgent:
         self._notify_path.unlink(missing_ok=True)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(self._notify_path))
-        argv = [sys.executable, "-c", AGENT, "-c", str(self.config_path)]
+        # drain the socket all the time, as systemd does: an undrained queue drops messages
+        threading.Thread(target=self._drain, args=(self._notify,), daemon=True).start()
+        argv = [*ROUTED_NV, "agent", "-c", str(self.config_path)]
         argv += ["--run-dir", str(self.run_dir), *args]
         started = time.monotonic()
         env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path)}
@@ -57,20 +60,25 @@ class LabAgent:
 
     def until(self, key: str, timeout: float = READY_TIMEOUT_S) -> dict[str, str]:
         """The next sd_notify message that carries `key` (READY, RELOADING, STOPPING...)."""
-        assert self._notify is not None
         end = time.monotonic() + timeout
         while True:
-            self._notify.settimeout(max(0.01, end - time.monotonic()))
             try:
-                data = self._notify.recv(4096).decode()
-            except TimeoutError:
+                message = self._inbox.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
                 raise LabError(
                     f"{self.host}: no {key}= from the agent in {timeout:g} s; log:\n{self.log()}"
                 ) from None
-            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
             self.messages.append(message)
             if key in message:
                 return message
+
+    def _drain(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(4096).decode()
+            except OSError:  # closed by stop()
+                return
+            self._inbox.put(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
 
     def reload(self) -> dict[str, str]:
         """SIGHUP; returns the READY message that ends the reload (after its apply)."""
@@ -102,7 +110,7 @@ class LabAgent:
     def status_command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`routed-nv status` as an operator runs it (the socket is a path: any namespace)."""
         return subprocess.run(
-            [sys.executable, "-c", STATUS, "--run-dir", str(self.run_dir), *args],
+            [*ROUTED_NV, "status", "--run-dir", str(self.run_dir), *args],
             capture_output=True,
             text=True,
             timeout=60,

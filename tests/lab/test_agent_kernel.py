@@ -5,6 +5,7 @@ and a stop that leaves the dataplane in place, with a restart that changes nothi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_datapath_scenario import Ping, kernel_objects, ns, sh
 
-from routed_nv.lab.agents import LabAgents
+from routed_nv.lab.agents import ROUTED_NV, LabAgents
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import tenant_matrix
 from routed_nv.lab.datapath import LabDatapath
@@ -23,7 +24,6 @@ from routed_nv.lab.topology import default_topology
 
 pytestmark = pytest.mark.kernel
 
-ENDPOINT_CMD = "from routed_nv.agent.status_commands import endpoint_group; endpoint_group()"
 NEW_NETNS = "rnv-lab-blue1b"  # the lab prefix: `routed-nv lab down` cleans it up if we do not
 RESYNC_S = 4
 AGENT_ARGS = ("--resync-interval", str(RESYNC_S))
@@ -97,7 +97,7 @@ def endpoint_cmd(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
     host1 = env.agents["host1"]
     common = ["-c", str(host1.config_path), "--run-dir", str(host1.run_dir)]
     return subprocess.run(
-        [sys.executable, "-c", ENDPOINT_CMD, *args, *common],
+        [*ROUTED_NV, "endpoint", *args, *common],
         capture_output=True,
         text=True,
         timeout=60,
@@ -198,11 +198,14 @@ def test_the_periodic_resync_repairs_drift_nobody_reported(env: Env) -> None:
     sh(env.lab, ns("host1"), "ip route del 10.0.0.2/32 vrf rnv-v100")
     assert "10.0.0.2" not in sh(env.lab, ns("host1"), "ip route show vrf rnv-v100")
     deadline = time.monotonic() + 3 * RESYNC_S
-    while "10.0.0.2" not in sh(env.lab, ns("host1"), "ip route show vrf rnv-v100"):
+    # the agent logs its apply just after the kernel has the route again: wait for both
+    repaired = re.compile(r"agent\.apply ok=true .*trigger=resync .*routing_changes=1\b")
+    while not (
+        "10.0.0.2" in sh(env.lab, ns("host1"), "ip route show vrf rnv-v100")
+        and repaired.search(agent.log())
+    ):
         assert time.monotonic() < deadline, agent.log()
         time.sleep(0.2)
-    repaired = [x for x in agent.log().splitlines() if "routing_changes=1" in x]
-    assert repaired and "trigger=resync" in repaired[-1]
     assert " 0% packet loss" in sh(env.lab, ns("blue1"), "ping -c 2 -i 0.2 -W 2 10.0.0.2")
 
 
