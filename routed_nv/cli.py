@@ -10,6 +10,13 @@ import click
 
 from routed_nv import __version__
 from routed_nv.agent.commands import apply_command
+from routed_nv.agent.daemon_commands import agent_command
+from routed_nv.agent.status_commands import (
+    directory_group,
+    endpoint_group,
+    lookup_command,
+    status_command,
+)
 from routed_nv.bench.commands import bench_command
 from routed_nv.config.commands import config_group
 from routed_nv.doctor import doctor_command
@@ -31,9 +38,14 @@ def main() -> None:
     """
 
 
+main.add_command(agent_command)
 main.add_command(apply_command)
 main.add_command(bench_command)
 main.add_command(config_group)
+main.add_command(directory_group)
 main.add_command(doctor_command)
+main.add_command(endpoint_group)
 main.add_command(lab_group)
+main.add_command(lookup_command)
 main.add_command(sa_group)
+main.add_command(status_command)

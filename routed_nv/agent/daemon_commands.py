@@ -12,7 +12,7 @@ from types import FrameType
 import click
 
 from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
-from routed_nv.agent.events import EventLog, LogFormat
+from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.metrics import DEFAULT_ADDRESS, Metrics, parse_address, xfrm_stat_reader
 from routed_nv.agent.notify import Notifier
@@ -20,19 +20,19 @@ from routed_nv.agent.options import run_dir_option
 from routed_nv.agent.snapshot import SaInfo
 from routed_nv.agent.source import StaticSource
 from routed_nv.config.loader import ConfigError, load_config
+from routed_nv.config.model import LogFormat
 from routed_nv.options import config_option, netns_option
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 2  # invalid configuration or cannot start: nothing was applied
 
 
-def _metrics_address(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
-    if value == "off":
-        return None
-    try:
-        parse_address(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and value != "off":
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
     return value
 
 
@@ -42,43 +42,39 @@ def _metrics_address(ctx: click.Context, param: click.Parameter, value: str) -> 
 @run_dir_option
 @click.option(
     "--metrics-address",
-    default=DEFAULT_ADDRESS,
-    show_default=True,
     callback=_metrics_address,
     metavar="HOST:PORT|off",
-    help="Serve Prometheus metrics here; `off` serves none.",
+    help=f"Serve Prometheus metrics here; `off` serves none [config agent.metrics_address, "
+    f"default {DEFAULT_ADDRESS}].",
 )
 @click.option(
     "--log-format",
     type=click.Choice([f.value for f in LogFormat]),
-    default=LogFormat.TEXT.value,
-    show_default=True,
-    help="Event lines as `event key=value ...` or one JSON object per line (stderr).",
+    help="Event lines as `event key=value ...` or one JSON object per line (stderr) "
+    "[config agent.log_format, default text].",
 )
 @click.option(
     "--resync-interval",
-    type=click.FloatRange(min=1),
-    default=Settings.resync_interval_s,
-    show_default=True,
+    type=click.FloatRange(min=1, max=3600),
     metavar="SECONDS",
-    help="Re-read and repair the whole datapath this often even when nothing changed.",
+    help="Re-read and repair the whole datapath this often even when nothing changed "
+    "[config agent.resync_interval_s, default 30].",
 )
 @click.option(
     "--min-interval",
-    type=click.FloatRange(min=0),
-    default=Settings.min_interval_s,
-    show_default=True,
+    type=click.FloatRange(min=0, max=60),
     metavar="SECONDS",
-    help="At most one apply per this many seconds; updates in between are coalesced.",
+    help="At most one apply per this many seconds; updates in between are coalesced "
+    "[config agent.min_interval_s, default 0.2].",
 )
 def agent_command(
     config_path: Path | None,
     netns: str | None,
     run_dir: Path,
     metrics_address: str | None,
-    log_format: str,
-    resync_interval: float,
-    min_interval: float,
+    log_format: str | None,
+    resync_interval: float | None,
+    min_interval: float | None,
 ) -> None:
     """Keep this host's datapath where the configuration and the directory say, continuously.
 
@@ -115,19 +111,30 @@ def agent_command(
     """
     # a crash or a hang (SIGABRT) leaves every thread's stack in the journal
     faulthandler.enable(sys.__stderr__)  # the real fd 2, even when click swaps sys.stderr
-    log = EventLog(LogFormat(log_format))
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
-        log("agent.start", ok=False, problems=len(exc.problems))
+        EventLog(LogFormat(log_format or LogFormat.TEXT))(
+            "agent.start", ok=False, problems=len(exc.problems)
+        )
         sys.exit(EXIT_FAILED)
+    # command-line options win over the [agent] section; they are read once, at start
+    log = EventLog(LogFormat(log_format or config.agent.log_format))
+    metrics_address = metrics_address or config.agent.metrics_address
+    if metrics_address == "off":
+        metrics_address = None
 
     # The drivers import pyroute2 and iptc: only load them when the agent really starts.
     from routed_nv.agent.datapath import Datapath
 
-    settings = Settings(min_interval_s=min_interval, resync_interval_s=resync_interval)
+    settings = Settings(
+        min_interval_s=config.agent.min_interval_s if min_interval is None else min_interval,
+        resync_interval_s=config.agent.resync_interval_s
+        if resync_interval is None
+        else resync_interval,
+    )
     agent = Agent(
         config,
         Datapath(config, netns),

@@ -16,19 +16,15 @@ import json
 import re
 import sys
 import time
-from enum import StrEnum
 from typing import TextIO
+
+from routed_nv.config.model import LogFormat
 
 _SECRET_NAME = re.compile(r"key|secret|password|psk|token", re.IGNORECASE)
 _BARE = re.compile(r"[^\s=\"]+")
 REDACTED = "<redacted>"
 
 Field = str | int | float | bool | None
-
-
-class LogFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
 
 
 class EventLog:

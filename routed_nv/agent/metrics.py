@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from routed_nv import __version__
 from routed_nv.agent.snapshot import ApplyRecord, Snapshot
+from routed_nv.config.types import parse_listen_address
 from routed_nv.netfilter.netns import NetnsError, run_in_netns
 
 if TYPE_CHECKING:
@@ -165,8 +166,8 @@ class Metrics:
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """ "127.0.0.1:9573" or "[::1]:9573" -> (host, port); ValueError when it is neither."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    """ "127.0.0.1:9573" or "[::1]:9573" -> (host, port); ValueError naming the value."""
+    try:
+        return parse_listen_address(address)
+    except ValueError as exc:
+        raise ValueError(f"{address!r} {exc}") from None

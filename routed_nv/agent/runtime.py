@@ -15,10 +15,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from routed_nv.config.loader import DROP_IN_DIR, ConfigError, default_path, load_config
 from routed_nv.config.model import Config
+from routed_nv.config.writer import tables_to_toml
 
 RUNTIME_DROP_IN = "90-routed-nv-runtime.toml"
 HEADER = (
@@ -91,7 +90,7 @@ def _write(config_path: Path | None, path: Path, endpoints: dict[str, Any]) -> C
     path.parent.mkdir(parents=True, exist_ok=True)
     # not *.toml: the loader must not pick a half-written file up
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = HEADER + tomli_w.dumps({"endpoints": endpoints}) if endpoints else HEADER
+    text = HEADER + tables_to_toml({"endpoints": endpoints}) if endpoints else HEADER
     try:
         tmp.write_text(text)
         os.chmod(tmp, 0o644)

@@ -21,6 +21,7 @@ from routed_nv.config.types import (
     IPv4Network,
     IPv6Address,
     IPv6Network,
+    ListenAddress,
     Mtu,
     Name,
     TenantId,
@@ -145,8 +146,23 @@ class RemoteEndpoint(_Strict):
     host: Name
 
 
+class LogFormat(StrEnum):
+    TEXT = "text"  # `event key=value ...`
+    JSON = "json"  # one object per line
+
+
+class Agent(_Strict):
+    """`routed-nv agent`; its command-line options, when given, win over these."""
+
+    metrics_address: ListenAddress = "127.0.0.1:9573"  # or "off"
+    resync_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    min_interval_s: Annotated[float, Field(ge=0, le=60)] = 0.2
+    log_format: LogFormat = LogFormat.TEXT
+
+
 class Config(_Strict):
     host: Host
+    agent: Agent = Field(default_factory=Agent)
     directory: Directory = Field(default_factory=Directory)
     keying: Keying = Field(default_factory=Keying)
     tenants: dict[Name, Tenant] = Field(default_factory=dict)

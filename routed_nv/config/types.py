@@ -66,6 +66,20 @@ def _ifname(value: str) -> str:
     return value
 
 
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """ "127.0.0.1:9573" or "[::1]:9573" -> (host, port); ValueError when it is neither."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _listen_address(value: str) -> str:
+    if value != "off":
+        parse_listen_address(value)
+    return value
+
+
 IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, BeforeValidator(_ip_address)]
 IPv6Address = Annotated[ipaddress.IPv6Address, BeforeValidator(_v6_address)]
 IPv4Network = Annotated[ipaddress.IPv4Network, BeforeValidator(_network(4))]
@@ -76,3 +90,4 @@ TenantId = Annotated[int, int_range(1, 65535)]
 HostId = Annotated[int, int_range(1, 16383)]  # the sender slot of the SPI plan (14 bits)
 Asn = Annotated[int, int_range(1, 4294967294)]
 Mtu = Annotated[int, int_range(1280, 65535)]
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]  # HOST:PORT, or "off"
