@@ -4,20 +4,23 @@ one L2 segment per tenant, the way Neutron's linuxbridge agent and flannel build
 Head-end replication: every host's VXLAN device has one all-zero FDB entry per other host, so
 broadcast and unknown unicast are copied to each of them; remote MACs are learned from traffic.
 The hosts take no part in the tenant segments (IPv6 disabled on bridges, VXLAN devices and
-ports, as the linuxbridge agent does), so whatever crosses the underlay comes from workloads.
-The encrypted variant adds host-to-host ESP transport SAs on the VXLAN UDP port.
+ports, as the linuxbridge agent does; multicast snooping off, see build()), so whatever
+crosses the underlay comes from workloads.
+The encrypted variant adds host-to-host ESP transport SAs on the VXLAN UDP port, and moves a
+workload the way an orchestrator with l2population does (see VxlanIpsec).
 """
 
 from __future__ import annotations
 
 import secrets
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from routed_nv.bench import tools
 from routed_nv.bench.results import Variant
-from routed_nv.bench.variants import Setup
+from routed_nv.bench.variants import Moved, Setup, workload_mac
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Node, Workload
 
@@ -66,8 +69,13 @@ class Vxlan(Setup):
             for tenant in self.topology.tenants:
                 br, vx = bridge_name(tenant.id), vxlan_name(tenant.id)
                 devices += [br, vx]
+                # mcast_snooping 0: a snooping bridge joins the all-snoopers groups (RFC 4286,
+                # 224.0.0.106 and ff02::6a) and, IPv4 being up on every device, sends IGMPv3
+                # reports from its own MAC into the segment: every peer's VXLAN device learned
+                # every bridge's MAC. Without a querier a snooping bridge floods multicast to
+                # every port anyway, so this changes no forwarding.
                 lines += [
-                    f"link add {br} type bridge",
+                    f"link add {br} type bridge mcast_snooping 0",
                     f"link add {vx} type vxlan id {tenant.id} local {host.uplink_address} "
                     f"dstport {VXLAN_PORT}",
                     f"link set {vx} mtu {self.mtu} master {br}",
@@ -121,12 +129,13 @@ class Vxlan(Setup):
             ]
         return devices
 
-    def move(self, workload: Workload, host: str) -> float:
+    def move(self, workload: Workload, host: str) -> Moved:
         broken = self._move_port(workload, host)
         target = self.topology.host(host)
         self._disable_ipv6(target, [workload.host_link])  # a new namespace, fresh defaults
         br = bridge_name(self._tenant_id(workload))
         ip_batch(target.namespace, [f"link set {workload.host_link} mtu {self.mtu} master {br} up"])
+        attached = time.time()
         # QEMU announces a migrated guest on its new link (announce-self); the lab sends
         # gratuitous ARPs on the same schedule, in the background as QEMU does.
         self.lab.spawn(
@@ -135,11 +144,30 @@ class Vxlan(Setup):
                 WORKLOAD_IFNAME, ipv4=str(workload.ipv4), rounds=MIGRATION_ANNOUNCE_ROUNDS
             ),
         )
-        return broken
+        return Moved(broken, {host: attached, **self._relocate(workload, target)})
+
+    def _relocate(self, workload: Workload, target: Node) -> dict[str, float]:
+        """Nothing: the other hosts learn the new location from the guest's announcements."""
+        return {}
 
 
 class VxlanIpsec(Vxlan):
+    """Moves need an orchestrator here. Learning alone never converges: when a learned MAC
+    moves, the kernel's vxlan_snoop() rewrites the FDB entry's remote address in place but keeps
+    the entry's cached route (dst_cache). With IPsec that cached route is an XFRM bundle bound
+    to the old host's SA, so the packets for the new host carry the old host's SPI and the new
+    host drops them (XfrmInNoStates). Plain VXLAN survives the same stale cache only because
+    every host sits behind the same underlay next hop. `bridge fdb replace` alone does not help
+    either: learning has already moved the entry to the new address, and replace with an
+    address the entry already has returns before it resets the cache. So the orchestrator (as
+    Neutron's l2population pushes locations) deletes the entry on every other host and puts it
+    back, which gives it a fresh route cache."""
+
     variant = Variant.VXLAN_IPSEC
+    move_method = (
+        "port moved to the new host's bridge; the orchestrator deletes and re-adds the MAC's "
+        "FDB entry on every other host (a fresh route cache)"
+    )
 
     def __init__(self, lab: Lab, workdir: Path) -> None:
         super().__init__(lab, workdir)
@@ -150,6 +178,28 @@ class VxlanIpsec(Vxlan):
             for b in self.topology.hosts
             if a != b
         }
+
+    def esp_keys(self) -> Mapping[int, bytes]:
+        return {
+            self.spi(a, b): bytes.fromhex(self.keys[a.id, b.id])
+            for a in self.topology.hosts
+            for b in self.topology.hosts
+            if a != b
+        }
+
+    def _relocate(self, workload: Workload, target: Node) -> dict[str, float]:
+        mac = workload_mac(self.lab, workload)
+        vx = vxlan_name(self._tenant_id(workload))
+        done = {}
+        for host in self.topology.hosts:
+            if host != target:
+                replace = f"fdb replace {mac} dev {vx} dst {target.uplink_address} self"
+                # The first replace only makes sure there is an entry to delete (hosts that
+                # never learned the MAC); the last one also copes with learning re-creating it
+                # in between (a new entry has a fresh cache too).
+                bridge_batch(host.namespace, [replace, f"fdb del {mac} dev {vx} self", replace])
+                done[host.name] = time.time()
+        return done
 
     @staticmethod
     def spi(source: Node, destination: Node) -> int:

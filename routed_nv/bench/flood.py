@@ -1,65 +1,80 @@
 """Broadcast and multicast on the underlay: what crosses hosts when a workload resolves a
-neighbour, boots, and probes an address nobody has.
+neighbour, probes an address nobody has, and boots, decoded frame by frame.
 
-One capture on the underlay router, inbound direction only (every packet counted once, at the
-link it came in on), for the whole sequence; each event owns a time window of it. A packet
-"crosses hosts" when its outer source and destination are in two different hosts' /64s:
-replicated VXLAN copies, ESP, or plain workload traffic; link-local ND/MLD between the router
-and a host never leaves that link and is not counted.
+One capture on the underlay router, inbound only (every packet counted once, at the link it
+came in on), for the whole sequence; each event owns a time window of it. A packet "crosses
+hosts" when its outer source and destination are in two different hosts' /64s. The bridged
+variants' packets are opened (VXLAN, and ESP with the variant's static keys) and the copies of
+one inner frame are grouped, so every crossing is named and the count is frames x copies.
+
+A window also holds what the guests send on their own: router solicitations (nothing answers
+them on a bridged segment, so every guest keeps soliciting with RFC 7559 back-off) and the
+kernel's reachability probes (unicast ARP/NS) of neighbours it talked to 5 s earlier
+(delay_first_probe_time), with their replies. Those are kept apart as background: an event's
+frames are the kinds the event makes its workload send (EVENT_KINDS), sent by it, and the
+replies addressed to it.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from ipaddress import IPv6Address
 from pathlib import Path
 
-from routed_nv.bench import parse, tools
-from routed_nv.bench.results import Flood
-from routed_nv.bench.variants import Setup
+from routed_nv.bench import tools, wire
+from routed_nv.bench.results import EventFlood, Flood, FrameCount
+from routed_nv.bench.variants import Setup, workload_mac
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Workload
 
 RESOLVE_TIMEOUT_S = 3.0
 # Long enough for link-local DAD (1 s), MLD reports and the first RS (each within 1 s).
 BOOT_WINDOW_S = 3.0
-# The kernel gives up on an unknown neighbour after 3 solicitations 1 s apart.
-UNKNOWN_WINDOW_S = 3.5
 SETTLE_S = 0.3  # between events, so that late packets stay in their own event's window
-Packets = list[tuple[float, IPv6Address, IPv6Address]]
+# One multicast solicitation per unresolved neighbour instead of the kernel's 3 (1 s apart):
+# the unknown-address event then counts exactly one ARP request and one NS per request.
+SOLICIT_ONCE = ("net.ipv4.neigh.{}.mcast_solicit", "net.ipv6.neigh.{}.mcast_solicit")
+CAPTURE_RING = ("-s", "1600", "-B", "16384")
+# What each event makes its workload send (and the replies it gets): the guest also keeps
+# sending router solicitations and MLD reports on its own timers, which are not the event's.
+EVENT_KINDS = {
+    "resolve": frozenset({"ARP request", "ARP reply", "NS", "NA"}),
+    "unknown": frozenset({"ARP request", "NS"}),
+    "boot": frozenset({"MLD report", "DAD NS", "RS", "gratuitous ARP"}),
+}
+REPLIES = frozenset({"ARP reply", "NA"})
 
 
 @contextmanager
-def router_capture(lab: Lab, workdir: Path) -> Iterator[Packets]:
-    """Every IPv6 packet entering the underlay router while the block runs; the list is filled
+def router_capture(lab: Lab, workdir: Path) -> Iterator[Path]:
+    """A pcap of every IPv6 packet entering the underlay router while the block runs, complete
     when the block ends. --immediate-mode: without it, packets still in the capture ring when
-    tcpdump stops are counted by the kernel but never written."""
+    tcpdump stops are counted by the kernel but never written. The ring: immediate mode uses
+    one slot per snapshot length (256 KiB by default), so the default 2 MiB ring holds 8
+    packets and a 9-copy flood overflowed it ("dropped by kernel"): a snapshot of a whole
+    1500-byte packet (ESP needs its trailing ICV) and a 16 MiB ring."""
     pcap, stderr = workdir / "underlay.pcap", workdir / "tcpdump.err"
-    argv = ["tcpdump", "-i", "any", "-Q", "in", "--immediate-mode", "-nn", "-U", "-w", str(pcap)]
+    argv = ["tcpdump", "-i", "any", "-Q", "in", "--immediate-mode", *CAPTURE_RING, "-nn", "-U"]
     with stderr.open("w") as err:
-        capture = lab.spawn(lab.topology.router_namespace, [*argv, "ip6"], stderr=err)
+        capture = lab.spawn(
+            lab.topology.router_namespace, [*argv, "-w", str(pcap), "ip6"], stderr=err
+        )
     deadline = time.monotonic() + 10
     while "listening on" not in stderr.read_text():
         if capture.poll() is not None or time.monotonic() > deadline:
             raise LabError("tcpdump on the underlay router did not start")
         time.sleep(0.05)
-    packets: Packets = []
     try:
-        yield packets
+        yield pcap
     finally:
         time.sleep(SETTLE_S)
         capture.send_signal(signal.SIGINT)
         capture.wait(timeout=10)
-    text = subprocess.run(
-        ["tcpdump", "-nn", "-tt", "-r", str(pcap)], capture_output=True, text=True, check=True
-    ).stdout
-    packets.extend(parse.ip6_packets(text))
 
 
 def _next_hop(lab: Lab, workload: Workload, address: str) -> str:
@@ -101,19 +116,50 @@ def boot(setup: Setup, workload: Workload) -> None:
     time.sleep(max(0.0, started + BOOT_WINDOW_S - time.monotonic()))
 
 
+@contextmanager
+def solicit_once(lab: Lab, workload: Workload) -> Iterator[None]:
+    keys = [k.format(WORKLOAD_IFNAME) for k in SOLICIT_ONCE]
+    before = lab.exec(workload.namespace, ["sysctl", "-n", *keys], check=True).stdout.split()
+    lab.exec(workload.namespace, ["sysctl", "-qw", *(f"{k}=1" for k in keys)], check=True)
+    try:
+        yield
+    finally:
+        restore = [f"{k}={v}" for k, v in zip(keys, before, strict=True)]
+        lab.exec(workload.namespace, ["sysctl", "-qw", *restore], check=True)
+
+
 def unknown(setup: Setup, workload: Workload) -> None:
-    started = time.monotonic()
+    """One ping to an address nobody has in each of the workload's subnets."""
     addresses = setup.unknown_addresses(workload)
-    with ThreadPoolExecutor(max_workers=len(addresses)) as pool:
-        list(
-            pool.map(
-                lambda a: setup.lab.exec(
-                    workload.namespace, ["ping", "-n", "-c", "1", "-W", "1", a]
-                ),
-                addresses,
-            )
-        )
-    time.sleep(max(0.0, started + UNKNOWN_WINDOW_S - time.monotonic()))
+    argv = ["ping", "-n", "-c", "1", "-W", "1"]
+    with solicit_once(setup.lab, workload), ThreadPoolExecutor(len(addresses)) as pool:
+        list(pool.map(lambda a: setup.lab.exec(workload.namespace, [*argv, a]), addresses))
+
+
+def caused_by(frame: bytes | None, mac: bytes, event: str) -> bool:
+    """Whether a crossing belongs to the event of the workload with this MAC: a frame of the
+    event's kinds that the workload sent, or a reply addressed to it. Packets of the routed
+    variants carry no frame to attribute: everything in the window is the event's."""
+    if frame is None:
+        return True
+    kind = wire.classify(frame)
+    if kind not in EVENT_KINDS[event]:
+        return False
+    return frame[:6] == mac if kind in REPLIES else frame[6:12] == mac
+
+
+def _counts(groups: Sequence[list[wire.Crossing]]) -> list[FrameCount]:
+    tally = Counter((g[0].kind, len(g)) for g in groups)
+    return [FrameCount(kind=k, frames=n, copies=c) for (k, c), n in sorted(tally.items())]
+
+
+def tally(
+    crossings: Sequence[wire.Crossing], mac: bytes, event: str, start: float, end: float
+) -> EventFlood:
+    groups = wire.frames([c for c in crossings if start <= c.time <= end])
+    mine = [g for g in groups if caused_by(g[0].frame, mac, event)]
+    others = [g for g in groups if not caused_by(g[0].frame, mac, event)]
+    return EventFlood(frames=_counts(mine), background=_counts(others))
 
 
 def flood_events(setup: Setup, workload: Workload, peer: Workload) -> Flood:
@@ -125,13 +171,14 @@ def flood_events(setup: Setup, workload: Workload, peer: Workload) -> Flood:
         "boot": lambda: boot(setup, workload),
     }
     windows = {}
-    with router_capture(setup.lab, setup.workdir) as packets:
+    with router_capture(setup.lab, setup.workdir) as pcap:
         for name, event in events.items():
             start = time.time()
             event()
             time.sleep(SETTLE_S)
             windows[name] = (start, time.time())
+    packets = wire.read_pcap(pcap.read_bytes())
     prefixes = [h.prefix for h in setup.topology.hosts]
-    return Flood(
-        **{name: parse.crossing(packets, prefixes, *window) for name, window in windows.items()}
-    )
+    crossings = wire.crossings(packets, prefixes, setup.esp_keys())
+    mac = bytes.fromhex(workload_mac(setup.lab, workload).replace(":", ""))
+    return Flood(**{name: tally(crossings, mac, name, *w) for name, w in windows.items()})

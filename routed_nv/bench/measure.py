@@ -200,9 +200,8 @@ def convergence(
                 raise LabError(f"{mover.name} did not answer before the move")
             no_states = _xfrm_no_states(lab, target)
             start = time.time()
-            broken = setup.move(mover, host)
-            moved = time.time()
-            first = _wait_for(lambda: first_after(broken), timeout)
+            steps = setup.move(mover, host)
+            first = _wait_for(lambda: first_after(steps.broken), timeout)
         finally:
             probe.send_signal(signal.SIGINT)
             probe.wait(timeout=5)
@@ -214,9 +213,13 @@ def convergence(
             note += (
                 f"; the new host dropped {dropped} ESP packets for SAs it has not (XfrmInNoStates)"
             )
+    path = [t for h, t in steps.steps.items() if h in (host, client.host)]
+    ready = max(path, default=steps.broken)
     return Convergence(
         seconds=None if first is None else round(first - start, 4),
-        move_seconds=round(moved - start, 4),
+        path_seconds=round(ready - start, 4),
+        datapath_seconds=None if first is None else round(first - ready, 4),
+        move_seconds=round(max(steps.steps.values(), default=steps.broken) - start, 4),
         method=setup.move_method,
         note=note,
     )

@@ -7,7 +7,6 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv6Address, IPv6Network
 
 
 @dataclass(frozen=True)
@@ -71,39 +70,6 @@ def ping_replies(text: str) -> list[tuple[float, float]]:
 def first_reply_sent_after(replies: Iterable[tuple[float, float]], t: float) -> float | None:
     """Reception time of the first reply to a request sent after t."""
     return min((rx for rx, rtt in replies if rx - rtt > t), default=None)
-
-
-_ADDRESS_PORT = r"([0-9a-f:]+?)(?:\.\d+)?"  # tcpdump appends .port to UDP/TCP addresses
-_TCPDUMP_IP6 = re.compile(rf"^(\d+\.\d+) .*?\bIP6 {_ADDRESS_PORT} > {_ADDRESS_PORT}: ")
-
-
-def ip6_packets(text: str) -> list[tuple[float, IPv6Address, IPv6Address]]:
-    """`tcpdump -nn -tt` lines: (time, outer source, outer destination) of each IPv6 packet."""
-    packets = []
-    for line in text.splitlines():
-        m = _TCPDUMP_IP6.match(line)
-        if m:
-            packets.append((float(m[1]), IPv6Address(m[2]), IPv6Address(m[3])))
-    return packets
-
-
-def crossing(
-    packets: Iterable[tuple[float, IPv6Address, IPv6Address]],
-    hosts: Sequence[IPv6Network],
-    start: float,
-    end: float,
-) -> int:
-    """Packets between two different hosts' prefixes within [start, end]."""
-
-    def owner(address: IPv6Address) -> int | None:
-        return next((i for i, prefix in enumerate(hosts) if address in prefix), None)
-
-    count = 0
-    for t, src, dst in packets:
-        if start <= t <= end:
-            a, b = owner(src), owner(dst)
-            count += a is not None and b is not None and a != b
-    return count
 
 
 def xfrm_counts(state_count: str, policy_count: str) -> tuple[int, int]:

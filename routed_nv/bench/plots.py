@@ -46,7 +46,10 @@ def plot(report: Report, directory: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for v in report.variants:
         hosts = [s.hosts for s in v.scale]
-        total = [s.flood.resolve + s.flood.unknown + s.flood.boot for s in v.scale]
+        total = [
+            s.flood.resolve.crossings + s.flood.unknown.crossings + s.flood.boot.crossings
+            for s in v.scale
+        ]
         ax.plot(hosts, total, marker="o", label=str(v.variant))
     ax.set_xlabel("hosts in the overlay")
     ax.set_ylabel("packets crossing hosts")

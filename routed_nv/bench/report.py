@@ -6,7 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from routed_nv.bench import parse
-from routed_nv.bench.results import DESCRIPTIONS, Report, Throughput, Variant, VariantResult
+from routed_nv.bench.results import (
+    DESCRIPTIONS,
+    EventFlood,
+    Flood,
+    FrameCount,
+    Report,
+    Throughput,
+    Variant,
+    VariantResult,
+)
 
 
 def host_cpu_model() -> str:
@@ -24,6 +33,15 @@ def _by_streams(result: VariantResult, streams: int) -> Throughput | None:
 
 
 NONE = "-"
+EVENTS = ("resolve", "unknown", "boot")
+
+
+def _event(flood: Flood, name: str) -> EventFlood:
+    return getattr(flood, name)  # type: ignore[no-any-return]
+
+
+def _frames(counts: Sequence[FrameCount]) -> str:
+    return ", ".join(f"{f.kind} {f.frames}x{f.copies}" for f in counts) or NONE
 
 
 def _cell(value: float | None, floor: float | None, digits: int) -> str:
@@ -75,28 +93,62 @@ def tables(report: Report) -> str:
                 if v.mtu
             ],
         ),
-        "Packets crossing hosts on the underlay per event",
+        "Packets crossing hosts on the underlay per event (background: other workloads' "
+        "packets in the same windows)",
         _table(
-            ["variant", "hosts", "resolve", "unknown address", "boot"],
+            ["variant", "hosts", *EVENTS, "background"],
             [
-                [v.variant, s.hosts, s.flood.resolve, s.flood.unknown, s.flood.boot]
+                [
+                    v.variant,
+                    s.hosts,
+                    *(_event(s.flood, e).crossings for e in EVENTS),
+                    sum(f.crossings for e in EVENTS for f in _event(s.flood, e).background),
+                ]
                 for v in report.variants
                 for s in v.scale
             ],
         ),
+        "The same, frame by frame: kind frames x copies (copies: hosts reached by each frame)",
+        _table(
+            ["variant", "hosts", "event", "frames", "background"],
+            [
+                [
+                    v.variant,
+                    s.hosts,
+                    e,
+                    _frames(_event(s.flood, e).frames),
+                    _frames(_event(s.flood, e).background),
+                ]
+                for v in report.variants
+                if v.variant not in (Variant.UNDERLAY, Variant.ROUTED)
+                for s in v.scale
+                for e in EVENTS
+            ],
+        ),
         "Convergence after moving a workload to another host",
         _table(
-            ["variant", "traffic again after (s)", "of which the move (s)", "method"],
+            [
+                "variant",
+                "traffic again after (s)",
+                "control plane for the path (s)",
+                "datapath after that (s)",
+                "all hosts done (s)",
+                "method",
+            ],
             [
                 [
                     v.variant,
                     v.convergence.seconds if v.convergence.seconds is not None else "no",
+                    v.convergence.path_seconds,
+                    NONE
+                    if v.convergence.datapath_seconds is None
+                    else v.convergence.datapath_seconds,
                     v.convergence.move_seconds,
                     v.convergence.method
                     + (f" - {v.convergence.note}" if v.convergence.note else ""),
                 ]
                 if v.convergence
-                else [v.variant, NONE, NONE, v.convergence_note]
+                else [v.variant, NONE, NONE, NONE, NONE, v.convergence_note]
                 for v in report.variants
             ],
         ),

@@ -55,17 +55,44 @@ class Mtu(_Model):
 
 class Convergence(_Model):
     seconds: float | None  # from starting the move to the first answered probe sent after it
-    move_seconds: float  # of which: doing the move itself (port moved, control plane updated)
+    # From starting the move until the last control-plane step the measured path needs had
+    # returned (routed_nv: the applies on the new host and on the client's host).
+    path_seconds: float
+    # The datapath's own part: first answer minus path_seconds. Negative when the kernel
+    # forwarded before the step's call returned (an apply installs routes, then reads back).
+    datapath_seconds: float | None
+    move_seconds: float  # from starting the move until every host's control plane was done
     method: str
     note: str = ""  # why there is no figure, with the counters that tell
 
 
-class Flood(_Model):
-    """Packets that crossed hosts on the underlay during each event (router ingress, once)."""
+class FrameCount(_Model):
+    """Frames of one kind that crossed hosts, and how many hosts each reached."""
 
-    resolve: int  # a workload resolves the next hop towards a peer (IPv4 and IPv6)
-    boot: int  # a workload's link comes up: DAD, MLD, RS, one gratuitous ARP, global-address DAD
-    unknown: int  # a workload pings an address nobody has (IPv4 and IPv6)
+    kind: str  # what the inner frame is (wire.classify): "ARP request", "NS", "MLD report", ...
+    frames: int
+    copies: int  # crossings per frame: hosts - 1 when flooded, 1 when sent to a known MAC
+
+    @property
+    def crossings(self) -> int:
+        return self.frames * self.copies
+
+
+class EventFlood(_Model):
+    """What crossed hosts during one event, frame by frame (router ingress, each copy once)."""
+
+    frames: list[FrameCount]  # caused by the event: sent by its workload, or replies to it
+    background: list[FrameCount]  # in the window too, not caused by it (see flood.py)
+
+    @property
+    def crossings(self) -> int:
+        return sum(f.crossings for f in self.frames)
+
+
+class Flood(_Model):
+    resolve: EventFlood  # a workload resolves the next hop towards a peer (IPv4 and IPv6)
+    unknown: EventFlood  # one ping to an address nobody has, one solicitation per request
+    boot: EventFlood  # link up: DAD, MLD, RS, one gratuitous ARP, global-address DAD
 
 
 class HostState(_Model):

@@ -147,7 +147,8 @@ def _variant_at(
                 formula=state.per_host(variant, lab_load(variant, hosts)),
             )
         )
-        log(f"  crossing hosts: {flooded}; {STATE_HOST} state: {measured}")
+        crossings = {e: getattr(flooded, e).crossings for e in ("resolve", "unknown", "boot")}
+        log(f"  crossing hosts: {crossings}; {STATE_HOST} state: {measured}")
         if hosts == plan.hosts[0]:
             _performance(setup, plan, result, log)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
@@ -37,9 +38,22 @@ def bench_topology(hosts: int) -> Topology:
     return replace(base, hosts=base.hosts + extra)
 
 
+def workload_mac(lab: Lab, workload: Workload) -> str:
+    path = f"/sys/class/net/{WORKLOAD_IFNAME}/address"
+    return lab.exec(workload.namespace, ["cat", path], check=True).stdout.strip()
+
+
 def moved(topology: Topology, workload: Workload, host: str) -> Topology:
     workloads = tuple(replace(w, host=host) if w == workload else w for w in topology.workloads)
     return replace(topology, workloads=workloads)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """When a move's steps happened (time.time())."""
+
+    broken: float  # the port left its old host: the path broke
+    steps: Mapping[str, float]  # host -> when the variant's last step on that host returned
 
 
 class Setup(ABC):
@@ -76,9 +90,13 @@ class Setup(ABC):
     def path_devices(self, a: Workload, b: Workload) -> list[tuple[str, str]]:
         """(namespace, device) of every device whose MTU bounds the path between a and b."""
 
-    def move(self, workload: Workload, host: str) -> float:
+    def esp_keys(self) -> Mapping[int, bytes]:
+        """SPI -> key of the ESP SAs whose traffic the flood count may open."""
+        return {}
+
+    def move(self, workload: Workload, host: str) -> Moved:
         """Move the workload's port to another host, as a live migration does, and do what the
-        variant does on a move. Returns when the port left its old host (the path broke)."""
+        variant does on a move."""
         raise NotImplementedError
 
     move_method: str = ""  # empty: the variant cannot move a workload
@@ -170,15 +188,17 @@ class Routed(Setup):
             (self.topology.host(w.host).namespace, tunnel) for w in (a, b)
         ]
 
-    def move(self, workload: Workload, host: str) -> float:
+    def move(self, workload: Workload, host: str) -> Moved:
         broken = self._move_port(workload, host)
         after = moved(self.topology, workload, host)
         # The new host first (it must own the endpoint before anyone routes to it), then the
         # others: what the directory would deliver to them.
         order = [host, *(h.name for h in self.topology.hosts if h.name != host)]
+        steps = {}
         for name in order:
             config = host_config(after, after.host(name), self.datapath.secrets_dir)
             outcome = self.datapath.apply(name, config)
             if not outcome.ok:
                 raise LabError(f"{name}: apply after move failed")
-        return broken
+            steps[name] = time.time()
+        return Moved(broken, steps)
