@@ -1,0 +1,34 @@
+"""Which crossings an event owns: its workload's frames of the event's kinds, replies to it."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from routed_nv.bench import flood, tools, wire
+
+BLUE1, BLUE2 = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+
+
+def _arp(operation: int, source: bytes, destination: bytes) -> bytes:
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, operation) + source
+    body += ipaddress.IPv4Address("10.0.0.1").packed + b"\0" * 6
+    body += ipaddress.IPv4Address("10.0.0.2").packed
+    return destination + source + struct.pack("!H", wire.ETH_ARP) + body
+
+
+def test_an_event_owns_its_requests_and_the_replies_to_them() -> None:
+    assert flood.caused_by(_arp(1, BLUE1, wire.BROADCAST), BLUE1, "resolve")
+    assert flood.caused_by(_arp(2, BLUE2, BLUE1), BLUE1, "resolve")
+
+
+def test_background_is_other_guests_and_reachability_probes() -> None:
+    assert not flood.caused_by(_arp(1, BLUE2, wire.BROADCAST), BLUE1, "resolve")
+    assert not flood.caused_by(_arp(1, BLUE2, BLUE1), BLUE1, "resolve")  # NUD probe
+    assert not flood.caused_by(_arp(2, BLUE1, BLUE2), BLUE1, "resolve")  # its reply
+    garp = tools.garp(BLUE1, ipaddress.IPv4Address("10.0.0.1"))
+    assert flood.caused_by(garp, BLUE1, "boot") and not flood.caused_by(garp, BLUE1, "unknown")
+
+
+def test_packets_without_a_frame_belong_to_the_window() -> None:
+    assert flood.caused_by(None, BLUE1, "unknown")
