@@ -11,6 +11,7 @@ from types import FrameType
 
 import click
 
+from routed_nv.agent.bgp_source import BgpSource
 from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
@@ -18,9 +19,9 @@ from routed_nv.agent.metrics import DEFAULT_ADDRESS, Metrics, parse_address, xfr
 from routed_nv.agent.notify import Notifier
 from routed_nv.agent.options import run_dir_option
 from routed_nv.agent.snapshot import SaInfo
-from routed_nv.agent.source import StaticSource
+from routed_nv.agent.source import DirectorySource, StaticSource
 from routed_nv.config.loader import ConfigError, load_config
-from routed_nv.config.model import LogFormat
+from routed_nv.config.model import Config, DirectorySourceKind, LogFormat
 from routed_nv.options import config_option, netns_option
 
 EXIT_STOPPED = 0
@@ -81,7 +82,8 @@ def agent_command(
     Applies once at start (adopting what an earlier agent left: nothing is flushed), then
     whenever the directory or the configuration changes, and every --resync-interval seconds
     to repair drift. Remote endpoints come from the configuration's static `peers` and
-    `remote_endpoints` (directory source "static").
+    `remote_endpoints` (directory.source "static"), or from BGP (directory.source "bgp": the
+    agent applies BIRD's config and reads the mirror tables BIRD writes).
 
     \b
     Signals and readiness:
@@ -138,7 +140,7 @@ def agent_command(
     agent = Agent(
         config,
         Datapath(config, netns),
-        StaticSource(),
+        _source(config, netns),
         lambda: load_config(config_path),
         read_sas=_kernel_sas(netns),
         settings=settings,
@@ -167,6 +169,13 @@ def agent_command(
         control.close()
         metrics.close()
     sys.exit(EXIT_STOPPED)
+
+
+def _source(config: Config, netns: str | None) -> DirectorySource:
+    """The directory source is chosen once, at start: a reload cannot switch it."""
+    if config.directory.source == DirectorySourceKind.BGP:
+        return BgpSource(netns)
+    return StaticSource()
 
 
 def _handle_signals(agent: Agent) -> None:

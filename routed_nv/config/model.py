@@ -75,7 +75,13 @@ class Upstream(_Strict):
     asn: Asn
 
 
+class DirectorySourceKind(StrEnum):
+    STATIC = "static"  # peers and remote_endpoints from this file
+    BGP = "bgp"  # remote endpoints from BIRD's mirror tables (docs/agent.md)
+
+
 class Directory(_Strict):
+    source: DirectorySourceKind = DirectorySourceKind.STATIC
     asn: Asn = 65000
     route_reflectors: list[IPv6Address] = Field(default_factory=list, max_length=8)
     password_file: Path | None = None

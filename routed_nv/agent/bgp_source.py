@@ -1,0 +1,179 @@
+"""The BGP directory source: BIRD's mirror tables, checked by learn(), as whole views.
+
+One thread owns everything: it applies the rendered BIRD config (start, reload, and again after a
+failure), sleeps in select() on the mirror-table watch (route events wake it at once) and reads
+BIRD's state every POLL_S (BIRD pushes no session events). It publishes only when something
+changed; the agent coalesces the rest.
+
+In sync means: at least one route-reflector session is Established and BIRD is not in
+graceful-restart recovery. BIRD runs with `-R` (ARCHITECTURE.md §6), so recovery lasts until every
+session has sent End-of-RIB (or the wait timer ran out): that is the "initial dump is done". It
+matters most after a host BIRD restart: the mirror tables persist and still hold the old routes,
+BIRD's fresh RIB fills in behind them, and a view taken before recovery ends would delete routes
+that are merely not re-learned yet. BIRD unreachable (crashed, restarting) is not in sync either;
+the agent then keeps every remote route it knows (source.keep_known).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
+from routed_nv.config.model import Config
+from routed_nv.directory import bird_apply
+from routed_nv.directory.bird_config import BirdConfigError
+from routed_nv.directory.birdc import BirdClient, BirdError
+from routed_nv.directory.learn import MirrorRoute, learn
+from routed_nv.directory.netlink_watch import MirrorWatch, WatchError
+
+POLL_S = 0.5
+GR_RECOVERY = "Graceful restart recovery in progress"  # a line of `show status` (BIRD 2.0)
+
+
+class Watch(Protocol):
+    """What this source needs of MirrorWatch (unit tests pass a fake)."""
+
+    @property
+    def routes(self) -> frozenset[MirrorRoute]: ...
+
+    def open(self) -> object: ...
+
+    def close(self) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def wait(self, timeout: float | None = None) -> object: ...
+
+
+def rr_protocol(index: int) -> str:
+    """BIRD's name for the session to the index-th (from 1) route reflector, as render_host
+    writes it (a unit test holds the two together)."""
+    return f"rr{index}"
+
+
+class BgpSource:
+    name = "bgp"
+
+    def __init__(
+        self,
+        netns: str | None,
+        watch: Watch | None = None,
+        connect: Callable[[Path], BirdClient] = BirdClient,
+        apply: Callable[[Config, Path], object] = bird_apply.apply,
+    ) -> None:
+        self._watch: Watch = watch if watch is not None else MirrorWatch(netns)
+        self._connect = connect
+        self._apply = apply
+        self._lock = threading.Lock()
+        self._config: Config | None = None
+        self._to_apply: Config | None = None  # set by start/reload, cleared once BIRD took it
+        self._apply_error = ""
+        self._publish: Publish | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread: threading.Thread | None = None
+
+    def start(self, config: Config, publish: Publish) -> None:
+        self._publish = publish
+        self._watch.open()  # a netns that does not exist fails the start, not a thread later
+        self.reload(config)
+        self._thread = threading.Thread(target=self._run, name="bgp-source", daemon=True)
+        self._thread.start()
+
+    def reload(self, config: Config) -> None:
+        with self._lock:
+            self._config = self._to_apply = config
+        self._wake()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join()
+        self._watch.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+            os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        last: SourceUpdate | None = None
+        next_poll = 0.0
+        state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
+        while not self._stop.is_set():
+            with self._lock:
+                config, to_apply = self._config, self._to_apply
+            assert config is not None
+            if to_apply is not None:
+                self._apply_config(to_apply)
+            now = time.monotonic()
+            if now >= next_poll:
+                state = self._bird_state(config)
+                next_poll = now + POLL_S
+            try:
+                # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
+                # are in the view that says so
+                self._watch.wait(0)
+            except WatchError as exc:  # the socket failed: a new one starts with a full dump
+                state = (False, state[1], str(exc))
+                self._watch.close()
+                self._watch.open()
+            update = self._update(config, *state)
+            if update != last and self._publish is not None:
+                self._publish(update)
+                last = update
+            ready, _, _ = select.select(
+                [self._watch, self._wake_r], [], [], max(0.0, next_poll - time.monotonic())
+            )
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+
+    def _apply_config(self, config: Config) -> None:
+        try:
+            self._apply(config, config.directory.bird_config)
+        except (BirdError, BirdConfigError, OSError) as exc:
+            self._apply_error = f"BIRD config not applied: {exc}"  # retried every poll
+            return
+        self._apply_error = ""
+        with self._lock:
+            if self._to_apply is config:  # not replaced by a reload meanwhile
+                self._to_apply = None
+
+    def _bird_state(self, config: Config) -> tuple[bool, tuple[PeerStatus, ...], str]:
+        try:
+            with self._connect(config.directory.bird_socket) as bird:
+                protocols = bird.protocols()
+                status = bird.command("show status")
+        except BirdError as exc:
+            return False, (), str(exc)
+        reflectors = {
+            rr_protocol(i): str(rr) for i, rr in enumerate(config.directory.route_reflectors, 1)
+        }
+        peers = tuple(
+            PeerStatus(p.name, reflectors.get(p.name, ""), p.state, p.since, p.info)
+            for p in protocols
+            if p.proto == "BGP"
+        )
+        up = sum(1 for p in protocols if p.name in reflectors and p.session == "Established")
+        recovering = any(line.text == GR_RECOVERY for line in status.lines)
+        detail = f"{up} of {len(reflectors)} route reflector sessions established"
+        if recovering:
+            detail += "; BIRD in graceful-restart recovery"
+        return up > 0 and not recovering, peers, detail
+
+    def _update(
+        self, config: Config, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
+    ) -> SourceUpdate:
+        learned = learn(config, self._watch.routes)
+        if self._apply_error:
+            detail = f"{detail}; {self._apply_error}"
+        return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)

@@ -1,0 +1,200 @@
+"""BgpSource with a fake mirror watch and a fake BIRD: when it is in sync, what it publishes."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import queue
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from routed_nv import markers
+from routed_nv.agent import bgp_source
+from routed_nv.agent.bgp_source import GR_RECOVERY, BgpSource, rr_protocol
+from routed_nv.agent.source import SourceUpdate
+from routed_nv.config.model import Config
+from routed_nv.directory import bird_config
+from routed_nv.directory.birdc import BirdError, Line, Protocol, Reply
+from routed_nv.directory.learn import MirrorRoute, Reason
+
+CONFIG = Config.model_validate(
+    {
+        "host": {
+            "name": "host1",
+            "id": 1,
+            "underlay_prefix": "2001:db8:0:1::/64",
+            "underlay_aggregate": "2001:db8::/48",
+            "uplink": "uplink",
+        },
+        "tenants": {"blue": {"id": 100, "ipv4": ["10.0.0.0/24"]}},
+        "directory": {
+            "source": "bgp",
+            "route_reflectors": ["2001:db8:0:f1::1", "2001:db8:0:f2::1"],
+        },
+    }
+)
+TIMEOUT_S = 5.0
+
+
+def mirror(prefix: str) -> MirrorRoute:
+    net = ipaddress.ip_network(prefix)
+    return MirrorRoute(markers.mirror_table(100), net, ipaddress.ip_address("2001:db8:0:2::1"), 0)
+
+
+class FakeWatch:
+    """Mirror routes set by the test; a pipe makes the source's select() wake as netlink would."""
+
+    def __init__(self) -> None:
+        self.routes: frozenset[MirrorRoute] = frozenset()
+        self._r, self._w = os.pipe()
+
+    def set(self, *routes: MirrorRoute) -> None:
+        self.routes = frozenset(routes)
+        os.write(self._w, b"x")
+
+    def open(self) -> FakeWatch:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self._r
+
+    def wait(self, timeout: float | None = None) -> list[object]:
+        os.set_blocking(self._r, False)
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._r, 4096)
+        return []
+
+
+class FakeBird:
+    """BIRD's answers, changed by the test between polls."""
+
+    def __init__(self) -> None:
+        self.sessions = {"rr1": "Established", "rr2": "Active"}
+        self.recovering = False
+        self.running = True
+
+    def __call__(self, path: Path) -> FakeBird:
+        if not self.running:
+            raise BirdError(f"cannot connect to BIRD at {path}: No such file or directory")
+        return self
+
+    def __enter__(self) -> FakeBird:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def protocols(self) -> list[Protocol]:
+        state = {"Established": "up"}
+        return [
+            Protocol(name, "BGP", "---", state.get(s, "start"), "2026-01-01", s)
+            for name, s in self.sessions.items()
+        ]
+
+    def command(self, command: str) -> Reply:
+        assert command == "show status"
+        lines = [Line(1000, "BIRD 2.0.12")]
+        if self.recovering:
+            lines.append(Line(24, GR_RECOVERY))
+        return Reply((*lines, Line(13, "Daemon is up and running")))
+
+
+@pytest.fixture
+def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bgp_source, "POLL_S", 0.01)
+
+
+class Run:
+    def __init__(self, apply: Callable[[Config, Path], object] = lambda c, p: None) -> None:
+        self.watch, self.bird = FakeWatch(), FakeBird()
+        self.updates: queue.Queue[SourceUpdate] = queue.Queue()
+        self.source = BgpSource(None, self.watch, self.bird, apply)  # type: ignore[arg-type]
+
+    def until(self, check: Callable[[SourceUpdate], bool]) -> SourceUpdate:
+        while True:
+            update = self.updates.get(timeout=TIMEOUT_S)
+            if check(update):
+                return update
+
+
+@pytest.fixture
+def run(fast_poll: None) -> Iterator[Run]:
+    r = Run()
+    r.source.start(CONFIG, r.updates.put)
+    yield r
+    r.source.stop()
+
+
+def test_routes_become_the_view_and_bad_ones_rejections(run: Run) -> None:
+    run.watch.set(mirror("10.0.0.2/32"), mirror("10.9.0.2/32"))
+    update = run.until(lambda u: bool(u.view.remote_routes))
+    assert {str(r.prefix) for r in update.view.remote_routes} == {"10.0.0.2/32"}
+    assert [r.reason for r in update.rejected] == [Reason.OUTSIDE_SUBNETS]
+    assert update.in_sync
+    assert update.detail == "1 of 2 route reflector sessions established"
+    rr1 = next(p for p in update.peers if p.name == "rr1")
+    assert (rr1.address, rr1.up, rr1.info) == ("2001:db8:0:f1::1", True, "Established")
+
+
+def test_not_in_sync_without_a_route_reflector(run: Run) -> None:
+    run.until(lambda u: u.in_sync)
+    run.bird.sessions = {"rr1": "Active", "rr2": "Connect"}
+    update = run.until(lambda u: not u.in_sync)
+    assert update.detail.startswith("0 of 2")
+    run.bird.sessions["rr2"] = "Established"
+    run.until(lambda u: u.in_sync)
+
+
+def test_never_in_sync_during_graceful_restart_recovery(run: Run) -> None:
+    run.until(lambda u: u.in_sync)
+    run.bird.recovering = True
+    update = run.until(lambda u: not u.in_sync)
+    assert "graceful-restart recovery" in update.detail
+    run.bird.recovering = False
+    run.until(lambda u: u.in_sync)
+
+
+def test_bird_gone_is_not_in_sync_and_keeps_publishing_routes(run: Run) -> None:
+    run.until(lambda u: u.in_sync)
+    run.bird.running = False
+    run.watch.set(mirror("10.0.0.2/32"))
+    update = run.until(lambda u: not u.in_sync and bool(u.view.remote_routes))
+    assert update.peers == ()
+    assert "cannot connect" in update.detail
+
+
+def test_config_applied_at_start_retried_after_failure_and_on_reload(fast_poll: None) -> None:
+    applied: list[Config] = []
+
+    def apply(config: Config, path: Path) -> None:
+        applied.append(config)
+        if len(applied) == 1:
+            raise BirdError("BIRD refused it")
+
+    r = Run(apply)
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.until(lambda u: "BIRD config not applied: BIRD refused it" in u.detail)
+        r.until(lambda u: "not applied" not in u.detail)
+        assert len(applied) == 2
+        reloaded = CONFIG.model_copy(update={"endpoints": {}})
+        r.source.reload(reloaded)
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(applied) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert applied[-1] is reloaded
+    finally:
+        r.source.stop()
+
+
+def test_route_reflector_sessions_are_named_as_bird_config_renders_them() -> None:
+    text = bird_config.render_host(CONFIG, None)
+    for i, _ in enumerate(CONFIG.directory.route_reflectors, 1):
+        assert f"protocol bgp {rr_protocol(i)} {{" in text
