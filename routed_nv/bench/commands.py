@@ -94,6 +94,12 @@ def bench_command(
     a UML guest are not a machine's: compare the ratios. Method: docs/benchmarks.md.
 
     \b
+    Exit status:
+      0  measured and reported
+      1  the benchmark failed (in the UML guest or on this kernel)
+      2  usage error
+
+    \b
     Examples:
       routed-nv bench --quick
       routed-nv bench --quick -o json > bench.json

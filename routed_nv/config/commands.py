@@ -40,6 +40,12 @@ def check_command(
     is installed; `--as-drop-in NAME` checks a rendered drop-in together with the installed files.
 
     \b
+    Exit status:
+      0  valid
+      1  invalid (one line per problem on stderr)
+      2  usage error
+
+    \b
     Examples:
       routed-nv config check
       routed-nv config check /etc/routed-nv/routed-nv.toml
@@ -68,6 +74,12 @@ def check_command(
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
 def show_command(path: Path | None) -> None:
     """Print the effective configuration as JSON, after merging every layer and the defaults.
+
+    \b
+    Exit status:
+      0  printed
+      1  invalid (one line per problem on stderr)
+      2  usage error
 
     \b
     Examples:

@@ -78,8 +78,12 @@ def demo_command(mem: str, timeout: float) -> None:
     workload (never the other tenant's workload with the same address) received it; the underlay
     router saw nothing but ESP between hosts.
 
-    Exit status 0 when all of that holds, 1 otherwise (124: the UML guest timed out, 125: it did
-    not report).
+    \b
+    Exit status:
+      0    all of that holds
+      1    something does not (each failure is listed)
+      124  the UML guest timed out
+      125  the UML guest did not report
 
     \b
     Examples:
@@ -150,7 +154,12 @@ def shell_command(mem: str, timeout: float) -> None:
 
     The shell runs in the root namespace of the lab's kernel; use `ip netns exec rnv-lab-host1
     ...` or `ip -n rnv-lab-host1 ...` to act inside a host. Without a terminal, commands are read
-    from stdin. Exits with the shell's status.
+    from stdin.
+
+    \b
+    Exit status:
+      the shell's own status (that of its last command)
+      124  the UML guest ran out of --timeout
 
     \b
     Examples:
@@ -181,6 +190,11 @@ def up_command() -> None:
     """Build the default lab and leave it running (only on a kernel with the datapath features).
 
     \b
+    Exit status:
+      0  built
+      1  this kernel lacks the datapath features, or the lab could not be built
+
+    \b
     Examples:
       routed-nv lab up && ip netns exec rnv-lab-host1 ping -6 -c1 2001:db8:0:2:ffff::1
       routed-nv lab down
@@ -201,6 +215,10 @@ def up_command() -> None:
 @lab_group.command(name="down")
 def down_command() -> None:
     """Remove every `rnv-lab-*` namespace (and what runs in it) left by `lab up` or a crash.
+
+    \b
+    Exit status:
+      0  removed (possibly nothing)
 
     \b
     Examples:
