@@ -37,6 +37,8 @@ def _run(tool: str, *args: str, cwd: Path = ANSIBLE_DIR) -> subprocess.Completed
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",  # Debian's, which has python3-apt
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
     }
+    if VENV_BIN.exists():
+        env["VIRTUAL_ENV"] = str(VENV_BIN.parent)  # ansible-lint caches there, not in configs/
     command = [_tool(tool) or tool, *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
