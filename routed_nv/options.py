@@ -1,10 +1,26 @@
-"""Command-line options shared by several commands, defined once (as pip-tools does)."""
+"""Command-line options and steps shared by several commands, defined once (as pip-tools does)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
+
+from routed_nv.config.loader import ConfigError, load_config
+from routed_nv.config.model import Config
+
+
+def config_or_exit(path: Path | None, exit_code: int, **load: Any) -> Config:
+    """The configuration, or every problem on stderr, one per line, and exit: nothing was done."""
+    try:
+        return load_config(path, **load)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(exit_code)
+
 
 config_option = click.option(
     "-c",

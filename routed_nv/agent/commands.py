@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from routed_nv.config.loader import ConfigError, load_config
-from routed_nv.options import config_option, netns_option, output_option
+from routed_nv.options import config_option, config_or_exit, netns_option, output_option
 
 EXIT_OK = 0
 EXIT_CHANGES = 1  # --dry-run found something to change
@@ -46,12 +45,7 @@ def apply_command(config_path: Path | None, netns: str | None, dry_run: bool, ou
       routed-nv apply -c /etc/routed-nv/routed-nv.toml -o json
       ip netns exec host1 routed-nv apply -c lab/host1.toml
     """
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(EXIT_FAILED)
+    config = config_or_exit(config_path, EXIT_FAILED)
 
     # The drivers import pyroute2 and iptc: only load them when a command needs the kernel.
     from routed_nv.agent.datapath import Datapath

@@ -16,9 +16,8 @@ from routed_nv.agent import report, runtime
 from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
 from routed_nv.agent.options import run_dir_option
 from routed_nv.calc.inputs import static_view
-from routed_nv.config.loader import ConfigError, load_config
 from routed_nv.config.model import EndpointStyle
-from routed_nv.options import config_option, output_option
+from routed_nv.options import config_option, config_or_exit, output_option
 
 EXIT_OK = 0
 EXIT_DOWN = 1  # no agent answers, or the thing asked for does not exist
@@ -192,7 +191,7 @@ def lookup_command(
         )
         found["source"] = "agent"
     except AgentDown:
-        config = _config_or_exit(config_path)
+        config = config_or_exit(config_path, EXIT_ERROR)
         try:
             found = report.lookup(config, static_view(config), None, tenant, address)
         except report.QueryError as exc:
@@ -223,15 +222,6 @@ def lookup_command(
                 f"  SPIs out: {' '.join(spis['out']) or '-'}  in: {' '.join(spis['in']) or '-'}"
             )
     click.echo(f"  (from the {'running agent' if found['source'] == 'agent' else 'configuration'})")
-
-
-def _config_or_exit(config_path: Path | None) -> Any:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(EXIT_ERROR)
 
 
 @click.group("endpoint")
@@ -269,7 +259,7 @@ def endpoint_list_command(config_path: Path | None, run_dir: Path, output: str) 
     try:
         listing = ask(run_dir / SOCKET_NAME, {"request": "endpoints"})
     except AgentDown:
-        config = _config_or_exit(config_path)
+        config = config_or_exit(config_path, EXIT_ERROR)
         listing = {"source": "config", "endpoints": report.endpoints(config, static_view(config))}
     except ControlError as exc:
         _fail(EXIT_ERROR, str(exc))

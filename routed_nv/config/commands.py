@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from routed_nv.config.loader import ConfigError, default_path, load_config
+from routed_nv.config.loader import default_path
+from routed_nv.options import config_or_exit
 
 
 @click.group("config")
@@ -57,12 +57,7 @@ def check_command(
             raise click.UsageError("--as-drop-in needs the PATH of the file to check")
         substitute = (as_drop_in, path)
         path = default_path()
-    try:
-        config = load_config(path, drop_in_dir=drop_in_dir, substitute=substitute)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(1)
+    config = config_or_exit(path, 1, drop_in_dir=drop_in_dir, substitute=substitute)
     if not quiet:
         click.echo(
             f"ok: host {config.host.name}: {len(config.tenants)} tenants, "
@@ -86,10 +81,5 @@ def show_command(path: Path | None) -> None:
       routed-nv config show
       ROUTED_NV_HOST__UPLINK=eth1 routed-nv config show | jq .host
     """
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(1)
+    config = config_or_exit(path, 1)
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import click
 
-from routed_nv.config.loader import ConfigError, load_config
 from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp.spimap import SaRow, rows_from_sas, rows_from_states
 from routed_nv.esp.xfrm import IprouteXfrm, XfrmError
-from routed_nv.options import config_option, netns_option, output_option
+from routed_nv.options import config_option, config_or_exit, netns_option, output_option
 
 EXIT_OK = 0
 EXIT_FAILED = 2
@@ -71,12 +70,7 @@ def list_command(
       routed-nv sa list --vici-socket /run/charon.vici
       routed-nv sa list --netns host1 -c lab/host1.toml
     """
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(EXIT_FAILED)
+    config = config_or_exit(config_path, EXIT_FAILED)
     try:
         rows = _rows(config, netns, vici_socket)
     except _ReadError as exc:
