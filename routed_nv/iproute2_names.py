@@ -9,15 +9,13 @@ and shipped as a static file.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import click
 
 from routed_nv import markers
-from routed_nv.config.loader import ConfigError, load_config
-from routed_nv.options import config_option
+from routed_nv.options import config_option, config_or_exit
 
 # Tenant names are [a-z0-9_-], so a '.' suffix can never collide with another tenant's VRF table.
 PUBLISH_SUFFIX = ".publish"
@@ -69,10 +67,5 @@ def iproute2_names_command(config_path: Path | None) -> None:
       ip route show table rnv-blue
       routed-nv iproute2-names -c lab/host1/routed-nv.toml
     """
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(2)
+    config = config_or_exit(config_path, 2)
     click.echo(render((name, t.id) for name, t in config.tenants.items()), nl=False)
