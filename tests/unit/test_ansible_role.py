@@ -125,3 +125,58 @@ def test_check_mode_run_on_localhost(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "failed=0" in result.stdout
+
+
+def test_config_tasks_validate_with_routed_nv(tmp_path: Path) -> None:
+    """The configuration tasks for real, into a scratch directory, with this checkout's routed-nv.
+
+    Proves the validate commands work (a rendered file is checked before it replaces the
+    installed one), that an invalid drop-in never reaches the directory, and idempotence.
+    """
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        "- name: routed_nv configuration\n  hosts: localhost\n  roles: [routed_nv]\n"
+    )
+    etc = tmp_path / "etc"
+
+    def play(*extra: str) -> subprocess.CompletedProcess[str]:
+        return _run(
+            "ansible-playbook",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "--tags",
+            "config",
+            str(playbook),
+            "-e",
+            f"@{ANSIBLE_DIR / 'host_vars' / 'host1.yml'}",
+            "-e",
+            "routed_nv_source=unused",
+            "-e",
+            "vault_routed_nv_ike_psk=test-psk",
+            "-e",
+            "routed_nv_manage_service=false",
+            "-e",
+            f"routed_nv_config_dir={etc}",
+            "-e",
+            f"routed_nv_psk_file={etc / 'keys' / 'ike.psk'}",
+            "-e",
+            f"routed_nv_bin={ROOT / '.venv' / 'bin' / 'routed-nv'}",
+            *extra,
+        )
+
+    first = play()
+    assert first.returncode == 0, first.stdout + first.stderr
+    tenants = etc / "conf.d" / "10-tenants.toml"
+    installed = tenants.read_text()
+    assert oct((etc / "keys" / "ike.psk").stat().st_mode & 0o777) == "0o600"
+
+    again = play()
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout
+
+    invalid = '{"routed_nv_drop_ins": {"10-tenants.toml": {"tenants": {"blue": {"id": 0}}}}}'
+    rejected = play("-e", invalid)
+    assert rejected.returncode != 0
+    assert "tenants.blue.id: 0 is out of range" in rejected.stdout, rejected.stdout
+    assert tenants.read_text() == installed
