@@ -170,8 +170,23 @@ def underlay_capture(lab: Lab) -> Iterator[list[WireReport]]:
         pcap = Path(workdir) / "underlay.pcap"
         capture = lab.spawn(
             lab.topology.router_namespace,
-            # immediate mode: without it the packets still buffered when tcpdump stops are lost
-            ["tcpdump", "-i", "any", "-nn", "--immediate-mode", "-U", "-w", str(pcap)],
+            # immediate mode: without it the packets still buffered when tcpdump stops are lost;
+            # it gives each packet a 256 KiB ring slot unless the snap length is small, so the
+            # default ring would hold 8 packets and drop most copies of a burst
+            [
+                "tcpdump",
+                "-i",
+                "any",
+                "-nn",
+                "--immediate-mode",
+                "-s",
+                "1600",
+                "-B",
+                "16384",
+                "-U",
+                "-w",
+                str(pcap),
+            ],
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1)  # tcpdump opens its sockets asynchronously
