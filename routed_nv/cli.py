@@ -21,6 +21,7 @@ from routed_nv.bench.commands import bench_command
 from routed_nv.config.commands import config_group
 from routed_nv.doctor import doctor_command
 from routed_nv.esp.commands import sa_group
+from routed_nv.iproute2_names import iproute2_names_command
 from routed_nv.lab.commands import lab_group
 
 
@@ -45,6 +46,7 @@ main.add_command(config_group)
 main.add_command(directory_group)
 main.add_command(doctor_command)
 main.add_command(endpoint_group)
+main.add_command(iproute2_names_command)
 main.add_command(lab_group)
 main.add_command(lookup_command)
 main.add_command(sa_group)
