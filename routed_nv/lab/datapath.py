@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from routed_nv import markers
@@ -87,12 +88,17 @@ def configure_workload(workload: Workload, mtu: int) -> None:
 class LabDatapath:
     """routed_nv on every host of a built lab; keeps one Datapath per host, like an agent."""
 
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(
+        self, lab: Lab, workdir: Path, adapt: Callable[[str, Config], Config] | None = None
+    ) -> None:
+        """`adapt(host, config)` changes a host's config before it is written (the BGP lab)."""
         self.lab = lab
         self.secrets_dir = workdir / "keys"
         topology = lab.topology
         write_secrets(topology, self.secrets_dir)
         self.configs = {h.name: host_config(topology, h, self.secrets_dir) for h in topology.hosts}
+        if adapt is not None:
+            self.configs = {host: adapt(host, config) for host, config in self.configs.items()}
         # the same configs as files, so `routed-nv apply -c` and operators in `lab shell` see them
         self.config_files = {}
         for host, config in self.configs.items():

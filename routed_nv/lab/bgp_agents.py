@@ -1,0 +1,48 @@
+"""The BGP lab: directory_topology() with BIRD on every host and route reflector, and an agent
+per host whose directory source is BGP.
+
+Each host's config keeps `peers` (static keying derives SPIs from host ids, which BGP does not
+carry) but has no `remote_endpoints`: where the other hosts' workloads are comes from BGP only.
+The agent applies its host's BIRD config itself (bird_apply) to the BIRD the lab started with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from routed_nv.config.model import Config, DirectorySourceKind
+from routed_nv.lab.agents import LabAgents
+from routed_nv.lab.bird import LabBird, with_directory
+from routed_nv.lab.builder import Lab
+from routed_nv.lab.datapath import LabDatapath
+
+
+class BgpAgents:
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        self.birds = LabBird(lab, workdir / "bird")
+        self.datapath = LabDatapath(lab, workdir, self._bgp_config)
+        self.agents = LabAgents(self.datapath, workdir)
+
+    def _bgp_config(self, host: str, config: Config) -> Config:
+        bird = self.birds.node(host)
+        config = with_directory(config, self.birds.lab.topology)
+        directory = config.directory.model_copy(
+            update={
+                "source": DirectorySourceKind.BGP,
+                "bird_socket": bird.socket,
+                "bird_config": bird.config,
+            }
+        )
+        return config.model_copy(update={"directory": directory, "remote_endpoints": {}})
+
+    def start(self, *agent_args: str) -> dict[str, float]:
+        """Route reflectors, workloads, agents, then the hosts' BIRD: the agents' first apply
+        creates the host addresses BGP runs from, and a session that fails before they exist
+        waits out BIRD's retry timers. Returns each agent's seconds to READY=1 (the agent
+        needs no BIRD for that: it applies BIRD's config once BIRD answers)."""
+        self.birds.start_route_reflectors()
+        self.datapath.configure_workloads()
+        ready = self.agents.start_all(*agent_args)
+        self.birds.start_hosts(self.datapath.configs)
+        self.birds.wait_established()
+        return ready

@@ -1,0 +1,231 @@
+"""Agents whose directory is BGP, on a real kernel: 3 hosts and 2 route reflectors, each with
+BIRD (started with -R), one `routed-nv agent` per host with directory.source = "bgp" and no static
+remote endpoints. Endpoints appear, move, and survive route-reflector, agent and BIRD crashes
+with continuous pings; a bad route from a host is rejected by its receivers. Tests share one lab
+and run in file order; each uses its own addresses."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from test_datapath_scenario import ns, sh
+
+from routed_nv import markers
+from routed_nv.directory.birdc import BirdClient
+from routed_nv.lab.agents import ROUTED_NV
+from routed_nv.lab.bgp_agents import BgpAgents
+from routed_nv.lab.builder import Lab
+from routed_nv.lab.checks import tenant_matrix
+from routed_nv.lab.topology import directory_topology
+
+pytestmark = pytest.mark.kernel
+
+BLUE = 100
+REACH_TIMEOUT_S = 60.0
+MOVER_NETNS = "rnv-lab-mover"  # the lab prefix: `routed-nv lab down` cleans it up if we do not
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpAgents]:
+    workdir = tmp_path_factory.mktemp("bgp-agents")
+    with Lab(directory_topology()) as built:
+        env = BgpAgents(built, workdir)
+        started = time.monotonic()
+        ready = env.start()
+        print(f"\nagent start -> READY=1: {ready}")
+        for host in ("blue2", "blue3"):
+            reach(env, host, "10.0.0.1", started)
+        print(f"lab start -> blue1 reachable over BGP: {time.monotonic() - started:.2f} s")
+        yield env
+        env.agents.stop_all()
+
+
+def reach(env: BgpAgents, source: str, address: str, since: float) -> float:
+    """Seconds from `since` until `address` answers a ping from workload `source`."""
+    while True:
+        done = env.datapath.lab.exec(ns(source), ["ping", "-c", "1", "-W", "0.2", address])
+        if done.returncode == 0:
+            return time.monotonic() - since
+        if time.monotonic() - since > REACH_TIMEOUT_S:
+            raise AssertionError(f"{source} -> {address}: unreachable; {diagnose(env)}")
+        time.sleep(0.05)
+
+
+def diagnose(env: BgpAgents) -> str:
+    """What the directory looks like from host1 (publishing) and host2 (mirroring)."""
+    lines = []
+    for host in ("host1", "host2", "host3"):
+        agent = env.agents[host]
+        lines += [f"== {host} status: {agent.status()['directory']}", agent.log()[-800:]]
+        for table in (markers.publish_table(BLUE), markers.mirror_table(BLUE)):
+            lines.append(sh(env.datapath, ns(host), f"ip route show table {table}"))
+        with BirdClient(env.birds.node(host).socket) as bird:
+            lines += [str(p) for p in bird.protocols() if p.proto == "BGP"]
+            lines += [x.text for x in bird.command("show status").lines]
+            lines += [x.text for x in bird.command("show route count").lines]
+    for rr in ("rr1", "rr2"):
+        with BirdClient(env.birds.node(rr).socket) as bird:
+            lines += [f"== {rr}"] + [x.text for x in bird.command("show status").lines]
+            lines += [x.text for x in bird.command("show route count").lines]
+            lines += [str(p) for p in bird.protocols() if p.proto == "BGP"]
+    return "\n".join(lines)
+
+
+class Ping:
+    """A continuous ping every 50 ms; stop() returns (sent, lost)."""
+
+    def __init__(self, env: BgpAgents, source: str, target: str) -> None:
+        argv = ["ping", "-i", "0.05", "-W", "1", target]
+        self.proc = env.datapath.lab.spawn(
+            ns(source), argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        time.sleep(0.3)
+
+    def stop(self) -> tuple[int, int]:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        m = re.search(rb"(\d+) packets transmitted, (\d+) received", out)
+        assert m, out
+        return int(m[1]), int(m[1]) - int(m[2])
+
+
+def pings(env: BgpAgents) -> list[Ping]:
+    return [Ping(env, "blue1", "10.0.0.2"), Ping(env, "red3", "fd10::1")]
+
+
+def losses(running: list[Ping]) -> list[tuple[int, int]]:
+    return [p.stop() for p in running]
+
+
+def endpoint_cmd(env: BgpAgents, host: str, *args: str) -> None:
+    agent = env.agents[host]
+    done = subprocess.run(
+        [*ROUTED_NV, "endpoint", *args, "-c", str(agent.config_path), "--run-dir",
+         str(agent.run_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    agent.until("READY")
+
+
+def add_mover(env: BgpAgents, host: str) -> None:
+    endpoint_cmd(env, host, "add", "mover", "--tenant", "blue", "--address", "10.0.0.12",
+                 "--address", "fd10::12", "--netns", MOVER_NETNS)  # fmt: skip
+
+
+def test_every_tenant_pair_reaches_over_bgp(env: BgpAgents) -> None:
+    assert [r for r in tenant_matrix(env.datapath.lab) if not r.ok] == []
+    status = env.agents["host2"].status()["directory"]
+    assert (status["source"], status["in_sync"], status["peers_up"]) == ("bgp", True, 2), status
+    assert status["detail"] == "2 of 2 route reflector sessions established"
+
+
+def test_an_endpoint_added_then_moved_converges_through_bgp(env: BgpAgents) -> None:
+    subprocess.run(["ip", "netns", "add", MOVER_NETNS], check=True)
+    try:
+        sh(env.datapath, MOVER_NETNS, "ip link set lo up")
+        started = time.monotonic()
+        add_mover(env, "host1")
+        times = {s: reach(env, s, "10.0.0.12", started) for s in ("blue2", "blue3")}
+        v6 = reach(env, "blue2", "fd10::12", started)
+        print(f"\nendpoint add on host1 -> reachable: {times}, IPv6 from blue2 {v6:.2f} s")
+        # remove-then-add needs no mobility sequence: the old route is withdrawn first
+        started = time.monotonic()
+        endpoint_cmd(env, "host1", "del", "mover")
+        add_mover(env, "host3")
+        moved = reach(env, "blue2", "10.0.0.12", started)
+        print(f"move host1 -> host3: reachable from blue2 after {moved:.2f} s")
+        host3 = str(env.datapath.lab.topology.host("host3").prefix[1])
+        mirror = markers.mirror_table(BLUE)
+        assert host3 in sh(env.datapath, ns("host2"), f"ip route show table {mirror} 10.0.0.12")
+        # host1 neither publishes the address nor routes it to a local link any more
+        on_host1 = sh(env.datapath, ns("host1"), "ip -4 route show table all proto 230")
+        assert "10.0.0.12" not in on_host1, on_host1
+    finally:
+        endpoint_cmd(env, "host3", "del", "mover")
+        subprocess.run(["ip", "netns", "del", MOVER_NETNS], check=False)
+
+
+def test_route_reflector_crashes_and_restarts_lose_no_packet(env: BgpAgents) -> None:
+    running = pings(env)
+    env.birds.kill("rr1")
+    time.sleep(2)
+    env.birds.kill("rr2")
+    time.sleep(3)
+    both_down = env.agents["host2"].status()["directory"]
+    env.birds.start("rr1")
+    env.birds.wait_established(sessions=1)
+    env.birds.start("rr2")
+    env.birds.wait_established()
+    lost = losses(running)
+    print(f"\nrr1 then rr2 kill -9, restart one at a time: (sent, lost) {lost}")
+    assert not both_down["in_sync"], both_down
+    assert [x for _, x in lost] == [0, 0]
+
+
+def test_agent_restart_loses_no_packet(env: BgpAgents) -> None:
+    running = pings(env)
+    agent = env.agents["host1"]
+    assert agent.stop() == 0
+    ready = agent.start()
+    time.sleep(1)
+    lost = losses(running)
+    print(f"\nhost1 agent restart (READY in {ready:.2f} s): (sent, lost) {lost}")
+    assert [x for _, x in lost] == [0, 0]
+
+
+def test_host_bird_crash_and_graceful_restart_lose_no_packet(env: BgpAgents) -> None:
+    running = pings(env)
+    env.birds.kill("host1")
+    time.sleep(1)
+    env.birds.start("host1")  # -R: graceful-restart recovery
+    seen = []
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        directory = env.agents["host1"].status()["directory"]
+        seen.append(directory["in_sync"])
+        if directory["in_sync"]:
+            break
+        time.sleep(0.1)
+    time.sleep(1)
+    lost = losses(running)
+    out_of_sync = f"not in sync for {len(seen) - 1} status polls 0.1 s apart"
+    print(f"\nhost1 BIRD kill -9 + start -R: (sent, lost) {lost}; {out_of_sync}")
+    assert seen[0] is False and seen[-1] is True
+    assert [x for _, x in lost] == [0, 0]
+
+
+def test_a_route_outside_the_tenant_subnets_is_rejected_not_programmed(env: BgpAgents) -> None:
+    bad = "192.168.77.1"
+    table = markers.publish_table(BLUE)
+    link = env.datapath.lab.topology.workloads_on("host1")[0].host_link
+    sh(env.datapath, ns("host1"), f"ip route add {bad}/32 dev {link} table {table} proto 230")
+    agent = env.agents["host2"]
+    try:
+        deadline = time.monotonic() + REACH_TIMEOUT_S
+        while True:
+            done = agent.status_command("-o", "json")
+            rejected = json.loads(done.stdout)["directory"]["rejected"]
+            if any(bad in r["route"] for r in rejected) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert [r["reason"] for r in rejected if bad in r["route"]] == ["outside-tenant-subnets"]
+        scrape = (
+            "import urllib.request as u; "
+            "print(u.urlopen('http://127.0.0.1:9573/metrics').read().decode())"
+        )
+        metrics = env.datapath.lab.exec(agent.namespace, [sys.executable, "-c", scrape]).stdout
+        counter = 'routed_nv_rejected_routes_total{reason="outside-tenant-subnets"} 1.0'
+        assert counter in metrics, metrics
+        mirror = markers.mirror_table(BLUE)
+        programmed = sh(env.datapath, ns("host2"), f"ip -4 route show table all {bad}")
+        assert [x for x in programmed.splitlines() if f"table {mirror}" not in x] == []
+    finally:
+        sh(env.datapath, ns("host1"), f"ip route del {bad}/32 table {table} proto 230")
