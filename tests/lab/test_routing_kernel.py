@@ -19,6 +19,7 @@ from routed_nv.calc.routing import desired_routing, endpoint_link_name
 from routed_nv.config.model import Config
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.netlink import NetlinkKernel
+from tests.factories import HOST1
 
 pytestmark = pytest.mark.kernel
 
@@ -68,13 +69,7 @@ def make_config(endpoints: dict | None = None, tenants: dict | None = None, remo
         remote[f"r{i}"] = {"tenant": "blue", "addresses": [v4, f"fd11::{i + 1:x}"], "host": "host2"}
     return Config.model_validate(
         {
-            "host": {
-                "name": "host1",
-                "id": 1,
-                "underlay_prefix": "2001:db8:0:1::/64",
-                "underlay_aggregate": "2001:db8::/48",
-                "uplink": "eth0",
-            },
+            "host": HOST1,
             "tenants": tenants
             or {
                 "blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]},

@@ -9,6 +9,7 @@ from routed_nv.calc.netfilter import (
 )
 from routed_nv.calc.routing import host_ifname
 from routed_nv.config.model import Config, Endpoint
+from tests.factories import HOST1
 
 V4, V6 = Family.IPV4, Family.IPV6
 
@@ -16,13 +17,7 @@ V4, V6 = Family.IPV4, Family.IPV6
 def config(**extra) -> Config:
     return Config.model_validate(
         {
-            "host": {
-                "name": "h1",
-                "id": 1,
-                "underlay_prefix": "2001:db8:0:1::/64",
-                "underlay_aggregate": "2001:db8::/48",
-                "uplink": "u1",
-            },
+            "host": HOST1,
             "tenants": {"blue": {"id": 100}, "red": {"id": 200}},
             "endpoints": {
                 "web": {

@@ -6,6 +6,7 @@ from routed_nv.calc.netfilter import DISPATCH, Family, Rule, desired_rules
 from routed_nv.config.model import Config
 from routed_nv.netfilter.driver import NetfilterDriver
 from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
+from tests.factories import HOST1
 
 
 class FakeTables:
@@ -43,13 +44,7 @@ class FakeTables:
 def config(endpoints=None, tenants=None) -> Config:
     return Config.model_validate(
         {
-            "host": {
-                "name": "h1",
-                "id": 1,
-                "underlay_prefix": "2001:db8:0:1::/64",
-                "underlay_aggregate": "2001:db8::/48",
-                "uplink": "u1",
-            },
+            "host": HOST1,
             "tenants": tenants or {"blue": {"id": 100}, "red": {"id": 200}},
             "endpoints": endpoints
             or {

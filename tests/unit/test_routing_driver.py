@@ -14,6 +14,7 @@ from routed_nv.config.model import Config
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.kernel import AlreadyExists, KernelError, LinkState, NetnsNotFound, NotFound
 from routed_nv.routing.objects import Address, NeighProxy, Route
+from tests.factories import HOST1
 
 net = ipaddress.ip_network
 
@@ -165,13 +166,7 @@ class World:
 def make_config(endpoints=None, tenants=None):
     return Config.model_validate(
         {
-            "host": {
-                "name": "host1",
-                "id": 1,
-                "underlay_prefix": "2001:db8:0:1::/64",
-                "underlay_aggregate": "2001:db8::/48",
-                "uplink": "eth0",
-            },
+            "host": HOST1,
             "tenants": tenants or {"blue": {"id": 100, "ipv6": ["fd10::/64"]}, "red": {"id": 200}},
             "endpoints": endpoints
             if endpoints is not None

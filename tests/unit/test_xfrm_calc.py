@@ -12,6 +12,7 @@ from routed_nv.esp import spi
 from routed_nv.esp.keys import KeyFileError, TenantKeys, derive_sa_key
 from routed_nv.esp.objects import Action, Direction
 from routed_nv.esp.secret import Secret
+from tests.factories import HOST1
 
 SECRETS = {0: Secret(b"\x00" * 32), 1: Secret(b"\x01" * 32)}
 
@@ -19,13 +20,7 @@ SECRETS = {0: Secret(b"\x00" * 32), 1: Secret(b"\x01" * 32)}
 def config(mode: str = "static", **extra: Any) -> Config:
     return Config.model_validate(
         {
-            "host": {
-                "name": "host1",
-                "id": 1,
-                "underlay_prefix": "2001:db8:0:1::/64",
-                "underlay_aggregate": "2001:db8::/48",
-                "uplink": "eth0",
-            },
+            "host": HOST1,
             "keying": {"mode": mode},
             "tenants": {"blue": {"id": 100}, "red": {"id": 200}},
             "peers": {
