@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from routed_nv import markers
-from routed_nv.agent import bgp_source
+from routed_nv.agent import bgp_source, daemon_commands
 from routed_nv.agent.bgp_source import GR_RECOVERY, BgpSource, rr_protocol
-from routed_nv.agent.source import SourceUpdate
-from routed_nv.config.model import Config
+from routed_nv.agent.source import SourceUpdate, StaticSource
+from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
 from routed_nv.directory.birdc import BirdError, Line, Protocol, Reply
 from routed_nv.directory.learn import MirrorRoute, Reason
@@ -198,3 +198,11 @@ def test_route_reflector_sessions_are_named_as_bird_config_renders_them() -> Non
     text = bird_config.render_host(CONFIG, None)
     for i, _ in enumerate(CONFIG.directory.route_reflectors, 1):
         assert f"protocol bgp {rr_protocol(i)} {{" in text
+
+
+def test_the_daemon_picks_the_source_the_config_names() -> None:
+    bgp = daemon_commands._source(CONFIG, "rnv-host1")
+    assert isinstance(bgp, BgpSource)
+    bgp.stop()  # never started: only its wake-up pipe to close
+    static = CONFIG.model_copy(update={"directory": Directory()})
+    assert isinstance(daemon_commands._source(static, None), StaticSource)
