@@ -47,6 +47,8 @@ charon {{
       default = 1
       ike = 2
       cfg = 2
+      chd = 2
+      knl = 2
       time_format = %T
     }}
   }}

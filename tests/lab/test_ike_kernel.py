@@ -286,6 +286,36 @@ def test_4_rekey_under_continuous_ping_loses_nothing(
         assert new.spi_in != old.spi_in and new.spi_out != old.spi_out
 
 
+# Reproducer of the responder-side gap (docs/ike.md, "Open problems"): with `policies = no` the
+# responder's new outbound SA is used by our SPI-less template as soon as charon adds it, before
+# the initiator has its inbound SA (still larval from ALLOCSPI: XfrmAcquireError there).
+# Measured: 5 of 10 rekeys lose one packet per direction; with charon's SPI-pinned outbound
+# policies (a lab experiment) 0 of 10. Not fixable in routed_nv's charon configuration alone.
+@pytest.mark.xfail(
+    reason="responder uses its new outbound SA before the initiator installed "
+    "the inbound one (policies = no); see docs/ike.md",
+    strict=False,
+)
+def test_4b_ten_child_sa_rekeys_under_continuous_ping_lose_nothing(ike: IkeLab) -> None:
+    ike.settle()
+    errors_before = xfrm_errors(ike)
+    rekeys = 10
+    pings = [
+        Ping(ike, "blue1", "10.0.0.2", 130 * rekeys),
+        Ping(ike, "blue2", "fd10::1", 130 * rekeys),
+    ]
+    for _ in range(rekeys):
+        with ike.vici("host1") as vici:
+            vici.rekey(child="rnv-host2-t100")
+        time.sleep(1.2)
+    results = [p.stop() for p in pings]
+    errors_after = xfrm_errors(ike)
+    print(f"\n{rekeys} CHILD_SA rekeys under ping -i 0.01: (sent, received) {results}")
+    print(f"xfrm_stat before {errors_before}\nxfrm_stat after  {errors_after}")
+    assert all(received == sent for sent, received in results), results
+    assert errors_after == errors_before
+
+
 def test_5_an_unloaded_connection_is_reasserted_by_the_next_reconcile(ike: IkeLab) -> None:
     ike.settle()
     with ike.vici("host1") as vici:
