@@ -133,15 +133,20 @@ def test_an_endpoint_added_then_moved_converges_through_bgp(env: BgpAgents) -> N
         sh(env.datapath, MOVER_NETNS, "ip link set lo up")
         started = time.monotonic()
         add_mover(env, "host1")
+        ready = time.monotonic() - started  # the command, the reload and host1's apply
         times = {s: reach(env, s, "10.0.0.12", started) for s in ("blue2", "blue3")}
         v6 = reach(env, "blue2", "fd10::12", started)
-        print(f"\nendpoint add on host1 -> reachable: {times}, IPv6 from blue2 {v6:.2f} s")
+        print(f"\nendpoint add on host1 -> host1 READY {ready:.2f} s -> reachable: {times}, "
+              f"IPv6 from blue2 {v6:.2f} s")  # fmt: skip
         # remove-then-add needs no mobility sequence: the old route is withdrawn first
         started = time.monotonic()
         endpoint_cmd(env, "host1", "del", "mover")
+        deleted = time.monotonic() - started
         add_mover(env, "host3")
+        ready = time.monotonic() - started
         moved = reach(env, "blue2", "10.0.0.12", started)
-        print(f"move host1 -> host3: reachable from blue2 after {moved:.2f} s")
+        print(f"move host1 -> host3: host1 READY {deleted:.2f} s, host3 READY {ready:.2f} s, "
+              f"reachable from blue2 {moved:.2f} s")  # fmt: skip
         host3 = str(env.datapath.lab.topology.host("host3").prefix[1])
         mirror = markers.mirror_table(BLUE)
         assert host3 in sh(env.datapath, ns("host2"), f"ip route show table {mirror} 10.0.0.12")
