@@ -32,6 +32,9 @@ REQID_BASE = 0x0001_0000
 # Catch-all block policies sit below every real policy (a higher number is a lower priority).
 XFRM_BLOCK_PRIORITY = 2_000_000
 XFRM_POLICY_PRIORITY = 1_000
+# IKE mode: charon's own per-peer policies (pinned to the current SPI) sit above ours. Same reqid,
+# other priority: the XFRM driver leaves them to charon.
+IKE_POLICY_PRIORITY = 500
 
 # Netfilter chains and strongSwan connection names.
 CHAIN_PREFIX = "RNV-"

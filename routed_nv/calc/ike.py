@@ -6,9 +6,14 @@ between the two host addresses, and in it one CHILD_SA `rnv-<peer>-t<T>` per sha
 transport mode between the two tenant outer addresses, restricted to IPv4-in-IPv6 (4) and
 IPv6-in-IPv6 (41), with reqid = markers.reqid(T).
 
-`policies = no`: routed_nv's XFRM driver owns the policies in both keying modes (its out/in ESP
-policies carry the same reqid, and its catch-all blocks stay when charon is down), so charon only
-installs SAs, which the kernel resolves by (addresses, reqid). `mode = transport_proxy`, because
+Policies: charon installs its own per-peer transport policies at markers.IKE_POLICY_PRIORITY,
+above routed_nv's per-tenant ESP policies (same reqid, markers.XFRM_POLICY_PRIORITY) and the
+catch-all blocks, which stay as the fallback and the backstop while charon is down. charon's
+policies carry the SPI of the SA in use, and that is what makes a CHILD_SA rekey lossless: the
+responder installs its new outbound SA while answering, before the initiator has the matching
+inbound SA, and relies on its outbound policy still naming the old SPI until the initiator's
+DELETE arrives. With `policies = no` our SPI-less template took the newest SA at once and one
+packet per direction was lost in half the rekeys (docs/ike.md). `mode = transport_proxy`, because
 the CHILD_SA's addresses (tenant outer addresses) are not the IKE endpoints (host addresses):
 plain `transport` is refused with TS_UNACCEPTABLE (ARCHITECTURE.md §4).
 """
@@ -201,7 +206,8 @@ def _conn(
                 "remote_ts": list(c.remote_ts),
                 "reqid": str(c.reqid),
                 "esp_proposals": list(keying.esp_proposals),
-                "policies": "no",
+                "policies": "yes",
+                "priority": str(markers.IKE_POLICY_PRIORITY),
                 "rekey_time": f"{timers.child_rekey_s}s",
                 # Up as soon as loaded, and back up after a DPD timeout. A peer's delete is
                 # deliberate (tenant gone, charon stopping, duplicate resolved): restarting on it

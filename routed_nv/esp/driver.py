@@ -130,7 +130,11 @@ def is_our_state(state: XfrmState) -> bool:
 
 def is_our_policy(policy: XfrmPolicy, local_prefix: ipaddress.IPv6Network) -> bool:
     if policy.reqid is not None:
-        return markers.tenant_of_reqid(policy.reqid) is not None
+        # charon's own policies carry our reqid too, at their own priority: they are charon's
+        return (
+            markers.tenant_of_reqid(policy.reqid) is not None
+            and policy.priority == markers.XFRM_POLICY_PRIORITY
+        )
     # A block carries no reqid: ours are at our priority, on a tenant address of this host.
     tenant_side = policy.src if policy.direction == "out" else policy.dst
     return (

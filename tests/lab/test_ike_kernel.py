@@ -193,10 +193,12 @@ def test_1_child_sas_come_up_with_the_tenant_reqid(ike: IkeLab) -> None:
         for r in rows:
             assert f"spi 0x{r.spi_in:08x} reqid {markers.reqid(r.tenant)}" in states
             assert f"spi 0x{r.spi_out:08x} reqid {markers.reqid(r.tenant)}" in states
-        # charon installed no policies of its own: ours (and their blocks) are all there are
+        # charon's SPI-pinned policies above ours, ours and the blocks beneath; no other reqid
         policies = ike.sh(host, "ip xfrm policy")
         assert "action block" in policies
         assert not re.search(r"reqid (?!65636|65736)\d+", policies)
+        for r in rows:
+            assert f"spi 0x{r.spi_out:08x} reqid {markers.reqid(r.tenant)}" in policies
 
 
 def test_2_a_second_reconcile_changes_nothing(ike: IkeLab) -> None:
@@ -286,16 +288,10 @@ def test_4_rekey_under_continuous_ping_loses_nothing(
         assert new.spi_in != old.spi_in and new.spi_out != old.spi_out
 
 
-# Reproducer of the responder-side gap (docs/ike.md, "Open problems"): with `policies = no` the
-# responder's new outbound SA is used by our SPI-less template as soon as charon adds it, before
-# the initiator has its inbound SA (still larval from ALLOCSPI: XfrmAcquireError there).
-# Measured: 5 of 10 rekeys lose one packet per direction; with charon's SPI-pinned outbound
-# policies (a lab experiment) 0 of 10. Not fixable in routed_nv's charon configuration alone.
-@pytest.mark.xfail(
-    reason="responder uses its new outbound SA before the initiator installed "
-    "the inbound one (policies = no); see docs/ike.md",
-    strict=False,
-)
+# The responder-side gap (docs/ike.md): with `policies = no` the responder's new outbound SA was
+# used by our SPI-less template as soon as charon added it, before the initiator had its inbound
+# SA (still larval from ALLOCSPI: XfrmAcquireError there); 5 of 10 rekeys lost one packet per
+# direction. charon's SPI-pinned policies above ours close it.
 def test_4b_ten_child_sa_rekeys_under_continuous_ping_lose_nothing(ike: IkeLab) -> None:
     ike.settle()
     errors_before = xfrm_errors(ike)

@@ -152,6 +152,8 @@ def test_foreign_objects_are_left_alone() -> None:
         XfrmPolicy(Direction.OUT, HERE128, AGG, 4, 1),  # no template, not our block priority
         replace(BLOCK, priority=10),
         replace(BLOCK, src=ipaddress.IPv6Network("2001:db8:0:9::1:64/128")),  # not our prefix
+        # charon's per-peer policy in IKE mode: our reqid, charon's priority
+        replace(ALLOW, dst=ipaddress.IPv6Network(THERE), priority=markers.IKE_POLICY_PRIORITY),
     ]
     for obj in foreign:
         (kernel.states if isinstance(obj, XfrmState) else kernel.policies)[obj.key()] = obj
