@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from routed_nv.kernel_features import MachineFacts, Report, evaluate, format_table
+from routed_nv.options import output_option
 
 CHARON = Path("/usr/lib/ipsec/charon")
 UML_MODULES = Path("/usr/lib/uml/modules")
@@ -84,14 +85,7 @@ def datapath_ready() -> tuple[bool, list[str]]:
 
 
 @click.command(name="doctor")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Human table or machine-readable JSON.",
-)
+@output_option
 def doctor_command(output: str) -> None:
     """Check what this kernel and machine provide for routed_nv.
 

@@ -17,6 +17,7 @@ from routed_nv.bench import plots, report
 from routed_nv.bench.results import Report
 from routed_nv.bench.run import FULL, QUICK, run
 from routed_nv.lab import uml
+from routed_nv.options import output_option
 
 DEFAULT_TIMEOUT_S = 3600.0  # --full at 30 hosts takes a while in the guest
 
@@ -46,14 +47,7 @@ def _in_uml(quick: bool, mem: str, timeout: float) -> Report:
     help="--quick: 2 s iperf3 runs, 3 and 10 hosts, one run each (CI, a few minutes). "
     "--full (default): 10 s runs, median of 3, 3/10/30 hosts.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Markdown tables for people, or the JSON report.",
-)
+@output_option
 @click.option(
     "--save",
     type=click.Path(path_type=Path, dir_okay=False),
