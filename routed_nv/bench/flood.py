@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 from routed_nv.bench import tools, wire
@@ -36,9 +37,16 @@ RESOLVE_TIMEOUT_S = 3.0
 # Long enough for link-local DAD (1 s), MLD reports and the first RS (each within 1 s).
 BOOT_WINDOW_S = 3.0
 SETTLE_S = 0.3  # between events, so that late packets stay in their own event's window
-# One multicast solicitation per unresolved neighbour instead of the kernel's 3 (1 s apart):
-# the unknown-address event then counts exactly one ARP request and one NS per request.
-SOLICIT_ONCE = ("net.ipv4.neigh.{}.mcast_solicit", "net.ipv6.neigh.{}.mcast_solicit")
+# One solicitation per unresolved neighbour, so the unknown-address event counts exactly one ARP
+# request and one NS per request: the kernel sends up to ucast_solicit + app_solicit +
+# mcast_solicit probes (3 + 0 + 3 by default, 1 s apart), all broadcast while no address is
+# known, so both limits are needed (with mcast_solicit alone a second ARP request came 1 s later).
+SOLICIT_ONCE = {
+    "net.ipv4.neigh.{}.mcast_solicit": "1",
+    "net.ipv4.neigh.{}.ucast_solicit": "0",
+    "net.ipv6.neigh.{}.mcast_solicit": "1",
+    "net.ipv6.neigh.{}.ucast_solicit": "0",
+}
 CAPTURE_RING = ("-s", "1600", "-B", "16384")
 # What each event makes its workload send (and the replies it gets): the guest also keeps
 # sending router solicitations and MLD reports on its own timers, which are not the event's.
@@ -48,6 +56,9 @@ EVENT_KINDS = {
     "boot": frozenset({"MLD report", "DAD NS", "RS", "gratuitous ARP"}),
 }
 REPLIES = frozenset({"ARP reply", "NA"})
+
+
+IPAddress = IPv4Address | IPv6Address
 
 
 @contextmanager
@@ -120,7 +131,8 @@ def boot(setup: Setup, workload: Workload) -> None:
 def solicit_once(lab: Lab, workload: Workload) -> Iterator[None]:
     keys = [k.format(WORKLOAD_IFNAME) for k in SOLICIT_ONCE]
     before = lab.exec(workload.namespace, ["sysctl", "-n", *keys], check=True).stdout.split()
-    lab.exec(workload.namespace, ["sysctl", "-qw", *(f"{k}=1" for k in keys)], check=True)
+    once = [f"{k.format(WORKLOAD_IFNAME)}={v}" for k, v in SOLICIT_ONCE.items()]
+    lab.exec(workload.namespace, ["sysctl", "-qw", *once], check=True)
     try:
         yield
     finally:
@@ -136,14 +148,20 @@ def unknown(setup: Setup, workload: Workload) -> None:
         list(pool.map(lambda a: setup.lab.exec(workload.namespace, [*argv, a]), addresses))
 
 
-def caused_by(frame: bytes | None, mac: bytes, event: str) -> bool:
+def caused_by(
+    frame: bytes | None, mac: bytes, event: str, asked: frozenset[IPAddress] | None = None
+) -> bool:
     """Whether a crossing belongs to the event of the workload with this MAC: a frame of the
-    event's kinds that the workload sent, or a reply addressed to it. Packets of the routed
-    variants carry no frame to attribute: everything in the window is the event's."""
+    event's kinds that the workload sent, or a reply addressed to it; with `asked`, a
+    solicitation only when it asks for one of those addresses (the workload's kernel may
+    re-resolve an older neighbour in the same window). Packets of the routed variants carry no
+    frame to attribute: everything in the window is the event's."""
     if frame is None:
         return True
     kind = wire.classify(frame)
     if kind not in EVENT_KINDS[event]:
+        return False
+    if asked is not None and wire.solicited(frame) not in asked:
         return False
     return frame[:6] == mac if kind in REPLIES else frame[6:12] == mac
 
@@ -154,11 +172,16 @@ def _counts(groups: Sequence[list[wire.Crossing]]) -> list[FrameCount]:
 
 
 def tally(
-    crossings: Sequence[wire.Crossing], mac: bytes, event: str, start: float, end: float
+    crossings: Sequence[wire.Crossing],
+    mac: bytes,
+    event: str,
+    start: float,
+    end: float,
+    asked: frozenset[IPAddress] | None = None,
 ) -> EventFlood:
     groups = wire.frames([c for c in crossings if start <= c.time <= end])
-    mine = [g for g in groups if caused_by(g[0].frame, mac, event)]
-    others = [g for g in groups if not caused_by(g[0].frame, mac, event)]
+    mine = [g for g in groups if caused_by(g[0].frame, mac, event, asked)]
+    others = [g for g in groups if not caused_by(g[0].frame, mac, event, asked)]
     return EventFlood(frames=_counts(mine), background=_counts(others))
 
 
@@ -183,4 +206,9 @@ def flood_events(setup: Setup, workload: Workload, peer: Workload) -> Flood:
     prefixes = [h.prefix for h in setup.topology.hosts]
     crossings = wire.crossings(packets, prefixes, setup.esp_keys())
     mac = bytes.fromhex(workload_mac(setup.lab, workload).replace(":", ""))
-    return Flood(**{name: tally(crossings, mac, name, *w) for name, w in windows.items()})
+    # the unknown-address event is about its probes alone
+    probed = frozenset(ip_address(a) for a in setup.unknown_addresses(workload))
+    asked = {"unknown": probed}
+    return Flood(
+        **{name: tally(crossings, mac, name, *w, asked.get(name)) for name, w in windows.items()}
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -109,6 +109,17 @@ def _icmpv6(ip6: bytes) -> tuple[int, bytes] | None:
     if next_header != NH_ICMPV6 or len(ip6) <= offset:
         return None
     return ip6[offset], ip6[offset:]
+
+
+def solicited(frame: bytes) -> IPv4Address | IPv6Address | None:
+    """The address an ARP request or a neighbour solicitation asks for (None for other frames)."""
+    ethertype = struct.unpack("!H", frame[12:14])[0]
+    if ethertype == ETH_ARP:
+        return IPv4Address(frame[38:42])
+    icmp = _icmpv6(frame[ETHERNET_HEADER:]) if ethertype == ETH_IPV6 else None
+    if icmp is not None and ICMPV6_NAMES.get(icmp[0]) == "NS":
+        return IPv6Address(icmp[1][8:24])
+    return None
 
 
 def classify(frame: bytes) -> str:

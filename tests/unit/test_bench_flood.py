@@ -32,3 +32,12 @@ def test_background_is_other_guests_and_reachability_probes() -> None:
 
 def test_packets_without_a_frame_belong_to_the_window() -> None:
     assert flood.caused_by(None, BLUE1, "unknown")
+
+
+def test_unknown_owns_only_solicitations_for_the_probed_addresses() -> None:
+    request = _arp(1, BLUE1, wire.BROADCAST)  # asks for 10.0.0.2
+    assert wire.solicited(request) == ipaddress.IPv4Address("10.0.0.2")
+    probed = frozenset({ipaddress.ip_address("10.0.0.2")})
+    assert flood.caused_by(request, BLUE1, "unknown", probed)
+    other = frozenset({ipaddress.ip_address("10.0.0.200")})
+    assert not flood.caused_by(request, BLUE1, "unknown", other)  # re-resolving someone else
