@@ -40,10 +40,16 @@ class LabAgent:
         self._notify: socket.socket | None = None
         self._inbox: queue.Queue[dict[str, str]] = queue.Queue()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._spawned = 0.0
         self.messages: list[dict[str, str]] = []
 
     def start(self, *args: str) -> float:
         """Start the agent; returns the seconds from start to READY=1."""
+        self.spawn(*args)
+        return self.wait_ready()
+
+    def spawn(self, *args: str) -> None:
+        """Start the agent without waiting for it (wait_ready() does)."""
         self._notify_path.unlink(missing_ok=True)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(self._notify_path))
@@ -51,12 +57,15 @@ class LabAgent:
         threading.Thread(target=self._drain, args=(self._notify,), daemon=True).start()
         argv = [*ROUTED_NV, "agent", "-c", str(self.config_path)]
         argv += ["--run-dir", str(self.run_dir), *args]
-        started = time.monotonic()
+        self._spawned = time.monotonic()
         env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path)}
         with self.log_path.open("ab") as log:
             self.proc = self.lab.lab.spawn(self.namespace, argv, stdout=log, stderr=log, env=env)
+
+    def wait_ready(self) -> float:
+        """Seconds from the last spawn() to its READY=1."""
         self.until("READY")
-        return time.monotonic() - started
+        return time.monotonic() - self._spawned
 
     def until(self, key: str, timeout: float = READY_TIMEOUT_S) -> dict[str, str]:
         """The next sd_notify message that carries `key` (READY, RELOADING, STOPPING...)."""
@@ -131,7 +140,10 @@ class LabAgents:
         return self.agents[host]
 
     def start_all(self, *args: str) -> dict[str, float]:
-        return {host: agent.start(*args) for host, agent in self.agents.items()}
+        """Start every agent at once (as hosts boot); each one's seconds to READY=1."""
+        for agent in self.agents.values():
+            agent.spawn(*args)
+        return {host: agent.wait_ready() for host, agent in self.agents.items()}
 
     def stop_all(self) -> dict[str, int]:
         return {

@@ -8,13 +8,17 @@ The agent applies its host's BIRD config itself (bird_apply) to the BIRD the lab
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from routed_nv.config.model import Config, DirectorySourceKind
 from routed_nv.lab.agents import LabAgents
 from routed_nv.lab.bird import LabBird, with_directory
-from routed_nv.lab.builder import Lab
+from routed_nv.lab.builder import Lab, LabError
 from routed_nv.lab.datapath import LabDatapath
+from routed_nv.lab.topology import Topology
+
+CONVERGE_TIMEOUT_S = 60.0
 
 
 class BgpAgents:
@@ -46,3 +50,34 @@ class BgpAgents:
         self.birds.start_hosts(self.datapath.configs)
         self.birds.wait_established()
         return ready
+
+    def wait_converged(self, timeout: float = CONVERGE_TIMEOUT_S) -> float:
+        """Seconds until every agent is in sync with its route reflectors and has applied, without
+        errors, a route to every address of its tenants' workloads on the other hosts (which it
+        can only have learned from BGP). Raises LabError naming the hosts that are not there."""
+        started = time.monotonic()
+        expected = expected_remote_addresses(self.birds.lab.topology)
+        while True:
+            behind = {}
+            for host, wanted in expected.items():
+                status = self.agents[host].status()
+                last = status["last_apply"] or {}
+                have = (status["directory"]["in_sync"], last.get("ok"))
+                have += (status["datapath"]["remote_addresses"],)
+                if have != (True, True, wanted):
+                    behind[host] = f"in sync, last apply ok, remote addresses: {have}"
+            if not behind:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise LabError(f"BGP directory not converged after {timeout:g} s: {behind}")
+            time.sleep(0.1)
+
+
+def expected_remote_addresses(topology: Topology) -> dict[str, int]:
+    """Per host: the addresses of the workloads on other hosts that share a tenant with it."""
+    expected = {}
+    for host in topology.hosts:
+        tenants = {w.tenant for w in topology.workloads_on(host.name)}
+        others = [w for w in topology.workloads if w.host != host.name and w.tenant in tenants]
+        expected[host.name] = 2 * len(others)  # an IPv4 and an IPv6 address each
+    return expected

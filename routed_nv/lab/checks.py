@@ -7,14 +7,16 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
-from ipaddress import IPv6Address, IPv6Network
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address
 from pathlib import Path
 
 from routed_nv.lab.builder import Lab
+from routed_nv.lab.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,9 @@ def tenant_matrix(lab: Lab) -> list[Reach]:
 # What crosses the underlay, from a capture on the underlay router.
 
 _ESP = re.compile(r"ESP\(spi=0x([0-9a-f]+),")
-_IP6 = re.compile(r"\bIP6 ([0-9a-f:]+)(?:\.\d+)? > ([0-9a-f:]+?)(?:\.\d+)?: (.*)$")
+_IP6 = re.compile(r"\bIP6 ([0-9a-f:]+?)(?:\.(\d+))? > ([0-9a-f:]+?)(?:\.(\d+))?: (.*)$")
+IKE_PORTS = frozenset({500, 4500})
+BGP_PORT = 179
 
 
 @dataclass
@@ -139,24 +143,45 @@ class WireReport:
     esp_packets: int
     link_local: int  # ND/MLD between the router and one host: never leaves that link
     leaks: list[str]  # anything between hosts that is not ESP, and any IPv4 or ARP at all
+    # the control plane, by protocol: IKE between hosts, BGP with a route reflector or the ToR
+    control: Counter[str] = field(default_factory=Counter)
 
 
-def read_capture(text: str, topology_aggregate: IPv6Network) -> WireReport:
+def _control(src_port: int | None, dst_port: int | None, between_hosts: bool, rest: str) -> str:
+    """'ike' or 'bgp' when the packet is routed_nv's control plane, else ''. Hosts never speak
+    BGP to each other (only to route reflectors and their ToR): BGP between hosts is a leak."""
+    ports = {src_port, dst_port}
+    if ports <= IKE_PORTS and rest.startswith(("isakmp", "NONESP-encap")) and between_hosts:
+        return "ike"
+    if BGP_PORT in ports and rest.startswith("Flags") and not between_hosts:
+        return "bgp"
+    return ""
+
+
+def read_capture(text: str, topology: Topology) -> WireReport:
     report = WireReport(set(), 0, 0, [])
+    hosts = [h.prefix for h in topology.hosts]
     for line in text.splitlines():
         m = _IP6.search(line)
         if m is None:
             if line.strip():
                 report.leaks.append(line)  # ARP, IPv4 or anything else that is not IPv6
             continue
-        src, dst, rest = IPv6Address(m[1]), IPv6Address(m[2]), m[3]
+        src, dst, rest = IPv6Address(m[1]), IPv6Address(m[3]), m[5]
         if src.is_link_local or dst.is_link_local or dst.is_multicast:
             report.link_local += 1
             continue
+        if not (src in topology.aggregate and dst in topology.aggregate):
+            report.leaks.append(line)
+            continue
         esp = _ESP.search(rest)
-        if esp and src in topology_aggregate and dst in topology_aggregate:
+        between_hosts = any(src in p for p in hosts) and any(dst in p for p in hosts)
+        ports = (int(m[2]) if m[2] else None, int(m[4]) if m[4] else None)
+        if esp and between_hosts:
             report.esp_packets += 1
             report.esp_spis.add(int(esp[1], 16))
+        elif kind := _control(*ports, between_hosts, rest):
+            report.control[kind] += 1
         else:
             report.leaks.append(line)
     return report
@@ -200,4 +225,4 @@ def underlay_capture(lab: Lab) -> Iterator[list[WireReport]]:
         text = subprocess.run(
             ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, check=True
         ).stdout
-        reports.append(read_capture(text, lab.topology.aggregate))
+        reports.append(read_capture(text, lab.topology))
