@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routed_nv import markers
-from routed_nv.config.model import Config, Tenant
+from routed_nv.config.model import Config, Tenant, Upstream
 from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.routing.objects import DEFAULT_METRIC
 
@@ -35,6 +35,9 @@ LLGR_STALE_TIME_S = 86400  # a day of forwarding on last-known routes with no ro
 # routes took 15 s instead of 0.05 s (ARCHITECTURE.md §6).
 NETLINK_RX_BUFFER = 33554432
 SCAN_TIME_S = 60  # netlink events do the work; the scan only catches what was missed
+# A route reflector is unreachable until the underlay routes arrive from the upstream (eBGP, in
+# the same BIRD): retry soon rather than after BIRD's default 120 s.
+RR_CONNECT_RETRY_S = 5
 
 
 class BirdConfigError(RuntimeError):
@@ -111,17 +114,22 @@ def _session_options(password: str | None) -> list[str]:
     return lines + ([f"  password {_quote(password)};"] if password else [])
 
 
-def _channels(bgp: bool, export: str) -> list[str]:
-    """Both families of an iBGP session; IPv4 travels with IPv6 next hops (RFC 5549)."""
+def _channels(export: str, next_hop_self: bool) -> list[str]:
+    """Both families of an iBGP session, in BGP's own tables (kept apart from the underlay's
+    master tables); IPv4 travels with IPv6 next hops (RFC 5549)."""
     lines = []
     for fam in FAMILIES:
-        table = f"table {fam.bgp_table}; next hop self; " if bgp else ""
+        nhs = "next hop self; " if next_hop_self else ""
         extended = "extended next hop on; " if fam.version == 4 else ""
         lines.append(
-            f"  {fam.table} {{ {table}gateway recursive; igp table master6; {extended}"
-            f"add paths on; import all; export {export}; }};"
+            f"  {fam.table} {{ table {fam.bgp_table}; {nhs}gateway recursive; igp table master6; "
+            f"{extended}add paths on; import all; export {export}; }};"
         )
     return lines
+
+
+def _bgp_tables() -> list[str]:
+    return [f"{fam.table} table {fam.bgp_table};" for fam in FAMILIES]
 
 
 def _sequence(asn: int) -> str:
@@ -180,21 +188,36 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
     ]
 
 
-def _upstreams(config: Config) -> list[str]:
-    """eBGP to the top-of-rack routers: announce this host's /64, accept underlay routes."""
-    ups = config.directory.upstreams
-    if not ups:
+@dataclass(frozen=True)
+class UpstreamSessions:
+    """eBGP to the top-of-rack routers of a node (host or route reflector)."""
+
+    prefix: ipaddress.IPv6Network  # the node's /64, announced
+    aggregate: ipaddress.IPv6Network  # underlay routes accepted: inside it, other than our /64
+    uplink: str  # the interface of link-local neighbours
+    upstreams: tuple[Upstream, ...]
+
+    @classmethod
+    def of(cls, config: Config) -> UpstreamSessions:
+        host = config.host
+        ups = tuple(config.directory.upstreams)
+        return cls(host.underlay_prefix, host.underlay_aggregate, host.uplink, ups)
+
+
+def _upstreams(asn: int, sessions: UpstreamSessions) -> list[str]:
+    """eBGP to the top-of-rack routers: announce this node's /64, accept underlay routes."""
+    if not sessions.upstreams:
         return []
-    own, aggregate = config.host.underlay_prefix, config.host.underlay_aggregate
+    own = sessions.prefix
     lines = [f"protocol static host_prefix {{ ipv6; route {own} unreachable; }}"]
-    for i, up in enumerate(ups, 1):
-        where = f' interface "{config.host.uplink}";' if up.address.is_link_local else ""
+    for i, up in enumerate(sessions.upstreams, 1):
+        where = f' interface "{sessions.uplink}";' if up.address.is_link_local else ""
         lines += [
-            f"protocol bgp upstream{i} {{",
-            f"  local as {config.directory.asn}; neighbor {up.address} as {up.asn};{where}",
+            f"protocol bgp {upstream_protocol(i)} {{",
+            f"  local as {asn}; neighbor {up.address} as {up.asn};{where}",
             "  graceful restart on;",
             "  ipv6 {",
-            f"    import where net ~ [{aggregate}+] && !(net ~ [{own}+]);",
+            f"    import where net ~ [{sessions.aggregate}+] && !(net ~ [{own}+]);",
             '    export where proto = "host_prefix";',
             "  };",
             "}",
@@ -202,11 +225,16 @@ def _upstreams(config: Config) -> list[str]:
     return lines
 
 
+def upstream_protocol(index: int) -> str:
+    """BIRD's name for the eBGP session to the index-th (from 1) upstream."""
+    return f"upstream{index}"
+
+
 def render_host(config: Config, password: str | None, log: Path | None = None) -> str:
     """bird.conf for a host: its tenants' publish/mirror plumbing and iBGP to every RR."""
     asn = config.directory.asn
     lines = _header(router_id(config.host.id), log)
-    lines += [f"{fam.table} table {fam.bgp_table};" for fam in FAMILIES]
+    lines += _bgp_tables()
     lines += _underlay("where source = RTS_BGP")
     for tenant in sorted(config.tenants.values(), key=lambda t: t.id):
         for fam in families_of(tenant):
@@ -215,11 +243,12 @@ def render_host(config: Config, password: str | None, log: Path | None = None) -
         lines += [
             f"protocol bgp rr{i} {{",
             f"  local {config.host.address} as {asn}; neighbor {rr} as {asn}; multihop;",
+            f"  connect retry time {RR_CONNECT_RETRY_S};",
             *_session_options(password),
-            *_channels(bgp=True, export="where source != RTS_BGP"),
+            *_channels("where source != RTS_BGP", next_hop_self=True),
             "}",
         ]
-    lines += _upstreams(config)
+    lines += _upstreams(asn, UpstreamSessions.of(config))
     return "\n".join(lines) + "\n"
 
 
@@ -230,24 +259,67 @@ def render_route_reflector(
     asn: int,
     password: str | None,
     log: Path | None = None,
+    upstreams: UpstreamSessions | None = None,
 ) -> str:
     """bird.conf for a route reflector: any host in `clients` (the underlay aggregate) may peer
-    (dynamic BGP: no per-host lines), every path is kept and reflected (ADD-PATH)."""
+    (dynamic BGP: no per-host lines), every path is kept and reflected (ADD-PATH). With
+    `upstreams` it announces its own /64 to the top-of-rack routers like a host does."""
     return (
         "\n".join(
             [
                 *_header(router_id(node_id), log),
-                *_underlay("none"),
+                *_bgp_tables(),
+                *_underlay("where source = RTS_BGP"),
                 "protocol bgp hosts {",
                 f"  local {address} as {asn}; neighbor range {clients} as {asn}; multihop;",
                 '  rr client; dynamic name "host";',
                 *_session_options(password),
-                *_channels(bgp=False, export="all"),
+                *_channels("all", next_hop_self=False),
                 "}",
+                *(_upstreams(asn, upstreams) if upstreams else []),
             ]
         )
         + "\n"
     )
+
+
+def tor_protocol(port: str) -> str:
+    """BIRD's name for a top-of-rack port's session template (BIRD names cannot hold '-')."""
+    return "port_" + port.replace("-", "_")
+
+
+def render_top_of_rack(
+    node_id: int,
+    asn: int,
+    aggregate: ipaddress.IPv6Network,
+    ports: list[str],
+    log: Path | None = None,
+) -> str:
+    """bird.conf for a top-of-rack router: eBGP with whatever host answers on each host-facing
+    port, over link-local addresses (`neighbor range fe80::/64 external`, dynamic: the ToR's
+    config names ports, not host addresses or ASNs). It accepts only /64s inside the underlay
+    aggregate, installs them in its kernel, and announces the aggregate alone back: hosts share
+    one ASN, so another host's /64 would fail their AS-path loop check anyway."""
+    lines = [
+        *_header(router_id(node_id), log),
+        *_underlay("where source = RTS_BGP"),
+        f"protocol static aggregate {{ ipv6; route {aggregate} unreachable; }}",
+        "template bgp host_port {",
+        f"  local as {asn}; neighbor range fe80::/64 external;",
+        # a host's BIRD restart (kill -9, `-R`) must not withdraw its /64 (ARCHITECTURE.md §6)
+        f"  graceful restart on; graceful restart time {GR_TIME_S};",
+        "  ipv6 {",
+        f"    import where net ~ [{aggregate}{{64,64}}];",
+        '    export where proto = "aggregate";',
+        "  };",
+        "}",
+    ]
+    for port in ports:
+        name = tor_protocol(port)
+        lines.append(
+            f'protocol bgp {name} from host_port {{ interface "{port}"; dynamic name "{name}_"; }}'
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write_private(path: Path, text: str) -> None:

@@ -4,6 +4,10 @@ per host whose directory source is BGP.
 Each host's config keeps `peers` (static keying derives SPIs from host ids, which BGP does not
 carry) but has no `remote_endpoints`: where the other hosts' workloads are comes from BGP only.
 The agent applies its host's BIRD config itself (bird_apply) to the BIRD the lab started with it.
+Sessions between hosts and route reflectors are TCP-MD5 authenticated: every host reads the
+password from its own file (password_file(host)), so a test can give one host a wrong one.
+The underlay is BGP too (directory_topology): every host and route reflector announces its /64
+to the router's BIRD, the top-of-rack router, and learns the underlay aggregate from it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 
 from routed_nv.config.model import Config, DirectorySourceKind
+from routed_nv.directory import bird_config
 from routed_nv.lab.agents import LabAgents
 from routed_nv.lab.bird import LabBird, with_directory
 from routed_nv.lab.builder import Lab, LabError
@@ -20,31 +25,43 @@ from routed_nv.lab.topology import Topology
 
 CONVERGE_TIMEOUT_S = 60.0
 
+PASSWORD = "rnv-lab-bgp"  # the TCP-MD5 password of every host <-> route reflector session
+
 
 class BgpAgents:
     def __init__(self, lab: Lab, workdir: Path) -> None:
+        self._secrets = workdir / "bgp-passwords"  # before LabDatapath: it asks _bgp_config
         self.birds = LabBird(lab, workdir / "bird")
         self.datapath = LabDatapath(lab, workdir, self._bgp_config)
         self.agents = LabAgents(self.datapath, workdir)
 
+    def password_file(self, host: str) -> Path:
+        return self._secrets / f"{host}.password"
+
     def _bgp_config(self, host: str, config: Config) -> Config:
         bird = self.birds.node(host)
         config = with_directory(config, self.birds.lab.topology)
+        password = self.password_file(host)
+        bird_config.write_private(password, PASSWORD + "\n")
         directory = config.directory.model_copy(
             update={
                 "source": DirectorySourceKind.BGP,
                 "bird_socket": bird.socket,
                 "bird_config": bird.config,
+                "password_file": password,
             }
         )
         return config.model_copy(update={"directory": directory, "remote_endpoints": {}})
 
     def start(self, *agent_args: str) -> dict[str, float]:
-        """Route reflectors, workloads, agents, then the hosts' BIRD: the agents' first apply
-        creates the host addresses BGP runs from, and a session that fails before they exist
-        waits out BIRD's retry timers. Returns each agent's seconds to READY=1 (the agent
-        needs no BIRD for that: it applies BIRD's config once BIRD answers)."""
-        self.birds.start_route_reflectors()
+        """The ToR and route reflectors, workloads, agents, then the hosts' BIRD: the agents'
+        first apply creates the host addresses BGP runs from, and a session that fails before
+        they exist waits out BIRD's retry timers. A host's BIRD first brings up its eBGP
+        session to the ToR (link-local: it needs no route), which gives it the aggregate and
+        the ToR its /64; its route reflector sessions, which need both, connect once BIRD's
+        retry comes (connect retry time 5 s). Returns each agent's seconds to READY=1 (the
+        agent needs no BIRD for that: it applies BIRD's config once BIRD answers)."""
+        self.birds.start_route_reflectors(PASSWORD)
         self.datapath.configure_workloads()
         ready = self.agents.start_all(*agent_args)
         self.birds.start_hosts(self.datapath.configs)

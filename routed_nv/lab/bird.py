@@ -1,9 +1,12 @@
 """BIRD in the lab: one daemon per underlay node (hosts and route reflectors), each with its own
-config, control socket and log under a per-node directory of the lab's work directory.
+config, control socket and log under a per-node directory of the lab's work directory; with a
+BGP underlay (Topology.bgp_underlay) one more in the router's namespace, the top-of-rack router
+(ToR), with which every node's BIRD exchanges underlay routes over eBGP on its uplink.
 
 Daemons run in the foreground (`-f`) as processes of the Lab, so that the Lab knows their pids:
 stop() and kill() signal exactly that pid, and the Lab's teardown stops whatever is left. Every
-start uses `-R` (graceful restart recovery), as production must (ARCHITECTURE.md §6).
+restart uses `-R` (graceful restart recovery), as production must (ARCHITECTURE.md §6); a
+node's first start does not (see start()).
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ from pathlib import Path
 from subprocess import DEVNULL, Popen
 
 from routed_nv import markers
-from routed_nv.config.model import Config, Directory
+from routed_nv.config.model import Config, Directory, Upstream
 from routed_nv.directory import bird_config
 from routed_nv.directory.birdc import BirdClient
 from routed_nv.lab.builder import Lab, LabError, ip_batch
-from routed_nv.lab.topology import Node, Topology
+from routed_nv.lab.topology import ROUTER_LINK_LOCAL, UPLINK, Node, Topology
 
 SOCKET_WAIT_S = 10.0
 BGP_ADDRESS_INTERFACE = 1  # a node's BGP address is <node /64>::1, like a host address
+TOR = "tor"  # the BIRD of the router's namespace
+TOR_ASN = 65100
+TOR_ID = 0xFFFF  # router id 0.0.255.255: clear of the hosts' and route reflectors' ids
+# every node's upstream: the router's end of its point-to-point uplink
+TOR_UPSTREAMS = (Upstream(address=ROUTER_LINK_LOCAL, asn=TOR_ASN),)
 
 
 def bgp_address(node: Node) -> IPv6Address:
@@ -32,7 +40,7 @@ def bgp_address(node: Node) -> IPv6Address:
 
 @dataclass
 class BirdNode:
-    node: Node
+    namespace: str
     directory: Path
     process: Popen[bytes] | None = None
 
@@ -59,26 +67,54 @@ class LabBird:
 
     def node(self, name: str) -> BirdNode:
         if name not in self.nodes:
-            node = next(n for n in self.lab.topology.underlay_nodes if n.name == name)
-            self.nodes[name] = BirdNode(node, self.workdir / name)
+            if name == TOR:
+                self.nodes[name] = BirdNode(self.lab.topology.router_namespace, self.workdir / name)
+            else:
+                node = next(n for n in self.lab.topology.underlay_nodes if n.name == name)
+                self.nodes[name] = BirdNode(node.namespace, self.workdir / name)
         return self.nodes[name]
 
-    def start_route_reflectors(self, password: str | None = None) -> None:
-        """Give every route reflector its BGP address and start its BIRD."""
+    def start_top_of_rack(self) -> None:
+        """The router's BIRD: passive towards every node, so it never waits out a retry timer
+        for a node whose BIRD is not up yet; the nodes connect when theirs starts."""
         topology = self.lab.topology
+        ports = [n.router_link for n in topology.underlay_nodes]
+        log = self.node(TOR).log
+        text = bird_config.render_top_of_rack(TOR_ID, TOR_ASN, topology.aggregate, ports, log)
+        self.start(TOR, text, recover=False)
+
+    def start_route_reflectors(self, password: str | None = None) -> None:
+        """Give every route reflector its BGP address and start its BIRD (with a BGP underlay,
+        the ToR's first: the route reflectors announce their /64s to it)."""
+        topology = self.lab.topology
+        if topology.bgp_underlay:
+            self.start_top_of_rack()
         for rr in topology.route_reflectors:
             ip_batch(rr.namespace, [f"addr add {bgp_address(rr)}/128 dev lo"])
             bird = self.node(rr.name)
-            text = bird_config.render_route_reflector(
-                rr.id, bgp_address(rr), topology.aggregate, Directory().asn, password, bird.log
+            upstreams = (
+                bird_config.UpstreamSessions(rr.prefix, topology.aggregate, UPLINK, TOR_UPSTREAMS)
+                if topology.bgp_underlay
+                else None
             )
-            self.start(rr.name, text)
+            text = bird_config.render_route_reflector(
+                rr.id,
+                bgp_address(rr),
+                topology.aggregate,
+                Directory().asn,
+                password,
+                bird.log,
+                upstreams,
+            )
+            self.start(rr.name, text, recover=False)
 
     def start_hosts(self, configs: dict[str, Config]) -> None:
         """Start every host's BIRD with the config rendered from its Config. The host address
         must exist first (the routing driver puts it on rnv0; see add_host_addresses)."""
         for name, config in configs.items():
-            self.start(name, bird_config.render_host(config, None, self.node(name).log))
+            password = bird_config.read_password(config.directory.password_file)
+            text = bird_config.render_host(config, password, self.node(name).log)
+            self.start(name, text, recover=False)
 
     def add_host_addresses(self) -> None:
         """rnv0 with the host address, as the routing driver makes it, for labs without the
@@ -108,15 +144,20 @@ class LabBird:
             else:
                 time.sleep(0.1)
 
-    def start(self, name: str, text: str | None = None) -> BirdNode:
-        """(Re)start a node's BIRD, with a new config if given; wait for its control socket."""
+    def start(self, name: str, text: str | None = None, recover: bool = True) -> BirdNode:
+        """(Re)start a node's BIRD, with a new config if given; wait for its control socket.
+        `recover=False` is for a node's first start only: with no forwarding state to keep,
+        graceful restart recovery would only hold back every export until BIRD's
+        `graceful restart wait` (240 s) ran out, since a host's /64 reaches the ToR only once
+        recovery is done, which waits for the route reflector sessions that need that /64."""
         bird = self.node(name)
         if text is not None:
             bird_config.write_private(bird.config, text)
             bird_config.check(bird.config)
         bird.socket.unlink(missing_ok=True)
-        argv = ["bird", "-f", "-R", "-c", str(bird.config), "-s", str(bird.socket)]
-        bird.process = self.lab.spawn(bird.node.namespace, argv, stdout=DEVNULL, stderr=DEVNULL)
+        argv = ["bird", "-f", *(["-R"] if recover else []), "-c", str(bird.config)]
+        argv += ["-s", str(bird.socket)]
+        bird.process = self.lab.spawn(bird.namespace, argv, stdout=DEVNULL, stderr=DEVNULL)
         deadline = time.monotonic() + SOCKET_WAIT_S
         while not bird.socket.exists():
             if bird.process.poll() is not None or time.monotonic() > deadline:
@@ -138,8 +179,11 @@ class LabBird:
 
 
 def with_directory(config: Config, topology: Topology) -> Config:
-    """A lab host's config with the lab's route reflectors as its directory."""
-    directory = config.directory.model_copy(
-        update={"route_reflectors": [bgp_address(rr) for rr in topology.route_reflectors]}
-    )
-    return config.model_copy(update={"directory": directory})
+    """A lab host's config with the lab's route reflectors as its directory, and with a BGP
+    underlay the ToR as its upstream."""
+    update: dict[str, object] = {
+        "route_reflectors": [bgp_address(rr) for rr in topology.route_reflectors]
+    }
+    if topology.bgp_underlay:
+        update["upstreams"] = list(TOR_UPSTREAMS)
+    return config.model_copy(update={"directory": config.directory.model_copy(update=update)})

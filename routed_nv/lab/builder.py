@@ -2,7 +2,8 @@
 
 One namespace per underlay node, one for the underlay router, one per workload. The build is a
 few `ip -batch` runs (one `ip` process per namespace instead of one per object: each `ip` costs
-~70 ms in the UML guest). Tenant datapath (VRFs, tenant addresses and routes) is not built here.
+~70 ms in the UML guest). Tenant datapath (VRFs, tenant addresses and routes) is not built here,
+nor are a BGP underlay's routes (lab/bird.py starts the BIRDs that learn them).
 """
 
 from __future__ import annotations
@@ -63,24 +64,26 @@ def plan(topology: Topology) -> BuildPlan:
             f"link set {UPLINK} up",
             f"addr add {NODE_LINK_LOCAL}/64 dev {UPLINK} nodad",
             f"addr add {node.uplink_address}/128 dev {UPLINK} nodad",
-            f"route add {topology.aggregate} via {ROUTER_LINK_LOCAL} dev {UPLINK}",
         ]
+        if not topology.bgp_underlay:
+            lines.append(f"route add {topology.aggregate} via {ROUTER_LINK_LOCAL} dev {UPLINK}")
         for w in topology.workloads_on(node.name):
             lines += [
                 f"link add {w.host_link} type veth peer name {WORKLOAD_IFNAME} netns {w.namespace}",
                 f"link set {w.host_link} up",
             ]
         batches.append((node.namespace, lines))
-    # Routes to the nodes once both ends of every uplink are up.
-    batches.append(
-        (
-            topology.router_namespace,
-            [
-                f"route add {n.prefix} via {NODE_LINK_LOCAL} dev {n.router_link}"
-                for n in topology.underlay_nodes
-            ],
+    # Routes to the nodes once both ends of every uplink are up (a BGP underlay learns them).
+    if not topology.bgp_underlay:
+        batches.append(
+            (
+                topology.router_namespace,
+                [
+                    f"route add {n.prefix} via {NODE_LINK_LOCAL} dev {n.router_link}"
+                    for n in topology.underlay_nodes
+                ],
+            )
         )
-    )
     batches += [
         (w.namespace, ["link set lo up", f"link set {WORKLOAD_IFNAME} up"])
         for w in topology.workloads

@@ -5,7 +5,9 @@ Addressing plan (documented here because the builder and the tests share it):
 - its uplink to the underlay router carries `<node /64>:ffff::1`. Interface ids ::1..::ffff are
   left to the datapath: ::1 is the host address, ::1:<tenant id> the tenant outer addresses;
 - each router<->node veth is a point-to-point link addressed fe80::1 (router) / fe80::2 (node);
-  the router routes each node /64 to fe80::2 on that link, and nodes route the aggregate to fe80::1.
+  the router routes each node /64 to fe80::2 on that link, and nodes route the aggregate to fe80::1:
+  statically, or (`bgp_underlay`) learned by eBGP between the nodes' BIRD and the router's, which
+  then plays the top-of-rack router (lab/bird.py); the builder installs no underlay routes then.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Topology:
     tenants: tuple[Tenant, ...]
     workloads: tuple[Workload, ...]
     route_reflectors: tuple[Node, ...] = field(default=())  # BGP arrives with the directory
+    bgp_underlay: bool = False  # underlay routes from eBGP with the router, not static ones
 
     def __post_init__(self) -> None:
         validate(self)
@@ -177,7 +180,8 @@ def default_topology() -> Topology:
 
 
 def directory_topology() -> Topology:
-    """The default topology plus two route reflectors (rr1, rr2) for the BGP directory.
+    """The default topology plus two route reflectors (rr1, rr2) for the BGP directory, with a
+    BGP underlay (every node announces its /64 to the router).
 
     Route reflector ids and /64s follow the hosts' pattern (id 11 -> 2001:db8:0:11::/64) so that
     router ids, derived from node ids, are unique across the whole underlay.
@@ -187,4 +191,6 @@ def directory_topology() -> Topology:
         Node(id=i, name=f"rr{n}", prefix=IPv6Network(f"2001:db8:0:{i}::/64"))
         for n, i in ((1, 11), (2, 12))
     )
-    return Topology(base.aggregate, base.hosts, base.tenants, base.workloads, reflectors)
+    return Topology(
+        base.aggregate, base.hosts, base.tenants, base.workloads, reflectors, bgp_underlay=True
+    )

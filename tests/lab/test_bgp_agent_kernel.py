@@ -12,15 +12,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from test_datapath_scenario import ns, sh
 
 from routed_nv import markers
+from routed_nv.directory.bird_config import upstream_protocol
 from routed_nv.directory.birdc import BirdClient
 from routed_nv.lab.agents import ROUTED_NV
-from routed_nv.lab.bgp_agents import BgpAgents
+from routed_nv.lab.bgp_agents import PASSWORD, BgpAgents
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import tenant_matrix
 from routed_nv.lab.topology import directory_topology
@@ -28,8 +29,9 @@ from routed_nv.lab.topology import directory_topology
 pytestmark = pytest.mark.kernel
 
 BLUE = 100
-REACH_TIMEOUT_S = 60.0
+REACH_TIMEOUT_S = 120.0  # a deadline, not a measure: the shared UML guest is slow
 MOVER_NETNS = "rnv-lab-mover"  # the lab prefix: `routed-nv lab down` cleans it up if we do not
+SESSION_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,8 @@ def add_mover(env: BgpAgents, host: str) -> None:
 def test_every_tenant_pair_reaches_over_bgp(env: BgpAgents) -> None:
     assert [r for r in tenant_matrix(env.datapath.lab) if not r.ok] == []
     status = env.agents["host2"].status()["directory"]
-    assert (status["source"], status["in_sync"], status["peers_up"]) == ("bgp", True, 2), status
+    # peers: both route reflectors and the upstream (ToR) session
+    assert (status["source"], status["in_sync"], status["peers_up"]) == ("bgp", True, 3), status
     assert status["detail"] == "2 of 2 route reflector sessions established"
 
 
@@ -234,3 +237,90 @@ def test_a_route_outside_the_tenant_subnets_is_rejected_not_programmed(env: BgpA
         assert [x for x in programmed.splitlines() if f"table {mirror}" not in x] == []
     finally:
         sh(env.datapath, ns("host1"), f"ip route del {bad}/32 table {table} proto 230")
+
+
+def tor_routes(env: BgpAgents) -> str:
+    """The router's (ToR's) kernel routes that its BIRD learned."""
+    lab = env.datapath.lab
+    return sh(env.datapath, lab.topology.router_namespace, "ip -6 route show proto bird")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = SESSION_TIMEOUT_S) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_the_underlay_is_learned_from_the_tor_not_static(env: BgpAgents) -> None:
+    topology = env.datapath.lab.topology
+    routes = tor_routes(env)
+    for node in topology.underlay_nodes:
+        # via the node's link-local address: fe80::2, or its kernel-made one after a restart
+        assert re.search(rf"^{node.prefix} via fe80:\S+ dev {node.router_link} ", routes, re.M)
+    router = sh(env.datapath, topology.router_namespace, "ip -6 route show")
+    assert [x for x in router.splitlines() if "2001:db8" in x and "proto bird" not in x] == []
+    host = sh(env.datapath, ns("host2"), f"ip -6 route show {topology.aggregate}")
+    assert host.startswith(f"{topology.aggregate} via fe80:") and "proto bird" in host, host
+
+
+def test_a_host_whose_upstream_session_drops_is_withdrawn_until_it_returns(
+    env: BgpAgents,
+) -> None:
+    prefix = str(env.datapath.lab.topology.host("host1").prefix)
+    reach(env, "blue2", "10.0.0.1", time.monotonic())
+    with BirdClient(env.birds.node("host1").socket) as bird:
+        down = time.monotonic()
+        bird.command(f"disable {upstream_protocol(1)}")
+    withdrawn = wait_for(f"{prefix} gone", lambda: prefix not in tor_routes(env))
+    ping = env.datapath.lab.exec(ns("blue2"), ["ping", "-c", "3", "-W", "1", "10.0.0.1"])
+    assert ping.returncode != 0, ping.stdout
+    with BirdClient(env.birds.node("host1").socket) as bird:
+        up = time.monotonic()
+        bird.command(f"enable {upstream_protocol(1)}")
+    back = wait_for(f"{prefix} back", lambda: prefix in tor_routes(env))
+    resumed = reach(env, "blue2", "10.0.0.1", up)
+    print(
+        f"\nhost1 upstream disabled -> /64 gone from the ToR: {withdrawn:.2f} s "
+        f"(after {time.monotonic() - down:.1f} s: blue2 -> blue1 fails); enabled -> /64 back: "
+        f"{back:.2f} s, blue2 -> blue1 answers: {resumed:.2f} s"
+    )
+
+
+def md5_failures(env: BgpAgents, rr: str) -> int:
+    """Segments the route reflector's kernel dropped for a wrong TCP-MD5 signature."""
+    out = sh(env.datapath, ns(rr), "nstat -asz TcpExtTCPMD5Failure")
+    return int(next(x.split()[1] for x in out.splitlines() if x.startswith("TcpExtTCPMD5")))
+
+
+def rr_sessions(env: BgpAgents, host: str) -> dict[str, str]:
+    peers = env.agents[host].status()["directory"]["peers"]
+    return {p["name"]: p["info"] for p in peers if p["name"].startswith("rr")}
+
+
+def test_a_wrong_bgp_password_gets_no_session_and_the_right_one_does(env: BgpAgents) -> None:
+    password = env.password_file("host3")
+    failures = md5_failures(env, "rr1")
+    try:
+        password.write_text("not-the-password\n")
+        env.agents["host3"].reload()
+        wait_for("rr1 dropping bad signatures", lambda: md5_failures(env, "rr1") > failures + 2)
+        sessions = rr_sessions(env, "host3")
+        assert len(sessions) == 2 and "Established" not in " ".join(sessions.values())
+        status = env.agents["host3"].status_command().stdout
+        assert re.search(r"rr1 .*(Connect|Active)", status), status
+        with BirdClient(env.birds.node("host3").socket) as bird:
+            info = "\n".join(x.text for x in bird.command("show protocols all rr1").lines)
+        assert "BGP state:" in info and "Established" not in info, info
+        print(f"\nwrong password: host3 rr sessions {sessions}; rr1 MD5 failures "
+              f"{md5_failures(env, 'rr1') - failures}")  # fmt: skip
+    finally:
+        password.write_text(PASSWORD + "\n")
+        env.agents["host3"].reload()
+    again = wait_for(
+        "host3 re-established",
+        lambda: list(rr_sessions(env, "host3").values()) == ["Established"] * 2,
+    )
+    print(f"right password again: both rr sessions Established in {again:.2f} s")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from routed_nv import markers
-from routed_nv.config.model import Config
+from routed_nv.config.model import Config, Upstream
 from routed_nv.directory import bird_config
 from routed_nv.directory.bird_config import BirdConfigError
 
@@ -85,6 +85,49 @@ def test_upstreams_get_the_host_prefix_and_give_underlay_routes() -> None:
     assert "protocol bgp upstream" not in bird_config.render_host(config(), None)
 
 
+def test_route_reflector_sessions_retry_soon_while_the_underlay_comes_up() -> None:
+    text = bird_config.render_host(config(), None)
+    assert text.count(f"connect retry time {bird_config.RR_CONNECT_RETRY_S};") == 2
+
+
+AGGREGATE = ipaddress.IPv6Network("2001:db8::/48")
+
+
+def route_reflector(upstreams: bird_config.UpstreamSessions | None = None) -> str:
+    address = ipaddress.IPv6Address("2001:db8:0:11::1")
+    return bird_config.render_route_reflector(
+        11, address, AGGREGATE, 65000, None, upstreams=upstreams
+    )
+
+
+def test_route_reflector_keeps_bgp_apart_from_the_underlay_and_may_announce_its_prefix() -> None:
+    assert "protocol bgp upstream" not in route_reflector()
+    ups = (Upstream(address=ipaddress.IPv6Address("fe80::1"), asn=65100),)
+    own = ipaddress.IPv6Network("2001:db8:0:11::/64")
+    text = route_reflector(bird_config.UpstreamSessions(own, AGGREGATE, "uplink", ups))
+    # reflected routes live in bgp4/bgp6: neither the underlay's routes reach the hosts through
+    # the reflector nor tenant routes reach the reflector's kernel
+    assert text.count("table bgp6;") == 2 and "ipv4 { table bgp4;" in text
+    assert "route 2001:db8:0:11::/64 unreachable;" in text
+    assert 'neighbor fe80::1 as 65100; interface "uplink";' in text
+    assert "export where source = RTS_BGP;" in text  # eBGP-learned underlay into the kernel
+
+
+def test_top_of_rack_peers_per_port_and_announces_only_the_aggregate() -> None:
+    text = bird_config.render_top_of_rack(0xFFFF, 65100, AGGREGATE, ["to-host1", "to-rr1"])
+    assert "router id 0.0.255.255;" in text
+    assert "local as 65100; neighbor range fe80::/64 external;" in text
+    for port, name in (("to-host1", "port_to_host1"), ("to-rr1", "port_to_rr1")):
+        assert (
+            f'protocol bgp {name} from host_port {{ interface "{port}"; dynamic name "{name}_"; }}'
+            in text
+        )
+    assert "route 2001:db8::/48 unreachable;" in text
+    assert "import where net ~ [2001:db8::/48{64,64}];" in text
+    assert 'export where proto = "aggregate";' in text
+    assert "graceful restart on;" in text  # a host's BIRD restart keeps its /64
+
+
 def test_password_is_read_from_its_file_and_rendered(tmp_path: Path) -> None:
     secret = tmp_path / "bgp.key"
     secret.write_text("s3cr3t\n")
@@ -138,6 +181,18 @@ def test_bird_parses_the_route_reflector_config(tmp_path: Path) -> None:
     assert "rr client;" in text
     path.write_text(text)
     bird_config.check(path)
+
+
+@needs_bird
+def test_bird_parses_the_top_of_rack_and_upstream_route_reflector_configs(tmp_path: Path) -> None:
+    tor = tmp_path / "tor.conf"
+    tor.write_text(bird_config.render_top_of_rack(0xFFFF, 65100, AGGREGATE, ["to-host1"]))
+    bird_config.check(tor)
+    ups = (Upstream(address=ipaddress.IPv6Address("fe80::1"), asn=65100),)
+    own = ipaddress.IPv6Network("2001:db8:0:11::/64")
+    rr = tmp_path / "rr.conf"
+    rr.write_text(route_reflector(bird_config.UpstreamSessions(own, AGGREGATE, "uplink", ups)))
+    bird_config.check(rr)
 
 
 @needs_bird

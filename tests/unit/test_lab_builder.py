@@ -4,7 +4,7 @@ import pytest
 
 from routed_nv.lab import builder
 from routed_nv.lab.builder import Lab, LabError, plan
-from routed_nv.lab.topology import default_topology
+from routed_nv.lab.topology import default_topology, directory_topology
 
 
 def test_plan_creates_each_namespace_once_and_links_every_host_to_the_router() -> None:
@@ -28,6 +28,12 @@ def test_plan_addresses_hosts_and_routes_through_the_router() -> None:
         "rnv-lab-router",
         [f"route add 2001:db8:0:{i}::/64 via fe80::2 dev to-host{i}" for i in (1, 2, 3)],
     )
+
+
+def test_a_bgp_underlay_gets_no_static_underlay_routes() -> None:
+    lines = [line for _, batch in plan(directory_topology()).batches for line in batch]
+    assert "addr add 2001:db8:0:11:ffff::1/128 dev uplink nodad" in lines  # links still built
+    assert not any(line.startswith("route ") for line in lines)
 
 
 def test_plan_leaves_the_tenant_datapath_alone() -> None:
