@@ -221,18 +221,27 @@ def test_keep_known_keeps_unmentioned_rivals_of_local_addresses() -> None:
     assert keep_known(known, DirectoryView(frozenset({route("10.0.0.1")}))).contested == set()
 
 
-def test_the_applied_view_is_resolved_and_a_lost_address_is_logged_stale() -> None:
-    h = Harness()
-    here = ipaddress.ip_network("10.0.0.1/32")
-    newer = RemoteRoute(100, here, HOST3, sequence=1)
+HERE = ipaddress.ip_network("10.0.0.1/32")  # the harness config's local endpoint
+
+
+def lose_to_host3(h: Harness) -> RemoteRoute:
+    """host3 announces this host's announced 10.0.0.1 with sequence 1; returns its route."""
+    newer = RemoteRoute(100, HERE, HOST3, sequence=1)
     h.publish(
         DirectoryView(
             frozenset({route("10.0.0.2")}),
             contested=frozenset({newer}),
-            published=frozenset({Claim(100, here, 0)}),
+            published=frozenset({Claim(100, HERE, 0)}),
         )
     )
     h.settle()
+    return newer
+
+
+def test_the_applied_view_is_resolved_and_a_lost_address_is_logged_stale() -> None:
+    h = Harness()
+    here = HERE
+    newer = lose_to_host3(h)
     applied = h.datapath.applied[-1][1]
     assert applied.claims == {Claim(100, here, 1, stale=True)}
     assert applied.remote_routes == {route("10.0.0.2"), newer}
