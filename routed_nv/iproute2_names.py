@@ -53,7 +53,7 @@ def iproute2_names_command(config_path: Path | None) -> None:
     Each tenant gets three names: rnv-<tenant> (its VRF table), rnv-<tenant>.publish and
     rnv-<tenant>.mirror (the tables BIRD exports from and imports into). Install the output as
     /etc/iproute2/rt_tables.d/routed-nv.conf so that `ip route` shows names instead of numbers;
-    the route protocols 230-232 are named by the static rt_protos.d/routed-nv.conf shipped in
+    the route protocols 230-233 are named by the static rt_protos.d/routed-nv.conf shipped in
     configs/iproute2/.
 
     \b

@@ -18,6 +18,10 @@ ENDPOINT_LINK_PREFIX = "rnv-e"  # host end of a veth pair routed_nv made into a 
 RTPROT_ENDPOINT = 230  # routes to workloads on this host (published to the directory)
 RTPROT_REMOTE = 231  # routes to workloads on other hosts (learned from the directory)
 RTPROT_INFRA = 232  # unreachable defaults and other per-tenant plumbing routes
+# In the publish table, instead of RTPROT_ENDPOINT: a local address another host announced with
+# a newer mobility sequence (the metric keeps that sequence). BIRD does not learn it, so this
+# host stops announcing the address; the route stays so that a restarted agent knows.
+RTPROT_STALE = 233
 
 # Routing tables. Tenant ids are 1..65535, so tables are offset to stay clear of the kernel's
 # reserved ids (253 default, 254 main, 255 local) and of tables an operator already uses.

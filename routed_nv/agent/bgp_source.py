@@ -1,4 +1,5 @@
-"""The BGP directory source: BIRD's mirror tables, checked by learn(), as whole views.
+"""The BGP directory source: BIRD's mirror tables, checked by learn(), as whole views (with this
+host's publish tables, the other half of the mobility decision).
 
 One thread owns everything: it applies the rendered BIRD config (start, reload, and again after a
 failure), sleeps in select() on the mirror-table watch (route events wake it at once) and reads
@@ -30,7 +31,7 @@ from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import BirdConfigError
 from routed_nv.directory.birdc import BirdClient, BirdError
-from routed_nv.directory.learn import MirrorRoute, learn
+from routed_nv.directory.learn import MirrorRoute, PublishedRoute, learn
 from routed_nv.directory.netlink_watch import MirrorWatch, WatchError
 
 POLL_S = 0.5
@@ -42,6 +43,9 @@ class Watch(Protocol):
 
     @property
     def routes(self) -> frozenset[MirrorRoute]: ...
+
+    @property
+    def published(self) -> frozenset[PublishedRoute]: ...
 
     def open(self) -> object: ...
 
@@ -173,7 +177,7 @@ class BgpSource:
     def _update(
         self, config: Config, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
     ) -> SourceUpdate:
-        learned = learn(config, self._watch.routes)
+        learned = learn(config, self._watch.routes, self._watch.published)
         if self._apply_error:
             detail = f"{detail}; {self._apply_error}"
         return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)

@@ -10,7 +10,9 @@ thread alone touches the kernel, through one Datapath that lives as long as the 
   after a failure resyncs too, since a failure can mean the cache is wrong;
 - a failed apply (some objects, or an exception) stays dirty and is retried with exponential
   backoff; the objects that did apply stay applied;
-- before the source is in sync no remote route is deleted (`source.keep_known`).
+- before the source is in sync no remote route is deleted (`source.keep_known`);
+- which host announces an address held by more than one is decided on the applied view
+  (calc/mobility.py), and logged when it changes.
 Stopping leaves the dataplane exactly as it is (fail closed: isolation stays in the kernel; a
 restarted agent adopts it and changes nothing).
 """
@@ -32,7 +34,8 @@ from routed_nv.agent.events import EventLog
 from routed_nv.agent.notify import Notifier
 from routed_nv.agent.snapshot import ApplyRecord, Counts, SaInfo, Snapshot, SourceInfo, count
 from routed_nv.agent.source import DirectorySource, SourceUpdate, keep_known
-from routed_nv.calc.inputs import DirectoryView
+from routed_nv.calc import mobility
+from routed_nv.calc.inputs import Claim, DirectoryView
 from routed_nv.config.loader import ConfigError
 from routed_nv.config.model import Config
 
@@ -63,6 +66,10 @@ def restart_only(config: Config) -> tuple[object, ...]:
 RESTART_ONLY_PROBLEM = (
     "host.underlay_prefix, keying.rotation_grace_s and keying.vici_socket change only on restart"
 )
+
+
+def _claim_order(claim: Claim) -> tuple[int, int, int]:
+    return (claim.tenant_id, claim.prefix.version, int(claim.prefix.network_address))
 
 
 class Waker:
@@ -220,8 +227,10 @@ class Agent:
             self._dirty.clear()
         if self._last_start is None:
             why = ["start"]
-        view = update.view if update.in_sync else keep_known(self._known, update.view)
         config = self.config
+        view = update.view if update.in_sync else keep_known(self._known, update.view)
+        view = mobility.resolve(config, view)
+        self._log_mobility(view)
         self._last_start, started = now, self._wall()
         try:
             resync = bool({"start", "resync", "retry"} & set(why))
@@ -258,6 +267,30 @@ class Agent:
         for observe in self.on_apply:
             observe(record)
         self._report(record)
+
+    def _log_mobility(self, view: DirectoryView) -> None:
+        """Say when a local address changes hands: announced with a new sequence, or stale."""
+        before = {(c.tenant_id, c.prefix): c for c in self._known.claims}
+        winners = {(r.tenant_id, r.prefix): str(r.peer.address) for r in view.remote_routes}
+        for claim in sorted(view.claims - self._known.claims, key=_claim_order):
+            where = (claim.tenant_id, claim.prefix)
+            if claim.stale:
+                was = before.get(where)
+                if was is None or not was.stale:
+                    self._log(
+                        "mobility.stale",
+                        tenant=claim.tenant_id,
+                        address=str(claim.prefix),
+                        sequence=claim.sequence,
+                        winner=winners.get(where),
+                    )
+            elif claim.sequence > 0:
+                self._log(
+                    "mobility.announce",
+                    tenant=claim.tenant_id,
+                    address=str(claim.prefix),
+                    sequence=claim.sequence,
+                )
 
     def _after_apply(
         self, config: Config, view: DirectoryView, record: ApplyRecord, inspect: bool

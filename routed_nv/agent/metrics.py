@@ -80,6 +80,11 @@ class AgentCollector(Collector):
         yield _gauge("routed_nv_routes", "Routes routed_nv wants in the kernel", c.routes)
         yield _gauge("routed_nv_sas", "ESP SAs of routed_nv's tenants in the kernel", c.sas)
         yield _gauge(
+            "routed_nv_stale_addresses",
+            "Local endpoint addresses another host announced later (no longer announced here)",
+            c.stale_addresses,
+        )
+        yield _gauge(
             "routed_nv_bgp_peers_up",
             "Directory sessions established (0 with the static source)",
             sum(p.up for p in snap.source.peers),

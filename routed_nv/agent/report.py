@@ -14,7 +14,8 @@ from typing import Any
 
 from routed_nv import __version__
 from routed_nv.agent.snapshot import SaInfo, Snapshot
-from routed_nv.calc.inputs import DirectoryView, RemoteRoute
+from routed_nv.calc import mobility
+from routed_nv.calc.inputs import DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.model import Config
 
 Json = dict[str, Any]
@@ -59,6 +60,7 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             ],
             "rejected": [{"reason": str(r.reason), "route": str(r)} for r in src.rejected],
             "rejected_total": snap.rejected_total,
+            "stale": stale_addresses(snap.view),
         },
         "datapath": {
             "tenants": c.tenants,
@@ -191,6 +193,28 @@ def directory(snap: Snapshot) -> Json:
         ],
         "rejected": [{"reason": str(r.reason), "route": str(r)} for r in snap.source.rejected],
     }
+
+
+def stale_addresses(view: DirectoryView) -> list[Json]:
+    """Local addresses another host announced with a newer mobility sequence: this host no
+    longer announces them and routes them to that host (calc/mobility.py)."""
+    winners = {(r.tenant_id, r.prefix): r for r in view.remote_routes}
+    rows = []
+    for c in sorted(mobility.stale(view), key=lambda c: (c.tenant_id, _address_key(c.prefix))):
+        winner = winners.get((c.tenant_id, c.prefix))
+        rows.append(
+            {
+                "tenant_id": c.tenant_id,
+                "prefix": str(c.prefix),
+                "sequence": c.sequence,
+                "host_address": str(winner.peer.address) if winner else None,
+            }
+        )
+    return rows
+
+
+def _address_key(prefix: IPNetwork) -> tuple[int, int]:
+    return (prefix.version, int(prefix.network_address))
 
 
 def _tenant_names(config: Config) -> dict[int, str]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from routed_nv.agent.source import PeerStatus, RejectedRoute
+from routed_nv.calc import mobility
 from routed_nv.calc.inputs import DirectoryView
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.config.model import Config
@@ -35,6 +36,7 @@ class Counts:
     remote_addresses: int = 0
     routes: int = 0  # every route routed_nv wants in the kernel (endpoint, remote, plumbing)
     sas: int = 0
+    stale_addresses: int = 0  # local addresses another host announced later (calc/mobility.py)
     local_by_tenant: dict[int, int] = field(default_factory=dict)
     remote_by_tenant: dict[int, int] = field(default_factory=dict)
 
@@ -53,6 +55,7 @@ def count(config: Config, view: DirectoryView, sas: Iterable[SaInfo]) -> Counts:
         remote_addresses=remote.total(),
         routes=routes,
         sas=len(list(sas)),
+        stale_addresses=len(mobility.stale(view)),
         local_by_tenant=dict(local),
         remote_by_tenant=dict(remote),
     )

@@ -14,6 +14,7 @@ sessions and the routes it refused, for `routed-nv status` and the metrics.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -93,10 +94,19 @@ class StaticSource:
 def keep_known(known: DirectoryView, update: DirectoryView) -> DirectoryView:
     """The view to apply while the source is not in sync: everything it says now, plus every
     remote address it has not mentioned yet at its last known location (no deletions; a
-    location the source does mention replaces the old one, so an address never has two)."""
-    told = {_where(r) for r in update.remote_routes}
+    location the source does mention replaces the old one, so an address never has two).
+    Other hosts' announcements of local addresses (`contested`) are kept the same way, so that
+    a stale local address does not look abandoned; this host's own (`published`) are the
+    kernel's, always current."""
+    told = {_where(r) for r in (*update.remote_routes, *update.contested)}
     kept = {r for r in known.remote_routes if _where(r) not in told}
-    return DirectoryView(update.remote_routes | kept)
+    # known.remote_routes may hold a stale address's winner (mobility.resolve put it there)
+    kept_contested = {r for r in known.contested if _where(r) not in told}
+    return dataclasses.replace(
+        update,
+        remote_routes=update.remote_routes | kept,
+        contested=update.contested | kept_contested,
+    )
 
 
 def _where(route: RemoteRoute) -> tuple[int, object]:

@@ -156,6 +156,13 @@ def status_table(s: dict[str, Any], now: float) -> str:
     rejected = d["rejected"]
     lines.append(f"Rejected:   {len(rejected) or 'no'} directory routes")
     lines += [f"  {r['route']}" for r in rejected]
+    if stale := d.get("stale"):
+        lines.append(f"Stale:      {len(stale)} local addresses announced later by another host")
+        lines += [
+            f"  {x['prefix']} (tenant {x['tenant_id']}): {x['host_address']} has sequence "
+            f"{x['sequence']}"
+            for x in stale
+        ]
     return "\n".join(lines)
 
 

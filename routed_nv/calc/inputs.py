@@ -35,11 +35,31 @@ class RemoteRoute:
     tenant_id: int
     prefix: IPNetwork
     peer: PeerHost
+    sequence: int = 0  # the mobility sequence it was announced with (0: never moved)
+
+
+@dataclass(frozen=True, order=True)
+class Claim:
+    """This host announcing one of its local addresses (calc/mobility.py): active with a
+    mobility sequence, or stale (another host announced it with a newer sequence, `sequence`)."""
+
+    tenant_id: int
+    prefix: IPNetwork
+    sequence: int = 0
+    stale: bool = False
 
 
 @dataclass(frozen=True)
 class DirectoryView:
+    """Other hosts' addresses (`remote_routes`), and for mobility (calc/mobility.py): other
+    hosts' announcements of addresses this host holds (`contested`), this host's announcements
+    as the kernel has them (`published`), and what this host should announce (`claims`, set by
+    mobility.resolve; empty means every local address is active with sequence 0)."""
+
     remote_routes: frozenset[RemoteRoute]
+    contested: frozenset[RemoteRoute] = frozenset()
+    published: frozenset[Claim] = frozenset()
+    claims: frozenset[Claim] = frozenset()
 
     def peers_of(self, tenant_id: int) -> frozenset[PeerHost]:
         """The peers that share a tenant with this host: they need SAs for it."""

@@ -9,6 +9,9 @@ Decisions:
   the tenant (local and remote): O(proxy endpoints x tenant addresses) kernel entries, fine for
   hundreds of addresses per tenant, not for 100k. IPv4 proxy_arp needs no entries: the kernel
   answers for every destination its VRF routes via another interface.
+- A local address is announced by its publish-table route, whose metric carries its mobility
+  sequence (view.claims, calc/mobility.py). A stale one (another host announced it later) has
+  only the stale marker there and no VRF route to its workload: the winner's remote route.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 
 from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView
+from routed_nv.calc.inputs import Claim, DirectoryView
 from routed_nv.config.model import Config, Endpoint, EndpointStyle
+from routed_nv.directory.mobility import metric_for
 from routed_nv.routing.objects import (
     MAIN_TABLE,
     RT_SCOPE_LINK,
@@ -85,6 +89,7 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
     addresses = {Address(markers.HOST_DEVICE, _host_route(host.address))}
     routes: set[Route] = set()
     proxies: set[NeighProxy] = set()
+    claims = {(c.tenant_id, c.prefix): c for c in view.claims}
 
     for tid in tenant_ids.values():
         vrf = markers.vrf_name(tid)
@@ -123,8 +128,16 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
         for addr in ep.addresses:
             dst = _host_route(addr).network
             scope = RT_SCOPE_LINK if dst.version == 4 else 0
-            for table in (markers.vrf_table(tid), markers.publish_table(tid)):
-                routes.add(Route(dst, table, markers.RTPROT_ENDPOINT, dev=ifname, scope=scope))
+            claim = claims.get((tid, dst), Claim(tid, dst))
+            # the publish route's metric carries the mobility sequence to BIRD
+            metric = metric_for(claim.sequence, dst.version)
+            publish = markers.publish_table(tid)
+            on_link = {"dev": ifname, "scope": scope}
+            if claim.stale:  # the winner's route (a remote route) takes the VRF table's place
+                routes.add(Route(dst, publish, markers.RTPROT_STALE, metric=metric, **on_link))
+                continue
+            routes.add(Route(dst, markers.vrf_table(tid), markers.RTPROT_ENDPOINT, **on_link))
+            routes.add(Route(dst, publish, markers.RTPROT_ENDPOINT, metric=metric, **on_link))
 
     remote = [r for r in view.remote_routes if r.tenant_id in tenant_ids.values()]
     for r in remote:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from routed_nv import markers
 from routed_nv.config.model import Config, Tenant, Upstream
-from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
+from routed_nv.directory.mobility import MIRROR_SEQUENCE, SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.routing.objects import DEFAULT_METRIC
 
 BIRD = "bird"
@@ -178,6 +178,9 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
         f"protocol kernel m{n} {{",
         f"  {fam.table} {{ table mt{n}; import none; export filter {{",
         "    if source != RTS_BGP then reject;",
+        # The agent reads the sequence from the route's window metric (inert here: nothing
+        # forwards through a mirror table); krt_metric must stay fixed, see below.
+        f"    if bgp_large_community ~ {moved} then {MIRROR_SEQUENCE} = {_sequence(asn)};",
         "    onlink = true; gw = bgp_next_hop; accept;",
         "  }; };",
         # One metric for every mirror route: BIRD 2.0.12 replaces a kernel route in place, so a

@@ -5,13 +5,16 @@ this host's config, and what fails is rejected with a kind (a bounded label for 
 sentence (for logs and `routed-nv status`):
 - the tenant (from the mirror table) must be one this host knows;
 - the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
-- the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate;
-- an address this host holds itself for that tenant is not remote (a move in progress).
+- the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate.
 BIRD has already chosen one location per (tenant, address) by mobility sequence (a moved
 endpoint's route carries local_pref 100 + sequence; docs/directory.md) and the mirror table holds
-only that choice. Should a table hold more than one (routes left by an earlier BIRD config, or
-written by hand), the lowest metric wins, as it would in the kernel, then the lowest host address,
-so the choice never depends on the order routes were read in.
+only that choice, with the sequence in the route's `window` metric. Should a table hold more than
+one (routes left by an earlier BIRD config, or written by hand), the lowest metric wins, as it
+would in the kernel, then the lowest host address, so the choice never depends on the order
+routes were read in.
+An address this host holds itself is not remote: its valid routes are `contested` (another host
+announces it too: a move, decided by calc/mobility.py). This host's own announcements (its
+publish tables) become `published` claims, the other input of that decision.
 
 A host learned from BGP is known by its /64 only. Its host id (the SPI sender slot, needed only
 for static keying) comes from config.peers when a peer has that /64, and is UNKNOWN_HOST_ID
@@ -27,8 +30,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView, IPNetwork, PeerHost, RemoteRoute
+from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, PeerHost, RemoteRoute
+from routed_nv.calc.mobility import local_addresses
 from routed_nv.config.model import Config
+from routed_nv.directory.mobility import MAX_SEQUENCE
+from routed_nv.routing.objects import DEFAULT_METRIC
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN_HOST_ID = 0
@@ -44,6 +50,7 @@ class MirrorRoute:
     prefix: IPNetwork
     next_hop: IPAddress
     metric: int
+    sequence: int = 0  # the mobility sequence (directory/mobility.py), 0 if none
 
     def sort_key(self) -> tuple[int, ...]:
         # ipaddress objects of different versions do not compare; their integers do.
@@ -56,7 +63,18 @@ class MirrorRoute:
             n.version,
             int(n),
             self.metric,
+            self.sequence,
         )
+
+
+@dataclass(frozen=True)
+class PublishedRoute:
+    """A route in one of this host's publish tables: the routing driver's, read back."""
+
+    table: int
+    prefix: IPNetwork
+    metric: int
+    proto: int
 
 
 class Reason(StrEnum):
@@ -66,7 +84,6 @@ class Reason(StrEnum):
     OUTSIDE_SUBNETS = "outside-tenant-subnets"
     BAD_NEXT_HOP = "bad-next-hop"
     SELF = "next-hop-is-this-host"
-    LOCAL = "held-by-this-host"
     SUPERSEDED = "superseded"
 
 
@@ -96,22 +113,23 @@ class _Candidate:
         return (self.mirror.metric, int(self.route.peer.address))
 
 
-def learn(config: Config, routes: Iterable[MirrorRoute]) -> Learned:
-    local = {
-        (config.tenants[ep.tenant].id, ipaddress.ip_network(addr))
-        for ep in config.endpoints.values()
-        if ep.tenant in config.tenants
-        for addr in ep.addresses
-    }
+def learn(
+    config: Config, routes: Iterable[MirrorRoute], published: Iterable[PublishedRoute] = ()
+) -> Learned:
+    local = local_addresses(config)
     known = {p.underlay_prefix: (name, p.id) for name, p in config.peers.items()}
     rejected: list[Rejection] = []
+    contested: set[RemoteRoute] = set()
     locations: dict[tuple[int, IPNetwork], list[_Candidate]] = {}
     for mirror in sorted(set(routes), key=MirrorRoute.sort_key):
-        outcome = _check(config, local, known, mirror)
+        outcome = _check(config, known, mirror)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
+            continue
+        key = (outcome.route.tenant_id, outcome.route.prefix)
+        if key in local:
+            contested.add(outcome.route)
         else:
-            key = (outcome.route.tenant_id, outcome.route.prefix)
             locations.setdefault(key, []).append(outcome)
     chosen = []
     for candidates in locations.values():
@@ -119,12 +137,28 @@ def learn(config: Config, routes: Iterable[MirrorRoute]) -> Learned:
         chosen.append(winner.route)
         detail = f"{winner.route.peer.address} (metric {winner.mirror.metric}) wins"
         rejected += [Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers]
-    return Learned(DirectoryView(frozenset(chosen)), tuple(rejected))
+    claims = frozenset(c for p in published if (c := _claim(config, p)) is not None)
+    view = DirectoryView(frozenset(chosen), frozenset(contested), claims)
+    return Learned(view, tuple(rejected))
+
+
+def _claim(config: Config, route: PublishedRoute) -> Claim | None:
+    """This host's announcement that a publish-table route stands for (None: not one of ours;
+    BIRD ignores it too)."""
+    tenant_id = route.table - markers.PUBLISH_TABLE_BASE
+    sequence = route.metric - DEFAULT_METRIC[route.prefix.version]
+    if (
+        route.proto not in (markers.RTPROT_ENDPOINT, markers.RTPROT_STALE)
+        or not markers.TENANT_ID_MIN <= tenant_id <= markers.TENANT_ID_MAX
+        or not 0 <= sequence <= MAX_SEQUENCE
+        or route.prefix.prefixlen != route.prefix.max_prefixlen
+    ):
+        return None
+    return Claim(tenant_id, route.prefix, sequence, stale=route.proto == markers.RTPROT_STALE)
 
 
 def _check(
     config: Config,
-    local: set[tuple[int, IPNetwork]],
     known: dict[ipaddress.IPv6Network, tuple[str, int]],
     mirror: MirrorRoute,
 ) -> _Candidate | Rejection:
@@ -143,8 +177,6 @@ def _check(
     subnets = tenant.ipv4 if prefix.version == 4 else tenant.ipv6
     if not any(prefix.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
         return reject(Reason.OUTSIDE_SUBNETS, f"not in tenant {tenant_id}'s subnets")
-    if (tenant_id, prefix) in local:
-        return reject(Reason.LOCAL, "this host holds that address for the tenant")
     host_prefix = _host_prefix(mirror.next_hop)
     aggregate = config.host.underlay_aggregate
     if host_prefix is None or not host_prefix.subnet_of(aggregate):
@@ -153,7 +185,7 @@ def _check(
         return reject(Reason.SELF, "announced with this host's own address")
     name, host_id = known.get(host_prefix, (str(host_prefix), UNKNOWN_HOST_ID))
     peer = PeerHost(name, host_id, host_prefix)
-    return _Candidate(RemoteRoute(tenant_id, prefix, peer), mirror)
+    return _Candidate(RemoteRoute(tenant_id, prefix, peer, mirror.sequence), mirror)
 
 
 def _host_prefix(next_hop: IPAddress) -> ipaddress.IPv6Network | None:

@@ -12,8 +12,12 @@ fall to BGP's usual tie-breaks (lowest router id), the same on every host.
 
 Kernel: in the publish table the sequence is the route metric above the kernel's default for
 the family (IPv4 0, IPv6 1024), so a publish route written without a metric means "sequence 0".
-The mirror table does not carry it (one fixed metric: BIRD 2.0.12 would leave the old location
-behind if the metric changed with the best path).
+In the mirror table it is the route's `window` metric (RTAX_WINDOW, BIRD's krt_window), set only
+on moved endpoints' routes: not the route metric, which stays fixed (BIRD 2.0.12 replaces kernel
+routes in place and would leave the old location behind if the metric changed with the best
+path), and not the realm (IPv4 only). A window clamps TCP windows of connections routed through
+the route; nothing is routed through a mirror table, so it is inert there.
+Which host announces an address held by more than one is decided in calc/mobility.py.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from routed_nv.routing.objects import DEFAULT_METRIC
 TENANT_COMMUNITY = 1  # (ASN, 1, tenant id)
 SEQUENCE_COMMUNITY = 2  # (ASN, 2, sequence), only on endpoints that moved
 MAX_SEQUENCE = 0xFFFF_FFFF - DEFAULT_METRIC[6]  # so that the IPv6 metric stays a u32
+MIRROR_SEQUENCE = "krt_window"  # the mirror route attribute (netlink_watch reads RTAX_WINDOW)
 
 
 def metric_for(sequence: int, version: int) -> int:

@@ -1,4 +1,4 @@
-"""Event-driven watch of the mirror tables: one dump at start, then the kernel's route events.
+"""Event-driven watch of the mirror and publish tables: one dump at start, then route events.
 
 This is a netlink *monitor* socket, and it is plain stdlib rather than a second pyroute2
 adapter: pyroute2 0.9 reads ahead into its own queue, so select() on its descriptor misses
@@ -6,7 +6,9 @@ events it already holds, and it hides the ENOBUFS that says events were lost. He
 is ours: subscribed to RTNLGRP_IPV4_ROUTE and RTNLGRP_IPV6_ROUTE before the dump (so nothing
 falls between dump and events), with a large receive buffer, and a lost-events error answered
 by a fresh dump whose difference becomes events. Only the few route attributes BIRD writes into
-a mirror table are parsed (destination, table, metric, gateway or RTA_VIA).
+a mirror table are parsed (destination, table, metric, gateway or RTA_VIA, and the mobility
+sequence in the `window` metric, RTAX_WINDOW); of this host's publish tables (what BIRD learns
+from the routing driver) the destination, table, metric and protocol.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 from types import TracebackType
 
 from routed_nv import markers
-from routed_nv.directory.learn import MirrorRoute
+from routed_nv.directory.learn import MirrorRoute, PublishedRoute
+from routed_nv.routing.rtnl import attributes
 
 NETNS_DIR = Path("/var/run/netns")
 NETLINK_ROUTE = 0
@@ -38,14 +41,18 @@ CLONE_NEWNET = 0x40000000
 NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE, RTA_VIA = 1, 5, 6, 15, 18
+RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_TABLE, RTA_VIA = 1, 5, 6, 8, 15, 18
+RTAX_WINDOW = 3  # BIRD's krt_window: where the mirror export puts the mobility sequence
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTATTR = struct.Struct("=HH")
 _FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _MIRROR_TABLES = range(
     markers.mirror_table(markers.TENANT_ID_MIN), markers.mirror_table(markers.TENANT_ID_MAX) + 1
 )
+_PUBLISH_TABLES = range(
+    markers.publish_table(markers.TENANT_ID_MIN), markers.publish_table(markers.TENANT_ID_MAX) + 1
+)
+Watched = MirrorRoute | PublishedRoute
 
 
 class WatchError(RuntimeError):
@@ -55,19 +62,20 @@ class WatchError(RuntimeError):
 @dataclass(frozen=True)
 class RouteEvent:
     added: bool  # False: removed
-    route: MirrorRoute
+    route: Watched
 
     def __str__(self) -> str:
         r = self.route
-        return f"{'add' if self.added else 'del'} {r.prefix} via {r.next_hop} table {r.table}"
+        where = f"via {r.next_hop}" if isinstance(r, MirrorRoute) else f"proto {r.proto}"
+        return f"{'add' if self.added else 'del'} {r.prefix} {where} table {r.table}"
 
 
 def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def parse(data: bytes) -> Iterator[tuple[int, int, int, MirrorRoute | None]]:
-    """(message type, sequence, port id, mirror route or None) for each netlink message."""
+def parse(data: bytes) -> Iterator[tuple[int, int, int, Watched | None]]:
+    """(message type, sequence, port id, watched route or None) for each netlink message."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _flags, seq, pid = _NLMSGHDR.unpack_from(data, offset)
@@ -85,31 +93,28 @@ def parse(data: bytes) -> Iterator[tuple[int, int, int, MirrorRoute | None]]:
         offset += _align(length)
 
 
-def _route(body: bytes) -> MirrorRoute | None:
+def _route(body: bytes) -> Watched | None:
     if len(body) < _RTMSG.size:
         return None
-    family, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = _RTMSG.unpack_from(body)
+    family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = _RTMSG.unpack_from(body)
     version = _FAMILIES.get(family)
     if version is None:
         return None
-    attrs: dict[int, bytes] = {}
-    offset = _RTMSG.size
-    while offset + _RTATTR.size <= len(body):
-        length, kind = _RTATTR.unpack_from(body, offset)
-        if length < _RTATTR.size:
-            break
-        attrs[kind] = body[offset + _RTATTR.size : offset + length]
-        offset += _align(length)
+    attrs = attributes(body, _RTMSG.size)
     table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
-    if table not in _MIRROR_TABLES:
+    if table not in _MIRROR_TABLES and table not in _PUBLISH_TABLES:
         return None
     dst = ipaddress.ip_address(attrs.get(RTA_DST, bytes(4 if version == 4 else 16)))
+    metric = struct.unpack("=I", attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
+    prefix = ipaddress.ip_network((dst, dst_len))
+    if table in _PUBLISH_TABLES:
+        return PublishedRoute(table, prefix, metric, proto)
     next_hop = _next_hop(attrs)
     if next_hop is None:
         return None  # not written by BIRD's mirror export, which always sets a gateway
-    metric = struct.unpack("=I", attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
-    prefix = ipaddress.ip_network((dst, dst_len))
-    return MirrorRoute(table, prefix, next_hop, metric)
+    metrics = attributes(attrs.get(RTA_METRICS, b""), 0)
+    sequence = struct.unpack("=I", metrics[RTAX_WINDOW])[0] if RTAX_WINDOW in metrics else 0
+    return MirrorRoute(table, prefix, next_hop, metric, sequence)
 
 
 def _next_hop(attrs: dict[int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -120,12 +125,13 @@ def _next_hop(attrs: dict[int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6
     return None
 
 
-def _key(route: MirrorRoute) -> tuple[int, object, int]:
+def _key(route: Watched) -> tuple[int, object, int]:
     return (route.table, route.prefix, route.metric)  # the kernel's identity of a route
 
 
 class MirrorWatch:
-    """The mirror tables of one network namespace (None: this process's own), kept current.
+    """The mirror tables of one network namespace (None: this process's own), kept current, and
+    its publish tables (`published`).
 
     open() dumps; then wait() blocks until the kernel reports changes and returns them, with
     `routes` updated. fileno() lets an agent loop select() on it with its other inputs.
@@ -133,16 +139,20 @@ class MirrorWatch:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._routes: dict[tuple[int, object, int], MirrorRoute] = {}
+        self._routes: dict[tuple[int, object, int], Watched] = {}
         self._sock: socket.socket | None = None
         self._seq = 0
 
     @property
     def routes(self) -> frozenset[MirrorRoute]:
-        return frozenset(self._routes.values())
+        return frozenset(r for r in self._routes.values() if isinstance(r, MirrorRoute))
+
+    @property
+    def published(self) -> frozenset[PublishedRoute]:
+        return frozenset(r for r in self._routes.values() if isinstance(r, PublishedRoute))
 
     def __len__(self) -> int:
-        return len(self._routes)
+        return len(self.routes)
 
     def open(self) -> MirrorWatch:
         self._sock = _open_socket(self.netns)

@@ -51,7 +51,12 @@ from routed_nv.routing.objects import (
 )
 
 OpenKernel = Callable[[str | None], Kernel]
-OUR_PROTOS = {markers.RTPROT_ENDPOINT, markers.RTPROT_REMOTE, markers.RTPROT_INFRA}
+OUR_PROTOS = {
+    markers.RTPROT_ENDPOINT,
+    markers.RTPROT_REMOTE,
+    markers.RTPROT_INFRA,
+    markers.RTPROT_STALE,
+}
 _GATEWAY_V6 = ipaddress.IPv6Address(markers.GATEWAY_V6)
 
 

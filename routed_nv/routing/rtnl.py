@@ -17,6 +17,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 from routed_nv.routing.objects import Route
 
@@ -141,7 +142,11 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
         offset += _align(length)
 
 
-def _attrs(body: memoryview, offset: int) -> dict[int, memoryview]:
+Buffer = TypeVar("Buffer", bytes, memoryview)
+
+
+def attributes(body: Buffer, offset: int) -> dict[int, Buffer]:
+    """The rtattrs of a message body from `offset` (also used for nested ones) by type."""
     found = {}
     while offset + _RTATTR.size <= len(body):
         length, kind = _RTATTR.unpack_from(body, offset)
@@ -159,7 +164,7 @@ def decode_route(body: memoryview, names: dict[int, str], protos: set[int]) -> R
     version = _VERSION.get(family)
     if proto not in protos or version is None:
         return None
-    attrs = _attrs(body, _RTMSG.size)
+    attrs = attributes(body, _RTMSG.size)
     if RTA_MULTIPATH in attrs:
         return None
     width = 4 if version == 4 else 16
@@ -191,7 +196,7 @@ def decode_ack(flags: int, body: memoryview) -> tuple[int, str | None]:
     detail = None
     if code and flags & NLM_F_ACK_TLVS:
         # with NETLINK_CAP_ACK the echoed request is only its header
-        text = _attrs(body, _ERRNO.size + _NLMSGHDR.size).get(NLMSGERR_ATTR_MSG)
+        text = attributes(body, _ERRNO.size + _NLMSGHDR.size).get(NLMSGERR_ATTR_MSG)
         if text is not None:
             detail = bytes(text).rstrip(b"\0").decode(errors="replace")
     return code, detail

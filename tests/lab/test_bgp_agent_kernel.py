@@ -6,6 +6,7 @@ and run in file order; each uses its own addresses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from test_datapath_scenario import ns, sh
+from test_routing_kernel import echo_requests_received
 
 from routed_nv import markers
 from routed_nv.directory.bird_config import upstream_protocol
@@ -29,8 +31,9 @@ from routed_nv.lab.topology import directory_topology
 pytestmark = pytest.mark.kernel
 
 BLUE = 100
-REACH_TIMEOUT_S = 120.0  # a deadline, not a measure: the shared UML guest is slow
+REACH_TIMEOUT_S = 180.0  # a deadline, not a measurement: the shared machine is slow at times
 MOVER_NETNS = "rnv-lab-mover"  # the lab prefix: `routed-nv lab down` cleans it up if we do not
+MOVER = ("10.0.0.12", "fd10::12")
 SESSION_TIMEOUT_S = 60.0
 
 
@@ -80,6 +83,39 @@ def diagnose(env: BgpAgents) -> str:
     return "\n".join(lines)
 
 
+def routes_for(env: BgpAgents, host: str, address: str, table: str | int = "all") -> str:
+    family = "-6" if ":" in address else "-4"  # with a table, `ip route` alone means IPv4
+    return sh(env.datapath, ns(host), f"ip {family} route show table {table} {address}")
+
+
+def where_is(env: BgpAgents, address: str) -> str:
+    """Every host's kernel routes and BIRD paths for one address, and its agent's mobility log."""
+    lines = []
+    for host in ("host1", "host2", "host3"):
+        lines += [f"== {host}", routes_for(env, host, address)]
+        with BirdClient(env.birds.node(host).socket) as bird:
+            lines += [str(r) for r in bird.routes(f"for {address} table all")]
+        lines += [x for x in env.agents[host].log().splitlines() if x.startswith("mobility.")]
+    return "\n".join(lines)
+
+
+def stale_on(env: BgpAgents, host: str) -> set[tuple[str, int, str]]:
+    """(address, sequence, winner) of the local addresses `host` reports stale."""
+    rows = env.agents[host].status()["directory"]["stale"]
+    return {(x["prefix"], x["sequence"], x["host_address"]) for x in rows}
+
+
+def until_mirrored(env: BgpAgents, host: str, address: str, expected: str) -> str:
+    """`host`'s mirror route for `address` once it contains `expected`."""
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while expected not in (route := routes_for(env, host, address, markers.mirror_table(BLUE))):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{host}: no mirror route with {expected!r}: {route}\n"
+                                 f"{where_is(env, address)}")  # fmt: skip
+        time.sleep(0.2)
+    return route
+
+
 class Ping:
     """A continuous ping every 50 ms; stop() returns (sent, lost)."""
 
@@ -117,9 +153,25 @@ def endpoint_cmd(env: BgpAgents, host: str, *args: str) -> None:
     agent.until("READY")
 
 
-def add_mover(env: BgpAgents, host: str) -> None:
-    endpoint_cmd(env, host, "add", "mover", "--tenant", "blue", "--address", "10.0.0.12",
-                 "--address", "fd10::12", "--netns", MOVER_NETNS)  # fmt: skip
+def add_mover(
+    env: BgpAgents, host: str, netns: str = MOVER_NETNS, addresses: tuple[str, ...] = MOVER
+) -> None:
+    given = [a for address in addresses for a in ("--address", address)]
+    endpoint_cmd(env, host, "add", "mover", "--tenant", "blue", *given, "--netns", netns)
+
+
+@contextlib.contextmanager
+def namespaces(*names: str) -> Iterator[None]:
+    """Workload namespaces for endpoints the test adds (loopback up); deleted afterwards."""
+    for name in names:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for name in names:
+            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_every_tenant_pair_reaches_over_bgp(env: BgpAgents) -> None:
@@ -131,34 +183,114 @@ def test_every_tenant_pair_reaches_over_bgp(env: BgpAgents) -> None:
 
 
 def test_an_endpoint_added_then_moved_converges_through_bgp(env: BgpAgents) -> None:
-    subprocess.run(["ip", "netns", "add", MOVER_NETNS], check=True)
-    try:
-        sh(env.datapath, MOVER_NETNS, "ip link set lo up")
-        started = time.monotonic()
-        add_mover(env, "host1")
-        ready = time.monotonic() - started  # the command, the reload and host1's apply
-        times = {s: reach(env, s, "10.0.0.12", started) for s in ("blue2", "blue3")}
-        v6 = reach(env, "blue2", "fd10::12", started)
-        print(f"\nendpoint add on host1 -> host1 READY {ready:.2f} s -> reachable: {times}, "
-              f"IPv6 from blue2 {v6:.2f} s")  # fmt: skip
-        # remove-then-add needs no mobility sequence: the old route is withdrawn first
-        started = time.monotonic()
-        endpoint_cmd(env, "host1", "del", "mover")
-        deleted = time.monotonic() - started
-        add_mover(env, "host3")
-        ready = time.monotonic() - started
-        moved = reach(env, "blue2", "10.0.0.12", started)
-        print(f"move host1 -> host3: host1 READY {deleted:.2f} s, host3 READY {ready:.2f} s, "
-              f"reachable from blue2 {moved:.2f} s")  # fmt: skip
-        host3 = str(env.datapath.lab.topology.host("host3").prefix[1])
-        mirror = markers.mirror_table(BLUE)
-        assert host3 in sh(env.datapath, ns("host2"), f"ip route show table {mirror} 10.0.0.12")
-        # host1 neither publishes the address nor routes it to a local link any more
-        on_host1 = sh(env.datapath, ns("host1"), "ip -4 route show table all proto 230")
-        assert "10.0.0.12" not in on_host1, on_host1
-    finally:
-        endpoint_cmd(env, "host3", "del", "mover")
-        subprocess.run(["ip", "netns", "del", MOVER_NETNS], check=False)
+    with namespaces(MOVER_NETNS):
+        try:
+            started = time.monotonic()
+            add_mover(env, "host1")
+            ready = time.monotonic() - started  # the command, the reload and host1's apply
+            times = {s: reach(env, s, "10.0.0.12", started) for s in ("blue2", "blue3")}
+            v6 = reach(env, "blue2", "fd10::12", started)
+            print(f"\nendpoint add on host1 -> host1 READY {ready:.2f} s -> reachable: {times}, "
+                  f"IPv6 from blue2 {v6:.2f} s")  # fmt: skip
+            # remove-then-add needs no mobility sequence: the old route is withdrawn first
+            started = time.monotonic()
+            endpoint_cmd(env, "host1", "del", "mover")
+            deleted = time.monotonic() - started
+            add_mover(env, "host3")
+            ready = time.monotonic() - started
+            moved = reach(env, "blue2", "10.0.0.12", started)
+            print(f"move host1 -> host3: host1 READY {deleted:.2f} s, host3 READY {ready:.2f} s, "
+                  f"reachable from blue2 {moved:.2f} s")  # fmt: skip
+            host3 = str(env.datapath.lab.topology.host("host3").prefix[1])
+            mirror = markers.mirror_table(BLUE)
+            assert host3 in routes_for(env, "host2", "10.0.0.12", mirror)
+            # host1 neither publishes the address nor routes it to a local link any more
+            on_host1 = sh(env.datapath, ns("host1"), "ip -4 route show table all proto 230")
+            assert "10.0.0.12" not in on_host1, on_host1
+        finally:
+            endpoint_cmd(env, "host3", "del", "mover")
+
+
+def until_only(old: str, new: str, since: float) -> tuple[float, float]:
+    """Wait until workload netns `new` receives the pings and `old` has received none for a
+    second. Returns (seconds from `since` to new's first echo, to old's last one), each to
+    within a counter poll."""
+    last_old, first_new = echo_requests_received(old), echo_requests_received(new)
+    old_at = new_at = None
+    while True:
+        now = time.monotonic()
+        at_old, at_new = echo_requests_received(old), echo_requests_received(new)
+        if at_old != last_old:
+            last_old, old_at = at_old, now
+        if new_at is None and at_new > first_new:
+            new_at = now
+        if new_at is not None and now - max(new_at, old_at or since) > 1.0:
+            return new_at - since, (old_at or since) - since
+        if now - since > REACH_TIMEOUT_S:
+            raise AssertionError(f"{new} never took over from {old}: {at_new}, {at_old}")
+        time.sleep(0.05)
+
+
+def test_make_before_break_move_the_newest_location_wins(env: BgpAgents) -> None:
+    """host3 adds the endpoint while host1 still has it: host3 announces it with sequence 1,
+    every host prefers host3, host1 goes stale (stops announcing, routes it to host3); deleting
+    it on host1 afterwards changes nothing for the traffic."""
+    old_ns, new_ns = f"{MOVER_NETNS}1", f"{MOVER_NETNS}3"
+    addresses = ("10.0.0.13", "fd10::13")
+    host3 = str(env.datapath.lab.topology.host("host3").prefix[1])
+    publish, mirror = markers.publish_table(BLUE), markers.mirror_table(BLUE)
+    holders: list[str] = []
+    with namespaces(old_ns, new_ns):
+        try:
+            add_mover(env, "host1", old_ns, addresses)
+            holders.append("host1")
+            for address in addresses:
+                reach(env, "blue2", address, time.monotonic())
+            running = [Ping(env, "blue2", a) for a in addresses]
+            started = time.monotonic()
+            add_mover(env, "host3", new_ns, addresses)
+            holders.append("host3")
+            ready = time.monotonic() - started
+            first_new, last_old = until_only(old_ns, new_ns, started)
+            moved = losses(running)
+            print(f"\nmake-before-break host1 -> host3: host3 READY {ready:.2f} s, first echo at "
+                  f"host3 {first_new:.2f} s, last at host1 {last_old:.2f} s; (sent, lost) "
+                  f"IPv4, IPv6 {moved}")  # fmt: skip
+            for address in addresses:
+                until_mirrored(env, "host2", address, f"{host3} dev")
+                assert "window 1" in until_mirrored(env, "host2", address, "window")
+            # host1 goes stale: it reports both addresses as lost to host3's sequence 1 ...
+            lost_to = {(f"{addresses[0]}/32", 1, host3), (f"{addresses[1]}/128", 1, host3)}
+            deadline = time.monotonic() + REACH_TIMEOUT_S
+            while (seen := stale_on(env, "host1")) != lost_to and time.monotonic() < deadline:
+                time.sleep(0.2)
+            print(f"host1 stale after {time.monotonic() - started:.2f} s")
+            assert seen == lost_to, where_is(env, addresses[0])
+            # ... keeps only the stale marker in its publish table, announces nothing
+            stale = sh(env.datapath, ns("host1"), f"ip route show table {publish} proto 233")
+            announced = sh(env.datapath, ns("host1"), "ip route show table all proto 230")
+            assert addresses[0] in stale, where_is(env, addresses[0])
+            assert addresses[0] not in announced, where_is(env, addresses[0])
+            # host1's own workloads reach the address at host3 too
+            at_old, at_new = echo_requests_received(old_ns), echo_requests_received(new_ns)
+            reach(env, "blue1", addresses[0], time.monotonic())
+            assert echo_requests_received(old_ns) == at_old
+            assert echo_requests_received(new_ns) > at_new
+            # deleting the stale endpoint on host1 changes nothing for the traffic
+            at_new = echo_requests_received(new_ns)
+            running = [Ping(env, "blue2", a) for a in addresses]
+            endpoint_cmd(env, "host1", "del", "mover")
+            holders.remove("host1")
+            time.sleep(1)
+            after_delete = losses(running)
+            print(f"endpoint del on host1 afterwards: (sent, lost) IPv4, IPv6 {after_delete}")
+            assert [x for _, x in after_delete] == [0, 0]
+            assert echo_requests_received(new_ns) - at_new >= sum(n for n, _ in after_delete)
+            assert stale_on(env, "host1") == set()
+            assert host3 in routes_for(env, "host2", addresses[0], mirror)
+        finally:
+            for host in holders:
+                endpoint_cmd(env, host, "del", "mover")
 
 
 def test_route_reflector_crashes_and_restarts_lose_no_packet(env: BgpAgents) -> None:

@@ -14,7 +14,7 @@ from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.snapshot import SaInfo
 from routed_nv.agent.source import SourceUpdate, StaticSource, keep_known
-from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute
+from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 
@@ -210,6 +210,60 @@ def test_keep_known_prefers_the_new_location_and_keeps_the_unmentioned() -> None
         route("10.0.0.3", HOST3),
         route("10.0.0.4"),
     }
+
+
+def test_keep_known_keeps_unmentioned_rivals_of_local_addresses() -> None:
+    rival, local = route("10.0.0.1", HOST3), Claim(100, ipaddress.ip_network("10.0.0.1/32"))
+    known = DirectoryView(frozenset(), contested=frozenset({rival}))
+    new = DirectoryView(frozenset({route("10.0.0.4")}), published=frozenset({local}))
+    kept = keep_known(known, new)
+    assert (kept.contested, kept.published) == ({rival}, {local})
+    assert keep_known(known, DirectoryView(frozenset({route("10.0.0.1")}))).contested == set()
+
+
+HERE = ipaddress.ip_network("10.0.0.1/32")  # the harness config's local endpoint
+
+
+def lose_to_host3(h: Harness) -> RemoteRoute:
+    """host3 announces this host's announced 10.0.0.1 with sequence 1; returns its route."""
+    newer = RemoteRoute(100, HERE, HOST3, sequence=1)
+    h.publish(
+        DirectoryView(
+            frozenset({route("10.0.0.2")}),
+            contested=frozenset({newer}),
+            published=frozenset({Claim(100, HERE, 0)}),
+        )
+    )
+    h.settle()
+    return newer
+
+
+def test_the_applied_view_is_resolved_and_a_lost_address_is_logged_stale() -> None:
+    h = Harness()
+    here = HERE
+    newer = lose_to_host3(h)
+    applied = h.datapath.applied[-1][1]
+    assert applied.claims == {Claim(100, here, 1, stale=True)}
+    assert applied.remote_routes == {route("10.0.0.2"), newer}
+    (line,) = h.lines("mobility.stale")
+    assert "address=10.0.0.1/32" in line and "sequence=1" in line
+    assert "winner=2001:db8:0:3::1" in line
+    assert h.agent.snapshot().counts.stale_addresses == 1
+    h.clock.now += 1
+    h.publish(DirectoryView(frozenset(), contested=frozenset({newer}),
+                            published=frozenset({Claim(100, here, 1, stale=True)})))  # fmt: skip
+    h.settle()
+    assert len(h.lines("mobility.stale")) == 1  # said once, when it happened
+
+
+def test_a_moved_address_is_announced_with_the_next_sequence_and_logged() -> None:
+    h = Harness()
+    here = ipaddress.ip_network("10.0.0.1/32")
+    h.publish(DirectoryView(frozenset(), contested=frozenset({RemoteRoute(100, here, HOST2, 4)})))
+    h.settle()
+    assert h.datapath.applied[-1][1].claims == {Claim(100, here, 5)}
+    (line,) = h.lines("mobility.announce")
+    assert "sequence=5" in line
 
 
 def test_failures_stay_dirty_and_are_retried_with_exponential_backoff() -> None:

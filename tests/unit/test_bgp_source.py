@@ -16,10 +16,11 @@ from routed_nv import markers
 from routed_nv.agent import bgp_source, daemon_commands
 from routed_nv.agent.bgp_source import GR_RECOVERY, BgpSource, rr_protocol
 from routed_nv.agent.source import SourceUpdate, StaticSource
+from routed_nv.calc.inputs import Claim
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
 from routed_nv.directory.birdc import BirdError, Line, Protocol, Reply
-from routed_nv.directory.learn import MirrorRoute, Reason
+from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 
 CONFIG = Config.model_validate(
     {
@@ -46,14 +47,17 @@ def mirror(prefix: str) -> MirrorRoute:
 
 
 class FakeWatch:
-    """Mirror routes set by the test; a pipe makes the source's select() wake as netlink would."""
+    """Mirror and publish routes set by the test; a pipe makes the source's select() wake as
+    netlink would."""
 
     def __init__(self) -> None:
         self.routes: frozenset[MirrorRoute] = frozenset()
+        self.published: frozenset[PublishedRoute] = frozenset()
         self._r, self._w = os.pipe()
 
-    def set(self, *routes: MirrorRoute) -> None:
+    def set(self, *routes: MirrorRoute, published: tuple[PublishedRoute, ...] = ()) -> None:
         self.routes = frozenset(routes)
+        self.published = frozenset(published)
         os.write(self._w, b"x")
 
     def open(self) -> FakeWatch:
@@ -141,6 +145,14 @@ def test_routes_become_the_view_and_bad_ones_rejections(run: Run) -> None:
     assert update.detail == "1 of 2 route reflector sessions established"
     rr1 = next(p for p in update.peers if p.name == "rr1")
     assert (rr1.address, rr1.up, rr1.info) == ("2001:db8:0:f1::1", True, "Established")
+
+
+def test_this_hosts_publish_routes_become_its_published_claims(run: Run) -> None:
+    net = ipaddress.ip_network("10.0.0.7/32")
+    table = markers.publish_table(100)
+    run.watch.set(published=(PublishedRoute(table, net, 3, markers.RTPROT_ENDPOINT),))
+    update = run.until(lambda u: bool(u.view.published))
+    assert update.view.published == frozenset({Claim(100, net, 3)})
 
 
 def test_not_in_sync_without_a_route_reflector(run: Run) -> None:

@@ -77,6 +77,14 @@ def test_a_moved_endpoint_is_preferred_by_its_sequence() -> None:
     assert "bgp_local_pref = 100 + filter(bgp_large_community, [(65000, 2, *)]).max.data2;" in text
 
 
+def test_the_mirror_route_carries_a_moved_endpoints_sequence_in_its_window() -> None:
+    text = bird_config.render_host(config(), None)
+    assert (
+        "if bgp_large_community ~ [(65000, 2, *)] then "
+        "krt_window = filter(bgp_large_community, [(65000, 2, *)]).max.data2;"
+    ) in text
+
+
 def test_upstreams_get_the_host_prefix_and_give_underlay_routes() -> None:
     text = bird_config.render_host(config(upstreams=[{"address": "fe80::1", "asn": 65100}]), None)
     assert "route 2001:db8:0:1::/64 unreachable;" in text

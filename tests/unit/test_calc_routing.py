@@ -1,9 +1,10 @@
+import dataclasses
 import ipaddress
 
 import pytest
 
 from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute, static_view
+from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute, static_view
 from routed_nv.calc.routing import RoutingConflict, desired_routing, endpoint_link_name
 from routed_nv.config.model import Config, tenant_outer_address
 from routed_nv.routing.objects import Address, Link, LinkKind, NeighProxy, Port, Route, Sysctl
@@ -110,6 +111,34 @@ def test_remote_routes_of_tenants_not_configured_here_are_ignored():
     stranger = RemoteRoute(999, net("10.9.9.9/32"), PeerHost("host2", 2, net("2001:db8:0:2::/64")))
     d = desired_routing(cfg, DirectoryView(frozenset({stranger})))
     assert all(r.dst != net("10.9.9.9/32") for r in d.routes)
+
+
+def test_a_claims_sequence_is_the_publish_routes_metric_above_the_default():
+    cfg = config()
+    claims = {Claim(100, net("10.0.0.1/32"), 3), Claim(100, net("fd10::1/128"), 2)}
+    d = desired_routing(cfg, dataclasses.replace(static_view(cfg), claims=frozenset(claims)))
+    published = {(str(r.dst), r.metric, r.proto) for r in d.routes
+                 if r.table == markers.publish_table(100)}  # fmt: skip
+    endpoint = markers.RTPROT_ENDPOINT
+    assert published == {("10.0.0.1/32", 3, endpoint), ("fd10::1/128", 1026, endpoint)}
+
+
+def test_a_stale_address_has_only_its_marker_and_the_winners_route():
+    cfg = config()
+    stale = Claim(100, net("10.0.0.1/32"), 4, stale=True)
+    winner = RemoteRoute(100, net("10.0.0.1/32"), PeerHost("host2", 2, net("2001:db8:0:2::/64")), 4)
+    view = DirectoryView(frozenset({winner}), claims=frozenset({stale}))
+    d = desired_routing(cfg, view)
+    blue = {(r.table, r.proto, r.metric) for r in d.routes if r.dst == net("10.0.0.1/32")
+            and r.table in (markers.vrf_table(100), markers.publish_table(100))}  # fmt: skip
+    assert blue == {
+        (markers.publish_table(100), markers.RTPROT_STALE, 4),
+        (markers.vrf_table(100), markers.RTPROT_REMOTE, 0),
+    }
+    # the workload itself stays as configured
+    assert Link(endpoint_link_name("blue-web"), LinkKind.VETH) in {
+        dataclasses.replace(link, mtu=None, master=None, veth_peer=None) for link in d.links
+    }
 
 
 def test_netns_endpoint_gets_a_veth_and_a_configured_workload_side():

@@ -10,7 +10,7 @@ import pytest
 
 from routed_nv import markers
 from routed_nv.directory import netlink_watch as nw
-from routed_nv.directory.learn import MirrorRoute
+from routed_nv.directory.learn import MirrorRoute, PublishedRoute
 
 TABLE = markers.mirror_table(100)
 
@@ -21,8 +21,8 @@ def attr(kind: int, payload: bytes) -> bytes:
 
 
 def message(kind: int, family: int, dst: str, dst_len: int, table: int, *attrs: bytes,
-            seq: int = 0, pid: int = 0) -> bytes:  # fmt: skip
-    body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table & 0xFF, 186, 0, 1, 0)
+            seq: int = 0, pid: int = 0, proto: int = 186) -> bytes:  # fmt: skip
+    body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table & 0xFF, proto, 0, 1, 0)
     body += attr(nw.RTA_DST, ipaddress.ip_address(dst).packed)
     body += attr(nw.RTA_TABLE, struct.pack("=I", table)) + b"".join(attrs)
     return struct.pack("=IHHII", 16 + len(body), kind, 0, seq, pid) + body
@@ -42,6 +42,28 @@ def test_ipv4_route_via_inet6_with_metric() -> None:
     assert route == MirrorRoute(
         TABLE, ipaddress.ip_network("10.0.0.2/32"), ipaddress.ip_address("2001:db8:0:2::1"), 3
     )
+
+
+def test_the_mobility_sequence_comes_from_the_window_metric() -> None:
+    window = attr(nw.RTAX_WINDOW, struct.pack("=I", 7))
+    mtu = attr(2, struct.pack("=I", 1400))  # RTAX_MTU: another metric, ignored
+    data = message(nw.RTM_NEWROUTE, socket.AF_INET6, "fd10::3", 128, TABLE,
+                   via6("2001:db8:0:2::1"), attr(nw.RTA_METRICS, mtu + window))  # fmt: skip
+    [(_, _, _, route)] = list(nw.parse(data))
+    assert isinstance(route, MirrorRoute) and route.sequence == 7
+
+
+def test_publish_table_routes_are_this_hosts_announcements() -> None:
+    table = markers.publish_table(100)
+    oif = attr(4, struct.pack("=I", 9))  # RTA_OIF: a publish route has a device, no gateway
+    metric = attr(nw.RTA_PRIORITY, struct.pack("=I", 2))
+    data = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, table, oif, metric,
+                   proto=markers.RTPROT_STALE)  # fmt: skip
+    watch = ScriptedWatch([])
+    watch._apply(data)
+    net = ipaddress.ip_network("10.0.0.2/32")
+    assert watch.published == {PublishedRoute(table, net, 2, markers.RTPROT_STALE)}
+    assert watch.routes == frozenset() and len(watch) == 0
 
 
 def test_ipv6_route_with_gateway_and_several_messages_in_one_read() -> None:

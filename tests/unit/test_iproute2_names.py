@@ -69,6 +69,7 @@ def test_shipped_rt_protos_match_the_markers() -> None:
         markers.RTPROT_ENDPOINT: "rnv-endpoint",
         markers.RTPROT_REMOTE: "rnv-remote",
         markers.RTPROT_INFRA: "rnv-infra",
+        markers.RTPROT_STALE: "rnv-stale",
     }
 
 

@@ -8,8 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from routed_nv import markers
+from routed_nv.calc.inputs import Claim
 from routed_nv.config.model import Config
-from routed_nv.directory.learn import UNKNOWN_HOST_ID, MirrorRoute, Reason, learn
+from routed_nv.directory.learn import (
+    UNKNOWN_HOST_ID,
+    MirrorRoute,
+    PublishedRoute,
+    Reason,
+    learn,
+)
 
 CONFIG = Config.model_validate(
     {
@@ -31,12 +38,17 @@ CONFIG = Config.model_validate(
 
 
 def route(
-    prefix: str, tenant: int = 100, via: str = "2001:db8:0:2::1", metric: int = -1
+    prefix: str,
+    tenant: int = 100,
+    via: str = "2001:db8:0:2::1",
+    metric: int = -1,
+    sequence: int = 0,
 ) -> MirrorRoute:
     net = ipaddress.ip_network(prefix)
     if metric == -1:
         metric = 0 if net.version == 4 else 1024
-    return MirrorRoute(markers.mirror_table(tenant), net, ipaddress.ip_address(via), metric)
+    hop = ipaddress.ip_address("2001:db8:0:2::7" if via == "x" else via)
+    return MirrorRoute(markers.mirror_table(tenant), net, hop, metric, sequence)
 
 
 def test_a_valid_route_names_the_configured_peer() -> None:
@@ -74,12 +86,36 @@ def test_rejections_carry_their_reason() -> None:
     assert reasons(route("10.0.0.2/32", via="2001:db9:0:2::1")) == [Reason.BAD_NEXT_HOP]
     assert reasons(route("10.0.0.2/32", via="2001:db8:0:2::7")) == [Reason.BAD_NEXT_HOP]
     assert reasons(route("10.0.0.2/32", via="192.0.2.1")) == [Reason.BAD_NEXT_HOP]
-    assert reasons(route("10.0.0.1/32")) == [Reason.LOCAL]
     assert reasons(
         MirrorRoute(
             100, ipaddress.ip_network("10.0.0.2/32"), ipaddress.ip_address("2001:db8:0:2::1"), 0
         )
     ) == [Reason.NOT_MIRROR]
+
+
+def test_valid_routes_for_a_local_address_are_contested_not_remote() -> None:
+    learned = learn(CONFIG, [route("10.0.0.1/32", sequence=4), route("10.0.0.1/32", via="x")])
+    assert learned.view.remote_routes == frozenset()
+    (contested,) = learned.view.contested
+    assert (str(contested.prefix), contested.sequence, contested.peer.name) == (
+        "10.0.0.1/32", 4, "host2"
+    )  # fmt: skip
+    assert [r.reason for r in learned.rejected] == [Reason.BAD_NEXT_HOP]
+
+
+def test_publish_routes_become_this_hosts_claims() -> None:
+    table = markers.publish_table(100)
+    v4, v6 = ipaddress.ip_network("10.0.0.1/32"), ipaddress.ip_network("fd10::1/128")
+    published = [
+        PublishedRoute(table, v4, 3, markers.RTPROT_ENDPOINT),
+        PublishedRoute(table, v6, 1024 + 5, markers.RTPROT_STALE),
+        PublishedRoute(table, ipaddress.ip_network("10.0.0.9/32"), 0, markers.RTPROT_REMOTE),
+        PublishedRoute(table, ipaddress.ip_network("fd10::9/128"), 7, markers.RTPROT_ENDPOINT),
+        PublishedRoute(100, ipaddress.ip_network("10.0.0.8/32"), 0, markers.RTPROT_ENDPOINT),
+    ]
+    assert learn(CONFIG, [], published).view.published == {
+        Claim(100, v4, 3), Claim(100, v6, 5, stale=True)
+    }  # fmt: skip
 
 
 def test_rejection_text_says_what_and_why() -> None:

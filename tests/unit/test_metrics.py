@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_agent_loop import Harness, route, view
+from test_agent_loop import Harness, lose_to_host3, route, view
 
 from routed_nv.agent.metrics import Metrics, parse_address, parse_xfrm_stat
 from routed_nv.agent.source import PeerStatus
@@ -56,6 +56,7 @@ def test_gauges_counters_and_histogram_follow_the_agent(metrics: tuple[Harness, 
     assert got[("routed_nv_endpoints", (("location", "local"),))] == 1
     assert got[("routed_nv_endpoints", (("location", "remote"),))] == 2
     assert got[("routed_nv_sas", ())] == 1
+    assert got[("routed_nv_stale_addresses", ())] == 0
     assert got[("routed_nv_tenants", ())] == 1
     assert got[("routed_nv_routes", ())] > 2
     assert got[("routed_nv_bgp_peers_up", ())] == 1
@@ -70,6 +71,13 @@ def test_gauges_counters_and_histogram_follow_the_agent(metrics: tuple[Harness, 
     assert ("routed_nv_last_success_timestamp_seconds", ()) in got
     (build,) = [k for k in got if k[0] == "routed_nv_build_info"]
     assert dict(build[1])["version"]
+
+
+def test_stale_addresses_are_counted() -> None:
+    h = Harness()
+    lose_to_host3(h)
+    m = Metrics(h.agent.snapshot, dict)
+    assert scrape(m)[("routed_nv_stale_addresses", ())] == 1
 
 
 def test_no_metric_has_a_per_endpoint_label(metrics: tuple[Harness, Metrics]) -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
-from test_agent_loop import Harness, route, view
+from test_agent_loop import Harness, lose_to_host3, route, view
 
+from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
 from routed_nv.agent.daemon_commands import agent_command
 from routed_nv.agent.runtime import RUNTIME_DROP_IN
@@ -27,6 +28,7 @@ from routed_nv.agent.status_commands import (
     endpoint_group,
     lookup_command,
     status_command,
+    status_table,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
@@ -75,6 +77,17 @@ def test_status_table_brief_and_json(run_dir: Path) -> None:
 
     data = json.loads(invoke(status_command, "--run-dir", str(run_dir), "-o", "json").stdout)
     assert data["agent"]["state"] == "ready"
+
+
+def test_status_reports_addresses_another_host_announced_later() -> None:
+    h = Harness()
+    lose_to_host3(h)
+    status = report.status(h.agent.snapshot())
+    row = {"tenant_id": 100, "prefix": "10.0.0.1/32", "sequence": 1}
+    assert status["directory"]["stale"] == [row | {"host_address": "2001:db8:0:3::1"}]
+    lines = status_table(status, time.time()).splitlines()
+    assert "Stale:      1 local addresses announced later by another host" in lines
+    assert "  10.0.0.1/32 (tenant 100): 2001:db8:0:3::1 has sequence 1" in lines
 
 
 def test_status_without_an_agent_exits_1(tmp_path: Path) -> None:
