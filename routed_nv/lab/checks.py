@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import subprocess
@@ -45,6 +46,41 @@ def underlay_pings(lab: Lab) -> list[Ping]:
     pairs = [(a.name, b.name) for a in lab.topology.hosts for b in lab.topology.hosts if a != b]
     with ThreadPoolExecutor(max_workers=len(pairs) or 1) as pool:
         return list(pool.map(lambda pair: _ping(lab, *pair), pairs))
+
+
+class ContinuousPing:
+    """`ping -i INTERVAL` from a namespace until stop(), for "lost nothing while X happened".
+
+    ping counts a request as lost when it is stopped before the reply came back, which under a
+    loaded guest (round trips above the interval) would blame the stop for a loss. stop()
+    therefore leaves out, as in flight, the requests after the last reply, but only as many as
+    could have been sent within the slowest round trip seen: a real outage at the end loses more.
+    """
+
+    def __init__(self, lab: Lab, namespace: str, target: str, interval: float) -> None:
+        self.interval = interval
+        argv = ["ping", "-n", "-i", f"{interval:g}", "-W", "1", target]
+        self.proc = lab.spawn(namespace, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(0.3)  # the first replies are in before whatever the caller does next
+
+    def stop(self) -> tuple[int, int]:
+        """(sent, lost)."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        return ping_losses(out.decode(errors="replace"), self.interval)
+
+
+def ping_losses(output: str, interval: float) -> tuple[int, int]:
+    """(sent, lost) from the output of an interrupted `ping -n -i INTERVAL` (see ContinuousPing)."""
+    summary = re.search(r"(\d+) packets transmitted", output)
+    if summary is None:
+        raise ValueError(f"not a ping summary: {output[-300:]!r}")
+    sent = int(summary[1])
+    replies = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", output)}
+    slowest_ms = max((float(t) for t in re.findall(r"time=([\d.]+) ms", output)), default=0.0)
+    tail = sent - max(replies, default=0)
+    in_flight = tail if tail <= math.ceil(slowest_ms / 1000 / interval) + 1 else 0
+    return sent, sent - len(replies) - in_flight
 
 
 # Tenant traffic checks. A workload's ICMP echo-request counters (/proc/net/snmp, per netns) say

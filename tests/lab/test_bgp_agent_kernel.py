@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from routed_nv.directory.birdc import BirdClient
 from routed_nv.lab.agents import ROUTED_NV
 from routed_nv.lab.bgp_agents import PASSWORD, BgpAgents
 from routed_nv.lab.builder import Lab
-from routed_nv.lab.checks import tenant_matrix
+from routed_nv.lab.checks import ContinuousPing, tenant_matrix
 from routed_nv.lab.topology import directory_topology
 
 pytestmark = pytest.mark.kernel
@@ -116,22 +115,11 @@ def until_mirrored(env: BgpAgents, host: str, address: str, expected: str) -> st
     return route
 
 
-class Ping:
+class Ping(ContinuousPing):
     """A continuous ping every 50 ms; stop() returns (sent, lost)."""
 
     def __init__(self, env: BgpAgents, source: str, target: str) -> None:
-        argv = ["ping", "-i", "0.05", "-W", "1", target]
-        self.proc = env.datapath.lab.spawn(
-            ns(source), argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        time.sleep(0.3)
-
-    def stop(self) -> tuple[int, int]:
-        self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=10)
-        m = re.search(rb"(\d+) packets transmitted, (\d+) received", out)
-        assert m, out
-        return int(m[1]), int(m[1]) - int(m[2])
+        super().__init__(env.datapath.lab, ns(source), target, interval=0.05)
 
 
 def pings(env: BgpAgents) -> list[Ping]:

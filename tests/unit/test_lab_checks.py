@@ -3,7 +3,9 @@ lines as the lab's capture on `-i any` prints them)."""
 
 from __future__ import annotations
 
-from routed_nv.lab.checks import read_capture
+import pytest
+
+from routed_nv.lab.checks import ping_losses, read_capture
 from routed_nv.lab.topology import directory_topology
 
 ESP = (
@@ -48,3 +50,36 @@ def test_esp_to_a_route_reflector_is_a_leak() -> None:
     # only hosts carry tenant traffic: ESP to anything else is not routed_nv's datapath
     to_rr = ESP.replace("2001:db8:0:2::1:64", "2001:db8:0:11::1")
     assert read_capture(to_rr, directory_topology()).leaks == [to_rr]
+
+
+def _ping_output(replied: list[int], sent: int, ms: float = 0.3) -> str:
+    lines = [f"64 bytes from 10.0.0.2: icmp_seq={n} ttl=63 time={ms} ms" for n in replied]
+    lines += ["", "--- 10.0.0.2 ping statistics ---"]
+    lines += [f"{sent} packets transmitted, {len(replied)} received, 0% packet loss, time 99ms"]
+    return "\n".join(lines)
+
+
+def test_a_request_in_flight_when_ping_stops_is_not_lost() -> None:
+    # 120 ms round trips at a 50 ms interval: up to 4 requests can be out when SIGINT comes
+    assert ping_losses(_ping_output(list(range(1, 98)), 100, ms=120.0), 0.05) == (100, 0)
+
+
+def test_gaps_are_lost_and_so_is_a_tail_longer_than_the_slowest_round_trip() -> None:
+    gap = [n for n in range(1, 101) if not 40 <= n < 45]
+    assert ping_losses(_ping_output(gap, 100), 0.05) == (100, 5)
+    # traffic that never came back: 60 requests after the last reply, round trips of 0.3 ms
+    assert ping_losses(_ping_output(list(range(1, 41)), 100), 0.05) == (100, 60)
+    assert ping_losses(_ping_output([], 20), 0.05) == (20, 20)
+
+
+def test_duplicates_and_errors_are_not_replies() -> None:
+    out = _ping_output([1, 2, 3], 5).replace(
+        "icmp_seq=3 ttl=63 time=0.3 ms", "icmp_seq=2 ttl=63 time=0.3 ms (DUP!)"
+    )
+    out = "From 10.0.0.254 icmp_seq=4 Destination Host Unreachable\n" + out
+    assert ping_losses(out, 0.05) == (5, 3)
+
+
+def test_output_without_a_summary_is_an_error() -> None:
+    with pytest.raises(ValueError, match="not a ping summary"):
+        ping_losses("ping: connect: Network is unreachable", 0.05)
