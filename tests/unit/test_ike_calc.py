@@ -76,6 +76,7 @@ def test_one_conn_per_peer_sharing_a_tenant_and_one_child_per_shared_tenant(psk:
         "close_action": "none",
     }
     assert "unique" not in msg  # replace + restart loops (see calc/ike.py)
+    assert msg["mobike"] == "no"  # MOBIKE moved the IKE_SA, then broke the CHILD_SAs
 
 
 def test_the_configured_timers_are_what_charon_is_given(psk: Path) -> None:
