@@ -271,6 +271,17 @@ def x509_desired(tmp_path: Path) -> DesiredIke:
     return desired_ike(cfg, static_view(cfg))
 
 
+def first_initiate_error(desired: DesiredIke, *log: str) -> str:
+    """The driver's first error when charon fails every initiate with these log lines."""
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.initiate_error = ViciError(
+        "initiating rnv-host2-t100: establishing CHILD_SA 'rnv-host2-t100' failed", log
+    )
+    return driver.apply(desired).errors[0]
+
+
 # What charon 5.9.8 logs in the lab (tests/lab/test_ike_x509_kernel.py) when it checks a
 # peer's certificate and refuses it; the peer only learns AUTHENTICATION_FAILED.
 @pytest.mark.parametrize(
@@ -283,14 +294,9 @@ def x509_desired(tmp_path: Path) -> DesiredIke:
 def test_a_refused_peer_certificate_is_named_with_charons_reason(
     x509_desired: DesiredIke, line: str
 ) -> None:
-    charon = FakeCharon()
-    driver = driver_for(charon)
-    driver.apply(x509_desired)
-    charon.initiate_error = ViciError(
-        "initiating rnv-host2-t100: establishing CHILD_SA 'rnv-host2-t100' failed",
-        ("initiating IKE_SA rnv-host2[1] to 2001:db8:0:2::1", line, "peer authentication failed"),
+    error = first_initiate_error(
+        x509_desired, "initiating IKE_SA rnv-host2[1] to 2001:db8:0:2::1", line, "peer auth failed"
     )
-    error = driver.apply(x509_desired).errors[0]
     assert error.startswith(
         "initiate rnv-host2-t100 (not up): the peer's certificate is not trusted: it must be "
         "issued by keying.ca_cert"
@@ -301,14 +307,7 @@ def test_a_refused_peer_certificate_is_named_with_charons_reason(
 def test_a_peer_refusing_our_certificate_points_at_our_certificate(
     x509_desired: DesiredIke,
 ) -> None:
-    charon = FakeCharon()
-    driver = driver_for(charon)
-    driver.apply(x509_desired)
-    charon.initiate_error = ViciError(
-        "initiating rnv-host2-t100: establishing CHILD_SA 'rnv-host2-t100' failed",
-        ("received AUTHENTICATION_FAILED notify error",),
-    )
-    error = driver.apply(x509_desired).errors[0]
+    error = first_initiate_error(x509_desired, "received AUTHENTICATION_FAILED notify error")
     assert "the peer does not accept this host's certificate (keying.cert" in error
     assert "pre-shared key" not in error
 
