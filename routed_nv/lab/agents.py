@@ -44,6 +44,12 @@ class LabAgent:
 
     def start(self, *args: str) -> float:
         """Start the agent; returns the seconds from start to READY=1."""
+        started = self.launch(*args)
+        self.until("READY")
+        return time.monotonic() - started
+
+    def launch(self, *args: str) -> float:
+        """Start the agent without waiting for it; returns when (time.monotonic()) it started."""
         self._notify_path.unlink(missing_ok=True)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(self._notify_path))
@@ -55,8 +61,7 @@ class LabAgent:
         env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path)}
         with self.log_path.open("ab") as log:
             self.proc = self.lab.lab.spawn(self.namespace, argv, stdout=log, stderr=log, env=env)
-        self.until("READY")
-        return time.monotonic() - started
+        return started
 
     def until(self, key: str, timeout: float = READY_TIMEOUT_S) -> dict[str, str]:
         """The next sd_notify message that carries `key` (READY, RELOADING, STOPPING...)."""
