@@ -41,6 +41,7 @@ class LabAgent:
         self._inbox: queue.Queue[dict[str, str]] = queue.Queue()
         self.proc: subprocess.Popen[bytes] | None = None
         self.messages: list[dict[str, str]] = []
+        self.first_seen: dict[str, float] = {}  # sd_notify key -> time.monotonic() it arrived
 
     def start(self, *args: str) -> float:
         """Start the agent; returns the seconds from start to READY=1."""
@@ -83,7 +84,11 @@ class LabAgent:
                 data = sock.recv(4096).decode()
             except OSError:  # closed by stop()
                 return
-            self._inbox.put(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
+            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            now = time.monotonic()
+            for key in message:
+                self.first_seen.setdefault(key, now)
+            self._inbox.put(message)
 
     def reload(self) -> dict[str, str]:
         """SIGHUP; returns the READY message that ends the reload (after its apply)."""
