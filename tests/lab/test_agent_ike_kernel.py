@@ -2,7 +2,7 @@
 lab host namespace, all agents started at the same moment (as after a power cut), each agent
 keying with a pre-shared key through its own charon. Measures agent start -> all of a host's
 CHILD_SAs up, as `routed-nv sa list` shows them, and checks them in the kernel, on the wire and
-in the agent's status and metrics."""
+in the agent's status and metrics, and that charon rekeys on the [keying] timers configured."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ pytestmark = pytest.mark.kernel
 RESYNC_S = 4
 AGENT_ARGS = ("--resync-interval", str(RESYNC_S))
 SAS_PER_HOST = 2 * CHILDREN_PER_HOST  # in + out
+TIMERS = {"ike_rekey_s": 7200, "child_rekey_s": 1800, "dpd_delay_s": 20}  # not the defaults
 
 
 @dataclass
@@ -58,7 +59,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             psk = workdir / host / "psk"
             write_secret(psk, b"lab agents' pre-shared key " + b"z" * 32 + b"\n")
             data = config.model_dump(mode="json")
-            data["keying"] = charons.keying(host, {"psk_file": str(psk)})
+            data["keying"] = {**charons.keying(host, {"psk_file": str(psk)}), **TIMERS}
             return Config.model_validate(data)
 
         lab = LabDatapath(built, workdir, adapt=ike_mode)
@@ -134,6 +135,22 @@ def test_agents_bring_all_child_sas_up(env: Env) -> None:
         assert {r["tenant"] for r in rows} == {100, 200}  # the tenant from the CHILD_SA's reqid
         assert {r["peer"] for r in rows} == set(HOSTS) - {host}
     assert_child_sas_carry_the_tenant_reqids(env.ike)
+
+
+def test_charon_rekeys_on_the_configured_timers(env: Env) -> None:
+    # charon rekeys up to 10 % before the configured time (jitter), never after it; the margin
+    # is the time since the SAs came up
+    ike_s, child_s, margin = TIMERS["ike_rekey_s"], TIMERS["child_rekey_s"], 600
+    for host in HOSTS:
+        with env.ike.vici(host) as vici:
+            sas = vici.list_sas()
+        ike_rekeys = [int(sa["rekey-time"]) for _, sa in sas]
+        child_rekeys = [r.rekey_in_s for r in env.ike.up_rows(host)]
+        print(f"\n{host}: IKE_SAs rekey in {ike_rekeys} s, CHILD_SAs in {child_rekeys} s")
+        assert ike_rekeys and all(0.9 * ike_s - margin < t <= ike_s for t in ike_rekeys)
+        assert child_rekeys and all(
+            t is not None and 0.9 * child_s - margin < t <= child_s for t in child_rekeys
+        )
 
 
 def test_same_tenant_traffic_flows_as_esp_with_the_reported_spis(env: Env) -> None:
