@@ -43,17 +43,6 @@ VICI_MESSAGE = Mapping[str, object]
 
 
 @dataclass(frozen=True)
-class IkeTimers:
-    """Lifetimes and liveness checks. The defaults follow strongSwan's own (rekey IKE every 4 h,
-    CHILD_SAs every hour, both with jitter), with DPD every 30 s so that a dead peer's SAs are
-    replaced within about a minute rather than at the next rekey."""
-
-    ike_rekey_s: int = 4 * 3600
-    child_rekey_s: int = 3600
-    dpd_delay_s: int = 30
-
-
-@dataclass(frozen=True)
 class IkeChild:
     name: str
     tenant_id: int
@@ -132,7 +121,6 @@ def is_ours(name: str) -> bool:
 def desired_ike(
     config: Config,
     view: DirectoryView,
-    timers: IkeTimers = IkeTimers(),  # frozen: one shared default is safe
     read_private: FileReader = read_private,
     read_public: FileReader | None = None,
 ) -> DesiredIke:
@@ -157,10 +145,7 @@ def desired_ike(
         # Without credentials nothing can be (re)authenticated; what is up stays up.
         names = frozenset(conn_name(p.name) for p in peers)
         return DesiredIke({}, (), keep=names, errors=(*errors, str(exc)))
-    conns = {
-        conn_name(p.name): _conn(config, p, shared[p], timers, local_auth, remote_auth)
-        for p in peers
-    }
+    conns = {conn_name(p.name): _conn(config, p, shared[p], local_auth, remote_auth) for p in peers}
     return DesiredIke(conns, credentials, errors=tuple(errors))
 
 
@@ -172,7 +157,6 @@ def _conn(
     config: Config,
     peer: PeerHost,
     tenants: list[int],
-    timers: IkeTimers,
     local_auth: dict[str, object],
     remote_auth: dict[str, object],
 ) -> IkeConn:
@@ -192,8 +176,14 @@ def _conn(
         "local_addrs": [me],
         "remote_addrs": [there],
         "proposals": list(keying.ike_proposals),
-        "rekey_time": f"{timers.ike_rekey_s}s",
-        "dpd_delay": f"{timers.dpd_delay_s}s",
+        "rekey_time": f"{keying.ike_rekey_s}s",
+        "dpd_delay": f"{keying.dpd_delay_s}s",
+        # Host addresses do not move. With MOBIKE (charon's default) every DPD is a path check
+        # that picks the local address by route lookup: the uplink's, not the host address, so
+        # charon moved the IKE_SA there and rewrote the transport_proxy CHILD_SAs' addresses to
+        # the new IKE endpoints, which broke them (lab: "local endpoint changed" 30 s after
+        # start, tenant packets lost).
+        "mobike": "no",
         # `unique` stays at its default (no): a restarted peer's INITIAL_CONTACT still replaces
         # its dead IKE_SA at once. `replace` would also delete a duplicate from a simultaneous
         # start 10 s later; with both ends re-initiating, that loops for ever (seen in the lab).
@@ -208,7 +198,7 @@ def _conn(
                 "esp_proposals": list(keying.esp_proposals),
                 "policies": "yes",
                 "priority": str(markers.IKE_POLICY_PRIORITY),
-                "rekey_time": f"{timers.child_rekey_s}s",
+                "rekey_time": f"{keying.child_rekey_s}s",
                 # Up as soon as loaded, and back up after a DPD timeout. A peer's delete is
                 # deliberate (tenant gone, charon stopping, duplicate resolved): restarting on it
                 # would fight the peer. The driver's reconcile initiates whatever is missing.

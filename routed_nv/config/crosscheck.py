@@ -160,3 +160,13 @@ def _keying(config: Config) -> Iterator[Found]:
                 yield ("keying", field), None, "is required when any of ca_cert, cert, key is set"
     elif keying.psk_file is None:
         yield ("keying", "mode"), "ike", "needs keying.psk_file or keying.ca_cert/cert/key"
+    if keying.dpd_delay_s:
+        # a peer must be probed at least once between rekeys, or DPD never sees it dead first
+        for field in ("ike_rekey_s", "child_rekey_s"):
+            value = getattr(keying, field)
+            if value <= keying.dpd_delay_s:
+                yield (
+                    ("keying", field),
+                    value,
+                    f"is not above keying.dpd_delay_s = {keying.dpd_delay_s}",
+                )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from routed_nv.config.types import (
     Asn,
+    DpdSeconds,
     HostId,
     IfName,
     IPAddress,
@@ -24,6 +25,7 @@ from routed_nv.config.types import (
     ListenAddress,
     Mtu,
     Name,
+    RekeySeconds,
     TenantId,
     int_range,
 )
@@ -111,6 +113,11 @@ class Keying(_Strict):
     key: Path | None = None
     ike_proposals: list[str] = Field(default_factory=lambda: ["aes128gcm16-prfsha256-x25519"])
     esp_proposals: list[str] = Field(default_factory=lambda: ["aes128gcm16-x25519"])
+    # strongSwan's own defaults for the rekeys (charon adds up to 10 % jitter); DPD every 30 s,
+    # so that a dead peer's SAs are replaced within about a minute, not at the next rekey.
+    ike_rekey_s: RekeySeconds = 4 * 3600
+    child_rekey_s: RekeySeconds = 3600
+    dpd_delay_s: DpdSeconds = 30
 
 
 class Tenant(_Strict):

@@ -91,3 +91,7 @@ HostId = Annotated[int, int_range(1, 16383)]  # the sender slot of the SPI plan 
 Asn = Annotated[int, int_range(1, 4294967294)]
 Mtu = Annotated[int, int_range(1280, 65535)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]  # HOST:PORT, or "off"
+# IKE timers in seconds. charon takes any 32-bit count (0 turns a rekey off); a rekey is
+# mandatory here (keys must rotate), and below a minute rekeys of many peers would pile up.
+RekeySeconds = Annotated[int, int_range(60, 30 * 86400)]
+DpdSeconds = Annotated[int, int_range(0, 3600)]  # 0: no dead peer detection

@@ -356,13 +356,17 @@ def _credential_op(cred: Credential, charon: Charon, memory: Memory) -> IkeOp | 
     return None
 
 
-# charon's words for the common failures, and what an operator should check.
+# charon's words for the common failures, and what an operator should check. The first that
+# matches wins; AUTH_FAILED is worded by the connection's auth method (_auth_hint).
+AUTH_FAILED = "authentication failed"
 _HINTS = (
     (
-        ("AUTHENTICATION_FAILED", "MAC mismatched", "no shared key found"),
-        "authentication failed: the two hosts do not share the same pre-shared key "
-        "(keying.psk_file) or trust each other's certificates (keying.ca_cert)",
+        # this end checked the peer's certificate: charon's log line says why it is refused
+        ("no trusted", "certificate invalid", "constraint check failed", "no issuer certificate"),
+        "the peer's certificate is not trusted: it must be issued by keying.ca_cert, be valid "
+        "now, and name the peer's host address as an IP subjectAltName",
     ),
+    (("AUTHENTICATION_FAILED", "MAC mismatched", "no shared key found"), AUTH_FAILED),
     (
         ("NO_PROPOSAL_CHOSEN", "no acceptable proposal", "no matching proposal"),
         "no common proposal: compare keying.ike_proposals and keying.esp_proposals on both "
@@ -379,10 +383,35 @@ _HINTS = (
 )
 
 
+def _auth_hint(op: IkeOp) -> str:
+    """The peer refused us (or, with a PSK, the MACs differ): which credential to check."""
+    local = op.conn.message.get("local") if op.conn else None
+    auth = local.get("auth") if isinstance(local, Mapping) else None
+    if auth == "psk":
+        return (
+            f"{AUTH_FAILED}: the two hosts do not share the same pre-shared key (keying.psk_file)"
+        )
+    if auth == "pubkey":
+        return (
+            f"{AUTH_FAILED}: the peer does not accept this host's certificate (keying.cert must "
+            "be issued by the peer's keying.ca_cert, be valid now, and name this host's address "
+            "as an IP subjectAltName; the peer's status says why)"
+        )
+    return (
+        f"{AUTH_FAILED}: the two hosts do not share the same pre-shared key (keying.psk_file) "
+        "or trust each other's certificates (keying.ca_cert)"
+    )
+
+
 def _explain(op: IkeOp, exc: ViciError) -> str:
-    text = " ".join((str(exc), *exc.log))
     for needles, hint in _HINTS:
-        if any(n.lower() in text.lower() for n in needles):
-            return f"{op.describe()}: {hint} [{exc}]"
+        found = [
+            line for line in (str(exc), *exc.log) if any(n.lower() in line.lower() for n in needles)
+        ]
+        if found:
+            why = "" if found[0] == str(exc) else f"; {found[0].strip()}"
+            return (
+                f"{op.describe()}: {_auth_hint(op) if hint is AUTH_FAILED else hint} [{exc}{why}]"
+            )
     tail = "; ".join(line for line in exc.log[-3:] if line)
     return f"{op.describe()}: {exc}" + (f" [{tail}]" if tail else "")

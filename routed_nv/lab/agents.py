@@ -24,7 +24,7 @@ from routed_nv.lab.builder import LabError
 from routed_nv.lab.datapath import LabDatapath
 
 ROUTED_NV = [sys.executable, "-m", "routed_nv"]  # the CLI as installed, without a PATH lookup
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 120.0  # a deadline: three agents starting at once in a loaded guest took ~60 s
 STOP_TIMEOUT_S = 30.0
 
 
@@ -42,14 +42,16 @@ class LabAgent:
         self.proc: subprocess.Popen[bytes] | None = None
         self._spawned = 0.0
         self.messages: list[dict[str, str]] = []
+        self.first_seen: dict[str, float] = {}  # sd_notify key -> time.monotonic() it arrived
 
     def start(self, *args: str) -> float:
         """Start the agent; returns the seconds from start to READY=1."""
         self.spawn(*args)
         return self.wait_ready()
 
-    def spawn(self, *args: str) -> None:
-        """Start the agent without waiting for it (wait_ready() does)."""
+    def spawn(self, *args: str) -> float:
+        """Start the agent without waiting for it (wait_ready() does); returns when
+        (time.monotonic()) it started."""
         self._notify_path.unlink(missing_ok=True)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(self._notify_path))
@@ -61,6 +63,7 @@ class LabAgent:
         env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path)}
         with self.log_path.open("ab") as log:
             self.proc = self.lab.lab.spawn(self.namespace, argv, stdout=log, stderr=log, env=env)
+        return self._spawned
 
     def wait_ready(self) -> float:
         """Seconds from the last spawn() to its READY=1."""
@@ -87,7 +90,11 @@ class LabAgent:
                 data = sock.recv(4096).decode()
             except OSError:  # closed by stop()
                 return
-            self._inbox.put(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
+            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            now = time.monotonic()
+            for key in message:
+                self.first_seen.setdefault(key, now)
+            self._inbox.put(message)
 
     def reload(self) -> dict[str, str]:
         """SIGHUP; returns the READY message that ends the reload (after its apply)."""

@@ -10,6 +10,7 @@ IS charon: stop() and kill() signal exactly that pid, and the Lab's teardown sto
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL, Popen
 
+from routed_nv.esp.vici_adapter import ViciSession
 from routed_nv.lab.builder import Lab, LabError
 
 CHARON = "/usr/lib/ipsec/charon"
@@ -28,6 +30,9 @@ PLUGINS = (
     "random nonce aes sha1 sha2 hmac kdf gcm curve25519 openssl gmp pem pkcs1 pkcs8 x509 "
     "pubkey constraints revocation kernel-netlink socket-default vici"
 )
+# Without libstrongswan-standard-plugins (gcm, curve25519) IKE falls back to AES-CBC/HMAC-SHA-256
+# with MODP-3072 (gmp plugin); ESP stays AES-GCM (the kernel does it).
+FALLBACK_IKE, FALLBACK_ESP = ["aes128-sha256-modp3072"], ["aes128gcm16-modp3072"]
 
 
 def strongswan_conf(vici_socket: Path, log: Path) -> str:
@@ -50,6 +55,7 @@ charon {{
       chd = 2
       knl = 2
       time_format = %T
+      flush_line = yes  # the test copies the log while charon runs
     }}
   }}
 }}
@@ -118,6 +124,27 @@ class LabCharon:
         for host in self.nodes:
             self.start(host)
 
+    def proposals(self) -> tuple[list[str], list[str]]:
+        """(IKE, ESP) proposals: the defaults when charon supports them, else the fallback."""
+        with ViciSession(next(iter(self.nodes.values())).socket) as vici:
+            algorithms = vici.algorithms()
+        kes = [*algorithms.get("dh", []), *algorithms.get("ke", [])]
+        if "CURVE_25519" in kes and "AES_GCM_16" in algorithms.get("aead", []):
+            return ["aes128gcm16-prfsha256-x25519"], ["aes128gcm16-x25519"]
+        return FALLBACK_IKE, FALLBACK_ESP
+
+    def keying(self, host: str, auth: dict[str, str]) -> dict[str, object]:
+        """The [keying] section of a lab host in IKE mode: `auth` (psk_file or
+        ca_cert/cert/key), its charon's socket and proposals it can negotiate."""
+        ike_proposals, esp_proposals = self.proposals()
+        return {
+            "mode": "ike",
+            **auth,
+            "vici_socket": str(self.nodes[host].socket),
+            "ike_proposals": ike_proposals,
+            "esp_proposals": esp_proposals,
+        }
+
     def kill(self, host: str, sig: int = signal.SIGKILL) -> None:
         """Signal the host's charon (SIGKILL by default: a crash, SAs left in the kernel)."""
         node = self.nodes[host]
@@ -129,6 +156,14 @@ class LabCharon:
     def stop(self, host: str) -> None:
         """Stop it the clean way (SIGTERM: charon deletes its SAs and tells the peers)."""
         self.kill(host, signal.SIGTERM)
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """A key file as routed_nv wants it: readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def _accepts(path: Path) -> bool:

@@ -5,16 +5,17 @@ the IKE driver runs as the agent runs it: as one stage of each reconcile.
 The tests share one lab and build on each other's state, in the order of their names (the UML
 guest runs node ids sorted): hence the numbers. Measured numbers are printed (run with -s) and
 asserted where they are promises. charon's logs are copied to .rnv-lab/ike-kernel/ at the end.
+ike_lab() and IkeLab serve the X.509 module (test_ike_x509_kernel.py) too.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from routed_nv.config.model import Config
 from routed_nv.esp.spimap import SaRow, rows_from_sas
 from routed_nv.esp.vici_adapter import ViciSession
 from routed_nv.lab.builder import Lab
-from routed_nv.lab.charon import LabCharon
-from routed_nv.lab.checks import WireReport, tenant_matrix, underlay_capture
+from routed_nv.lab.charon import LabCharon, write_secret
+from routed_nv.lab.checks import tenant_matrix, underlay_capture
 from routed_nv.lab.datapath import configure_workload, host_config
 from routed_nv.lab.topology import default_topology
 
@@ -37,16 +38,10 @@ pytestmark = pytest.mark.kernel
 BLUE, RED = 100, 200
 HOSTS = ("host1", "host2", "host3")
 CHILDREN_PER_HOST = 2 * 2  # two peers x two shared tenants
-# This lab's charon may lack libstrongswan-standard-plugins (gcm, curve25519): then IKE uses
-# AES-CBC/HMAC-SHA-256 with MODP-3072 (gmp plugin); ESP stays AES-GCM (the kernel does it).
-FALLBACK_IKE, FALLBACK_ESP = ["aes128-sha256-modp3072"], ["aes128gcm16-modp3072"]
 
 
 def write_psk(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
+    write_secret(path, (secret + "\n").encode())
 
 
 @dataclass
@@ -98,14 +93,18 @@ class IkeLab:
         """Reconcile every host until all is up and nothing is left to do; seconds taken."""
         return wait_for(self.converged, 60, lambda: reconcile_all(self))
 
+    def diagnose(self) -> str:
+        """Every host's CHILD_SAs and XFRM objects (keys filtered out), for a failure message."""
+        out = []
+        for host in HOSTS:
+            rows = "\n".join(map(str, self.rows(host)))
+            xfrm = self.sh(host, "ip xfrm policy; ip xfrm state | grep -v -e aead -e enc -e auth")
+            out.append(f"== {host}\n{rows}\n{xfrm}")
+        return "\n".join(out)
+
     def sh(self, host: str, command: str) -> str:
         done = self.lab.exec(f"rnv-lab-{host}", ["sh", "-c", command], timeout=60)
         return done.stdout + done.stderr
-
-
-def leaks(wire: WireReport) -> list[str]:
-    """What crossed the underlay that is neither ESP nor IKE (UDP 500/4500 between hosts)."""
-    return [line for line in wire.leaks if not re.search(r"\.(500|4500) > .*\.(500|4500): ", line)]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, tick: Callable[[], None]) -> float:
@@ -119,35 +118,24 @@ def wait_for(condition: Callable[[], bool], timeout: float, tick: Callable[[], N
     return time.monotonic() - start
 
 
-def proposals(socket: Path) -> tuple[list[str], list[str]]:
-    with ViciSession(socket) as vici:
-        algorithms = vici.algorithms()
-    kes = [*algorithms.get("dh", []), *algorithms.get("ke", [])]
-    if "CURVE_25519" in kes and "AES_GCM_16" in algorithms.get("aead", []):
-        return ["aes128gcm16-prfsha256-x25519"], ["aes128gcm16-x25519"]
-    return FALLBACK_IKE, FALLBACK_ESP
+Auth = Callable[[str, Config], dict[str, str]]
 
 
-@pytest.fixture(scope="module")
-def ike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IkeLab]:
-    workdir = tmp_path_factory.mktemp("ike")
+@contextmanager
+def ike_lab(workdir: Path, auth: Auth, logs: str) -> Iterator[IkeLab]:
+    """The 3-host lab, one charon per host, every host's Datapath in IKE mode; `auth(host,
+    config)` writes the host's credentials and returns their keying fields. charon's logs are
+    copied to .rnv-lab/<logs>/ at the end."""
     topology = default_topology()
     with Lab(topology) as lab:
         charons = LabCharon(lab, workdir)
         charons.start_all()
-        ike_proposals, esp_proposals = proposals(charons.nodes["host1"].socket)
-        print(f"\nproposals: IKE {ike_proposals}, ESP {esp_proposals}")
+        print(f"\nproposals (IKE, ESP): {charons.proposals()}")
         configs = {}
         for host in topology.hosts:
-            write_psk(workdir / host.name / "psk", "lab pre-shared key " + "x" * 32)
-            data = host_config(topology, host, workdir / "unused").model_dump(mode="json")
-            data["keying"] = {
-                "mode": "ike",
-                "psk_file": str(workdir / host.name / "psk"),
-                "vici_socket": str(charons.nodes[host.name].socket),
-                "ike_proposals": ike_proposals,
-                "esp_proposals": esp_proposals,
-            }
+            config = host_config(topology, host, workdir / "unused")
+            data = config.model_dump(mode="json")
+            data["keying"] = charons.keying(host.name, auth(host.name, config))
             configs[host.name] = Config.model_validate(data)
         for w in topology.workloads:
             configure_workload(w, configs[w.host].tenant_mtu(w.tenant))
@@ -155,11 +143,26 @@ def ike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IkeLab]:
         try:
             yield IkeLab(lab, charons, configs, datapaths, workdir)
         finally:
-            logs = Path(".rnv-lab/ike-kernel")
-            logs.mkdir(parents=True, exist_ok=True)
-            for host, node in charons.nodes.items():
-                if node.log.exists():
-                    shutil.copy(node.log, logs / f"{host}-charon.log")
+            copy_logs(charons, Path(".rnv-lab") / logs)
+
+
+def copy_logs(charons: LabCharon, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for host, node in charons.nodes.items():
+        if node.log.exists():
+            shutil.copy(node.log, directory / f"{host}-charon.log")
+
+
+@pytest.fixture(scope="module")
+def ike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IkeLab]:
+    workdir = tmp_path_factory.mktemp("ike")
+
+    def psk(host: str, config: Config) -> dict[str, str]:
+        write_psk(workdir / host / "psk", "lab pre-shared key " + "x" * 32)
+        return {"psk_file": str(workdir / host / "psk")}
+
+    with ike_lab(workdir, psk, "ike-kernel") as lab:
+        yield lab
 
 
 def reconcile_all(ike: IkeLab) -> None:
@@ -181,7 +184,19 @@ def test_1_child_sas_come_up_with_the_tenant_reqid(ike: IkeLab) -> None:
         assert [s.name for s in outcome.stages][-1] == "ike"
         stage = outcome.stages[-1]
         assert any(line.startswith("load-conn rnv-") for line in stage.lines), stage
+    assert_child_sas_carry_the_tenant_reqids(ike)
 
+
+def assert_child_sas_carry_the_tenant_reqids(ike: IkeLab) -> None:
+    """Every host has its CHILD_SAs to both peers for both tenants, in the kernel with the
+    tenant's reqid, under charon's SPI-pinned policies (ours and the blocks beneath)."""
+    try:
+        _assert_child_sas_carry_the_tenant_reqids(ike)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{ike.diagnose()}") from None
+
+
+def _assert_child_sas_carry_the_tenant_reqids(ike: IkeLab) -> None:
     for host in HOSTS:
         rows = ike.up_rows(host)
         peers = sorted({r.peer for r in rows})
@@ -218,14 +233,18 @@ def test_2_a_second_reconcile_changes_nothing(ike: IkeLab) -> None:
 
 def test_3_tenant_traffic_is_esp_with_the_spis_sa_list_reports(ike: IkeLab) -> None:
     ike.settle()
+    assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
+
+
+def assert_tenant_traffic_is_esp_with_the_reported_spis(ike: IkeLab) -> None:
     with underlay_capture(ike.lab) as reports:
         reaches = tenant_matrix(ike.lab)
     (wire,) = reports
     reported_out = {r.spi_out for h in HOSTS for r in ike.up_rows(h)}
     reported_in = {r.spi_in for h in HOSTS for r in ike.up_rows(h)}
 
-    assert [r for r in reaches if not r.ok] == []
-    assert leaks(wire) == []
+    assert [r for r in reaches if not r.ok] == [], ike.diagnose()
+    assert wire.leaks == []  # IKE between hosts is wire.control["ike"], ESP is counted apart
     assert wire.esp_spis == reported_out == reported_in
     print(
         f"\n{len(reaches)} tenant probes, {wire.esp_packets} ESP packets on the wire, "
@@ -354,15 +373,19 @@ def test_7_a_wrong_psk_is_a_clear_error_and_nothing_leaves_in_plaintext(ike: Ike
             assert time.monotonic() < deadline, errors
             errors = ike.ike_errors("host3")
         print(f"\nwrong PSK, host3's status: {errors[0]}")
-        assert not ike.up_rows("host3")
-        with underlay_capture(ike.lab) as reports:
-            out = ike.sh("blue3", "ping -c 3 -i 0.2 -W 1 10.0.0.1")
-        (wire,) = reports
-        assert " 0 received" in out
-        assert leaks(wire) == []
-        policies = ike.sh("host3", "ip xfrm policy")
-        assert policies.count("action block") == 2 * 2 * 2  # tenants x protos x directions
+        assert_host3_is_cut_off_and_nothing_leaves_in_plaintext(ike)
     finally:
         write_psk(ike.psk("host3"), good)
     took = wait_for(ike.all_up, 60, lambda: reconcile_all(ike))
     print(f"right PSK again: all SAs up after {took:.2f} s")
+
+
+def assert_host3_is_cut_off_and_nothing_leaves_in_plaintext(ike: IkeLab) -> None:
+    assert not ike.up_rows("host3")
+    with underlay_capture(ike.lab) as reports:
+        out = ike.sh("blue3", "ping -c 3 -i 0.2 -W 1 10.0.0.1")
+    (wire,) = reports
+    assert " 0 received" in out
+    assert wire.leaks == []
+    policies = ike.sh("host3", "ip xfrm policy")
+    assert policies.count("action block") == 2 * 2 * 2  # tenants x protos x directions

@@ -170,6 +170,35 @@ def test_ike_mode_needs_credentials(tmp_path: Path) -> None:
     ]
 
 
+IKE_HOST = HOST.replace('"static"', '"ike"\npsk_file = "/etc/routed-nv/keys/ike.psk"')
+
+
+def test_ike_timers_are_bounded_and_their_errors_name_the_field(tmp_path: Path) -> None:
+    timers = "ike_rekey_s = 59\nchild_rekey_s = 2592001\ndpd_delay_s = -1\n"
+    path = write(tmp_path, {"routed-nv.toml": IKE_HOST + timers})
+    assert problems(path) == [
+        "routed-nv.toml: keying.ike_rekey_s: 59 is out of range 60..2592000",
+        "routed-nv.toml: keying.child_rekey_s: 2592001 is out of range 60..2592000",
+        "routed-nv.toml: keying.dpd_delay_s: -1 is out of range 0..3600",
+    ]
+
+
+def test_rekey_times_must_be_above_the_dpd_delay(tmp_path: Path) -> None:
+    timers = "ike_rekey_s = 600\nchild_rekey_s = 300\ndpd_delay_s = 600\n"
+    path = write(tmp_path, {"routed-nv.toml": IKE_HOST + timers})
+    assert problems(path) == [
+        "routed-nv.toml: keying.ike_rekey_s: 600 is not above keying.dpd_delay_s = 600",
+        "routed-nv.toml: keying.child_rekey_s: 300 is not above keying.dpd_delay_s = 600",
+    ]
+    # without DPD any rekey time in range is fine; the problem is reported against the layer
+    # that set the field found wrong, even when another layer's change made it so
+    no_dpd = load_config(path, env={"ROUTED_NV_KEYING__DPD_DELAY_S": "0"}).keying
+    assert (no_dpd.ike_rekey_s, no_dpd.child_rekey_s, no_dpd.dpd_delay_s) == (600, 300, 0)
+    assert problems(path, env={"ROUTED_NV_KEYING__DPD_DELAY_S": "300"}) == [
+        "routed-nv.toml: keying.child_rekey_s: 300 is not above keying.dpd_delay_s = 300"
+    ]
+
+
 def test_unreadable_layers_are_reported_not_raised(tmp_path: Path) -> None:
     path = write(tmp_path, {"routed-nv.toml": HOST, "conf.d/bad.toml": "[tenants\n"})
     (found,) = problems(path)

@@ -76,6 +76,23 @@ def test_one_conn_per_peer_sharing_a_tenant_and_one_child_per_shared_tenant(psk:
         "close_action": "none",
     }
     assert "unique" not in msg  # replace + restart loops (see calc/ike.py)
+    assert msg["mobike"] == "no"  # MOBIKE moved the IKE_SA, then broke the CHILD_SAs
+
+
+def test_the_configured_timers_are_what_charon_is_given(psk: Path) -> None:
+    timers = {"ike_rekey_s": 7200, "child_rekey_s": 900, "dpd_delay_s": 0}
+    cfg = config({"mode": "ike", "psk_file": str(psk), **timers})
+    desired = desired_ike(cfg, static_view(cfg))
+    for conn in desired.conns.values():
+        assert conn.message["rekey_time"] == "7200s"
+        assert conn.message["dpd_delay"] == "0s"  # charon: no DPD
+        children = conn.message["children"].values()  # type: ignore[attr-defined]
+        assert [c["rekey_time"] for c in children] == ["900s"] * len(conn.children)
+    # a changed timer changes the digest, so a running agent reloads the connection
+    default = config({"mode": "ike", "psk_file": str(psk)})
+    before = desired_ike(default, static_view(default)).conns["rnv-host2"]
+    assert before.message["rekey_time"] == "14400s" and before.message["dpd_delay"] == "30s"
+    assert before.digest != desired.conns["rnv-host2"].digest
 
 
 def test_the_psk_is_one_shared_secret_for_this_host_and_its_peers(psk: Path) -> None:

@@ -253,7 +253,63 @@ def test_a_wrong_psk_becomes_a_clear_error_and_stops_that_peer_only(desired: Des
     assert charon.calls == ["initiate rnv-host2-t100", "initiate rnv-host3-t200"]
     assert len(result.errors) == 2
     assert result.errors[0].startswith("initiate rnv-host2-t100 (not up): authentication failed")
-    assert "pre-shared key" in result.errors[0]
+    assert "pre-shared key (keying.psk_file)" in result.errors[0]
+    assert "certificate" not in result.errors[0]
+    assert result.errors[0].endswith("failed; received AUTHENTICATION_FAILED notify error]")
+
+
+@pytest.fixture
+def x509_desired(tmp_path: Path) -> DesiredIke:
+    pem = "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n"
+    for name in ("ca.pem", "cert.pem"):
+        (tmp_path / name).write_text(pem)
+    fd = os.open(tmp_path / "key.pem", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"-----BEGIN PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----\n")
+    os.close(fd)
+    files = {"ca_cert": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
+    cfg = config({"mode": "ike", **{k: str(tmp_path / v) for k, v in files.items()}})
+    return desired_ike(cfg, static_view(cfg))
+
+
+def first_initiate_error(desired: DesiredIke, *log: str) -> str:
+    """The driver's first error when charon fails every initiate with these log lines."""
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.initiate_error = ViciError(
+        "initiating rnv-host2-t100: establishing CHILD_SA 'rnv-host2-t100' failed", log
+    )
+    return driver.apply(desired).errors[0]
+
+
+# What charon 5.9.8 logs in the lab (tests/lab/test_ike_x509_kernel.py) when it checks a
+# peer's certificate and refuses it; the peer only learns AUTHENTICATION_FAILED.
+@pytest.mark.parametrize(
+    "line",
+    [
+        'no issuer certificate found for "CN=host3"',
+        "subject certificate invalid (valid from Nov 30 16:07:37 2026 to Dec 01 16:07:37 2026)",
+    ],
+)
+def test_a_refused_peer_certificate_is_named_with_charons_reason(
+    x509_desired: DesiredIke, line: str
+) -> None:
+    error = first_initiate_error(
+        x509_desired, "initiating IKE_SA rnv-host2[1] to 2001:db8:0:2::1", line, "peer auth failed"
+    )
+    assert error.startswith(
+        "initiate rnv-host2-t100 (not up): the peer's certificate is not trusted: it must be "
+        "issued by keying.ca_cert"
+    )
+    assert error.endswith(f"failed; {line}]")
+
+
+def test_a_peer_refusing_our_certificate_points_at_our_certificate(
+    x509_desired: DesiredIke,
+) -> None:
+    error = first_initiate_error(x509_desired, "received AUTHENTICATION_FAILED notify error")
+    assert "the peer does not accept this host's certificate (keying.cert" in error
+    assert "pre-shared key" not in error
 
 
 def test_charon_unreachable_is_one_clear_error(desired: DesiredIke, tmp_path: Path) -> None:
