@@ -19,7 +19,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +43,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTATTR = struct.Struct("=HH")
 _FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
-_MIRROR_TABLES = range(
+MIRROR_TABLES = range(
     markers.mirror_table(markers.TENANT_ID_MIN), markers.mirror_table(markers.TENANT_ID_MAX) + 1
 )
 
@@ -66,15 +66,17 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def parse(data: bytes) -> Iterator[tuple[int, int, int, MirrorRoute | None]]:
-    """(message type, sequence, port id, mirror route or None) for each netlink message."""
+def parse(
+    data: bytes, tables: Container[int] = MIRROR_TABLES
+) -> Iterator[tuple[int, int, int, MirrorRoute | None]]:
+    """(message type, sequence, port id, route in `tables` or None) for each netlink message."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _flags, seq, pid = _NLMSGHDR.unpack_from(data, offset)
         if length < _NLMSGHDR.size:
             break
         body = data[offset + _NLMSGHDR.size : offset + length]
-        route = _route(body) if kind in (RTM_NEWROUTE, RTM_DELROUTE) else None
+        route = _route(body, tables) if kind in (RTM_NEWROUTE, RTM_DELROUTE) else None
         if kind == NLMSG_ERROR:
             code = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
             yield kind, seq, pid, None
@@ -85,7 +87,7 @@ def parse(data: bytes) -> Iterator[tuple[int, int, int, MirrorRoute | None]]:
         offset += _align(length)
 
 
-def _route(body: bytes) -> MirrorRoute | None:
+def _route(body: bytes, tables: Container[int]) -> MirrorRoute | None:
     if len(body) < _RTMSG.size:
         return None
     family, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = _RTMSG.unpack_from(body)
@@ -101,7 +103,7 @@ def _route(body: bytes) -> MirrorRoute | None:
         attrs[kind] = body[offset + _RTATTR.size : offset + length]
         offset += _align(length)
     table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
-    if table not in _MIRROR_TABLES:
+    if table not in tables:
         return None
     dst = ipaddress.ip_address(attrs.get(RTA_DST, bytes(4 if version == 4 else 16)))
     next_hop = _next_hop(attrs)
@@ -129,10 +131,13 @@ class MirrorWatch:
 
     open() dumps; then wait() blocks until the kernel reports changes and returns them, with
     `routes` updated. fileno() lets an agent loop select() on it with its other inputs.
+    `tables`: which tables to keep (the benchmark also watches a VRF table); routes there are
+    kept only when they have a gateway, as BIRD's mirror routes and the agent's remote ones do.
     """
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, tables: Container[int] = MIRROR_TABLES) -> None:
         self.netns = netns
+        self._tables = tables
         self._routes: dict[tuple[int, object, int], MirrorRoute] = {}
         self._sock: socket.socket | None = None
         self._seq = 0
@@ -195,7 +200,7 @@ class MirrorWatch:
 
     def _apply(self, data: bytes) -> list[RouteEvent]:
         events = []
-        for kind, _seq, _pid, route in parse(data):
+        for kind, _seq, _pid, route in parse(data, self._tables):
             if route is None:
                 continue
             added = kind == RTM_NEWROUTE
@@ -222,7 +227,7 @@ class MirrorWatch:
             events += self._apply(data)
             if any(
                 kind in (NLMSG_DONE, NLMSG_ERROR) and seq == self._seq and pid == port
-                for kind, seq, pid, _ in parse(data)
+                for kind, seq, pid, _ in parse(data, self._tables)
             ):
                 return events
 
