@@ -180,6 +180,13 @@ class Bench:
         assert proc is not None  # `ip netns exec` execs the agent: the same pid
         return proc.pid
 
+    def agent_state(self) -> str:
+        """Whether host2's agent still runs, and the end of its log (for a failed wait)."""
+        agent = self.env.agents["host2"]
+        code = agent.proc.poll() if agent.proc else None
+        state = "running" if code is None else f"exited with {code}"
+        return f"host2's agent is {state}; its log ends:\n{agent.log()[-3000:]}"
+
     def measure(self, tables: Tables, n: int, reps: int) -> Row:
         publish = f"dev {self.lab.topology.workloads_on('host1')[0].host_link} "
         publish += f"table {markers.publish_table(TENANT_ID)} proto {markers.RTPROT_ENDPOINT}"
@@ -289,7 +296,10 @@ def run(sizes: dict[int, int], each: Callable[[Row], None] = lambda row: None) -
             tables.until({tables.mirror: 0, tables.vrf: 0, FLOOR_TABLE: 0}, time.monotonic())
             rows = []
             for n, reps in sizes.items():
-                rows.append(bench.measure(tables, n, reps))
+                try:
+                    rows.append(bench.measure(tables, n, reps))
+                except LabError as exc:
+                    raise LabError(f"N={n}: {exc}\n{bench.agent_state()}") from exc
                 each(rows[-1])
         # a clean stop, checked; after a failure the lab's teardown stops the agent by its pid
         bench.env.agents.stop_all()
