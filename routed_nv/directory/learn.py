@@ -32,7 +32,7 @@ from enum import StrEnum
 from routed_nv import markers
 from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, PeerHost, RemoteRoute
 from routed_nv.calc.mobility import local_addresses
-from routed_nv.config.model import Config
+from routed_nv.config.model import Config, Tenant
 from routed_nv.directory.mobility import MAX_SEQUENCE
 from routed_nv.routing.objects import DEFAULT_METRIC
 
@@ -117,12 +117,12 @@ def learn(
     config: Config, routes: Iterable[MirrorRoute], published: Iterable[PublishedRoute] = ()
 ) -> Learned:
     local = local_addresses(config)
-    known = {p.underlay_prefix: (name, p.id) for name, p in config.peers.items()}
+    check = _Checker(config)
     rejected: list[Rejection] = []
     contested: set[RemoteRoute] = set()
     locations: dict[tuple[int, IPNetwork], list[_Candidate]] = {}
     for mirror in sorted(set(routes), key=MirrorRoute.sort_key):
-        outcome = _check(config, known, mirror)
+        outcome = check(mirror)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
             continue
@@ -157,35 +157,52 @@ def _claim(config: Config, route: PublishedRoute) -> Claim | None:
     return Claim(tenant_id, route.prefix, sequence, stale=route.proto == markers.RTPROT_STALE)
 
 
-def _check(
-    config: Config,
-    known: dict[ipaddress.IPv6Network, tuple[str, int]],
-    mirror: MirrorRoute,
-) -> _Candidate | Rejection:
-    def reject(reason: Reason, detail: str) -> Rejection:
-        return Rejection(mirror, reason, detail)
+class _Checker:
+    """The checks of one learn() pass. The next-hop checks depend only on the next hop, of
+    which there is one per peer host, so each is done once per pass (the agent runs learn
+    over every mirror route on each batch of route events: 100,000 routes, a few hosts)."""
 
-    tenant_id = mirror.table - markers.MIRROR_TABLE_BASE
-    if not markers.TENANT_ID_MIN <= tenant_id <= markers.TENANT_ID_MAX:
-        return reject(Reason.NOT_MIRROR, f"table {mirror.table} is not a mirror table")
-    tenant = next((t for t in config.tenants.values() if t.id == tenant_id), None)
-    if tenant is None:
-        return reject(Reason.UNKNOWN_TENANT, f"tenant {tenant_id} is not configured here")
-    prefix = mirror.prefix
-    if prefix.prefixlen != prefix.max_prefixlen:
-        return reject(Reason.NOT_ONE_ADDRESS, "an endpoint route is a /32 or /128")
-    subnets = tenant.ipv4 if prefix.version == 4 else tenant.ipv6
-    if not any(prefix.subnet_of(s) for s in subnets):  # type: ignore[arg-type]
-        return reject(Reason.OUTSIDE_SUBNETS, f"not in tenant {tenant_id}'s subnets")
-    host_prefix = _host_prefix(mirror.next_hop)
-    aggregate = config.host.underlay_aggregate
-    if host_prefix is None or not host_prefix.subnet_of(aggregate):
-        return reject(Reason.BAD_NEXT_HOP, f"not a host address (<a /64 in {aggregate}>::1)")
-    if host_prefix == config.host.underlay_prefix:
-        return reject(Reason.SELF, "announced with this host's own address")
-    name, host_id = known.get(host_prefix, (str(host_prefix), UNKNOWN_HOST_ID))
-    peer = PeerHost(name, host_id, host_prefix)
-    return _Candidate(RemoteRoute(tenant_id, prefix, peer, mirror.sequence), mirror)
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._tenants: dict[int, Tenant] = {}
+        for tenant in config.tenants.values():
+            self._tenants.setdefault(tenant.id, tenant)
+        self._known = {p.underlay_prefix: (name, p.id) for name, p in config.peers.items()}
+        self._peers: dict[IPAddress, PeerHost | tuple[Reason, str]] = {}
+
+    def __call__(self, mirror: MirrorRoute) -> _Candidate | Rejection:
+        def reject(reason: Reason, detail: str) -> Rejection:
+            return Rejection(mirror, reason, detail)
+
+        tenant_id = mirror.table - markers.MIRROR_TABLE_BASE
+        if not markers.TENANT_ID_MIN <= tenant_id <= markers.TENANT_ID_MAX:
+            return reject(Reason.NOT_MIRROR, f"table {mirror.table} is not a mirror table")
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            return reject(Reason.UNKNOWN_TENANT, f"tenant {tenant_id} is not configured here")
+        prefix = mirror.prefix
+        if prefix.prefixlen != prefix.max_prefixlen:
+            return reject(Reason.NOT_ONE_ADDRESS, "an endpoint route is a /32 or /128")
+        subnets = tenant.ipv4 if prefix.version == 4 else tenant.ipv6
+        # one address: inside a subnet is its address in it (cheaper than subnet_of)
+        if not any(prefix.network_address in s for s in subnets):
+            return reject(Reason.OUTSIDE_SUBNETS, f"not in tenant {tenant_id}'s subnets")
+        peer = self._peers.get(mirror.next_hop)
+        if peer is None:
+            peer = self._peers[mirror.next_hop] = self._peer(mirror.next_hop)
+        if isinstance(peer, tuple):
+            return reject(*peer)
+        return _Candidate(RemoteRoute(tenant_id, prefix, peer, mirror.sequence), mirror)
+
+    def _peer(self, next_hop: IPAddress) -> PeerHost | tuple[Reason, str]:
+        host_prefix = _host_prefix(next_hop)
+        aggregate = self._config.host.underlay_aggregate
+        if host_prefix is None or not host_prefix.subnet_of(aggregate):
+            return Reason.BAD_NEXT_HOP, f"not a host address (<a /64 in {aggregate}>::1)"
+        if host_prefix == self._config.host.underlay_prefix:
+            return Reason.SELF, "announced with this host's own address"
+        name, host_id = self._known.get(host_prefix) or (str(host_prefix), UNKNOWN_HOST_ID)
+        return PeerHost(name, host_id, host_prefix)
 
 
 def _host_prefix(next_hop: IPAddress) -> ipaddress.IPv6Network | None:

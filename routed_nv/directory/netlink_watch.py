@@ -21,7 +21,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -55,6 +55,19 @@ _PUBLISH_TABLES = range(
 Watched = MirrorRoute | PublishedRoute
 
 
+class _Tables:
+    """Tables given as ranges (each tenant table kind is a range of 65,535 numbers)."""
+
+    def __init__(self, *ranges: range) -> None:
+        self._ranges = ranges
+
+    def __contains__(self, table: object) -> bool:
+        return any(table in r for r in self._ranges)
+
+
+AGENT_TABLES = _Tables(_MIRROR_TABLES, _PUBLISH_TABLES)  # what the BGP source learns from
+
+
 class WatchError(RuntimeError):
     pass
 
@@ -74,15 +87,17 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def parse(data: bytes) -> Iterator[tuple[int, int, int, Watched | None]]:
-    """(message type, sequence, port id, watched route or None) for each netlink message."""
+def parse(
+    data: bytes, tables: Container[int] = AGENT_TABLES
+) -> Iterator[tuple[int, int, int, Watched | None]]:
+    """(message type, sequence, port id, route in `tables` or None) for each netlink message."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _flags, seq, pid = _NLMSGHDR.unpack_from(data, offset)
         if length < _NLMSGHDR.size:
             break
         body = data[offset + _NLMSGHDR.size : offset + length]
-        route = _route(body) if kind in (RTM_NEWROUTE, RTM_DELROUTE) else None
+        route = _route(body, tables) if kind in (RTM_NEWROUTE, RTM_DELROUTE) else None
         if kind == NLMSG_ERROR:
             code = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
             yield kind, seq, pid, None
@@ -93,7 +108,7 @@ def parse(data: bytes) -> Iterator[tuple[int, int, int, Watched | None]]:
         offset += _align(length)
 
 
-def _route(body: bytes) -> Watched | None:
+def _route(body: bytes, tables: Container[int]) -> Watched | None:
     if len(body) < _RTMSG.size:
         return None
     family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = _RTMSG.unpack_from(body)
@@ -102,7 +117,7 @@ def _route(body: bytes) -> Watched | None:
         return None
     attrs = attributes(body, _RTMSG.size)
     table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
-    if table not in _MIRROR_TABLES and table not in _PUBLISH_TABLES:
+    if table not in tables:
         return None
     dst = ipaddress.ip_address(attrs.get(RTA_DST, bytes(4 if version == 4 else 16)))
     metric = struct.unpack("=I", attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
@@ -135,10 +150,14 @@ class MirrorWatch:
 
     open() dumps; then wait() blocks until the kernel reports changes and returns them, with
     `routes` updated. fileno() lets an agent loop select() on it with its other inputs.
+    `tables`: which tables to keep (the benchmark also watches a VRF table); routes outside the
+    publish tables are kept only when they have a gateway, as BIRD's mirror routes and the
+    agent's remote ones do.
     """
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, tables: Container[int] = AGENT_TABLES) -> None:
         self.netns = netns
+        self._tables = tables
         self._routes: dict[tuple[int, object, int], Watched] = {}
         self._sock: socket.socket | None = None
         self._seq = 0
@@ -205,7 +224,7 @@ class MirrorWatch:
 
     def _apply(self, data: bytes) -> list[RouteEvent]:
         events = []
-        for kind, _seq, _pid, route in parse(data):
+        for kind, _seq, _pid, route in parse(data, self._tables):
             if route is None:
                 continue
             added = kind == RTM_NEWROUTE
@@ -232,7 +251,7 @@ class MirrorWatch:
             events += self._apply(data)
             if any(
                 kind in (NLMSG_DONE, NLMSG_ERROR) and seq == self._seq and pid == port
-                for kind, seq, pid, _ in parse(data)
+                for kind, seq, pid, _ in parse(data, self._tables)
             ):
                 return events
 

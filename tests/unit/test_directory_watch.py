@@ -85,6 +85,13 @@ def test_routes_outside_mirror_tables_or_without_gateway_are_ignored() -> None:
     assert [r for *_, r in nw.parse(other + no_gateway)] == [None, None]
 
 
+def test_other_tables_are_kept_when_asked_for() -> None:
+    vrf = markers.vrf_table(100)
+    data = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, vrf, via6("2001:db8:0:2::64"))
+    data += message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.3", 32, TABLE, via6("2001:db8::1"))
+    assert [r.table if r else None for *_, r in nw.parse(data, {vrf})] == [vrf, None]
+
+
 def test_dump_error_is_a_clear_error() -> None:
     error = struct.pack("=IHHII", 20, nw.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -1)
     with pytest.raises(nw.WatchError, match="netlink route dump failed: Operation not permitted"):

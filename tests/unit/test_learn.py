@@ -174,3 +174,17 @@ def test_one_location_per_tenant_address_with_the_lowest_metric(
         winners = sorted(int(r.next_hop) for r in rivals if r.metric == top)
         assert int(remote.peer.address) == winners[0]
     assert len(learned.rejected) == len(set(routes)) - len(keys)  # the rest: superseded
+
+
+def test_next_hops_are_checked_once_per_host_and_still_judge_every_route() -> None:
+    good = [route(f"10.0.0.{i}/32") for i in range(2, 40)]
+    bad = [route(f"10.0.0.{i}/32", via="2001:db8:0:2::7") for i in range(40, 45)]
+    own = [route(f"10.0.0.{i}/32", via="2001:db8:0:1::1") for i in range(45, 48)]
+    learned = learn(CONFIG, [*good, *bad, *own])
+    assert len({id(r.peer) for r in learned.view.remote_routes}) == 1  # one PeerHost shared
+    assert len(learned.view.remote_routes) == len(good)
+    reasons = sorted((str(r.route.prefix), r.reason) for r in learned.rejected)
+    assert reasons == sorted(
+        [(str(r.prefix), Reason.BAD_NEXT_HOP) for r in bad]
+        + [(str(r.prefix), Reason.SELF) for r in own]
+    )
