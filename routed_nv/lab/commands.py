@@ -129,10 +129,11 @@ def _routed_nv(
 def demo_command(directory: str, mem: str, timeout: float) -> None:
     """Build the default lab, run routed_nv on every host, prove it works, tear it down.
 
-    Proves, in order: every host reaches every other host over the IPv6 underlay; routed_nv
-    runs on each host from its own config (static keying): by default an agent per host that
-    learns the other hosts' workloads from BGP (BIRD on every host, two route reflectors started
-    with the lab); every workload reaches every other workload of its tenant over IPv4 and IPv6,
+    Proves, in order: routed_nv runs on each host from its own config (static keying): by
+    default an agent per host that learns the other hosts' workloads from BGP (BIRD on every
+    host, two route reflectors and the top-of-rack router started with the lab, the underlay
+    routes learned from it too); every host reaches every other host over the IPv6 underlay;
+    every workload reaches every other workload of its tenant over IPv4 and IPv6,
     and the echo counters show that only the intended workload (never the other tenant's
     workload with the same address) received it; the underlay router saw nothing between hosts
     but ESP (and BGP with the route reflectors).
@@ -162,15 +163,10 @@ def demo_command(directory: str, mem: str, timeout: float) -> None:
             f"built {len(topology.namespaces)} namespaces in {time.monotonic() - started:.2f} s"
         )
         _describe(topology)
-        pings = underlay_pings(lab)
-        for p in pings:
-            click.echo(
-                f"  {'ok  ' if p.ok else 'FAIL'} {p.source} -> {p.target} {p.address}: {p.detail}"
-            )
-        problems = [f"underlay {p.source} -> {p.target}" for p in pings if not p.ok]
-        click.echo(f"underlay: {len(pings) - len(problems)}/{len(pings)} host pairs reachable")
+        problems: list[str] = []
         try:
             with _routed_nv(lab, Path(workdir), directory, click.echo):
+                problems += _demo_underlay(lab)  # with BGP, the underlay routes come from BIRD
                 problems += _demo_checks(lab)
         except LabError as exc:
             problems.append(f"routed_nv: {exc}")
@@ -181,6 +177,17 @@ def demo_command(directory: str, mem: str, timeout: float) -> None:
 
 def _topology(directory: str) -> Topology:
     return directory_topology() if directory == "bgp" else default_topology()
+
+
+def _demo_underlay(lab: Lab) -> list[str]:
+    pings = underlay_pings(lab)
+    for p in pings:
+        click.echo(
+            f"  {'ok  ' if p.ok else 'FAIL'} {p.source} -> {p.target} {p.address}: {p.detail}"
+        )
+    problems = [f"underlay {p.source} -> {p.target}" for p in pings if not p.ok]
+    click.echo(f"underlay: {len(pings) - len(problems)}/{len(pings)} host pairs reachable")
+    return problems
 
 
 def _demo_checks(lab: Lab) -> list[str]:
