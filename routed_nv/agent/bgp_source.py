@@ -35,6 +35,12 @@ from routed_nv.directory.learn import MirrorRoute, PublishedRoute, learn
 from routed_nv.directory.netlink_watch import MirrorWatch, WatchError
 
 POLL_S = 0.5
+# BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,
+# or a reset: a password or neighbour change, the RR back) has not sent its table yet, and a view
+# taken then would delete what is merely still on its way (seen in the lab: a host's every remote
+# route deleted and re-added 2 s later after its sessions came back). So the source is in sync
+# only once SETTLE_S have passed since a session came up with no mirror route change meanwhile.
+SETTLE_S = 2.0
 GR_RECOVERY = "Graceful restart recovery in progress"  # a line of `show status` (BIRD 2.0)
 
 
@@ -54,6 +60,24 @@ class Watch(Protocol):
     def fileno(self) -> int: ...
 
     def wait(self, timeout: float | None = None) -> object: ...
+
+
+class _Settle:
+    """Whether new route-reflector sessions may still be sending their tables (SETTLE_S)."""
+
+    def __init__(self) -> None:
+        self._up: frozenset[str] = frozenset()
+        self._routes: frozenset[MirrorRoute] = frozenset()
+        self._until = 0.0
+
+    def holding(
+        self, peers: tuple[PeerStatus, ...], routes: frozenset[MirrorRoute], now: float
+    ) -> bool:
+        up = frozenset(p.name for p in peers if p.address and p.info == "Established")
+        if up - self._up or (now < self._until and routes != self._routes):
+            self._until = now + SETTLE_S
+        self._up, self._routes = up, routes
+        return now < self._until
 
 
 def rr_protocol(index: int) -> str:
@@ -113,6 +137,7 @@ class BgpSource:
         last: SourceUpdate | None = None
         next_poll = 0.0
         state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
+        settle = _Settle()
         while not self._stop.is_set():
             with self._lock:
                 config, to_apply = self._config, self._to_apply
@@ -131,7 +156,10 @@ class BgpSource:
                 state = (False, state[1], str(exc))
                 self._watch.close()
                 self._watch.open()
-            update = self._update(config, *state)
+            in_sync, peers, detail = state
+            if settle.holding(peers, self._watch.routes, time.monotonic()):
+                in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
+            update = self._update(config, in_sync, peers, detail)
             if update != last and self._publish is not None:
                 self._publish(update)
                 last = update

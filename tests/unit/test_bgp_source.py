@@ -113,6 +113,7 @@ class FakeBird:
 @pytest.fixture
 def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bgp_source, "POLL_S", 0.01)
+    monkeypatch.setattr(bgp_source, "SETTLE_S", 0.05)
 
 
 class Run:
@@ -138,10 +139,9 @@ def run(fast_poll: None) -> Iterator[Run]:
 
 def test_routes_become_the_view_and_bad_ones_rejections(run: Run) -> None:
     run.watch.set(mirror("10.0.0.2/32"), mirror("10.9.0.2/32"))
-    update = run.until(lambda u: bool(u.view.remote_routes))
+    update = run.until(lambda u: bool(u.view.remote_routes) and u.in_sync)  # once settled
     assert {str(r.prefix) for r in update.view.remote_routes} == {"10.0.0.2/32"}
     assert [r.reason for r in update.rejected] == [Reason.OUTSIDE_SUBNETS]
-    assert update.in_sync
     assert update.detail == "1 of 2 route reflector sessions established"
     rr1 = next(p for p in update.peers if p.name == "rr1")
     assert (rr1.address, rr1.up, rr1.info) == ("2001:db8:0:f1::1", True, "Established")
@@ -162,6 +162,28 @@ def test_not_in_sync_without_a_route_reflector(run: Run) -> None:
     assert update.detail.startswith("0 of 2")
     run.bird.sessions["rr2"] = "Established"
     run.until(lambda u: u.in_sync)
+
+
+def test_a_session_that_comes_back_is_in_sync_only_once_its_routes_have_settled(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a reset session (here: a password change) has sent no route yet when it is Established
+    run.watch.set(mirror("10.0.0.2/32"))
+    run.until(lambda u: u.in_sync and bool(u.view.remote_routes))
+    monkeypatch.setattr(bgp_source, "SETTLE_S", 0.5)
+    run.bird.sessions["rr1"] = "Active"
+    run.until(lambda u: not u.in_sync)
+    run.watch.set()  # BIRD flushed what the session had brought
+    run.bird.sessions["rr1"] = "Established"
+    came_up = time.monotonic()
+    update = run.until(lambda u: "waiting for the new sessions' routes" in u.detail)
+    assert not update.in_sync and not update.view.remote_routes
+    time.sleep(0.3)
+    run.watch.set(mirror("10.0.0.2/32"))  # the table arrives: the wait starts again
+    arrived = time.monotonic()
+    update = run.until(lambda u: u.in_sync)
+    assert time.monotonic() - arrived >= 0.5 and time.monotonic() - came_up >= 0.8
+    assert [str(r.prefix) for r in update.view.remote_routes] == ["10.0.0.2/32"]
 
 
 def test_never_in_sync_during_graceful_restart_recovery(run: Run) -> None:
