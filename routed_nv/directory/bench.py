@@ -148,7 +148,7 @@ class Bench:
         """RRs, workloads, host1 and host3 programmed in-process, host2's agent, host BIRDs;
         then until host2's agent says its directory is in sync (BIRD out of GR recovery)."""
         env = self.env
-        env.birds.start_route_reflectors()
+        env.start_route_reflectors()
         env.datapath.configure_workloads()
         for host in ("host1", "host3"):
             outcome = env.datapath.apply(host)

@@ -53,6 +53,10 @@ class BgpAgents:
         )
         return config.model_copy(update={"directory": directory, "remote_endpoints": {}})
 
+    def start_route_reflectors(self) -> None:
+        """The ToR and the route reflectors, with the password every host's file holds."""
+        self.birds.start_route_reflectors(PASSWORD)
+
     def start(self, *agent_args: str) -> dict[str, float]:
         """The ToR and route reflectors, workloads, agents, then the hosts' BIRD: the agents'
         first apply creates the host addresses BGP runs from, and a session that fails before
@@ -61,7 +65,7 @@ class BgpAgents:
         the ToR its /64; its route reflector sessions, which need both, connect once BIRD's
         retry comes (connect retry time 5 s). Returns each agent's seconds to READY=1 (the
         agent needs no BIRD for that: it applies BIRD's config once BIRD answers)."""
-        self.birds.start_route_reflectors(PASSWORD)
+        self.start_route_reflectors()
         self.datapath.configure_workloads()
         ready = self.agents.start_all(*agent_args)
         self.birds.start_hosts(self.datapath.configs)

@@ -444,3 +444,5 @@ def test_a_wrong_bgp_password_gets_no_session_and_the_right_one_does(env: BgpAge
         lambda: list(rr_sessions(env, "host3").values()) == ["Established"] * 2,
     )
     print(f"right password again: both rr sessions Established in {again:.2f} s")
+    # leave the lab as found: the reset sessions' routes back in every agent's VRFs
+    print(f"directory converged again {env.wait_converged():.2f} s later")
