@@ -157,9 +157,10 @@ class BgpSource:
                 self._watch.close()
                 self._watch.open()
             in_sync, peers, detail = state
-            if settle.holding(peers, self._watch.routes, time.monotonic()):
+            routes = self._watch.routes  # built anew by each read: read once per pass
+            if settle.holding(peers, routes, time.monotonic()):
                 in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
-            update = self._update(config, in_sync, peers, detail)
+            update = self._update(config, routes, in_sync, peers, detail)
             if update != last and self._publish is not None:
                 self._publish(update)
                 last = update
@@ -203,9 +204,14 @@ class BgpSource:
         return up > 0 and not recovering, peers, detail
 
     def _update(
-        self, config: Config, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
+        self,
+        config: Config,
+        routes: frozenset[MirrorRoute],
+        in_sync: bool,
+        peers: tuple[PeerStatus, ...],
+        detail: str,
     ) -> SourceUpdate:
-        learned = learn(config, self._watch.routes, self._watch.published)
+        learned = learn(config, routes, self._watch.published)
         if self._apply_error:
             detail = f"{detail}; {self._apply_error}"
         return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)
