@@ -99,7 +99,9 @@ def resolve(setup: Setup, workload: Workload, peer: Workload) -> None:
     lab, ns = setup.lab, workload.namespace
     hops = sorted({_next_hop(lab, workload, a) for a in setup.addresses(peer)})
     ip_batch(ns, [f"neigh flush dev {WORKLOAD_IFNAME}"])
-    ip_batch(ns, [f"neigh add {h} dev {WORKLOAD_IFNAME} managed" for h in hops])
+    # replace, not add: the flush can leave an entry behind (one still referenced, or one the
+    # kernel re-created for a packet in flight), and add then fails with "File exists".
+    ip_batch(ns, [f"neigh replace {h} dev {WORKLOAD_IFNAME} managed" for h in hops])
     deadline = time.monotonic() + RESOLVE_TIMEOUT_S
     while time.monotonic() < deadline:
         entries = json.loads(
