@@ -34,6 +34,7 @@ from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Workload
 
 RESOLVE_TIMEOUT_S = 3.0
+ADD_TRIES = 5
 # Long enough for link-local DAD (1 s), MLD reports and the first RS (each within 1 s).
 BOOT_WINDOW_S = 3.0
 SETTLE_S = 0.3  # between events, so that late packets stay in their own event's window
@@ -98,10 +99,7 @@ def resolve(setup: Setup, workload: Workload, peer: Workload) -> None:
     data sent (`managed` neighbour entries are resolved by the kernel on its own, Linux 5.16+)."""
     lab, ns = setup.lab, workload.namespace
     hops = sorted({_next_hop(lab, workload, a) for a in setup.addresses(peer)})
-    ip_batch(ns, [f"neigh flush dev {WORKLOAD_IFNAME}"])
-    # replace, not add: the flush can leave an entry behind (one still referenced, or one the
-    # kernel re-created for a packet in flight), and add then fails with "File exists".
-    ip_batch(ns, [f"neigh replace {h} dev {WORKLOAD_IFNAME} managed" for h in hops])
+    _add_managed(ns, hops)
     deadline = time.monotonic() + RESOLVE_TIMEOUT_S
     while time.monotonic() < deadline:
         entries = json.loads(
@@ -114,6 +112,21 @@ def resolve(setup: Setup, workload: Workload, peer: Workload) -> None:
     else:
         raise LabError(f"{workload.name}: could not resolve {', '.join(hops)}")
     ip_batch(ns, [f"neigh del {h} dev {WORKLOAD_IFNAME}" for h in hops])
+
+
+def _add_managed(namespace: str, hops: Sequence[str]) -> None:
+    """New `managed` entries for the hops: the kernel starts resolving a new one at once (a
+    replaced one waits for its managed timer, 5 s: CI said "could not resolve"). An entry can
+    reappear between the flush and the add (an ARP request or NS from the host makes the
+    kernel note its sender; CI said "File exists"): then flush and add again."""
+    for attempt in range(1, ADD_TRIES + 1):
+        ip_batch(namespace, [f"neigh flush dev {WORKLOAD_IFNAME}"])
+        try:
+            ip_batch(namespace, [f"neigh add {h} dev {WORKLOAD_IFNAME} managed" for h in hops])
+            return
+        except LabError as exc:
+            if "File exists" not in str(exc) or attempt == ADD_TRIES:
+                raise
 
 
 def boot(setup: Setup, workload: Workload) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+import pytest
+
 from routed_nv.bench import flood, tools, wire
+from routed_nv.lab.builder import LabError
 
 BLUE1, BLUE2 = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
@@ -41,3 +44,34 @@ def test_unknown_owns_only_solicitations_for_the_probed_addresses() -> None:
     assert flood.caused_by(request, BLUE1, "unknown", probed)
     other = frozenset({ipaddress.ip_address("10.0.0.200")})
     assert not flood.caused_by(request, BLUE1, "unknown", other)  # re-resolving someone else
+
+
+def _scripted_ip(monkeypatch: pytest.MonkeyPatch, failures: list[str]) -> list[str]:
+    """flood's ip_batch, recording each batch; adds fail with the next of `failures`."""
+    calls: list[str] = []
+
+    def ip_batch(namespace: str, lines: list[str]) -> None:
+        calls.append(lines[0].split(" ")[1])
+        if lines[0].startswith("neigh add") and failures:
+            raise LabError(f"ip -n {namespace} -batch - failed: {failures.pop(0)}")
+
+    monkeypatch.setattr(flood, "ip_batch", ip_batch)
+    return calls
+
+
+def test_an_entry_back_between_flush_and_add_means_flush_and_add_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _scripted_ip(monkeypatch, ["RTNETLINK answers: File exists"])
+    flood._add_managed("ns", ["169.254.0.1", "fe80::1"])
+    assert calls == ["flush", "add", "flush", "add"]
+
+
+def test_other_add_failures_and_a_lasting_entry_are_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    _scripted_ip(monkeypatch, ["RTNETLINK answers: No such device"])
+    with pytest.raises(LabError, match="No such device"):
+        flood._add_managed("ns", ["fe80::1"])
+    calls = _scripted_ip(monkeypatch, ["RTNETLINK answers: File exists"] * flood.ADD_TRIES)
+    with pytest.raises(LabError, match="File exists"):
+        flood._add_managed("ns", ["fe80::1"])
+    assert calls.count("add") == flood.ADD_TRIES
