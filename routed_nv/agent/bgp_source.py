@@ -29,7 +29,7 @@ from typing import Protocol
 from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
-from routed_nv.directory.bird_config import BirdConfigError
+from routed_nv.directory.bird_config import RR_CONNECT_RETRY_S, BirdConfigError, rr_protocol
 from routed_nv.directory.birdc import BirdClient, BirdError
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, learn
 from routed_nv.directory.netlink_watch import MirrorWatch, WatchError
@@ -38,9 +38,14 @@ POLL_S = 0.5
 # BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,
 # or a reset: a password or neighbour change, the RR back) has not sent its table yet, and a view
 # taken then would delete what is merely still on its way (seen in the lab: a host's every remote
-# route deleted and re-added 2 s later after its sessions came back). So the source is in sync
-# only once SETTLE_S have passed since a session came up with no mirror route change meanwhile.
-SETTLE_S = 2.0
+# route deleted and re-added 2 s later after its sessions came back). Worse, a restarted route
+# reflector learns its clients' routes only as each client reconnects, which takes up to one
+# connect retry, yet it sends End-of-RIB to the first client at once (dynamic neighbours: BIRD
+# holds nothing back for clients it does not know yet), and that client flushes its stale paths.
+# With both RRs back at once, every remote route left the mirror tables for seconds (lab).
+# So the source is in sync only once SETTLE_S have passed since a session came up with no mirror
+# route change meanwhile: longer than the clients' reconnect.
+SETTLE_S = RR_CONNECT_RETRY_S + 3.0
 GR_RECOVERY = "Graceful restart recovery in progress"  # a line of `show status` (BIRD 2.0)
 
 
@@ -78,12 +83,6 @@ class _Settle:
             self._until = now + SETTLE_S
         self._up, self._routes = up, routes
         return now < self._until
-
-
-def rr_protocol(index: int) -> str:
-    """BIRD's name for the session to the index-th (from 1) route reflector, as render_host
-    writes it (a unit test holds the two together)."""
-    return f"rr{index}"
 
 
 class BgpSource:

@@ -228,6 +228,11 @@ def _upstreams(asn: int, sessions: UpstreamSessions) -> list[str]:
     return lines
 
 
+def rr_protocol(index: int) -> str:
+    """BIRD's name for a host's session to the index-th (from 1) route reflector."""
+    return f"rr{index}"
+
+
 def upstream_protocol(index: int) -> str:
     """BIRD's name for the eBGP session to the index-th (from 1) upstream."""
     return f"upstream{index}"
@@ -244,7 +249,7 @@ def render_host(config: Config, password: str | None, log: Path | None = None) -
             lines += _tenant(asn, tenant, fam)
     for i, rr in enumerate(config.directory.route_reflectors, 1):
         lines += [
-            f"protocol bgp rr{i} {{",
+            f"protocol bgp {rr_protocol(i)} {{",
             f"  local {config.host.address} as {asn}; neighbor {rr} as {asn}; multihop;",
             f"  connect retry time {RR_CONNECT_RETRY_S};",
             *_session_options(password),

@@ -130,19 +130,37 @@ class LabBird:
             )
 
     def wait_established(self, sessions: int | None = None, timeout: float = 30.0) -> None:
-        """Until every host has `sessions` (default: all) route-reflector sessions Established."""
+        """Until every host has `sessions` (default: all) route-reflector sessions Established.
+        Only those count: a host's eBGP session to the ToR is up throughout an RR restart."""
+        count = len(self.lab.topology.route_reflectors)
+        reflectors = {bird_config.rr_protocol(i) for i in range(1, count + 1)}
+        wanted = len(reflectors) if sessions is None else sessions
         deadline = time.monotonic() + timeout
         pending = [h.name for h in self.lab.topology.hosts]
         while pending:
             with BirdClient(self.node(pending[0]).socket) as bird:
-                states = [p.session for p in bird.protocols() if p.proto == "BGP"]
-            wanted = len(states) if sessions is None else sessions
-            if states and states.count("Established") >= wanted:
+                states = {p.name: p.session for p in bird.protocols() if p.name in reflectors}
+            if list(states.values()).count("Established") >= wanted:
                 pending.pop(0)
             elif time.monotonic() > deadline:
                 raise LabError(f"{pending[0]}: BGP sessions not established: {states}")
             else:
                 time.sleep(0.1)
+
+    def bgp_routes(self, name: str) -> int:
+        """How many paths a node's BIRD holds in its BGP tables (both families)."""
+        with BirdClient(self.node(name).socket) as bird:
+            return sum(len(bird.routes(f"table {fam.bgp_table}")) for fam in bird_config.FAMILIES)
+
+    def wait_relearned(self, name: str, paths: int, timeout: float = 30.0) -> None:
+        """Until a restarted route reflector holds `paths` again (what it held before), i.e.
+        every host has re-announced to it: what an operator checks before restarting the
+        next one."""
+        deadline = time.monotonic() + timeout
+        while (held := self.bgp_routes(name)) < paths:
+            if time.monotonic() > deadline:
+                raise LabError(f"{name}: {held} of {paths} BGP paths relearned")
+            time.sleep(0.1)
 
     def start(self, name: str, text: str | None = None, recover: bool = True) -> BirdNode:
         """(Re)start a node's BIRD, with a new config if given; wait for its control socket.

@@ -168,16 +168,18 @@ def test_route_reflector_crashes_keep_mirror_routes(directory: Directory) -> Non
         while (remaining := deadline - time.monotonic()) > 0:
             lost.extend(e for e in watch.wait(remaining) if not e.added)
 
+    paths = {rr: directory.birds.bgp_routes(rr) for rr in ("rr1", "rr2")}
     directory.birds.kill("rr1")
     watch_for(2)
     directory.birds.signal("rr2", signal.SIGKILL)
     # past the graceful-restart time: long-lived graceful restart keeps the stale routes
     watch_for(GR_TIME_S + 3)
     assert lost == [] and watch.routes == before
-    # One at a time, as an operator would: the second restarts while the first has relearned.
+    # One at a time, as an operator would: the second restarts once the first has relearned.
     for sessions, rr in enumerate(("rr1", "rr2"), 1):
         directory.birds.start(rr)
         directory.birds.wait_established(sessions)
+        directory.birds.wait_relearned(rr, paths[rr])
         watch_for(3)
     assert lost == [] and watch.routes == before
 

@@ -14,7 +14,7 @@ import pytest
 
 from routed_nv import markers
 from routed_nv.agent import bgp_source, daemon_commands
-from routed_nv.agent.bgp_source import GR_RECOVERY, BgpSource, rr_protocol
+from routed_nv.agent.bgp_source import GR_RECOVERY, BgpSource
 from routed_nv.agent.source import SourceUpdate, StaticSource
 from routed_nv.calc.inputs import Claim
 from routed_nv.config.model import Config, Directory
@@ -228,10 +228,13 @@ def test_config_applied_at_start_retried_after_failure_and_on_reload(fast_poll: 
         r.source.stop()
 
 
-def test_route_reflector_sessions_are_named_as_bird_config_renders_them() -> None:
+def test_each_route_reflector_session_is_named_for_the_status_it_reports() -> None:
+    # the source reports a session's address by its BIRD name: the name must be that RR's
     text = bird_config.render_host(CONFIG, None)
-    for i, _ in enumerate(CONFIG.directory.route_reflectors, 1):
-        assert f"protocol bgp {rr_protocol(i)} {{" in text
+    for i, rr in enumerate(CONFIG.directory.route_reflectors, 1):
+        head = f"protocol bgp {bird_config.rr_protocol(i)} {{\n"
+        block = text.split(head, 1)[1].split("\n}", 1)[0]
+        assert f"neighbor {rr} as" in block
 
 
 def test_the_daemon_picks_the_source_the_config_names() -> None:
