@@ -282,16 +282,18 @@ def test_make_before_break_move_the_newest_location_wins(env: BgpAgents) -> None
 
 
 def test_route_reflector_crashes_and_restarts_lose_no_packet(env: BgpAgents) -> None:
+    paths = {rr: env.birds.bgp_routes(rr) for rr in ("rr1", "rr2")}
     running = pings(env)
     env.birds.kill("rr1")
     time.sleep(2)
     env.birds.kill("rr2")
     time.sleep(3)
     both_down = env.agents["host2"].status()["directory"]
-    env.birds.start("rr1")
-    env.birds.wait_established(sessions=1)
-    env.birds.start("rr2")
-    env.birds.wait_established()
+    # one at a time, as an operator would: the second once the first has relearned
+    for sessions, rr in enumerate(("rr1", "rr2"), 1):
+        env.birds.start(rr)
+        env.birds.wait_established(sessions)
+        env.birds.wait_relearned(rr, paths[rr])
     lost = losses(running)
     print(f"\nrr1 then rr2 kill -9, restart one at a time: (sent, lost) {lost}")
     assert not both_down["in_sync"], both_down
