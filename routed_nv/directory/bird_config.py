@@ -38,6 +38,12 @@ SCAN_TIME_S = 60  # netlink events do the work; the scan only catches what was m
 # A route reflector is unreachable until the underlay routes arrive from the upstream (eBGP, in
 # the same BIRD): retry soon rather than after BIRD's default 120 s.
 RR_CONNECT_RETRY_S = 5
+# A route reflector restarted with -R never ends graceful-restart recovery on its own: its
+# dynamic `hosts` template sends no End-of-RIB, so recovery runs for all of BIRD's `graceful
+# restart wait` (240 s by default; measured in the lab), and a second crash inside it left the
+# reflector unreachable for over 45 s (docs/directory.md). Its upstream session (5 s connect
+# delay) and its clients (RR_CONNECT_RETRY_S) are back well within this.
+RR_RECOVERY_WAIT_S = 15
 
 
 class BirdConfigError(RuntimeError):
@@ -276,6 +282,7 @@ def render_route_reflector(
         "\n".join(
             [
                 *_header(router_id(node_id), log),
+                f"graceful restart wait {RR_RECOVERY_WAIT_S};",
                 *_bgp_tables(),
                 *_underlay("where source = RTS_BGP"),
                 "protocol bgp hosts {",

@@ -121,6 +121,12 @@ def test_route_reflector_keeps_bgp_apart_from_the_underlay_and_may_announce_its_
     assert "export where source = RTS_BGP;" in text  # eBGP-learned underlay into the kernel
 
 
+def test_route_reflector_recovery_is_bounded() -> None:
+    # its dynamic template never sends End-of-RIB: recovery would last BIRD's 240 s default
+    assert f"\ngraceful restart wait {bird_config.RR_RECOVERY_WAIT_S};\n" in route_reflector()
+    assert "graceful restart wait" not in bird_config.render_host(config(), None)
+
+
 def test_top_of_rack_peers_per_port_and_announces_only_the_aggregate() -> None:
     text = bird_config.render_top_of_rack(0xFFFF, 65100, AGGREGATE, ["to-host1", "to-rr1"])
     assert "router id 0.0.255.255;" in text
