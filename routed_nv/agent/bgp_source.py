@@ -30,7 +30,7 @@ from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import RR_CONNECT_RETRY_S, BirdConfigError, rr_protocol
-from routed_nv.directory.birdc import BirdClient, BirdError
+from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, learn
 from routed_nv.directory.netlink_watch import MirrorWatch, WatchError
 
@@ -44,9 +44,9 @@ POLL_S = 0.5
 # holds nothing back for clients it does not know yet), and that client flushes its stale paths.
 # With both RRs back at once, every remote route left the mirror tables for seconds (lab).
 # So the source is in sync only once SETTLE_S have passed since a session came up with no mirror
-# route change meanwhile: longer than the clients' reconnect.
-SETTLE_S = RR_CONNECT_RETRY_S + 3.0
-GR_RECOVERY = "Graceful restart recovery in progress"  # a line of `show status` (BIRD 2.0)
+# route change meanwhile: longer than the clients' reconnect (one connect retry, the lab's
+# deterministic late host a connect delay of the same 5 s), with as much again for a loaded host.
+SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
 
 
 class Watch(Protocol):

@@ -33,6 +33,7 @@ ROUTE_DETAIL = 1008
 MEMORY_ROW = 1018
 ROUTE_NOT_FOUND = 8001
 ERROR_MIN = 8000
+GR_RECOVERY = "Graceful restart recovery in progress"  # a line of `show status` (BIRD 2.0)
 
 
 _PROTOCOL = re.compile(

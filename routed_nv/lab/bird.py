@@ -21,7 +21,7 @@ from subprocess import DEVNULL, Popen
 from routed_nv import markers
 from routed_nv.config.model import Config, Directory, Upstream
 from routed_nv.directory import bird_config
-from routed_nv.directory.birdc import BirdClient
+from routed_nv.directory.birdc import GR_RECOVERY, BirdClient
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import ROUTER_LINK_LOCAL, UPLINK, Node, Topology
 
@@ -161,6 +161,18 @@ class LabBird:
             if time.monotonic() > deadline:
                 raise LabError(f"{name}: {held} of {paths} BGP paths relearned")
             time.sleep(0.1)
+
+    def wait_recovered(self, name: str, timeout: float = 60.0) -> None:
+        """Until a node's BIRD has left graceful-restart recovery."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with BirdClient(self.node(name).socket) as bird:
+                status = bird.command("show status")
+            if all(line.text != GR_RECOVERY for line in status.lines):
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"{name}: BIRD still in graceful-restart recovery")
+            time.sleep(0.2)
 
     def start(self, name: str, text: str | None = None, recover: bool = True) -> BirdNode:
         """(Re)start a node's BIRD, with a new config if given; wait for its control socket.

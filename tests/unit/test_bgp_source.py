@@ -14,12 +14,12 @@ import pytest
 
 from routed_nv import markers
 from routed_nv.agent import bgp_source, daemon_commands
-from routed_nv.agent.bgp_source import GR_RECOVERY, BgpSource
+from routed_nv.agent.bgp_source import BgpSource
 from routed_nv.agent.source import SourceUpdate, StaticSource
 from routed_nv.calc.inputs import Claim
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
-from routed_nv.directory.birdc import BirdError, Line, Protocol, Reply
+from routed_nv.directory.birdc import GR_RECOVERY, BirdError, Line, Protocol, Reply
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 
 CONFIG = Config.model_validate(
