@@ -4,7 +4,7 @@ VRF table, and until a withdrawal is gone from it; the agent's CPU and memory, B
 node, and the `ip -batch` floor of writing the same routes into a VRF table on host2, side by
 side in one run.
 
-    python -m routed_nv.directory.bench [--quick] [-o json]
+    python -m routed_nv.directory.bench [--quick | --full | --size N[:REPS] ...] [-o json]
 
 Publishing is what host1's routing driver does for a local endpoint: a proto-230 route in the
 tenant's publish table (one `ip -batch` for all N). host1 and host3 are programmed in-process and
@@ -306,19 +306,34 @@ def run(sizes: dict[int, int], each: Callable[[Row], None] = lambda row: None) -
         return rows
 
 
+def size(text: str) -> tuple[int, int]:
+    """`N` or `N:REPS` (argparse type of --size)."""
+    n, _, reps = text.partition(":")
+    try:
+        value = int(n), int(reps or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or N:REPS") from None
+    if min(value) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: N and REPS must be at least 1")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="N up to 10,000, fewer repetitions")
-    size.add_argument("--full", action="store_true", help="N up to 100,000 (the default)")
+    sizes_given = parser.add_mutually_exclusive_group()
+    sizes_given.add_argument("--quick", action="store_true", help="N up to 10,000, fewer reps")
+    sizes_given.add_argument("--full", action="store_true", help="N up to 100,000 (the default)")
+    sizes_given.add_argument(
+        "--size", type=size, action="append", metavar="N[:REPS]", help="only these (repeatable)"
+    )
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     args = parser.parse_args()
+    sizes = dict(args.size) if args.size else QUICK if args.quick else FULL
     if uml.needs_uml():
         argv = [sys.executable, "-m", "routed_nv.directory.bench", *sys.argv[1:]]
         # 100,000 routes: BIRD holds them on five nodes and the agent in Python objects
-        mem = uml.DEFAULT_MEM if args.quick else "3G"
+        mem = "3G" if max(sizes) > max(QUICK) else uml.DEFAULT_MEM
         return uml.run_in_uml(argv, cwd=Path.cwd(), timeout=3600, mem=mem)
-    sizes = QUICK if args.quick else FULL
     if args.output == "json":
         print(json.dumps([asdict(r) for r in run(sizes)], indent=2))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import resource
@@ -52,3 +53,11 @@ def test_a_row_prints_medians_the_ratio_and_every_node(capsys: pytest.CaptureFix
     assert cells[:7] == ["1,000", "2", "200.0 / 298.0", "2000.0 / 2980.0", "500.0 / 500.0",
                          "200.0 / 200.0", "10.0x"]  # fmt: skip
     assert cells[7:] == ["1.00 + 0.10", "71 / 80 MB", "2 kB", "2 kB", "2 kB"]
+
+
+def test_a_size_is_n_or_n_with_repetitions() -> None:
+    assert bench.size("100000") == (100000, 1)
+    assert bench.size("1000:3") == (1000, 3)
+    for bad in ("many", "10:x", "0", "5:0"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            bench.size(bad)
