@@ -22,7 +22,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +31,7 @@ from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import RR_CONNECT_RETRY_S, BirdConfigError, rr_protocol
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError
-from routed_nv.directory.learn import MirrorRoute, PublishedRoute, learn
+from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
 from routed_nv.directory.netlink_watch import MirrorWatch, WatchError
 
 POLL_S = 0.5
@@ -64,7 +64,9 @@ class Watch(Protocol):
 
     def fileno(self) -> int: ...
 
-    def wait(self, timeout: float | None = None) -> object: ...
+    def wait(self, timeout: float | None = None) -> Sized:
+        """The changes that arrived (empty: none, and routes/published are as before)."""
+        ...
 
 
 class _Settle:
@@ -137,6 +139,7 @@ class BgpSource:
         next_poll = 0.0
         state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
         settle = _Settle()
+        learned: tuple[Config, frozenset[MirrorRoute], Learned] | None = None
         while not self._stop.is_set():
             with self._lock:
                 config, to_apply = self._config, self._to_apply
@@ -150,16 +153,21 @@ class BgpSource:
             try:
                 # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
                 # are in the view that says so
-                self._watch.wait(0)
+                changed = bool(self._watch.wait(0))
             except WatchError as exc:  # the socket failed: a new one starts with a full dump
                 state = (False, state[1], str(exc))
                 self._watch.close()
                 self._watch.open()
+                changed = True
+            if changed or learned is None or learned[0] is not config:
+                # learn() is O(routes): at 100,000 it took seconds a pass, and run on every
+                # 0.5 s poll it kept this thread busy, holding the GIL against the applies
+                routes = self._watch.routes  # built anew by each read: read once per pass
+                learned = (config, routes, learn(config, routes, self._watch.published))
             in_sync, peers, detail = state
-            routes = self._watch.routes  # built anew by each read: read once per pass
-            if settle.holding(peers, routes, time.monotonic()):
+            if settle.holding(peers, learned[1], time.monotonic()):
                 in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
-            update = self._update(config, routes, in_sync, peers, detail)
+            update = self._update(learned[2], in_sync, peers, detail)
             if update != last and self._publish is not None:
                 self._publish(update)
                 last = update
@@ -203,14 +211,8 @@ class BgpSource:
         return up > 0 and not recovering, peers, detail
 
     def _update(
-        self,
-        config: Config,
-        routes: frozenset[MirrorRoute],
-        in_sync: bool,
-        peers: tuple[PeerStatus, ...],
-        detail: str,
+        self, learned: Learned, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
     ) -> SourceUpdate:
-        learned = learn(config, routes, self._watch.published)
         if self._apply_error:
             detail = f"{detail}; {self._apply_error}"
         return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import queue
@@ -70,10 +69,12 @@ class FakeWatch:
         return self._r
 
     def wait(self, timeout: float | None = None) -> list[object]:
+        """One change per set() since the last wait, as the real watch returns its events."""
         os.set_blocking(self._r, False)
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._r, 4096)
-        return []
+        try:
+            return list(os.read(self._r, 4096))
+        except BlockingIOError:
+            return []
 
 
 class FakeBird:
@@ -145,6 +146,32 @@ def test_routes_become_the_view_and_bad_ones_rejections(run: Run) -> None:
     assert update.detail == "1 of 2 route reflector sessions established"
     rr1 = next(p for p in update.peers if p.name == "rr1")
     assert (rr1.address, rr1.up, rr1.info) == ("2001:db8:0:f1::1", True, "Established")
+
+
+def test_routes_are_learned_again_only_when_they_changed(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    learned: list[frozenset[MirrorRoute]] = []
+    real = bgp_source.learn
+
+    def counting(config: Config, routes: frozenset[MirrorRoute], *rest: object) -> object:
+        learned.append(routes)
+        return real(config, routes, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bgp_source, "learn", counting)
+    r = Run()
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.watch.set(mirror("10.0.0.2/32"))
+        r.until(lambda u: u.in_sync and bool(u.view.remote_routes))
+        passes = len(learned)
+        time.sleep(30 * bgp_source.POLL_S)  # ~30 polls of BIRD's state, no route change
+        assert len(learned) == passes
+        r.watch.set(mirror("10.0.0.3/32"))
+        update = r.until(lambda u: {str(x.prefix) for x in u.view.remote_routes} == {"10.0.0.3/32"})
+        assert len(learned) == passes + 1 and update.in_sync
+    finally:
+        r.source.stop()
 
 
 def test_this_hosts_publish_routes_become_its_published_claims(run: Run) -> None:
