@@ -13,6 +13,7 @@ when the guest did not report one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -258,7 +259,8 @@ def _boot(command: list[str], work: Path, timeout: float, interactive: bool) -> 
             tail.start()
         timed_out = False
         try:
-            proc.wait(timeout=timeout)
+            with _sigterm_unwinds():  # so that the finally below stops the guest then too
+                proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
@@ -277,6 +279,20 @@ def _boot(command: list[str], work: Path, timeout: float, interactive: bool) -> 
         return EXIT_TIMEOUT
     print("routed-nv: UML guest did not report an exit status", file=sys.stderr)
     return EXIT_NO_REPORT
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit meanwhile: Python's default for it ends the process without
+    unwinding, which left a killed runner's guest running. Only the main thread may set it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _show_console(console: Path) -> None:

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +95,25 @@ def test_run_in_uml_when_the_kernel_lacks_features(monkeypatch: pytest.MonkeyPat
 def test_the_guest_never_boots_another_guest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(uml.IN_GUEST_ENV, "1")
     assert not uml.needs_uml()
+
+
+def test_a_sigterm_to_the_runner_stops_the_guest(tmp_path: Path) -> None:
+    # a stand-in for linux.uml that records its pid and would run for a minute
+    pidfile = tmp_path / "guest.pid"
+    guest = ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"]
+    boot = f"uml._boot({guest!r}, Path({str(tmp_path)!r}), 60, False)"
+    code = f"from pathlib import Path; from routed_nv.lab import uml; {boot}"
+    runner = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.02)
+    pid = int(pidfile.read_text())
+    try:
+        runner.terminate()
+        assert runner.wait(timeout=10) == 128 + signal.SIGTERM
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # only when the test failed: the guest outlived it
