@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,11 +182,21 @@ class Bench:
         return proc.pid
 
     def agent_state(self) -> str:
-        """Whether host2's agent still runs, and the end of its log (for a failed wait)."""
+        """Whether host2's agent still runs, what it believes (its status), and the end of its
+        log (for a failed wait)."""
         agent = self.env.agents["host2"]
         code = agent.proc.poll() if agent.proc else None
         state = "running" if code is None else f"exited with {code}"
-        return f"host2's agent is {state}; its log ends:\n{agent.log()[-3000:]}"
+        belief = ""
+        if code is None:
+            status = agent.status()
+            directory = status["directory"]
+            reasons = Counter(r["reason"] for r in directory["rejected"])
+            belief = (
+                f"; its status: in_sync {directory['in_sync']} ({directory['detail']}), "
+                f"datapath {status['datapath']}, rejected {dict(reasons)}"
+            )
+        return f"host2's agent is {state}{belief}; its log ends:\n{agent.log()[-3000:]}"
 
     def measure(self, tables: Tables, n: int, reps: int) -> Row:
         publish = f"dev {self.lab.topology.workloads_on('host1')[0].host_link} "
