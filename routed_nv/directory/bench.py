@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +98,15 @@ class Tables:
                 else:
                     table.pop(route.prefix, None)
 
+    def kernel_count(self, table: int) -> int:
+        """Routes in SPACE in one of host2's tables, read anew (checks the watch)."""
+        done = subprocess.run(
+            ["ip", "-n", self.watch.netns or "", "-4", "route", "show", "table", str(table),
+             "root", str(SPACE)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        return len(done.stdout.splitlines()) if done.returncode == 0 else -1
+
     def until(self, counts: dict[int, int], since: float) -> dict[int, float]:
         """Seconds from `since` until each table holds its count of routes (event-driven)."""
         deadline = time.monotonic() + TIMEOUT_S
@@ -110,7 +120,11 @@ class Tables:
                 return reached
             if now > deadline:
                 have = {t: len(self.routes[t]) for t in counts}
-                raise LabError(f"host2 tables have {have} routes in {SPACE}, expected {counts}")
+                kernel = {t: self.kernel_count(t) for t in counts}
+                raise LabError(
+                    f"host2 tables have {have} routes in {SPACE} by the watch's events, "
+                    f"{kernel} by a new `ip route` read; expected {counts}"
+                )
             self._apply(self.watch.wait(deadline - now))
 
 
