@@ -356,8 +356,9 @@ def main() -> int:
     sizes = dict(args.size) if args.size else QUICK if args.quick else FULL
     if uml.needs_uml():
         argv = [sys.executable, "-m", "routed_nv.directory.bench", *sys.argv[1:]]
-        # 100,000 routes: BIRD holds them on five nodes and the agent in Python objects
-        mem = "3G" if max(sizes) > max(QUICK) else uml.DEFAULT_MEM
+        # 100,000 routes: BIRD holds them on five nodes, the agent and the bench's watch in
+        # Python objects; in 3 GB the bench was killed reading host2's tables at the end
+        mem = "6G" if max(sizes) > max(QUICK) else uml.DEFAULT_MEM
         return uml.run_in_uml(argv, cwd=Path.cwd(), timeout=3600, mem=mem)
     if args.output == "json":
         print(json.dumps([asdict(r) for r in run(sizes)], indent=2))
