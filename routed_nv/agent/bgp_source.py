@@ -42,7 +42,8 @@ POLL_S = 0.5
 # reflector learns its clients' routes only as each client reconnects, which takes up to one
 # connect retry, yet it sends End-of-RIB to the first client at once (dynamic neighbours: BIRD
 # holds nothing back for clients it does not know yet), and that client flushes its stale paths.
-# With both RRs back at once, every remote route left the mirror tables for seconds (lab).
+# With both RRs back at once, a late host's routes leave every other host's mirror tables until
+# it reconnects (lab: 7.3 s with its BGP held back).
 # So the source is in sync only once SETTLE_S have passed since a session came up with no mirror
 # route change meanwhile: longer than the clients' reconnect (one connect retry, the lab's
 # deterministic late host a connect delay of the same 5 s), with as much again for a loaded host.

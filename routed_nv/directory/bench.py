@@ -74,6 +74,7 @@ class Tables:
     """Routes of host2's mirror, VRF and floor tables in SPACE, kept from netlink events."""
 
     def __init__(self, netns: str) -> None:
+        self.netns = netns
         self.mirror = markers.mirror_table(TENANT_ID)
         self.vrf = markers.vrf_table(TENANT_ID)
         self.watch = MirrorWatch(netns, tables={self.mirror, self.vrf, FLOOR_TABLE})
@@ -101,7 +102,7 @@ class Tables:
     def kernel_count(self, table: int) -> int:
         """Routes in SPACE in one of host2's tables, read anew (checks the watch)."""
         done = subprocess.run(
-            ["ip", "-n", self.watch.netns or "", "-4", "route", "show", "table", str(table),
+            ["ip", "-n", self.netns, "-4", "route", "show", "table", str(table),
              "root", str(SPACE)],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
