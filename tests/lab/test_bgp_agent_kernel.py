@@ -318,21 +318,24 @@ def test_both_route_reflectors_restarting_at_once_lose_no_packet(env: BgpAgents)
     with BirdClient(env.birds.node("host1").socket) as host1:
         for name in sessions:
             host1.command(f"disable {name}")
-        time.sleep(3)
-        env.birds.start("rr1")
-        env.birds.start("rr2")
-        wait_for("host2 and host3 back with both RRs", lambda: all(
-            list(rr_sessions(env, h).values()) == ["Established"] * 2 for h in ("host2", "host3")
-        ))  # fmt: skip
-        # the gap the agents must ride out: host1's paths flushed from host2's BIRD
-        mirror = markers.mirror_table(BLUE)
+        try:
+            time.sleep(3)
+            env.birds.start("rr1")
+            env.birds.start("rr2")
+            wait_for("host2 and host3 back with both RRs", lambda: all(
+                list(rr_sessions(env, h).values()) == ["Established"] * 2
+                for h in ("host2", "host3")
+            ))  # fmt: skip
+            # the gap the agents must ride out: host1's paths flushed from host2's BIRD
+            mirror = markers.mirror_table(BLUE)
 
-        def gone() -> bool:
-            return not routes_for(env, "host2", "10.0.0.1", mirror)
+            def gone() -> bool:
+                return not routes_for(env, "host2", "10.0.0.1", mirror)
 
-        wait_for("host2's mirror without blue1", gone)
-        for name in sessions:
-            host1.command(f"enable {name}")
+            wait_for("host2's mirror without blue1", gone)
+        finally:  # also when a wait failed: the tests after this one need host1's sessions
+            for name in sessions:
+                host1.command(f"enable {name}")
     env.birds.wait_established()
     for rr, held in paths.items():
         env.birds.wait_relearned(rr, held)
