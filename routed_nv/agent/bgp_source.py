@@ -22,7 +22,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +32,7 @@ from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import RR_CONNECT_RETRY_S, BirdConfigError, rr_protocol
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError
 from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
-from routed_nv.directory.netlink_watch import MirrorWatch, WatchError
+from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
 
 POLL_S = 0.5
 # BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,
@@ -65,7 +65,7 @@ class Watch(Protocol):
 
     def fileno(self) -> int: ...
 
-    def wait(self, timeout: float | None = None) -> Sized:
+    def wait(self, timeout: float | None = None) -> list[RouteEvent]:
         """The changes that arrived (empty: none, and routes/published are as before)."""
         ...
 
@@ -154,12 +154,20 @@ class BgpSource:
             try:
                 # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
                 # are in the view that says so
-                changed = bool(self._watch.wait(0))
+                events = self._watch.wait(0)
+                changed = bool(events)
             except WatchError as exc:  # the socket failed: a new one starts with a full dump
                 state = (False, state[1], str(exc))
                 self._watch.close()
                 self._watch.open()
-                changed = True
+                events, changed = [], True
+            if state[0] and not all(e.added for e in events):
+                # BIRD flushes a session's routes the moment it goes down without graceful
+                # restart (disabled, a Cease): the state read before may still say up, and a
+                # view published with it would delete what is merely unknown now (lab: both of
+                # host1's sessions disabled, its agent deleted every remote route)
+                state = self._bird_state(config)
+                next_poll = time.monotonic() + POLL_S
             if changed or learned is None or learned[0] is not config:
                 # learn() is O(routes): at 100,000 it took seconds a pass, and run on every
                 # 0.5 s poll it kept this thread busy, holding the GIL against the applies

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import queue
@@ -20,6 +21,7 @@ from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
 from routed_nv.directory.birdc import GR_RECOVERY, BirdError, Line, Protocol, Reply
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
+from routed_nv.directory.netlink_watch import RouteEvent
 
 CONFIG = Config.model_validate(
     {
@@ -52,6 +54,7 @@ class FakeWatch:
     def __init__(self) -> None:
         self.routes: frozenset[MirrorRoute] = frozenset()
         self.published: frozenset[PublishedRoute] = frozenset()
+        self._seen: frozenset[MirrorRoute | PublishedRoute] = frozenset()
         self._r, self._w = os.pipe()
 
     def set(self, *routes: MirrorRoute, published: tuple[PublishedRoute, ...] = ()) -> None:
@@ -68,13 +71,16 @@ class FakeWatch:
     def fileno(self) -> int:
         return self._r
 
-    def wait(self, timeout: float | None = None) -> list[object]:
-        """One change per set() since the last wait, as the real watch returns its events."""
+    def wait(self, timeout: float | None = None) -> list[RouteEvent]:
+        """What set() changed since the last wait, as events, as the real watch returns them."""
         os.set_blocking(self._r, False)
-        try:
-            return list(os.read(self._r, 4096))
-        except BlockingIOError:
-            return []
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._r, 4096)
+        now = self.routes | self.published
+        events = [RouteEvent(False, r) for r in self._seen - now]
+        events += [RouteEvent(True, r) for r in now - self._seen]
+        self._seen = now
+        return events
 
 
 class FakeBird:
@@ -170,6 +176,26 @@ def test_routes_are_learned_again_only_when_they_changed(
         r.watch.set(mirror("10.0.0.3/32"))
         update = r.until(lambda u: {str(x.prefix) for x in u.view.remote_routes} == {"10.0.0.3/32"})
         assert len(learned) == passes + 1 and update.in_sync
+    finally:
+        r.source.stop()
+
+
+def test_routes_flushed_with_their_sessions_are_never_a_view_in_sync(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = Run()
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.watch.set(mirror("10.0.0.2/32"))
+        r.until(lambda u: u.in_sync and bool(u.view.remote_routes))
+        # BIRD's state is next read in a minute, but both sessions are disabled now and BIRD
+        # flushes their routes at once: that flush must not be published as in sync
+        monkeypatch.setattr(bgp_source, "POLL_S", 60.0)
+        time.sleep(0.05)  # the source is past its last fast poll
+        r.bird.sessions = {"rr1": "", "rr2": ""}
+        r.watch.set()
+        update = r.until(lambda u: not u.view.remote_routes)
+        assert not update.in_sync and update.detail.startswith("0 of 2")
     finally:
         r.source.stop()
 
