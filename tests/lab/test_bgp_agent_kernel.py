@@ -20,11 +20,11 @@ from test_routing_kernel import echo_requests_received
 
 from routed_nv import markers
 from routed_nv.agent import bgp_source
-from routed_nv.directory import bird_config
 from routed_nv.directory.bird_config import upstream_protocol
 from routed_nv.directory.birdc import BirdClient
 from routed_nv.lab.agents import ROUTED_NV
 from routed_nv.lab.bgp_agents import PASSWORD, BgpAgents
+from routed_nv.lab.bird import bgp_address
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import ContinuousPing, tenant_matrix
 from routed_nv.lab.topology import directory_topology
@@ -305,37 +305,42 @@ def test_route_reflector_crashes_and_restarts_lose_no_packet(env: BgpAgents) -> 
 def test_both_route_reflectors_restarting_at_once_lose_no_packet(env: BgpAgents) -> None:
     # Each restarted RR sends End-of-RIB to whichever host reconnects first, before the others
     # have re-announced: that host flushes the RR's stale paths, and with both RRs back at once
-    # no path of a late host is left until it reconnects. Here host1 is the late one, by one
-    # connect delay (its sessions are re-enabled only once the others are up), the worst a
-    # host's retry timer allows; the agents' settle hold (bgp_source.SETTLE_S) outlasts it.
+    # no path of a late host is left until it reconnects. Here host1 is the late one: its
+    # connections to the RRs are refused until host2 is back with both, then it reconnects at
+    # its next connect retry, as a host whose retry timer fired last would. The agents' settle
+    # hold (bgp_source.SETTLE_S) outlasts that.
     for rr in ("rr1", "rr2"):  # crashed after they have run a while, not during recovery
         env.birds.wait_recovered(rr)
     paths = {rr: env.birds.bgp_routes(rr) for rr in ("rr1", "rr2")}
-    sessions = [bird_config.rr_protocol(i) for i in (1, 2)]
+    refuse = [
+        ["OUTPUT", "-p", "tcp", "--dport", "179", "-d", str(bgp_address(rr)), "-j", "REJECT",
+         "--reject-with", "tcp-reset"]
+        for rr in env.datapath.lab.topology.route_reflectors
+    ]  # fmt: skip
+
+    def ip6tables(*args: str) -> None:
+        done = env.datapath.lab.exec(ns("host1"), ["ip6tables-legacy", *args], timeout=60)
+        assert done.returncode == 0, done.stderr
+
     running = pings(env)
     env.birds.kill("rr1")
     env.birds.kill("rr2")
-    with BirdClient(env.birds.node("host1").socket) as host1:
-        for name in sessions:
-            host1.command(f"disable {name}")
-        try:
-            time.sleep(3)
-            env.birds.start("rr1")
-            env.birds.start("rr2")
-            wait_for("host2 and host3 back with both RRs", lambda: all(
-                list(rr_sessions(env, h).values()) == ["Established"] * 2
-                for h in ("host2", "host3")
-            ))  # fmt: skip
-            # the gap the agents must ride out: host1's paths flushed from host2's BIRD
-            mirror = markers.mirror_table(BLUE)
+    for rule in refuse:
+        ip6tables("-I", *rule)
+    try:
+        time.sleep(3)
+        env.birds.start("rr1")
+        env.birds.start("rr2")
+        # the gap the agents must ride out: host1's paths flushed from host2's BIRD
+        mirror = markers.mirror_table(BLUE)
 
-            def gone() -> bool:
-                return not routes_for(env, "host2", "10.0.0.1", mirror)
+        def gone() -> bool:
+            return not routes_for(env, "host2", "10.0.0.1", mirror)
 
-            wait_for("host2's mirror without blue1", gone)
-        finally:  # also when a wait failed: the tests after this one need host1's sessions
-            for name in sessions:
-                host1.command(f"enable {name}")
+        wait_for("host2's mirror without blue1", gone)
+    finally:  # also when the wait failed: the tests after this one need host1's sessions
+        for rule in refuse:
+            ip6tables("-D", *rule)
     env.birds.wait_established()
     for rr, held in paths.items():
         env.birds.wait_relearned(rr, held)
