@@ -45,8 +45,8 @@ POLL_S = 0.5
 # With both RRs back at once, a late host's routes leave every other host's mirror tables until
 # it reconnects (lab: 7.3 s with its BGP held back).
 # So the source is in sync only once SETTLE_S have passed since a session came up with no mirror
-# route change meanwhile: longer than the clients' reconnect (one connect retry, the lab's
-# deterministic late host a connect delay of the same 5 s), with as much again for a loaded host.
+# route change meanwhile: longer than the clients' reconnect (one connect retry), with as much
+# again for a loaded host.
 SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
 
 
@@ -155,12 +155,11 @@ class BgpSource:
                 # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
                 # are in the view that says so
                 events = self._watch.wait(0)
-                changed = bool(events)
             except WatchError as exc:  # the socket failed: a new one starts with a full dump
                 state = (False, state[1], str(exc))
                 self._watch.close()
                 self._watch.open()
-                events, changed = [], True
+                events, learned = [], None
             if state[0] and not all(e.added for e in events):
                 # BIRD flushes a session's routes the moment it goes down without graceful
                 # restart (disabled, a Cease): the state read before may still say up, and a
@@ -168,7 +167,7 @@ class BgpSource:
                 # host1's sessions disabled, its agent deleted every remote route)
                 state = self._bird_state(config)
                 next_poll = time.monotonic() + POLL_S
-            if changed or learned is None or learned[0] is not config:
+            if events or learned is None or learned[0] is not config:
                 # learn() is O(routes): at 100,000 it took seconds a pass, and run on every
                 # 0.5 s poll it kept this thread busy, holding the GIL against the applies
                 routes = self._watch.routes  # built anew by each read: read once per pass
