@@ -66,6 +66,7 @@ def apply_command(config_path: Path | None, netns: str | None, dry_run: bool, ou
                             "name": s.name,
                             "changes": s.lines,
                             "errors": s.errors,
+                            "pending": s.pending,
                             "seconds": round(s.seconds, 3),
                         }
                         for s in outcome.stages
@@ -78,6 +79,8 @@ def apply_command(config_path: Path | None, netns: str | None, dry_run: bool, ou
         for stage in outcome.stages:
             for line in stage.lines:
                 click.echo(f"{stage.name}: {line}")
+            for line in stage.pending:
+                click.echo(f"{stage.name}: wait for {line}")
             for error in stage.errors:
                 click.echo(f"{stage.name}: error: {error}", err=True)
         verb = "to change" if dry_run else "changed"

@@ -40,6 +40,9 @@ class Stage:
     lines: list[str] = field(default_factory=list)  # changes (planned or made), one per line
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # left alone this time because the kernel or a daemon is mid-change (IKE exchanges in
+    # flight): neither a change nor an error, but not settled either
+    pending: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,6 +52,11 @@ class Outcome:
     @property
     def changed(self) -> bool:
         return any(stage.lines for stage in self.stages)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing to change and nothing in flight."""
+        return not self.changed and not any(stage.pending for stage in self.stages)
 
     @property
     def ok(self) -> bool:
@@ -116,12 +124,13 @@ class Datapath:
         desired = desired_ike(config, view)
         if execute:
             result = self.ike.apply(desired)
-            return Stage("ike", lines=result.done, errors=result.errors)
+            return Stage("ike", lines=result.done, errors=result.errors, pending=result.waiting)
         try:
             plan = self.ike.plan(desired)
         except ViciError as exc:
             return Stage("ike", errors=[*desired.errors, str(exc)])
-        return Stage("ike", lines=[op.describe() for op in plan.ops], errors=list(desired.errors))
+        lines = [op.describe() for op in plan.ops]
+        return Stage("ike", lines=lines, errors=list(desired.errors), pending=list(plan.waiting))
 
     def _routing(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Stage:
         try:

@@ -56,6 +56,7 @@ class ViciApi(Protocol):
     def load_key(self, key: Secret) -> str: ...
     def initiate(self, ike: str, child: str, timeout_s: float) -> None: ...
     def terminate_ike(self, uniqueid: str, timeout_s: float) -> None: ...
+    def terminate_child(self, uniqueid: str, timeout_s: float) -> None: ...
 
 
 Connect = Callable[[], AbstractContextManager[ViciApi]]
@@ -72,6 +73,7 @@ class Verb(StrEnum):
     LOAD_CONN = "load-conn"
     INITIATE = "initiate"
     TERMINATE = "terminate"
+    TERMINATE_CHILD = "terminate-child"
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,13 @@ class IkeOp:
     child: str | None = None  # initiate
     credential: Credential | None = None
     ike_id: str | None = None  # terminate: charon's IKE_SA unique id
+    child_id: str | None = None  # terminate-child: charon's CHILD_SA unique id
 
     def describe(self) -> str:
-        target = self.child or (f"{self.name}[{self.ike_id}]" if self.ike_id else self.name)
+        if self.child_id:
+            target = f"{self.child}{{{self.child_id}}}"
+        else:
+            target = self.child or (f"{self.name}[{self.ike_id}]" if self.ike_id else self.name)
         return f"{self.verb} {target} ({self.reason})"
 
 
@@ -97,6 +103,9 @@ class IkeSa:
     initiator: bool  # this host started it
     busy: bool  # exchanges queued or in flight: a CHILD_SA may be on its way
     children: Mapping[str, str]  # child name -> best state
+    initiator_spi: str = ""  # hex, as list-sas prints it: the same at both ends
+    # INSTALLED CHILD_SAs of a name that has a newer one installed: (name, unique id)
+    surplus_children: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,9 +132,6 @@ class Memory:
 class IkePlan:
     ops: tuple[IkeOp, ...]
     waiting: tuple[str, ...]  # connections with exchanges in flight: left alone this time
-
-    def lines(self) -> list[str]:
-        return [op.describe() for op in self.ops] + [f"wait for {w}" for w in self.waiting]
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -202,6 +208,8 @@ class IkeDriver:
             vici.initiate(op.name, op.child, self._initiate_timeout_s)
         elif op.verb is Verb.TERMINATE and op.ike_id is not None:
             vici.terminate_ike(op.ike_id, self._initiate_timeout_s)
+        elif op.verb is Verb.TERMINATE_CHILD and op.child_id is not None:
+            vici.terminate_child(op.child_id, self._initiate_timeout_s)
 
 
 def read_charon(vici: ViciApi) -> Charon:
@@ -221,11 +229,14 @@ def read_charon(vici: ViciApi) -> Charon:
 
 def _ike_sa(name: str, sa: Mapping[str, Any]) -> IkeSa:
     children: dict[str, str] = {}
+    installed: dict[str, list[int]] = {}
     for child in (sa.get("child-sas") or {}).values():
-        state = child.get("state", "")
+        state, child_name = child.get("state", ""), child.get("name", "")
         # one name can have several CHILD_SAs (old and new during a rekey): keep the best
-        if child.get("name") not in children or state in UP_CHILD_STATES:
-            children[child.get("name", "")] = state
+        if child_name not in children or state in UP_CHILD_STATES:
+            children[child_name] = state
+        if state == "INSTALLED" and str(child.get("uniqueid", "")).isdigit():
+            installed.setdefault(child_name, []).append(int(child["uniqueid"]))
     busy = bool(sa.get("tasks-queued") or sa.get("tasks-active") or sa.get("tasks-passive"))
     return IkeSa(
         name,
@@ -234,6 +245,8 @@ def _ike_sa(name: str, sa: Mapping[str, Any]) -> IkeSa:
         sa.get("initiator") == "yes",
         busy,
         children,
+        sa.get("initiator-spi", ""),
+        tuple((c, str(i)) for c, ids in sorted(installed.items()) for i in sorted(ids)[:-1]),
     )
 
 
@@ -302,7 +315,7 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
         if any(sa.busy or sa.state != "ESTABLISHED" for sa in sas):
             waiting.append(f"{name} (exchanges in flight)")
             continue
-        ops += _duplicates(conn, sas)
+        ops += _duplicates(conn, sas) or _surplus_children(conn, sas)
         up = {
             child for sa in sas for child, state in sa.children.items() if state in UP_CHILD_STATES
         }
@@ -315,17 +328,39 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
 
 
 def _duplicates(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
-    """Both hosts may start an IKE_SA at the same moment (both agents starting, both seeing
-    none); the pair then keeps the one the lower host address initiated. Each end decides alone
-    and the same way: the higher one terminates those it initiated, the lower one waits."""
-    if len(sas) < 2 or ipaddress.ip_address(conn.local_addr) < ipaddress.ip_address(
-        conn.remote_addr
-    ):
+    """A pair of hosts keeps one IKE_SA. Several appear when both ends initiate at once (both
+    agents starting, each seeing none), and the rule must hold however they arose, two from one
+    end included (the old rule, "the higher end terminates its own", left those for ever and
+    with them a CHILD_SA per tenant that charon's policy did not name). Both ends rank the
+    IKE_SAs the same way, from what both see alike: those the lower host address initiated
+    first, then by initiator SPI. Each end terminates the others it initiated itself, so every
+    surplus IKE_SA has exactly one end deleting it."""
+    if len(sas) < 2:
         return []
-    ours = [sa for sa in sas if sa.initiator]
-    if len(ours) == len(sas):
-        ours = ours[1:]  # all ours (the peer's are gone): keep one
-    return [IkeOp(Verb.TERMINATE, conn.name, "duplicate IKE_SA", ike_id=sa.uniqueid) for sa in ours]
+    local_is_lower = ipaddress.ip_address(conn.local_addr) < ipaddress.ip_address(conn.remote_addr)
+    keep = min(
+        sas, key=lambda sa: (sa.initiator != local_is_lower, int(sa.initiator_spi or "0", 16))
+    )
+    return [
+        IkeOp(Verb.TERMINATE, conn.name, "duplicate IKE_SA", ike_id=sa.uniqueid)
+        for sa in sas
+        if sa is not keep and sa.initiator
+    ]
+
+
+def _surplus_children(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
+    """Two CHILD_SAs of one name in one IKE_SA: both ends found it missing and initiated it at
+    once (after a duplicate IKE_SA took the only copy with it, say). charon's policy names the
+    newest. A CHILD_SA carries no initiator flag, so one end decides, the lower host address:
+    it keeps the newest (its policy's) and deletes the others, which the peer's charon then
+    moves its policy off."""
+    if ipaddress.ip_address(conn.local_addr) > ipaddress.ip_address(conn.remote_addr):
+        return []
+    return [
+        IkeOp(Verb.TERMINATE_CHILD, conn.name, "duplicate CHILD_SA", child=child, child_id=cid)
+        for sa in sas
+        for child, cid in sa.surplus_children
+    ]
 
 
 def _load_reason(conn: IkeConn, charon: Charon, memory: Memory) -> str:

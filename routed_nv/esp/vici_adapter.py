@@ -155,14 +155,20 @@ class ViciSession:
             raise ViciError(f"initiating {child}: {exc}", tuple(log)) from None
 
     def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
-        body = {"ike-id": uniqueid, "timeout": str(int(timeout_s * 1000))}
+        self._terminate({"ike-id": uniqueid}, f"IKE_SA #{uniqueid}", timeout_s)
+
+    def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
+        self._terminate({"child-id": uniqueid}, f"CHILD_SA #{uniqueid}", timeout_s)
+
+    def _terminate(self, which: dict[str, str], what: str, timeout_s: float) -> None:
+        body = {**which, "timeout": str(int(timeout_s * 1000))}
         try:
             for _ in self._session.terminate(body):
                 pass  # control-log lines: only the outcome matters here
         except CommandException as exc:
-            raise ViciError(f"terminating IKE_SA #{uniqueid}: {_errmsg(exc)}") from None
+            raise ViciError(f"terminating {what}: {_errmsg(exc)}") from None
         except (SessionException, DeserializationException, OSError) as exc:
-            raise ViciError(f"terminating IKE_SA #{uniqueid}: {exc}") from None
+            raise ViciError(f"terminating {what}: {exc}") from None
 
     def rekey(self, *, child: str | None = None, ike: str | None = None) -> None:
         body = {"child": child} if child else {"ike": ike}

@@ -91,12 +91,14 @@ def sa_list(env: Env, host: str) -> list[dict[str, object]]:
 
 
 def duplicates(env: Env) -> dict[str, list[str]]:
-    """IKE_SAs beyond one per peer (both ends initiated at once); the agents resolve them."""
+    """IKE_SAs beyond one per peer (both ends initiated at once) and CHILD_SAs beyond one per
+    peer and tenant (both ends initiated a missing one at once); the agents resolve both."""
     found = {}
     for host in HOSTS:
         with env.ike.vici(host) as vici:
             names = [name for name, _ in vici.list_sas()]
-        found[host] = sorted({n for n in names if names.count(n) > 1})
+        children = [r.child for r in env.ike.up_rows(host)]
+        found[host] = sorted({n for n in [*names, *children] if [*names, *children].count(n) > 1})
     return found
 
 

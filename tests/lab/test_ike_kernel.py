@@ -10,11 +10,13 @@ ike_lab() and IkeLab serve the X.509 module (test_ike_x509_kernel.py) too.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from routed_nv.agent.datapath import Datapath, Outcome
 from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
 from routed_nv.esp.spimap import SaRow, rows_from_sas
-from routed_nv.esp.vici_adapter import ViciSession
+from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.charon import LabCharon, write_secret
 from routed_nv.lab.checks import tenant_matrix, underlay_capture
@@ -85,7 +87,8 @@ class IkeLab:
             return False
         for host in HOSTS:
             config = self.configs[host]
-            if self.datapaths[host].plan(config, static_view(config)).changed:
+            # settled: an IKE_SA still connecting is left alone by the plan, not done
+            if not self.datapaths[host].plan(config, static_view(config)).settled:
                 return False
         return True
 
@@ -187,6 +190,60 @@ def test_1_child_sas_come_up_with_the_tenant_reqid(ike: IkeLab) -> None:
     assert_child_sas_carry_the_tenant_reqids(ike)
 
 
+def test_1b_ike_sas_both_ends_initiated_at_once_resolve_to_one_per_pair(ike: IkeLab) -> None:
+    """Both ends initiate while IKE between them is held back (UDP 500/4500 dropped in host1),
+    so both IKE_SAs are certain to come up once it is let through: each host has two for the
+    pair. The drivers must leave one, and every CHILD_SA under a policy that names its SPI."""
+    ike.settle()
+    both = {"host1": 2, "host2": 2}
+    pair = {"host1": "rnv-host2", "host2": "rnv-host1"}
+    with ike.vici("host1") as vici:
+        for name, sa in vici.list_sas():
+            if name == pair["host1"]:
+                vici.terminate_ike(sa["uniqueid"], 10)
+    wait_for(lambda: ike_sas_of(ike, "host2", pair["host2"]) == 0, 10, lambda: None)
+    peer = str(ike.configs["host2"].host.address)
+    rules = [
+        [chain, "-p", "udp", flag, peer, "-m", "multiport", "--ports", "500,4500", "-j", "DROP"]
+        for chain, flag in (("OUTPUT", "-d"), ("INPUT", "-s"))
+    ]
+    for rule in rules:
+        ike.sh("host1", "ip6tables-legacy -I " + " ".join(rule))
+    try:
+        with ThreadPoolExecutor(len(pair)) as pool:
+            started = [pool.submit(initiate, ike, h, f"{c}-t{BLUE}") for h, c in pair.items()]
+            time.sleep(2)  # both IKE_SA_INITs sent, and dropped
+            for rule in rules:
+                ike.sh("host1", "ip6tables-legacy -D " + " ".join(rule))
+            rules = []
+            for future in started:
+                future.result()
+    finally:
+        for rule in rules:
+            ike.sh("host1", "ip6tables-legacy -D " + " ".join(rule))
+    wait_for(lambda: {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == both, 30, lambda: None)
+    resolved = ike.settle()
+    print(f"\ntwo IKE_SAs per end -> one, all CHILD_SAs up: {resolved:.2f} s")
+    assert {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == {"host1": 1, "host2": 1}
+    assert_child_sas_carry_the_tenant_reqids(ike)
+    assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
+
+
+def initiate(ike: IkeLab, host: str, child: str) -> None:
+    ike_name = child.rsplit("-t", 1)[0]
+    # charon goes on retransmitting after a timeout: the IKE_SA comes up regardless
+    with ike.vici(host) as vici, contextlib.suppress(ViciError):
+        vici.initiate(ike_name, child, 20)
+
+
+def ike_sas_of(ike: IkeLab, host: str, conn: str) -> int:
+    """Established IKE_SAs of a connection."""
+    with ike.vici(host) as vici:
+        return sum(
+            1 for name, sa in vici.list_sas() if name == conn and sa["state"] == "ESTABLISHED"
+        )
+
+
 def assert_child_sas_carry_the_tenant_reqids(ike: IkeLab) -> None:
     """Every host has its CHILD_SAs to both peers for both tenants, in the kernel with the
     tenant's reqid, under charon's SPI-pinned policies (ours and the blocks beneath)."""
@@ -202,6 +259,10 @@ def _assert_child_sas_carry_the_tenant_reqids(ike: IkeLab) -> None:
         peers = sorted({r.peer for r in rows})
         assert peers == sorted(h for h in HOSTS if h != host)
         assert {r.tenant for r in rows} == {BLUE, RED}
+        # one CHILD_SA per peer and tenant: a duplicate's SPI cannot be in the same policy
+        assert sorted((r.peer, r.tenant) for r in rows) == sorted(
+            {(r.peer, r.tenant) for r in rows}
+        )
         states = ike.sh(host, "ip xfrm state")
         reqids = {int(x) for x in re.findall(r"reqid (\d+)", states)}
         assert reqids == {markers.reqid(BLUE), markers.reqid(RED)}
@@ -221,7 +282,9 @@ def test_2_a_second_reconcile_changes_nothing(ike: IkeLab) -> None:
     before = {h: ike.rows(h) for h in HOSTS}
     for host in HOSTS:
         outcome = ike.datapaths[host].plan(ike.configs[host], static_view(ike.configs[host]))
-        assert outcome.ok and not outcome.changed, [(s.name, s.lines) for s in outcome.stages]
+        assert outcome.ok and outcome.settled, [
+            (s.name, s.lines, s.pending) for s in outcome.stages
+        ]
     # a restarted agent reloads each connection once; charon keeps the identical ones and their SAs
     config = ike.configs["host1"]
     fresh = Datapath(config, netns="rnv-lab-host1").apply(config, static_view(config))

@@ -5,14 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from routed_nv.calc.ike import DesiredIke, desired_ike
+from routed_nv.calc.ike import DesiredIke, IkeConn, desired_ike
 from routed_nv.calc.inputs import static_view
-from routed_nv.esp.ike import IkeDriver, Verb, _duplicates, read_charon
+from routed_nv.esp.ike import (
+    IkeDriver,
+    IkeSa,
+    Verb,
+    _duplicates,
+    _surplus_children,
+    read_charon,
+)
 from routed_nv.esp.secret import Secret
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from tests.unit.test_ike_calc import config
@@ -97,15 +105,25 @@ class FakeCharon:
     def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
         self.calls.append(f"terminate {uniqueid}")
 
+    def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
+        self.calls.append(f"terminate-child {uniqueid}")
+
     def establish(
-        self, conn: str, children: list[str], uniqueid: str = "1", initiator: bool = True
+        self,
+        conn: str,
+        children: list[str],
+        uniqueid: str = "1",
+        initiator: bool = True,
+        spi: str = "0123456789abcdef",
     ) -> None:
         sa = {
             "uniqueid": uniqueid,
             "state": "ESTABLISHED",
             "initiator": "yes" if initiator else "no",
+            "initiator-spi": spi,
             "child-sas": {
-                f"{c}-{i}": {"name": c, "state": "INSTALLED"} for i, c in enumerate(children)
+                f"{c}-{i}": {"name": c, "state": "INSTALLED", "uniqueid": f"{uniqueid}{i}"}
+                for i, c in enumerate(children)
             },
         }
         self.sas.append((conn, sa))
@@ -219,24 +237,70 @@ def test_busy_ike_sas_are_waited_for(desired: DesiredIke) -> None:
     assert not plan.ops and len(plan.waiting) == 2
 
 
-def test_duplicate_ike_sas_are_resolved_by_the_higher_address_only(desired: DesiredIke) -> None:
+def flipped(conn: IkeConn) -> IkeConn:
+    """The same connection seen from the peer's end."""
+    return replace(conn, local_addr=conn.remote_addr, remote_addr=conn.local_addr)
+
+
+def seen_from_the_peer(sa: IkeSa) -> IkeSa:
+    return replace(sa, initiator=not sa.initiator, uniqueid=f"peer-{sa.uniqueid}")
+
+
+def test_duplicate_ike_sas_keep_the_lower_hosts_and_the_higher_end_terminates_its_own(
+    desired: DesiredIke,
+) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
     driver.apply(desired)
-    # host1 (::1:...) is lower than host2: it keeps both and waits for host2 to terminate its own
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "1", initiator=True)
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "2", initiator=False)
+    # host1 (::1:...) is lower than host2: it keeps the one it initiated and terminates nothing
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "1", True, "ff00")
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "2", False, "0001")
     charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
     assert not driver.plan(desired).ops
 
-    # seen from the higher end (swap the addresses): terminate the one it initiated
-    conn = desired.conns["rnv-host2"]
-    flipped = type(conn)(
-        conn.name, conn.peer, conn.remote_addr, conn.local_addr, conn.children, conn.message
-    )
-    sas = read_charon(charon).sas["rnv-host2"]
-    (op,) = _duplicates(flipped, sas)
-    assert op.verb is Verb.TERMINATE and op.ike_id == "1"
+    # host2 terminates the one it initiated, though its initiator SPI is the lower
+    sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
+    (op,) = _duplicates(flipped(desired.conns["rnv-host2"]), sas)
+    assert op.verb is Verb.TERMINATE and op.ike_id == "peer-2"
+
+
+def test_duplicates_one_end_initiated_are_resolved_by_that_end(desired: DesiredIke) -> None:
+    """charon can start two IKE_SAs for one connection itself; the peer initiated neither and
+    must not wait for the other end to act (it did, and the pair kept both for ever)."""
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100"], "1", True, "c0ffee0000000002")
+    charon.establish("rnv-host2", ["rnv-host2-t200"], "2", True, "c0ffee0000000001")
+    charon.establish("rnv-host2", ["rnv-host2-t100"], "3", False, "0000000000000001")
+    plan = driver.plan(desired)
+    ops = [(op.verb, op.ike_id) for op in plan.ops if op.name == "rnv-host2"]
+    assert ops == [(Verb.TERMINATE, "1")]
+
+    sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
+    (op,) = _duplicates(flipped(desired.conns["rnv-host2"]), sas)
+    assert op.ike_id == "peer-3"  # the peer's own: both ends keep "2", from the lower end
+
+
+def test_a_child_sa_both_ends_initiated_in_one_ike_sa_is_deleted_by_the_lower_end(
+    desired: DesiredIke,
+) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    # the peer's and ours, both INSTALLED; and a rekey's old one (REKEYED) is no duplicate
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200", "rnv-host2-t100"], "7")
+    charon.establish("rnv-host3", ["rnv-host3-t100", "rnv-host3-t200", "rnv-host3-t200"], "8")
+    charon.sas[-1][1]["child-sas"]["rnv-host3-t200-1"]["state"] = "REKEYED"
+    charon.calls.clear()
+    result = driver.apply(desired)
+    assert result.ok, result.errors
+    assert charon.calls == ["terminate-child 70"]  # the older; charon's policy names "72"
+    assert result.done == ["terminate-child rnv-host2-t100{70} (duplicate CHILD_SA)"]
+
+    # the higher end leaves it to the lower one: the two would delete both copies at once
+    sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
+    assert _surplus_children(flipped(desired.conns["rnv-host2"]), sas) == []
 
 
 def test_a_wrong_psk_becomes_a_clear_error_and_stops_that_peer_only(desired: DesiredIke) -> None:
