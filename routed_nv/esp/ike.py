@@ -104,7 +104,7 @@ class IkeSa:
     busy: bool  # exchanges queued or in flight: a CHILD_SA may be on its way
     children: Mapping[str, str]  # child name -> best state
     initiator_spi: str = ""  # hex, as list-sas prints it: the same at both ends
-    # INSTALLED CHILD_SAs of a name that has a newer one installed: (name, unique id)
+    # INSTALLED CHILD_SAs of a name that has another with a higher id: (name, unique id)
     surplus_children: tuple[tuple[str, str], ...] = ()
 
 
@@ -350,10 +350,10 @@ def _duplicates(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
 
 def _surplus_children(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
     """Two CHILD_SAs of one name in one IKE_SA: both ends found it missing and initiated it at
-    once (after a duplicate IKE_SA took the only copy with it, say). charon's policy names the
-    newest. A CHILD_SA carries no initiator flag, so one end decides, the lower host address:
-    it keeps the newest (its policy's) and deletes the others, which the peer's charon then
-    moves its policy off."""
+    once (after a duplicate IKE_SA took the only copy with it, say); charon checks for a
+    duplicate only before it sends. A CHILD_SA carries no initiator flag and the ends number
+    them differently, so one end decides, the lower host address: it keeps the one it numbered
+    last and deletes the others; at both ends charon moves its policy to the one left."""
     if ipaddress.ip_address(conn.local_addr) > ipaddress.ip_address(conn.remote_addr):
         return []
     return [

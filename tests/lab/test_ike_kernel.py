@@ -202,31 +202,62 @@ def test_1b_ike_sas_both_ends_initiated_at_once_resolve_to_one_per_pair(ike: Ike
             if name == pair["host1"]:
                 vici.terminate_ike(sa["uniqueid"], 10)
     wait_for(lambda: ike_sas_of(ike, "host2", pair["host2"]) == 0, 10, lambda: None)
-    peer = str(ike.configs["host2"].host.address)
-    rules = [
-        [chain, "-p", "udp", flag, peer, "-m", "multiport", "--ports", "500,4500", "-j", "DROP"]
-        for chain, flag in (("OUTPUT", "-d"), ("INPUT", "-s"))
-    ]
-    for rule in rules:
-        ike.sh("host1", "ip6tables-legacy -I " + " ".join(rule))
-    try:
-        with ThreadPoolExecutor(len(pair)) as pool:
-            started = [pool.submit(initiate, ike, h, f"{c}-t{BLUE}") for h, c in pair.items()]
-            time.sleep(2)  # both IKE_SA_INITs sent, and dropped
-            for rule in rules:
-                ike.sh("host1", "ip6tables-legacy -D " + " ".join(rule))
-            rules = []
-            for future in started:
-                future.result()
-    finally:
-        for rule in rules:
-            ike.sh("host1", "ip6tables-legacy -D " + " ".join(rule))
+    initiate_at_once(ike, {h: f"{c}-t{BLUE}" for h, c in pair.items()})
     wait_for(lambda: {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == both, 30, lambda: None)
     resolved = ike.settle()
     print(f"\ntwo IKE_SAs per end -> one, all CHILD_SAs up: {resolved:.2f} s")
     assert {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == {"host1": 1, "host2": 1}
     assert_child_sas_carry_the_tenant_reqids(ike)
     assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
+
+
+def test_1c_a_child_sa_both_ends_initiated_at_once_is_left_once(ike: IkeLab) -> None:
+    """Both ends initiate a missing CHILD_SA into their one IKE_SA at once (as two agents do
+    after a duplicate IKE_SA took the only copy with it): charon checks for a duplicate only
+    before it sends, so each end gets two. The lower end deletes one of them."""
+    ike.settle()
+    pair = {"host1": f"rnv-host2-t{RED}", "host2": f"rnv-host1-t{RED}"}
+    (old,) = [r.uniqueid for r in ike.up_rows("host1") if r.child == pair["host1"]]
+    with ike.vici("host1") as vici:
+        vici.terminate_child(old, 10)
+    wait_for(lambda: not installed(ike, "host2", pair["host2"]), 10, lambda: None)
+    initiate_at_once(ike, pair)
+    wait_for(lambda: len(installed(ike, "host2", pair["host2"])) == 2, 30, lambda: None)
+    twice = installed(ike, "host2", pair["host2"])
+    resolved = ike.settle()
+    print(f"\ntwo CHILD_SAs of {pair['host2']} in one IKE_SA -> one: {resolved:.2f} s")
+    (left,) = installed(ike, "host2", pair["host2"])
+    assert left in twice
+    assert_child_sas_carry_the_tenant_reqids(ike)
+    assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
+
+
+def installed(ike: IkeLab, host: str, child: str) -> list[str]:
+    return [r.uniqueid for r in ike.up_rows(host) if r.child == child]
+
+
+def initiate_at_once(ike: IkeLab, children: dict[str, str]) -> None:
+    """Each host initiates its child while IKE between host1 and host2 is dropped in host1,
+    then lets it through: both requests are in flight before either end sees the other's."""
+    peer = str(ike.configs["host2"].host.address)
+    rules = [
+        f"{chain} -p udp {flag} {peer} -m multiport --ports 500,4500 -j DROP"
+        for chain, flag in (("OUTPUT", "-d"), ("INPUT", "-s"))
+    ]
+    for rule in rules:
+        ike.sh("host1", f"ip6tables-legacy -I {rule}")
+    try:
+        with ThreadPoolExecutor(len(children)) as pool:
+            started = [pool.submit(initiate, ike, h, c) for h, c in children.items()]
+            time.sleep(2)  # both requests sent, and dropped
+            for rule in rules:
+                ike.sh("host1", f"ip6tables-legacy -D {rule}")
+            rules = []
+            for future in started:
+                future.result()
+    finally:
+        for rule in rules:
+            ike.sh("host1", f"ip6tables-legacy -D {rule}")
 
 
 def initiate(ike: IkeLab, host: str, child: str) -> None:

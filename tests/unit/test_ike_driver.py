@@ -295,7 +295,7 @@ def test_a_child_sa_both_ends_initiated_in_one_ike_sa_is_deleted_by_the_lower_en
     charon.calls.clear()
     result = driver.apply(desired)
     assert result.ok, result.errors
-    assert charon.calls == ["terminate-child 70"]  # the older; charon's policy names "72"
+    assert charon.calls == ["terminate-child 70"]  # "72" stays, the one numbered last
     assert result.done == ["terminate-child rnv-host2-t100{70} (duplicate CHILD_SA)"]
 
     # the higher end leaves it to the lower one: the two would delete both copies at once
