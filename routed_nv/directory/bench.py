@@ -38,6 +38,7 @@ from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent
 from routed_nv.lab import uml
 from routed_nv.lab.bgp_agents import BgpAgents
 from routed_nv.lab.builder import Lab, LabError, ip_batch
+from routed_nv.lab.memory_log import MemoryLog, sample
 from routed_nv.lab.topology import directory_topology
 
 TENANT = "blue"
@@ -52,6 +53,7 @@ SPACE = ipaddress.IPv4Network("10.64.0.0/10")  # outside the lab's workloads, ad
 BIRD_NODES = ("host1", "host2", "rr1")
 SYNC_TIMEOUT_S = 60.0
 BATCH_LINES = 10_000
+MEMORY_LOG = Path(".rnv-lab/directory-bench-memory.log")
 
 
 @dataclass
@@ -311,11 +313,19 @@ def line(r: Row) -> None:
     )
 
 
-def run(sizes: dict[int, int], each: Callable[[Row], None] = lambda row: None) -> list[Row]:
+def run(
+    sizes: dict[int, int],
+    each: Callable[[Row], None] = lambda row: None,
+    memory_log: Path = MEMORY_LOG,
+) -> list[Row]:
     """One lab, every size in order; `each` sees each row as soon as it is measured (a long
-    run keeps what it measured)."""
+    run keeps what it measured), and `memory_log` where the guest's memory went."""
     topology = directory_topology()
-    with Lab(topology) as lab, tempfile.TemporaryDirectory() as work:
+    with (
+        MemoryLog(memory_log),
+        Lab(topology) as lab,
+        tempfile.TemporaryDirectory() as work,
+    ):
         bench = Bench(lab, Path(work))
         bench.start()
         with Tables(bench.host2.namespace) as tables:
@@ -325,7 +335,8 @@ def run(sizes: dict[int, int], each: Callable[[Row], None] = lambda row: None) -
                 try:
                     rows.append(bench.measure(tables, n, reps))
                 except LabError as exc:
-                    raise LabError(f"N={n}: {exc}\n{bench.agent_state()}") from exc
+                    state = f"{bench.agent_state()}\nmemory now: {sample()}"
+                    raise LabError(f"N={n}: {exc}\n{state}") from exc
                 each(rows[-1])
         # a clean stop, checked; after a failure the lab's teardown stops the agent by its pid
         bench.env.agents.stop_all()
@@ -353,6 +364,12 @@ def main() -> int:
         "--size", type=size, action="append", metavar="N[:REPS]", help="only these (repeatable)"
     )
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--memory-log",
+        type=Path,
+        default=MEMORY_LOG,
+        help="where available memory and the largest processes are written every 10 s",
+    )
     args = parser.parse_args()
     sizes = dict(args.size) if args.size else QUICK if args.quick else FULL
     if uml.needs_uml():
@@ -362,10 +379,10 @@ def main() -> int:
         mem = "6G" if max(sizes) > max(QUICK) else uml.DEFAULT_MEM
         return uml.run_in_uml(argv, cwd=Path.cwd(), timeout=3600, mem=mem)
     if args.output == "json":
-        print(json.dumps([asdict(r) for r in run(sizes)], indent=2))
+        print(json.dumps([asdict(r) for r in run(sizes, memory_log=args.memory_log)], indent=2))
     else:
         header()
-        run(sizes, line)
+        run(sizes, line, args.memory_log)
     return 0
 
 
