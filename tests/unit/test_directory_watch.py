@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -101,12 +102,15 @@ def test_dump_error_is_a_clear_error() -> None:
 class ScriptedWatch(nw.MirrorWatch):
     """The watch's bookkeeping without a socket: reads come from a list."""
 
-    def __init__(self, reads: list[bytes]) -> None:
+    def __init__(self, reads: list[bytes | OSError]) -> None:
         super().__init__()
         self.reads = reads
 
     def _recv(self, flags: int = 0) -> bytes:
-        return self.reads.pop(0)
+        read = self.reads.pop(0)
+        if isinstance(read, OSError):
+            raise read
+        return read
 
 
 def test_events_update_the_routes_by_kernel_identity() -> None:
@@ -132,10 +136,38 @@ def test_resync_turns_a_fresh_dump_into_the_difference() -> None:
     watch._apply(kept + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.3", 32, TABLE, gw))
     watch._sock = FakeSocket()  # type: ignore[assignment]
     done = struct.pack("=IHHII", 16, nw.NLMSG_DONE, 0, 1, FakeSocket.PORT)
-    watch.reads = [kept + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.4", 32, TABLE, gw), done]
+    fresh = kept + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.4", 32, TABLE, gw)
+    watch.reads = [BlockingIOError(), fresh, done]  # nothing queued, then the dump
     events = watch._resync()
     assert sorted(str(e).split(" via")[0] for e in events) == ["add 10.0.0.4/32", "del 10.0.0.3/32"]
     assert {str(r.prefix) for r in watch.routes} == {"10.0.0.2/32", "10.0.0.4/32"}
+
+
+def test_a_resync_drains_the_queue_and_starts_over_when_the_dump_overflows() -> None:
+    """Until its queue has been empty, an overflowed socket loses events without another
+    ENOBUFS: the resync empties it first, and an overflow while dumping means dump again."""
+    gw = via6("2001:db8:0:2::1")
+
+    def route(kind: int, dst: str) -> bytes:
+        return message(kind, socket.AF_INET, dst, 32, TABLE, gw)
+
+    second_done = struct.pack("=IHHII", 16, nw.NLMSG_DONE, 0, 2, FakeSocket.PORT)
+    watch = ScriptedWatch([])
+    watch._sock = FakeSocket()  # type: ignore[assignment]
+    watch.reads = [
+        route(nw.RTM_NEWROUTE, "10.0.0.9"),  # queued before the overflow: drained, not applied
+        OSError(errno.ENOBUFS, "No buffer space available"),
+        BlockingIOError(),  # queue empty: the kernel reports the next overflow
+        route(nw.RTM_NEWROUTE, "10.0.0.1"),  # a first dump, cut short by an overflow
+        OSError(errno.ENOBUFS, "No buffer space available"),
+        route(nw.RTM_DELROUTE, "10.0.0.7"),  # drained again
+        BlockingIOError(),
+        route(nw.RTM_NEWROUTE, "10.0.0.1") + route(nw.RTM_NEWROUTE, "10.0.0.2") + second_done,
+    ]
+    events = watch._resync()
+    assert watch.reads == []
+    assert sorted(str(r.prefix) for r in watch.routes) == ["10.0.0.1/32", "10.0.0.2/32"]
+    assert sorted(str(e).split(" via")[0] for e in events) == ["add 10.0.0.1/32", "add 10.0.0.2/32"]
 
 
 class FakeSocket:
