@@ -250,22 +250,24 @@ def _boot(command: list[str], work: Path, timeout: float, interactive: bool) -> 
     )
     # UML backs guest memory with a file in TMPDIR; /dev/shm keeps it off the disk.
     env = {**os.environ, "TMPDIR": "/dev/shm"}
-    with console.open("wb") as log:
+    # SIGTERM unwinds from before the guest starts, so that the finally below stops it then
+    # too (set after the start, a SIGTERM in between left the guest running)
+    with console.open("wb") as log, _sigterm_unwinds():
         io: dict[str, object] = (
             {} if interactive else {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": log}
         )
-        proc = subprocess.Popen(command, env=env, start_new_session=True, **io)  # type: ignore[call-overload]
-        for tail in tails:
+        for tail in tails:  # each waits for its file to appear
             tail.start()
+        proc: subprocess.Popen[bytes] | None = None
         timed_out = False
         try:
-            with _sigterm_unwinds():  # so that the finally below stops the guest then too
-                proc.wait(timeout=timeout)
+            proc = subprocess.Popen(command, env=env, start_new_session=True, **io)  # type: ignore[call-overload]
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
             # UML forks helpers into the session it leads: kill that group, by its pid.
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             for tail in tails:
