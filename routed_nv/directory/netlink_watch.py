@@ -68,6 +68,10 @@ class _Tables:
 AGENT_TABLES = _Tables(_MIRROR_TABLES, _PUBLISH_TABLES)  # what the BGP source learns from
 
 
+class _Overflow(Exception):
+    """The socket's queue overflowed: the kernel dropped route events."""
+
+
 class WatchError(RuntimeError):
     pass
 
@@ -207,16 +211,26 @@ class MirrorWatch:
         ready, _, _ = select.select([self], [], [], timeout)
         while ready:
             try:
-                data = self._recv(socket.MSG_DONTWAIT)
+                data = self._read(socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise WatchError(f"netlink route watch failed: {exc.strerror}") from None
+            except _Overflow:
                 events += self._resync()  # the kernel dropped events: the dump is the truth
                 continue
             events += self._apply(data)
         return events
+
+    def _read(self, flags: int = 0) -> bytes:
+        """One read; the kernel's "events dropped" is _Overflow, any other error a WatchError
+        (BlockingIOError, for a non-blocking read of an empty queue, passes as it is)."""
+        try:
+            return self._recv(flags)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                raise _Overflow from None
+            raise WatchError(f"netlink route watch failed: {exc.strerror}") from None
 
     def _recv(self, flags: int = 0) -> bytes:
         assert self._sock is not None
@@ -247,7 +261,7 @@ class MirrorWatch:
         port = self._sock.getsockname()[0]
         events: list[RouteEvent] = []
         while True:
-            data = self._recv()
+            data = self._read()
             events += self._apply(data)
             if any(
                 kind in (NLMSG_DONE, NLMSG_ERROR) and seq == self._seq and pid == port
@@ -268,9 +282,8 @@ class MirrorWatch:
             try:
                 self._dump()
                 break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise WatchError(f"netlink route dump failed: {exc.strerror}") from None
+            except _Overflow:
+                continue
         gone = [RouteEvent(False, r) for k, r in before.items() if k not in self._routes]
         new = [RouteEvent(True, r) for k, r in self._routes.items() if before.get(k) != r]
         return gone + new
@@ -279,12 +292,11 @@ class MirrorWatch:
         """Discard what is queued: the dump that follows supersedes it."""
         while True:
             try:
-                self._recv(socket.MSG_DONTWAIT)
+                self._read(socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise WatchError(f"netlink route watch failed: {exc.strerror}") from None
+            except _Overflow:
+                continue  # more dropped: the dump that follows covers them too
 
 
 def _open_socket(netns: str | None) -> socket.socket:
