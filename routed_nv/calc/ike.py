@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -62,6 +63,11 @@ class IkeConn:
     remote_addr: str
     children: tuple[IkeChild, ...]
     message: VICI_MESSAGE = field(compare=False, repr=False)  # the load-conn body
+
+    @property
+    def local_is_lower(self) -> bool:
+        """Whether this end has the lower host address: what breaks ties between the ends."""
+        return ipaddress.ip_address(self.local_addr) < ipaddress.ip_address(self.remote_addr)
 
     @property
     def digest(self) -> str:

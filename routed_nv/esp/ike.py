@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -337,9 +336,8 @@ def _duplicates(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
     surplus IKE_SA has exactly one end deleting it."""
     if len(sas) < 2:
         return []
-    local_is_lower = ipaddress.ip_address(conn.local_addr) < ipaddress.ip_address(conn.remote_addr)
     keep = min(
-        sas, key=lambda sa: (sa.initiator != local_is_lower, int(sa.initiator_spi or "0", 16))
+        sas, key=lambda sa: (sa.initiator != conn.local_is_lower, int(sa.initiator_spi or "0", 16))
     )
     return [
         IkeOp(Verb.TERMINATE, conn.name, "duplicate IKE_SA", ike_id=sa.uniqueid)
@@ -354,7 +352,7 @@ def _surplus_children(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
     duplicate only before it sends. A CHILD_SA carries no initiator flag and the ends number
     them differently, so one end decides, the lower host address: it keeps the one it numbered
     last and deletes the others; at both ends charon moves its policy to the one left."""
-    if ipaddress.ip_address(conn.local_addr) > ipaddress.ip_address(conn.remote_addr):
+    if not conn.local_is_lower:
         return []
     return [
         IkeOp(Verb.TERMINATE_CHILD, conn.name, "duplicate CHILD_SA", child=child, child_id=cid)
