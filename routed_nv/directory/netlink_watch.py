@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import select
@@ -138,10 +139,17 @@ def _route(body: bytes, tables: Container[int]) -> Watched | None:
 
 def _next_hop(attrs: dict[int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if RTA_GATEWAY in attrs:
-        return ipaddress.ip_address(attrs[RTA_GATEWAY])
+        return _shared_address(attrs[RTA_GATEWAY])
     if RTA_VIA in attrs:  # struct rtvia: family, then the address (IPv4 via inet6)
-        return ipaddress.ip_address(attrs[RTA_VIA][2:])
+        return _shared_address(attrs[RTA_VIA][2:])
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_address(packed: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """One object per next hop: there are a few (one per peer host) for 100,000s of routes, and
+    a new one per route cost ~100 bytes each (addresses are immutable, so sharing is safe)."""
+    return ipaddress.ip_address(packed)
 
 
 def _key(route: Watched) -> tuple[int, object, int]:

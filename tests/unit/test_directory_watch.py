@@ -79,6 +79,19 @@ def test_ipv6_route_with_gateway_and_several_messages_in_one_read() -> None:
     ]
 
 
+def test_routes_share_one_object_per_next_hop_and_keep_no_attribute_dict() -> None:
+    # a watch keeps 100,000s of routes (a UML guest kills a process that maps too many pages)
+    gw = attr(nw.RTA_GATEWAY, ipaddress.ip_address("2001:db8:0:3::1").packed)
+    data = b"".join(
+        message(nw.RTM_NEWROUTE, socket.AF_INET6, f"fd10::{i}", 128, TABLE, gw) for i in (3, 4)
+    ) + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE, via6("2001:db8:0:3::1"))
+    first, second, third = (r for _, _, _, r in nw.parse(data))
+    assert isinstance(first, MirrorRoute) and isinstance(second, MirrorRoute)
+    assert isinstance(third, MirrorRoute) and first.prefix != second.prefix
+    assert first.next_hop is second.next_hop is third.next_hop
+    assert not hasattr(first, "__dict__")
+
+
 def test_routes_outside_mirror_tables_or_without_gateway_are_ignored() -> None:
     gw = via6("2001:db8:0:2::1")
     other = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, 254, gw)
