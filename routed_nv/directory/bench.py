@@ -34,6 +34,7 @@ from pathlib import Path
 from routed_nv import markers
 from routed_nv.config.model import Config, tenant_outer_address
 from routed_nv.directory.birdc import BirdClient
+from routed_nv.directory.learn import IPAddress, IPNetwork
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent
 from routed_nv.lab import uml
 from routed_nv.lab.bgp_agents import BgpAgents
@@ -73,15 +74,20 @@ class Row:
 
 
 class Tables:
-    """Routes of host2's mirror, VRF and floor tables in SPACE, kept from netlink events."""
+    """Routes of host2's mirror, VRF and floor tables in SPACE, counted from netlink events.
+
+    Each table is a set of the watch's own prefix objects (no second copy of 100,000s of
+    routes: in a UML guest a process that maps too many pages is killed), and `next_hops` the
+    distinct next hops added to each table since `forget_next_hops`."""
 
     def __init__(self, netns: str) -> None:
         self.netns = netns
         self.mirror = markers.mirror_table(TENANT_ID)
         self.vrf = markers.vrf_table(TENANT_ID)
-        self.watch = MirrorWatch(netns, tables={self.mirror, self.vrf, FLOOR_TABLE})
-        self.routes: dict[int, dict[object, str]] = {t: {} for t in (self.mirror, self.vrf)}
-        self.routes[FLOOR_TABLE] = {}
+        tables = (self.mirror, self.vrf, FLOOR_TABLE)
+        self.watch = MirrorWatch(netns, tables=set(tables))
+        self.prefixes: dict[int, set[IPNetwork]] = {t: set() for t in tables}
+        self.next_hops: dict[int, set[IPAddress]] = {t: set() for t in tables}
 
     def __enter__(self) -> Tables:
         self.watch.open()
@@ -91,15 +97,19 @@ class Tables:
     def __exit__(self, *exc: object) -> None:
         self.watch.close()
 
+    def forget_next_hops(self) -> None:
+        for hops in self.next_hops.values():
+            hops.clear()
+
     def _apply(self, events: Iterable[RouteEvent]) -> None:
         for event in events:
             route = event.route
             if route.prefix.version == 4 and route.prefix.subnet_of(SPACE):
-                table = self.routes[route.table]
                 if event.added:
-                    table[route.prefix] = str(route.next_hop)
+                    self.prefixes[route.table].add(route.prefix)
+                    self.next_hops[route.table].add(route.next_hop)
                 else:
-                    table.pop(route.prefix, None)
+                    self.prefixes[route.table].discard(route.prefix)
 
     def kernel_count(self, table: int) -> int:
         """Routes in SPACE in one of host2's tables, read anew (checks the watch)."""
@@ -117,12 +127,12 @@ class Tables:
         while True:
             now = time.monotonic()
             for table, count in counts.items():
-                if table not in reached and len(self.routes[table]) == count:
+                if table not in reached and len(self.prefixes[table]) == count:
                     reached[table] = now - since
             if len(reached) == len(counts):
                 return reached
             if now > deadline:
-                have = {t: len(self.routes[t]) for t in counts}
+                have = {t: len(self.prefixes[t]) for t in counts}
                 kernel = {t: self.kernel_count(t) for t in counts}
                 raise LabError(
                     f"host2 tables have {have} routes in {SPACE} by the watch's events, "
@@ -221,8 +231,7 @@ class Bench:
         via = tenant_outer_address(self.host1.prefix, TENANT_ID)
         floor = f"via inet6 {via} dev {FLOOR_TUNNEL} onlink table {FLOOR_TABLE}"
         row = Row(n)
-        vrf_hops: set[str] = set()
-        mirror_hops: set[str] = set()
+        tables.forget_next_hops()
         pid = self.agent_pid
         for rep in range(reps):
             cpu = cpu_seconds(pid)
@@ -232,8 +241,6 @@ class Bench:
             row.publish_mirror.append(reached[tables.mirror])
             row.publish.append(reached[tables.vrf])
             row.agent_cpu_publish.append(cpu_seconds(pid) - cpu)
-            vrf_hops.update(tables.routes[tables.vrf].values())
-            mirror_hops.update(tables.routes[tables.mirror].values())
             if rep == 0:
                 row.agent_rss_kb, row.agent_hwm_kb = memory_kb(pid)
                 row.bird_memory = self._bird_memory()
@@ -249,7 +256,8 @@ class Bench:
             ip_batch(self.host2.namespace, [f"route flush table {FLOOR_TABLE}"])
             tables.until({FLOOR_TABLE: 0}, time.monotonic())
         row.agent_hwm_kb = memory_kb(pid)[1]
-        row.vrf_next_hops, row.mirror_next_hops = sorted(vrf_hops), sorted(mirror_hops)
+        row.vrf_next_hops = sorted(str(h) for h in tables.next_hops[tables.vrf])
+        row.mirror_next_hops = sorted(str(h) for h in tables.next_hops[tables.mirror])
         return row
 
     def _bird_memory(self) -> dict[str, int]:
@@ -377,6 +385,9 @@ def main() -> int:
         # 100,000 routes: BIRD holds them on five nodes, the agent and the bench's watch in
         # Python objects; in 3 GB the bench was killed reading host2's tables at the end
         mem = "6G" if max(sizes) > max(QUICK) else uml.DEFAULT_MEM
+        advice = uml.map_count_advice(mem) if mem != uml.DEFAULT_MEM else None
+        if advice:  # host2's agent held ~375 MB at 100,000 routes
+            print(f"routed-nv: warning: {advice}", file=sys.stderr)
         return uml.run_in_uml(argv, cwd=Path.cwd(), timeout=3600, mem=mem)
     if args.output == "json":
         print(json.dumps([asdict(r) for r in run(sizes, memory_log=args.memory_log)], indent=2))
