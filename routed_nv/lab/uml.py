@@ -6,9 +6,10 @@ venv and binaries; /tmp, /run, /dev/shm and /lib/modules are private to the gues
 directory is bound back in so results written there appear on the host.
 
 The command's stdout and stderr go to files in a work directory on the host (hostfs writes go
-straight through), which are streamed live to ours; the kernel console goes to a log that is
-shown only when the guest did not report. Exit status: the command's own, 124 on timeout, 125
-when the guest did not report one.
+straight through), which are streamed live to ours; the kernel console (its errors: UML's own
+"ran out of memory on the host side" among them) goes to a log that is shown when the command
+failed or the guest did not report. Exit status: the command's own, 124 on timeout, 125 when the
+guest did not report one.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ GUEST_MODULES = (
     "bridge",
     "nf_conntrack",
 )
-# Lines linux.uml itself prints around the kernel's (quiet) console output.
+# Lines linux.uml prints around the kernel's console output, and errors of every boot.
 _CONSOLE_NOISE = (
     "reboot: ",
     "Powering off",
@@ -80,7 +81,14 @@ _CONSOLE_NOISE = (
     "Core dump limits",
     "Linux version ",
     "Kernel command line",
+    "SELinux: ",
+    "mmapper_init - find_iomem failed",
+    "Failed to initialize ubd device 0",
 )
+# UML kills a guest process when the host refuses it a mapping of one more guest page
+HOST_MEMORY_ERROR = "UML ran out of memory on the host side"
+MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _POLL_S = 0.05
 
 
@@ -158,7 +166,7 @@ def kernel_command(*, linux: str, work: Path, mem: str, umid: str) -> list[str]:
         "rootflags=/",
         "rw",
         "quiet",
-        "loglevel=1",
+        "loglevel=4",  # errors reach the console, e.g. a process UML killed (HOST_MEMORY_ERROR)
         f"init={work / 'init'}",
         "con=null",
         "con0=fd:0,fd:1",
@@ -233,12 +241,14 @@ def run_in_uml(
         (work / "init").chmod(0o755)
         (work / "stdin").write_bytes(stdin_data or b"")
         command = kernel_command(linux=linux, work=work, mem=mem, umid=f"rnv{os.getpid()}")
-        return _boot(command, work, timeout, interactive)
+        return _boot(command, work, timeout, interactive, mem=mem)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _boot(command: list[str], work: Path, timeout: float, interactive: bool) -> int:
+def _boot(
+    command: list[str], work: Path, timeout: float, interactive: bool, mem: str = DEFAULT_MEM
+) -> int:
     console = work / "console"
     tails = (
         []
@@ -273,9 +283,13 @@ def _boot(command: list[str], work: Path, timeout: float, interactive: bool) -> 
             for tail in tails:
                 tail.stop()
     rc_file = work / "rc"
-    if rc_file.exists() and rc_file.read_text().strip():
-        return int(rc_file.read_text())
-    _show_console(console)
+    rc = int(rc_file.read_text()) if rc_file.exists() and rc_file.read_text().strip() else None
+    if rc != 0:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        for line in console_report(text, mem):
+            print(f"uml: {line}", file=sys.stderr)
+    if rc is not None:
+        return rc
     if timed_out:
         print(f"routed-nv: UML guest timed out after {timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -297,11 +311,33 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _show_console(console: Path) -> None:
-    lines = console.read_text(errors="replace").splitlines() if console.exists() else []
-    for line in lines[-40:]:
-        if not line.startswith(_CONSOLE_NOISE):
-            print(f"uml: {line}", file=sys.stderr)
+def console_report(console: str, mem: str) -> list[str]:
+    """What of the guest's console to show: its last lines but linux.uml's own and the errors of
+    every boot, and how to raise the host's limit when UML killed a process for it."""
+    lines = [line for line in console.splitlines()[-40:] if not line.startswith(_CONSOLE_NOISE)]
+    advice = map_count_advice(mem) if HOST_MEMORY_ERROR in console else None
+    return [*lines, advice] if advice else lines
+
+
+def map_count_advice(mem: str) -> str | None:
+    """None when the host's vm.max_map_count is what UML asks for a guest of `mem` (its size in
+    pages: each guest page may be a mapping of its own in the host process), else the risk
+    and the command that raises it (a host setting: the user's call, never made for them)."""
+    needed = _size(mem) // 4096
+    have = int(MAX_MAP_COUNT.read_text())
+    if have >= needed:
+        return None
+    return (
+        f"this host's vm.max_map_count is {have:,}, UML asks for {needed:,} for a {mem} guest: "
+        f"a guest process whose pages lie scattered is killed at about {have * 4096 >> 20} MiB; "
+        f"to raise it: sysctl -w vm.max_map_count={needed}"
+    )
+
+
+def _size(mem: str) -> int:
+    """Bytes of a kernel `mem=` size: a number with an optional K, M or G."""
+    unit = _UNITS.get(mem[-1:].upper(), 1)
+    return int(mem[:-1] if unit > 1 else mem) * unit
 
 
 def run_here_or_in_uml(argv: Sequence[str], **uml_options: object) -> int:

@@ -78,6 +78,54 @@ def test_kernel_command() -> None:
     assert command[-1] == "con0=fd:0,fd:1"
 
 
+BOOT = "\n".join(
+    [
+        "SELinux: CONFIG_SECURITY_SELINUX_CHECKREQPROT_VALUE is non-zero.  This is deprecated",
+        "mmapper_init - find_iomem failed",
+        "Failed to initialize ubd device 0 :Couldn't determine size of device's file",
+    ]
+)
+KILLED = (
+    "UML ran out of memory on the host side! This can happen due to a memory limitation or "
+    "vm.max_map_count has been reached."
+)
+
+
+def max_map_count(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: int) -> None:
+    path = tmp_path / "max_map_count"
+    path.write_text(f"{value}\n")
+    monkeypatch.setattr(uml, "MAX_MAP_COUNT", path)
+
+
+def test_the_console_report_leaves_out_what_every_boot_prints() -> None:
+    assert uml.console_report(f"{BOOT}\nPowering off.\nreboot: System halted\n", "512M") == []
+    oops = "BUG: kernel NULL pointer dereference, address: 0000000000000008"
+    assert uml.console_report(f"{BOOT}\n{oops}\nPowering off.\n", "512M") == [oops]
+
+
+def test_a_process_killed_for_the_hosts_map_count_says_how_to_raise_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    max_map_count(monkeypatch, tmp_path, 65530)
+    report = uml.console_report(f"{BOOT}\n{KILLED}\n", "6G")
+    assert report[0] == KILLED
+    assert "vm.max_map_count is 65,530, UML asks for 1,572,864 for a 6G guest" in report[1]
+    assert "killed at about 255 MiB" in report[1]
+    assert report[1].endswith("sysctl -w vm.max_map_count=1572864")
+
+
+def test_map_count_advice_only_when_the_host_limit_is_below_the_guest_size(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    max_map_count(monkeypatch, tmp_path, 262144)
+    assert uml.map_count_advice("1G") is None
+    assert uml.map_count_advice("1048576K") is None
+    assert uml.map_count_advice("2G") is not None
+    max_map_count(monkeypatch, tmp_path, 65530)
+    assert uml.console_report(KILLED, "128M") == [KILLED]  # the limit was not the cause
+    assert uml.map_count_advice(str(512 << 20)) is not None
+
+
 def test_run_here_when_the_kernel_is_capable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uml, "needs_uml", lambda: False)
     monkeypatch.setattr(uml, "run_in_uml", lambda *a, **k: pytest.fail("booted a guest"))
