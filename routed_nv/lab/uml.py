@@ -283,7 +283,8 @@ def _boot(
             for tail in tails:
                 tail.stop()
     rc_file = work / "rc"
-    rc = int(rc_file.read_text()) if rc_file.exists() and rc_file.read_text().strip() else None
+    reported = rc_file.read_text().strip() if rc_file.exists() else ""
+    rc = int(reported) if reported else None
     if rc != 0:
         text = console.read_text(errors="replace") if console.exists() else ""
         for line in console_report(text, mem):
