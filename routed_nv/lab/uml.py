@@ -315,7 +315,11 @@ def _sigterm_unwinds() -> Iterator[None]:
 def console_report(console: str, mem: str) -> list[str]:
     """What of the guest's console to show: its last lines but linux.uml's own and the errors of
     every boot, and how to raise the host's limit when UML killed a process for it."""
-    lines = [line for line in console.splitlines()[-40:] if not line.startswith(_CONSOLE_NOISE)]
+    lines = [
+        line
+        for line in console.splitlines()[-40:]
+        if line.strip() and not line.startswith(_CONSOLE_NOISE)
+    ]
     advice = map_count_advice(mem) if HOST_MEMORY_ERROR in console else None
     return [*lines, advice] if advice else lines
 
