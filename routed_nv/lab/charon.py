@@ -14,31 +14,29 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL, Popen
 
+from routed_nv.doctor import lab_plugins
 from routed_nv.esp.vici_adapter import ViciSession
 from routed_nv.lab.builder import Lab, LabError
 
 CHARON = "/usr/lib/ipsec/charon"
 SOCKET_WAIT_S = 10.0
 STOP_WAIT_S = 5.0
-# kdf is required by charon 5.9.8's key derivation; gcm, curve25519 and openssl come with
-# libstrongswan-standard-plugins and are skipped (with a log line) when it is not installed.
-PLUGINS = (
-    "random nonce aes sha1 sha2 hmac kdf gcm curve25519 openssl gmp pem pkcs1 pkcs8 x509 "
-    "pubkey constraints revocation kernel-netlink socket-default vici"
-)
 # Without libstrongswan-standard-plugins (gcm, curve25519) IKE falls back to AES-CBC/HMAC-SHA-256
 # with MODP-3072 (gmp plugin); ESP stays AES-GCM (the kernel does it).
 FALLBACK_IKE, FALLBACK_ESP = ["aes128-sha256-modp3072"], ["aes128gcm16-modp3072"]
 
 
-def strongswan_conf(vici_socket: Path, log: Path) -> str:
+def strongswan_conf(vici_socket: Path, log: Path, plugins: Sequence[str]) -> str:
+    """charon's config; `plugins` are loaded, in that order (doctor.lab_plugins(): those of
+    kernel_features.CHARON_PLUGINS this strongSwan has)."""
     return f"""\
 charon {{
-  load = {PLUGINS}
+  load = {" ".join(plugins)}
   # routed_nv routes tenant traffic itself; charon only negotiates and installs SAs.
   install_routes = no
   plugins {{
@@ -102,7 +100,7 @@ class LabCharon:
         if node.pid is not None:
             raise LabError(f"{host}: charon is already running (pid {node.pid})")
         node.directory.mkdir(parents=True, exist_ok=True)
-        node.conf.write_text(strongswan_conf(node.socket, node.log))
+        node.conf.write_text(strongswan_conf(node.socket, node.log, lab_plugins()))
         node.socket.unlink(missing_ok=True)
         script = f"mount -t tmpfs none /run && exec {CHARON}"
         node.process = self.lab.spawn(
