@@ -19,7 +19,7 @@ from routed_nv import markers
 from routed_nv.calc.netfilter import DECAP, ChainKey, Family, desired_rules
 from routed_nv.config.model import Config
 from routed_nv.netfilter.driver import NetfilterDriver
-from routed_nv.netfilter.iptables import IptcTables
+from routed_nv.netfilter.restore import RestoreTables
 
 pytestmark = pytest.mark.kernel
 
@@ -146,7 +146,7 @@ def lab() -> Iterator[None]:
 
 @pytest.fixture
 def driver(lab: None) -> NetfilterDriver:
-    driver = NetfilterDriver(IptcTables(NS["h1"]))
+    driver = NetfilterDriver(RestoreTables(NS["h1"]))
     result = driver.apply(desired_rules(H1))
     assert result.ok, result.errors
     return driver
@@ -241,7 +241,7 @@ def test_removing_a_tenant_removes_exactly_its_rules(driver) -> None:
     both = config(1, {**BLUE, **RED}, {**WEB, **DB})
     assert driver.apply(desired_rules(both)).ok
     with_red = {f: rules(f) for f in ("iptables", "ip6tables")}
-    second_agent = NetfilterDriver(IptcTables(NS["h1"]))  # a restarted agent, no memory
+    second_agent = NetfilterDriver(RestoreTables(NS["h1"]))  # a restarted agent, no memory
     assert second_agent.apply(desired_rules(H1)).ok
     for f, lines in with_red.items():
         gone = lines - rules(f)
