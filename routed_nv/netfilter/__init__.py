@@ -1,1 +1,1 @@
-"""Isolation and anti-spoofing rules in legacy iptables, via python-iptables (docs/isolation.md)."""
+"""Isolation and anti-spoofing rules in legacy iptables, via iptables-legacy-save/-restore (docs/isolation.md)."""

@@ -2,8 +2,12 @@
 
 The texts in netfilter_save/ are real output of iptables-legacy-save 1.8.9 (Debian 12) and
 1.8.11 (Debian 13), with /etc/protocols (names) and without it (numbers): capture.py there made
-them. Against the kernel: tests/lab/test_netfilter_kernel.py."""
+them. The tests at the end apply and read back through the real tools in a throwaway network
+namespace (legacy iptables with the policy and comment matches: no ESP or VRF needed); with
+traffic: tests/lab/test_netfilter_kernel.py."""
 
+import os
+import subprocess
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,7 +15,7 @@ import pytest
 
 from routed_nv.calc.netfilter import DECAP, DISPATCH, Family, Rule, desired_rules
 from routed_nv.netfilter import restore
-from routed_nv.netfilter.driver import plan_table
+from routed_nv.netfilter.driver import NetfilterDriver, plan_table
 from routed_nv.netfilter.objects import NetfilterError, TableChange
 from routed_nv.netfilter.restore import RestoreTables, parse_rule, parse_save, restore_text
 from tests.unit.test_netfilter_driver import config
@@ -162,3 +166,89 @@ def test_the_tools_complaint_is_one_short_line_with_the_input_it_names():
     assert said.startswith("iptables-restore v1.8.9 (legacy): Couldn't load match `nosuch'")
     assert said.endswith("Error occurred at line: 2 (input: -A RNV-X -m nosuch -j DROP)")
     assert restore._complaint("x" * 500, None).endswith("...")
+
+
+# --- against this machine's kernel: legacy iptables in a throwaway network namespace ----------
+
+
+@pytest.fixture
+def netns():
+    """A namespace of our own; only its raw tables are touched."""
+    name = f"rnvt-restore-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a network namespace here: {made.stderr.strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def iptables(netns: str, *args: str) -> str:
+    cmd = ["ip", "netns", "exec", netns, "iptables-legacy", "-t", "raw", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def uncounted_save(netns: str) -> list[str]:
+    cmd = ["ip", "netns", "exec", netns, "iptables-legacy-save", "-t", "raw"]
+    saved = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return [line for line in saved.splitlines() if not line.startswith("#")]
+
+
+def test_what_we_apply_reads_back_unchanged_and_a_second_apply_does_nothing(netns):
+    driver = NetfilterDriver(RestoreTables(netns))
+    desired = desired_rules(config())
+    assert driver.apply(desired).ok
+    assert not driver.plan(desired), driver.plan(desired).lines()
+    for table in driver.read(desired):
+        mine = {k.chain: r for k, r in desired.chains.items() if k.family == table.family}
+        assert table.chains == mine
+        assert table.hooks == {"PREROUTING": ((0, DISPATCH),)}
+
+
+def test_a_foreign_rule_in_our_chain_reads_as_none_and_the_chain_is_rewritten(netns):
+    driver = NetfilterDriver(RestoreTables(netns))
+    desired = desired_rules(config())
+    driver.apply(desired)
+    iptables(netns, "-I", "RNV-SRC-wl-web", "1", "-s", "10.9.9.9", "-j", "RETURN")
+    iptables(netns, "-I", "PREROUTING", "1", "-s", "192.0.2.1", "-j", "DROP")
+    (ipv4,) = [t for t in driver.read(desired) if t.family == Family.IPV4]
+    assert ipv4.chains["RNV-SRC-wl-web"][0] is None
+    assert ipv4.hooks == {"PREROUTING": ((1, DISPATCH),)}
+    result = driver.apply(desired)
+    assert (result.chains_set, result.hooks_fixed, result.ok) == (1, 1, True)
+    assert not driver.plan(desired)
+    assert "10.9.9.9" not in iptables(netns, "-S", "RNV-SRC-wl-web")
+    # the operator's own rule stays, behind our jump
+    assert iptables(netns, "-S", "PREROUTING").splitlines()[1:] == [
+        f"-A PREROUTING -m comment --comment routed-nv -j {DISPATCH}",
+        "-A PREROUTING -s 192.0.2.1/32 -j DROP",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("broken", "complaint"),
+    [
+        (Rule(target="RNV-NO-SUCH-CHAIN"), "Couldn't load target `RNV-NO-SUCH-CHAIN'"),
+        (Rule(target=DISPATCH), "(input: COMMIT)"),  # a loop: the kernel refuses the commit
+    ],
+)
+def test_a_refused_change_leaves_the_table_as_it_was(netns, broken, complaint):
+    tables = RestoreTables(netns)
+    NetfilterDriver(tables).apply(desired_rules(config()))
+    before = uncounted_save(netns)
+    change = TableChange(
+        family=Family.IPV4,
+        table="raw",
+        set_chains={
+            "RNV-SRC-wl-new": (Rule(target="DROP"),),  # fine on its own, must not land
+            "RNV-SRC-wl-web": (Rule(target="RETURN", src="10.0.0.1/32"), broken),
+        },
+        hooks={"PREROUTING": DISPATCH},
+    )
+    with pytest.raises(NetfilterError) as exc:
+        tables.apply(change)
+    message = str(exc.value)
+    assert message.startswith(f"ipv4 table raw in netns {netns}: iptables-legacy-restore failed: ")
+    assert complaint in message and "\n" not in message
+    assert uncounted_save(netns) == before
