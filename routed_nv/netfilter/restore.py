@@ -13,6 +13,7 @@ ip6tables-legacy pair), one atomic `restore --noflush` commit per table.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import re
@@ -241,14 +242,20 @@ def parse_rule(args: str) -> Rule | None:
         rule = Rule(**{k: v for k, v in values.items() if v is not None})
     except (ValueError, TypeError):
         return None
-    return rule if _options(rule_args(rule)) == options else None
+    return rule if _written(rule) == options else None
+
+
+@functools.lru_cache(maxsize=4096)  # most rules repeat (ND, DROP, per-tenant RETURN)
+def _written(rule: Rule) -> dict[str, str] | None:
+    """The options of a rule as we write it, normalised as read back."""
+    return _options(rule_args(rule))
 
 
 def _options(args: str) -> dict[str, str] | None:
     """-save arguments as {option: value}, normalised; a match's options are keyed
     "<match> <option>". None for what we never write (negation, repeated option, a flag)."""
-    try:
-        tokens = shlex.split(args)
+    try:  # -save quotes only what has spaces or quotes; str.split is far faster than shlex
+        tokens = shlex.split(args) if any(c in args for c in "\"'\\") else args.split()
     except ValueError:
         return None
     options: dict[str, str] = {}
@@ -271,6 +278,7 @@ def _options(args: str) -> dict[str, str] | None:
     return options
 
 
+@functools.lru_cache(maxsize=4096)
 def _network(text: str) -> str:
     return str(ipaddress.ip_network(text, strict=False))
 
