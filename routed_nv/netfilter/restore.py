@@ -117,8 +117,8 @@ class RestoreTables:
             raise NetfilterError(f"{where}: {exc}") from None
         except OSError as exc:
             raise NetfilterError(f"{where}: cannot run {tool}: {exc.strerror}") from None
-        except subprocess.TimeoutExpired:
-            raise NetfilterError(f"{where}: {tool} did not finish") from None
+        except subprocess.TimeoutExpired as exc:
+            raise NetfilterError(f"{where}: {tool} did not finish in {exc.timeout:.0f} s") from None
         if proc.returncode != 0:
             raise NetfilterError(f"{where}: {tool} failed: {_complaint(proc.stderr, text)}")
         return proc.stdout
@@ -253,18 +253,22 @@ def _written(rule: Rule) -> dict[str, str] | None:
 
 def _options(args: str) -> dict[str, str] | None:
     """-save arguments as {option: value}, normalised; a match's options are keyed
-    "<match> <option>". None for what we never write (negation, repeated option, a flag)."""
+    "<match> <option>", a flag without a value (`--strict`) has "". None for what we never
+    write (a negation, a repeated option, a word that is not an option)."""
     try:  # -save quotes only what has spaces or quotes; str.split is far faster than shlex
         tokens = shlex.split(args) if any(c in args for c in "\"'\\") else args.split()
     except ValueError:
         return None
     options: dict[str, str] = {}
     match = ""
-    while tokens:
-        option = tokens.pop(0)
-        if option == "!" or not tokens:
+    i = 0
+    while i < len(tokens):
+        option = tokens[i]
+        has_value = i + 1 < len(tokens) and not tokens[i + 1].startswith("-")
+        value = tokens[i + 1] if has_value else ""
+        i += 2 if has_value else 1
+        if not option.startswith("-"):  # "!" (a negation) or a stray word
             return None
-        value = tokens.pop(0)
         if option == "-m":
             match, key = value, f"-m {value}"
         else:

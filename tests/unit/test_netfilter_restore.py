@@ -111,6 +111,18 @@ def test_names_and_numbers_and_option_order_read_the_same(args, rule):
     assert parse_rule(args) == rule
 
 
+def test_options_are_keyed_by_their_match_and_flags_have_no_value():
+    assert restore._options("-i wl-a -m policy --dir in --strict -m comment --comment x -g Y") == {
+        "-i": "wl-a",
+        "-m policy": "policy",
+        "policy --dir": "in",
+        "policy --strict": "",
+        "-m comment": "comment",
+        "comment --comment": "x",
+        "-g": "Y",
+    }
+
+
 def test_every_rule_field_has_a_decoder():
     assert set(restore.DECODE) == {f.name for f in fields(Rule)}
 
