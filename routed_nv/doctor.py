@@ -96,7 +96,7 @@ def gather_facts() -> MachineFacts:
         modules_dep=_read(modules_dir / "modules.dep"),
         proc_crypto=_read(Path("/proc/crypto")),
         iptables_version=_version(_which("iptables"), "-V"),
-        iptables_legacy=_which("iptables-legacy"),
+        iptables_legacy=_which("iptables-legacy-restore"),
         charon=str(CHARON) if os.access(CHARON, os.X_OK) else None,
         bird=_which("bird"),
         birdc=_which("birdc"),

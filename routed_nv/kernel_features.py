@@ -32,7 +32,7 @@ class MachineFacts:
     modules_dep: str = ""  # /lib/modules/<release>/modules.dep
     proc_crypto: str = ""  # /proc/crypto
     iptables_version: str = ""  # `iptables -V` output, empty when iptables is absent
-    iptables_legacy: str | None = None  # path of iptables-legacy
+    iptables_legacy: str | None = None  # path of iptables-legacy-restore
     charon: str | None = None  # path of the charon daemon
     bird: str | None = None
     birdc: str | None = None
@@ -171,16 +171,13 @@ def _iptables_feature(facts: MachineFacts) -> Feature:
     backend = iptables_backend(facts.iptables_version)
     if backend is None and not facts.iptables_legacy:
         return Feature("iptables", False, "iptables not found")
-    legacy = backend == "legacy" or facts.iptables_legacy is not None
     match = _IPTABLES_VERSION.search(facts.iptables_version)
     version = f"v{match['version']}, " if match else ""
     default = f"{version}default backend {backend}" if backend else "no iptables command"
-    if legacy:
-        via = "default" if backend == "legacy" else facts.iptables_legacy
-        detail = f"{default}; legacy via {via} (routed_nv programs legacy only)"
-    else:
-        detail = f"{default}; no iptables-legacy, and routed_nv programs legacy only"
-    return Feature("iptables", legacy, detail)
+    how = "routed_nv programs the legacy tables with iptables-legacy-restore"
+    if facts.iptables_legacy:
+        return Feature("iptables", True, f"{default}; {how} ({facts.iptables_legacy})")
+    return Feature("iptables", False, f"{default}; no iptables-legacy-restore, and {how}")
 
 
 def _charon_feature(facts: MachineFacts) -> Feature:

@@ -47,7 +47,7 @@ def apply_command(config_path: Path | None, netns: str | None, dry_run: bool, ou
     """
     config = config_or_exit(config_path, EXIT_FAILED)
 
-    # The drivers import pyroute2 and iptc: only load them when a command needs the kernel.
+    # The drivers import pyroute2: only load them when a command needs the kernel.
     from routed_nv.agent.datapath import Datapath
     from routed_nv.calc.inputs import static_view
 

@@ -65,23 +65,31 @@ class Rule:
 
     def render(self) -> str:
         """The rule as iptables arguments, for plans and logs."""
-        parts = []
+        return " ".join([*self.matches(), *self.jump()])
+
+    def matches(self) -> list[str]:
+        """What the rule matches, as iptables arguments: one entry per option a new field adds
+        (the adapter parses -save output back with the same options, routed_nv/netfilter)."""
+        args = []
         if self.in_interface:
-            parts.append(f"-i {self.in_interface}")
+            args += ["-i", self.in_interface]
         if self.src:
-            parts.append(f"-s {self.src}")
+            args += ["-s", self.src]
         if self.dst:
-            parts.append(f"-d {self.dst}")
+            args += ["-d", self.dst]
         if self.protocol is not None:
-            parts.append(f"-p {self.protocol}")
+            args += ["-p", str(self.protocol)]
         if self.icmpv6_type is not None:
-            parts.append(f"-m icmp6 --icmpv6-type {self.icmpv6_type}")
+            args += ["-m", "icmp6", "--icmpv6-type", str(self.icmpv6_type)]
         if self.ipsec_reqid == 0:
-            parts.append("-m policy --dir in --pol none")
+            args += ["-m", "policy", "--dir", "in", "--pol", "none"]
         elif self.ipsec_reqid is not None:
-            parts.append(f"-m policy --dir in --pol ipsec --proto esp --reqid {self.ipsec_reqid}")
-        parts.append(f"{'-g' if self.goto else '-j'} {self.target}")
-        return " ".join(parts)
+            args += ["-m", "policy", "--dir", "in", "--pol", "ipsec", "--proto", "esp"]
+            args += ["--reqid", str(self.ipsec_reqid)]
+        return args
+
+    def jump(self) -> list[str]:
+        return ["-g" if self.goto else "-j", self.target]
 
 
 @dataclass(frozen=True, order=True)

@@ -27,7 +27,7 @@ CAPABLE = MachineFacts(
         "kernel/crypto/gcm.ko:\n"
     ),
     iptables_version="iptables v1.8.9 (nf_tables)\n",
-    iptables_legacy="/usr/sbin/iptables-legacy",
+    iptables_legacy="/usr/sbin/iptables-legacy-restore",
     charon="/usr/lib/ipsec/charon",
     bird="/usr/sbin/bird",
     birdc="/usr/sbin/birdc",
@@ -95,7 +95,16 @@ def test_iptables_backend(output: str, backend: str | None) -> None:
 def test_nft_only_iptables_is_reported_as_unusable() -> None:
     ok, detail = by_name(replace(CAPABLE, iptables_legacy=None))["iptables"]
     assert not ok
-    assert "routed_nv programs legacy only" in detail
+    assert detail == (
+        "v1.8.9, default backend nf_tables; no iptables-legacy-restore, and routed_nv programs the"
+        " legacy tables with iptables-legacy-restore"
+    )
+
+
+def test_legacy_tools_make_iptables_usable() -> None:
+    ok, detail = by_name(CAPABLE)["iptables"]
+    assert ok
+    assert detail.endswith("iptables-legacy-restore (/usr/sbin/iptables-legacy-restore)")
 
 
 def test_tools_do_not_decide_datapath_readiness() -> None:
