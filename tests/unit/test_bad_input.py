@@ -226,6 +226,9 @@ def test_oversized_input_is_shortened_in_messages(tmp_path: Path) -> None:
     assert added.exit_code == 2 and 0 < len(added.stderr) < 1000
     deleted = invoke("endpoint", "del", name, *run)
     assert deleted.exit_code == 1 and 0 < len(deleted.stderr) < 1000
+    for question in ([name, "10.0.0.1"], ["blue", name]):  # answered from the configuration
+        found = invoke("lookup", *question, *run)
+        assert found.exit_code == 2 and 0 < len(found.stderr) < 1000
 
 
 # --- mutated example configurations ---------------------------------------------------------
