@@ -132,7 +132,6 @@ def file_kind(mode: int) -> str:
         stat.S_IFIFO: "FIFO",
         stat.S_IFSOCK: "socket",
         stat.S_IFDIR: "directory",
-        stat.S_IFLNK: "symbolic link",
     }
     return kinds.get(stat.S_IFMT(mode), "special file")
 
