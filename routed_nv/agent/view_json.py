@@ -16,11 +16,12 @@ Json = dict[str, Any]
 
 
 def encode(view: DirectoryView) -> Json:
+    # sorted by repr: IPv4 and IPv6 prefixes do not compare with each other
     return {
-        "remote_routes": [_route(r) for r in sorted(view.remote_routes)],
-        "contested": [_route(r) for r in sorted(view.contested)],
-        "published": [_claim(c) for c in sorted(view.published)],
-        "claims": [_claim(c) for c in sorted(view.claims)],
+        "remote_routes": [_route(r) for r in sorted(view.remote_routes, key=repr)],
+        "contested": [_route(r) for r in sorted(view.contested, key=repr)],
+        "published": [_claim(c) for c in sorted(view.published, key=repr)],
+        "claims": [_claim(c) for c in sorted(view.claims, key=repr)],
     }
 
 

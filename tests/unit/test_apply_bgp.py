@@ -78,7 +78,7 @@ def test_dry_run_and_apply_use_the_view_the_agent_applied(
     bgp_host: Path, agent: tuple[Path, Harness], recorded: list[tuple[str, DirectoryView]]
 ) -> None:
     run_dir, h = agent
-    h.publish(view(route("10.0.0.7"), route("10.0.0.8", HOST3)))  # learned, not in the config
+    h.publish(view(route("10.0.0.7"), route("fd10::8", HOST3)))  # learned, not in the config
     h.settle()
     applied = h.agent.snapshot().view
     assert applied.claims  # the mobility claims travel too
@@ -127,7 +127,9 @@ def test_a_static_host_still_plans_from_its_configuration(
 
 def test_the_view_survives_json_with_every_field() -> None:
     applied = DirectoryView(
-        remote_routes=frozenset({dataclasses.replace(route("fd10::9", HOST3), sequence=4)}),
+        remote_routes=frozenset(
+            {route("10.0.0.5"), dataclasses.replace(route("fd10::9", HOST3), sequence=4)}
+        ),
         contested=frozenset({route("10.0.0.1")}),
         published=frozenset({Claim(100, route("10.0.0.1").prefix, 2)}),
         claims=frozenset({Claim(100, route("10.0.0.1").prefix, 3, stale=True)}),
