@@ -39,8 +39,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpAgents]:
 
 def apply(env: BgpAgents, host: str, *args: str) -> tuple[int, str, str]:
     agent = env.agents[host]
-    argv = [*ROUTED_NV, "apply", "-c", str(agent.config_path), "--run-dir", str(agent.run_dir)]
-    done = env.datapath.lab.exec(agent.namespace, [*argv, *args], timeout=300)
+    # the run dir as --run-dir's variable: the command line an operator types, unchanged
+    argv = ["env", f"ROUTED_NV_RUN_DIR={agent.run_dir}", *ROUTED_NV, "apply"]
+    argv += ["-c", str(agent.config_path), *args]
+    done = env.datapath.lab.exec(agent.namespace, argv, timeout=300)
     return done.returncode, done.stdout, done.stderr
 
 
