@@ -124,11 +124,7 @@ def _drop_ins(drop_in_dir: Path, required: bool) -> list[Path]:
         if required:
             raise SourceError(shown, "no such drop-in directory") from None
         return []
-    except NotADirectoryError:
-        raise SourceError(shown, "is not a directory of drop-ins") from None
-    except PermissionError:
-        raise SourceError(shown, "permission denied: cannot list the drop-ins") from None
-    except OSError as exc:
+    except OSError as exc:  # not a directory, permission denied, ...
         raise SourceError(shown, f"cannot list the drop-ins: {exc.strerror}") from None
     return [drop_in_dir / n for n in names if fnmatch.fnmatch(n, "*.toml")]
 

@@ -7,34 +7,18 @@ every remote route the agent learned; it now plans with the agent's view, or ref
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import pytest
-from test_bgp_agent_kernel import reach
+import test_bgp_agent_kernel
 from test_datapath_scenario import ns, sh
 
 from routed_nv import markers
 from routed_nv.lab.agents import ROUTED_NV
 from routed_nv.lab.bgp_agents import BgpAgents
-from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import tenant_matrix
-from routed_nv.lab.topology import directory_topology
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpAgents]:
-    workdir = tmp_path_factory.mktemp("apply-bgp")
-    with Lab(directory_topology()) as built:
-        env = BgpAgents(built, workdir)
-        started = time.monotonic()
-        env.start()
-        for host in ("blue2", "blue3"):
-            reach(env, host, "10.0.0.1", started)
-        yield env
-        env.agents.stop_all()
+# that module's BGP lab, a module-scoped fixture: built anew for this module
+bgp_lab = test_bgp_agent_kernel.env
 
 
 def apply(env: BgpAgents, host: str, *args: str) -> tuple[int, str, str]:
@@ -52,7 +36,8 @@ def learned(env: BgpAgents, host: str) -> str:
               f"ip -6 route show table all proto {remote}")  # fmt: skip
 
 
-def test_dry_run_and_apply_on_a_converged_bgp_host_change_nothing(env: BgpAgents) -> None:
+def test_dry_run_and_apply_on_a_converged_bgp_host_change_nothing(bgp_lab: BgpAgents) -> None:
+    env = bgp_lab
     before = learned(env, "host1")
     assert "10.0.0.2" in before and "10.0.0.3" in before, before  # blue2, blue3: from BGP
     code, out, err = apply(env, "host1", "--dry-run")
@@ -66,7 +51,8 @@ def test_dry_run_and_apply_on_a_converged_bgp_host_change_nothing(env: BgpAgents
     assert [r for r in tenant_matrix(env.datapath.lab) if not r.ok] == []
 
 
-def test_apply_refuses_while_the_agent_is_stopped(env: BgpAgents) -> None:
+def test_apply_refuses_while_the_agent_is_stopped(bgp_lab: BgpAgents) -> None:
+    env = bgp_lab
     before = learned(env, "host1")
     agent = env.agents["host1"]
     assert agent.stop() == 0

@@ -141,7 +141,7 @@ def test_an_unreadable_drop_in_dir_or_file_is_an_error(tmp_path: Path) -> None:
     finally:
         conf_d.chmod(0o755)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"{conf_d}: permission denied: cannot list the drop-ins"]
+    assert result.stderr.splitlines() == [f"{conf_d}: cannot list the drop-ins: Permission denied"]
     (conf_d / "10-tenants.toml").chmod(0o000)
     result = run_unprivileged("config", "check", "--skip-files", str(path), env=env)
     assert result.returncode == 1
