@@ -5,6 +5,7 @@
     {"request": "endpoints"}
     {"request": "directory"}
     {"request": "reload"}                  (the same as SIGHUP)
+    {"request": "view"}                    (the directory view last applied: `routed-nv apply`)
 
 Answers are {"ok": true, "result": ...} or {"ok": false, "code": "not-found" | "bad-request",
 "error": "..."}. The socket is <run dir>/agent.sock, mode 0600, and the peer's uid is checked
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from routed_nv.agent import report
+from routed_nv.agent import report, view_json
 from routed_nv.agent.snapshot import Snapshot
 
 SOCKET_NAME = "agent.sock"
@@ -63,6 +64,15 @@ def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) 
             if found is None:
                 return _error("not-found", f"no endpoint {address} in tenant {tenant}")
             return _ok(found)
+        if kind == "view":
+            return _ok(
+                {
+                    "source": snap.source.name,
+                    "in_sync": snap.source.in_sync,
+                    "applied": snap.last_apply is not None,
+                    "view": view_json.encode(snap.view),
+                }
+            )
         if kind == "reload":
             reload()
             return _ok({"reload": "requested"})
