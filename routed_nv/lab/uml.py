@@ -69,6 +69,7 @@ GUEST_MODULES = (
     "xt_policy",
     "xt_mark",
     "xt_comment",
+    "xt_addrtype",
     "vxlan",
     "bridge",
     "nf_conntrack",

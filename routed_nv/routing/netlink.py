@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from socket import AF_INET6
+from socket import AF_INET, AF_INET6
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
@@ -41,6 +41,7 @@ from routed_nv.routing.objects import (
     Link,
     LinkKind,
     NeighProxy,
+    PolicyRule,
     Route,
     Tunnel,
 )
@@ -53,6 +54,11 @@ IFA_F_NODAD = 0x02
 NTF_PROXY = 0x08
 IP6_TNL_F_IGN_ENCAP_LIMIT = 0x1
 _TUNNEL_MODES = {"any": 0, "ipip": 4, "ip6ip6": 41}
+FR_ACT_TO_TBL = 1
+NO_SUPPRESS = 0xFFFFFFFF  # FRA_SUPPRESS_PREFIXLEN of a rule that suppresses nothing
+# the attributes of a plain `from all lookup <table>` rule; any other one is a selector
+_PLAIN_RULE_ATTRS = {"FRA_TABLE", "FRA_PRIORITY", "FRA_PROTOCOL", "FRA_SUPPRESS_PREFIXLEN"}
+_RULE_FAMILY = {4: AF_INET, 6: AF_INET6}
 
 T = TypeVar("T")
 
@@ -247,6 +253,36 @@ class NetlinkKernel:
         with suppress(NotFound):
             self._neigh("del", proxy)
 
+    # policy rules
+
+    def rules(self) -> list[PolicyRule]:
+        found = []
+        for version, family in _RULE_FAMILY.items():
+            with _errors():
+                msgs = self._ipr.get_rules(family=family)
+            found += [_policy_rule(m, version) for m in msgs if _is_plain_rule(m)]
+        return found
+
+    def _rule(self, command: str, rule: PolicyRule) -> None:
+        with _errors():
+            self._ipr.rule(
+                command,
+                family=_RULE_FAMILY[rule.version],
+                priority=rule.priority,
+                table=rule.table,
+                protocol=rule.proto,
+            )
+
+    def add_rule(self, rule: PolicyRule) -> None:
+        with suppress(AlreadyExists):
+            self._rule("add", rule)
+
+    def delete_rule(self, rule: PolicyRule) -> None:
+        # FRA_PRIORITY is always sent, so the kernel matches this priority exactly (even 0) and
+        # never takes the first rule of the table instead
+        with suppress(NotFound):
+            self._rule("del", rule)
+
     # sysctls
 
     def read_sysctl(self, path: str) -> str | None:
@@ -301,6 +337,25 @@ def _link_state(m: Any, names: dict[int, str]) -> LinkState:
         vrf_table=data.get("IFLA_VRF_TABLE") if info == "vrf" and data else None,
         tunnel=_tunnel(data) if info == "ip6tnl" and data else None,
         peer_index=m.get("IFLA_LINK") if info == "veth" else None,
+    )
+
+
+def _is_plain_rule(m: Any) -> bool:
+    names = {name for name, _ in m["attrs"]}
+    return (
+        m["action"] == FR_ACT_TO_TBL
+        and (m["src_len"], m["dst_len"], m["tos"], m["flags"]) == (0, 0, 0, 0)
+        and names <= _PLAIN_RULE_ATTRS
+        and m.get("FRA_SUPPRESS_PREFIXLEN", NO_SUPPRESS) == NO_SUPPRESS
+    )
+
+
+def _policy_rule(m: Any, version: int) -> PolicyRule:
+    return PolicyRule(
+        version,
+        priority=m.get("FRA_PRIORITY") or 0,  # the kernel leaves out a priority of 0
+        table=m.get("FRA_TABLE") or m["table"],
+        proto=m.get("FRA_PROTOCOL") or 0,
     )
 
 
