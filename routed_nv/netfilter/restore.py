@@ -40,6 +40,8 @@ PROTOCOLS = {
     "all": 0, "icmp": 1, "ipencap": 4, "tcp": 6, "udp": 17, "ipv6": 41, "esp": 50, "ah": 51,
     "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "mh": 135, "udplite": 136,
 }  # fmt: skip
+# ICMP type names iptables accepts for the types we write (1.8.9 prints numbers).
+ICMP_TYPES = {"echo-request": 8, "ping": 8}
 # ICMPv6 type names iptables accepts (and newer versions may print); we write numbers.
 ICMPV6_TYPES = {
     "destination-unreachable": 1, "packet-too-big": 2, "time-exceeded": 3, "ttl-exceeded": 3,
@@ -295,6 +297,10 @@ def _protocol(text: str) -> str:
     return str(socket.getprotobyname(text))  # raises OSError: not a name we know
 
 
+def _icmp_type(text: str) -> str:
+    return str(ICMP_TYPES.get(text, text))  # "8/0" (a code) stays unequal to ours
+
+
 def _icmpv6_type(text: str) -> str:
     return str(ICMPV6_TYPES.get(text, text))  # "135/0" (a code) stays unequal to ours
 
@@ -313,6 +319,7 @@ NORMALISE: dict[str, Callable[[str], str]] = {
     "-d": _network,
     "-p": _protocol,
     "policy --proto": _protocol,
+    "icmp --icmp-type": _icmp_type,
     "icmp6 --icmpv6-type": _icmpv6_type,
 }
 # Rule field -> its value from the normalised options; a new match field is one line here and
@@ -324,6 +331,8 @@ DECODE: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "src": lambda o: o.get("-s"),
     "dst": lambda o: o.get("-d"),
     "protocol": lambda o: _int(o, "-p"),
+    "icmp_type": lambda o: _int(o, "icmp --icmp-type"),
     "icmpv6_type": lambda o: _int(o, "icmp6 --icmpv6-type"),
+    "dst_type": lambda o: o.get("addrtype --dst-type"),
     "ipsec_reqid": _reqid,
 }

@@ -102,6 +102,11 @@ def test_what_we_never_write_reads_back_as_none(args):
             Rule(target="RETURN", src="fe80::/10", protocol=58, icmpv6_type=135),
         ),
         (
+            "-d 169.254.0.1/32 -p icmp -m icmp --icmp-type echo-request"
+            " -m comment --comment routed-nv -j RETURN",
+            Rule(target="RETURN", dst="169.254.0.1/32", protocol=1, icmp_type=8),
+        ),
+        (
             "-d 2001:db8::/64 -p ipencap -m comment --comment routed-nv -g RNV-DECAP",
             Rule(target=DECAP, goto=True, dst="2001:db8::/64", protocol=4),
         ),
