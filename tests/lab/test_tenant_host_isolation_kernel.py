@@ -19,9 +19,11 @@ from collections.abc import Iterator
 import pytest
 
 from routed_nv import markers
+from routed_nv.agent.datapath import Datapath
+from routed_nv.calc.inputs import static_view
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import tenant_matrix
-from routed_nv.lab.datapath import LabDatapath
+from routed_nv.lab.datapath import LabDatapath, programmed_lab
 from routed_nv.lab.topology import UPLINK, Workload, default_topology
 
 pytestmark = pytest.mark.kernel
@@ -164,10 +166,8 @@ def probe(lab: Lab, source: Workload, targets: list[str], ports: tuple[int, ...]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDatapath]:
-    with Lab(default_topology()) as built:
-        datapath = LabDatapath(built, tmp_path_factory.mktemp("lab"))
-        datapath.configure_workloads()
-        datapath.apply_all()
+    with programmed_lab(default_topology(), tmp_path_factory.mktemp("lab")) as datapath:
+        built = datapath.lab
         host_ns = built.topology.host(HOST).namespace
         sh(built, host_ns, f"ip addr add {UPLINK_V4}/32 dev {UPLINK}")
         link = workload(built, WORKLOAD).host_link
@@ -278,3 +278,16 @@ def test_the_local_table_is_looked_up_after_the_l3mdev_rule(lab: LabDatapath) ->
         assert "0" not in prefs, rules
         assert "l3mdev" in prefs["1000"] and "lookup local" in prefs["32765"], rules
     assert not lab.plan(HOST).changed
+
+
+def test_a_local_rule_put_back_at_pref_0_is_seen_by_a_dry_run_and_removed(lab: LabDatapath) -> None:
+    host_ns = lab.lab.topology.host(HOST).namespace
+    sh(lab.lab, host_ns, "ip -6 rule add pref 0 lookup local")
+    config = lab.configs[HOST]
+    fresh = Datapath(config, netns=host_ns)  # what `apply --dry-run` and a resync do: read afresh
+    plan = fresh.plan(config, static_view(config))
+    lines = [line for stage in plan.stages for line in stage.lines]
+    assert lines == ["- rule -6 pref 0 from all lookup 255 proto 0"], lines
+    assert fresh.apply(config, static_view(config)).ok
+    assert "0:" not in sh(lab.lab, host_ns, "ip -6 rule show | cut -f1").split()
+    assert not fresh.plan(config, static_view(config)).changed
