@@ -40,6 +40,8 @@ from routed_nv.lab.topology import Topology
 CHARON = "/usr/lib/ipsec/charon"
 SOCKET_WAIT_S = 10.0
 STOP_WAIT_S = 5.0
+# what swanctl needs of them to read keys and certificates; VICI itself needs no plugin
+SWANCTL_PLUGINS = ("random", "pem", "pkcs1", "pkcs8", "x509", "pubkey", "openssl")
 # Without libstrongswan-standard-plugins (gcm, curve25519) IKE falls back to AES-CBC/HMAC-SHA-256
 # with MODP-3072 (gmp plugin); ESP stays AES-GCM (the kernel does it).
 FALLBACK_IKE, FALLBACK_ESP = ["aes128-sha256-modp3072"], ["aes128gcm16-modp3072"]
@@ -75,6 +77,12 @@ charon {{
       flush_line = yes  # the test copies the log while charon runs
     }}
   }}
+}}
+# for operators in `lab shell`: STRONGSWAN_CONF=<this file> swanctl --list-sas talks to this
+# charon, without the plugin errors the system's swanctl configuration prints here
+swanctl {{
+  load = {" ".join(p for p in plugins if p in SWANCTL_PLUGINS)}
+  socket = unix://{vici_socket}
 }}
 """
 

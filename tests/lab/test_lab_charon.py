@@ -84,6 +84,18 @@ def test_a_killed_charon_is_started_again_and_the_teardown_stops_every_one(
     assert node.pid_file.read_text() == f"{new}\n"
     with ViciSession(node.socket) as vici:  # the new one answers on the same socket
         assert vici.list_sas() == []
+    # as docs/ike.md has operators ask it, with the host's strongswan.conf
+    stats = subprocess.run(
+        ["swanctl", "--stats"],
+        env={**os.environ, "STRONGSWAN_CONF": str(node.conf)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (stats.returncode, stats.stderr) == (0, ""), stats.stderr
+    (plugins,) = [x for x in stats.stdout.splitlines() if x.startswith("loaded plugins:")]
+    assert {"kdf", "vici"} <= set(plugins.split()), stats.stdout
     pids = {h: n.pid for h, n in charons.nodes.items()}
 
     assert charons.stop_all() == pids
