@@ -84,30 +84,31 @@ def lab_group() -> None:
     """
 
 
-def _directory_option(command: Callable[..., Any]) -> Callable[..., Any]:
+def _choice_option(
+    name: str, choices: tuple[str, ...], default: str, help_text: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
-        "--directory",
-        type=click.Choice(DIRECTORIES),
-        default="bgp",
-        show_default=True,
-        help="How hosts learn where the other hosts' workloads are: 'bgp' runs `routed-nv agent`"
-        " on every host, BIRD on every host and two route reflectors; 'static' puts them in each"
-        " host's config and applies it once per host (no agents, no BGP).",
-    )(command)
+        name, type=click.Choice(choices), default=default, show_default=True, help=help_text
+    )
 
 
-def _keying_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--keying",
-        type=click.Choice(KEYINGS),
-        default="static",
-        show_default=True,
-        help="Where the SAs come from: 'static' derives them from per-tenant key files; 'ike'"
-        " runs strongSwan's charon on every host, which negotiates them with IKEv2 (pre-shared"
-        ' key), and an agent per host with keying.mode = "ike" (with --directory static too).'
-        " The demo then checks that the ESP on the wire uses exactly the SPIs `routed-nv sa"
-        " list` reports.",
-    )(command)
+_directory_option = _choice_option(
+    "--directory",
+    DIRECTORIES,
+    "bgp",
+    "How hosts learn where the other hosts' workloads are: 'bgp' runs `routed-nv agent` on every"
+    " host, BIRD on every host and two route reflectors; 'static' puts them in each host's"
+    " config and applies it once per host (no agents, no BGP).",
+)
+_keying_option = _choice_option(
+    "--keying",
+    KEYINGS,
+    "static",
+    "Where the SAs come from: 'static' derives them from per-tenant key files; 'ike' runs"
+    " strongSwan's charon on every host, which negotiates them with IKEv2 (pre-shared key), and"
+    ' an agent per host with keying.mode = "ike" (with --directory static too). The demo then'
+    " checks that the ESP on the wire uses exactly the SPIs `routed-nv sa list` reports.",
+)
 
 
 @dataclass
