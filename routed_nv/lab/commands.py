@@ -135,10 +135,11 @@ def _routed_nv(
         echo(f"charon on every host (pids {pids})")
         with _hosts(lab, workdir, directory, charons.with_psk, echo) as config_files:
             took = charons.wait_keyed(lab.topology)
-            children = sum(len(charons.listing(h).children) for h in charons.nodes)
+            rows = sum(len(charons.listing(h).children) for h in charons.nodes)
             echo(
-                f"IKE: one IKE_SA per host pair and one CHILD_SA per peer and shared tenant "
-                f"({children} in all, both ends agree on their SPIs) {took:.1f} s later"
+                "IKE: one IKE_SA per host pair and one CHILD_SA per peer and shared tenant, "
+                f"both ends with the same SPIs ({rows} listed on {len(charons.nodes)} hosts) "
+                f"{took:.1f} s later"
             )
             yield Running(config_files, charons)
     finally:
@@ -309,7 +310,8 @@ def _demo_reported_spis(wire: WireReport, config_files: dict[str, Path]) -> list
     spis = ", ".join(sorted({row[k] for row in rows for k in ("spi_in", "spi_out") if row[k]}))
     verdict = "differ: " + "; ".join(problems) if problems else "exactly these on the wire"
     click.echo(
-        f"sa list: {len(rows)} CHILD_SAs on {len(listed)} hosts, SPIs {spis}; ESP SPIs {verdict}"
+        f"sa list: {len(rows)} rows on {len(listed)} hosts (each CHILD_SA from both its ends), "
+        f"SPIs {spis}; ESP SPIs {verdict}"
     )
     return problems
 
