@@ -1,7 +1,8 @@
 """The kernel adapter: the only module that imports pyroute2 (IPRoute, never IPDB/NDB).
 
 One NetlinkKernel talks to one network namespace: the process's own (netns None) or a named
-one under /var/run/netns, opened with flags=0 so that a typo never creates a namespace.
+one under /var/run/netns, entered with flags=0 so that a typo never creates a namespace, by a
+short-lived thread that opens the namespace's sockets there (no child process per namespace).
 Links, addresses and proxy-NDP entries go through pyroute2 (a few per host); routes, which come
 by the 100,000, go through rtnl.py's batched stdlib socket, opened in the same namespace.
 Objects read back carry no netns: the driver knows which logical namespace it asked.
@@ -12,6 +13,7 @@ and "already there" on address/neigh add count as success.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -78,8 +80,13 @@ class NetlinkKernel:
         self.netns = netns
         if netns is not None and not (NETNS_DIR / netns).exists():
             raise NetnsNotFound(f"netns {netns} does not exist")
+        # A named namespace's socket is opened by a thread inside it (_in_netns), not by
+        # pyroute2's netns=, which forks a child process per namespace and gives it 2 s to hand
+        # the socket back: slow with a hundred workload namespaces, and a late child that had
+        # exited was a RuntimeError ("child process is dead") that failed the whole apply.
+        sock = self._in_netns(_netlink_route_socket)
         with _errors():
-            self._ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
+            self._ipr = IPRoute(fileno=sock.detach())
         self._indexes: dict[str, int] = {}
         self._routes: rtnl.RouteSocket | None = None  # opened when routes are first needed
 
@@ -298,9 +305,9 @@ class NetlinkKernel:
         self._in_netns(lambda: (PROC_SYS / path).write_text(value))
 
     def _in_netns(self, action: Callable[[], T]) -> T:
-        """Run `action` in this namespace: /proc/sys/net shows the namespace of the thread that
-        opens it, so a named namespace gets a short-lived thread that setns()es into it and
-        leaves the rest of the process where it is."""
+        """Run `action` in this namespace: /proc/sys/net and new sockets belong to the namespace
+        of the thread that opens them, so a named namespace gets a short-lived thread that
+        setns()es into it and leaves the rest of the process where it is."""
         try:
             if self.netns is None:
                 return action()
@@ -313,7 +320,7 @@ class NetlinkKernel:
                 except Exception as exc:
                     outcome.append(exc)
 
-            thread = threading.Thread(target=run, name=f"sysctl-{self.netns}")
+            thread = threading.Thread(target=run, name=f"netns-{self.netns}")
             thread.start()
             thread.join()
             if isinstance(outcome[0], Exception):
@@ -321,6 +328,11 @@ class NetlinkKernel:
             return outcome[0]  # type: ignore[no-any-return]
         except OSError as exc:
             raise KernelError(exc.strerror or str(exc)) from None
+
+
+def _netlink_route_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket for pyroute2, in the calling thread's network namespace."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
 
 
 def _link_state(m: Any, names: dict[int, str]) -> LinkState:
