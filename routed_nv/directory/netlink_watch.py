@@ -14,7 +14,6 @@ from the routing driver) the destination, table, metric and protocol.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import ipaddress
@@ -22,23 +21,20 @@ import os
 import select
 import socket
 import struct
-import threading
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 
 from routed_nv import markers
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute
+from routed_nv.netns import NetnsError, run_in_netns
 from routed_nv.routing.rtnl import attributes
 
-NETNS_DIR = Path("/var/run/netns")
 NETLINK_ROUTE = 0
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_ROUTE = 0x400
 SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max
 RCVBUF = 32 * 1024 * 1024  # as BIRD's netlink rx buffer: bursts of 100,000 routes
-CLONE_NEWNET = 0x40000000
 
 NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
@@ -313,37 +309,12 @@ class MirrorWatch:
 
 
 def _open_socket(netns: str | None) -> socket.socket:
-    """A NETLINK_ROUTE socket in a named network namespace. A socket belongs to the namespace of
-    the thread that creates it, so a short-lived thread enters the namespace (setns) for that."""
-    if netns is None:
-        return _new_socket()
-    path = NETNS_DIR / netns
-    result: list[socket.socket | BaseException] = []
-
-    def create() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            result.append(WatchError(f"netns {netns} does not exist ({exc.strerror})"))
-            return
-        try:
-            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                result.append(WatchError(f"cannot enter netns {netns}: {os.strerror(code)}"))
-                return
-            result.append(_new_socket())
-        except OSError as exc:
-            result.append(exc)
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=create, name=f"netns-{netns}")
-    thread.start()
-    thread.join()
-    outcome = result[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+    """A NETLINK_ROUTE socket in a named network namespace (a socket belongs to the namespace of
+    the thread that creates it)."""
+    try:
+        return run_in_netns(netns, _new_socket)
+    except NetnsError as exc:
+        raise WatchError(str(exc)) from None
 
 
 def _new_socket() -> socket.socket:
