@@ -20,8 +20,9 @@ from dataclasses import dataclass
 # Our SAs use a 64-packet window, so iproute2 sends the ESN replay attribute, but without the ESN
 # flag: sequence numbers are 32 bits and the kernel refuses to send past 0xffffffff.
 SEQ_LIMIT = 2**32 - 1
-# Packets reserved at least: 2^20 lets an SA be re-created 4,096 times before the reservations
-# alone use up the space, and covers 35,000 packets/s over a 30 s resync before any rate is known.
+# The least headroom: a creation reserves twice it (2^21), so an SA can be re-created 2,048 times
+# before the reservations alone use up its space; it covers 35,000 packets/s over a 30 s resync
+# before any rate is known.
 FLOOR = 1 << 20
 SAFETY = 2
 
