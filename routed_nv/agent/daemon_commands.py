@@ -139,7 +139,7 @@ def agent_command(
     )
     agent = Agent(
         config,
-        Datapath(config, netns),
+        Datapath(config, netns, settings.resync_interval_s),
         _source(config, netns),
         lambda: load_config(config_path),
         read_sas=_kernel_sas(netns),

@@ -59,15 +59,16 @@ class DatapathLike(Protocol):
 
 
 # The fields a Datapath is built from (the XFRM driver's ownership test uses the host prefix,
-# its timers the rotation grace, the IKE driver its VICI socket): the one Datapath cannot follow
-# a change, a restart can.
+# its timers the rotation grace, its sequence reservations the state directory, the IKE driver
+# its VICI socket): the one Datapath cannot follow a change, a restart can.
 def restart_only(config: Config) -> tuple[object, ...]:
     k = config.keying
-    return (config.host.underlay_prefix, k.rotation_grace_s, k.vici_socket)
+    return (config.host.underlay_prefix, k.rotation_grace_s, k.vici_socket, config.agent.state_dir)
 
 
 RESTART_ONLY_PROBLEM = (
-    "host.underlay_prefix, keying.rotation_grace_s and keying.vici_socket change only on restart"
+    "host.underlay_prefix, keying.rotation_grace_s, keying.vici_socket and agent.state_dir "
+    "change only on restart"
 )
 
 

@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from routed_nv.config.types import (
+    AbsolutePath,
     Asn,
     DpdSeconds,
     HostId,
@@ -171,6 +172,9 @@ class Agent(_Strict):
     resync_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     min_interval_s: Annotated[float, Field(ge=0, le=60)] = 0.2
     log_format: LogFormat = LogFormat.TEXT
+    # What must survive a reboot: the static-key SAs' outbound sequence reservations
+    # (docs/agent.md). Created (0700) when first needed.
+    state_dir: AbsolutePath = Path("/var/lib/routed-nv")
 
 
 class Config(_Strict):
