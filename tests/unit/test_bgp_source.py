@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from routed_nv import markers
-from routed_nv.agent import bgp_source, daemon_commands
+from routed_nv.agent import bgp_source
 from routed_nv.agent.bgp_source import BgpSource
 from routed_nv.agent.source import SourceUpdate, StaticSource
 from routed_nv.calc.inputs import Claim
+from routed_nv.cli import agent as daemon_commands
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
 from routed_nv.directory.birdc import GR_RECOVERY, BirdError, Line, Protocol, Reply

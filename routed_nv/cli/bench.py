@@ -1,7 +1,7 @@
 """`routed-nv bench`: the comparative benchmark, inside UML when this kernel lacks the datapath.
 
 Like `routed-nv lab`, the command re-runs itself in a user-mode-linux guest
-(`python -m routed_nv.bench.commands --guest-report FILE`); the guest writes the JSON report to
+(`python -m routed_nv.cli.bench --guest-report FILE`); the guest writes the JSON report to
 a file the caller can read, and the caller renders it (so plotting never runs in the guest).
 """
 
@@ -30,7 +30,7 @@ def _in_uml(quick: bool, mem: str, timeout: float) -> Report:
     # /var/tmp is the machine's own in the guest too (only /tmp, /run, /dev/shm are private).
     with tempfile.TemporaryDirectory(prefix="rnvb-", dir="/var/tmp") as workdir:
         path = Path(workdir) / "report.json"
-        argv = [sys.executable, "-m", "routed_nv.bench.commands", "--guest-report", str(path)]
+        argv = [sys.executable, "-m", "routed_nv.cli.bench", "--guest-report", str(path)]
         rc = uml.run_in_uml([*argv, "--quick" if quick else "--full"], mem=mem, timeout=timeout)
         if rc != 0 or not path.exists():
             raise click.ClickException(f"the benchmark in the UML guest failed (exit status {rc})")

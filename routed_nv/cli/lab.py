@@ -1,7 +1,7 @@
 """`routed-nv lab`: the multi-host lab in network namespaces, inside UML when the kernel needs it.
 
 Commands that need the datapath re-run themselves in a user-mode-linux guest when this kernel
-lacks it (`python -m routed_nv.lab.commands ...`); in the guest they run directly.
+lacks it (`python -m routed_nv.cli.lab ...`); in the guest they run directly.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _uml_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _reexec_in_uml(args: list[str], mem: str, timeout: float, **kwargs: Any) -> None:
-    argv = [sys.executable, "-m", "routed_nv.lab.commands", *args]
+    argv = [sys.executable, "-m", "routed_nv.cli.lab", *args]
     raise SystemExit(uml.run_in_uml(argv, mem=mem, timeout=timeout, **kwargs))
 
 

@@ -9,20 +9,20 @@ from __future__ import annotations
 import click
 
 from routed_nv import __version__
-from routed_nv.agent.commands import apply_command
-from routed_nv.agent.daemon_commands import agent_command
-from routed_nv.agent.status_commands import (
+from routed_nv.cli.agent import agent_command
+from routed_nv.cli.apply import apply_command
+from routed_nv.cli.bench import bench_command
+from routed_nv.cli.config import config_group
+from routed_nv.cli.doctor import doctor_command
+from routed_nv.cli.iproute2_names import iproute2_names_command
+from routed_nv.cli.lab import lab_group
+from routed_nv.cli.sa import sa_group
+from routed_nv.cli.status import (
     directory_group,
     endpoint_group,
     lookup_command,
     status_command,
 )
-from routed_nv.bench.commands import bench_command
-from routed_nv.config.commands import config_group
-from routed_nv.doctor import doctor_command
-from routed_nv.esp.commands import sa_group
-from routed_nv.iproute2_names import iproute2_names_command
-from routed_nv.lab.commands import lab_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
