@@ -1,31 +1,54 @@
 """`routed-nv`: the one command-line entry point.
 
-Each package exposes its own click commands; this module only assembles them, so that importing
-the CLI does not import pyroute2 or vici until a command needs them.
+One module per command group; this package only names them. A command's module is imported when
+the command runs (or when `--help` lists the commands), and each module imports drivers and
+libraries (pyroute2, vici, prometheus_client, the lab) inside the commands that need them: so
+`--version` loads nothing but click, and `status`, `lookup`, `endpoint` and `config check` load
+no kernel, IKE or metrics library (tests/unit/test_cli_imports.py).
 """
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from routed_nv import __version__
-from routed_nv.cli.agent import agent_command
-from routed_nv.cli.apply import apply_command
-from routed_nv.cli.bench import bench_command
-from routed_nv.cli.config import config_group
-from routed_nv.cli.doctor import doctor_command
-from routed_nv.cli.iproute2_names import iproute2_names_command
-from routed_nv.cli.lab import lab_group
-from routed_nv.cli.sa import sa_group
-from routed_nv.cli.status import (
-    directory_group,
-    endpoint_group,
-    lookup_command,
-    status_command,
-)
+
+# command name -> "module:attribute" under routed_nv.cli
+COMMANDS = {
+    "agent": "agent:agent_command",
+    "apply": "apply:apply_command",
+    "bench": "bench:bench_command",
+    "config": "config:config_group",
+    "directory": "status:directory_group",
+    "doctor": "doctor:doctor_command",
+    "endpoint": "status:endpoint_group",
+    "iproute2-names": "iproute2_names:iproute2_names_command",
+    "lab": "lab:lab_group",
+    "lookup": "status:lookup_command",
+    "sa": "sa:sa_group",
+    "status": "status:status_command",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """click's lazily loading group (docs: "Lazily Loading Subcommands"): a command's module is
+    imported only when that command is resolved."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = COMMANDS[cmd_name].split(":")
+        command = getattr(importlib.import_module(f"routed_nv.cli.{module}"), attribute)
+        assert isinstance(command, click.Command), COMMANDS[cmd_name]
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="routed-nv")
 def main() -> None:
     """routed_nv: routed network virtualization for Linux hypervisor hosts.
@@ -37,17 +60,3 @@ def main() -> None:
       routed-nv doctor -o json
       routed-nv lab demo
     """
-
-
-main.add_command(agent_command)
-main.add_command(apply_command)
-main.add_command(bench_command)
-main.add_command(config_group)
-main.add_command(directory_group)
-main.add_command(doctor_command)
-main.add_command(endpoint_group)
-main.add_command(iproute2_names_command)
-main.add_command(lab_group)
-main.add_command(lookup_command)
-main.add_command(sa_group)
-main.add_command(status_command)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from routed_nv.bench import plots, report
-from routed_nv.bench.results import Report
-from routed_nv.bench.run import FULL, QUICK, run
 from routed_nv.lab import uml
 from routed_nv.options import output_option
+
+if TYPE_CHECKING:
+    from routed_nv.bench.results import Report
 
 DEFAULT_TIMEOUT_S = 3600.0  # --full at 30 hosts takes a while in the guest
 
@@ -27,6 +28,9 @@ def _log(line: str) -> None:
 
 
 def _in_uml(quick: bool, mem: str, timeout: float) -> Report:
+    from routed_nv.bench import report
+    from routed_nv.bench.results import Report
+
     # /var/tmp is the machine's own in the guest too (only /tmp, /run, /dev/shm are private).
     with tempfile.TemporaryDirectory(prefix="rnvb-", dir="/var/tmp") as workdir:
         path = Path(workdir) / "report.json"
@@ -99,6 +103,10 @@ def bench_command(
       routed-nv bench --quick -o json > bench.json
       routed-nv bench --full --save docs/benchmarks.json --plots docs/img
     """
+    # the benchmark (and the lab it builds) loads only when it runs, not for `--help`
+    from routed_nv.bench import plots, report
+    from routed_nv.bench.run import FULL, QUICK, run
+
     plan = QUICK if quick else FULL
     if guest_report is not None:
         guest_report.write_text(run(plan, _log).model_dump_json(indent=2))
