@@ -23,13 +23,10 @@ from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
 from routed_nv.agent.runtime import RUNTIME_DROP_IN
 from routed_nv.agent.source import PeerStatus
 from routed_nv.cli.agent import agent_command
-from routed_nv.cli.status import (
-    directory_group,
-    endpoint_group,
-    lookup_command,
-    status_command,
-    status_table,
-)
+from routed_nv.cli.directory import directory_group
+from routed_nv.cli.endpoint import endpoint_group
+from routed_nv.cli.lookup import lookup_command
+from routed_nv.cli.status import status_command, status_table
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 
