@@ -43,8 +43,9 @@ class LazyGroup(click.Group):
         if cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         module, attribute = COMMANDS[cmd_name].split(":")
-        command = getattr(importlib.import_module(f"routed_nv.cli.{module}"), attribute)
-        assert isinstance(command, click.Command), COMMANDS[cmd_name]
+        command: click.Command = getattr(
+            importlib.import_module(f"routed_nv.cli.{module}"), attribute
+        )
         return command
 
 

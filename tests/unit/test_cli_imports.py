@@ -2,8 +2,9 @@
 
 Each command runs as the installed `routed-nv` does, in a fresh interpreter; an atexit hook
 (registered before routed_nv is imported, so it runs whatever the command does) writes the
-modules that were loaded. Importing pyroute2 alone costs ~0.5 s here and several seconds in
-the UML guest, on every `routed-nv endpoint add` a CNI plugin or an operator runs.
+modules that were loaded. Loading pyroute2, vici and prometheus_client made `routed-nv
+--version` take 0.4 s instead of 0.04 s on this machine and about 1 s in the UML guest, and
+every `status` or `endpoint add` paid it too (docs/design-notes.md).
 """
 
 from __future__ import annotations
@@ -77,5 +78,4 @@ def test_command_loads_no_heavy_library(etc: Path, tmp_path: Path, command: str)
     argv = command.format(etc=etc, run=tmp_path / "run").split()
     done, modules = _run(tmp_path, *argv)
     assert (done.returncode, says in done.stdout) == (exit_code, True), done
-    assert "routed_nv.cli" in modules  # the hook saw the command run
     assert _heavy(modules) == []
