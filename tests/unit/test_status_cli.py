@@ -20,16 +20,13 @@ from test_agent_loop import Harness, lose_to_host3, route, view
 
 from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
-from routed_nv.agent.daemon_commands import agent_command
 from routed_nv.agent.runtime import RUNTIME_DROP_IN
 from routed_nv.agent.source import PeerStatus
-from routed_nv.agent.status_commands import (
-    directory_group,
-    endpoint_group,
-    lookup_command,
-    status_command,
-    status_table,
-)
+from routed_nv.cli.agent import agent_command
+from routed_nv.cli.directory import directory_group
+from routed_nv.cli.endpoint import endpoint_group
+from routed_nv.cli.lookup import lookup_command
+from routed_nv.cli.status import status_command, status_table
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 
@@ -280,7 +277,7 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
     argv = [
         sys.executable,
         "-c",
-        "from routed_nv.agent.daemon_commands import agent_command; agent_command()",
+        "from routed_nv.cli.agent import agent_command; agent_command()",
         "-c",
         str(etc / "routed-nv.toml"),
         "--netns",

@@ -1,0 +1,54 @@
+"""`routed-nv directory ...`: the directory as the running agent sees it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from routed_nv.agent.options import run_dir_option
+from routed_nv.cli.agent_client import ask_agent, print_json, table
+from routed_nv.options import output_option
+
+
+@click.group("directory")
+def directory_group() -> None:
+    """The directory as the running agent sees it.
+
+    \b
+    Examples:
+      routed-nv directory dump
+    """
+
+
+@directory_group.command("dump")
+@run_dir_option
+@output_option
+def directory_dump_command(run_dir: Path, output: str) -> None:
+    """Every remote route the agent applies (tenant, address, owning host, next hop), and the
+    routes the directory source rejected, with why.
+
+    \b
+    Exit status:
+      0  dumped
+      1  the agent is not running
+      2  usage error
+
+    \b
+    Examples:
+      routed-nv directory dump
+      routed-nv directory dump -o json | jq '.routes | length'
+    """
+    dump = ask_agent(run_dir, {"request": "directory"})
+    if output == "json":
+        print_json(dump)
+        return
+    rows = [
+        [r["tenant"], r["prefix"], r["host"], r["host_address"], r["next_hop"]]
+        for r in dump["routes"]
+    ]
+    click.echo(table(["TENANT", "PREFIX", "HOST", "HOST ADDRESS", "NEXT HOP"], rows))
+    sync = "in sync" if dump["in_sync"] else "NOT in sync"
+    click.echo(f"source {dump['source']}, {sync}, {len(rows)} routes")
+    for r in dump["rejected"]:
+        click.echo(f"rejected: {r['route']}")
