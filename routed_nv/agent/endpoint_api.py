@@ -66,16 +66,20 @@ class EndpointApi:
     def answer(self, request: Json) -> Json:
         kind = str(request.get("request"))
         try:
+            if kind not in ALLOWED:
+                raise BadRequest(f"unknown request {kind!r}")
             unknown = sorted(set(request) - ALLOWED[kind])
             if unknown:
                 raise BadRequest(f"{kind}: unknown field {unknown[0]!r}")
+            stored = runtime.runtime_endpoints(runtime.drop_in_path(self._config_path))
+            names = sorted(set(self._agent.config.endpoints) | set(stored))
             if kind == "endpoint.list":
-                return answer_ok({"endpoints": [self._state(n) for n in self._names()]})
+                return answer_ok({"endpoints": [self._state(n, stored) for n in names]})
             name = _id(request)
             if kind == "endpoint.get":
-                if name not in self._names():
+                if name not in names:
                     return answer_error("not-found", f"no endpoint {name}")
-                return answer_ok(self._state(name))
+                return answer_ok(self._state(name, stored))
             if kind == "endpoint.add":
                 return self._add(name, request)
             return self._delete(name, request)
@@ -156,14 +160,9 @@ class EndpointApi:
             }
         )
 
-    def _names(self) -> list[str]:
-        stored = runtime.runtime_endpoints(runtime.drop_in_path(self._config_path))
-        return sorted(set(self._agent.config.endpoints) | set(stored))
-
-    def _state(self, name: str) -> Json:
+    def _state(self, name: str, stored: dict[str, Any]) -> Json:
+        """`stored`: the run-time drop-in's endpoints (the agent may not have one yet)."""
         config = self._agent.config
-        path = runtime.drop_in_path(self._config_path)
-        stored = runtime.runtime_endpoints(path)
         ep = config.endpoints.get(name)
         fields = ep.model_dump(mode="json") if ep else {"style": "host", **stored[name]}
         applied = self._agent.last_applied()

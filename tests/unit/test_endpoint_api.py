@@ -178,6 +178,7 @@ def test_the_same_add_twice_changes_nothing_and_other_fields_are_a_conflict(
         ({"addresses": "10.0.0.5"}, "field 'addresses' must be a list of strings"),
         ({"netns": 7}, "field 'netns' must be a string"),
         ({"colour": "red"}, "endpoint.add: unknown field 'colour'"),
+        ({"request": "endpoint.move"}, "unknown request 'endpoint.move'"),
         ({"id": ""}, "field 'id' must be a non-empty string"),
         ({"timeout": 0}, "field 'timeout': 0 is not in (0, 600]"),
         ({"replace": "yes"}, "field 'replace' must be true or false"),
