@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from routed_nv.agent import runtime
 from routed_nv.agent.control import answer_error, answer_ok
-from routed_nv.agent.loop import Applied
+from routed_nv.agent.loop import RESTART_ONLY_PROBLEM, Applied, restart_only
 from routed_nv.calc.inputs import Claim
 from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.config.loader import ConfigError
@@ -97,7 +97,7 @@ class EndpointApi:
             raise BadRequest("endpoint.add: field 'replace' must be true or false")
         timeout = _timeout(request)
         with self._lock:
-            verb, config = runtime.add(self._config_path, name, entry, replace)
+            verb, config = runtime.add(self._config_path, name, entry, replace, self._check)
             generation = self._take(config, name in self._agent.config.endpoints)
         applied = self._agent.wait_applied(generation, timeout)
         if applied is not None and name not in applied.config.endpoints:
@@ -108,12 +108,18 @@ class EndpointApi:
         timeout = _timeout(request)
         with self._lock:
             before = self._agent.config  # the endpoint's objects, to find them in errors
-            verb, config = runtime.delete(self._config_path, name)
+            verb, config = runtime.delete(self._config_path, name, self._check)
             generation = self._take(config, name not in self._agent.config.endpoints)
         applied = self._agent.wait_applied(generation, timeout)
         if applied is not None and name in applied.config.endpoints:
             return answer_error("conflict", f"endpoint {name} was added again by a later request")
         return self._outcome(name, verb, applied, timeout, before)
+
+    def _check(self, config: Config) -> None:
+        """Before the store changes: the agent must be able to take the result in-process (the
+        files may hold an edit that only a restart can apply)."""
+        if restart_only(config) != restart_only(self._agent.config):
+            raise runtime.Refused([f"{RESTART_ONLY_PROBLEM}: restart the agent first"], "conflict")
 
     def _take(self, config: Config | None, agent_agrees: bool) -> int:
         """Hand a changed config to the agent; an unchanged store that the agent does not

@@ -15,7 +15,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,15 @@ def runtime_endpoints(path: Path) -> dict[str, Any]:
         raise Refused([f"{exc.source}: {exc.message}"]) from None
 
 
+Check = Callable[[Config], None]  # raises Refused: the caller cannot take this config
+
+
 def add(
-    config_path: Path | None, name: str, entry: dict[str, Any], replace: bool = False
+    config_path: Path | None,
+    name: str,
+    entry: dict[str, Any],
+    replace: bool = False,
+    check: Check | None = None,
 ) -> tuple[str, Config | None]:
     """Add a run-time endpoint, idempotent by name: ("added" | "replaced", the new config), or
     ("unchanged", None) when the drop-in already has exactly this entry. The same name with
@@ -88,10 +95,12 @@ def add(
                 "conflict",
             )
         verb = "replaced" if name in ours else "added"
-        return verb, _write(config_path, path, {**ours, name: entry})
+        return verb, _write(config_path, path, {**ours, name: entry}, check)
 
 
-def delete(config_path: Path | None, name: str) -> tuple[str, Config | None]:
+def delete(
+    config_path: Path | None, name: str, check: Check | None = None
+) -> tuple[str, Config | None]:
     """Remove a run-time endpoint: ("deleted", the new config), or ("absent", None)."""
     path = drop_in_path(config_path)
     with _locked(path):
@@ -106,7 +115,8 @@ def delete(config_path: Path | None, name: str) -> tuple[str, Config | None]:
                     "conflict",
                 )
             return "absent", None
-        return "deleted", _write(config_path, path, {k: v for k, v in ours.items() if k != name})
+        rest = {k: v for k, v in ours.items() if k != name}
+        return "deleted", _write(config_path, path, rest, check)
 
 
 def _differ(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -151,7 +161,9 @@ def load(config_path: Path | None, substitute: tuple[str, Path] | None = None) -
         raise Refused([str(p) for p in exc.problems]) from None
 
 
-def _write(config_path: Path | None, path: Path, endpoints: dict[str, Any]) -> Config:
+def _write(
+    config_path: Path | None, path: Path, endpoints: dict[str, Any], check: Check | None
+) -> Config:
     """Validate the whole configuration with the new drop-in, then put it in place atomically:
     a crash leaves the old file or the new one, never a torn one."""
     # not *.toml: the loader must not pick a half-written file up
@@ -164,6 +176,8 @@ def _write(config_path: Path | None, path: Path, endpoints: dict[str, Any]) -> C
             fh.flush()
             os.fsync(fh.fileno())
         config = load(config_path, substitute=(RUNTIME_DROP_IN, tmp))
+        if check is not None:
+            check(config)
         os.replace(tmp, path)
         _fsync_dir(path.parent)  # the rename itself survives a crash
     except OSError as exc:

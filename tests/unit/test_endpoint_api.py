@@ -312,3 +312,15 @@ def test_the_cli_uses_the_api_and_exits_0_only_when_programmed(running: Running)
     assert invoke("del", "web2", *common).exit_code == 0
     assert invoke("del", "web2", *common).exit_code == 1  # absent
     assert "web2" not in running.datapath.applied[-1][0].endpoints
+
+
+def test_a_file_edit_only_a_restart_applies_refuses_the_change_before_it_is_stored(
+    running: Running,
+) -> None:
+    (running.config_path.parent / "conf.d" / "50-state.toml").write_text(
+        '[agent]\nstate_dir = "/var/lib/elsewhere"\n'
+    )
+    refused = running.refused(add("web2", 5))
+    assert refused.code == "conflict"
+    assert "change only on restart: restart the agent first" in str(refused)
+    assert running.stored() == {}
