@@ -132,7 +132,7 @@ def losses(running: list[Ping]) -> list[tuple[int, int]]:
     return [p.stop() for p in running]
 
 
-def endpoint_cmd(env: BgpAgents, host: str, *args: str) -> None:
+def endpoint_cmd(env: BgpAgents, host: str, *args: str) -> str:
     agent = env.agents[host]
     done = subprocess.run(
         [*ROUTED_NV, "endpoint", *args, "-c", str(agent.config_path), "--run-dir",
@@ -140,13 +140,18 @@ def endpoint_cmd(env: BgpAgents, host: str, *args: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr  # the endpoint API answered: the agent applied it
+    return done.stdout
 
 
 def add_mover(
     env: BgpAgents, host: str, netns: str = MOVER_NETNS, addresses: tuple[str, ...] = MOVER
 ) -> None:
     given = [a for address in addresses for a in ("--address", address)]
-    endpoint_cmd(env, host, "add", "mover", "--tenant", "blue", *given, "--netns", netns)
+    added = endpoint_cmd(
+        env, host, "add", "mover", "--tenant", "blue", *given, "--netns", netns, "--wait"
+    )
+    # --wait: BIRD's publish table has it, read back by the agent's directory source
+    assert added.splitlines()[-1] == "announced in the directory", added
 
 
 @contextlib.contextmanager
