@@ -116,6 +116,7 @@ def agent_command(
     # The daemon's modules (and pyroute2, vici, prometheus_client) load only when it starts.
     from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
     from routed_nv.agent.datapath import Datapath
+    from routed_nv.agent.endpoint_api import EndpointApi
     from routed_nv.agent.events import EventLog
     from routed_nv.agent.loop import Agent, Settings
     from routed_nv.agent.metrics import Metrics, xfrm_stat_reader
@@ -154,7 +155,10 @@ def agent_command(
         notifier=Notifier(),
     )
     try:
-        control = ControlServer(run_dir / SOCKET_NAME, agent.snapshot, agent.request_reload)
+        endpoints = EndpointApi(agent, config_path).answer
+        control = ControlServer(
+            run_dir / SOCKET_NAME, agent.snapshot, agent.request_reload, endpoints
+        )
     except (ControlError, OSError) as exc:
         log("agent.start", ok=False, error=str(exc))
         sys.exit(EXIT_FAILED)

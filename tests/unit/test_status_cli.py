@@ -206,32 +206,6 @@ def test_endpoint_add_and_del_edit_only_the_runtime_drop_in(etc: Path, tmp_path:
     assert "web2" not in (etc / "conf.d" / RUNTIME_DROP_IN).read_text()
 
 
-def test_endpoint_add_asks_a_running_agent_to_reload(etc: Path, tmp_path: Path) -> None:
-    h = Harness()
-    server = ControlServer(tmp_path / SOCKET_NAME, h.agent.snapshot, h.agent.request_reload)
-    server.start()
-    try:
-        added = invoke(
-            endpoint_group,
-            "add",
-            "web2",
-            "--tenant",
-            "blue",
-            "--address",
-            "10.0.0.5",
-            "--netns",
-            "web2",
-            "-c",
-            str(etc / "routed-nv.toml"),
-            "--run-dir",
-            str(tmp_path),
-        )
-    finally:
-        server.close()
-    assert added.stdout.splitlines()[-1] == "agent reload requested"
-    assert h.agent.reload_requested
-
-
 def test_agent_with_an_invalid_config_exits_2_and_applies_nothing(etc: Path) -> None:
     tenants = etc / "conf.d" / "10-tenants.toml"
     tenants.write_text(tenants.read_text().replace("id = 100", "id = 70000"))
