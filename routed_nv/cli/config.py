@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from routed_nv.config.crosscheck import warnings
 from routed_nv.config.loader import default_path
+from routed_nv.config.model import Config
 from routed_nv.options import config_or_exit
 
 
@@ -54,9 +56,12 @@ def check_command(
     and secrets (PSK, private key, tenant keys, BGP password) must be mode 0600 or stricter;
     tenant key files (static keying) must parse as the agent reads them.
 
+    Settings that are valid but have no effect (BGP settings while directory.source is
+    "static") are named on stderr as `warning:` lines; they do not change the exit status.
+
     \b
     Exit status:
-      0  valid
+      0  valid (possibly with warnings)
       1  invalid (one line per problem on stderr)
       2  usage error
 
@@ -76,6 +81,7 @@ def check_command(
     config = config_or_exit(
         path, 1, drop_in_dir=drop_in_dir, substitute=substitute, check_files=not skip_files
     )
+    _warn(config)
     if not quiet:
         click.echo(
             f"ok: host {config.host.name}: {len(config.tenants)} tenants, "
@@ -87,6 +93,8 @@ def check_command(
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
 def show_command(path: Path | None) -> None:
     """Print the effective configuration as JSON, after merging every layer and the defaults.
+
+    Settings that have no effect are named on stderr, as by `config check`.
 
     \b
     Exit status:
@@ -100,4 +108,11 @@ def show_command(path: Path | None) -> None:
       ROUTED_NV_HOST__UPLINK=eth1 routed-nv config show | jq .host
     """
     config = config_or_exit(path, 1)
+    _warn(config)
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
+
+
+def _warn(config: Config) -> None:
+    # on stderr: stdout stays the one `ok` line or JSON that scripts read
+    for warning in warnings(config):
+        click.echo(f"warning: {warning}", err=True)

@@ -75,6 +75,38 @@ def test_config_check_as_drop_in_uses_the_installed_files(tmp_path: Path) -> Non
     )
 
 
+def test_bgp_settings_on_a_static_host_are_named_in_a_warning(tmp_path: Path) -> None:
+    # issue 17 item 1: asn, route_reflectors and upstreams were silently ignored
+    shutil.copytree(EXAMPLES, tmp_path, dirs_exist_ok=True)
+    path = str(tmp_path / "routed-nv.toml")
+    (tmp_path / "conf.d" / "40-bgp.toml").write_text(
+        '[directory]\nasn = 65001\nroute_reflectors = ["2001:db8:ff::1"]\n'
+        '[[directory.upstreams]]\naddress = "2001:db8:0:1::fffe"\nasn = 65100\n'
+    )
+    warning = (
+        "warning: directory.asn, directory.route_reflectors, directory.upstreams are set but "
+        'directory.source is "static": the agent ignores BGP settings and takes remote endpoints '
+        'from peers and remote_endpoints (set directory.source = "bgp" to use BIRD)'
+    )
+    result = invoke("config", "check", "--skip-files", path)
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "ok: host host1: 2 tenants, 2 endpoints, 1 peers\n",
+    )
+    assert result.stderr.splitlines() == [warning]
+    result = invoke("config", "show", path)
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [warning]
+    assert json.loads(result.stdout)["directory"]["source"] == "static"
+    # the same settings with the BGP source are used: nothing to warn about
+    env = {"ROUTED_NV_DIRECTORY__SOURCE": "bgp"}
+    result = invoke("config", "check", "--skip-files", path, env=env)
+    assert (result.exit_code, result.stderr) == (0, "")
+    # the shipped example does not warn
+    result = invoke("config", "check", "--skip-files", str(EXAMPLES / "routed-nv.toml"))
+    assert (result.exit_code, result.stderr) == (0, "")
+
+
 def test_config_show_prints_the_merged_configuration_with_env_overrides() -> None:
     result = invoke(
         "config", "show", str(EXAMPLES / "routed-nv.toml"), env={"ROUTED_NV_HOST__UPLINK": "eth9"}
