@@ -10,7 +10,7 @@ import click
 from routed_nv.config.crosscheck import warnings
 from routed_nv.config.loader import default_path
 from routed_nv.config.model import Config
-from routed_nv.options import config_or_exit
+from routed_nv.options import config_option, config_or_exit
 
 
 @click.group("config")
@@ -20,6 +20,7 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@config_option
 @click.option(
     "--drop-in-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -40,6 +41,7 @@ def config_group() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when the configuration is valid.")
 def check_command(
     path: Path | None,
+    config_path: Path | None,
     drop_in_dir: Path | None,
     as_drop_in: str | None,
     skip_files: bool,
@@ -47,9 +49,10 @@ def check_command(
 ) -> None:
     """Validate the configuration; exit 0 when valid, 1 with one line per problem when not.
 
-    PATH defaults to $ROUTED_NV_CONFIG or /etc/routed-nv/routed-nv.toml. Made for configuration
-    tools: Ansible's `validate: routed-nv config check %s` checks a rendered host file before it
-    is installed; `--as-drop-in NAME` checks a rendered drop-in together with the installed files.
+    The host file is -c/--config, as for every command; PATH, the same file given positionally,
+    is kept for configuration tools (and older scripts): Ansible's `validate: routed-nv config
+    check %s` checks a rendered host file before it is installed. With `--as-drop-in NAME`,
+    PATH is a rendered drop-in, checked together with the installed files (the host file -c).
 
     Only regular files of at most 16 MiB are read. A --drop-in-dir given must exist; the
     default conf.d may be absent. The files the configuration names must exist and be readable,
@@ -68,7 +71,8 @@ def check_command(
     \b
     Examples:
       routed-nv config check
-      routed-nv config check /etc/routed-nv/routed-nv.toml
+      routed-nv config check -c /etc/routed-nv/routed-nv.toml
+      routed-nv config check /tmp/rendered/routed-nv.toml
       routed-nv config check --as-drop-in 10-tenants.toml /tmp/rendered.toml
       routed-nv config check --skip-files /tmp/build/routed-nv.toml
     """
@@ -77,7 +81,9 @@ def check_command(
         if path is None:
             raise click.UsageError("--as-drop-in needs the PATH of the file to check")
         substitute = (as_drop_in, path)
-        path = default_path()
+        path = config_path or default_path()
+    else:
+        path = _host_file(path, config_path)
     config = config_or_exit(
         path, 1, drop_in_dir=drop_in_dir, substitute=substitute, check_files=not skip_files
     )
@@ -91,9 +97,11 @@ def check_command(
 
 @config_group.command("show")
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
-def show_command(path: Path | None) -> None:
+@config_option
+def show_command(path: Path | None, config_path: Path | None) -> None:
     """Print the effective configuration as JSON, after merging every layer and the defaults.
 
+    The host file is -c/--config; PATH, the same positionally, is kept for compatibility.
     Settings that have no effect are named on stderr, as by `config check`.
 
     \b
@@ -105,11 +113,19 @@ def show_command(path: Path | None) -> None:
     \b
     Examples:
       routed-nv config show
+      routed-nv config show -c lab/host1/routed-nv.toml | jq .directory
       ROUTED_NV_HOST__UPLINK=eth1 routed-nv config show | jq .host
     """
-    config = config_or_exit(path, 1)
+    config = config_or_exit(_host_file(path, config_path), 1)
     _warn(config)
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
+
+
+def _host_file(path: Path | None, config_path: Path | None) -> Path | None:
+    """The positional PATH (compatibility) or -c; both naming different files is an error."""
+    if path is not None and config_path is not None and path != config_path:
+        raise click.UsageError(f"PATH {path} and -c {config_path} name different files: give one")
+    return path or config_path
 
 
 def _warn(config: Config) -> None:

@@ -15,7 +15,7 @@ from routed_nv.agent.options import run_dir_option
 from routed_nv.calc.inputs import static_view
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json, table
 from routed_nv.config.model import EndpointStyle
-from routed_nv.options import config_option, config_or_exit, output_option
+from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
 
 @click.group("endpoint")
@@ -34,7 +34,7 @@ def endpoint_group() -> None:
 @config_option
 @run_dir_option
 @output_option
-def endpoint_list_command(config_path: Path | None, run_dir: Path, output: str) -> None:
+def endpoint_list_command(config_path: Path | None, run_dir: Path | None, output: str) -> None:
     """List local endpoints and the remote endpoint addresses the directory knows.
 
     Asks the running agent; without one, computes the list from the configuration (static
@@ -51,7 +51,7 @@ def endpoint_list_command(config_path: Path | None, run_dir: Path, output: str) 
       routed-nv endpoint list -o json | jq '.endpoints[] | select(.location == "local")'
     """
     try:
-        listing = ask(run_dir / SOCKET_NAME, {"request": "endpoints"})
+        listing = ask(agent_run_dir(run_dir, config_path) / SOCKET_NAME, {"request": "endpoints"})
     except AgentDown:
         config = config_or_exit(config_path, EXIT_ERROR)
         listing = {"source": "config", "endpoints": report.endpoints(config, static_view(config))}
@@ -104,7 +104,7 @@ def endpoint_add_command(
     netns: str | None,
     style: str,
     config_path: Path | None,
-    run_dir: Path,
+    run_dir: Path | None,
     output: str,
 ) -> None:
     """Add (or replace) endpoint NAME in routed_nv's run-time drop-in and reload the agent.
@@ -143,7 +143,9 @@ def endpoint_add_command(
 @config_option
 @run_dir_option
 @output_option
-def endpoint_del_command(name: str, config_path: Path | None, run_dir: Path, output: str) -> None:
+def endpoint_del_command(
+    name: str, config_path: Path | None, run_dir: Path | None, output: str
+) -> None:
     """Remove run-time endpoint NAME (one `endpoint add` made) and reload the agent.
 
     \b
@@ -166,9 +168,11 @@ def endpoint_del_command(name: str, config_path: Path | None, run_dir: Path, out
     _changed(name, "deleted", config_path, run_dir, output)
 
 
-def _changed(name: str, verb: str, config_path: Path | None, run_dir: Path, output: str) -> None:
+def _changed(
+    name: str, verb: str, config_path: Path | None, run_dir: Path | None, output: str
+) -> None:
     try:
-        ask(run_dir / SOCKET_NAME, {"request": "reload"})
+        ask(agent_run_dir(run_dir, config_path) / SOCKET_NAME, {"request": "reload"})
         reload = "requested"
     except ControlError:
         reload = "no-agent"

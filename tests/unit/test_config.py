@@ -204,7 +204,11 @@ def test_unreadable_layers_are_reported_not_raised(tmp_path: Path) -> None:
     (found,) = problems(path)
     assert found.startswith("conf.d/bad.toml: not valid TOML:")
     (tmp_path / "empty").mkdir()
-    assert problems(tmp_path / "empty" / "absent.toml") == ["absent.toml: no such file"]
+    # a missing host file is named in full, with the ways to name another (issue 17 item 3)
+    assert problems(tmp_path / "empty" / "absent.toml") == [
+        f"{tmp_path / 'empty' / 'absent.toml'}: no such file; name the host file with "
+        "-c/--config or $ROUTED_NV_CONFIG (default /etc/routed-nv/routed-nv.toml)"
+    ]
 
 
 def test_env_override_error_names_the_variable(tmp_path: Path) -> None:

@@ -313,3 +313,41 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
     assert 'agent.reload.problem problem="conf.d/10-tenants.toml: tenants.blue.id: 70000' in log
     assert log.splitlines()[-1] == "agent.stop dataplane=left-in-place"
     assert not (run / SOCKET_NAME).exists()
+
+
+def test_the_agent_is_found_from_the_configuration(
+    run_dir: Path, etc: Path, tmp_path: Path
+) -> None:
+    # issue 17 item 3: status and directory dump took only --run-dir, so `-c host1.toml` could
+    # not find host1's agent; now every command finds it as the agent does (agent.run_dir)
+    (etc / "conf.d" / "50-run.toml").write_text(f'[agent]\nrun_dir = "{run_dir}"\n')
+    config = str(etc / "routed-nv.toml")
+    status = invoke(status_command, "-c", config)
+    assert (status.exit_code, status.stdout.split(" (")[0]) == (0, "Agent:      ready")
+    assert invoke(directory_group, "dump", "-c", config).exit_code == 0
+    found = invoke(lookup_command, "blue", "10.0.0.2", "-c", config)
+    assert found.stdout.splitlines()[-1] == "  (from the running agent)"
+    listing = invoke(endpoint_group, "list", "-c", config)
+    assert listing.stdout.splitlines()[-1] == "(from the running agent)"
+    # $ROUTED_NV_CONFIG is the same as -c
+    by_env = CliRunner().invoke(status_command, ["--brief"], env={"ROUTED_NV_CONFIG": config})
+    assert (by_env.exit_code, by_env.stdout.split(":")[0]) == (0, "ready")
+    # --run-dir and $ROUTED_NV_RUN_DIR win over the configuration
+    elsewhere = str(tmp_path / "elsewhere")
+    assert invoke(status_command, "-c", config, "--run-dir", elsewhere).exit_code == 1
+    by_env = CliRunner().invoke(
+        status_command, ["-c", config], env={"ROUTED_NV_RUN_DIR": elsewhere}
+    )
+    assert (by_env.exit_code, elsewhere in by_env.stdout) == (1, True)
+
+
+def test_an_invalid_configuration_does_not_hide_the_agent(run_dir: Path, tmp_path: Path) -> None:
+    # the agent keeps running on its last valid configuration: status must still reach it
+    missing = tmp_path / "missing.toml"
+    result = invoke(status_command, "-c", str(missing), "--brief")
+    assert result.exit_code == 1  # the default run dir: no agent in this test
+    assert result.stderr.splitlines() == [
+        f"warning: {missing}: no such file; name the host file with -c/--config or "
+        "$ROUTED_NV_CONFIG (default /etc/routed-nv/routed-nv.toml); asking the agent in "
+        "/run/routed-nv"
+    ]
