@@ -91,8 +91,15 @@ def _endpoints(config: Config) -> Iterator[Found]:
     interfaces: dict[str, str] = {}
     for name, ep in config.endpoints.items():
         yield from _tenant_addresses(config, "endpoints", name, ep.tenant, ep.addresses)
-        if (ep.interface is None) == (ep.netns is None):
-            yield ("endpoints", name), name, "needs either an interface or a netns, not both"
+        if ep.interface is None and ep.netns is None:
+            yield ("endpoints", name), name, "needs an interface or a netns"
+        elif ep.interface is not None and ep.netns is not None:
+            yield (
+                ("endpoints", name),
+                name,
+                "has both an interface and a netns: set one (interface: an existing tap or veth; "
+                "netns: routed_nv makes the veth pair)",
+            )
         if ep.interface is not None:
             if ep.interface in interfaces:
                 yield (

@@ -202,3 +202,15 @@ def test_config_check_and_show_take_c_as_well_as_the_positional_path(tmp_path: P
         f"{missing}: no such file; name the host file with -c/--config or $ROUTED_NV_CONFIG "
         "(default /etc/routed-nv/routed-nv.toml)\n",
     )
+
+
+def test_readme_lists_every_command_and_help_shows_whole_summaries() -> None:
+    # issue 17 item 8: the README listed 5 of 12 commands, --help cut summaries with "..."
+    from routed_nv.cli import COMMANDS
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    assert [c for c in COMMANDS if f"    routed-nv {c} " not in readme] == []
+    result = invoke("--help")
+    summaries = " ".join(result.stdout.split("Commands:")[1].split())
+    assert "..." not in summaries
+    assert "Keep this host's datapath where the configuration and the directory say, " in summaries
