@@ -14,6 +14,7 @@ from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, ask
 from routed_nv.agent.options import run_dir_option
 from routed_nv.calc.inputs import static_view
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json, table
+from routed_nv.cli.endpoint_checks import missing_interface, shortened_link
 from routed_nv.config.model import EndpointStyle
 from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
@@ -86,6 +87,12 @@ def endpoint_list_command(config_path: Path | None, run_dir: Path | None, output
     "--address", "addresses", multiple=True, required=True, help="An address (repeatable)."
 )
 @click.option("--interface", default=None, help="The existing host-side tap or veth.")
+@click.option(
+    "--allow-missing-interface",
+    is_flag=True,
+    help="Add it although --interface does not exist yet (a libvirt tap appears when its VM "
+    "starts); until it does, the agent's applies fail for it and status shows the error.",
+)
 @click.option("--netns", default=None, help="Or: the workload's netns (routed_nv makes the veth).")
 @click.option(
     "--style",
@@ -101,6 +108,7 @@ def endpoint_add_command(
     tenant: str,
     addresses: tuple[str, ...],
     interface: str | None,
+    allow_missing_interface: bool,
     netns: str | None,
     style: str,
     config_path: Path | None,
@@ -115,9 +123,15 @@ def endpoint_add_command(
     Concurrent `endpoint add|del` take turns on a lock (conf.d/.90-routed-nv-runtime.toml.lock),
     and each replaces the file atomically, so none loses another's change.
 
+    --interface must exist in the network namespace the command runs in (the host's): a typo
+    would otherwise leave the agent failing. With --netns routed_nv makes the veth pair, whose
+    host side is rnv-e<NAME>; a NAME longer than 10 characters is cut and ends in a hash
+    (link names have at most 15), and the output says so.
+
     \b
     Exit status:
       0  added or replaced (the agent reloads; without one it applies at its start)
+      1  --interface does not exist on this host (nothing changed)
       2  usage error, an invalid endpoint (every problem is printed), a name that the
          configuration files define, or a drop-in that cannot be written (nothing changed)
 
@@ -125,8 +139,20 @@ def endpoint_add_command(
     Examples:
       routed-nv endpoint add web2 --tenant blue --address 10.0.0.5 --address fd10::5 \\
           --interface tap-web2
+      routed-nv endpoint add vm7 --tenant blue --address 10.0.0.7 --interface vnet7 \\
+          --allow-missing-interface
       routed-nv endpoint add db --tenant red --address 10.0.0.9 --netns red-db -o json
     """
+    notes = []
+    if interface is not None and (missing := missing_interface(interface)):
+        if not allow_missing_interface:
+            fail(
+                EXIT_DOWN,
+                f"{missing}; nothing changed (--allow-missing-interface if it comes later)",
+            )
+        click.echo(f"warning: {missing}: the agent's applies fail for it until it does", err=True)
+    if netns is not None and (note := shortened_link(name)):
+        notes.append(note)
     entry: dict[str, Any] = {"tenant": tenant, "addresses": list(addresses), "style": style}
     entry |= {k: v for k, v in (("interface", interface), ("netns", netns)) if v is not None}
     try:
@@ -135,7 +161,7 @@ def endpoint_add_command(
         for problem in exc.problems:
             click.echo(problem, err=True)
         sys.exit(EXIT_ERROR)
-    _changed(name, verb, config_path, run_dir, output)
+    _changed(name, verb, config_path, run_dir, output, notes)
 
 
 @endpoint_group.command("del")
@@ -169,7 +195,12 @@ def endpoint_del_command(
 
 
 def _changed(
-    name: str, verb: str, config_path: Path | None, run_dir: Path | None, output: str
+    name: str,
+    verb: str,
+    config_path: Path | None,
+    run_dir: Path | None,
+    output: str,
+    notes: list[str] | None = None,
 ) -> None:
     try:
         ask(agent_run_dir(run_dir, config_path) / SOCKET_NAME, {"request": "reload"})
@@ -178,9 +209,14 @@ def _changed(
         reload = "no-agent"
     path = runtime.drop_in_path(config_path)
     if output == "json":
-        print_json({"endpoint": name, "action": verb, "file": str(path), "reload": reload})
+        print_json(
+            {"endpoint": name, "action": verb, "file": str(path), "reload": reload}
+            | ({"notes": notes} if notes else {})
+        )
         return
     click.echo(f"{verb} endpoint {name} in {path}")
+    for note in notes or ():
+        click.echo(f"note: {note}")
     click.echo(
         "agent reload requested"
         if reload == "requested"

@@ -22,6 +22,7 @@ from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
 from routed_nv.agent.runtime import RUNTIME_DROP_IN
 from routed_nv.agent.source import PeerStatus
+from routed_nv.calc import routing
 from routed_nv.cli.agent import agent_command
 from routed_nv.cli.directory import directory_group
 from routed_nv.cli.endpoint import endpoint_group
@@ -170,6 +171,7 @@ def test_endpoint_add_and_del_edit_only_the_runtime_drop_in(etc: Path, tmp_path:
         "fd10::5",
         "--interface",
         "tap-web2",
+        "--allow-missing-interface",
         *config,
     )
     assert added.exit_code == 0, added.stderr
@@ -191,6 +193,7 @@ def test_endpoint_add_and_del_edit_only_the_runtime_drop_in(etc: Path, tmp_path:
         "192.168.1.1",
         "--interface",
         "tap-web3",
+        "--allow-missing-interface",
         *config,
     )
     assert bad.exit_code == 2
@@ -351,3 +354,46 @@ def test_an_invalid_configuration_does_not_hide_the_agent(run_dir: Path, tmp_pat
         "$ROUTED_NV_CONFIG (default /etc/routed-nv/routed-nv.toml); asking the agent in "
         "/run/routed-nv"
     ]
+
+
+def test_endpoint_add_refuses_an_interface_this_host_does_not_have(
+    etc: Path, tmp_path: Path
+) -> None:
+    # issue 17 item 9: `--interface tap-nope` exited 0 and the agent then failed its applies
+    config = ["-c", str(etc / "routed-nv.toml"), "--run-dir", str(tmp_path)]
+    args = ["add", "web2", "--tenant", "blue", "--address", "10.0.0.5", *config]
+    drop_in = etc / "conf.d" / RUNTIME_DROP_IN
+    refused = invoke(endpoint_group, *args, "--interface", "tap-nope")
+    assert (refused.exit_code, refused.stdout) == (1, "")
+    assert refused.stderr.splitlines() == [
+        "error: interface tap-nope does not exist in this host's network namespace; nothing "
+        "changed (--allow-missing-interface if it comes later)"
+    ]
+    assert not drop_in.exists()
+    # an interface that exists: no warning
+    present = invoke(endpoint_group, *args, "--interface", "lo")
+    assert (present.exit_code, present.stderr) == (0, "")
+    # a libvirt tap that appears when its VM starts: added, with a warning
+    later = invoke(endpoint_group, *args, "--interface", "vnet7", "--allow-missing-interface")
+    assert later.exit_code == 0
+    assert later.stderr.splitlines() == [
+        "warning: interface vnet7 does not exist in this host's network namespace: the agent's "
+        "applies fail for it until it does"
+    ]
+    assert 'interface = "vnet7"' in drop_in.read_text()
+
+
+def test_endpoint_add_says_when_the_veth_name_is_shortened(etc: Path, tmp_path: Path) -> None:
+    # issue 17 item 8: long endpoint names were cut into veth names silently
+    config = ["-c", str(etc / "routed-nv.toml"), "--run-dir", str(tmp_path)]
+    args = ["add", "--tenant", "blue", "--address", "10.0.0.5", *config]
+    short = invoke(endpoint_group, *args, "web2", "--netns", "web2")
+    assert [x for x in short.stdout.splitlines() if x.startswith("note:")] == []
+    assert invoke(endpoint_group, "del", "web2", *config).exit_code == 0
+    long = invoke(endpoint_group, *args, "frontend-blue-7", "--netns", "fe7")
+    link = routing.endpoint_link_name("frontend-blue-7")
+    assert long.exit_code == 0, long.stderr
+    assert f"note: the host side of its veth is {link}: link names have at most 15 " in long.stdout
+    assert "a name longer than 10 is cut and ends in a hash" in long.stdout
+    as_json = invoke(endpoint_group, *args, "frontend-blue-7", "--netns", "fe7", "-o", "json")
+    assert json.loads(as_json.stdout)["notes"][0].startswith(f"the host side of its veth is {link}")
