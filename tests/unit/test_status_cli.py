@@ -277,6 +277,8 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify")
     stderr = (tmp_path / "agent.log").open("w")
     run = tmp_path / "run"
+    # no --run-dir: the agent, and `status -c` below, take agent.run_dir from the configuration
+    (etc / "conf.d" / "50-run.toml").write_text(f'[agent]\nrun_dir = "{run}"\n')
     argv = [
         sys.executable,
         "-c",
@@ -285,18 +287,19 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
         str(etc / "routed-nv.toml"),
         "--netns",
         f"rnv-unit-missing-{os.getpid()}",
-        "--run-dir",
-        str(run),
         "--metrics-address",
         "off",
     ]
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    env.pop("ROUTED_NV_RUN_DIR", None)
     proc = subprocess.Popen(argv, env=env, stderr=stderr)
     try:
         first = notify.until("STATUS")
         assert "READY" not in first and "last apply FAILED" in first["STATUS"]
         status = ask(run / SOCKET_NAME, {"request": "status"})
         assert status["agent"]["state"] == "starting"
+        by_config = invoke(status_command, "-c", str(etc / "routed-nv.toml"), "--brief")
+        assert (by_config.exit_code, by_config.stdout.split(":")[0]) == (0, "starting")
         assert "No such file or directory" in status["last_apply"]["errors"][0]
 
         tenants = etc / "conf.d" / "10-tenants.toml"
