@@ -38,7 +38,12 @@ def config_group() -> None:
     help="Do not check the files the configuration names (keys, certificates, BGP password "
     "file), e.g. when checking it away from its host.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing when the configuration is valid.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print no `ok` line when the configuration is valid (warnings are still printed).",
+)
 def check_command(
     path: Path | None,
     config_path: Path | None,
