@@ -30,12 +30,12 @@ def agent_run_dir(run_dir: Path | None, config_path: Path | None) -> Path:
     the configuration's agent.run_dir (the agent itself decides the same way)."""
     if run_dir is not None:
         return run_dir
-    from routed_nv.config.loader import ConfigError, default_path, load_config
+    from routed_nv.config.loader import DEFAULT_PATH, ConfigError, default_path, load_config
     from routed_nv.config.model import Agent
 
     default: Path = Agent.model_fields["run_dir"].default
     path = config_path or default_path()
-    if config_path is None and not path.exists():
+    if path == DEFAULT_PATH and not path.exists():
         return default  # a host without a host file: the agent, if any, uses the default too
     try:
         return load_config(path).agent.run_dir

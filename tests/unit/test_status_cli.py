@@ -357,6 +357,9 @@ def test_an_invalid_configuration_does_not_hide_the_agent(run_dir: Path, tmp_pat
         "$ROUTED_NV_CONFIG (default /etc/routed-nv/routed-nv.toml); asking the agent in "
         "/run/routed-nv"
     ]
+    # named by $ROUTED_NV_CONFIG: as explicit as -c
+    by_env = CliRunner().invoke(status_command, [], env={"ROUTED_NV_CONFIG": str(missing)})
+    assert by_env.stderr.startswith(f"warning: {missing}: no such file;")
 
 
 def test_endpoint_add_refuses_an_interface_this_host_does_not_have(
