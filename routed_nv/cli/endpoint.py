@@ -143,7 +143,7 @@ def endpoint_add_command(
           --allow-missing-interface
       routed-nv endpoint add db --tenant red --address 10.0.0.9 --netns red-db -o json
     """
-    notes = []
+    notes: list[str] = []
     if interface is not None and (missing := missing_interface(interface)):
         if not allow_missing_interface:
             fail(
