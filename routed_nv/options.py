@@ -25,21 +25,44 @@ def config_or_exit(path: Path | None, exit_code: int, **load: Any) -> Config:
         sys.exit(exit_code)
 
 
+def agent_run_dir(run_dir: Path | None, config_path: Path | None) -> Path:
+    """Where the agent's control socket is: --run-dir or $ROUTED_NV_RUN_DIR when given, else
+    the configuration's agent.run_dir (the agent itself decides the same way)."""
+    if run_dir is not None:
+        return run_dir
+    from routed_nv.config.loader import DEFAULT_PATH, ConfigError, default_path, load_config
+    from routed_nv.config.model import Agent
+
+    default: Path = Agent.model_fields["run_dir"].default
+    path = config_path or default_path()
+    if path == DEFAULT_PATH and not path.exists():
+        return default  # a host without a host file: the agent, if any, uses the default too
+    try:
+        return load_config(path).agent.run_dir
+    except ConfigError as exc:
+        # status and lookup must still reach an agent that runs on an earlier, valid version
+        more = f" (and {len(exc.problems) - 1} more problems)" if len(exc.problems) > 1 else ""
+        click.echo(f"warning: {exc.problems[0]}{more}; asking the agent in {default}", err=True)
+        return default
+
+
 config_option = click.option(
     "-c",
     "--config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Host file [default: $ROUTED_NV_CONFIG or /etc/routed-nv/routed-nv.toml]; "
-    "conf.d/*.toml beside it and ROUTED_NV_* variables are merged on top.",
+    help="Host file [default: $ROUTED_NV_CONFIG, else /etc/routed-nv/routed-nv.toml]; "
+    "conf.d/*.toml beside it and ROUTED_NV_*__* variables are merged on top.",
 )
 
 netns_option = click.option(
     "--netns",
     metavar="NAME",
     default=None,
-    help="Program the host datapath in network namespace NAME (labs, tests) instead of this one.",
+    envvar="ROUTED_NV_NETNS",
+    help="Work on the host datapath in network namespace NAME (labs, tests) instead of this one "
+    "[default: $ROUTED_NV_NETNS].",
 )
 
 output_option = click.option(

@@ -31,6 +31,9 @@ COMMANDS = {
     "status": "status:status_command",
 }
 
+# longer than any first sentence: click stops a summary at the first sentence's end
+SUMMARY_LIMIT = 1000
+
 
 class LazyGroup(click.Group):
     """click's lazily loading group (docs: "Lazily Loading Subcommands"): a command's module is
@@ -47,6 +50,17 @@ class LazyGroup(click.Group):
             importlib.import_module(f"routed_nv.cli.{module}"), attribute
         )
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click cuts each summary to what fits one line ("Keep this host's datapath where the
+        # configuration and..."): show each command's whole first sentence, wrapped
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=SUMMARY_LIMIT)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

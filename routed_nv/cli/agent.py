@@ -71,7 +71,7 @@ def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | No
 def agent_command(
     config_path: Path | None,
     netns: str | None,
-    run_dir: Path,
+    run_dir: Path | None,
     metrics_address: str | None,
     log_format: str | None,
     resync_interval: float | None,
@@ -94,7 +94,8 @@ def agent_command(
       sd_notify        READY=1 after the first successful apply, STATUS= after each apply,
                        RELOADING=1 / READY=1 around reloads, STOPPING=1 (only with
                        $NOTIFY_SOCKET, as systemd Type=notify sets it)
-    The control socket RUN_DIR/agent.sock (root only) answers `routed-nv status`, `lookup`,
+    The control socket RUN_DIR/agent.sock (root only; RUN_DIR is agent.run_dir unless
+    --run-dir or $ROUTED_NV_RUN_DIR say otherwise) answers `routed-nv status`, `lookup`,
     `endpoint list` and `directory dump`.
 
     \b
@@ -157,7 +158,10 @@ def agent_command(
     try:
         endpoints = EndpointApi(agent, config_path).answer
         control = ControlServer(
-            run_dir / SOCKET_NAME, agent.snapshot, agent.request_reload, endpoints
+            (run_dir or config.agent.run_dir) / SOCKET_NAME,
+            agent.snapshot,
+            agent.request_reload,
+            endpoints,
         )
     except (ControlError, OSError) as exc:
         log("agent.start", ok=False, error=str(exc))

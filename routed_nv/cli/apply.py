@@ -28,7 +28,7 @@ EXIT_FAILED = 2  # the configuration is invalid (nothing applied) or some object
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @output_option
 def apply_command(
-    config_path: Path | None, netns: str | None, run_dir: Path, dry_run: bool, output: str
+    config_path: Path | None, netns: str | None, run_dir: Path | None, dry_run: bool, output: str
 ) -> None:
     """Bring this host's datapath to what the configuration says, changing only what differs.
 
@@ -40,8 +40,8 @@ def apply_command(
 
     Remote endpoints come from the configuration's static `peers` and `remote_endpoints`, or,
     with directory.source = "bgp", from the running agent: apply asks it (control socket in
-    --run-dir) for the directory view it last applied, so nothing learned is deleted, and
-    refuses when no agent answers.
+    --run-dir, default agent.run_dir) for the directory view it last applied, so nothing
+    learned is deleted, and refuses when no agent answers.
 
     \b
     Exit status:
@@ -59,7 +59,7 @@ def apply_command(
     """
     config = config_or_exit(config_path, EXIT_FAILED)
 
-    view = _directory_view(config, run_dir)
+    view = _directory_view(config, run_dir or config.agent.run_dir)
     # The drivers import pyroute2: only load them when a command needs the kernel.
     from routed_nv.agent.datapath import Datapath
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from routed_nv.config.crosscheck import warnings
 from routed_nv.config.loader import default_path
-from routed_nv.options import config_or_exit
+from routed_nv.config.model import Config
+from routed_nv.options import config_option, config_or_exit
 
 
 @click.group("config")
@@ -18,6 +20,7 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@config_option
 @click.option(
     "--drop-in-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -35,9 +38,15 @@ def config_group() -> None:
     help="Do not check the files the configuration names (keys, certificates, BGP password "
     "file), e.g. when checking it away from its host.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing when the configuration is valid.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print no `ok` line when the configuration is valid (warnings are still printed).",
+)
 def check_command(
     path: Path | None,
+    config_path: Path | None,
     drop_in_dir: Path | None,
     as_drop_in: str | None,
     skip_files: bool,
@@ -45,24 +54,30 @@ def check_command(
 ) -> None:
     """Validate the configuration; exit 0 when valid, 1 with one line per problem when not.
 
-    PATH defaults to $ROUTED_NV_CONFIG or /etc/routed-nv/routed-nv.toml. Made for configuration
-    tools: Ansible's `validate: routed-nv config check %s` checks a rendered host file before it
-    is installed; `--as-drop-in NAME` checks a rendered drop-in together with the installed files.
+    The host file is -c/--config, as for every command; PATH, the same file given positionally,
+    is kept for configuration tools (and older scripts): Ansible's `validate: routed-nv config
+    check %s` checks a rendered host file before it is installed. With `--as-drop-in NAME`,
+    PATH is a rendered drop-in, checked together with the installed files (the host file -c).
 
     Only regular files of at most 16 MiB are read. A --drop-in-dir given must exist; the
     default conf.d may be absent. The files the configuration names must exist and be readable,
-    and secrets (PSK, private key, tenant keys, BGP password) must be mode 0600 or stricter.
+    and secrets (PSK, private key, tenant keys, BGP password) must be mode 0600 or stricter;
+    tenant key files (static keying) must parse as the agent reads them.
+
+    Settings that are valid but have no effect (BGP settings while directory.source is
+    "static") are named on stderr as `warning:` lines; they do not change the exit status.
 
     \b
     Exit status:
-      0  valid
+      0  valid (possibly with warnings)
       1  invalid (one line per problem on stderr)
       2  usage error
 
     \b
     Examples:
       routed-nv config check
-      routed-nv config check /etc/routed-nv/routed-nv.toml
+      routed-nv config check -c /etc/routed-nv/routed-nv.toml
+      routed-nv config check /tmp/rendered/routed-nv.toml
       routed-nv config check --as-drop-in 10-tenants.toml /tmp/rendered.toml
       routed-nv config check --skip-files /tmp/build/routed-nv.toml
     """
@@ -71,10 +86,13 @@ def check_command(
         if path is None:
             raise click.UsageError("--as-drop-in needs the PATH of the file to check")
         substitute = (as_drop_in, path)
-        path = default_path()
+        path = config_path or default_path()
+    else:
+        path = _host_file(path, config_path)
     config = config_or_exit(
         path, 1, drop_in_dir=drop_in_dir, substitute=substitute, check_files=not skip_files
     )
+    _warn(config)
     if not quiet:
         click.echo(
             f"ok: host {config.host.name}: {len(config.tenants)} tenants, "
@@ -84,8 +102,12 @@ def check_command(
 
 @config_group.command("show")
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
-def show_command(path: Path | None) -> None:
+@config_option
+def show_command(path: Path | None, config_path: Path | None) -> None:
     """Print the effective configuration as JSON, after merging every layer and the defaults.
+
+    The host file is -c/--config; PATH, the same positionally, is kept for compatibility.
+    Settings that have no effect are named on stderr, as by `config check`.
 
     \b
     Exit status:
@@ -96,7 +118,22 @@ def show_command(path: Path | None) -> None:
     \b
     Examples:
       routed-nv config show
+      routed-nv config show -c lab/host1/routed-nv.toml | jq .directory
       ROUTED_NV_HOST__UPLINK=eth1 routed-nv config show | jq .host
     """
-    config = config_or_exit(path, 1)
+    config = config_or_exit(_host_file(path, config_path), 1)
+    _warn(config)
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
+
+
+def _host_file(path: Path | None, config_path: Path | None) -> Path | None:
+    """The positional PATH (compatibility) or -c; both naming different files is an error."""
+    if path is not None and config_path is not None and path != config_path:
+        raise click.UsageError(f"PATH {path} and -c {config_path} name different files: give one")
+    return path or config_path
+
+
+def _warn(config: Config) -> None:
+    # on stderr: stdout stays the one `ok` line or JSON that scripts read
+    for warning in warnings(config):
+        click.echo(f"warning: {warning}", err=True)

@@ -8,7 +8,7 @@ import click
 
 from routed_nv.agent.options import run_dir_option
 from routed_nv.cli.agent_client import ask_agent, print_json, table
-from routed_nv.options import output_option
+from routed_nv.options import agent_run_dir, config_option, output_option
 
 
 @click.group("directory")
@@ -22,9 +22,10 @@ def directory_group() -> None:
 
 
 @directory_group.command("dump")
+@config_option
 @run_dir_option
 @output_option
-def directory_dump_command(run_dir: Path, output: str) -> None:
+def directory_dump_command(config_path: Path | None, run_dir: Path | None, output: str) -> None:
     """Every remote route the agent applies (tenant, address, owning host, next hop), and the
     routes the directory source rejected, with why.
 
@@ -39,7 +40,7 @@ def directory_dump_command(run_dir: Path, output: str) -> None:
       routed-nv directory dump
       routed-nv directory dump -o json | jq '.routes | length'
     """
-    dump = ask_agent(run_dir, {"request": "directory"})
+    dump = ask_agent(agent_run_dir(run_dir, config_path), {"request": "directory"})
     if output == "json":
         print_json(dump)
         return

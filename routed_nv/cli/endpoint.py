@@ -23,9 +23,10 @@ from routed_nv.cli.agent_client import (
     print_json,
     table,
 )
+from routed_nv.cli.endpoint_checks import missing_interface, shortened_link
 from routed_nv.config.loader import shorten
 from routed_nv.config.model import EndpointStyle
-from routed_nv.options import config_option, config_or_exit, output_option
+from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
 
 @click.group("endpoint")
@@ -44,7 +45,7 @@ def endpoint_group() -> None:
 @config_option
 @run_dir_option
 @output_option
-def endpoint_list_command(config_path: Path | None, run_dir: Path, output: str) -> None:
+def endpoint_list_command(config_path: Path | None, run_dir: Path | None, output: str) -> None:
     """List local endpoints and the remote endpoint addresses the directory knows.
 
     Asks the running agent; without one, computes the list from the configuration (static
@@ -61,7 +62,7 @@ def endpoint_list_command(config_path: Path | None, run_dir: Path, output: str) 
       routed-nv endpoint list -o json | jq '.endpoints[] | select(.location == "local")'
     """
     try:
-        listing = ask(run_dir / SOCKET_NAME, {"request": "endpoints"})
+        listing = ask(agent_run_dir(run_dir, config_path) / SOCKET_NAME, {"request": "endpoints"})
     except AgentDown:
         config = config_or_exit(config_path, EXIT_ERROR)
         listing = {"source": "config", "endpoints": report.endpoints(config, static_view(config))}
@@ -112,6 +113,12 @@ def _api_options(command: Any) -> Any:
     "--address", "addresses", multiple=True, required=True, help="An address (repeatable)."
 )
 @click.option("--interface", default=None, help="The existing host-side tap or veth.")
+@click.option(
+    "--allow-missing-interface",
+    is_flag=True,
+    help="Add it although --interface does not exist yet (a libvirt tap appears when its VM "
+    "starts); until it does, the agent's applies fail for it and status shows the error.",
+)
 @click.option("--netns", default=None, help="Or: the workload's netns (routed_nv makes the veth).")
 @click.option(
     "--style",
@@ -129,13 +136,14 @@ def endpoint_add_command(
     tenant: str,
     addresses: tuple[str, ...],
     interface: str | None,
+    allow_missing_interface: bool,
     netns: str | None,
     style: str,
     replace: bool,
     wait: bool,
     timeout: float,
     config_path: Path | None,
-    run_dir: Path,
+    run_dir: Path | None,
     output: str,
 ) -> None:
     """Add endpoint NAME through the agent's endpoint API; it returns once it is programmed.
@@ -148,11 +156,16 @@ def endpoint_add_command(
     change first, and an invalid change leaves everything as it was. Adding the same endpoint
     again changes nothing; the same NAME with other fields is refused unless --replace.
 
+    --interface must exist in the network namespace the command runs in (the host's): a typo
+    would otherwise leave the agent failing. With --netns routed_nv makes the veth pair, whose
+    host side is rnv-e<NAME>; a NAME longer than 10 characters is cut and ends in a hash
+    (link names have at most 15), and the output says so.
+
     \b
     Exit status:
       0  programmed (without an agent: stored; it applies when one starts), or unchanged
       1  stored, but not programmed (the apply failed for it, or --timeout ran out; the agent
-         keeps retrying)
+         keeps retrying), or --interface does not exist on this host (nothing changed)
       2  usage error, an invalid endpoint (every problem is printed), NAME exists with other
          fields (no --replace), a name that the configuration files define, or a drop-in that
          cannot be written (nothing changed)
@@ -161,8 +174,21 @@ def endpoint_add_command(
     Examples:
       routed-nv endpoint add web2 --tenant blue --address 10.0.0.5 --address fd10::5 \\
           --interface tap-web2
+      routed-nv endpoint add vm7 --tenant blue --address 10.0.0.7 --interface vnet7 \\
+          --allow-missing-interface
       routed-nv endpoint add db --tenant red --address 10.0.0.9 --netns red-db --wait -o json
     """
+    notes: list[str] = []
+    if interface is not None and (missing := missing_interface(interface)):
+        if not allow_missing_interface:
+            fail(
+                EXIT_DOWN,
+                f"{missing}; nothing changed (--allow-missing-interface if it comes later)",
+            )
+        click.echo(f"warning: {missing}: the agent's applies fail for it until it does", err=True)
+    if netns is not None and (note := shortened_link(name)):
+        notes.append(note)
+    run_dir = agent_run_dir(run_dir, config_path)
     entry: dict[str, Any] = {"tenant": tenant, "addresses": list(addresses), "style": style}
     entry |= {k: v for k, v in (("interface", interface), ("netns", netns)) if v is not None}
     request = {"request": "endpoint.add", "id": name, **entry, "replace": replace}
@@ -172,11 +198,11 @@ def endpoint_add_command(
             verb, _ = runtime.add(config_path, name, entry, replace)
         except runtime.Refused as exc:
             _refused(exc.problems)
-        _stored(name, verb, config_path, output)
+        _stored(name, verb, config_path, output, notes)
         return
     if wait:
         answer["announced"] = _wait_announced(run_dir, name, timeout)
-    _programmed(answer, output)
+    _programmed(answer, output, notes)
 
 
 @endpoint_group.command("del")
@@ -186,7 +212,12 @@ def endpoint_add_command(
 @run_dir_option
 @output_option
 def endpoint_del_command(
-    name: str, wait: bool, timeout: float, config_path: Path | None, run_dir: Path, output: str
+    name: str,
+    wait: bool,
+    timeout: float,
+    config_path: Path | None,
+    run_dir: Path | None,
+    output: str,
 ) -> None:
     """Remove run-time endpoint NAME (one `endpoint add` made) through the agent's endpoint API.
 
@@ -205,6 +236,7 @@ def endpoint_del_command(
     Examples:
       routed-nv endpoint del web2
     """
+    run_dir = agent_run_dir(run_dir, config_path)
     answer = _ask_api(run_dir, {"request": "endpoint.delete", "id": name}, timeout)
     if answer is None:
         try:
@@ -250,19 +282,31 @@ def _refused(problems: list[str]) -> None:
     sys.exit(EXIT_ERROR)
 
 
-def _stored(name: str, verb: str, config_path: Path | None, output: str) -> None:
+def _stored(
+    name: str, verb: str, config_path: Path | None, output: str, notes: list[str] | None = None
+) -> None:
     path = runtime.drop_in_path(config_path)
     if output == "json":
-        print_json({"endpoint": name, "action": verb, "file": str(path), "agent": None})
+        print_json(
+            {"endpoint": name, "action": verb, "file": str(path), "agent": None}
+            | ({"notes": notes} if notes else {})
+        )
         return
+    for note in notes or ():
+        click.echo(f"note: {note}")
     click.echo(f"{verb} endpoint {name} in {path}")
     click.echo("no agent is running: it takes effect when one starts")
 
 
-def _programmed(answer: dict[str, Any], output: str) -> None:
+def _programmed(answer: dict[str, Any], output: str, notes: list[str] | None = None) -> None:
     if output == "json":
-        print_json({"endpoint": answer["id"], "action": answer["action"], "agent": answer})
+        print_json(
+            {"endpoint": answer["id"], "action": answer["action"], "agent": answer}
+            | ({"notes": notes} if notes else {})
+        )
         return
+    for note in notes or ():
+        click.echo(f"note: {note}")
     apply = answer["apply"]
     click.echo(
         f"{answer['action']} endpoint {answer['id']}: programmed by the agent "

@@ -11,7 +11,7 @@ from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, Reques
 from routed_nv.agent.options import run_dir_option
 from routed_nv.calc.inputs import static_view
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json
-from routed_nv.options import config_option, config_or_exit, output_option
+from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
 
 @click.command("lookup")
@@ -21,7 +21,7 @@ from routed_nv.options import config_option, config_or_exit, output_option
 @run_dir_option
 @output_option
 def lookup_command(
-    tenant: str, address: str, config_path: Path | None, run_dir: Path, output: str
+    tenant: str, address: str, config_path: Path | None, run_dir: Path | None, output: str
 ) -> None:
     """Where ADDRESS of TENANT (name or id) lives: this host or which peer, the tenant outer
     addresses, and the SPIs of the SAs both ways.
@@ -42,7 +42,8 @@ def lookup_command(
     """
     try:
         found = ask(
-            run_dir / SOCKET_NAME, {"request": "lookup", "tenant": tenant, "address": address}
+            agent_run_dir(run_dir, config_path) / SOCKET_NAME,
+            {"request": "lookup", "tenant": tenant, "address": address},
         )
         found["source"] = "agent"
     except AgentDown:

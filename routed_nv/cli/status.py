@@ -13,7 +13,7 @@ import click
 from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, ask
 from routed_nv.agent.options import run_dir_option
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json, table
-from routed_nv.options import output_option
+from routed_nv.options import agent_run_dir, config_option, output_option
 
 
 def _ago(stamp: str | None, now: float) -> str:
@@ -34,10 +34,13 @@ def _duration(seconds: float) -> str:
 
 
 @click.command("status")
+@config_option
 @run_dir_option
 @click.option("--brief", is_flag=True, help="One line: state, directory, counts, last apply.")
 @output_option
-def status_command(run_dir: Path, brief: bool, output: str) -> None:
+def status_command(
+    config_path: Path | None, run_dir: Path | None, brief: bool, output: str
+) -> None:
     """Show the running agent: its state, directory source and peers, datapath, last apply.
 
     \b
@@ -52,9 +55,10 @@ def status_command(run_dir: Path, brief: bool, output: str) -> None:
       routed-nv status --brief
       routed-nv status -o json | jq .last_apply
       routed-nv status --run-dir /tmp/rnv/host1
+      routed-nv status -c lab/host1/routed-nv.toml
     """
     try:
-        status = ask(run_dir / SOCKET_NAME, {"request": "status"})
+        status = ask(agent_run_dir(run_dir, config_path) / SOCKET_NAME, {"request": "status"})
     except AgentDown as exc:
         if output == "json":
             print_json({"agent": {"state": "not-running", "error": str(exc)}})

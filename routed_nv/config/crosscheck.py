@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
-from routed_nv.config.model import ESP_OVERHEAD, Config, KeyingMode
+from routed_nv.config.model import ESP_OVERHEAD, Config, DirectorySourceKind, KeyingMode
 
 Found = tuple[tuple[str | int, ...], Any, str]  # (field path, offending value, message)
 
@@ -20,6 +20,30 @@ def problems(config: Config) -> list[Found]:
         *_remote_endpoints(config),
         *_addresses_unique(config),
         *_keying(config),
+    ]
+
+
+# the [directory] settings that only the BGP directory source uses
+BGP_SETTINGS = (
+    "asn",
+    "route_reflectors",
+    "password_file",
+    "upstreams",
+    "bird_socket",
+    "bird_config",
+)
+
+
+def warnings(config: Config) -> list[str]:
+    """Settings that are valid but have no effect, one message each (the configuration loads)."""
+    directory = config.directory
+    unused = [f for f in BGP_SETTINGS if f in directory.model_fields_set]
+    if directory.source is DirectorySourceKind.BGP or not unused:
+        return []
+    return [
+        f"directory.{', directory.'.join(unused)} {'is' if len(unused) == 1 else 'are'} set but "
+        'directory.source is "static": the agent ignores BGP settings and takes remote endpoints '
+        'from peers and remote_endpoints (set directory.source = "bgp" to use BIRD)'
     ]
 
 
@@ -67,8 +91,15 @@ def _endpoints(config: Config) -> Iterator[Found]:
     interfaces: dict[str, str] = {}
     for name, ep in config.endpoints.items():
         yield from _tenant_addresses(config, "endpoints", name, ep.tenant, ep.addresses)
-        if (ep.interface is None) == (ep.netns is None):
-            yield ("endpoints", name), name, "needs either an interface or a netns, not both"
+        if ep.interface is None and ep.netns is None:
+            yield ("endpoints", name), name, "needs an interface or a netns"
+        elif ep.interface is not None and ep.netns is not None:
+            yield (
+                ("endpoints", name),
+                name,
+                "has both an interface and a netns: set one (interface: an existing tap or veth; "
+                "netns: routed_nv makes the veth pair)",
+            )
         if ep.interface is not None:
             if ep.interface in interfaces:
                 yield (

@@ -53,12 +53,29 @@ def _keying(config: Config) -> Iterator[Found]:
         for tenant in config.tenants:
             key = secrets / f"{tenant}.key"
             if problem := _file(key, secret=True):
-                yield where, str(secrets), f"has no usable key of tenant {tenant}: {key} {problem}"
+                problem = f"{key} {problem}"
+            else:
+                problem = _key_content(key, tenant)
+            if problem:
+                yield where, str(secrets), f"has no usable key of tenant {tenant}: {problem}"
         return
     for field, secret in (("psk_file", True), ("ca_cert", False), ("cert", False), ("key", True)):
         path = getattr(keying, field)
         if path is not None and (problem := _file(path, secret, follow=not secret)):
             yield ("keying", field), str(path), problem
+
+
+def _key_content(path: Path, tenant: str) -> str | None:
+    """What the agent's parser finds wrong in a key file that opens fine (empty, short or
+    non-hex secret, no active generation), as `<file>[:line]: problem`, or None: `apply` would
+    otherwise be the first to find it."""
+    from routed_nv.esp.keys import KeyFileError, load_tenant_keys  # loads cryptography
+
+    try:
+        load_tenant_keys(path, tenant)
+    except KeyFileError as exc:
+        return str(exc)  # names the file and line, never the secret
+    return None
 
 
 def _password(config: Config) -> Iterator[Found]:

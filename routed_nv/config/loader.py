@@ -23,6 +23,9 @@ from routed_nv.config.sources import Layered, Loc, SourceError, env_layers, read
 DEFAULT_PATH = Path("/etc/routed-nv/routed-nv.toml")
 CONFIG_ENV = "ROUTED_NV_CONFIG"
 DROP_IN_DIR = "conf.d"
+NO_HOST_FILE = (
+    f"no such file; name the host file with -c/--config or ${CONFIG_ENV} (default {DEFAULT_PATH})"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ def load_config(
             layered.merge(read_toml(file, _display(shown, base)), _display(shown, base))
         except SourceError as exc:
             problems.append(Problem(exc.source, "", None, exc.message))
+            if file is path and not os.path.lexists(path):
+                # the commonest first mistake: say which file was looked for and how to name it
+                problems[-1] = Problem(str(path.absolute()), "", None, NO_HOST_FILE)
     try:
         for source, layer in env_layers(env):
             layered.merge(layer, source)

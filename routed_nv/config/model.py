@@ -178,6 +178,10 @@ class Agent(_Strict):
     # What must survive a reboot: the static-key SAs' outbound sequence reservations
     # (docs/agent.md). Created (0700) when first needed.
     state_dir: AbsolutePath = Path("/var/lib/routed-nv")
+    # The control socket agent.sock lives here; the commands that ask the agent (status,
+    # lookup, ...) find it from the same configuration. The unit's RuntimeDirectory= makes the
+    # default.
+    run_dir: AbsolutePath = Path("/run/routed-nv")
 
 
 class Config(_Strict):

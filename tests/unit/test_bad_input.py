@@ -186,6 +186,37 @@ def test_config_check_checks_the_files_the_configuration_names(tmp_path: Path) -
     )
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("", "{key}: no key generation in the file"),
+        ("# rotated away\n", "{key}: no key generation in the file"),
+        ("0 abcd\n", "{key}:1: the secret has 2 bytes; at least 32 are required"),
+        ("0 " + "zz" * 32 + "\n", "{key}:1: the secret is not hexadecimal"),
+        (f"0 {'ab' * 32}\n1 {'cd' * 32}\n", "{key}: several generations and none is marked active"),
+    ],
+)
+def test_config_check_reads_the_key_files_as_apply_does(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    # issue 17 item 9: a key file that exists with mode 0600 but that apply cannot use printed ok
+    path, _ = etc_with_psk(tmp_path)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for tenant, text in (("blue", "0 " + "ab" * 32 + "\n"), ("red", content)):
+        (keys / f"{tenant}.key").write_text(text)
+        (keys / f"{tenant}.key").chmod(0o600)
+    env = {"ROUTED_NV_KEYING__MODE": "static", "ROUTED_NV_KEYING__SECRETS_DIR": str(keys)}
+    result = invoke("config", "check", str(path), env=env)
+    assert result.exit_code == 1
+    assert_one_clean_line(
+        result,
+        f"environment ROUTED_NV_KEYING__SECRETS_DIR: keying.secrets_dir: '{keys}' has no usable "
+        f"key of tenant red: " + problem.format(key=keys / "red.key"),
+    )
+    assert "ab" * 32 not in result.output and "zz" * 32 not in result.output  # no secret shown
+
+
 def test_endpoint_add_with_an_unwritable_drop_in_is_one_line(tmp_path: Path) -> None:
     path, _ = etc_with_psk(tmp_path)
     tmp_path.chmod(0o755)

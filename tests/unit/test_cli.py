@@ -75,6 +75,38 @@ def test_config_check_as_drop_in_uses_the_installed_files(tmp_path: Path) -> Non
     )
 
 
+def test_bgp_settings_on_a_static_host_are_named_in_a_warning(tmp_path: Path) -> None:
+    # issue 17 item 1: asn, route_reflectors and upstreams were silently ignored
+    shutil.copytree(EXAMPLES, tmp_path, dirs_exist_ok=True)
+    path = str(tmp_path / "routed-nv.toml")
+    (tmp_path / "conf.d" / "40-bgp.toml").write_text(
+        '[directory]\nasn = 65001\nroute_reflectors = ["2001:db8:ff::1"]\n'
+        '[[directory.upstreams]]\naddress = "2001:db8:0:1::fffe"\nasn = 65100\n'
+    )
+    warning = (
+        "warning: directory.asn, directory.route_reflectors, directory.upstreams are set but "
+        'directory.source is "static": the agent ignores BGP settings and takes remote endpoints '
+        'from peers and remote_endpoints (set directory.source = "bgp" to use BIRD)'
+    )
+    result = invoke("config", "check", "--skip-files", path)
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "ok: host host1: 2 tenants, 2 endpoints, 1 peers\n",
+    )
+    assert result.stderr.splitlines() == [warning]
+    result = invoke("config", "show", path)
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [warning]
+    assert json.loads(result.stdout)["directory"]["source"] == "static"
+    # the same settings with the BGP source are used: nothing to warn about
+    env = {"ROUTED_NV_DIRECTORY__SOURCE": "bgp"}
+    result = invoke("config", "check", "--skip-files", path, env=env)
+    assert (result.exit_code, result.stderr) == (0, "")
+    # the shipped example does not warn
+    result = invoke("config", "check", "--skip-files", str(EXAMPLES / "routed-nv.toml"))
+    assert (result.exit_code, result.stderr) == (0, "")
+
+
 def test_config_show_prints_the_merged_configuration_with_env_overrides() -> None:
     result = invoke(
         "config", "show", str(EXAMPLES / "routed-nv.toml"), env={"ROUTED_NV_HOST__UPLINK": "eth9"}
@@ -108,3 +140,77 @@ def test_apply_with_an_invalid_config_applies_nothing_and_exits_2(tmp_path: Path
     assert result.exit_code == 2
     assert result.stderr.splitlines() == ["conf.d/99-bad.toml: host.id: 0 is out of range 1..16383"]
     assert result.stdout == ""
+
+
+# issue 17 item 3: one way to name the configuration, the agent and the namespace. endpoint add
+# keeps its own --netns: the workload's namespace, not where routed_nv works.
+SCHEME = {
+    "-c": ("--config", "ROUTED_NV_CONFIG"),
+    "--run-dir": ("--run-dir", "ROUTED_NV_RUN_DIR"),
+    "--netns": ("--netns", "ROUTED_NV_NETNS"),
+}
+OPTIONS = {
+    ("agent",): ("-c", "--run-dir", "--netns"),
+    ("apply",): ("-c", "--run-dir", "--netns"),
+    ("config", "check"): ("-c",),
+    ("config", "show"): ("-c",),
+    ("directory", "dump"): ("-c", "--run-dir"),
+    ("endpoint", "add"): ("-c", "--run-dir"),
+    ("endpoint", "del"): ("-c", "--run-dir"),
+    ("endpoint", "list"): ("-c", "--run-dir"),
+    ("iproute2-names",): ("-c",),
+    ("lookup",): ("-c", "--run-dir"),
+    ("sa", "list"): ("-c", "--netns"),
+    ("status",): ("-c", "--run-dir"),
+}
+
+
+@pytest.mark.parametrize("path", OPTIONS, ids=" ".join)
+def test_every_command_names_config_agent_and_netns_the_same_way(path: tuple[str, ...]) -> None:
+    command = main
+    for name in path:
+        command = command.get_command(click.Context(command), name)
+    params = {opt: p for p in command.params for opt in p.opts}
+    for flag in OPTIONS[path]:
+        long, env = SCHEME[flag]
+        assert flag in params and long in params[flag].opts, (path, flag)
+        # -c's default is resolved by the loader ($ROUTED_NV_CONFIG), the others by click
+        assert env in (params[flag].envvar or params[flag].help or ""), (path, flag)
+
+
+def test_config_check_and_show_take_c_as_well_as_the_positional_path(tmp_path: Path) -> None:
+    psk = tmp_path / "ike.psk"
+    psk.write_text("a pre-shared key\n")
+    psk.chmod(0o600)
+    env = {"ROUTED_NV_KEYING__PSK_FILE": str(psk)}
+    example = str(EXAMPLES / "routed-nv.toml")
+    for args in (["-c", example], [example], ["-c", example, example]):
+        result = invoke("config", "check", *args, env=env)
+        assert (result.exit_code, result.stdout) == (
+            0,
+            "ok: host host1: 2 tenants, 2 endpoints, 1 peers\n",
+        )
+        shown = invoke("config", "show", *args)
+        assert json.loads(shown.stdout)["host"]["name"] == "host1"
+    result = CliRunner().invoke(main, ["config", "check", "-c", example, str(psk)])
+    assert result.exit_code == 2
+    assert f"PATH {psk} and -c {example} name different files: give one" in result.stderr
+    missing = tmp_path / "etc" / "routed-nv.toml"
+    result = CliRunner().invoke(main, ["config", "show", "-c", str(missing)])
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"{missing}: no such file; name the host file with -c/--config or $ROUTED_NV_CONFIG "
+        "(default /etc/routed-nv/routed-nv.toml)\n",
+    )
+
+
+def test_readme_lists_every_command_and_help_shows_whole_summaries() -> None:
+    # issue 17 item 8: the README listed 5 of 12 commands, --help cut summaries with "..."
+    from routed_nv.cli import COMMANDS
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    assert [c for c in COMMANDS if f"    routed-nv {c} " not in readme] == []
+    result = invoke("--help")
+    summaries = " ".join(result.stdout.split("Commands:")[1].split())
+    assert "..." not in summaries
+    assert "Keep this host's datapath where the configuration and the directory say, " in summaries

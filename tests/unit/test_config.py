@@ -204,7 +204,11 @@ def test_unreadable_layers_are_reported_not_raised(tmp_path: Path) -> None:
     (found,) = problems(path)
     assert found.startswith("conf.d/bad.toml: not valid TOML:")
     (tmp_path / "empty").mkdir()
-    assert problems(tmp_path / "empty" / "absent.toml") == ["absent.toml: no such file"]
+    # a missing host file is named in full, with the ways to name another (issue 17 item 3)
+    assert problems(tmp_path / "empty" / "absent.toml") == [
+        f"{tmp_path / 'empty' / 'absent.toml'}: no such file; name the host file with "
+        "-c/--config or $ROUTED_NV_CONFIG (default /etc/routed-nv/routed-nv.toml)"
+    ]
 
 
 def test_env_override_error_names_the_variable(tmp_path: Path) -> None:
@@ -310,4 +314,18 @@ def test_the_state_directory_is_absolute_and_checked_by_config_check(tmp_path: P
     state.write_text("")
     assert problems(path, check_files=True) == [
         f"routed-nv.toml: agent.state_dir: '{state}' is not a directory"
+    ]
+
+
+def test_an_endpoint_without_or_with_both_host_sides_is_told_which(tmp_path: Path) -> None:
+    # issue 17 item 8: "needs either an interface or a netns, not both" was printed for neither
+    tenants = '[tenants.blue]\nid = 100\nipv4 = ["10.0.0.0/24"]\n'
+    neither = '[endpoints.web]\ntenant = "blue"\naddresses = ["10.0.0.5"]\n'
+    path = write(tmp_path, {"routed-nv.toml": HOST + tenants + neither})
+    assert problems(path) == ["routed-nv.toml: endpoints.web: 'web' needs an interface or a netns"]
+    both = neither + 'interface = "tap-web"\nnetns = "web"\n'
+    path = write(tmp_path, {"routed-nv.toml": HOST + tenants + both})
+    assert problems(path) == [
+        "routed-nv.toml: endpoints.web: 'web' has both an interface and a netns: set one "
+        "(interface: an existing tap or veth; netns: routed_nv makes the veth pair)"
     ]

@@ -113,3 +113,11 @@ def test_ip_resolves_the_names(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split()[:5] == ["10.0.0.0/24", "dev", "lo", "proto", "rnv-endpoint"]
     assert lines[1].split()[:5] == ["10.0.1.0/24", "dev", "lo", "proto", "rnv-remote"]
+
+
+def test_the_file_says_which_vrf_device_each_table_belongs_to() -> None:
+    # issue 17 item 8: `ip route show vrf rnv-blue` fails: vrf takes the device (rnv-v100)
+    text = render([("red", 200), ("blue", 100)])
+    assert "#   ip route show table rnv-blue  =  ip route show vrf rnv-v100" in text.splitlines()
+    assert "#   ip route show table rnv-red  =  ip route show vrf rnv-v200" in text.splitlines()
+    assert markers.vrf_name(100) == "rnv-v100"  # the device the datapath creates

@@ -22,6 +22,7 @@ from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
 from routed_nv.agent.runtime import RUNTIME_DROP_IN
 from routed_nv.agent.source import PeerStatus
+from routed_nv.calc import routing
 from routed_nv.cli.agent import agent_command
 from routed_nv.cli.directory import directory_group
 from routed_nv.cli.endpoint import endpoint_group
@@ -170,6 +171,7 @@ def test_endpoint_add_and_del_edit_only_the_runtime_drop_in(etc: Path, tmp_path:
         "fd10::5",
         "--interface",
         "tap-web2",
+        "--allow-missing-interface",
         *config,
     )
     assert added.exit_code == 0, added.stderr
@@ -191,6 +193,7 @@ def test_endpoint_add_and_del_edit_only_the_runtime_drop_in(etc: Path, tmp_path:
         "192.168.1.1",
         "--interface",
         "tap-web3",
+        "--allow-missing-interface",
         *config,
     )
     assert bad.exit_code == 2
@@ -248,6 +251,8 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify")
     stderr = (tmp_path / "agent.log").open("w")
     run = tmp_path / "run"
+    # no --run-dir: the agent, and `status -c` below, take agent.run_dir from the configuration
+    (etc / "conf.d" / "50-run.toml").write_text(f'[agent]\nrun_dir = "{run}"\n')
     argv = [
         sys.executable,
         "-c",
@@ -256,18 +261,19 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
         str(etc / "routed-nv.toml"),
         "--netns",
         f"rnv-unit-missing-{os.getpid()}",
-        "--run-dir",
-        str(run),
         "--metrics-address",
         "off",
     ]
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    env.pop("ROUTED_NV_RUN_DIR", None)
     proc = subprocess.Popen(argv, env=env, stderr=stderr)
     try:
         first = notify.until("STATUS")
         assert "READY" not in first and "last apply FAILED" in first["STATUS"]
         status = ask(run / SOCKET_NAME, {"request": "status"})
         assert status["agent"]["state"] == "starting"
+        by_config = invoke(status_command, "-c", str(etc / "routed-nv.toml"), "--brief")
+        assert (by_config.exit_code, by_config.stdout.split(":")[0]) == (0, "starting")
         assert "No such file or directory" in status["last_apply"]["errors"][0]
 
         tenants = etc / "conf.d" / "10-tenants.toml"
@@ -287,3 +293,89 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
     assert 'agent.reload.problem problem="conf.d/10-tenants.toml: tenants.blue.id: 70000' in log
     assert log.splitlines()[-1] == "agent.stop dataplane=left-in-place"
     assert not (run / SOCKET_NAME).exists()
+
+
+def test_the_agent_is_found_from_the_configuration(
+    run_dir: Path, etc: Path, tmp_path: Path
+) -> None:
+    # issue 17 item 3: status and directory dump took only --run-dir, so `-c host1.toml` could
+    # not find host1's agent; now every command finds it as the agent does (agent.run_dir)
+    (etc / "conf.d" / "50-run.toml").write_text(f'[agent]\nrun_dir = "{run_dir}"\n')
+    config = str(etc / "routed-nv.toml")
+    status = invoke(status_command, "-c", config)
+    assert (status.exit_code, status.stdout.split(" (")[0]) == (0, "Agent:      ready")
+    assert invoke(directory_group, "dump", "-c", config).exit_code == 0
+    found = invoke(lookup_command, "blue", "10.0.0.2", "-c", config)
+    assert found.stdout.splitlines()[-1] == "  (from the running agent)"
+    listing = invoke(endpoint_group, "list", "-c", config)
+    assert listing.stdout.splitlines()[-1] == "(from the running agent)"
+    # $ROUTED_NV_CONFIG is the same as -c
+    by_env = CliRunner().invoke(status_command, ["--brief"], env={"ROUTED_NV_CONFIG": config})
+    assert (by_env.exit_code, by_env.stdout.split(":")[0]) == (0, "ready")
+    # --run-dir and $ROUTED_NV_RUN_DIR win over the configuration
+    elsewhere = str(tmp_path / "elsewhere")
+    assert invoke(status_command, "-c", config, "--run-dir", elsewhere).exit_code == 1
+    by_env = CliRunner().invoke(
+        status_command, ["-c", config], env={"ROUTED_NV_RUN_DIR": elsewhere}
+    )
+    assert (by_env.exit_code, elsewhere in by_env.stdout) == (1, True)
+
+
+def test_an_invalid_configuration_does_not_hide_the_agent(run_dir: Path, tmp_path: Path) -> None:
+    # the agent keeps running on its last valid configuration: status must still reach it
+    missing = tmp_path / "missing.toml"
+    result = invoke(status_command, "-c", str(missing), "--brief")
+    assert result.exit_code == 1  # the default run dir: no agent in this test
+    assert result.stderr.splitlines() == [
+        f"warning: {missing}: no such file; name the host file with -c/--config or "
+        "$ROUTED_NV_CONFIG (default /etc/routed-nv/routed-nv.toml); asking the agent in "
+        "/run/routed-nv"
+    ]
+    # named by $ROUTED_NV_CONFIG: as explicit as -c
+    by_env = CliRunner().invoke(status_command, [], env={"ROUTED_NV_CONFIG": str(missing)})
+    assert by_env.stderr.startswith(f"warning: {missing}: no such file;")
+
+
+def test_endpoint_add_refuses_an_interface_this_host_does_not_have(
+    etc: Path, tmp_path: Path
+) -> None:
+    # issue 17 item 9: `--interface tap-nope` exited 0 and the agent then failed its applies
+    config = ["-c", str(etc / "routed-nv.toml"), "--run-dir", str(tmp_path)]
+    args = ["add", "web2", "--tenant", "blue", "--address", "10.0.0.5", *config]
+    drop_in = etc / "conf.d" / RUNTIME_DROP_IN
+    refused = invoke(endpoint_group, *args, "--interface", "tap-nope")
+    assert (refused.exit_code, refused.stdout) == (1, "")
+    assert refused.stderr.splitlines() == [
+        "error: interface tap-nope does not exist in this host's network namespace; nothing "
+        "changed (--allow-missing-interface if it comes later)"
+    ]
+    assert not drop_in.exists()
+    # an interface that exists: no warning
+    present = invoke(endpoint_group, *args, "--interface", "lo")
+    assert (present.exit_code, present.stderr) == (0, "")
+    # a libvirt tap that appears when its VM starts: added, with a warning
+    later = invoke(
+        endpoint_group, *args, "--interface", "vnet7", "--allow-missing-interface", "--replace"
+    )
+    assert later.exit_code == 0
+    assert later.stderr.splitlines() == [
+        "warning: interface vnet7 does not exist in this host's network namespace: the agent's "
+        "applies fail for it until it does"
+    ]
+    assert 'interface = "vnet7"' in drop_in.read_text()
+
+
+def test_endpoint_add_says_when_the_veth_name_is_shortened(etc: Path, tmp_path: Path) -> None:
+    # issue 17 item 8: long endpoint names were cut into veth names silently
+    config = ["-c", str(etc / "routed-nv.toml"), "--run-dir", str(tmp_path)]
+    args = ["add", "--tenant", "blue", "--address", "10.0.0.5", *config]
+    short = invoke(endpoint_group, *args, "web2", "--netns", "web2")
+    assert [x for x in short.stdout.splitlines() if x.startswith("note:")] == []
+    assert invoke(endpoint_group, "del", "web2", *config).exit_code == 0
+    long = invoke(endpoint_group, *args, "frontend-blue-7", "--netns", "fe7")
+    link = routing.endpoint_link_name("frontend-blue-7")
+    assert long.exit_code == 0, long.stderr
+    assert f"note: the host side of its veth is {link}: link names have at most 15 " in long.stdout
+    assert "a name longer than 10 is cut and ends in a hash" in long.stdout
+    as_json = invoke(endpoint_group, *args, "frontend-blue-7", "--netns", "fe7", "-o", "json")
+    assert json.loads(as_json.stdout)["notes"][0].startswith(f"the host side of its veth is {link}")
