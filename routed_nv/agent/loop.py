@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.notify import Notifier
 from routed_nv.agent.snapshot import ApplyRecord, Counts, SaInfo, Snapshot, SourceInfo, count
-from routed_nv.agent.source import DirectorySource, SourceUpdate, keep_known
+from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.inputs import Claim, DirectoryView
 from routed_nv.config.loader import ConfigError
@@ -41,6 +41,9 @@ from routed_nv.config.model import Config
 
 if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2 and iptc
     from routed_nv.agent.datapath import Outcome
+
+
+REJECTED_LOG_MAX = 20  # rejected routes logged one by one per apply
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class Agent:
         self._updates = 0
         self._dirty: set[str] = set()
         self._rejected_total: Counter[str] = Counter()
+        self._rejected_new: list[RejectedRoute] = []  # to log, from the loop thread
         self._state = "starting"
         self._known = DirectoryView(frozenset())
         self._last: ApplyRecord | None = None
@@ -160,7 +164,9 @@ class Agent:
     def publish(self, update: SourceUpdate) -> None:
         with self._lock:
             before = set(self._update.rejected) if self._update else set()
-            self._rejected_total.update(r.reason for r in update.rejected if r not in before)
+            new = [r for r in update.rejected if r not in before]
+            self._rejected_total.update(r.reason for r in new)
+            self._rejected_new += new
             self._update = update
             self._updates += 1
             self._dirty.add("directory")
@@ -225,6 +231,8 @@ class Agent:
             assert update is not None
             why = sorted(self._dirty) or ["resync"]
             self._dirty.clear()
+            rejected, self._rejected_new = self._rejected_new, []
+        self._log_rejected(rejected)
         if self._last_start is None:
             why = ["start"]
         config = self.config
@@ -267,6 +275,14 @@ class Agent:
         for observe in self.on_apply:
             observe(record)
         self._report(record)
+
+    def _log_rejected(self, rejected: list[RejectedRoute]) -> None:
+        """One line per newly rejected directory route; a flood (a host announcing 100,000 bad
+        routes) is summarised after the first REJECTED_LOG_MAX (status lists them all)."""
+        for r in rejected[:REJECTED_LOG_MAX]:
+            self._log("directory.rejected", reason=str(r.reason), route=str(r))
+        if len(rejected) > REJECTED_LOG_MAX:
+            self._log("directory.rejected.more", count=len(rejected) - REJECTED_LOG_MAX)
 
     def _log_mobility(self, view: DirectoryView) -> None:
         """Say when a local address changes hands: announced with a new sequence, or stale."""

@@ -87,7 +87,7 @@ class Tables:
         tables = (self.mirror, self.vrf, FLOOR_TABLE)
         self.watch = MirrorWatch(netns, tables=set(tables))
         self.prefixes: dict[int, set[IPNetwork]] = {t: set() for t in tables}
-        self.next_hops: dict[int, set[IPAddress]] = {t: set() for t in tables}
+        self.next_hops: dict[int, set[IPAddress | None]] = {t: set() for t in tables}
 
     def __enter__(self) -> Tables:
         self.watch.open()

@@ -21,7 +21,12 @@ from pathlib import Path
 
 from routed_nv import markers
 from routed_nv.config.model import Config, Tenant, Upstream
-from routed_nv.directory.mobility import MIRROR_SEQUENCE, SEQUENCE_COMMUNITY, TENANT_COMMUNITY
+from routed_nv.directory.mobility import (
+    MIRROR_SEQUENCE,
+    MIRROR_TENANTS,
+    SEQUENCE_COMMUNITY,
+    TENANT_COMMUNITY,
+)
 from routed_nv.routing.objects import DEFAULT_METRIC
 
 BIRD = "bird"
@@ -142,6 +147,11 @@ def _sequence(asn: int) -> str:
     return f"filter(bgp_large_community, [({asn}, {SEQUENCE_COMMUNITY}, *)]).max.data2"
 
 
+def _tenant_tags(asn: int) -> str:
+    """How many tenant communities a route carries (a valid one: exactly one)."""
+    return f"filter(bgp_large_community, [({asn}, {TENANT_COMMUNITY}, *)]).len"
+
+
 def _minus(expr: str, base: int) -> str:
     return f"{expr} - {base}" if base else expr
 
@@ -175,6 +185,9 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
         f"    if source != RTS_BGP || !({tag} ~ bgp_large_community) then reject;",
         f"    if bgp_large_community ~ {moved} then",
         f"      bgp_local_pref = {LOCAL_PREFERENCE} + {_sequence(asn)};",
+        # A route for two tenants is refused by learn (it reaches the mirror table marked, so
+        # that the refusal is reported); ranked last, it never hides a valid route's location.
+        f"    if {_tenant_tags(asn)} > 1 then bgp_local_pref = 0;",
         "    accept;",
         "  };",
         "}",
@@ -187,6 +200,7 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
         # The agent reads the sequence from the route's window metric (inert here: nothing
         # forwards through a mirror table); krt_metric must stay fixed, see below.
         f"    if bgp_large_community ~ {moved} then {MIRROR_SEQUENCE} = {_sequence(asn)};",
+        f"    if {_tenant_tags(asn)} > 1 then {MIRROR_TENANTS} = {_tenant_tags(asn)};",
         "    onlink = true; gw = bgp_next_hop; accept;",
         "  }; };",
         # One metric for every mirror route: BIRD 2.0.12 replaces a kernel route in place, so a

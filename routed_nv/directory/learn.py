@@ -3,9 +3,12 @@
 BGP is not trusted blindly: a host can announce anything. Each mirror route is checked against
 this host's config, and what fails is rejected with a kind (a bounded label for metrics) and a
 sentence (for logs and `routed-nv status`):
+- the route must carry one tenant community (BIRD marks a route that carries several, which
+  would otherwise land in each of those tenants' tables: one route, one tenant);
 - the tenant (from the mirror table) must be one this host knows;
 - the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
-- the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate.
+- the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate
+  (a mirror route without one, not written by BIRD, is refused and reported too).
 BIRD has already chosen one location per (tenant, address) by mobility sequence (a moved
 endpoint's route carries local_pref 100 + sequence; docs/directory.md) and the mirror table holds
 only that choice, with the sequence in the route's `window` metric. Should a table hold more than
@@ -49,9 +52,10 @@ class MirrorRoute:
 
     table: int
     prefix: IPNetwork
-    next_hop: IPAddress
+    next_hop: IPAddress | None  # None: a route without a gateway (not BIRD's), refused
     metric: int
     sequence: int = 0  # the mobility sequence (directory/mobility.py), 0 if none
+    tenants: int = 1  # how many tenant communities the BGP route carries (mobility.MIRROR_TENANTS)
 
     def sort_key(self) -> tuple[int, ...]:
         # ipaddress objects of different versions do not compare; their integers do.
@@ -61,10 +65,11 @@ class MirrorRoute:
             p.version,
             int(p.network_address),
             p.prefixlen,
-            n.version,
-            int(n),
+            n.version if n is not None else 0,
+            int(n) if n is not None else 0,
             self.metric,
             self.sequence,
+            self.tenants,
         )
 
 
@@ -80,6 +85,7 @@ class PublishedRoute:
 
 class Reason(StrEnum):
     NOT_MIRROR = "not-mirror-table"
+    MULTIPLE_TENANTS = "multiple-tenants"
     UNKNOWN_TENANT = "unknown-tenant"
     NOT_ONE_ADDRESS = "not-one-address"
     OUTSIDE_SUBNETS = "outside-tenant-subnets"
@@ -96,7 +102,8 @@ class Rejection:
 
     def __str__(self) -> str:
         r = self.route
-        return f"{r.prefix} via {r.next_hop} (table {r.table}): {self.reason}: {self.detail}"
+        via = r.next_hop or "no gateway"
+        return f"{r.prefix} via {via} (table {r.table}): {self.reason}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ class _Checker:
         for tenant in config.tenants.values():
             self._tenants.setdefault(tenant.id, tenant)
         self._known = {p.underlay_prefix: (name, p.id) for name, p in config.peers.items()}
-        self._peers: dict[IPAddress, PeerHost | tuple[Reason, str]] = {}
+        self._peers: dict[IPAddress | None, PeerHost | tuple[Reason, str]] = {}
 
     def __call__(self, mirror: MirrorRoute) -> _Candidate | Rejection:
         def reject(reason: Reason, detail: str) -> Rejection:
@@ -178,6 +185,9 @@ class _Checker:
         tenant_id = mirror.table - markers.MIRROR_TABLE_BASE
         if not markers.TENANT_ID_MIN <= tenant_id <= markers.TENANT_ID_MAX:
             return reject(Reason.NOT_MIRROR, f"table {mirror.table} is not a mirror table")
+        if mirror.tenants != 1:
+            detail = f"tagged for {mirror.tenants} tenants; a route belongs to one"
+            return reject(Reason.MULTIPLE_TENANTS, detail)
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
             return reject(Reason.UNKNOWN_TENANT, f"tenant {tenant_id} is not configured here")
@@ -195,7 +205,9 @@ class _Checker:
             return reject(*peer)
         return _Candidate(RemoteRoute(tenant_id, prefix, peer, mirror.sequence), mirror)
 
-    def _peer(self, next_hop: IPAddress) -> PeerHost | tuple[Reason, str]:
+    def _peer(self, next_hop: IPAddress | None) -> PeerHost | tuple[Reason, str]:
+        if next_hop is None:
+            return Reason.BAD_NEXT_HOP, "no next-hop address (not a route BIRD wrote)"
         host_prefix = _host_prefix(next_hop)
         aggregate = self._config.host.underlay_aggregate
         if host_prefix is None or not host_prefix.subnet_of(aggregate):

@@ -28,6 +28,10 @@ TENANT_COMMUNITY = 1  # (ASN, 1, tenant id)
 SEQUENCE_COMMUNITY = 2  # (ASN, 2, sequence), only on endpoints that moved
 MAX_SEQUENCE = 0xFFFF_FFFF - DEFAULT_METRIC[6]  # so that the IPv6 metric stays a u32
 MIRROR_SEQUENCE = "krt_window"  # the mirror route attribute (netlink_watch reads RTAX_WINDOW)
+# How many tenant communities a route carries, written into its mirror route only when that is
+# more than one (learn refuses such a route: one route, one tenant). advmss, like window, is a
+# metric that does not key the route and is inert in a table nothing forwards through.
+MIRROR_TENANTS = "krt_advmss"  # netlink_watch reads RTAX_ADVMSS
 
 
 def metric_for(sequence: int, version: int) -> int:

@@ -6,8 +6,9 @@ events it already holds, and it hides the ENOBUFS that says events were lost. He
 is ours: subscribed to RTNLGRP_IPV4_ROUTE and RTNLGRP_IPV6_ROUTE before the dump (so nothing
 falls between dump and events), with a large receive buffer, and a lost-events error answered
 by a fresh dump whose difference becomes events. Only the few route attributes BIRD writes into
-a mirror table are parsed (destination, table, metric, gateway or RTA_VIA, and the mobility
-sequence in the `window` metric, RTAX_WINDOW); of this host's publish tables (what BIRD learns
+a mirror table are parsed (destination, table, metric, gateway or RTA_VIA, the mobility
+sequence in the `window` metric, RTAX_WINDOW, and the count of tenant communities of a route
+that carries several in `advmss`, RTAX_ADVMSS); of this host's publish tables (what BIRD learns
 from the routing driver) the destination, table, metric and protocol.
 """
 
@@ -44,6 +45,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_TABLE, RTA_VIA = 1, 5, 6, 8, 15, 18
 RTAX_WINDOW = 3  # BIRD's krt_window: where the mirror export puts the mobility sequence
+RTAX_ADVMSS = 8  # BIRD's krt_advmss: the number of tenant communities, when more than one
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
@@ -84,7 +86,7 @@ class RouteEvent:
 
     def __str__(self) -> str:
         r = self.route
-        where = f"via {r.next_hop}" if isinstance(r, MirrorRoute) else f"proto {r.proto}"
+        where = f"via {r.next_hop or '-'}" if isinstance(r, MirrorRoute) else f"proto {r.proto}"
         return f"{'add' if self.added else 'del'} {r.prefix} {where} table {r.table}"
 
 
@@ -130,11 +132,14 @@ def _route(body: bytes, tables: Container[int]) -> Watched | None:
     if table in _PUBLISH_TABLES:
         return PublishedRoute(table, prefix, metric, proto)
     next_hop = _next_hop(attrs)
-    if next_hop is None:
-        return None  # not written by BIRD's mirror export, which always sets a gateway
+    if next_hop is None and table not in _MIRROR_TABLES:
+        return None  # the benchmark's VRF table: only the agent's routes, which have a gateway
+    # A mirror route without a gateway was not written by BIRD's mirror export (which always
+    # sets one): kept, so that learn reports it rather than it vanishing unseen.
     metrics = attributes(attrs.get(RTA_METRICS, b""), 0)
     sequence = struct.unpack("=I", metrics[RTAX_WINDOW])[0] if RTAX_WINDOW in metrics else 0
-    return MirrorRoute(table, prefix, next_hop, metric, sequence)
+    tenants = struct.unpack("=I", metrics[RTAX_ADVMSS])[0] if RTAX_ADVMSS in metrics else 1
+    return MirrorRoute(table, prefix, next_hop, metric, sequence, tenants)
 
 
 def _next_hop(attrs: dict[int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -163,8 +168,8 @@ class MirrorWatch:
     open() dumps; then wait() blocks until the kernel reports changes and returns them, with
     `routes` updated. fileno() lets an agent loop select() on it with its other inputs.
     `tables`: which tables to keep (the benchmark also watches a VRF table); routes outside the
-    publish tables are kept only when they have a gateway, as BIRD's mirror routes and the
-    agent's remote ones do.
+    publish and mirror tables are kept only when they have a gateway, as the agent's remote
+    ones do.
     """
 
     def __init__(self, netns: str | None = None, tables: Container[int] = AGENT_TABLES) -> None:

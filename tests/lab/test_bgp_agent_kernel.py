@@ -397,11 +397,7 @@ def test_a_route_outside_the_tenant_subnets_is_rejected_not_programmed(env: BgpA
                 break
             time.sleep(0.1)
         assert [r["reason"] for r in rejected if bad in r["route"]] == ["outside-tenant-subnets"]
-        scrape = (
-            "import urllib.request as u; "
-            "print(u.urlopen('http://127.0.0.1:9573/metrics').read().decode())"
-        )
-        metrics = env.datapath.lab.exec(agent.namespace, [sys.executable, "-c", scrape]).stdout
+        metrics = metrics_of(env, "host2")
         counter = 'routed_nv_rejected_routes_total{reason="outside-tenant-subnets"} 1.0'
         assert counter in metrics, metrics
         mirror = markers.mirror_table(BLUE)
@@ -409,6 +405,65 @@ def test_a_route_outside_the_tenant_subnets_is_rejected_not_programmed(env: BgpA
         assert [x for x in programmed.splitlines() if f"table {mirror}" not in x] == []
     finally:
         sh(env.datapath, ns("host1"), f"ip route del {bad}/32 table {table} proto 230")
+
+
+@contextlib.contextmanager
+def bird_extra(env: BgpAgents, host: str, extra: str) -> Iterator[None]:
+    """`host`'s BIRD runs its agent's config plus `extra` (what a misbehaving host announces),
+    from a copy: the agent's own file stays as it rendered it. Back to that file afterwards."""
+    bird = env.birds.node(host)
+    injected = bird.config.with_name("injected.conf")
+    injected.write_text(bird.config.read_text() + extra)
+    with BirdClient(bird.socket) as client:
+        client.configure(injected)
+    try:
+        yield
+    finally:
+        with BirdClient(bird.socket) as client:
+            client.configure(bird.config)
+
+
+def rejected_on(env: BgpAgents, host: str, address: str) -> list[str]:
+    """The reasons `host`'s agent gives for the directory routes of `address` it refused,
+    once there are any (or after the deadline: none)."""
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while True:
+        rejected = env.agents[host].status()["directory"]["rejected"]
+        found = sorted(r["reason"] for r in rejected if f"{address}/" in r["route"])
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def metrics_of(env: BgpAgents, host: str) -> str:
+    scrape = (
+        "import urllib.request as u; "
+        "print(u.urlopen('http://127.0.0.1:9573/metrics').read().decode())"
+    )
+    return env.datapath.lab.exec(env.agents[host].namespace, [sys.executable, "-c", scrape]).stdout
+
+
+def test_a_route_tagged_for_two_tenants_is_rejected_and_programmed_nowhere(
+    env: BgpAgents,
+) -> None:
+    """host1 announces 10.0.0.77/32 with blue's and red's tenant communities: host2's BIRD puts
+    it in both tenants' tables, and its agent refuses it in both (multiple-tenants)."""
+    bad = "10.0.0.77"
+    tags = " ".join(f"bgp_large_community.add((65000, 1, {t}));" for t in (BLUE, 200))
+    route = f"route {bad}/32 blackhole {{ {tags} }};"
+    extra = f"protocol static two_tenants {{ ipv4 {{ table bgp4; }}; {route} }}\n"
+    with bird_extra(env, "host1", extra):
+        until_mirrored(env, "host2", bad, "via inet6")  # BIRD did deliver it
+        assert rejected_on(env, "host2", bad) == ["multiple-tenants"] * 2
+        for table in (markers.vrf_table(BLUE), markers.vrf_table(200)):
+            assert routes_for(env, "host2", bad, table) == ""
+        metrics = metrics_of(env, "host2")
+        assert 'routed_nv_rejected_routes_total{reason="multiple-tenants"} 2.0' in metrics
+        assert "directory.rejected reason=multiple-tenants" in env.agents["host2"].log()
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while routes_for(env, "host2", bad, markers.mirror_table(BLUE)):
+        assert time.monotonic() < deadline, "host1's injected route was never withdrawn"
+        time.sleep(0.2)
 
 
 def tor_routes(env: BgpAgents) -> str:

@@ -406,6 +406,24 @@ def test_rejected_routes_are_counted_once_each_by_reason() -> None:
     h.publish(view(), rejected=(a, b))
     h.publish(view(), rejected=(a, b))
     assert h.agent.snapshot().rejected_total == {"bad-next-hop": 1, "unknown-tenant": 1}
+    h.settle()
+    logged = h.lines("directory.rejected")
+    assert [x.split(" ")[1] for x in logged] == ["reason=bad-next-hop", "reason=unknown-tenant"]
+    h.publish(view(), rejected=(a, b))
+    h.clock.now += 1
+    h.settle()
+    assert len(h.lines("directory.rejected")) == 2  # logged once, when first seen
+
+
+def test_a_flood_of_rejected_routes_is_logged_in_part_and_counted() -> None:
+    class Rejection(str):
+        reason = "multiple-tenants"
+
+    h = Harness()
+    h.publish(view(), rejected=tuple(Rejection(f"r{i}") for i in range(50)))
+    h.settle()
+    assert len(h.lines("directory.rejected")) == 20
+    assert h.lines("directory.rejected.more") == ["directory.rejected.more count=30"]
 
 
 def test_snapshot_counts_what_was_applied() -> None:

@@ -85,6 +85,13 @@ def test_the_mirror_route_carries_a_moved_endpoints_sequence_in_its_window() -> 
     ) in text
 
 
+def test_a_route_for_several_tenants_ranks_last_and_is_marked_in_the_mirror_table() -> None:
+    text = bird_config.render_host(config(), None)
+    tags = "filter(bgp_large_community, [(65000, 1, *)]).len"
+    assert f"if {tags} > 1 then bgp_local_pref = 0;" in text
+    assert f"if {tags} > 1 then krt_advmss = {tags};" in text
+
+
 def test_upstreams_get_the_host_prefix_and_give_underlay_routes() -> None:
     text = bird_config.render_host(config(upstreams=[{"address": "fe80::1", "asn": 65100}]), None)
     assert "route 2001:db8:0:1::/64 unreachable;" in text

@@ -54,6 +54,27 @@ def test_the_mobility_sequence_comes_from_the_window_metric() -> None:
     assert isinstance(route, MirrorRoute) and route.sequence == 7
 
 
+def test_a_route_for_several_tenants_is_marked_by_its_advmss_metric() -> None:
+    advmss = attr(nw.RTAX_ADVMSS, struct.pack("=I", 2))
+    data = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE,
+                   via6("2001:db8:0:2::1"), attr(nw.RTA_METRICS, advmss))  # fmt: skip
+    [(_, _, _, route)] = list(nw.parse(data))
+    assert isinstance(route, MirrorRoute) and route.tenants == 2
+    plain = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE, via6("2001:db8::1"))
+    [(_, _, _, route)] = list(nw.parse(plain))
+    assert isinstance(route, MirrorRoute) and route.tenants == 1
+
+
+def test_a_mirror_route_without_a_gateway_is_kept_for_learn_to_refuse() -> None:
+    oif = attr(4, struct.pack("=I", 9))  # RTA_OIF only: a device route someone wrote by hand
+    [(_, _, _, route)] = list(nw.parse(message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32,
+                                               TABLE, oif)))  # fmt: skip
+    assert route == MirrorRoute(TABLE, ipaddress.ip_network("10.0.0.2/32"), None, 0)
+    # outside the mirror tables (the benchmark's VRF table) such routes are not the agent's
+    vrf = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, 100, oif)
+    assert [r for _, _, _, r in nw.parse(vrf, {100})] == [None]
+
+
 def test_publish_table_routes_are_this_hosts_announcements() -> None:
     table = markers.publish_table(100)
     oif = attr(4, struct.pack("=I", 9))  # RTA_OIF: a publish route has a device, no gateway
@@ -92,11 +113,10 @@ def test_routes_share_one_object_per_next_hop_and_keep_no_attribute_dict() -> No
     assert not hasattr(first, "__dict__")
 
 
-def test_routes_outside_mirror_tables_or_without_gateway_are_ignored() -> None:
+def test_routes_outside_mirror_and_publish_tables_are_ignored() -> None:
     gw = via6("2001:db8:0:2::1")
     other = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, 254, gw)
-    no_gateway = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE)
-    assert [r for *_, r in nw.parse(other + no_gateway)] == [None, None]
+    assert [r for *_, r in nw.parse(other)] == [None]
 
 
 def test_other_tables_are_kept_when_asked_for() -> None:

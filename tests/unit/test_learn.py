@@ -93,6 +93,37 @@ def test_rejections_carry_their_reason() -> None:
     ) == [Reason.NOT_MIRROR]
 
 
+def test_a_route_for_several_tenants_is_refused_in_every_tenant() -> None:
+    both = [
+        MirrorRoute(markers.mirror_table(t), ipaddress.ip_network("10.0.0.2/32"),
+                    ipaddress.ip_address("2001:db8:0:2::1"), 0, tenants=2)
+        for t in (100, 200)
+    ]  # fmt: skip
+    learned = learn(CONFIG, both)
+    assert learned.view.remote_routes == frozenset() and learned.view.contested == frozenset()
+    assert [r.reason for r in learned.rejected] == [Reason.MULTIPLE_TENANTS] * 2
+    assert str(learned.rejected[0]).endswith(
+        "multiple-tenants: tagged for 2 tenants; a route belongs to one"
+    )
+    # not even a rival for a local address: it must not make this host's endpoint look moved
+    local = MirrorRoute(
+        markers.mirror_table(100),
+        ipaddress.ip_network("10.0.0.1/32"),
+        ipaddress.ip_address("2001:db8:0:2::1"),
+        0,
+        sequence=9,
+        tenants=2,
+    )
+    assert learn(CONFIG, [local]).view.contested == frozenset()
+
+
+def test_a_mirror_route_without_a_gateway_is_refused_and_reported() -> None:
+    bare = MirrorRoute(markers.mirror_table(100), ipaddress.ip_network("10.0.0.2/32"), None, 0)
+    (rejection,) = learn(CONFIG, [bare, route("10.0.0.3/32")]).rejected
+    assert rejection.reason is Reason.BAD_NEXT_HOP
+    assert str(rejection).startswith("10.0.0.2/32 via no gateway (table")
+
+
 def test_valid_routes_for_a_local_address_are_contested_not_remote() -> None:
     learned = learn(CONFIG, [route("10.0.0.1/32", sequence=4), route("10.0.0.1/32", via="x")])
     assert learned.view.remote_routes == frozenset()
