@@ -90,6 +90,14 @@ HOST_MEMORY_ERROR = "UML ran out of memory on the host side"
 MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _POLL_S = 0.05
+# reboot(2) with LINUX_REBOOT_CMD_POWER_OFF: `poweroff` is not on every system (a minimal Debian 13
+# has none; init then exits and the guest panics), the interpreter the project runs on always is.
+POWER_OFF = "exec /usr/bin/python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x4321FEDC)'"
+# UML switches its processes' FPU state through a buffer smaller than the XSAVE area of a host
+# with AVX-512 or AMX, which the host refuses: the guest dies at once. Preloaded, this shim
+# (compiled at each boot) gives each side the size it wants (see the file).
+XSTATE_SHIM = Path(__file__).with_name("uml_xstate.c")
+XSTATE_ERROR = "ptrace set fp regs failed"
 
 
 def in_guest() -> bool:
@@ -142,17 +150,32 @@ def init_script(
         f"mkdir -p {q(str(stash))} && mount --bind {q(str(cwd))} {q(str(stash))}",
         "for d in /tmp /run /dev/shm; do mkdir -p $d; mount -t tmpfs tmpfs $d; done",
         f"mkdir -p {q(str(cwd))} && mount --bind {q(str(stash))} {q(str(cwd))}",
-        'V=$(uname -r); mount -t tmpfs tmpfs /lib/modules; mkdir -p "/lib/modules/$V"',
-        'mount --bind "/usr/lib/uml/modules/$V" "/lib/modules/$V"',
-        f"modprobe -qa {' '.join(modules)}",
+        'V=$(uname -r); M="/usr/lib/uml/modules/$V"',
+        # A root without /lib/modules (a minimal system with no kernel of its own) has no mount
+        # point for UML's modules, and making one would write to the host's filesystem: there,
+        # modprobe reads them from a tree in our work directory, also when the kernel loads one.
+        "if [ -d /lib/modules ]; then",
+        '  mount -t tmpfs tmpfs /lib/modules; mkdir -p "/lib/modules/$V"',
+        '  mount --bind "$M" "/lib/modules/$V"; MODPROBE=modprobe',
+        "else",
+        f"  mkdir -p {q(str(work / 'modules/lib/modules'))}",
+        f'  ln -s "$M" {q(str(work / "modules/lib/modules"))}/"$V"',
+        f'  MODPROBE={q(str(work / "modprobe"))}; echo "$MODPROBE" > /proc/sys/kernel/modprobe',
+        "fi",
+        f"$MODPROBE -qa {' '.join(modules)}",
         "ip link set lo up",
         f"cd {q(str(cwd))} && {shlex.join(argv)} {redirect}",
         f"echo $? > {q(str(work / 'rc'))}",
         "sync",
-        "poweroff -f",
+        POWER_OFF,
         "",
     ]
     return "\n".join(lines)
+
+
+def modprobe_wrapper(work: Path) -> str:
+    """modprobe on the module tree init_script makes when the root has no /lib/modules."""
+    return f'#!/bin/sh\nexec modprobe -d {shlex.quote(str(work / "modules"))} "$@"\n'
 
 
 def kernel_command(*, linux: str, work: Path, mem: str, umid: str) -> list[str]:
@@ -239,15 +262,48 @@ def run_in_uml(
             )
         )
         (work / "init").chmod(0o755)
+        (work / "modprobe").write_text(modprobe_wrapper(work))
+        (work / "modprobe").chmod(0o755)
         (work / "stdin").write_bytes(stdin_data or b"")
         command = kernel_command(linux=linux, work=work, mem=mem, umid=f"rnv{os.getpid()}")
-        return _boot(command, work, timeout, interactive, mem=mem)
+        return _boot(command, work, timeout, interactive, mem=mem, preload=build_shim(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def build_shim(work: Path) -> Path | None:
+    """The xstate shim compiled into work, or None (with why) when no C compiler is there: UML
+    then runs only on hosts whose XSAVE area is UML's size."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print(
+            "routed-nv: no C compiler (cc) for UML's xstate shim: apt-get install gcc",
+            file=sys.stderr,
+        )
+        return None
+    out = work / "uml_xstate.so"
+    argv = [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(XSTATE_SHIM), "-ldl"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"routed-nv: cannot build UML's xstate shim: {exc}", file=sys.stderr)
+        return None
+    if done.returncode != 0:
+        print(
+            f"routed-nv: cannot build UML's xstate shim: {done.stderr.strip()[:300]}",
+            file=sys.stderr,
+        )
+        return None
+    return out
+
+
 def _boot(
-    command: list[str], work: Path, timeout: float, interactive: bool, mem: str = DEFAULT_MEM
+    command: list[str],
+    work: Path,
+    timeout: float,
+    interactive: bool,
+    mem: str = DEFAULT_MEM,
+    preload: Path | None = None,
 ) -> int:
     console = work / "console"
     tails = (
@@ -260,6 +316,8 @@ def _boot(
     )
     # UML backs guest memory with a file in TMPDIR; /dev/shm keeps it off the disk.
     env = {**os.environ, "TMPDIR": "/dev/shm"}
+    if preload is not None:
+        env["LD_PRELOAD"] = str(preload)
     # SIGTERM unwinds from before the guest starts, so that the finally below stops it then
     # too (set after the start, a SIGTERM in between left the guest running)
     with console.open("wb") as log, _sigterm_unwinds():
@@ -321,6 +379,11 @@ def console_report(console: str, mem: str) -> list[str]:
         if line.strip() and not line.startswith(_CONSOLE_NOISE)
     ]
     advice = map_count_advice(mem) if HOST_MEMORY_ERROR in console else None
+    if XSTATE_ERROR in console:
+        advice = (
+            "this host's XSAVE area (AVX-512, AMX) is larger than UML's: the guest needs the"
+            f" preloaded shim {XSTATE_SHIM.name}, built with cc (apt-get install gcc)"
+        )
     return [*lines, advice] if advice else lines
 
 

@@ -56,14 +56,52 @@ def test_init_script_mounts_private_dirs_and_binds_the_cwd_back() -> None:
 
 def test_init_script_loads_modules_runs_the_command_and_reports_status() -> None:
     text = script(modules=["esp4", "vrf"])
-    assert "modprobe -qa esp4 vrf" in text
+    assert "$MODPROBE -qa esp4 vrf" in text
     run = "cd '/tmp/my project' && python -c 'print('\"'\"'hi'\"'\"')'"
     assert (
         f"{run} </var/tmp/rnv-uml-x/stdin >/var/tmp/rnv-uml-x/stdout 2>/var/tmp/rnv-uml-x/stderr"
         in text
     )
     lines = text.splitlines()
-    assert lines[-3:] == ["echo $? > /var/tmp/rnv-uml-x/rc", "sync", "poweroff -f"]
+    assert lines[-3:] == ["echo $? > /var/tmp/rnv-uml-x/rc", "sync", uml.POWER_OFF]
+
+
+def test_the_guest_powers_off_without_a_poweroff_command() -> None:
+    # a minimal Debian 13 has no `poweroff`: init exited and the guest panicked
+    assert "poweroff" not in script()
+    assert uml.POWER_OFF.startswith("exec /usr/bin/python3 ")
+
+
+def test_modules_come_from_the_work_directory_when_the_root_has_no_lib_modules(
+    tmp_path: Path,
+) -> None:
+    """The module set-up of init_script, run on this host against a fake root: with no
+    /lib/modules it must write only under the work directory (on Debian 13 it created
+    usr/lib/modules/<version> on the host's real filesystem)."""
+    text = script(work=tmp_path / "work")
+    start = text.index("V=$(uname -r)")
+    end = text.index("$MODPROBE -qa")
+    setup = text[start:end]
+    root = tmp_path / "root"
+    (root / "usr/lib/uml/modules/6.1.0").mkdir(parents=True)
+    shell = (
+        setup.replace("[ -d /lib/modules ]", f"[ -d {root}/lib/modules ]")
+        .replace('M="/usr/lib/uml', f'M="{root}/usr/lib/uml')
+        .replace("/proc/sys/kernel/modprobe", f"{tmp_path}/kernel.modprobe")
+    )
+    shell = shell.replace("$(uname -r)", "6.1.0") + '\necho "$MODPROBE"\n'
+    (tmp_path / "work").mkdir()
+    done = subprocess.run(["sh", "-ec", shell], capture_output=True, text=True, check=True)
+    wrapper = str(tmp_path / "work" / "modprobe")
+    assert done.stdout.strip() == wrapper
+    assert (tmp_path / "kernel.modprobe").read_text().strip() == wrapper
+    link = tmp_path / "work/modules/lib/modules/6.1.0"
+    assert link.resolve() == root / "usr/lib/uml/modules/6.1.0"
+    assert sorted(p.name for p in root.iterdir()) == ["usr"]  # nothing made beside it
+    assert not (root / "lib").exists()
+    assert uml.modprobe_wrapper(tmp_path / "work") == (
+        f'#!/bin/sh\nexec modprobe -d {tmp_path / "work" / "modules"} "$@"\n'
+    )
 
 
 def test_interactive_command_uses_the_console() -> None:
@@ -166,3 +204,66 @@ def test_a_sigterm_to_the_runner_stops_the_guest(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # only when the test failed: the guest outlived it
+
+
+def test_console_report_explains_a_host_xsave_area_uml_cannot_use() -> None:
+    console = "userspace - ptrace set fp regs failed, errno = 14\nKernel panic - not syncing\n"
+    report = uml.console_report(console, "512M")
+    assert "XSAVE area" in report[-1] and "apt-get install gcc" in report[-1]
+
+
+def test_the_xstate_shim_makes_a_short_fpu_write_whole(tmp_path: Path) -> None:
+    """ptrace SETREGSET NT_X86_XSTATE with UML's 832 bytes: the host refuses it (EFAULT) when its
+    XSAVE area is larger (AVX-512, AMX); through the shim it succeeds and leaves the state beyond
+    UML's part as it was. On a host whose area is 832 bytes both pass, as they should."""
+    shim = uml.build_shim(tmp_path)
+    assert shim is not None and shim.exists()
+    probe = tmp_path / "probe.py"
+    probe.write_text(_PTRACE_PROBE)
+    plain = subprocess.run(
+        [sys.executable, str(probe)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    shimmed = subprocess.run(
+        [sys.executable, str(probe)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LD_PRELOAD": str(shim)},
+    ).stdout.split()
+    whole = int(plain[0])
+    if whole > 832:
+        assert plain[1] == "-1:14"  # the host's refusal, which killed the guest
+    assert shimmed[1] == "0:0"
+    assert shimmed[2] == "same"  # the whole area read back is what it was before the write
+
+
+_PTRACE_PROBE = """
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+class Iov(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+GET, SET, XSTATE = 0x4204, 0x4205, ctypes.c_void_p(0x202)
+pid = os.fork()
+if pid == 0:
+    libc.ptrace(0, 0, None, None)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    os._exit(0)
+os.waitpid(pid, 0)
+def read_whole():
+    buf = ctypes.create_string_buffer(65536)
+    iov = Iov(ctypes.cast(buf, ctypes.c_void_p), 65536)
+    assert libc.ptrace(GET, pid, XSTATE, ctypes.byref(iov)) == 0
+    return buf.raw[: iov.len]
+before = read_whole()
+short = ctypes.create_string_buffer(832)
+iov = Iov(ctypes.cast(short, ctypes.c_void_p), 832)
+assert libc.ptrace(GET, pid, XSTATE, ctypes.byref(iov)) == 0
+ret = libc.ptrace(SET, pid, XSTATE, ctypes.byref(iov))
+err = ctypes.get_errno() if ret < 0 else 0
+after = read_whole()
+print(len(before), f"{ret}:{err}", "same" if after == before else "changed")
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+"""
