@@ -5,6 +5,7 @@
     {"request": "endpoints"}
     {"request": "directory"}
     {"request": "reload"}                  (the same as SIGHUP)
+    {"request": "clear-duplicate", "tenant": "blue", "address": "10.0.0.2"}
 
 Answers are {"ok": true, "result": ...} or {"ok": false, "code": "not-found" | "bad-request",
 "error": "..."}. The socket is <run dir>/agent.sock, mode 0600, and the peer's uid is checked
@@ -48,7 +49,15 @@ class RequestFailed(ControlError):
         self.code = code
 
 
-def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) -> dict[str, Any]:
+ClearDuplicate = Callable[[tuple[int, Any]], None]
+
+
+def answer(
+    request: dict[str, Any],
+    snap: Snapshot,
+    reload: Callable[[], None],
+    clear: ClearDuplicate | None = None,
+) -> dict[str, Any]:
     kind = request.get("request")
     try:
         if kind == "status":
@@ -66,6 +75,13 @@ def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) 
         if kind == "reload":
             reload()
             return _ok({"reload": "requested"})
+        if kind == "clear-duplicate" and clear is not None:
+            tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
+            where = report.duplicate(snap, tenant, address)
+            if where is None:
+                return _error("not-found", f"{address} in tenant {tenant} is not a duplicate")
+            clear(where)
+            return _ok({"cleared": {"tenant_id": where[0], "prefix": str(where[1])}})
     except report.QueryError as exc:
         return _error("bad-request", str(exc))
     return _error("bad-request", f"unknown request {kind!r}")
@@ -81,7 +97,11 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 class ControlServer:
     def __init__(
-        self, path: Path, snapshot: Callable[[], Snapshot], reload: Callable[[], None]
+        self,
+        path: Path,
+        snapshot: Callable[[], Snapshot],
+        reload: Callable[[], None],
+        clear: ClearDuplicate | None = None,
     ) -> None:
         self.path = path
         _claim(path)
@@ -99,6 +119,7 @@ class ControlServer:
         os.chmod(path, 0o600)
         self._snapshot = snapshot
         self._reload = reload
+        self._clear = clear
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="control", daemon=True
         )
@@ -117,7 +138,7 @@ class ControlServer:
             return _error("bad-request", "a request is one JSON object on one line")
         if not isinstance(request, dict):
             return _error("bad-request", "a request is one JSON object on one line")
-        return answer(request, self._snapshot(), self._reload)
+        return answer(request, self._snapshot(), self._reload, self._clear)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -148,7 +148,9 @@ def agent_command(
         notifier=Notifier(),
     )
     try:
-        control = ControlServer(run_dir / SOCKET_NAME, agent.snapshot, agent.request_reload)
+        control = ControlServer(
+            run_dir / SOCKET_NAME, agent.snapshot, agent.request_reload, agent.request_clear
+        )
     except (ControlError, OSError) as exc:
         log("agent.start", ok=False, error=str(exc))
         sys.exit(EXIT_FAILED)

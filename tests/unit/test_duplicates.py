@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+from pydantic import ValidationError
+
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Guard, Limits
 from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
+from routed_nv.config import crosscheck
 from routed_nv.config.model import Config
 
 ADDRESS = ipaddress.ip_network("10.0.0.2/32")
@@ -194,3 +198,18 @@ def test_an_address_no_longer_local_is_forgotten() -> None:
     mobility.resolve(h2.config, DirectoryView(frozenset(), frozenset({hijack})), h2.guard, 12)
     assert h2.guard.duplicates() == []
     assert [(e.kind, e.why) for e in h2.guard.take_events()] == [("cleared", "not-local")]
+
+
+def test_the_limits_are_configurable_and_checked() -> None:
+    base = config(2).model_dump(mode="json")
+    directory = {"duplicate_moves": 3, "duplicate_window_s": 60, "reassert_after_s": 5}
+    tuned = Config.model_validate(base | {"directory": directory}).directory
+    assert (tuned.duplicate_moves, tuned.duplicate_window_s, tuned.reassert_after_s) == (3, 60, 5)
+    with pytest.raises(ValidationError, match=r"duplicate_moves\n  Value error, is out of range"):
+        Config.model_validate(base | {"directory": {"duplicate_moves": 0}})
+    slow = Config.model_validate(base | {"directory": {"reassert_after_s": 180}})
+    ours = [p for p in crosscheck.problems(slow) if p[0][0] == "directory"]
+    assert ours == [
+        (("directory", "reassert_after_s"), 180, "is not below directory.duplicate_window_s = 180")
+    ]
+    assert [p for p in crosscheck.problems(config(2)) if p[0][0] == "directory"] == []
