@@ -487,6 +487,10 @@ def test_a_hijacked_endpoint_comes_back_and_a_repeated_hijack_is_frozen_as_a_dup
     sequence = published_sequence(env, "host2", address) + 1
     with bird_extra(env, "host1", hijack(address, sequence)):
         until_mirrored(env, "host2", address, f"{host1} dev")
+        deadline = time.monotonic() + REACH_TIMEOUT_S
+        while (f"{address}/32", sequence, host1) not in stale_on(env, "host2"):
+            assert time.monotonic() < deadline, where_is(env, address)  # the hijack took hold
+            time.sleep(0.1)
         back = reach(env, "blue3", address, started)  # host3 routes it to host2 again
         print(f"\nhijack with sequence {sequence}: blue2 reachable again after {back:.2f} s")
         deadline = time.monotonic() + REACH_TIMEOUT_S
