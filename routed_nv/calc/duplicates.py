@@ -38,7 +38,7 @@ SELF = "self"  # the location "this host"; other locations are host addresses as
 class Limits:
     moves: int = 5  # more location changes than this within `window_s` freeze an address
     window_s: float = 180.0
-    reassert_after_s: float = 10.0  # a still-attached lost address is announced again then
+    reassert_after_s: float = 30.0  # a still-attached lost address is announced again then
 
 
 @dataclass(frozen=True)

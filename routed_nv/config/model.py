@@ -97,7 +97,7 @@ class Directory(_Strict):
     # duplicate_moves times within duplicate_window_s is frozen and reported as a duplicate.
     duplicate_moves: Annotated[int, int_range(1, 1000)] = 5
     duplicate_window_s: Annotated[int, int_range(1, 86400)] = 180
-    reassert_after_s: Annotated[int, int_range(0, 3600)] = 10
+    reassert_after_s: Annotated[int, int_range(0, 3600)] = 30
 
 
 class KeyingMode(StrEnum):
