@@ -146,8 +146,7 @@ class Guard:
         record.holder = holder
         if len(moves) > self.limits.moves and not record.frozen:
             record.frozen = True
-            other = _name(record.rival) if record.rival else ""
-            self.events.append(Event("duplicate", *where, other, moves=len(moves)))
+            self.events.append(Event("duplicate", *where, _name(record.rival), moves=len(moves)))
 
     def due(self) -> float | None:
         """When a re-assertion falls due (monotonic seconds), for the agent's timer."""
