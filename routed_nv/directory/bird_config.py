@@ -201,10 +201,6 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
         # forwards through a mirror table); krt_metric must stay fixed, see below.
         f"    if bgp_large_community ~ {moved} then {MIRROR_SEQUENCE} = {_sequence(asn)};",
         f"    if {_tenant_tags(asn)} > 1 then {MIRROR_TENANTS} = {_tenant_tags(asn)};",
-        # A path whose next hop the underlay cannot reach has no gateway to write (setting one
-        # fails the filter, and BIRD dropped it unseen): it is written as an unreachable route
-        # without a gateway, which learn refuses and reports (bad-next-hop).
-        "    if dest = RTD_UNREACHABLE then accept;",
         "    onlink = true; gw = bgp_next_hop; accept;",
         "  }; };",
         # One metric for every mirror route: BIRD 2.0.12 replaces a kernel route in place, so a

@@ -8,8 +8,7 @@ sentence (for logs and `routed-nv status`):
 - the tenant (from the mirror table) must be one this host knows;
 - the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
 - the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate
-  (a mirror route without a gateway, which BIRD writes for a path whose next hop the underlay
-  cannot reach, is refused and reported too).
+  (a mirror route without a gateway, not written by BIRD, is refused and reported too).
 BIRD has already chosen one location per (tenant, address) by mobility sequence (a moved
 endpoint's route carries local_pref 100 + sequence; docs/directory.md) and the mirror table holds
 only that choice, with the sequence in the route's `window` metric. Should a table hold more than
@@ -53,7 +52,7 @@ class MirrorRoute:
 
     table: int
     prefix: IPNetwork
-    next_hop: IPAddress | None  # None: no gateway (an unreachable next hop), refused
+    next_hop: IPAddress | None  # None: no gateway (not a route BIRD wrote), refused
     metric: int
     sequence: int = 0  # the mobility sequence (directory/mobility.py), 0 if none
     tenants: int = 1  # how many tenant communities the BGP route carries (mobility.MIRROR_TENANTS)
@@ -208,8 +207,7 @@ class _Checker:
 
     def _peer(self, next_hop: IPAddress | None) -> PeerHost | tuple[Reason, str]:
         if next_hop is None:
-            # BIRD writes a path whose next hop the underlay cannot reach as unreachable
-            return Reason.BAD_NEXT_HOP, "no next-hop address: not reachable through the underlay"
+            return Reason.BAD_NEXT_HOP, "no next-hop address (not a route BIRD wrote)"
         host_prefix = _host_prefix(next_hop)
         aggregate = self._config.host.underlay_aggregate
         if host_prefix is None or not host_prefix.subnet_of(aggregate):

@@ -134,8 +134,8 @@ def _route(body: bytes, tables: Container[int]) -> Watched | None:
     next_hop = _next_hop(attrs)
     if next_hop is None and table not in _MIRROR_TABLES:
         return None  # the benchmark's VRF table: only the agent's routes, which have a gateway
-    # A mirror route without a gateway: BIRD's for a path whose next hop the underlay cannot
-    # reach (or one written by hand). Kept, so that learn reports it rather than it vanishing.
+    # A mirror route without a gateway was not written by BIRD's mirror export (which always
+    # sets one): kept, so that learn reports it rather than it vanishing unseen.
     metrics = attributes(attrs.get(RTA_METRICS, b""), 0)
     sequence = struct.unpack("=I", metrics[RTAX_WINDOW])[0] if RTAX_WINDOW in metrics else 0
     tenants = struct.unpack("=I", metrics[RTAX_ADVMSS])[0] if RTAX_ADVMSS in metrics else 1

@@ -70,8 +70,6 @@ def test_mirror_exports_the_owner_as_onlink_gateway() -> None:
     text = bird_config.render_host(config(), None)
     assert f"kernel table {markers.mirror_table(200)}; persist;" in text
     assert "onlink = true; gw = bgp_next_hop; accept;" in text
-    # a path the underlay cannot reach has no gateway: written unreachable, for learn to report
-    assert "if dest = RTD_UNREACHABLE then accept;" in text
 
 
 def test_a_moved_endpoint_is_preferred_by_its_sequence() -> None:
