@@ -1,7 +1,7 @@
 """`routed-nv`: the one command-line entry point.
 
 Each package exposes its own click commands; this module only assembles them, so that importing
-the CLI does not import pyroute2, vici or iptc until a command needs them.
+the CLI does not import pyroute2 or vici until a command needs them.
 """
 
 from __future__ import annotations

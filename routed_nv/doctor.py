@@ -15,11 +15,20 @@ from pathlib import Path
 
 import click
 
-from routed_nv.kernel_features import MachineFacts, Report, evaluate, format_table
+from routed_nv.kernel_features import (
+    MachineFacts,
+    Report,
+    evaluate,
+    format_table,
+    loadable_plugins,
+)
 from routed_nv.options import output_option
 
 CHARON = Path("/usr/lib/ipsec/charon")
+CHARON_PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
 UML_MODULES = Path("/usr/lib/uml/modules")
+OS_RELEASE = Path("/etc/os-release")
+DEBIAN_VERSION = Path("/etc/debian_version")
 # Tools live in sbin, which an unprivileged PATH often lacks.
 _SEARCH_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
@@ -37,17 +46,41 @@ def _which(name: str) -> str | None:
     return shutil.which(name, path=_SEARCH_PATH)
 
 
-def _iptables_version() -> str:
-    iptables = _which("iptables")
-    if iptables is None:
+def _version(program: str | None, flag: str) -> str:
+    """What `program flag` prints (either stream), or "" when it cannot be run."""
+    if program is None:
         return ""
     try:
         done = subprocess.run(
-            [iptables, "-V"], capture_output=True, text=True, timeout=10, check=False
+            [program, flag], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout + done.stderr
+
+
+def distribution(os_release: str, debian_version: str) -> str:
+    """ "Debian GNU/Linux 13 (trixie), 13.1": os-release's name and Debian's point release."""
+    fields = dict(line.split("=", 1) for line in os_release.splitlines() if "=" in line)
+    name = fields.get("PRETTY_NAME", "").strip().strip('"')
+    point = debian_version.strip()
+    return ", ".join(part for part in (name, point) if part)
+
+
+def _charon_plugins() -> frozenset[str]:
+    prefix, suffix = "libstrongswan-", ".so"
+    if not CHARON_PLUGIN_DIR.is_dir():
+        return frozenset()
+    return frozenset(
+        p.name[len(prefix) : -len(suffix)]
+        for p in CHARON_PLUGIN_DIR.iterdir()
+        if p.name.startswith(prefix) and p.name.endswith(suffix)
+    )
+
+
+def lab_plugins() -> list[str]:
+    """The charon plugins the lab loads on this machine: what exists of the list it wants."""
+    return loadable_plugins(_charon_plugins())
 
 
 def gather_facts() -> MachineFacts:
@@ -62,8 +95,8 @@ def gather_facts() -> MachineFacts:
         modules_builtin=_read(modules_dir / "modules.builtin"),
         modules_dep=_read(modules_dir / "modules.dep"),
         proc_crypto=_read(Path("/proc/crypto")),
-        iptables_version=_iptables_version(),
-        iptables_legacy=_which("iptables-legacy"),
+        iptables_version=_version(_which("iptables"), "-V"),
+        iptables_legacy=_which("iptables-legacy-restore"),
         charon=str(CHARON) if os.access(CHARON, os.X_OK) else None,
         bird=_which("bird"),
         birdc=_which("birdc"),
@@ -71,6 +104,10 @@ def gather_facts() -> MachineFacts:
         uml_module_releases=tuple(sorted(p.name for p in UML_MODULES.iterdir()))
         if UML_MODULES.is_dir()
         else (),
+        distribution=distribution(_read(OS_RELEASE), _read(DEBIAN_VERSION)),
+        bird_version=_version(_which("bird"), "--version"),
+        charon_version=_version(str(CHARON) if os.access(CHARON, os.X_OK) else None, "--version"),
+        charon_plugins=_charon_plugins(),
     )
 
 
@@ -89,9 +126,11 @@ def datapath_ready() -> tuple[bool, list[str]]:
 def doctor_command(output: str) -> None:
     """Check what this kernel and machine provide for routed_nv.
 
-    Reports the kernel features the datapath needs (esp4, esp6, xfrm_user, vrf, ip6_tunnel,
-    IPv4 over an NBMA ip6tnl, AES-GCM) and the tools around it (iptables backend, charon, BIRD,
-    user-mode-linux for the lab). A module counts when it is loaded, built in or loadable.
+    Reports the distribution, the kernel features the datapath needs (esp4, esp6, xfrm_user,
+    vrf, ip6_tunnel, IPv4 over an NBMA ip6tnl, AES-GCM) and the tools around it with their
+    versions (iptables and its backend, charon and the plugins the lab loads, BIRD,
+    user-mode-linux's kernel for the lab). A module counts when it is loaded, built in or
+    loadable.
 
     Exit status: 0 when every datapath need is met, 1 when one is missing (the lab then runs
     inside user-mode-linux). Tools are reported but do not change the exit status.

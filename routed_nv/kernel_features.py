@@ -32,12 +32,16 @@ class MachineFacts:
     modules_dep: str = ""  # /lib/modules/<release>/modules.dep
     proc_crypto: str = ""  # /proc/crypto
     iptables_version: str = ""  # `iptables -V` output, empty when iptables is absent
-    iptables_legacy: str | None = None  # path of iptables-legacy
+    iptables_legacy: str | None = None  # path of iptables-legacy-restore
     charon: str | None = None  # path of the charon daemon
     bird: str | None = None
     birdc: str | None = None
     linux_uml: str | None = None
     uml_module_releases: tuple[str, ...] = ()  # directories under /usr/lib/uml/modules
+    distribution: str = ""  # PRETTY_NAME of /etc/os-release (+ /etc/debian_version)
+    bird_version: str = ""  # `bird --version`
+    charon_version: str = ""  # `charon --version`
+    charon_plugins: frozenset[str] = frozenset()  # names of the installed charon plugins
 
 
 @dataclass(frozen=True)
@@ -117,16 +121,22 @@ class _Modules:
 
 def evaluate(facts: MachineFacts) -> Report:
     modules = _Modules(facts)
-    features = [_module_feature(modules, name) for name in DATAPATH_MODULES]
+    features = [Feature("distribution", bool(facts.distribution), facts.distribution or "unknown")]
+    features += [_module_feature(modules, name) for name in DATAPATH_MODULES]
     features += [
         _nbma_feature(facts, modules),
         _gcm_feature(facts, modules),
         _iptables_feature(facts),
-        _binary_feature("charon", facts.charon, "strongSwan's IKE daemon"),
+        _charon_feature(facts),
         _bird_feature(facts),
         _uml_feature(facts),
     ]
     return Report(tuple(features))
+
+
+def loadable_plugins(installed: frozenset[str]) -> list[str]:
+    """CHARON_PLUGINS that are installed, in load order."""
+    return [name for name in CHARON_PLUGINS if name in installed]
 
 
 def _module_feature(modules: _Modules, name: str) -> Feature:
@@ -161,25 +171,41 @@ def _iptables_feature(facts: MachineFacts) -> Feature:
     backend = iptables_backend(facts.iptables_version)
     if backend is None and not facts.iptables_legacy:
         return Feature("iptables", False, "iptables not found")
-    legacy = backend == "legacy" or facts.iptables_legacy is not None
-    default = f"default backend {backend}" if backend else "no iptables command"
-    if legacy:
-        via = "default" if backend == "legacy" else facts.iptables_legacy
-        detail = f"{default}; legacy via {via} (python-iptables drives legacy only)"
-    else:
-        detail = f"{default}; no iptables-legacy, and python-iptables drives legacy only"
-    return Feature("iptables", legacy, detail)
+    match = _IPTABLES_VERSION.search(facts.iptables_version)
+    version = f"v{match['version']}, " if match else ""
+    default = f"{version}default backend {backend}" if backend else "no iptables command"
+    how = "routed_nv programs the legacy tables with iptables-legacy-restore"
+    if facts.iptables_legacy:
+        return Feature("iptables", True, f"{default}; {how} ({facts.iptables_legacy})")
+    return Feature("iptables", False, f"{default}; no iptables-legacy-restore, and {how}")
 
 
-def _binary_feature(name: str, path: str | None, what: str) -> Feature:
-    return Feature(name, path is not None, path or f"{what} not found")
+def _charon_feature(facts: MachineFacts) -> Feature:
+    if facts.charon is None:
+        return Feature("charon", False, "strongSwan's IKE daemon not found")
+    version = _first_line(facts.charon_version).removeprefix("Linux ")
+    loaded = loadable_plugins(facts.charon_plugins)
+    absent = [name for name in CHARON_PLUGINS if name not in facts.charon_plugins]
+    detail = f"{version or 'version unknown'}, {facts.charon}; plugins the lab loads: " + (
+        " ".join(loaded) or "none"
+    )
+    if absent:
+        # strongSwan 6 folded aes, sha1, sha2, hmac, kdf, curve25519 and gmp into openssl
+        detail += f" (not installed: {' '.join(absent)})"
+    return Feature("charon", True, detail)
 
 
 def _bird_feature(facts: MachineFacts) -> Feature:
     missing = [n for n, p in (("bird", facts.bird), ("birdc", facts.birdc)) if p is None]
     if missing:
         return Feature("bird", False, f"{', '.join(missing)} not found")
-    return Feature("bird", True, f"{facts.bird}, {facts.birdc}")
+    version = _first_line(facts.bird_version)
+    return Feature("bird", True, f"{version or 'version unknown'}, {facts.bird}, {facts.birdc}")
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def _uml_feature(facts: MachineFacts) -> Feature:
@@ -190,8 +216,18 @@ def _uml_feature(facts: MachineFacts) -> Feature:
     return Feature(
         "user-mode-linux",
         True,
-        f"{facts.linux_uml}, modules {', '.join(facts.uml_module_releases)}",
+        f"{facts.linux_uml}, kernel {', '.join(facts.uml_module_releases)}",
     )
+
+
+# What the lab's charon loads, where installed: kdf is needed by charon 5.9's key derivation;
+# strongSwan 6 (Debian 13) has no aes, sha1, sha2, hmac, kdf, curve25519 and gmp plugins any more
+# (openssl provides them); gcm, curve25519 and openssl come with libstrongswan-standard-plugins.
+CHARON_PLUGINS = (
+    *("random", "nonce", "aes", "sha1", "sha2", "hmac", "kdf", "gcm", "curve25519", "openssl"),
+    *("gmp", "pem", "pkcs1", "pkcs8", "x509", "pubkey", "constraints", "revocation"),
+    *("kernel-netlink", "socket-default", "vici"),
+)
 
 
 def format_table(rows: Iterable[Feature]) -> str:

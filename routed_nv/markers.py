@@ -17,7 +17,7 @@ ENDPOINT_LINK_PREFIX = "rnv-e"  # host end of a veth pair routed_nv made into a 
 # Route protocol numbers (rtm_protocol); /etc/iproute2/rt_protos.d/routed-nv.conf names them.
 RTPROT_ENDPOINT = 230  # routes to workloads on this host (published to the directory)
 RTPROT_REMOTE = 231  # routes to workloads on other hosts (learned from the directory)
-RTPROT_INFRA = 232  # unreachable defaults and other per-tenant plumbing routes
+RTPROT_INFRA = 232  # unreachable defaults, other plumbing routes, the local-table rule
 # In the publish table, instead of RTPROT_ENDPOINT: a local address another host announced with
 # a newer mobility sequence (the metric keeps that sequence). BIRD does not learn it, so this
 # host stops announcing the address; the route stays so that a restarted agent knows.

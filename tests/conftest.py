@@ -107,4 +107,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             report.wasxfail = phase["wasxfail"]
         item.ihook.pytest_runtest_logreport(report=report)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    # What runtestprotocol's teardown phase does: tear down what nextitem does not share (a
+    # host-side test's module before this kernel test still holds its place otherwise, and the
+    # next test's setup fails with "previous item was not torn down properly").
+    item.session._setupstate.teardown_exact(nextitem)
     return True

@@ -6,6 +6,7 @@
     {"request": "directory"}
     {"request": "reload"}                  (the same as SIGHUP)
     {"request": "clear-duplicate", "tenant": "blue", "address": "10.0.0.2"}
+    {"request": "view"}                    (the directory view last applied: `routed-nv apply`)
 
 Answers are {"ok": true, "result": ...} or {"ok": false, "code": "not-found" | "bad-request",
 "error": "..."}. The socket is <run dir>/agent.sock, mode 0600, and the peer's uid is checked
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from routed_nv.agent import report
+from routed_nv.agent import report, view_json
 from routed_nv.agent.snapshot import Snapshot
 
 SOCKET_NAME = "agent.sock"
@@ -72,6 +73,15 @@ def answer(
             if found is None:
                 return _error("not-found", f"no endpoint {address} in tenant {tenant}")
             return _ok(found)
+        if kind == "view":
+            return _ok(
+                {
+                    "source": snap.source.name,
+                    "in_sync": snap.source.in_sync,
+                    "applied": snap.last_apply is not None,
+                    "view": view_json.encode(snap.view),
+                }
+            )
         if kind == "reload":
             reload()
             return _ok({"reload": "requested"})

@@ -128,7 +128,7 @@ def agent_command(
     if metrics_address == "off":
         metrics_address = None
 
-    # The drivers import pyroute2 and iptc: only load them when the agent really starts.
+    # The drivers import pyroute2: only load them when the agent really starts.
     from routed_nv.agent.datapath import Datapath
 
     settings = Settings(

@@ -29,7 +29,7 @@ from routed_nv.esp.ike import IkeDriver
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from routed_nv.esp.xfrm import IprouteXfrm
 from routed_nv.netfilter.driver import NetfilterDriver
-from routed_nv.netfilter.iptables import IptcTables
+from routed_nv.netfilter.restore import RestoreTables
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.netlink import NetlinkKernel
 
@@ -69,7 +69,7 @@ class Datapath:
 
     def __init__(self, config: Config, netns: str | None = None) -> None:
         self._netns = netns
-        self.netfilter = NetfilterDriver(IptcTables(netns=netns))
+        self.netfilter = NetfilterDriver(RestoreTables(netns=netns))
         self.xfrm = XfrmDriver(
             IprouteXfrm(netns), config.host.underlay_prefix, config.keying.rotation_grace_s
         )

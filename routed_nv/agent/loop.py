@@ -42,7 +42,7 @@ from routed_nv.calc.inputs import Claim, DirectoryView
 from routed_nv.config.loader import ConfigError
 from routed_nv.config.model import Config
 
-if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2 and iptc
+if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
     from routed_nv.agent.datapath import Outcome
 
 

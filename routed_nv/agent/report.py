@@ -17,6 +17,7 @@ from routed_nv.agent.snapshot import SaInfo, Snapshot
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import SELF
 from routed_nv.calc.inputs import DirectoryView, IPNetwork, RemoteRoute
+from routed_nv.config.loader import shorten
 from routed_nv.config.model import Config
 
 Json = dict[str, Any]
@@ -93,14 +94,14 @@ def _tenant(config: Config, tenant: str) -> tuple[str, int]:
     for name, t in config.tenants.items():
         if tenant in (name, str(t.id)):
             return name, t.id
-    raise QueryError(f"no tenant {tenant!r} in this host's configuration")
+    raise QueryError(f"no tenant {shorten(repr(tenant))} in this host's configuration")
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        raise QueryError(f"{text!r} is not an IPv4 or IPv6 address") from None
+        raise QueryError(f"{shorten(repr(text))} is not an IPv4 or IPv6 address") from None
 
 
 def lookup(

@@ -4,19 +4,24 @@ routed_nv never rewrites a file that the configuration tool owns. Run-time endpo
 their own drop-in, conf.d/90-routed-nv-runtime.toml beside the host file, so the ordinary loader
 merges them (`config check`, `apply` and the agent all see them) and the configuration tool can
 leave the file alone. A change is validated together with every other layer before it replaces
-the file (atomically), so an invalid endpoint never reaches the agent.
+the file, so an invalid endpoint never reaches the agent. Every change runs under an flock and
+replaces the file atomically (write, fsync, rename, fsync the directory), so concurrent
+`endpoint add|del` never lose one another's update.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import tomllib
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from routed_nv.config.loader import DROP_IN_DIR, ConfigError, default_path, load_config
+from routed_nv.config.loader import DROP_IN_DIR, ConfigError, default_path, load_config, shorten
 from routed_nv.config.model import Config
+from routed_nv.config.sources import SourceError, read_toml
 from routed_nv.config.writer import tables_to_toml
 
 RUNTIME_DROP_IN = "90-routed-nv-runtime.toml"
@@ -24,6 +29,9 @@ HEADER = (
     "# Written by `routed-nv endpoint add|del`; edit with those commands, not by hand.\n"
     "# The configuration tool's files are never rewritten: this is routed_nv's own drop-in.\n"
 )
+
+
+LOCK_TIMEOUT_S = 30  # a change takes well under a second; a hung holder must not hang us all
 
 
 class Refused(ValueError):
@@ -42,40 +50,74 @@ def drop_in_path(config_path: Path | None) -> Path:
 def runtime_endpoints(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    with path.open("rb") as fh:
-        return dict(tomllib.load(fh).get("endpoints", {}))
+    try:
+        return dict(read_toml(path, str(path)).get("endpoints", {}))
+    except SourceError as exc:
+        raise Refused([f"{exc.source}: {exc.message}"]) from None
 
 
 def add(config_path: Path | None, name: str, entry: dict[str, Any]) -> tuple[str, Config]:
     """Add (or replace) a run-time endpoint; returns ("added" | "replaced", the new config)."""
     path = drop_in_path(config_path)
-    ours = runtime_endpoints(path)
-    config = _load(config_path)
-    if name in config.endpoints and name not in ours:
-        raise Refused(
-            [
-                f"endpoint {name} is defined in the configuration files; routed-nv endpoint add "
-                f"only manages {path}"
-            ]
-        )
-    verb = "replaced" if name in ours else "added"
-    return verb, _write(config_path, path, {**ours, name: entry})
+    with _locked(path):
+        ours = runtime_endpoints(path)
+        config = _load(config_path)
+        if name in config.endpoints and name not in ours:
+            raise Refused(
+                [
+                    f"endpoint {name} is defined in the configuration files; routed-nv endpoint "
+                    f"add only manages {path}"
+                ]
+            )
+        verb = "replaced" if name in ours else "added"
+        return verb, _write(config_path, path, {**ours, name: entry})
 
 
 def delete(config_path: Path | None, name: str) -> Config:
     path = drop_in_path(config_path)
-    ours = runtime_endpoints(path)
-    if name not in ours:
-        config = _load(config_path)
-        if name in config.endpoints:
-            raise Refused(
-                [
-                    f"endpoint {name} is defined in the configuration files, not by routed-nv "
-                    "endpoint add: remove it there"
-                ]
-            )
-        raise Refused([f"no endpoint {name}"], not_found=True)
-    return _write(config_path, path, {k: v for k, v in ours.items() if k != name})
+    with _locked(path):
+        ours = runtime_endpoints(path)
+        if name not in ours:
+            config = _load(config_path)
+            if name in config.endpoints:
+                raise Refused(
+                    [
+                        f"endpoint {name} is defined in the configuration files, not by "
+                        "routed-nv endpoint add: remove it there"
+                    ]
+                )
+            raise Refused([f"no endpoint {shorten(name)}"], not_found=True)
+        return _write(config_path, path, {k: v for k, v in ours.items() if k != name})
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the drop-in's lock: each change reads, validates and replaces the file while no
+    other `endpoint add|del` can, so concurrent changes all take effect, one after the other."""
+    lock = path.with_name(f".{path.name}.lock")  # not *.toml: the loader ignores it
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _unwritable(lock, exc) from None
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Refused(
+                        [
+                            f"{lock}: another change held the lock for {LOCK_TIMEOUT_S} s; "
+                            "nothing changed"
+                        ]
+                    ) from None
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _load(config_path: Path | None, substitute: tuple[str, Path] | None = None) -> Config:
@@ -86,17 +128,35 @@ def _load(config_path: Path | None, substitute: tuple[str, Path] | None = None) 
 
 
 def _write(config_path: Path | None, path: Path, endpoints: dict[str, Any]) -> Config:
-    """Validate the whole configuration with the new drop-in, then put it in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Validate the whole configuration with the new drop-in, then put it in place atomically:
+    a crash leaves the old file or the new one, never a torn one."""
     # not *.toml: the loader must not pick a half-written file up
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     text = HEADER + tables_to_toml({"endpoints": endpoints}) if endpoints else HEADER
     try:
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
+        with open(tmp, "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         config = _load(config_path, substitute=(RUNTIME_DROP_IN, tmp))
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a crash
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return config
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unwritable(path: Path, exc: OSError) -> Refused:
+    return Refused([f"{path}: cannot write the run-time drop-in: {exc.strerror}; nothing changed"])

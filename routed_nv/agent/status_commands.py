@@ -333,12 +333,14 @@ def endpoint_add_command(
     The drop-in is conf.d/90-routed-nv-runtime.toml beside the host file; files the
     configuration tool owns are never rewritten. The whole configuration is validated with the
     change before the file is replaced; an invalid change leaves everything as it was.
+    Concurrent `endpoint add|del` take turns on a lock (conf.d/.90-routed-nv-runtime.toml.lock),
+    and each replaces the file atomically, so none loses another's change.
 
     \b
     Exit status:
       0  added or replaced (the agent reloads; without one it applies at its start)
-      2  usage error, an invalid endpoint (every problem is printed), or a name that the
-         configuration files define
+      2  usage error, an invalid endpoint (every problem is printed), a name that the
+         configuration files define, or a drop-in that cannot be written (nothing changed)
 
     \b
     Examples:
@@ -369,7 +371,8 @@ def endpoint_del_command(name: str, config_path: Path | None, run_dir: Path, out
     Exit status:
       0  removed
       1  no run-time endpoint of that name
-      2  usage error, or a name that the configuration files define
+      2  usage error, a name that the configuration files define, or a drop-in that cannot be
+         written (nothing changed)
 
     \b
     Examples:

@@ -8,7 +8,9 @@ place where both checks can see what they need (measured on 6.1, see the doc):
 
 Chains, all prefixed markers.CHAIN_PREFIX, reached by one jump from PREROUTING per family:
   RNV-PREROUTING      dispatch: a workload's interface -> its RNV-SRC chain; IP-in-IPv6 -> RNV-DECAP
-  RNV-SRC-<ifname>    the sources that workload may use; everything else is dropped
+  RNV-SRC-<ifname>    first RNV-HOST, then the sources that workload may use; all else is dropped
+  RNV-HOST            what a workload may send to its host itself: ND, and ICMP echo requests to
+                      its gateway; anything else addressed to the host is dropped in silence
   RNV-DECAP (IPv6)    IP-in-IPv6 to this host's /64 must have been decrypted by the SA of the tenant
                       that owns the destination (reqid binds SA -> tenant); plaintext is dropped
 """
@@ -29,10 +31,13 @@ HOOK = "PREROUTING"  # the built-in chain that carries our single jump
 DISPATCH = f"{markers.CHAIN_PREFIX}PREROUTING"
 DECAP = f"{markers.CHAIN_PREFIX}DECAP"
 SRC_PREFIX = f"{markers.CHAIN_PREFIX}SRC-"
+TO_HOST = f"{markers.CHAIN_PREFIX}HOST"
 
 PROTO_IPIP = 4  # IPv4 in IPv6
 PROTO_IPV6 = 41  # IPv6 in IPv6
+PROTO_ICMP = 1
 PROTO_ICMPV6 = 58
+ECHO_REQUEST = {4: 8, 6: 128}  # ICMP, ICMPv6 type
 # What a workload may send from a link-local or unspecified source: router and neighbour
 # solicitations and neighbour advertisements (RFC 4861 sends them from fe80::/10; DAD's
 # neighbour solicitation from ::). Nothing else needs them: the host is the only neighbour.
@@ -40,6 +45,10 @@ ND_TYPES = (133, 135, 136)
 DAD_TYPE = 135
 LINK_LOCAL = "fe80::/10"
 UNSPECIFIED = "::/128"
+GATEWAY = {
+    4: str(ipaddress.ip_network(markers.GATEWAY_V4)),
+    6: str(ipaddress.ip_network(markers.GATEWAY_V6)),
+}
 
 
 class Family(StrEnum):
@@ -58,30 +67,45 @@ class Rule:
     src: str | None = None  # a network in its canonical text form: "10.0.0.1/32"
     dst: str | None = None
     protocol: int | None = None
+    icmp_type: int | None = None  # IPv4
     icmpv6_type: int | None = None
+    # `-m addrtype --dst-type`: LOCAL (in the local table: an address of the host), MULTICAST...
+    dst_type: str | None = None
     # `-m policy --dir in`: None = no policy match, 0 = `--pol none` (not decrypted),
     # otherwise `--pol ipsec --proto esp --reqid <value>`
     ipsec_reqid: int | None = None
 
     def render(self) -> str:
         """The rule as iptables arguments, for plans and logs."""
-        parts = []
+        return " ".join([*self.matches(), *self.jump()])
+
+    def matches(self) -> list[str]:
+        """What the rule matches, as iptables arguments: one entry per option a new field adds
+        (the adapter parses -save output back with the same options, routed_nv/netfilter)."""
+        args = []
         if self.in_interface:
-            parts.append(f"-i {self.in_interface}")
+            args += ["-i", self.in_interface]
         if self.src:
-            parts.append(f"-s {self.src}")
+            args += ["-s", self.src]
         if self.dst:
-            parts.append(f"-d {self.dst}")
+            args += ["-d", self.dst]
         if self.protocol is not None:
-            parts.append(f"-p {self.protocol}")
+            args += ["-p", str(self.protocol)]
+        if self.icmp_type is not None:
+            args += ["-m", "icmp", "--icmp-type", str(self.icmp_type)]
         if self.icmpv6_type is not None:
-            parts.append(f"-m icmp6 --icmpv6-type {self.icmpv6_type}")
+            args += ["-m", "icmp6", "--icmpv6-type", str(self.icmpv6_type)]
+        if self.dst_type is not None:
+            args += ["-m", "addrtype", "--dst-type", self.dst_type]
         if self.ipsec_reqid == 0:
-            parts.append("-m policy --dir in --pol none")
+            args += ["-m", "policy", "--dir", "in", "--pol", "none"]
         elif self.ipsec_reqid is not None:
-            parts.append(f"-m policy --dir in --pol ipsec --proto esp --reqid {self.ipsec_reqid}")
-        parts.append(f"{'-g' if self.goto else '-j'} {self.target}")
-        return " ".join(parts)
+            args += ["-m", "policy", "--dir", "in", "--pol", "ipsec", "--proto", "esp"]
+            args += ["--reqid", str(self.ipsec_reqid)]
+        return args
+
+    def jump(self) -> list[str]:
+        return ["-g" if self.goto else "-j", self.target]
 
 
 @dataclass(frozen=True, order=True)
@@ -116,6 +140,8 @@ def desired_rules(config: Config) -> DesiredRules:
         for family, rules in source_rules(endpoint).items():
             chains[ChainKey(family, TABLE, chain)] = rules
             dispatch[family].append(Rule(target=chain, goto=True, in_interface=ifname))
+    for family, rules in to_host_rules().items():
+        chains[ChainKey(family, TABLE, TO_HOST)] = rules
     local = str(config.host.underlay_prefix)
     dispatch[Family.IPV6] += [
         Rule(target=DECAP, goto=True, dst=local, protocol=p) for p in (PROTO_IPIP, PROTO_IPV6)
@@ -127,9 +153,37 @@ def desired_rules(config: Config) -> DesiredRules:
     return DesiredRules(chains=chains, jumps=jumps, errors=tuple(errors))
 
 
+def to_host_rules() -> dict[Family, tuple[Rule, ...]]:
+    """What a workload may send to its host, whatever the kernel's policy rules and the
+    l3mdev_accept sysctls say (docs/isolation.md): neighbour discovery and echo requests to its
+    gateway. Dropped in silence: anything else for an address of the host (the local table,
+    which also holds loopback and every tenant's outer address), for the gateway (it lives in
+    the VRF's table, not the local one) or any link-local address (only the host is on the
+    link), and multicast or broadcast (the host answers an echo request to ff02::1)."""
+    rules: dict[Family, list[Rule]] = {Family.IPV4: [], Family.IPV6: []}
+    rules[Family.IPV4].append(
+        Rule(target="RETURN", dst=GATEWAY[4], protocol=PROTO_ICMP, icmp_type=ECHO_REQUEST[4])
+    )
+    rules[Family.IPV6] += [
+        Rule(target="RETURN", protocol=PROTO_ICMPV6, icmpv6_type=t) for t in ND_TYPES
+    ]
+    rules[Family.IPV6].append(
+        Rule(target="RETURN", dst=GATEWAY[6], protocol=PROTO_ICMPV6, icmpv6_type=ECHO_REQUEST[6])
+    )
+    for family, link in ((Family.IPV4, GATEWAY[4]), (Family.IPV6, LINK_LOCAL)):
+        rules[family] += [Rule(target="DROP", dst_type="LOCAL"), Rule(target="DROP", dst=link)]
+        rules[family].append(Rule(target="DROP", dst_type="MULTICAST"))
+    rules[Family.IPV4].append(Rule(target="DROP", dst_type="BROADCAST"))
+    return {family: tuple(r) for family, r in rules.items()}
+
+
 def source_rules(endpoint: Endpoint) -> dict[Family, tuple[Rule, ...]]:
-    """Anti-spoofing: the workload may source its own addresses (and ND from link-local)."""
-    own: dict[Family, list[Rule]] = {Family.IPV4: [], Family.IPV6: []}
+    """Anti-spoofing: the workload may source its own addresses (and ND from link-local),
+    after RNV-HOST had its say on what goes to the host itself."""
+    own: dict[Family, list[Rule]] = {
+        Family.IPV4: [Rule(target=TO_HOST)],
+        Family.IPV6: [Rule(target=TO_HOST)],
+    }
     for addr in sorted(endpoint.addresses, key=lambda a: (a.version, a)):
         family = Family.IPV4 if addr.version == 4 else Family.IPV6
         own[family].append(Rule(target="RETURN", src=str(ipaddress.ip_network(addr))))

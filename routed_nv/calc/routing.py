@@ -12,6 +12,9 @@ Decisions:
 - A local address is announced by its publish-table route, whose metric carries its mobility
   sequence (view.claims, calc/mobility.py). A stale one (another host announced it later) has
   only the stale marker there and no VRF route to its workload: the winner's remote route.
+- The local table is looked up after the l3mdev rule (pref 1000), not before it (the kernel's
+  pref 0): a packet in a tenant VRF then never finds the host's own addresses, only its VRF's
+  (docs/isolation.md). The kernel's VRF documentation recommends this order.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from routed_nv.calc.inputs import Claim, DirectoryView
 from routed_nv.config.model import Config, Endpoint, EndpointStyle
 from routed_nv.directory.mobility import metric_for
 from routed_nv.routing.objects import (
+    LOCAL_TABLE,
     MAIN_TABLE,
     RT_SCOPE_LINK,
     Address,
@@ -33,6 +37,7 @@ from routed_nv.routing.objects import (
     Link,
     LinkKind,
     NeighProxy,
+    PolicyRule,
     Port,
     Route,
     Sysctl,
@@ -42,6 +47,8 @@ from routed_nv.routing.objects import (
 
 # No tenant route may fall through to the main table: the last word in every VRF table.
 UNREACHABLE_METRIC = 4278198272
+# Just before the main table's 32766: after the l3mdev rule (1000) and any operator's rules.
+LOCAL_RULE_PRIORITY = 32765
 WORKLOAD_IFNAME = "eth0"  # the workload end of a veth pair routed_nv creates
 _IFNAMSIZ = 15
 
@@ -165,6 +172,9 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
         addresses=frozenset(addresses),
         routes=frozenset(routes),
         neigh_proxies=frozenset(proxies),
+        rules=frozenset(
+            PolicyRule(v, LOCAL_RULE_PRIORITY, LOCAL_TABLE, markers.RTPROT_INFRA) for v in (4, 6)
+        ),
     )
 
 

@@ -7,6 +7,7 @@ path and the offending value, e.g.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from routed_nv.config import crosscheck
+from routed_nv.config import crosscheck, files
 from routed_nv.config.model import Config
 from routed_nv.config.sources import Layered, Loc, SourceError, env_layers, read_toml
 
@@ -32,11 +33,14 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        if not self.field:
-            return f"{self.source}: {self.message}"
+        # every part may echo input: a 100 kB name must not become 200 kB of output, and a key
+        # with a newline or another control character must not break the one line
+        source, field, message = _clean(self.source), _clean(self.field), _clean(self.message, 400)
+        if not field:
+            return f"{source}: {message}"
         if self.value is None:  # TOML has no null: None means "no value to show"
-            return f"{self.source}: {self.field}: {self.message}"
-        return f"{self.source}: {self.field}: {_show(self.value)} {self.message}"
+            return f"{source}: {field}: {message}"
+        return f"{source}: {field}: {_clean(_show(self.value))} {message}"
 
 
 class ConfigError(Exception):
@@ -56,20 +60,27 @@ def load_config(
     env: Mapping[str, str] | None = None,
     drop_in_dir: Path | None = None,
     substitute: tuple[str, Path] | None = None,
+    check_files: bool = False,
 ) -> Config:
     """Load the host file, its conf.d drop-ins and the environment overrides.
 
-    drop_in_dir defaults to conf.d beside the host file. substitute=(name, file) reads `file` in
-    place of the drop-in `name` (or in addition, if there is none), which lets configuration
-    tools validate a drop-in before installing it.
+    drop_in_dir defaults to conf.d beside the host file, which may then be absent (a host with
+    a single file); a drop_in_dir given explicitly must exist. substitute=(name, file) reads
+    `file` in place of the drop-in `name` (or in addition, if there is none), which lets
+    configuration tools validate a drop-in before installing it. check_files also checks the
+    files the configuration names (keys, certificates, the BGP password file).
     """
     env = os.environ if env is None else env
     path = path or default_path(env)
     base = path.parent
-    drop_in_dir = drop_in_dir or base / DROP_IN_DIR
     layered = Layered()
     problems: list[Problem] = []
-    for shown, file in _files(path, drop_in_dir, substitute):
+    try:
+        drop_ins = _drop_ins(drop_in_dir or base / DROP_IN_DIR, required=drop_in_dir is not None)
+    except SourceError as exc:
+        problems.append(Problem(exc.source, "", None, exc.message))
+        drop_ins = []
+    for shown, file in _files(path, drop_ins, drop_in_dir or base / DROP_IN_DIR, substitute):
         try:
             layered.merge(read_toml(file, _display(shown, base)), _display(shown, base))
         except SourceError as exc:
@@ -81,10 +92,10 @@ def load_config(
         problems.append(Problem(exc.source, "", None, exc.message))
     if problems:
         raise ConfigError(problems)
-    return validate(layered, _display(path, base))
+    return validate(layered, _display(path, base), check_files)
 
 
-def validate(layered: Layered, main_source: str) -> Config:
+def validate(layered: Layered, main_source: str, check_files: bool = False) -> Config:
     try:
         config = Config.model_validate(layered.data)
     except ValidationError as exc:
@@ -93,18 +104,35 @@ def validate(layered: Layered, main_source: str) -> Config:
         ) from None
     found = [
         Problem(layered.source_of(_keys(loc), main_source), dotted(loc), value, message)
-        for loc, value, message in crosscheck.problems(config)
+        for loc, value, message in [
+            *crosscheck.problems(config),
+            *(files.problems(config) if check_files else ()),
+        ]
     ]
     if found:
         raise ConfigError(found)
     return config
 
 
+def _drop_ins(drop_in_dir: Path, required: bool) -> list[Path]:
+    """The *.toml files in drop_in_dir; SourceError when it cannot be listed (or, if required,
+    does not exist): a drop-in directory nobody can read must not look like an empty one."""
+    shown = str(drop_in_dir)
+    try:
+        names = os.listdir(drop_in_dir)
+    except FileNotFoundError:
+        if required:
+            raise SourceError(shown, "no such drop-in directory") from None
+        return []
+    except OSError as exc:  # not a directory, permission denied, ...
+        raise SourceError(shown, f"cannot list the drop-ins: {exc.strerror}") from None
+    return [drop_in_dir / n for n in names if fnmatch.fnmatch(n, "*.toml")]
+
+
 def _files(
-    path: Path, drop_in_dir: Path, substitute: tuple[str, Path] | None
+    path: Path, found: list[Path], drop_in_dir: Path, substitute: tuple[str, Path] | None
 ) -> list[tuple[Path, Path]]:
     """(name shown in messages, file to read) for every layer file, in precedence order."""
-    found = sorted(drop_in_dir.glob("*.toml")) if drop_in_dir.is_dir() else []
     drop_ins = {p.name: p for p in found}
     shown = dict(drop_ins)
     if substitute is not None:
@@ -171,3 +199,19 @@ def _data_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
 
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
+
+
+SHORT = 120
+
+
+def _clean(text: str, limit: int = SHORT) -> str:
+    printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shorten(printable, limit)
+
+
+def shorten(text: str, limit: int = SHORT) -> str:
+    """text, or its start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}...[{len(text) - 2 * keep} characters]...{text[-keep:]}"

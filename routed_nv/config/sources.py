@@ -6,6 +6,8 @@ Tables merge key by key; any other value (including an array) is replaced whole 
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,20 +73,78 @@ class SourceError(Exception):
         self.message = message
 
 
+# A layer is a regular file of at most this size: /dev/zero, a FIFO or a mistyped path to a
+# disk image must fail at once instead of hanging; 16 MiB holds about 100,000 endpoints.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# No setting nests deeper than a few tables and arrays; a bound keeps pathological documents
+# (`a = [[[[...]]]]`) out of the recursive merge and validation.
+MAX_DEPTH = 32
+TOO_DEEP = f"tables and arrays nest deeper than {MAX_DEPTH} levels"
+
+
 def read_toml(path: Path, shown_as: str) -> dict[str, Any]:
+    text = read_regular_file(path, shown_as, MAX_FILE_BYTES)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SourceError(shown_as, f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SourceError(shown_as, TOO_DEEP) from None
+    check_depth(data, shown_as)
+    return data
+
+
+def read_regular_file(path: Path, shown_as: str, limit: int) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes; SourceError otherwise."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SourceError(shown_as, "no such file") from None
     except PermissionError:
         raise SourceError(shown_as, "permission denied") from None
-    except IsADirectoryError:
-        raise SourceError(shown_as, "is a directory, not a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SourceError(shown_as, f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SourceError(shown_as, f"cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SourceError(shown_as, "is a directory, not a TOML file")
+        if not stat.S_ISREG(mode):
+            raise SourceError(
+                shown_as, f"is a {file_kind(mode)}: only regular files are read as configuration"
+            )
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise SourceError(shown_as, f"cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise SourceError(shown_as, f"is larger than the limit of {limit // 2**20} MiB")
+    try:
+        return data.decode()
     except UnicodeDecodeError:
         raise SourceError(shown_as, "not UTF-8 text") from None
+
+
+def file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+        stat.S_IFIFO: "FIFO",
+        stat.S_IFSOCK: "socket",
+        stat.S_IFDIR: "directory",
+    }
+    return kinds.get(stat.S_IFMT(mode), "special file")
+
+
+def check_depth(data: Any, shown_as: str) -> None:
+    """SourceError when tables and arrays nest deeper than MAX_DEPTH (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SourceError(shown_as, TOO_DEEP)
+        inner = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in inner if isinstance(v, dict | list))
 
 
 def env_layers(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
@@ -104,6 +164,7 @@ def env_layers(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
         value: Any = _env_value(env[name])
         for key in reversed(path):
             value = {key: value}
+        check_depth(value, f"environment {name}")
         layers.append((f"environment {name}", value))
     return layers
 
@@ -111,5 +172,5 @@ def env_layers(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
 def _env_value(raw: str) -> Any:
     try:
         return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return raw

@@ -21,12 +21,18 @@ def int_range(lo: int, hi: int) -> AfterValidator:
     return AfterValidator(check)
 
 
+_ADDRESSES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+_NETWORKS = (ipaddress.IPv4Network, ipaddress.IPv6Network)
+
+
 def _ip_address(value: Any) -> Any:
     if isinstance(value, str):
         try:
             return ipaddress.ip_address(value)
         except ValueError:
             raise ValueError("is not an IPv4 or IPv6 address") from None
+    if not isinstance(value, _ADDRESSES):  # pydantic would take `true` or 5 as 0.0.0.1, 0.0.0.5
+        raise ValueError("is not an IPv4 or IPv6 address (a string)")
     return value
 
 
@@ -39,8 +45,10 @@ def _v6_address(value: Any) -> Any:
 
 def _network(version: int | None) -> Any:
     def parse(value: Any) -> Any:
-        if not isinstance(value, str):
+        if isinstance(value, _NETWORKS):
             return value
+        if not isinstance(value, str):
+            raise ValueError(f"is not an IPv{version or '4/IPv6'} network (a string)")
         try:
             net = ipaddress.ip_network(value, strict=True)
         except ValueError as exc:

@@ -26,7 +26,7 @@ def apply(config: Config, path: Path, log: Path | None = None) -> Applied:
     """Render the host's bird.conf into `path` and have the BIRD at directory.bird_socket load
     it. Raises BirdConfigError or BirdError with a message for people."""
     password = bird_config.read_password(config.directory.password_file)
-    text = bird_config.render_host(config, password, log)
+    text = bird_config.render_host(config, password, log, version=bird_config.installed_version())
     if path.exists() and path.read_text() == text:
         return Applied(False, "unchanged")
     candidate = path.with_name(f"{path.name}.new")

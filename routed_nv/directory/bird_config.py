@@ -12,8 +12,10 @@ rendered text therefore holds a secret: write it with write_private() and never 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +55,48 @@ RR_RECOVERY_WAIT_S = 15
 
 class BirdConfigError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True, order=True)
+class BirdVersion:
+    """The version of the BIRD that will read a rendered config: the syntax differs by version."""
+
+    major: int
+    minor: int
+    patch: int = 0
+
+    # BIRD 2.16 added TCP-AO and with it the session option `authentication none|md5|ao`; from
+    # then on a bare `password` logs "Missing authentication option, assuming MD5" for every
+    # session, while BIRD before 2.16 rejects the option.
+    AUTHENTICATION_SINCE = (2, 16)
+
+    @property
+    def names_authentication(self) -> bool:
+        return (self.major, self.minor) >= self.AUTHENTICATION_SINCE
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+    @classmethod
+    def parse(cls, text: str) -> BirdVersion:
+        """From `bird --version` ("BIRD version 2.0.12")."""
+        match = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", text)
+        if match is None:
+            raise BirdConfigError(f"cannot read BIRD's version from {text.strip()[:80]!r}")
+        major, minor, patch = match.groups()
+        return cls(int(major), int(minor), int(patch or 0))
+
+
+@functools.cache
+def installed_version() -> BirdVersion:
+    """The version of the `bird` on PATH (it prints it on stderr)."""
+    try:
+        done = subprocess.run(
+            [BIRD, "--version"], capture_output=True, text=True, check=False, timeout=30
+        )
+    except FileNotFoundError:
+        raise BirdConfigError(f"`{BIRD}` is not installed (apt-get install bird2)") from None
+    return BirdVersion.parse(done.stderr + done.stdout)
 
 
 @dataclass(frozen=True)
@@ -116,13 +160,17 @@ def _underlay(export_to_kernel: str) -> list[str]:
     ]
 
 
-def _session_options(password: str | None) -> list[str]:
+def _session_options(password: str | None, version: BirdVersion) -> list[str]:
     lines = [
         f"  graceful restart on; graceful restart time {GR_TIME_S};",
         "  long lived graceful restart on;",
         f"  long lived stale time {LLGR_STALE_TIME_S};",
     ]
-    return lines + ([f"  password {_quote(password)};"] if password else [])
+    if password:
+        lines.append(f"  password {_quote(password)};")
+        if version.names_authentication:
+            lines.append("  authentication md5;")
+    return lines
 
 
 def _channels(export: str, next_hop_self: bool) -> list[str]:
@@ -258,8 +306,11 @@ def upstream_protocol(index: int) -> str:
     return f"upstream{index}"
 
 
-def render_host(config: Config, password: str | None, log: Path | None = None) -> str:
-    """bird.conf for a host: its tenants' publish/mirror plumbing and iBGP to every RR."""
+def render_host(
+    config: Config, password: str | None, log: Path | None = None, *, version: BirdVersion
+) -> str:
+    """bird.conf for a host: its tenants' publish/mirror plumbing and iBGP to every RR, in the
+    syntax of BIRD `version`."""
     asn = config.directory.asn
     lines = _header(router_id(config.host.id), log)
     lines += _bgp_tables()
@@ -272,7 +323,7 @@ def render_host(config: Config, password: str | None, log: Path | None = None) -
             f"protocol bgp {rr_protocol(i)} {{",
             f"  local {config.host.address} as {asn}; neighbor {rr} as {asn}; multihop;",
             f"  connect retry time {RR_CONNECT_RETRY_S};",
-            *_session_options(password),
+            *_session_options(password, version),
             *_channels("where source != RTS_BGP", next_hop_self=True),
             "}",
         ]
@@ -288,6 +339,8 @@ def render_route_reflector(
     password: str | None,
     log: Path | None = None,
     upstreams: UpstreamSessions | None = None,
+    *,
+    version: BirdVersion,
 ) -> str:
     """bird.conf for a route reflector: any host in `clients` (the underlay aggregate) may peer
     (dynamic BGP: no per-host lines), every path is kept and reflected (ADD-PATH). With
@@ -302,7 +355,7 @@ def render_route_reflector(
                 "protocol bgp hosts {",
                 f"  local {address} as {asn}; neighbor range {clients} as {asn}; multihop;",
                 '  rr client; dynamic name "host";',
-                *_session_options(password),
+                *_session_options(password, version),
                 *_channels("all", next_hop_self=False),
                 "}",
                 *(_upstreams(asn, upstreams) if upstreams else []),

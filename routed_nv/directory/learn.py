@@ -8,7 +8,7 @@ sentence (for logs and `routed-nv status`):
 - the tenant (from the mirror table) must be one this host knows;
 - the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
 - the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate
-  (a mirror route without a gateway, not written by BIRD, is refused and reported too).
+  (a mirror route without one, not written by BIRD, is refused and reported too).
 BIRD has already chosen one location per (tenant, address) by mobility sequence (a moved
 endpoint's route carries local_pref 100 + sequence; docs/directory.md) and the mirror table holds
 only that choice, with the sequence in the route's `window` metric. Should a table hold more than
@@ -52,7 +52,7 @@ class MirrorRoute:
 
     table: int
     prefix: IPNetwork
-    next_hop: IPAddress | None  # None: no gateway (not a route BIRD wrote), refused
+    next_hop: IPAddress | None  # None: a route without a gateway (not BIRD's), refused
     metric: int
     sequence: int = 0  # the mobility sequence (directory/mobility.py), 0 if none
     tenants: int = 1  # how many tenant communities the BGP route carries (mobility.MIRROR_TENANTS)

@@ -8,6 +8,7 @@ a test left running (by pid).
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -135,6 +136,21 @@ class LabAgent:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def sa_list(config_file: Path) -> list[dict[str, Any]]:
+    """`routed-nv sa list -o json` as an operator runs it on the host (IKE keying: charon's
+    list-sas through the VICI socket the config names). Raises LabError when it fails."""
+    done = subprocess.run(
+        [*ROUTED_NV, "sa", "list", "-c", str(config_file), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise LabError(f"routed-nv sa list -c {config_file}: {done.stderr.strip()}")
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 class LabAgents:

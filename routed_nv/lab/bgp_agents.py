@@ -13,6 +13,7 @@ to the router's BIRD, the top-of-rack router, and learns the underlay aggregate 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from routed_nv.config.model import Config, DirectorySourceKind
@@ -29,8 +30,12 @@ PASSWORD = "rnv-lab-bgp"  # the TCP-MD5 password of every host <-> route reflect
 
 
 class BgpAgents:
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(
+        self, lab: Lab, workdir: Path, adapt: Callable[[str, Config], Config] | None = None
+    ) -> None:
+        """`adapt(host, config)` changes each host's config further (IKE keying in the lab)."""
         self._secrets = workdir / "bgp-passwords"  # before LabDatapath: it asks _bgp_config
+        self._adapt = adapt
         self.birds = LabBird(lab, workdir / "bird")
         self.datapath = LabDatapath(lab, workdir, self._bgp_config)
         self.agents = LabAgents(self.datapath, workdir)
@@ -51,7 +56,8 @@ class BgpAgents:
                 "password_file": password,
             }
         )
-        return config.model_copy(update={"directory": directory, "remote_endpoints": {}})
+        config = config.model_copy(update={"directory": directory, "remote_endpoints": {}})
+        return self._adapt(host, config) if self._adapt else config
 
     def start_route_reflectors(self) -> None:
         """The ToR and the route reflectors, with the password every host's file holds."""

@@ -105,6 +105,7 @@ class LabBird:
                 password,
                 bird.log,
                 upstreams,
+                version=bird_config.installed_version(),
             )
             self.start(rr.name, text, recover=False)
 
@@ -113,7 +114,9 @@ class LabBird:
         must exist first (the routing driver puts it on rnv0; see add_host_addresses)."""
         for name, config in configs.items():
             password = bird_config.read_password(config.directory.password_file)
-            text = bird_config.render_host(config, password, self.node(name).log)
+            text = bird_config.render_host(
+                config, password, self.node(name).log, version=bird_config.installed_version()
+            )
             self.start(name, text, recover=False)
 
     def add_host_addresses(self) -> None:

@@ -223,6 +223,30 @@ def read_capture(text: str, topology: Topology) -> WireReport:
     return report
 
 
+def reported_spi_problems(wire_spis: set[int], rows: list[dict[str, object]]) -> list[str]:
+    """What differs between the ESP SPIs seen on the wire and the SA pairs that `routed-nv sa
+    list -o json` reports on every host ("0x%08x" strings): each SPI one end sends with must be
+    one the other end receives on, and the wire must carry exactly the reported ones (the tenant
+    matrix uses every SA)."""
+    spi_in = {int(str(r["spi_in"]), 16) for r in rows if r["spi_in"] is not None}
+    spi_out = {int(str(r["spi_out"]), 16) for r in rows if r["spi_out"] is not None}
+    checks = [
+        (
+            "rows without both SPIs",
+            {str(r["child"]) for r in rows if None in (r["spi_in"], r["spi_out"])},
+        ),
+        ("sent with, received on by no host", spi_out - spi_in),
+        ("received on, sent with by no host", spi_in - spi_out),
+        ("on the wire, not reported", wire_spis - spi_in - spi_out),
+        ("reported, not on the wire", (spi_in | spi_out) - wire_spis),
+    ]
+    return [
+        f"{what}: {', '.join(v if isinstance(v, str) else f'0x{v:08x}' for v in sorted(values))}"
+        for what, values in checks
+        if values
+    ]
+
+
 @contextmanager
 def underlay_capture(lab: Lab) -> Iterator[list[WireReport]]:
     """Capture everything the underlay router forwards while the block runs; the report is

@@ -12,20 +12,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from routed_nv.config.model import Config
 from routed_nv.lab import uml
+from routed_nv.lab.agents import LabAgents, sa_list
 from routed_nv.lab.bgp_agents import BgpAgents, expected_remote_addresses
 from routed_nv.lab.builder import Lab, LabError, remove_leftovers
-from routed_nv.lab.checks import tenant_matrix, underlay_capture, underlay_pings
+from routed_nv.lab.charon import LabCharon
+from routed_nv.lab.checks import (
+    WireReport,
+    reported_spi_problems,
+    tenant_matrix,
+    underlay_capture,
+    underlay_pings,
+)
 from routed_nv.lab.datapath import LabDatapath
 from routed_nv.lab.topology import Topology, default_topology, directory_topology
 
 DIRECTORIES = ("bgp", "static")
+KEYINGS = ("static", "ike")
+LAB_ENV = "RNV_LAB"  # the lab's run directory, in `lab shell`
 
 
 def _uml_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,25 +84,82 @@ def lab_group() -> None:
     """
 
 
-def _directory_option(command: Callable[..., Any]) -> Callable[..., Any]:
+def _choice_option(
+    name: str, choices: tuple[str, ...], default: str, help_text: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
-        "--directory",
-        type=click.Choice(DIRECTORIES),
-        default="bgp",
-        show_default=True,
-        help="How hosts learn where the other hosts' workloads are: 'bgp' runs `routed-nv agent`"
-        " on every host, BIRD on every host and two route reflectors; 'static' puts them in each"
-        " host's config and applies it once per host (no agents, no BGP).",
-    )(command)
+        name, type=click.Choice(choices), default=default, show_default=True, help=help_text
+    )
+
+
+_directory_option = _choice_option(
+    "--directory",
+    DIRECTORIES,
+    "bgp",
+    "How hosts learn where the other hosts' workloads are: 'bgp' runs `routed-nv agent` on every"
+    " host, BIRD on every host and two route reflectors; 'static' puts them in each host's"
+    " config and applies it once per host (no agents, no BGP).",
+)
+_keying_option = _choice_option(
+    "--keying",
+    KEYINGS,
+    "static",
+    "Where the SAs come from: 'static' derives them from per-tenant key files; 'ike' runs"
+    " strongSwan's charon on every host, which negotiates them with IKEv2 (pre-shared key), and"
+    ' an agent per host with keying.mode = "ike" (with --directory static too). The demo then'
+    " checks that the ESP on the wire uses exactly the SPIs `routed-nv sa list` reports.",
+)
+
+
+@dataclass
+class Running:
+    """routed_nv as it runs in the lab: each host's config file, and the charons with IKE."""
+
+    config_files: dict[str, Path]
+    charons: LabCharon | None
 
 
 @contextmanager
 def _routed_nv(
-    lab: Lab, workdir: Path, directory: str, echo: Callable[[str], None]
-) -> Iterator[None]:
+    lab: Lab, workdir: Path, directory: str, keying: str, echo: Callable[[str], None]
+) -> Iterator[Running]:
     """routed_nv on every host of a built lab while the block runs. Raises LabError."""
+    if keying == "static":
+        with _hosts(lab, workdir, directory, None, echo) as config_files:
+            yield Running(config_files, None)
+        return
+    charons = LabCharon(lab, workdir)
+    try:
+        charons.start_all()
+        pids = {host: node.pid for host, node in charons.nodes.items()}
+        echo(f"charon on every host (pids {pids})")
+        with _hosts(lab, workdir, directory, charons.with_psk, echo) as config_files:
+            took = charons.wait_keyed(lab.topology)
+            rows = sum(len(charons.listing(h).children) for h in charons.nodes)
+            echo(
+                "IKE: one IKE_SA per host pair and one CHILD_SA per peer and shared tenant, "
+                f"both ends with the same SPIs ({rows} listed on {len(charons.nodes)} hosts) "
+                f"{took:.1f} s later"
+            )
+            yield Running(config_files, charons)
+    finally:
+        stopped = charons.stop_all()
+        echo(f"charons stopped by SIGTERM (pids {stopped}); their files and the PSK files removed")
+
+
+@contextmanager
+def _hosts(
+    lab: Lab,
+    workdir: Path,
+    directory: str,
+    adapt: Callable[[str, Config], Config] | None,
+    echo: Callable[[str], None],
+) -> Iterator[dict[str, Path]]:
+    """Each host configured (`adapt` changes its config) and routed_nv running on it, while the
+    block runs: one apply per host with static keying and directory, else an agent per host.
+    Yields the hosts' config files."""
     started = time.monotonic()
-    if directory == "static":
+    if directory == "static" and adapt is None:
         datapath = LabDatapath(lab, workdir)
         datapath.configure_workloads()
         outcomes = datapath.apply_all()
@@ -98,45 +168,60 @@ def _routed_nv(
             f"routed_nv applied on {len(outcomes)} hosts ({changes} kernel changes) in "
             f"{time.monotonic() - started:.2f} s"
         )
-        yield
+        yield datapath.config_files
         return
-    env = BgpAgents(lab, workdir)
+    bgp = BgpAgents(lab, workdir, adapt) if directory == "bgp" else None
+    # IKE needs a reconcile loop (initiate, resolve duplicates, re-assert after a charon
+    # restart), so with the static directory too every host runs an agent
+    datapath = bgp.datapath if bgp else LabDatapath(lab, workdir, adapt)
+    agents = bgp.agents if bgp else LabAgents(datapath, workdir)
     try:
-        ready = env.start()
-        reflectors = ", ".join(rr.name for rr in lab.topology.route_reflectors)
-        echo(
-            f"BIRD on {reflectors} (route reflectors) and every host; `routed-nv agent` READY on "
-            + ", ".join(f"{host} in {seconds:.1f} s" for host, seconds in ready.items())
-        )
-        converged = env.wait_converged()
-        learned = sum(expected_remote_addresses(lab.topology).values())
-        echo(
-            f"BGP directory: every host learned its tenants' remote workloads ({learned} addresses"
-            f" in all) {converged:.2f} s after the BGP sessions came up; "
-            f"{time.monotonic() - started:.1f} s after starting the route reflectors"
-        )
+        if bgp is None:
+            datapath.configure_workloads()
+            echo("`routed-nv agent` READY on " + _ready(agents.start_all()))
+        else:
+            ready = bgp.start()
+            reflectors = ", ".join(rr.name for rr in lab.topology.route_reflectors)
+            echo(
+                f"BIRD on {reflectors} (route reflectors) and every host; `routed-nv agent` "
+                "READY on " + _ready(ready)
+            )
+            converged = bgp.wait_converged()
+            learned = sum(expected_remote_addresses(lab.topology).values())
+            echo(
+                f"BGP directory: every host learned its tenants' remote workloads ({learned} "
+                f"addresses in all) {converged:.2f} s after the BGP sessions came up; "
+                f"{time.monotonic() - started:.1f} s after starting the route reflectors"
+            )
         for host in lab.topology.hosts:
-            echo(f"  {host.name}: agent run dir {env.agents[host.name].run_dir}")
-        yield
+            echo(f"  {host.name}: agent run dir {agents[host.name].run_dir}")
+        yield datapath.config_files
     finally:
-        codes = env.agents.stop_all()
+        codes = agents.stop_all()
         echo(f"agents stopped by SIGTERM (exit status {codes}); their dataplane stays")
+
+
+def _ready(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{host} in {s:.1f} s" for host, s in seconds.items())
 
 
 @lab_group.command(name="demo")
 @_directory_option
+@_keying_option
 @_uml_options
-def demo_command(directory: str, mem: str, timeout: float) -> None:
+def demo_command(directory: str, keying: str, mem: str, timeout: float) -> None:
     """Build the default lab, run routed_nv on every host, prove it works, tear it down.
 
-    Proves, in order: routed_nv runs on each host from its own config (static keying): by
-    default an agent per host that learns the other hosts' workloads from BGP (BIRD on every
-    host, two route reflectors and the top-of-rack router started with the lab, the underlay
-    routes learned from it too); every host reaches every other host over the IPv6 underlay;
-    every workload reaches every other workload of its tenant over IPv4 and IPv6,
-    and the echo counters show that only the intended workload (never the other tenant's
+    Proves, in order: routed_nv runs on each host from its own config (static keying unless
+    --keying ike): by default an agent per host that learns the other hosts' workloads from
+    BGP (BIRD on every host, two route reflectors and the top-of-rack router started with the
+    lab, the underlay routes learned from it too); every host reaches every other host over
+    the IPv6 underlay; every workload reaches every other workload of its tenant over IPv4 and
+    IPv6, and the echo counters show that only the intended workload (never the other tenant's
     workload with the same address) received it; the underlay router saw nothing between hosts
-    but ESP (and BGP with the route reflectors).
+    but ESP (and BGP with the route reflectors). With --keying ike: charon on every host, one
+    IKE_SA per host pair and one CHILD_SA per peer and shared tenant, and the ESP on the wire
+    carries exactly the SPIs that `routed-nv sa list` reports on the hosts.
 
     \b
     Exit status:
@@ -149,13 +234,14 @@ def demo_command(directory: str, mem: str, timeout: float) -> None:
     Examples:
       routed-nv lab demo
       routed-nv lab demo --directory static
+      routed-nv lab demo --keying ike
       routed-nv lab demo --mem 256M --timeout 120
     """
     if uml.needs_uml():
         click.echo(
             "routed-nv: this kernel lacks datapath features; running the lab in UML", err=True
         )
-        _reexec_in_uml(["demo", "--directory", directory], mem, timeout)
+        _reexec_in_uml(["demo", "--directory", directory, "--keying", keying], mem, timeout)
     started = time.monotonic()
     topology = _topology(directory)
     with Lab(topology) as lab, tempfile.TemporaryDirectory() as workdir:
@@ -165,9 +251,9 @@ def demo_command(directory: str, mem: str, timeout: float) -> None:
         _describe(topology)
         problems: list[str] = []
         try:
-            with _routed_nv(lab, Path(workdir), directory, click.echo):
+            with _routed_nv(lab, Path(workdir), directory, keying, click.echo) as running:
                 problems += _demo_underlay(lab)  # with BGP, the underlay routes come from BIRD
-                problems += _demo_checks(lab)
+                problems += _demo_checks(lab, running)
         except LabError as exc:
             problems.append(f"routed_nv: {exc}")
     verdict = "FAILED: " + "; ".join(problems) if problems else "ok"
@@ -190,7 +276,7 @@ def _demo_underlay(lab: Lab) -> list[str]:
     return problems
 
 
-def _demo_checks(lab: Lab) -> list[str]:
+def _demo_checks(lab: Lab, running: Running) -> list[str]:
     with underlay_capture(lab) as reports:
         reaches = tenant_matrix(lab)
     for r in reaches:
@@ -209,20 +295,43 @@ def _demo_checks(lab: Lab) -> list[str]:
         f"control plane: {control or 'none'}, {wire.link_local} link-local ND/MLD on router "
         f"links, {len(wire.leaks)} other packets"
     )
-    return bad + [f"wire: {leak}" for leak in wire.leaks[:5]]
+    problems = bad + [f"wire: {leak}" for leak in wire.leaks[:5]]
+    if running.charons is not None:
+        problems += _demo_reported_spis(wire, running.config_files)
+    return problems
+
+
+def _demo_reported_spis(wire: WireReport, config_files: dict[str, Path]) -> list[str]:
+    """The SPIs on the wire against those `routed-nv sa list` reports on every host (IKE)."""
+    with ThreadPoolExecutor(max_workers=len(config_files)) as pool:
+        listed = dict(zip(config_files, pool.map(sa_list, config_files.values()), strict=True))
+    rows = [row for host_rows in listed.values() for row in host_rows]
+    problems = reported_spi_problems(wire.esp_spis, rows)
+    spis = ", ".join(sorted({row[k] for row in rows for k in ("spi_in", "spi_out") if row[k]}))
+    verdict = "differ: " + "; ".join(problems) if problems else "exactly these on the wire"
+    click.echo(
+        f"sa list: {len(rows)} rows on {len(listed)} hosts (each CHILD_SA from both its ends), "
+        f"SPIs {spis}; ESP SPIs {verdict}"
+    )
+    return problems
 
 
 @lab_group.command(name="shell")
 @_directory_option
+@_keying_option
 @_uml_options
-def shell_command(directory: str, mem: str, timeout: float) -> None:
+def shell_command(directory: str, keying: str, mem: str, timeout: float) -> None:
     """Open a shell in the default lab (built first, torn down when the shell exits).
 
     routed_nv runs on every host as in `lab demo` (by default an agent per host and the BGP
     directory, so `routed-nv status --run-dir DIR` and `birdc -s SOCKET` work in the shell).
     The shell runs in the root namespace of the lab's kernel; use `ip netns exec rnv-lab-host1
     ...` or `ip -n rnv-lab-host1 ...` to act inside a host. Without a terminal, commands are read
-    from stdin.
+    from stdin. $RNV_LAB is the lab's run directory (each host's config, agent run dir and, with
+    --keying ike, its PSK file and charon's directory with its VICI socket, log and pid file).
+    With --keying ike a charon that exits (`kill $(cat $RNV_LAB/host2/charon/charon.pid)`) is
+    started again at once, as systemd would, and its agent re-asserts its connections within 5 s
+    (docs/ike.md).
 
     \b
     Exit status:
@@ -236,30 +345,54 @@ def shell_command(directory: str, mem: str, timeout: float) -> None:
       echo 'ip netns exec rnv-lab-host1 ping -6 -c1 2001:db8:0:2:ffff::1' | routed-nv lab shell
       echo 'ip netns exec rnv-lab-blue1 ping -c1 10.0.0.2' | routed-nv lab shell
       routed-nv lab shell --directory static
+      echo 'swanctl --list-sas --uri unix://$RNV_LAB/host1/charon/charon.vici' |
+        routed-nv lab shell --keying ike
     """
     interactive = sys.stdin.isatty()
     if uml.needs_uml():
         stdin_data = None if interactive else sys.stdin.buffer.read()
         _reexec_in_uml(
-            ["shell", "--directory", directory],
+            ["shell", "--directory", directory, "--keying", keying],
             mem,
             timeout,
             stdin_data=stdin_data,
             interactive=interactive,
         )
     topology = _topology(directory)
+
+    def echo(line: str) -> None:
+        click.echo(line, err=True)
+
     with Lab(topology) as lab, tempfile.TemporaryDirectory() as workdir:
         try:
-            with _routed_nv(lab, Path(workdir), directory, lambda line: click.echo(line, err=True)):
-                click.echo("lab built; namespaces: " + " ".join(topology.namespaces), err=True)
+            with _routed_nv(lab, Path(workdir), directory, keying, echo) as running:
+                if running.charons is not None:
+                    _describe_charons(running.charons, echo)
+                    running.charons.keep_running(echo)
+                echo("lab built; namespaces: " + " ".join(topology.namespaces))
+                echo(f"{LAB_ENV}={workdir}")
                 shell = [os.environ.get("SHELL", "/bin/sh")] if interactive else ["/bin/sh"]
-                env = {**os.environ, "PS1": "rnv-lab# "}
-                status = subprocess.run(shell, env=env, check=False).returncode
+                status = subprocess.run(shell, env=_shell_env(workdir), check=False).returncode
         except LabError as exc:
             click.echo(f"routed-nv: lab: {exc}", err=True)
             status = 1
     click.echo("lab torn down", err=True)
     raise SystemExit(status)
+
+
+def _shell_env(workdir: str) -> dict[str, str]:
+    """The lab shell's environment: $RNV_LAB, and `routed-nv` on PATH (the UML guest's PATH is
+    the system's, without the virtualenv this runs from)."""
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', os.defpath)}"
+    return {**os.environ, "PS1": "rnv-lab# ", LAB_ENV: workdir, "PATH": path}
+
+
+def _describe_charons(charons: LabCharon, echo: Callable[[str], None]) -> None:
+    workdir = str(charons.workdir)
+    for host, node in charons.nodes.items():
+        where = str(node.directory).replace(workdir, f"${LAB_ENV}", 1)
+        psk = str(charons.psk_file(host)).replace(workdir, f"${LAB_ENV}", 1)
+        echo(f"  {host}: charon pid {node.pid}, VICI unix://{where}/charon.vici, PSK {psk}")
 
 
 @lab_group.command(name="up")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from routed_nv import markers
@@ -139,3 +140,14 @@ class LabDatapath:
                 )
             )
         return outcomes
+
+
+@contextmanager
+def programmed_lab(topology: Topology, workdir: Path) -> Iterator[LabDatapath]:
+    """A lab built from `topology`, its workloads configured and every host programmed by
+    routed_nv (static keying); torn down when the block ends."""
+    with Lab(topology) as built:
+        datapath = LabDatapath(built, workdir)
+        datapath.configure_workloads()
+        datapath.apply_all()
+        yield datapath

@@ -1,9 +1,9 @@
 """Run a command inside a user-mode-linux kernel that has what this machine's kernel lacks.
 
-Debian's `linux.uml` (6.1) runs as an ordinary process with ESP, VRF, ip6_tunnel and GCM as
-modules. The guest's root is this machine's filesystem (hostfs), so it sees the same project,
-venv and binaries; /tmp, /run, /dev/shm and /lib/modules are private to the guest, and the working
-directory is bound back in so results written there appear on the host.
+Debian's `linux.uml` (6.1 on Debian 12, 6.12 on Debian 13) runs as an ordinary process with ESP,
+VRF, ip6_tunnel and GCM as modules. The guest's root is this machine's filesystem (hostfs), so it
+sees the same project, venv and binaries; /tmp, /run, /dev/shm and /lib/modules are private to the
+guest, and the working directory is bound back in so results written there appear on the host.
 
 The command's stdout and stderr go to files in a work directory on the host (hostfs writes go
 straight through), which are streamed live to ours; the kernel console (its errors: UML's own
@@ -69,6 +69,7 @@ GUEST_MODULES = (
     "xt_policy",
     "xt_mark",
     "xt_comment",
+    "xt_addrtype",
     "vxlan",
     "bridge",
     "nf_conntrack",

@@ -1,1 +1,2 @@
-"""Isolation and anti-spoofing rules in legacy iptables, via python-iptables (docs/isolation.md)."""
+"""Isolation and anti-spoofing rules in legacy iptables, through iptables-legacy-restore
+(docs/isolation.md)."""

@@ -1,9 +1,9 @@
 """Run a function inside a named network namespace (/run/netns/NAME, as `ip netns` makes them).
 
-libiptc talks to the kernel through a socket it opens in the calling thread's namespace, so the
-work runs in a short-lived thread that setns()es first: the agent's own threads never change
-namespace, nothing has to be switched back, and no process (nor a second python-iptables import)
-is started. Python 3.11 has no os.setns, hence the one libc call.
+The work runs in a short-lived thread that setns()es first: the agent's own threads never change
+namespace and nothing has to be switched back. What the function opens there (a /proc file, a
+socket) and any process it starts (forked from that thread: iptables-legacy-restore) is in the
+namespace. Python 3.11 has no os.setns, hence the one libc call.
 """
 
 from __future__ import annotations

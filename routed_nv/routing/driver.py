@@ -19,6 +19,9 @@ Ownership (how a restarted agent recognises what it may change or remove):
   addresses are left alone.
 - routes: every route carrying one of our protocol numbers, in any table.
 - sysctls: only set, never reverted (the previous value is unknown after a restart).
+- policy rules (host namespace only): every `from all lookup` rule carrying RTPROT_INFRA, and the
+  kernel's own `0: from all lookup local`, which the wanted local-table rule replaces
+  (docs/isolation.md: a tenant must not reach the host's own addresses through it).
 Changing a link's MTU or master happens in place; only a change the kernel cannot make in place
 (VRF table, tunnel endpoints, veth peer) recreates the link.
 A failure is reported against its object and the driver carries on with the others (routes go
@@ -39,12 +42,14 @@ from routed_nv.reconcile import delta
 from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
 from routed_nv.routing.objects import (
     LINK_ORDER,
+    LOCAL_TABLE,
     Address,
     DesiredRouting,
     IPInterface,
     Link,
     LinkKind,
     NeighProxy,
+    PolicyRule,
     Port,
     Route,
     Sysctl,
@@ -105,6 +110,7 @@ class _Known:
     proxies: set[NeighProxy] | None = None  # of every interface, without netns
     routes: dict[RouteKey, Route] | None = None  # ours only, with netns
     sysctls: dict[str, str | None] = field(default_factory=dict)
+    rules: set[PolicyRule] | None = None  # ours only (see _is_owned_rule), without netns
 
 
 class _Session:
@@ -195,6 +201,12 @@ class _Session:
             known.routes = {r.key: r for r in found}
         return known.routes
 
+    def rules(self, netns: str | None) -> set[PolicyRule]:
+        known = self._entry(netns)
+        if known.rules is None:
+            known.rules = set(filter(_is_owned_rule, self._kernel_for_read(netns).rules()))
+        return known.rules
+
     def sysctl(self, netns: str | None, path: str) -> str | None:
         sysctls = self._entry(netns).sysctls
         if path not in sysctls:
@@ -261,6 +273,13 @@ def _is_owned_link(state: LinkState) -> bool:
     if markers.tenant_of_link(state.name) is not None:
         return state.kind in (LinkKind.VRF, LinkKind.IP6TNL)
     return state.name.startswith(markers.ENDPOINT_LINK_PREFIX) and state.kind == LinkKind.VETH
+
+
+def _is_owned_rule(rule: PolicyRule) -> bool:
+    # the kernel's default local-table rule (proto kernel, or unspec when an operator put it
+    # back with `ip rule add pref 0 lookup local`) is the one ours replaces
+    kernel_local = rule.priority == 0 and rule.table == LOCAL_TABLE
+    return rule.proto == markers.RTPROT_INFRA or kernel_local
 
 
 def _is_our_vrf(name: str | None) -> bool:
@@ -399,6 +418,32 @@ class _Sysctls(_OneByOne):
         raise AssertionError("sysctls are never removed")  # actual() only reads desired ones
 
 
+class _Rules(_OneByOne):
+    kind = "policy rules"
+
+    def wanted(self, desired: DesiredRouting) -> Iterable[PolicyRule]:
+        return desired.rules
+
+    def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
+        # only where rules are wanted: a workload's namespace keeps its own rules
+        found = {}
+        for ns in {key[0] for key in desired} & namespaces:
+            for rule in session.rules(ns):
+                rule = dataclasses.replace(rule, netns=ns)
+                found[rule.key] = rule
+        return found
+
+    def upsert(
+        self, session: _Session, kernel: Kernel, new: PolicyRule, old: PolicyRule | None
+    ) -> None:
+        kernel.add_rule(new)
+        session.rules(new.netns).add(dataclasses.replace(new, netns=None))
+
+    def remove(self, session: _Session, kernel: Kernel, old: PolicyRule) -> None:
+        kernel.delete_rule(old)
+        session.rules(old.netns).discard(dataclasses.replace(old, netns=None))
+
+
 class _Addresses(_OneByOne):
     kind = "addresses"
 
@@ -503,9 +548,11 @@ class _NeighProxies(_OneByOne):
 
 
 # Dependency order: links before the ports enslaved to them, per-device sysctls before the
-# addresses (accept_dad), addresses before routes, routes before proxies.
+# addresses (accept_dad), addresses before routes, routes before proxies. Rules depend on
+# nothing; the local-table rule moves behind the l3mdev rule the first VRF brought.
 _MANAGERS: tuple[_Manager, ...] = (
     _Links(),
+    _Rules(),
     _Ports(),
     _Sysctls(),
     _Addresses(),

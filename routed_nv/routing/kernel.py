@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from routed_nv.routing.objects import Address, IPInterface, Link, NeighProxy, Route, Tunnel
+from routed_nv.routing.objects import (
+    Address,
+    IPInterface,
+    Link,
+    NeighProxy,
+    PolicyRule,
+    Route,
+    Tunnel,
+)
 
 
 class KernelError(Exception):
@@ -99,6 +107,15 @@ class Kernel(Protocol):
     def add_neigh_proxy(self, proxy: NeighProxy) -> None: ...
 
     def delete_neigh_proxy(self, proxy: NeighProxy) -> None: ...
+
+    def rules(self) -> list[PolicyRule]:
+        """Every `from all lookup <table>` rule of both families; rules with any selector
+        (l3mdev, iif, fwmark, ...) or another action are not listed."""
+
+    def add_rule(self, rule: PolicyRule) -> None: ...
+
+    def delete_rule(self, rule: PolicyRule) -> None:
+        """Delete exactly this rule (priority, table and protocol); gone already is success."""
 
     def read_sysctl(self, path: str) -> str | None:
         """The value below /proc/sys, None if the entry does not exist (yet)."""

@@ -1,7 +1,8 @@
 """The kernel adapter: the only module that imports pyroute2 (IPRoute, never IPDB/NDB).
 
 One NetlinkKernel talks to one network namespace: the process's own (netns None) or a named
-one under /var/run/netns, opened with flags=0 so that a typo never creates a namespace.
+one under /var/run/netns, entered with flags=0 so that a typo never creates a namespace, by a
+short-lived thread that opens the namespace's sockets there (no child process per namespace).
 Links, addresses and proxy-NDP entries go through pyroute2 (a few per host); routes, which come
 by the 100,000, go through rtnl.py's batched stdlib socket, opened in the same namespace.
 Objects read back carry no netns: the driver knows which logical namespace it asked.
@@ -12,11 +13,12 @@ and "already there" on address/neigh add count as success.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from socket import AF_INET6
+from socket import AF_INET, AF_INET6
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
@@ -41,6 +43,7 @@ from routed_nv.routing.objects import (
     Link,
     LinkKind,
     NeighProxy,
+    PolicyRule,
     Route,
     Tunnel,
 )
@@ -53,6 +56,11 @@ IFA_F_NODAD = 0x02
 NTF_PROXY = 0x08
 IP6_TNL_F_IGN_ENCAP_LIMIT = 0x1
 _TUNNEL_MODES = {"any": 0, "ipip": 4, "ip6ip6": 41}
+FR_ACT_TO_TBL = 1
+NO_SUPPRESS = 0xFFFFFFFF  # FRA_SUPPRESS_PREFIXLEN of a rule that suppresses nothing
+# the attributes of a plain `from all lookup <table>` rule; any other one is a selector
+_PLAIN_RULE_ATTRS = {"FRA_TABLE", "FRA_PRIORITY", "FRA_PROTOCOL", "FRA_SUPPRESS_PREFIXLEN"}
+_RULE_FAMILY = {4: AF_INET, 6: AF_INET6}
 
 T = TypeVar("T")
 
@@ -72,8 +80,13 @@ class NetlinkKernel:
         self.netns = netns
         if netns is not None and not (NETNS_DIR / netns).exists():
             raise NetnsNotFound(f"netns {netns} does not exist")
+        # A named namespace's socket is opened by a thread inside it (_in_netns), not by
+        # pyroute2's netns=, which forks a child process per namespace and gives it 2 s to hand
+        # the socket back: slow with a hundred workload namespaces, and a late child that had
+        # exited was a RuntimeError ("child process is dead") that failed the whole apply.
+        sock = self._in_netns(_netlink_route_socket)
         with _errors():
-            self._ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
+            self._ipr = IPRoute(fileno=sock.detach())
         self._indexes: dict[str, int] = {}
         self._routes: rtnl.RouteSocket | None = None  # opened when routes are first needed
 
@@ -247,6 +260,36 @@ class NetlinkKernel:
         with suppress(NotFound):
             self._neigh("del", proxy)
 
+    # policy rules
+
+    def rules(self) -> list[PolicyRule]:
+        found = []
+        for version, family in _RULE_FAMILY.items():
+            with _errors():
+                msgs = self._ipr.get_rules(family=family)
+            found += [_policy_rule(m, version) for m in msgs if _is_plain_rule(m)]
+        return found
+
+    def _rule(self, command: str, rule: PolicyRule) -> None:
+        with _errors():
+            self._ipr.rule(
+                command,
+                family=_RULE_FAMILY[rule.version],
+                priority=rule.priority,
+                table=rule.table,
+                protocol=rule.proto,
+            )
+
+    def add_rule(self, rule: PolicyRule) -> None:
+        with suppress(AlreadyExists):
+            self._rule("add", rule)
+
+    def delete_rule(self, rule: PolicyRule) -> None:
+        # FRA_PRIORITY is always sent, so the kernel matches this priority exactly (even 0) and
+        # never takes the first rule of the table instead
+        with suppress(NotFound):
+            self._rule("del", rule)
+
     # sysctls
 
     def read_sysctl(self, path: str) -> str | None:
@@ -262,9 +305,9 @@ class NetlinkKernel:
         self._in_netns(lambda: (PROC_SYS / path).write_text(value))
 
     def _in_netns(self, action: Callable[[], T]) -> T:
-        """Run `action` in this namespace: /proc/sys/net shows the namespace of the thread that
-        opens it, so a named namespace gets a short-lived thread that setns()es into it and
-        leaves the rest of the process where it is."""
+        """Run `action` in this namespace: /proc/sys/net and new sockets belong to the namespace
+        of the thread that opens them, so a named namespace gets a short-lived thread that
+        setns()es into it and leaves the rest of the process where it is."""
         try:
             if self.netns is None:
                 return action()
@@ -277,7 +320,7 @@ class NetlinkKernel:
                 except Exception as exc:
                     outcome.append(exc)
 
-            thread = threading.Thread(target=run, name=f"sysctl-{self.netns}")
+            thread = threading.Thread(target=run, name=f"netns-{self.netns}")
             thread.start()
             thread.join()
             if isinstance(outcome[0], Exception):
@@ -285,6 +328,11 @@ class NetlinkKernel:
             return outcome[0]  # type: ignore[no-any-return]
         except OSError as exc:
             raise KernelError(exc.strerror or str(exc)) from None
+
+
+def _netlink_route_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket for pyroute2, in the calling thread's network namespace."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
 
 
 def _link_state(m: Any, names: dict[int, str]) -> LinkState:
@@ -301,6 +349,25 @@ def _link_state(m: Any, names: dict[int, str]) -> LinkState:
         vrf_table=data.get("IFLA_VRF_TABLE") if info == "vrf" and data else None,
         tunnel=_tunnel(data) if info == "ip6tnl" and data else None,
         peer_index=m.get("IFLA_LINK") if info == "veth" else None,
+    )
+
+
+def _is_plain_rule(m: Any) -> bool:
+    names = {name for name, _ in m["attrs"]}
+    return (
+        m["action"] == FR_ACT_TO_TBL
+        and (m["src_len"], m["dst_len"], m["tos"], m["flags"]) == (0, 0, 0, 0)
+        and names <= _PLAIN_RULE_ATTRS
+        and m.get("FRA_SUPPRESS_PREFIXLEN", NO_SUPPRESS) == NO_SUPPRESS
+    )
+
+
+def _policy_rule(m: Any, version: int) -> PolicyRule:
+    return PolicyRule(
+        version,
+        priority=m.get("FRA_PRIORITY") or 0,  # the kernel leaves out a priority of 0
+        table=m.get("FRA_TABLE") or m["table"],
+        proto=m.get("FRA_PROTOCOL") or 0,
     )
 
 

@@ -21,6 +21,7 @@ DEFAULT_METRIC = {4: 0, 6: 1024}
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 MAIN_TABLE = 254
+LOCAL_TABLE = 255
 
 
 def _in(netns: str | None) -> str:
@@ -222,6 +223,31 @@ class NeighProxy:
     __str__ = describe
 
 
+@dataclass(frozen=True, order=True)
+class PolicyRule:
+    """An `ip rule` that sends every packet of a family to one table (`from all lookup T`), the
+    only kind routed_nv writes."""
+
+    version: int  # 4 or 6
+    priority: int
+    table: int
+    proto: int  # rtm_protocol; a rule carrying one of our protocol numbers is ours
+    netns: str | None = None
+
+    @property
+    def key(self) -> tuple[str | None, int, int, int]:
+        return (self.netns, self.version, self.priority, self.table)
+
+    def describe(self) -> str:
+        return f"rule -{self.version} pref {self.priority} lookup {self.table}{_in(self.netns)}"
+
+    def __str__(self) -> str:
+        return (
+            f"rule -{self.version} pref {self.priority} from all lookup {self.table} "
+            f"proto {self.proto}{_in(self.netns)}"
+        )
+
+
 @dataclass(frozen=True)
 class DesiredRouting:
     """Everything the routing datapath of one host should have, in every namespace it touches."""
@@ -232,6 +258,7 @@ class DesiredRouting:
     addresses: frozenset[Address] = frozenset()
     routes: frozenset[Route] = frozenset()
     neigh_proxies: frozenset[NeighProxy] = frozenset()
+    rules: frozenset[PolicyRule] = frozenset()
 
     def namespaces(self) -> set[str | None]:
         found: set[str | None] = {None}
@@ -242,6 +269,7 @@ class DesiredRouting:
             self.addresses,
             self.routes,
             self.neigh_proxies,
+            self.rules,
         ):
             found.update(obj.netns for obj in group)
         return found

@@ -6,8 +6,6 @@ in the agent's status and metrics, and that charon rekeys on the [keying] timers
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from test_ike_kernel import (
 )
 
 from routed_nv.config.model import Config
-from routed_nv.lab.agents import ROUTED_NV, LabAgents
+from routed_nv.lab.agents import LabAgents, sa_list
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.charon import LabCharon, write_secret
 from routed_nv.lab.datapath import LabDatapath
@@ -77,19 +75,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 (logs / f"{host}-agent.log").write_text(agents[host].log())
 
 
-def sa_list(env: Env, host: str) -> list[dict[str, object]]:
-    """`routed-nv sa list -o json` as an operator runs it on the host."""
-    done = subprocess.run(
-        [*ROUTED_NV, "sa", "list", "-c", str(env.lab.config_files[host]), "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
 def duplicates(env: Env) -> dict[str, list[str]]:
     """IKE_SAs beyond one per peer (both ends initiated at once) and CHILD_SAs beyond one per
     peer and tenant (both ends initiated a missing one at once); the agents resolve both."""
@@ -133,7 +118,7 @@ def test_agents_bring_all_child_sas_up(env: Env) -> None:
         lines = [x[:160] for x in env.agents[host].log().splitlines() if x.startswith("agent.")]
         print(f"{host}:\n  " + "\n  ".join(lines[:12]))
     for host in HOSTS:
-        rows = sa_list(env, host)
+        rows = sa_list(env.lab.config_files[host])  # as an operator runs it on the host
         assert {r["tenant"] for r in rows} == {100, 200}  # the tenant from the CHILD_SA's reqid
         assert {r["peer"] for r in rows} == set(HOSTS) - {host}
     assert_child_sas_carry_the_tenant_reqids(env.ike)

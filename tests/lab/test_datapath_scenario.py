@@ -17,9 +17,8 @@ from routed_nv.agent.datapath import Datapath
 from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
 from routed_nv.esp import spi
-from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import ContinuousPing, echo_counters, tenant_matrix, underlay_capture
-from routed_nv.lab.datapath import LabDatapath
+from routed_nv.lab.datapath import LabDatapath, programmed_lab
 from routed_nv.lab.topology import default_topology
 
 pytestmark = pytest.mark.kernel
@@ -29,10 +28,7 @@ BLUE, RED = 100, 200
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDatapath]:
-    with Lab(default_topology()) as built:
-        datapath = LabDatapath(built, tmp_path_factory.mktemp("lab"))
-        datapath.configure_workloads()
-        datapath.apply_all()
+    with programmed_lab(default_topology(), tmp_path_factory.mktemp("lab")) as datapath:
         yield datapath
 
 

@@ -19,7 +19,7 @@ from routed_nv import markers
 from routed_nv.calc.netfilter import DECAP, ChainKey, Family, desired_rules
 from routed_nv.config.model import Config
 from routed_nv.netfilter.driver import NetfilterDriver
-from routed_nv.netfilter.iptables import IptcTables
+from routed_nv.netfilter.restore import RestoreTables
 
 pytestmark = pytest.mark.kernel
 
@@ -146,7 +146,7 @@ def lab() -> Iterator[None]:
 
 @pytest.fixture
 def driver(lab: None) -> NetfilterDriver:
-    driver = NetfilterDriver(IptcTables(NS["h1"]))
+    driver = NetfilterDriver(RestoreTables(NS["h1"]))
     result = driver.apply(desired_rules(H1))
     assert result.ok, result.errors
     return driver
@@ -175,9 +175,9 @@ def test_workload_cannot_spoof_its_source(driver, family, gateway, own, spoofed)
     chain = "RNV-SRC-wl-1"
     drop = len(desired_rules(H1).chains[ChainKey(family, "raw", chain)]) - 1  # the final DROP
     dropped = counter(driver, family, chain, drop)
-    allowed = counter(driver, family, chain, 0)
+    allowed = counter(driver, family, chain, 1)  # 0 is the jump to RNV-HOST
     assert ping(NS["w1"], gateway, src=own)  # its own address (and ND, for IPv6) passes
-    assert counter(driver, family, chain, 0) >= allowed + 3
+    assert counter(driver, family, chain, 1) >= allowed + 3
     assert not ping(NS["w1"], gateway, src=spoofed)
     assert counter(driver, family, chain, drop) >= dropped + 3
 
@@ -241,7 +241,7 @@ def test_removing_a_tenant_removes_exactly_its_rules(driver) -> None:
     both = config(1, {**BLUE, **RED}, {**WEB, **DB})
     assert driver.apply(desired_rules(both)).ok
     with_red = {f: rules(f) for f in ("iptables", "ip6tables")}
-    second_agent = NetfilterDriver(IptcTables(NS["h1"]))  # a restarted agent, no memory
+    second_agent = NetfilterDriver(RestoreTables(NS["h1"]))  # a restarted agent, no memory
     assert second_agent.apply(desired_rules(H1)).ok
     for f, lines in with_red.items():
         gone = lines - rules(f)
@@ -253,3 +253,20 @@ def test_removing_a_tenant_removes_exactly_its_rules(driver) -> None:
 def rules(cmd: str) -> set[str]:
     out = run(f"{cmd}-legacy-save", "-t", "raw", ns=NS["h1"])
     return {line for line in out.splitlines() if line.startswith(("-A", ":RNV"))}
+
+
+def test_a_rule_we_did_not_write_reads_as_none_and_its_chain_is_rewritten(driver) -> None:
+    """Someone lets a spoofed source through in our chain: the next apply puts the chain back."""
+    run("iptables-legacy", "-t", "raw", "-I", "RNV-SRC-wl-1", "1", "-s", "10.9.9.9", "-j",
+        "RETURN", ns=NS["h1"])  # fmt: skip
+    ping(NS["w1"], "169.254.0.1", src="10.9.9.9", count=1)
+    (table,) = [t for t in driver.read(desired_rules(H1)) if t.family == Family.IPV4]
+    assert table.chains["RNV-SRC-wl-1"][0] is None
+    assert table.counters["RNV-SRC-wl-1"][0][0] >= 1  # the hole is real: it let the packet by
+    result = driver.apply(desired_rules(H1))
+    assert (result.chains_set, result.ok) == (1, True), result.errors
+    assert not driver.plan(desired_rules(H1))
+    drop = len(desired_rules(H1).chains[ChainKey(Family.IPV4, "raw", "RNV-SRC-wl-1")]) - 1
+    dropped = counter(driver, Family.IPV4, "RNV-SRC-wl-1", drop)
+    ping(NS["w1"], "169.254.0.1", src="10.9.9.9", count=1)
+    assert counter(driver, Family.IPV4, "RNV-SRC-wl-1", drop) >= dropped + 1

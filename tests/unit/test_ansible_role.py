@@ -6,6 +6,7 @@ dependencies never mix with routed_nv's; the tests skip only when it is not inst
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -138,6 +139,7 @@ def test_config_tasks_validate_with_routed_nv(tmp_path: Path) -> None:
         "- name: routed_nv configuration\n  hosts: localhost\n  roles: [routed_nv]\n"
     )
     etc = tmp_path / "etc"
+    psk = etc / "keys" / "ike.psk"
 
     def play(*extra: str) -> subprocess.CompletedProcess[str]:
         return _run(
@@ -160,7 +162,8 @@ def test_config_tasks_validate_with_routed_nv(tmp_path: Path) -> None:
             "-e",
             f"routed_nv_config_dir={etc}",
             "-e",
-            f"routed_nv_psk_file={etc / 'keys' / 'ike.psk'}",
+            # the host file names the PSK where the role installs it: config check checks it
+            json.dumps({"routed_nv_keying": {"mode": "ike", "psk_file": str(psk)}}),
             "-e",
             f"routed_nv_bin={ROOT / '.venv' / 'bin' / 'routed-nv'}",
             *extra,
@@ -170,7 +173,7 @@ def test_config_tasks_validate_with_routed_nv(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     tenants = etc / "conf.d" / "10-tenants.toml"
     installed = tenants.read_text()
-    assert oct((etc / "keys" / "ike.psk").stat().st_mode & 0o777) == "0o600"
+    assert oct(psk.stat().st_mode & 0o777) == "0o600"
 
     again = play()
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout

@@ -283,7 +283,7 @@ def test_config_applied_at_start_retried_after_failure_and_on_reload(fast_poll: 
 
 def test_each_route_reflector_session_is_named_for_the_status_it_reports() -> None:
     # the source reports a session's address by its BIRD name: the name must be that RR's
-    text = bird_config.render_host(CONFIG, None)
+    text = bird_config.render_host(CONFIG, None, version=bird_config.BirdVersion(2, 0, 12))
     for i, rr in enumerate(CONFIG.directory.route_reflectors, 1):
         head = f"protocol bgp {bird_config.rr_protocol(i)} {{\n"
         block = text.split(head, 1)[1].split("\n}", 1)[0]

@@ -44,7 +44,8 @@ def test_first_apply_parses_checks_then_configures(tmp_path: Path) -> None:
     applied = bird_apply.apply(config(), path)
     assert applied.changed and applied.message == "Reconfigured"
     assert FakeClient.calls == ["parse", "check bird.conf.new", "configure bird.conf"]
-    assert path.read_text() == bird_config.render_host(config(), None)
+    version = bird_config.installed_version()
+    assert path.read_text() == bird_config.render_host(config(), None, version=version)
 
 
 def test_unchanged_config_is_not_reapplied(tmp_path: Path) -> None:

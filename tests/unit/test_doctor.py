@@ -12,6 +12,7 @@ from routed_nv.kernel_features import (
     evaluate,
     format_table,
     iptables_backend,
+    loadable_plugins,
     module_names,
     parse_release,
 )
@@ -26,7 +27,7 @@ CAPABLE = MachineFacts(
         "kernel/crypto/gcm.ko:\n"
     ),
     iptables_version="iptables v1.8.9 (nf_tables)\n",
-    iptables_legacy="/usr/sbin/iptables-legacy",
+    iptables_legacy="/usr/sbin/iptables-legacy-restore",
     charon="/usr/lib/ipsec/charon",
     bird="/usr/sbin/bird",
     birdc="/usr/sbin/birdc",
@@ -91,10 +92,19 @@ def test_iptables_backend(output: str, backend: str | None) -> None:
     assert iptables_backend(output) == backend
 
 
-def test_nft_only_iptables_is_reported_as_unusable_for_python_iptables() -> None:
+def test_nft_only_iptables_is_reported_as_unusable() -> None:
     ok, detail = by_name(replace(CAPABLE, iptables_legacy=None))["iptables"]
     assert not ok
-    assert "python-iptables drives legacy only" in detail
+    assert detail == (
+        "v1.8.9, default backend nf_tables; no iptables-legacy-restore, and routed_nv programs the"
+        " legacy tables with iptables-legacy-restore"
+    )
+
+
+def test_legacy_tools_make_iptables_usable() -> None:
+    ok, detail = by_name(CAPABLE)["iptables"]
+    assert ok
+    assert detail.endswith("iptables-legacy-restore (/usr/sbin/iptables-legacy-restore)")
 
 
 def test_tools_do_not_decide_datapath_readiness() -> None:
@@ -130,3 +140,31 @@ def test_help_ends_with_examples() -> None:
     text = result.stdout.split("Options:")[0].rstrip()
     assert "Exit status: 0" in text
     assert text.splitlines()[-1].strip().startswith("routed-nv doctor")
+
+
+def test_distribution_and_tool_versions_are_reported() -> None:
+    facts = replace(
+        CAPABLE,
+        distribution=doctor.distribution(
+            'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\n', "13.1\n"
+        ),
+        iptables_version="iptables v1.8.11 (nf_tables)\n",
+        bird_version="BIRD version 2.17.1\n",
+        charon_version="Linux strongSwan 6.0.1\n",
+        charon_plugins=frozenset({"random", "nonce", "openssl", "gcm", "vici", "kernel-netlink"}),
+    )
+    features = by_name(facts)
+    assert features["distribution"] == (True, "Debian GNU/Linux 13 (trixie), 13.1")
+    assert features["iptables"][1].startswith("v1.8.11, default backend nf_tables")
+    assert features["bird"][1].startswith("BIRD version 2.17.1, ")
+    assert features["user-mode-linux"][1] == "/usr/bin/linux.uml, kernel 6.1.176"
+    ok, charon = features["charon"]
+    assert ok and charon.startswith("strongSwan 6.0.1, /usr/lib/ipsec/charon; plugins the lab")
+    assert "loads: random nonce gcm openssl kernel-netlink vici (not installed: aes " in charon
+
+
+def test_the_lab_loads_only_installed_plugins_in_its_order() -> None:
+    # strongSwan 6 has no aes/sha1/sha2/hmac/kdf/curve25519/gmp plugins: charon refused to load
+    # them (7 'plugin not found' errors per charon) when the list was fixed
+    installed = frozenset({"vici", "openssl", "nonce", "random", "unrelated"})
+    assert loadable_plugins(installed) == ["random", "nonce", "openssl", "vici"]

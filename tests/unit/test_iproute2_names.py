@@ -80,7 +80,9 @@ def test_ip_resolves_the_names(tmp_path: Path) -> None:
     """`ip` reads both files: names in, names out (plain tables and protos: any kernel has them).
 
     The files are bind-mounted over /etc/iproute2 inside a private mount namespace, so the host's
-    own iproute2 configuration is never touched.
+    own iproute2 configuration is never touched. Debian 13 has no /etc/iproute2 (iproute2 6.15
+    keeps its defaults in /usr/share/iproute2): /etc is overlaid first, so the mount point can
+    be made without writing to the host's /etc.
     """
     etc = tmp_path / "iproute2"
     (etc / "rt_tables.d").mkdir(parents=True)
@@ -88,8 +90,13 @@ def test_ip_resolves_the_names(tmp_path: Path) -> None:
     (etc / "rt_tables.d" / "routed-nv.conf").write_text(render([("blue", 100)]))
     shutil.copy(RT_PROTOS, etc / "rt_protos.d" / "routed-nv.conf")
     netns = f"rnv-test-{uuid.uuid4().hex[:8]}"
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
     script = f"""
         set -e
+        mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc
+        mkdir -p /etc/iproute2
         mount --bind {etc} /etc/iproute2
         ip netns add {netns}
         trap 'ip netns del {netns}' EXIT

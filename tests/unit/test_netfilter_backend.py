@@ -1,6 +1,6 @@
 import subprocess
 
-from routed_nv.netfilter.iptables import detect_backend
+from routed_nv.netfilter.restore import detect_backend
 
 
 def runner(stdout="", exc=None):

@@ -2,6 +2,7 @@ from routed_nv import markers
 from routed_nv.calc.netfilter import (
     DECAP,
     DISPATCH,
+    TO_HOST,
     ChainKey,
     Family,
     Rule,
@@ -39,11 +40,12 @@ def chain(desired, family, name):
 def test_workload_may_source_only_its_own_addresses():
     rules = desired_rules(config())
     assert chain(rules, V4, "RNV-SRC-wl-web") == (
+        Rule(target=TO_HOST),
         Rule(target="RETURN", src="10.0.0.1/32"),
         Rule(target="DROP"),
     )
     v6 = chain(rules, V6, "RNV-SRC-wl-web")
-    assert v6[0] == Rule(target="RETURN", src="fd10::1/128")
+    assert v6[:2] == (Rule(target=TO_HOST), Rule(target="RETURN", src="fd10::1/128"))
     assert v6[-1] == Rule(target="DROP")
 
 
@@ -58,8 +60,34 @@ def test_link_local_sources_only_for_neighbour_discovery():
 
 def test_ipv4_only_workload_sends_no_ipv6_but_neighbour_discovery():
     v6 = chain(desired_rules(config()), V6, "RNV-SRC-wl-db")
-    assert all(r.src in ("fe80::/10", "::/128") for r in v6[:-1])
+    assert v6[0] == Rule(target=TO_HOST)
+    assert all(r.src in ("fe80::/10", "::/128") for r in v6[1:-1])
     assert v6[-1] == Rule(target="DROP")
+
+
+def test_every_workload_chain_first_asks_what_may_go_to_the_host():
+    rules = desired_rules(config())
+    sources = [k for k in rules.chains if k.chain.startswith("RNV-SRC-")]
+    assert len(sources) == 4
+    assert all(rules.chains[k][0] == Rule(target=TO_HOST) for k in sources)  # -j: it returns
+
+
+def test_to_the_host_only_nd_and_echo_requests_to_the_gateway():
+    rules = desired_rules(config())
+    assert chain(rules, V4, TO_HOST) == (
+        Rule(target="RETURN", dst="169.254.0.1/32", protocol=1, icmp_type=8),
+        Rule(target="DROP", dst_type="LOCAL"),  # the host's own addresses, loopback too
+        Rule(target="DROP", dst="169.254.0.1/32"),  # the gateway: in the VRF, not the local table
+        Rule(target="DROP", dst_type="MULTICAST"),
+        Rule(target="DROP", dst_type="BROADCAST"),
+    )
+    assert chain(rules, V6, TO_HOST) == (
+        *(Rule(target="RETURN", protocol=58, icmpv6_type=t) for t in (133, 135, 136)),
+        Rule(target="RETURN", dst="fe80::1/128", protocol=58, icmpv6_type=128),
+        Rule(target="DROP", dst_type="LOCAL"),
+        Rule(target="DROP", dst="fe80::/10"),  # the gateway and the kernel's link-local
+        Rule(target="DROP", dst_type="MULTICAST"),  # ND to multicast returned above
+    )
 
 
 def test_dispatch_by_workload_interface_with_goto():

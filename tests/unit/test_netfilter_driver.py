@@ -99,7 +99,7 @@ def test_only_the_chain_that_differs_is_replaced(fake):
     assert [(c.family, sorted(c.set_chains)) for c in fake.applied] == [
         (Family.IPV4, ["RNV-SRC-wl-web"])
     ]
-    assert fake.applied[0].set_chains["RNV-SRC-wl-web"][0] == Rule(
+    assert fake.applied[0].set_chains["RNV-SRC-wl-web"][1] == Rule(
         target="RETURN", src="10.0.0.9/32"
     )
 
@@ -128,7 +128,7 @@ def test_foreign_or_unreadable_rule_in_our_chain_gets_the_chain_rewritten(fake):
     chains = fake.chains[(Family.IPV4, "raw")]
     chains["RNV-SRC-wl-web"] = (None, *chains["RNV-SRC-wl-web"])  # e.g. inserted by hand
     plan = driver.plan(desired)
-    assert plan.lines()[0] == "ipv4 raw: set chain RNV-SRC-wl-web (2 rules)"
+    assert plan.lines()[0] == "ipv4 raw: set chain RNV-SRC-wl-web (3 rules)"
 
 
 def test_our_jump_must_be_first_and_single(fake):
@@ -153,7 +153,8 @@ def test_stale_jump_in_a_hook_we_no_longer_use_is_removed(fake):
 
 def test_dry_run_lines_show_every_rule(fake):
     lines = NetfilterDriver(fake).plan(desired_rules(config())).lines()
-    assert "ipv4 raw: set chain RNV-SRC-wl-web (2 rules)" in lines
+    assert "ipv4 raw: set chain RNV-SRC-wl-web (3 rules)" in lines
+    assert "  -A RNV-SRC-wl-web -j RNV-HOST" in lines
     assert "  -A RNV-SRC-wl-web -s 10.0.0.1/32 -j RETURN" in lines
     assert "ipv6 raw: make -I PREROUTING 1 -j RNV-PREROUTING our only rule in PREROUTING" in lines
 

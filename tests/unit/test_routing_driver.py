@@ -13,10 +13,20 @@ from routed_nv.calc.routing import desired_routing, endpoint_link_name
 from routed_nv.config.model import Config
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.kernel import AlreadyExists, KernelError, LinkState, NetnsNotFound, NotFound
-from routed_nv.routing.objects import Address, NeighProxy, Route
+from routed_nv.routing.objects import Address, NeighProxy, PolicyRule, Route
 from tests.factories import HOST1
 
 net = ipaddress.ip_network
+
+
+# what a fresh namespace has: `ip rule` of both families (proto kernel)
+KERNEL_RULES = {
+    PolicyRule(4, 0, 255, 2),
+    PolicyRule(4, 32766, 254, 2),
+    PolicyRule(4, 32767, 253, 2),
+    PolicyRule(6, 0, 255, 2),
+    PolicyRule(6, 32766, 254, 2),
+}
 
 
 class FakeKernel:
@@ -32,6 +42,7 @@ class FakeKernel:
         self.log = []
         self.reads = Counter()  # what the driver read, by kind
         self.failing = {}  # str(dst) -> error words
+        self.rules_ = set(KERNEL_RULES)
 
     def _new_index(self):
         self.world.next_index += 1
@@ -140,6 +151,19 @@ class FakeKernel:
 
     def delete_neigh_proxy(self, proxy):
         self.proxies.discard((proxy.ifname, proxy.address))
+
+    def rules(self):
+        self.reads["rules"] += 1
+        return list(self.rules_)
+
+    def add_rule(self, rule):
+        self.log.append(("add_rule", rule.version, rule.priority))
+        self.rules_.add(dataclasses.replace(rule, netns=None))
+
+    def delete_rule(self, rule):
+        # like the kernel: priority, table and protocol must all match
+        self.log.append(("delete_rule", rule.version, rule.priority))
+        self.rules_.discard(dataclasses.replace(rule, netns=None))
 
     def read_sysctl(self, path):
         self.reads["sysctls"] += 1
@@ -467,3 +491,53 @@ def test_a_new_workload_reasserts_only_its_own_routes(world, driver):
     assert result.ok, result.lines()
     written = sorted(op[1] for op in host.log if op[0] == "replace_route")
     assert written == ["10.0.0.7/32", "10.0.0.7/32"]  # VRF and publish table
+
+
+LOCAL_AFTER_L3MDEV = {PolicyRule(v, 32765, 255, markers.RTPROT_INFRA) for v in (4, 6)}
+
+
+def test_the_local_table_rule_moves_behind_the_l3mdev_rule_without_a_gap(world, driver):
+    result = driver.apply(desired(make_config()))
+    assert result.ok, result.lines()
+    host = world.ns(None)
+    assert host.rules_ == KERNEL_RULES - {PolicyRule(v, 0, 255, 2) for v in (4, 6)} | (
+        LOCAL_AFTER_L3MDEV
+    )
+    rule_ops = [op for op in host.log if op[0].endswith("_rule")]
+    # the new lookup first, then the old one goes: never a moment without a local lookup
+    assert rule_ops == [
+        ("add_rule", 4, 32765),
+        ("add_rule", 6, 32765),
+        ("delete_rule", 6, 0),
+        ("delete_rule", 4, 0),
+    ]
+    for ns in ("w1", "w2"):  # a workload's namespace keeps its own rules
+        assert world.ns(ns).rules_ == KERNEL_RULES and not world.ns(ns).reads["rules"]
+    fresh = RoutingDriver(world.ns)  # a restarted agent recognises them
+    assert not fresh.plan(desired(make_config())).changes
+
+
+def test_the_plan_shows_the_rule_move(world, driver):
+    lines = driver.plan(desired(make_config())).lines()
+    assert "+ rule -6 pref 32765 from all lookup 255 proto 232" in lines
+    assert "- rule -4 pref 0 from all lookup 255 proto 2" in lines
+    assert world.ns(None).rules_ == KERNEL_RULES
+
+
+def test_a_local_rule_put_back_at_pref_0_is_removed_again_by_a_resync(world, driver):
+    driver.apply(desired(make_config()))
+    host = world.ns(None)
+    put_back = PolicyRule(4, 0, 255, 0)  # `ip rule add pref 0 lookup local`: proto unspec
+    host.rules_.add(put_back)
+    assert not driver.plan(desired(make_config())).changes  # the cache: found by a resync
+    result = driver.apply(desired(make_config()), resync=True)
+    assert [str(c) for c in result.changes] == [f"- {put_back}"]
+    assert put_back not in host.rules_ and host.rules_ >= LOCAL_AFTER_L3MDEV
+
+
+def test_foreign_rules_are_left_alone(world, driver):
+    host = world.ns(None)
+    foreign = {PolicyRule(4, 100, 255, 0), PolicyRule(6, 0, 300, 4)}
+    host.rules_ |= foreign
+    driver.apply(desired(make_config()))
+    assert foreign <= host.rules_
