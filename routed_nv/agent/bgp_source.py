@@ -18,6 +18,7 @@ the agent then keeps every remote route it knows (source.keep_known).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import select
 import threading
@@ -26,12 +27,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from routed_nv import markers
 from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
-from routed_nv.directory.bird_config import RR_CONNECT_RETRY_S, BirdConfigError, rr_protocol
-from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError
-from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
+from routed_nv.directory.bird_config import (
+    RR_CONNECT_RETRY_S,
+    BirdConfigError,
+    families_of,
+    mirror_names,
+    rr_protocol,
+)
+from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, CommandError, Route
+from routed_nv.directory.learn import (
+    Learned,
+    MirrorRoute,
+    PublishedRoute,
+    Rejection,
+    learn,
+    refused,
+)
+from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
 
 POLL_S = 0.5
@@ -48,6 +64,13 @@ POLL_S = 0.5
 # route change meanwhile: longer than the clients' reconnect (one connect retry), with as much
 # again for a loaded host.
 SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
+# A path whose next hop the underlay cannot reach (a host announcing a foreign one) fails BIRD's
+# mirror export (`gw = bgp_next_hop`: "Invalid gw address") and never reaches the mirror table,
+# so the watch cannot see it. Writing it there as unreachable instead turned every path of a host
+# whose own uplink was briefly down into a refusal (reverted, docs/directory.md). So the source
+# asks BIRD what each mirror export refused (`show route noexport`), every REFUSED_POLL_S (one
+# command per tenant and family: not on every poll), and reports the refusals among them.
+REFUSED_POLL_S = 5.0
 
 
 class Watch(Protocol):
@@ -141,6 +164,8 @@ class BgpSource:
         state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
         settle = _Settle()
         learned: tuple[Config, frozenset[MirrorRoute], Learned] | None = None
+        unwritten: tuple[Rejection, ...] = ()
+        next_unwritten = 0.0
         while not self._stop.is_set():
             with self._lock:
                 config, to_apply = self._config, self._to_apply
@@ -151,6 +176,9 @@ class BgpSource:
             if now >= next_poll:
                 state = self._bird_state(config)
                 next_poll = now + POLL_S
+            if now >= next_unwritten:
+                unwritten = self._unwritten(config, unwritten)
+                next_unwritten = now + REFUSED_POLL_S
             try:
                 # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
                 # are in the view that says so
@@ -175,7 +203,7 @@ class BgpSource:
             in_sync, peers, detail = state
             if settle.holding(peers, learned[1], time.monotonic()):
                 in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
-            update = self._update(learned[2], in_sync, peers, detail)
+            update = self._update(learned[2], unwritten, in_sync, peers, detail)
             if update != last and self._publish is not None:
                 self._publish(update)
                 last = update
@@ -218,9 +246,43 @@ class BgpSource:
             detail += "; BIRD in graceful-restart recovery"
         return up > 0 and not recovering, peers, detail
 
+    def _unwritten(self, config: Config, before: tuple[Rejection, ...]) -> tuple[Rejection, ...]:
+        """The refusals among the paths BIRD's mirror exports refused (`before` while BIRD does
+        not answer)."""
+        paths: list[MirrorRoute] = []
+        try:
+            with self._connect(config.directory.bird_socket) as bird:
+                for tenant in config.tenants.values():
+                    for fam in families_of(tenant):
+                        table, writer = mirror_names(tenant.id, fam)
+                        try:
+                            found = bird.routes(f"table {table} noexport {writer}")
+                        except CommandError:  # not in BIRD's config yet (being applied)
+                            continue
+                        kernel_table = markers.mirror_table(tenant.id)
+                        paths += (_as_mirror(r, kernel_table, config.directory.asn) for r in found)
+        except BirdError:
+            return before
+        return refused(config, paths)
+
     def _update(
-        self, learned: Learned, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
+        self,
+        learned: Learned,
+        unwritten: tuple[Rejection, ...],
+        in_sync: bool,
+        peers: tuple[PeerStatus, ...],
+        detail: str,
     ) -> SourceUpdate:
         if self._apply_error:
             detail = f"{detail}; {self._apply_error}"
-        return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)
+        return SourceUpdate(learned.view, in_sync, peers, learned.rejected + unwritten, detail)
+
+
+def _as_mirror(path: Route, table: int, asn: int) -> MirrorRoute:
+    """A path BIRD did not write, as the mirror route it would have been (sequence and tenant
+    count from its communities, as the mirror export sets them)."""
+    tags = [(kind, value) for a, kind, value in path.large_communities if a == asn]
+    sequence = max((v for k, v in tags if k == SEQUENCE_COMMUNITY), default=0)
+    tenants = sum(1 for k, _ in tags if k == TENANT_COMMUNITY)
+    prefix = ipaddress.ip_network(path.prefix)
+    return MirrorRoute(table, prefix, path.next_hop, 0, sequence, tenants)

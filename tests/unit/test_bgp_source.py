@@ -19,7 +19,15 @@ from routed_nv.agent.source import SourceUpdate, StaticSource
 from routed_nv.calc.inputs import Claim
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
-from routed_nv.directory.birdc import GR_RECOVERY, BirdError, Line, Protocol, Reply
+from routed_nv.directory.birdc import (
+    GR_RECOVERY,
+    BirdError,
+    CommandError,
+    Line,
+    Protocol,
+    Reply,
+    Route,
+)
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 from routed_nv.directory.netlink_watch import RouteEvent
 
@@ -90,6 +98,8 @@ class FakeBird:
         self.sessions = {"rr1": "Established", "rr2": "Active"}
         self.recovering = False
         self.running = True
+        self.unwritten: dict[str, list[Route]] = {}  # `show route` arguments -> paths
+        self.asked: list[str] = []
 
     def __call__(self, path: Path) -> FakeBird:
         if not self.running:
@@ -108,6 +118,12 @@ class FakeBird:
             Protocol(name, "BGP", "---", state.get(s, "start"), "2026-01-01", s)
             for name, s in self.sessions.items()
         ]
+
+    def routes(self, arguments: str) -> list[Route]:
+        self.asked.append(arguments)
+        if arguments not in self.unwritten:
+            raise CommandError(f"show route {arguments} all", 9001, "syntax error")
+        return self.unwritten[arguments]
 
     def command(self, command: str) -> Reply:
         assert command == "show status"
@@ -296,3 +312,40 @@ def test_the_daemon_picks_the_source_the_config_names() -> None:
     bgp.stop()  # never started: only its wake-up pipe to close
     static = CONFIG.model_copy(update={"directory": Directory()})
     assert isinstance(daemon_commands._source(static, None), StaticSource)
+
+
+def test_paths_bird_could_not_write_are_reported_when_their_next_hop_is_foreign(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BIRD's mirror export drops a path whose next hop the underlay cannot reach: not in the
+    mirror table, so not in the watch. The source asks BIRD what that export refused and
+    reports the foreign next hop (bad-next-hop); a host address inside the aggregate that is
+    merely unreachable now (this host's uplink is down) is no refusal."""
+    monkeypatch.setattr(bgp_source, "REFUSED_POLL_S", 0.01, raising=False)
+    r = Run()
+
+    def path(prefix: str, next_hop: str) -> Route:
+        hop = ipaddress.ip_address(next_hop)
+        return Route("mt4_100", prefix, "rr1", True, hop, [(65000, 1, 100), (65000, 2, 3)])
+
+    r.bird.unwritten["table mt4_100 noexport m4_100"] = [
+        path("10.0.0.78/32", "2001:db9:0:7::1"),
+        path("10.0.0.79/32", "2001:db8:0:7::1"),
+    ]
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.watch.set(mirror("10.0.0.2/32"))
+        update = r.until(lambda u: u.in_sync and bool(u.rejected))
+        assert [(str(x.route.prefix), x.reason) for x in update.rejected] == [  # type: ignore[attr-defined]
+            ("10.0.0.78/32", Reason.BAD_NEXT_HOP)
+        ]
+        assert str(update.rejected[0]).startswith(
+            f"10.0.0.78/32 via 2001:db9:0:7::1 (table {markers.mirror_table(100)}): bad-next-hop"
+        )
+        assert {str(x.prefix) for x in update.view.remote_routes} == {"10.0.0.2/32"}
+        r.bird.unwritten["table mt4_100 noexport m4_100"] = []  # the announcement withdrawn
+        update = r.until(lambda u: not u.rejected)
+        assert {str(x.prefix) for x in update.view.remote_routes} == {"10.0.0.2/32"}
+    finally:
+        r.source.stop()
+    assert "table mt4_100 noexport m4_100" in r.bird.asked
