@@ -32,6 +32,7 @@ from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import (
+    MIRROR_METRIC,
     RR_CONNECT_RETRY_S,
     BirdConfigError,
     families_of,
@@ -39,14 +40,7 @@ from routed_nv.directory.bird_config import (
     rr_protocol,
 )
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, CommandError, Route
-from routed_nv.directory.learn import (
-    Learned,
-    MirrorRoute,
-    PublishedRoute,
-    Rejection,
-    learn,
-    refused,
-)
+from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
 from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
 
@@ -64,12 +58,16 @@ POLL_S = 0.5
 # route change meanwhile: longer than the clients' reconnect (one connect retry), with as much
 # again for a loaded host.
 SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
-# A path whose next hop the underlay cannot reach (a host announcing a foreign one) fails BIRD's
-# mirror export (`gw = bgp_next_hop`: "Invalid gw address") and never reaches the mirror table,
-# so the watch cannot see it. Writing it there as unreachable instead turned every path of a host
-# whose own uplink was briefly down into a refusal (reverted, docs/directory.md). So the source
-# asks BIRD what each mirror export refused (`show route noexport`), every REFUSED_POLL_S (one
-# command per tenant and family: not on every poll), and reports the refusals among them.
+# A path whose next hop the underlay cannot reach fails BIRD's mirror export (`gw = bgp_next_hop`:
+# "Invalid gw address"), and BIRD withdraws it from the mirror table: the watch cannot see it.
+# That is a foreign next hop (a host announcing anything: a refusal to report), or every path at
+# once when this host's own uplink is down: valid locations that must stay programmed, with
+# their SAs. Deleting them deleted the outbound static-keyed SAs, and the SAs made anew on the
+# uplink's return restart at sequence 1, which every peer's inbound SA drops as replays until
+# the new one passes the old count (lab: 902 packets, host1 -> host2 black-holed for minutes).
+# So the source asks BIRD what each mirror export refused (`show route noexport`) and learns
+# those paths with the mirror routes: at once when mirror routes go, and every REFUSED_POLL_S
+# (one command per tenant and family: not on every poll).
 REFUSED_POLL_S = 5.0
 
 
@@ -164,7 +162,7 @@ class BgpSource:
         state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
         settle = _Settle()
         learned: tuple[Config, frozenset[MirrorRoute], Learned] | None = None
-        unwritten: tuple[Rejection, ...] = ()
+        unwritten: frozenset[MirrorRoute] = frozenset()
         next_unwritten = 0.0
         while not self._stop.is_set():
             with self._lock:
@@ -177,8 +175,10 @@ class BgpSource:
                 state = self._bird_state(config)
                 next_poll = now + POLL_S
             if now >= next_unwritten:
-                unwritten = self._unwritten(config, unwritten)
+                fresh = self._unwritten(config, unwritten)
                 next_unwritten = now + REFUSED_POLL_S
+                if fresh != unwritten:
+                    unwritten, learned = fresh, None
             try:
                 # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
                 # are in the view that says so
@@ -195,15 +195,21 @@ class BgpSource:
                 # host1's sessions disabled, its agent deleted every remote route)
                 state = self._bird_state(config)
                 next_poll = time.monotonic() + POLL_S
+            if events and (unwritten or not all(e.added for e in events)):
+                # a mirror route gone may be only unwritable now; one written again is no
+                # longer an unwritten path
+                unwritten = self._unwritten(config, unwritten)
+                next_unwritten = time.monotonic() + REFUSED_POLL_S
             if events or learned is None or learned[0] is not config:
                 # learn() is O(routes): at 100,000 it took seconds a pass, and run on every
                 # 0.5 s poll it kept this thread busy, holding the GIL against the applies
                 routes = self._watch.routes  # built anew by each read: read once per pass
-                learned = (config, routes, learn(config, routes, self._watch.published))
+                paths = routes | unwritten
+                learned = (config, routes, learn(config, paths, self._watch.published))
             in_sync, peers, detail = state
             if settle.holding(peers, learned[1], time.monotonic()):
                 in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
-            update = self._update(learned[2], unwritten, in_sync, peers, detail)
+            update = self._update(learned[2], in_sync, peers, detail)
             if update != last and self._publish is not None:
                 self._publish(update)
                 last = update
@@ -246,9 +252,9 @@ class BgpSource:
             detail += "; BIRD in graceful-restart recovery"
         return up > 0 and not recovering, peers, detail
 
-    def _unwritten(self, config: Config, before: tuple[Rejection, ...]) -> tuple[Rejection, ...]:
-        """The refusals among the paths BIRD's mirror exports refused (`before` while BIRD does
-        not answer)."""
+    def _unwritten(self, config: Config, before: frozenset[MirrorRoute]) -> frozenset[MirrorRoute]:
+        """The paths BIRD's mirror exports refused, as the mirror routes they would have been
+        (`before` while BIRD does not answer)."""
         paths: list[MirrorRoute] = []
         try:
             with self._connect(config.directory.bird_socket) as bird:
@@ -263,19 +269,14 @@ class BgpSource:
                         paths += (_as_mirror(r, kernel_table, config.directory.asn) for r in found)
         except BirdError:
             return before
-        return refused(config, paths)
+        return frozenset(paths)
 
     def _update(
-        self,
-        learned: Learned,
-        unwritten: tuple[Rejection, ...],
-        in_sync: bool,
-        peers: tuple[PeerStatus, ...],
-        detail: str,
+        self, learned: Learned, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
     ) -> SourceUpdate:
         if self._apply_error:
             detail = f"{detail}; {self._apply_error}"
-        return SourceUpdate(learned.view, in_sync, peers, learned.rejected + unwritten, detail)
+        return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)
 
 
 def _as_mirror(path: Route, table: int, asn: int) -> MirrorRoute:
@@ -285,4 +286,4 @@ def _as_mirror(path: Route, table: int, asn: int) -> MirrorRoute:
     sequence = max((v for k, v in tags if k == SEQUENCE_COMMUNITY), default=0)
     tenants = sum(1 for k, _ in tags if k == TENANT_COMMUNITY)
     prefix = ipaddress.ip_network(path.prefix)
-    return MirrorRoute(table, prefix, path.next_hop, 0, sequence, tenants)
+    return MirrorRoute(table, prefix, path.next_hop, MIRROR_METRIC, sequence, tenants)

@@ -37,6 +37,7 @@ LOCAL_PREFERENCE = 100  # BGP's default; a moved endpoint's route gets this + it
 # preference is 100): during a move the new host must publish, not mirror the old location.
 PUBLISH_PREFERENCE = 200
 GR_TIME_S = 30
+MIRROR_METRIC = 32  # the metric BIRD's kernel protocols write (their default; ours set none)
 LLGR_STALE_TIME_S = 86400  # a day of forwarding on last-known routes with no route reflector
 # Without a large buffer the kernel drops netlink messages under bursts and BIRD rescans: 1,000
 # routes took 15 s instead of 0.05 s (ARCHITECTURE.md §6).

@@ -8,8 +8,9 @@ sentence (for logs and `routed-nv status`):
 - the tenant (from the mirror table) must be one this host knows;
 - the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
 - the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate
-  (a mirror route without one, not written by BIRD, is refused and reported too; a path BIRD
-  could not write at all, its next hop unreachable, is checked by refused(), see there).
+  (a mirror route without one, not written by BIRD, is refused and reported too). The agent's
+  BGP source adds the paths BIRD could not write (next hop unreachable from here) as the mirror
+  routes they would have been: a foreign next hop is refused here like any other.
 BIRD has already chosen one location per (tenant, address) by mobility sequence (a moved
 endpoint's route carries local_pref 100 + sequence; docs/directory.md) and the mirror table holds
 only that choice, with the sequence in the route's `window` metric. Should a table hold more than
@@ -149,16 +150,6 @@ def learn(
     claims = frozenset(c for p in published if (c := _claim(config, p)) is not None)
     view = DirectoryView(frozenset(chosen), frozenset(contested), claims)
     return Learned(view, tuple(rejected))
-
-
-def refused(config: Config, unwritten: Iterable[MirrorRoute]) -> tuple[Rejection, ...]:
-    """The refusals among the paths BIRD could not write into a mirror table (its export found
-    no gateway: a next hop the underlay does not reach, e.g. outside the aggregate), checked as
-    if written. A path that passes is a valid location this host merely cannot reach now (its
-    own underlay is down): no refusal of the announcement, and nothing to program either."""
-    check = _Checker(config)
-    outcomes = (check(r) for r in sorted(set(unwritten), key=MirrorRoute.sort_key))
-    return tuple(o for o in outcomes if isinstance(o, Rejection))
 
 
 def _claim(config: Config, route: PublishedRoute) -> Claim | None:

@@ -314,23 +314,27 @@ def test_the_daemon_picks_the_source_the_config_names() -> None:
     assert isinstance(daemon_commands._source(static, None), StaticSource)
 
 
-def test_paths_bird_could_not_write_are_reported_when_their_next_hop_is_foreign(
+NOEXPORT = "table mt4_100 noexport m4_100"
+
+
+def unwritten(prefix: str, next_hop: str) -> Route:
+    """A path as BIRD lists it under `show route noexport` of a mirror kernel protocol."""
+    hop = ipaddress.ip_address(next_hop)
+    return Route("mt4_100", prefix, "rr1", True, hop, [(65000, 1, 100), (65000, 2, 3)])
+
+
+def test_paths_bird_could_not_write_are_refused_for_a_foreign_next_hop_else_kept(
     fast_poll: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """BIRD's mirror export drops a path whose next hop the underlay cannot reach: not in the
-    mirror table, so not in the watch. The source asks BIRD what that export refused and
-    reports the foreign next hop (bad-next-hop); a host address inside the aggregate that is
-    merely unreachable now (this host's uplink is down) is no refusal."""
+    mirror table, so not in the watch. The source asks BIRD what that export refused: a foreign
+    next hop is reported (bad-next-hop); a host address inside the aggregate, merely unreachable
+    now (this host's uplink is down), is a location like any other."""
     monkeypatch.setattr(bgp_source, "REFUSED_POLL_S", 0.01, raising=False)
     r = Run()
-
-    def path(prefix: str, next_hop: str) -> Route:
-        hop = ipaddress.ip_address(next_hop)
-        return Route("mt4_100", prefix, "rr1", True, hop, [(65000, 1, 100), (65000, 2, 3)])
-
-    r.bird.unwritten["table mt4_100 noexport m4_100"] = [
-        path("10.0.0.78/32", "2001:db9:0:7::1"),
-        path("10.0.0.79/32", "2001:db8:0:7::1"),
+    r.bird.unwritten[NOEXPORT] = [
+        unwritten("10.0.0.78/32", "2001:db9:0:7::1"),
+        unwritten("10.0.0.79/32", "2001:db8:0:7::1"),
     ]
     r.source.start(CONFIG, r.updates.put)
     try:
@@ -342,10 +346,43 @@ def test_paths_bird_could_not_write_are_reported_when_their_next_hop_is_foreign(
         assert str(update.rejected[0]).startswith(
             f"10.0.0.78/32 via 2001:db9:0:7::1 (table {markers.mirror_table(100)}): bad-next-hop"
         )
-        assert {str(x.prefix) for x in update.view.remote_routes} == {"10.0.0.2/32"}
-        r.bird.unwritten["table mt4_100 noexport m4_100"] = []  # the announcement withdrawn
+        routes = {
+            (str(x.prefix), str(x.peer.address), x.sequence) for x in update.view.remote_routes
+        }
+        assert routes == {
+            ("10.0.0.2/32", "2001:db8:0:2::1", 0),
+            ("10.0.0.79/32", "2001:db8:0:7::1", 3),
+        }
+        r.bird.unwritten[NOEXPORT] = []  # both withdrawn
         update = r.until(lambda u: not u.rejected)
         assert {str(x.prefix) for x in update.view.remote_routes} == {"10.0.0.2/32"}
     finally:
         r.source.stop()
-    assert "table mt4_100 noexport m4_100" in r.bird.asked
+    assert NOEXPORT in r.bird.asked
+
+
+def test_a_mirror_route_bird_withdraws_as_unreachable_stays_in_the_view(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This host's uplink goes down: its underlay routes go, BIRD's mirror export can no longer
+    write any path and withdraws every mirror route, while the route-reflector sessions are
+    still up. Before, the source published a view without them, in sync, and the agent deleted
+    the routes and the peers' SAs; made anew when the uplink returned, those SAs start at
+    sequence 1 and the peers dropped them as replays. Now the withdrawal is checked against
+    BIRD's refused paths at once (not at the next periodic check): the view never loses it."""
+    monkeypatch.setattr(bgp_source, "REFUSED_POLL_S", 3600.0, raising=False)
+    r = Run()
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.watch.set(mirror("10.0.0.2/32"))
+        r.until(lambda u: u.in_sync and bool(u.view.remote_routes))
+        r.bird.unwritten[NOEXPORT] = [unwritten("10.0.0.2/32", "2001:db8:0:2::1")]
+        r.watch.set()
+        time.sleep(50 * bgp_source.POLL_S)
+        seen = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                seen.append(r.updates.get_nowait())
+        assert [u for u in seen if not u.view.remote_routes] == []
+    finally:
+        r.source.stop()
