@@ -411,10 +411,15 @@ def bird_extra(env: BgpAgents, host: str, extra: str) -> Iterator[None]:
             client.configure(bird.config)
 
 
-def announce(name: str, address: str, communities: list[tuple[int, int]]) -> str:
+def announce(
+    name: str, address: str, communities: list[tuple[int, int]], next_hop: str = ""
+) -> str:
     """A static protocol for bird_extra: BGP announces `address` with these large communities
-    (ASN 65000), next hop this host, as if it were one of the host's endpoints."""
+    (ASN 65000), as if it were one of the host's endpoints. The next hop is the host (next hop
+    self), or `next_hop` when announced by a route reflector (which reflects it unchanged)."""
     tags = " ".join(f"bgp_large_community.add((65000, {k}, {v}));" for k, v in communities)
+    if next_hop:
+        tags += f" bgp_next_hop = {next_hop};"
     route = f"route {address}/32 blackhole {{ {tags} }};"
     return f"protocol static {name} {{ ipv4 {{ table bgp4; }}; {route} }}\n"
 
@@ -456,6 +461,33 @@ def test_a_route_tagged_for_two_tenants_is_rejected_and_programmed_nowhere(
     deadline = time.monotonic() + REACH_TIMEOUT_S
     while routes_for(env, "host2", bad, markers.mirror_table(BLUE)):
         assert time.monotonic() < deadline, "host1's injected route was never withdrawn"
+        time.sleep(0.2)
+
+
+def test_a_route_with_a_foreign_next_hop_is_reported_and_programmed_nowhere(
+    env: BgpAgents,
+) -> None:
+    """rr1 reflects 10.0.0.78/32 for blue with a next hop outside the underlay (2001:db9::/32).
+    BIRD cannot write it into host2's mirror table (no gateway: the export filter fails), so
+    the mirror watch never sees it; host2's agent asks BIRD what that export refused and reports
+    it (bad-next-hop) in status, metrics and log. Before, it was dropped unseen."""
+    bad = "10.0.0.78"
+    host2 = env.agents["host2"]
+    offset = len(host2.log())
+    foreign = announce("foreign", bad, [(1, BLUE)], next_hop="2001:db9:0:7::1")
+    with bird_extra(env, "rr1", foreign):
+        assert rejected_on(env, "host2", bad) == ["bad-next-hop"]
+        rejected = host2.status()["directory"]["rejected"]
+        assert next(r["route"] for r in rejected if f"{bad}/" in r["route"]).startswith(
+            f"{bad}/32 via 2001:db9:0:7::1 (table {markers.mirror_table(BLUE)}): bad-next-hop"
+        )
+        counter = 'routed_nv_rejected_routes_total{reason="bad-next-hop"} 1.0'
+        assert counter in metrics_of(env, "host2")
+        assert "directory.rejected reason=bad-next-hop" in host2.log()[offset:]
+        assert routes_for(env, "host2", bad) == ""  # in no table: neither mirrored nor programmed
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while any(f"{bad}/" in r["route"] for r in host2.status()["directory"]["rejected"]):
+        assert time.monotonic() < deadline, "still reported after the withdrawal"
         time.sleep(0.2)
 
 
@@ -533,6 +565,16 @@ def test_a_hijacked_endpoint_comes_back_and_a_repeated_hijack_is_frozen_as_a_dup
     while host2.status()["directory"]["duplicates"]:
         assert time.monotonic() < deadline, host2.status()["directory"]
         time.sleep(0.2)
+    # after all that, restarting the agents (the defender's, then the hijacker's) loses nothing
+    running = [Ping(env, "blue1", address), Ping(env, "blue3", address)]
+    for host in ("host2", "host1"):
+        assert env.agents[host].stop() == 0
+        env.agents[host].start()
+    time.sleep(1)
+    lost = losses(running)
+    print(f"agents of host2 and host1 restarted after the hijack: (sent, lost) {lost}")
+    assert [x for _, x in lost] == [0, 0]
+    assert not host2.status()["directory"]["stale"]
 
 
 def tor_routes(env: BgpAgents) -> str:
@@ -567,6 +609,13 @@ def test_a_host_whose_upstream_session_drops_is_withdrawn_until_it_returns(
 ) -> None:
     prefix = str(env.datapath.lab.topology.host("host1").prefix)
     reach(env, "blue2", "10.0.0.1", time.monotonic())
+    # More blue packets from host1 to host2 than reach() sends in its deadline: host2's inbound
+    # SA has counted them, so an outbound SA host1 made anew (sequence 1) would be dropped there
+    # as replays for all of that deadline. Before, host1 deleted its remote routes and SAs while
+    # its uplink was down (BIRD withdrew every mirror route) and made them anew afterwards.
+    burst = ["ping", "-c", "2000", "-i", "0.002", "-q", "-W", "1", "10.0.0.2"]
+    env.datapath.lab.exec(ns("blue1"), burst)
+    sas_before = host_sas(env, "host1")
     with BirdClient(env.birds.node("host1").socket) as bird:
         down = time.monotonic()
         bird.command(f"disable {upstream_protocol(1)}")
@@ -578,11 +627,22 @@ def test_a_host_whose_upstream_session_drops_is_withdrawn_until_it_returns(
         bird.command(f"enable {upstream_protocol(1)}")
     back = wait_for(f"{prefix} back", lambda: prefix in tor_routes(env))
     resumed = reach(env, "blue2", "10.0.0.1", up)
+    reach(env, "blue1", "10.0.0.2", time.monotonic())
+    assert host_sas(env, "host1") == sas_before  # kept, not made anew
     print(
         f"\nhost1 upstream disabled -> /64 gone from the ToR: {withdrawn:.2f} s "
         f"(after {time.monotonic() - down:.1f} s: blue2 -> blue1 fails); enabled -> /64 back: "
         f"{back:.2f} s, blue2 -> blue1 answers: {resumed:.2f} s"
     )
+
+
+def host_sas(env: BgpAgents, host: str) -> list[str]:
+    """Each SA of `host` with the time it was added (`ip -s xfrm state`)."""
+    out = sh(env.datapath, ns(host), "ip -s xfrm state")
+    sas = re.findall(r"^src (\S+ dst \S+)\n\s+proto esp spi (\S+)", out, re.M)
+    added = re.findall(r"^\s+add (\S+ \S+) use", out, re.M)
+    assert len(sas) == len(added), out
+    return sorted(f"{a} spi {b} added {t}" for (a, b), t in zip(sas, added, strict=True))
 
 
 def md5_failures(env: BgpAgents, rr: str) -> int:
