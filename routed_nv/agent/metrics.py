@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from routed_nv import __version__
 from routed_nv.agent.snapshot import ApplyRecord, Snapshot
 from routed_nv.config.types import parse_listen_address
-from routed_nv.netfilter.netns import NetnsError, run_in_netns
+from routed_nv.netns import NetnsError, run_in_netns
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -14,7 +14,6 @@ from the routing driver) the destination, table, metric and protocol.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import ipaddress
@@ -22,32 +21,40 @@ import os
 import select
 import socket
 import struct
-import threading
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 
 from routed_nv import markers
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute
-from routed_nv.routing.rtnl import attributes
+from routed_nv.netns import NetnsError, run_in_netns
+from routed_nv.routing.rtnl import (
+    NETLINK_ROUTE,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSGHDR,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_METRICS,
+    RTA_PRIORITY,
+    RTA_TABLE,
+    RTA_VIA,
+    RTAX_ADVMSS,  # BIRD's krt_advmss: the number of tenant communities, when more than one
+    RTAX_WINDOW,  # BIRD's krt_window: where the mirror export puts the mobility sequence
+    RTM_DELROUTE,
+    RTM_GETROUTE,
+    RTM_NEWROUTE,
+    RTMSG,
+    SO_RCVBUFFORCE,
+    attributes,
+)
 
-NETNS_DIR = Path("/var/run/netns")
-NETLINK_ROUTE = 0
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_ROUTE = 0x400
-SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max
 RCVBUF = 32 * 1024 * 1024  # as BIRD's netlink rx buffer: bursts of 100,000 routes
-CLONE_NEWNET = 0x40000000
 
-NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_TABLE, RTA_VIA = 1, 5, 6, 8, 15, 18
-RTAX_WINDOW = 3  # BIRD's krt_window: where the mirror export puts the mobility sequence
-RTAX_ADVMSS = 8  # BIRD's krt_advmss: the number of tenant communities, when more than one
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTMSG = struct.Struct("=BBBBBBBBI")
 _FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _MIRROR_TABLES = range(
     markers.mirror_table(markers.TENANT_ID_MIN), markers.mirror_table(markers.TENANT_ID_MAX) + 1
@@ -99,11 +106,11 @@ def parse(
 ) -> Iterator[tuple[int, int, int, Watched | None]]:
     """(message type, sequence, port id, route in `tables` or None) for each netlink message."""
     offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, _flags, seq, pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
             break
-        body = data[offset + _NLMSGHDR.size : offset + length]
+        body = data[offset + NLMSGHDR.size : offset + length]
         route = _route(body, tables) if kind in (RTM_NEWROUTE, RTM_DELROUTE) else None
         if kind == NLMSG_ERROR:
             code = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
@@ -116,13 +123,13 @@ def parse(
 
 
 def _route(body: bytes, tables: Container[int]) -> Watched | None:
-    if len(body) < _RTMSG.size:
+    if len(body) < RTMSG.size:
         return None
-    family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = _RTMSG.unpack_from(body)
+    family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = RTMSG.unpack_from(body)
     version = _FAMILIES.get(family)
     if version is None:
         return None
-    attrs = attributes(body, _RTMSG.size)
+    attrs = attributes(body, RTMSG.size)
     table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
     if table not in tables:
         return None
@@ -266,9 +273,9 @@ class MirrorWatch:
         """Request a dump and read to its end; events that interleave apply in arrival order."""
         assert self._sock is not None
         self._seq += 1
-        request = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
-        header = _NLMSGHDR.pack(
-            _NLMSGHDR.size + len(request), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0
+        request = RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+        header = NLMSGHDR.pack(
+            NLMSGHDR.size + len(request), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0
         )
         self._sock.send(header + request)
         port = self._sock.getsockname()[0]
@@ -313,37 +320,12 @@ class MirrorWatch:
 
 
 def _open_socket(netns: str | None) -> socket.socket:
-    """A NETLINK_ROUTE socket in a named network namespace. A socket belongs to the namespace of
-    the thread that creates it, so a short-lived thread enters the namespace (setns) for that."""
-    if netns is None:
-        return _new_socket()
-    path = NETNS_DIR / netns
-    result: list[socket.socket | BaseException] = []
-
-    def create() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            result.append(WatchError(f"netns {netns} does not exist ({exc.strerror})"))
-            return
-        try:
-            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                result.append(WatchError(f"cannot enter netns {netns}: {os.strerror(code)}"))
-                return
-            result.append(_new_socket())
-        except OSError as exc:
-            result.append(exc)
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=create, name=f"netns-{netns}")
-    thread.start()
-    thread.join()
-    outcome = result[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+    """A NETLINK_ROUTE socket in a named network namespace (a socket belongs to the namespace of
+    the thread that creates it)."""
+    try:
+        return run_in_netns(netns, _new_socket)
+    except NetnsError as exc:
+        raise WatchError(str(exc)) from None
 
 
 def _new_socket() -> socket.socket:

@@ -26,8 +26,8 @@ from typing import Any
 
 from routed_nv import markers
 from routed_nv.calc.netfilter import Family, Rule
-from routed_nv.netfilter.netns import NetnsError, run_in_netns
 from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
+from routed_nv.netns import NetnsError, run_in_netns
 
 COMMENT = "routed-nv"
 COMMENT_ARGS = ("-m", "comment", "--comment", COMMENT)

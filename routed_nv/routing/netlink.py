@@ -1,7 +1,7 @@
 """The kernel adapter: the only module that imports pyroute2 (IPRoute, never IPDB/NDB).
 
 One NetlinkKernel talks to one network namespace: the process's own (netns None) or a named
-one under /var/run/netns, entered with flags=0 so that a typo never creates a namespace, by a
+one under /run/netns, entered with flags=0 so that a typo never creates a namespace, by a
 short-lived thread that opens the namespace's sockets there (no child process per namespace).
 Links, addresses and proxy-NDP entries go through pyroute2 (a few per host); routes, which come
 by the 100,000, go through rtnl.py's batched stdlib socket, opened in the same namespace.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -22,11 +21,11 @@ from socket import AF_INET, AF_INET6
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_GETNEIGH
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
+from routed_nv import netns as namespaces
 from routed_nv.routing import rtnl
 from routed_nv.routing.kernel import (
     AlreadyExists,
@@ -48,7 +47,6 @@ from routed_nv.routing.objects import (
     Tunnel,
 )
 
-NETNS_DIR = Path("/var/run/netns")
 PROC_SYS = Path("/proc/sys")
 
 IFF_UP = 0x1
@@ -78,7 +76,7 @@ def _errors() -> Iterator[None]:
 class NetlinkKernel:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        if netns is not None and not (NETNS_DIR / netns).exists():
+        if netns is not None and not namespaces.exists(netns):
             raise NetnsNotFound(f"netns {netns} does not exist")
         # A named namespace's socket is opened by a thread inside it (_in_netns), not by
         # pyroute2's netns=, which forks a child process per namespace and gives it 2 s to hand
@@ -306,26 +304,11 @@ class NetlinkKernel:
 
     def _in_netns(self, action: Callable[[], T]) -> T:
         """Run `action` in this namespace: /proc/sys/net and new sockets belong to the namespace
-        of the thread that opens them, so a named namespace gets a short-lived thread that
-        setns()es into it and leaves the rest of the process where it is."""
+        of the thread that opens them."""
         try:
-            if self.netns is None:
-                return action()
-            outcome: list[Any] = []
-
-            def run() -> None:
-                try:
-                    pyroute2_netns.setns(self.netns, flags=0)
-                    outcome.append(action())
-                except Exception as exc:
-                    outcome.append(exc)
-
-            thread = threading.Thread(target=run, name=f"netns-{self.netns}")
-            thread.start()
-            thread.join()
-            if isinstance(outcome[0], Exception):
-                raise outcome[0]
-            return outcome[0]  # type: ignore[no-any-return]
+            return namespaces.run_in_netns(self.netns, action)
+        except namespaces.NetnsError as exc:
+            raise KernelError(str(exc)) from None
         except OSError as exc:
             raise KernelError(exc.strerror or str(exc)) from None
 

@@ -2,7 +2,7 @@
 
 The calculation produces them, the driver reads the kernel back into the same types and compares.
 `netns` None means "the host's namespace" (whichever namespace the driver was opened for); any
-other value names a workload namespace under /var/run/netns.
+other value names a workload namespace under /run/netns.
 Every object has `describe()` (names it, for errors) and `__str__` (all managed values, for plans).
 """
 

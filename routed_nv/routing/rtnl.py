@@ -21,8 +21,11 @@ from typing import TypeVar
 
 from routed_nv.routing.objects import Route
 
+# The netlink numbers routed_nv uses, once: the routing driver here, the mirror watch
+# (directory/netlink_watch.py) imports them.
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
+SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max
 NETLINK_CAP_ACK = 10  # errors echo only the request's header, not the whole message
 NETLINK_EXT_ACK = 11  # errors carry the kernel's text ("Nexthop has invalid gateway")
 NETLINK_GET_STRICT_CHK = 12  # the kernel filters dumps by the request's protocol
@@ -34,15 +37,9 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
 NLM_F_ACK_TLVS = 0x200
 NLMSGERR_ATTR_MSG = 1
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE, RTA_VIA = (
-    1,
-    4,
-    5,
-    6,
-    9,
-    15,
-    18,
-)
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS = 1, 4, 5, 6, 8
+RTA_MULTIPATH, RTA_TABLE, RTA_VIA = 9, 15, 18
+RTAX_WINDOW, RTAX_ADVMSS = 3, 8  # route metrics (inside RTA_METRICS)
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
 RTNH_F_ONLINK = 0x4
 RT_TABLE_UNSPEC = 0
@@ -50,8 +47,8 @@ RT_TABLE_MAX_IN_HEADER = 255  # larger ids only fit RTA_TABLE
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTMSG = struct.Struct("=BBBBBBBBI")
+NLMSGHDR = struct.Struct("=IHHII")
+RTMSG = struct.Struct("=BBBBBBBBI")
 _RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _ERRNO = struct.Struct("=i")
@@ -87,7 +84,7 @@ def encode_route(route: Route, oif: int | None, delete: bool) -> bytes:
     dst = route.dst
     table = route.table
     parts = [
-        _RTMSG.pack(
+        RTMSG.pack(
             _FAMILY[dst.version],
             dst.prefixlen,
             0,  # src_len
@@ -118,14 +115,14 @@ def encode_route(route: Route, oif: int | None, delete: bool) -> bytes:
         if delete
         else (RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
     )
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, 0, 0) + body
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, 0, 0) + body
 
 
 def dump_request(family: int, proto: int, seq: int) -> bytes:
     """A dump of one family's routes of one protocol (filtered by a strict-checking kernel)."""
-    body = _RTMSG.pack(family, 0, 0, 0, 0, proto, 0, 0, 0)
-    header = _NLMSGHDR.pack(
-        _NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    body = RTMSG.pack(family, 0, 0, 0, 0, proto, 0, 0, 0)
+    header = NLMSGHDR.pack(
+        NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
     return header + body
 
@@ -134,11 +131,11 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
     """(type, flags, sequence number, body) of each netlink message in one datagram."""
     view = memoryview(data)
     offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
             return
-        yield kind, flags, seq, view[offset + _NLMSGHDR.size : offset + length]
+        yield kind, flags, seq, view[offset + NLMSGHDR.size : offset + length]
         offset += _align(length)
 
 
@@ -160,11 +157,11 @@ def attributes(body: Buffer, offset: int) -> dict[int, Buffer]:
 def decode_route(body: memoryview, names: dict[int, str], protos: set[int]) -> Route | None:
     """The Route in an RTM_NEWROUTE body, or None if its protocol is not one of `protos` or it
     has attributes routed_nv never writes (multipath)."""
-    family, dst_len, _src, _tos, table, proto, scope, kind, flags = _RTMSG.unpack_from(body)
+    family, dst_len, _src, _tos, table, proto, scope, kind, flags = RTMSG.unpack_from(body)
     version = _VERSION.get(family)
     if proto not in protos or version is None:
         return None
-    attrs = attributes(body, _RTMSG.size)
+    attrs = attributes(body, RTMSG.size)
     if RTA_MULTIPATH in attrs:
         return None
     width = 4 if version == 4 else 16
@@ -196,7 +193,7 @@ def decode_ack(flags: int, body: memoryview) -> tuple[int, str | None]:
     detail = None
     if code and flags & NLM_F_ACK_TLVS:
         # with NETLINK_CAP_ACK the echoed request is only its header
-        text = attributes(body, _ERRNO.size + _NLMSGHDR.size).get(NLMSGERR_ATTR_MSG)
+        text = attributes(body, _ERRNO.size + NLMSGHDR.size).get(NLMSGERR_ATTR_MSG)
         if text is not None:
             detail = bytes(text).rstrip(b"\0").decode(errors="replace")
     return code, detail

@@ -166,7 +166,7 @@ def test_a_missing_tool_is_one_error_line(monkeypatch):
 
 
 def test_a_missing_namespace_names_it(monkeypatch, tmp_path):
-    monkeypatch.setattr("routed_nv.netfilter.netns.NETNS_DIR", str(tmp_path))
+    monkeypatch.setattr("routed_nv.netns.NETNS_DIR", str(tmp_path))
     with pytest.raises(NetfilterError, match=r"^ipv6 table raw in netns rnvt-nope: network"):
         RestoreTables("rnvt-nope").read(Family.IPV6, "raw")
 

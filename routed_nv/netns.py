@@ -1,9 +1,11 @@
 """Run a function inside a named network namespace (/run/netns/NAME, as `ip netns` makes them).
 
-The work runs in a short-lived thread that setns()es first: the agent's own threads never change
-namespace and nothing has to be switched back. What the function opens there (a /proc file, a
-socket) and any process it starts (forked from that thread: iptables-legacy-restore) is in the
-namespace. Python 3.11 has no os.setns, hence the one libc call.
+The one place that enters a namespace: the routing driver's netlink sockets and sysctls, the
+netfilter driver's iptables-restore, the mirror-table watch and the metrics' XFRM counters all come
+through here. The work runs in a short-lived thread that setns()es first: the agent's own threads
+never change namespace and nothing has to be switched back. What the function opens there (a /proc
+file, a socket) and any process it starts (forked from that thread: iptables-legacy-restore) is in
+the namespace. Python 3.11 has no os.setns, hence the one libc call.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ NETNS_DIR = "/run/netns"
 
 
 class NetnsError(Exception):
-    pass
+    """The namespace does not exist or cannot be entered (the message names it)."""
+
+
+def exists(netns: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_DIR, netns))
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
