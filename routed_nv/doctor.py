@@ -1,4 +1,4 @@
-"""`routed-nv doctor`: what this machine's kernel and tools provide, and whether that is enough.
+"""The facts behind `routed-nv doctor`: what this machine's kernel and tools provide.
 
 The facts are read here (files and two subprocesses); the judgement is in
 `routed_nv.kernel_features`. The lab calls `datapath_ready()` to decide whether it must run inside
@@ -7,22 +7,17 @@ user-mode-linux.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import click
-
 from routed_nv.kernel_features import (
     MachineFacts,
     Report,
     evaluate,
-    format_table,
     loadable_plugins,
 )
-from routed_nv.options import output_option
 
 CHARON = Path("/usr/lib/ipsec/charon")
 CHARON_PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
@@ -119,45 +114,3 @@ def datapath_ready() -> tuple[bool, list[str]]:
     """Whether this kernel has everything the datapath needs, and the names of what it lacks."""
     report = diagnose()
     return report.datapath_ready, report.missing
-
-
-@click.command(name="doctor")
-@output_option
-def doctor_command(output: str) -> None:
-    """Check what this kernel and machine provide for routed_nv.
-
-    Reports the distribution, the kernel features the datapath needs (esp4, esp6, xfrm_user,
-    vrf, ip6_tunnel, IPv4 over an NBMA ip6tnl, AES-GCM) and the tools around it with their
-    versions (iptables and its backend, charon and the plugins the lab loads, BIRD,
-    user-mode-linux's kernel for the lab). A module counts when it is loaded, built in or
-    loadable.
-
-    Exit status: 0 when every datapath need is met, 1 when one is missing (the lab then runs
-    inside user-mode-linux). Tools are reported but do not change the exit status.
-
-    \b
-    Examples:
-      routed-nv doctor
-      routed-nv doctor -o json | jq -r '.missing[]'
-      routed-nv doctor >/dev/null || echo "kernel lacks datapath features"
-    """
-    report = diagnose()
-    if output == "json":
-        click.echo(
-            json.dumps(
-                {
-                    "datapath_ready": report.datapath_ready,
-                    "missing": report.missing,
-                    "features": [
-                        {"name": f.name, "ok": f.ok, "needed": f.needed, "detail": f.detail}
-                        for f in report.features
-                    ],
-                },
-                indent=2,
-            )
-        )
-    else:
-        click.echo(format_table(report.features))
-        verdict = "ready" if report.datapath_ready else "missing " + ", ".join(report.missing)
-        click.echo(f"\ndatapath: {verdict}")
-    raise SystemExit(0 if report.datapath_ready else 1)

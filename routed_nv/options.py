@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from routed_nv.config.loader import ConfigError, load_config
-from routed_nv.config.model import Config
+if TYPE_CHECKING:
+    from routed_nv.config.model import Config
 
 
 def config_or_exit(path: Path | None, exit_code: int, **load: Any) -> Config:
     """The configuration, or every problem on stderr, one per line, and exit: nothing was done."""
+    # pydantic loads with the first command that reads a configuration, not for `--help`
+    from routed_nv.config.loader import ConfigError, load_config
+
     try:
         return load_config(path, **load)
     except ConfigError as exc:

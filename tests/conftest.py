@@ -43,6 +43,8 @@ class _GuestRun:
         report.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "pytest", "-p", "routed_nv.lab.guest_report"]
         argv += ["-p", "no:cacheprovider", "-q", *sorted(self.nodeids)]
+        # Without pyproject's --durations: the host lists the slowest tests, these included.
+        argv += ["-o", "addopts=-ra"]
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         if terminal is not None:

@@ -7,11 +7,15 @@
     {"request": "reload"}                  (the same as SIGHUP)
     {"request": "clear-duplicate", "tenant": "blue", "address": "10.0.0.2"}
     {"request": "view"}                    (the directory view last applied: `routed-nv apply`)
+    {"request": "endpoint.add" | "endpoint.delete" | "endpoint.get" | "endpoint.list", ...}
+                                           (the endpoint API: endpoint_api.py, docs/agent.md)
 
 Answers are {"ok": true, "result": ...} or {"ok": false, "code": "not-found" | "bad-request",
-"error": "..."}. The socket is <run dir>/agent.sock, mode 0600, and the peer's uid is checked
-too (root or the agent's own user): it reveals the deployment's layout and can trigger reloads.
-Requests only read a Snapshot, so they never wait for an apply.
+"error": "..."} (the endpoint API adds "conflict", "not-programmed" and "timeout"). The socket is
+<run dir>/agent.sock, mode 0600, and the peer's uid is checked too (root or the agent's own
+user): it reveals the deployment's layout and can change endpoints.
+Requests other than the endpoint API's only read a Snapshot, so they never wait for an apply;
+each connection has its own thread, so an endpoint request waiting for its apply blocks no one.
 """
 
 from __future__ import annotations
@@ -62,19 +66,21 @@ def answer(
     kind = request.get("request")
     try:
         if kind == "status":
-            return _ok(report.status(snap))
+            return answer_ok(report.status(snap))
         if kind == "endpoints":
-            return _ok({"source": "agent", "endpoints": report.endpoints(snap.config, snap.view)})
+            return answer_ok(
+                {"source": "agent", "endpoints": report.endpoints(snap.config, snap.view)}
+            )
         if kind == "directory":
-            return _ok(report.directory(snap))
+            return answer_ok(report.directory(snap))
         if kind == "lookup":
             tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
             found = report.lookup(snap.config, snap.view, snap.sas, tenant, address)
             if found is None:
-                return _error("not-found", f"no endpoint {address} in tenant {tenant}")
-            return _ok(found)
+                return answer_error("not-found", f"no endpoint {address} in tenant {tenant}")
+            return answer_ok(found)
         if kind == "view":
-            return _ok(
+            return answer_ok(
                 {
                     "source": snap.source.name,
                     "in_sync": snap.source.in_sync,
@@ -84,25 +90,31 @@ def answer(
             )
         if kind == "reload":
             reload()
-            return _ok({"reload": "requested"})
+            return answer_ok({"reload": "requested"})
         if kind == "clear-duplicate" and clear is not None:
             tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
             where = report.duplicate(snap, tenant, address)
             if where is None:
-                return _error("not-found", f"{address} in tenant {tenant} is not a duplicate")
+                return answer_error("not-found", f"{address} in tenant {tenant} is not a duplicate")
             clear(where)
-            return _ok({"cleared": {"tenant_id": where[0], "prefix": str(where[1])}})
+            return answer_ok({"cleared": {"tenant_id": where[0], "prefix": str(where[1])}})
     except report.QueryError as exc:
-        return _error("bad-request", str(exc))
-    return _error("bad-request", f"unknown request {kind!r}")
+        return answer_error("bad-request", str(exc))
+    return answer_error("bad-request", f"unknown request {kind!r}")
 
 
-def _ok(result: Any) -> dict[str, Any]:
+def answer_ok(result: Any) -> dict[str, Any]:
     return {"ok": True, "result": result}
 
 
-def _error(code: str, message: str) -> dict[str, Any]:
+def answer_error(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "code": code, "error": message}
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    # socketserver listens with a backlog of 5: a burst of endpoint API clients (a CNI plugin
+    # starting 50 pods) got EAGAIN from connect() before the accept thread caught up
+    request_queue_size = 256
 
 
 class ControlServer:
@@ -111,8 +123,10 @@ class ControlServer:
         path: Path,
         snapshot: Callable[[], Snapshot],
         reload: Callable[[], None],
+        endpoints: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         clear: ClearDuplicate | None = None,
     ) -> None:
+        """`endpoints` answers the endpoint API's requests (endpoint_api.EndpointApi.answer)."""
         self.path = path
         _claim(path)
         server = self
@@ -124,12 +138,13 @@ class ControlServer:
                 reply = server.handle(self.connection, self.rfile.readline(MAX_REQUEST))
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
 
-        self._server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        self._server = _Server(str(path), Handler)
         self._server.daemon_threads = True
         os.chmod(path, 0o600)
         self._snapshot = snapshot
         self._reload = reload
         self._clear = clear
+        self._endpoints = endpoints
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="control", daemon=True
         )
@@ -141,13 +156,15 @@ class ControlServer:
     def handle(self, conn: socket.socket, line: bytes) -> dict[str, Any]:
         uid = _peer_uid(conn)
         if uid not in (0, os.geteuid()):
-            return _error("bad-request", f"uid {uid} may not use the control socket")
+            return answer_error("bad-request", f"uid {uid} may not use the control socket")
         try:
             request = json.loads(line)
         except ValueError:
-            return _error("bad-request", "a request is one JSON object on one line")
+            return answer_error("bad-request", "a request is one JSON object on one line")
         if not isinstance(request, dict):
-            return _error("bad-request", "a request is one JSON object on one line")
+            return answer_error("bad-request", "a request is one JSON object on one line")
+        if self._endpoints is not None and str(request.get("request")).startswith("endpoint."):
+            return self._endpoints(request)
         return answer(request, self._snapshot(), self._reload, self._clear)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import keys
 from routed_nv.esp.driver import XfrmDriver
 from routed_nv.esp.ike import IkeDriver
+from routed_nv.esp.seqstore import ReservationStore
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from routed_nv.esp.xfrm import IprouteXfrm
 from routed_nv.netfilter.driver import NetfilterDriver
@@ -67,11 +68,18 @@ class Datapath:
     """The three drivers of one host (network namespace). Keep one instance for the life of an
     agent: the XFRM driver remembers since when old inbound SAs are unwanted (rotation grace)."""
 
-    def __init__(self, config: Config, netns: str | None = None) -> None:
+    def __init__(
+        self, config: Config, netns: str | None = None, resync_interval_s: float | None = None
+    ) -> None:
+        """`resync_interval_s`: the agent's, when it overrides the config's."""
         self._netns = netns
         self.netfilter = NetfilterDriver(RestoreTables(netns=netns))
         self.xfrm = XfrmDriver(
-            IprouteXfrm(netns), config.host.underlay_prefix, config.keying.rotation_grace_s
+            IprouteXfrm(netns),
+            config.host.underlay_prefix,
+            config.keying.rotation_grace_s,
+            ReservationStore(config.agent.state_dir),
+            resync_interval_s or config.agent.resync_interval_s,
         )
         self.routing = RoutingDriver(NetlinkKernel, host_netns=netns)
         # charon is reached by its VICI socket path, whatever namespace it runs in.

@@ -39,7 +39,7 @@ from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate,
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
 from routed_nv.calc.inputs import Claim, DirectoryView
-from routed_nv.config.loader import ConfigError
+from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 
 if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
@@ -62,21 +62,32 @@ class DatapathLike(Protocol):
 
 
 # The fields a Datapath is built from (the XFRM driver's ownership test uses the host prefix,
-# its timers the rotation grace, the IKE driver its VICI socket): the one Datapath cannot follow
-# a change, a restart can.
+# its timers the rotation grace, its sequence reservations the state directory, the IKE driver
+# its VICI socket): the one Datapath cannot follow a change, a restart can.
 def restart_only(config: Config) -> tuple[object, ...]:
     k = config.keying
-    return (config.host.underlay_prefix, k.rotation_grace_s, k.vici_socket)
+    return (config.host.underlay_prefix, k.rotation_grace_s, k.vici_socket, config.agent.state_dir)
 
 
 RESTART_ONLY_PROBLEM = (
-    "host.underlay_prefix, keying.rotation_grace_s and keying.vici_socket change only on restart"
+    "host.underlay_prefix, keying.rotation_grace_s, keying.vici_socket and agent.state_dir "
+    "change only on restart"
 )
 
 
 def limits(config: Config) -> Limits:
     d = config.directory
     return Limits(d.duplicate_moves, d.duplicate_window_s, d.reassert_after_s)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One apply as the endpoint API sees it: the config generation it started with, the
+    config it applied and its record (errors included)."""
+
+    generation: int
+    config: Config
+    record: ApplyRecord
 
 
 def _claim_order(claim: Claim) -> tuple[int, int, int]:
@@ -145,6 +156,9 @@ class Agent:
         self.reload_requested = False
         # Shared with input threads and readers: guarded by _lock, values replaced whole.
         self._lock = threading.Lock()
+        self._applied_cond = threading.Condition(self._lock)  # endpoint API callers wait on it
+        self._generation = 0  # counts in-process config changes (the endpoint API's)
+        self._applied: Applied | None = None  # the last apply, with the generation it ran
         self._update: SourceUpdate | None = None
         self._updates = 0
         self._dirty: set[str] = set()
@@ -197,6 +211,50 @@ class Agent:
     def request_stop(self) -> None:
         self.stop_requested = True
         self.waker.wake()
+        with self._applied_cond:
+            self._applied_cond.notify_all()  # waiting API callers answer "stopping"
+
+    def change_config(self, config: Config) -> int:
+        """Take a validated config in-process (the endpoint API); returns its generation: the
+        first apply that starts with a generation >= it has the change. ConfigError when it
+        changes what only a restart can."""
+        if restart_only(config) != restart_only(self.config):
+            raise ConfigError([Problem("agent", "", None, RESTART_ONLY_PROBLEM)])
+        with self._lock:
+            self.config = config
+            self._generation += 1
+            self._dirty.add("endpoint")
+            generation = self._generation
+        self.waker.wake()
+        return generation
+
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    def wait_applied(self, generation: int, timeout: float) -> Applied | None:
+        """The first apply that started at `generation` or later, once it ended; None on
+        timeout or stop (the last apply, if any, is then `last_applied()`)."""
+        with self._applied_cond:
+            self._applied_cond.wait_for(
+                lambda: (
+                    self.stop_requested
+                    or (self._applied is not None and self._applied.generation >= generation)
+                ),
+                timeout,
+            )
+            applied = self._applied
+            return applied if applied and applied.generation >= generation else None
+
+    def last_applied(self) -> Applied | None:
+        with self._lock:
+            return self._applied
+
+    def published(self) -> frozenset[Claim] | None:
+        """This host's announcements as the directory source last read them back; None before
+        its first update."""
+        with self._lock:
+            return self._update.view.published if self._update else None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -254,12 +312,12 @@ class Agent:
             self._dirty.clear()
             rejected, self._rejected_new = self._rejected_new, []
             clears, self._clears = self._clears, []
+            config, generation = self.config, self._generation  # together: a waiter's promise
         self._log_rejected(rejected)
         for where in clears:
             self._guard.clear(where)
         if self._last_start is None:
             why = ["start"]
-        config = self.config
         view = update.view if update.in_sync else keep_known(self._known, update.view)
         view = mobility.resolve(config, view, self._guard, now)
         self._log_mobility(view)
@@ -278,6 +336,9 @@ class Agent:
         self._last_end = end
         record = ApplyRecord(started, end - now, not errors, changes, errors, ",".join(why))
         self._after_apply(config, view, record, inspect=outcome is not None)
+        with self._applied_cond:
+            self._applied = Applied(generation, config, record)
+            self._applied_cond.notify_all()
         self._log(
             "agent.apply",
             ok=record.ok,

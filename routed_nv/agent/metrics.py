@@ -27,7 +27,6 @@ from routed_nv.netns import NetnsError, run_in_netns
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-DEFAULT_ADDRESS = "127.0.0.1:9573"
 # thread-self, not self: the namespace is the calling thread's (run_in_netns enters it per read)
 XFRM_STAT = Path("/proc/thread-self/net/xfrm_stat")
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

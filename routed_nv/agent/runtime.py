@@ -15,12 +15,12 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from routed_nv.config.loader import DROP_IN_DIR, ConfigError, default_path, load_config, shorten
-from routed_nv.config.model import Config
+from routed_nv.config.loader import DROP_IN_DIR, ConfigError, default_path, load_config
+from routed_nv.config.model import Config, EndpointStyle
 from routed_nv.config.sources import SourceError, read_toml
 from routed_nv.config.writer import tables_to_toml
 
@@ -35,12 +35,14 @@ LOCK_TIMEOUT_S = 30  # a change takes well under a second; a hung holder must no
 
 
 class Refused(ValueError):
-    """The change is refused; problems lists one line per reason."""
+    """The change is refused; problems lists one line per reason. `code` is the control
+    socket's: bad-request (invalid), conflict (the id exists with other fields, or the
+    configuration files own it)."""
 
-    def __init__(self, problems: list[str], not_found: bool = False) -> None:
+    def __init__(self, problems: list[str], code: str = "bad-request") -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-        self.not_found = not_found
+        self.code = code
 
 
 def drop_in_path(config_path: Path | None) -> Path:
@@ -56,38 +58,70 @@ def runtime_endpoints(path: Path) -> dict[str, Any]:
         raise Refused([f"{exc.source}: {exc.message}"]) from None
 
 
-def add(config_path: Path | None, name: str, entry: dict[str, Any]) -> tuple[str, Config]:
-    """Add (or replace) a run-time endpoint; returns ("added" | "replaced", the new config)."""
+Check = Callable[[Config], None]  # raises Refused: the caller cannot take this config
+
+
+def add(
+    config_path: Path | None,
+    name: str,
+    entry: dict[str, Any],
+    replace: bool = False,
+    check: Check | None = None,
+) -> tuple[str, Config | None]:
+    """Add a run-time endpoint, idempotent by name: ("added" | "replaced", the new config), or
+    ("unchanged", None) when the drop-in already has exactly this entry. The same name with
+    other fields is a conflict unless `replace`."""
+    entry = {"style": EndpointStyle.HOST.value, **entry}
     path = drop_in_path(config_path)
     with _locked(path):
         ours = runtime_endpoints(path)
-        config = _load(config_path)
-        if name in config.endpoints and name not in ours:
+        if name in ours:
+            if ours[name] == entry:
+                return "unchanged", None
+            if not replace:
+                raise Refused(
+                    [
+                        f"endpoint {name} exists with other fields ({_differ(ours[name], entry)}); "
+                        "delete it first or replace it"
+                    ],
+                    "conflict",
+                )
+        elif name in load(config_path).endpoints:
             raise Refused(
                 [
                     f"endpoint {name} is defined in the configuration files; routed-nv endpoint "
                     f"add only manages {path}"
-                ]
+                ],
+                "conflict",
             )
         verb = "replaced" if name in ours else "added"
-        return verb, _write(config_path, path, {**ours, name: entry})
+        return verb, _write(config_path, path, {**ours, name: entry}, check)
 
 
-def delete(config_path: Path | None, name: str) -> Config:
+def delete(
+    config_path: Path | None, name: str, check: Check | None = None
+) -> tuple[str, Config | None]:
+    """Remove a run-time endpoint: ("deleted", the new config), or ("absent", None)."""
     path = drop_in_path(config_path)
     with _locked(path):
         ours = runtime_endpoints(path)
         if name not in ours:
-            config = _load(config_path)
-            if name in config.endpoints:
+            if name in load(config_path).endpoints:
                 raise Refused(
                     [
                         f"endpoint {name} is defined in the configuration files, not by "
                         "routed-nv endpoint add: remove it there"
-                    ]
+                    ],
+                    "conflict",
                 )
-            raise Refused([f"no endpoint {shorten(name)}"], not_found=True)
-        return _write(config_path, path, {k: v for k, v in ours.items() if k != name})
+            return "absent", None
+        rest = {k: v for k, v in ours.items() if k != name}
+        return "deleted", _write(config_path, path, rest, check)
+
+
+def _differ(old: dict[str, Any], new: dict[str, Any]) -> str:
+    fields = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} != {new.get(k)!r}" for k in fields)
 
 
 @contextlib.contextmanager
@@ -120,14 +154,16 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _load(config_path: Path | None, substitute: tuple[str, Path] | None = None) -> Config:
+def load(config_path: Path | None, substitute: tuple[str, Path] | None = None) -> Config:
     try:
         return load_config(config_path, substitute=substitute)
     except ConfigError as exc:
         raise Refused([str(p) for p in exc.problems]) from None
 
 
-def _write(config_path: Path | None, path: Path, endpoints: dict[str, Any]) -> Config:
+def _write(
+    config_path: Path | None, path: Path, endpoints: dict[str, Any], check: Check | None
+) -> Config:
     """Validate the whole configuration with the new drop-in, then put it in place atomically:
     a crash leaves the old file or the new one, never a torn one."""
     # not *.toml: the loader must not pick a half-written file up
@@ -139,7 +175,9 @@ def _write(config_path: Path | None, path: Path, endpoints: dict[str, Any]) -> C
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        config = _load(config_path, substitute=(RUNTIME_DROP_IN, tmp))
+        config = load(config_path, substitute=(RUNTIME_DROP_IN, tmp))
+        if check is not None:
+            check(config)
         os.replace(tmp, path)
         _fsync_dir(path.parent)  # the rename itself survives a crash
     except OSError as exc:

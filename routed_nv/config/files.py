@@ -1,4 +1,5 @@
-"""Checks of the files a configuration names: keys, certificates, the BGP password file.
+"""Checks of the files a configuration names: keys, certificates, the BGP password file, the
+state directory.
 
 Only `routed-nv config check` runs them (the agent reads these files when it uses them and
 reports its own errors): a configuration tool or ExecStartPre learns of a missing key, an
@@ -19,7 +20,19 @@ from routed_nv.config.sources import file_kind
 
 
 def problems(config: Config) -> list[Found]:
-    return [*_keying(config), *_password(config)]
+    return [*_keying(config), *_password(config), *_state_dir(config)]
+
+
+def _state_dir(config: Config) -> Iterator[Found]:
+    # Static keying persists sequence reservations there; missing is fine (the agent makes it).
+    path = config.agent.state_dir
+    if config.keying.mode is not KeyingMode.STATIC or not os.path.lexists(path):
+        return
+    where = ("agent", "state_dir")
+    if not path.is_dir():
+        yield where, str(path), "is not a directory"
+    elif not os.access(path, os.W_OK | os.X_OK):
+        yield where, str(path), "is not writable"
 
 
 def _keying(config: Config) -> Iterator[Found]:

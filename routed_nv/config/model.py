@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from routed_nv.config.types import (
+    AbsolutePath,
     Asn,
     DpdSeconds,
     HostId,
@@ -165,6 +166,9 @@ class RemoteEndpoint(_Strict):
     host: Name
 
 
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9573"  # the agent's Prometheus endpoint
+
+
 class LogFormat(StrEnum):
     TEXT = "text"  # `event key=value ...`
     JSON = "json"  # one object per line
@@ -173,10 +177,13 @@ class LogFormat(StrEnum):
 class Agent(_Strict):
     """`routed-nv agent`; its command-line options, when given, win over these."""
 
-    metrics_address: ListenAddress = "127.0.0.1:9573"  # or "off"
+    metrics_address: ListenAddress = DEFAULT_METRICS_ADDRESS  # or "off"
     resync_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     min_interval_s: Annotated[float, Field(ge=0, le=60)] = 0.2
     log_format: LogFormat = LogFormat.TEXT
+    # What must survive a reboot: the static-key SAs' outbound sequence reservations
+    # (docs/agent.md). Created (0700) when first needed.
+    state_dir: AbsolutePath = Path("/var/lib/routed-nv")
 
 
 class Config(_Strict):

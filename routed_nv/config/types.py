@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
@@ -82,6 +83,13 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def _absolute(value: Path) -> Path:
+    # the agent runs from / under systemd, but `routed-nv apply` from anywhere: one meaning only
+    if not value.is_absolute():
+        raise ValueError("is not an absolute path")
+    return value
+
+
 def _listen_address(value: str) -> str:
     if value != "off":
         parse_listen_address(value)
@@ -99,6 +107,7 @@ HostId = Annotated[int, int_range(1, 16383)]  # the sender slot of the SPI plan 
 Asn = Annotated[int, int_range(1, 4294967294)]
 Mtu = Annotated[int, int_range(1280, 65535)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]  # HOST:PORT, or "off"
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 # IKE timers in seconds. charon takes any 32-bit count (0 turns a rekey off); a rekey is
 # mandatory here (keys must rotate), and below a minute rekeys of many peers would pile up.
 RekeySeconds = Annotated[int, int_range(60, 30 * 86400)]

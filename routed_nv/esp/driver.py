@@ -5,6 +5,10 @@ Order: block policies, inbound SAs, outbound SAs (the kernel prefers the newest 
 a new generation takes over as soon as it is added), ESP-required policies; then removals, last:
 ESP-required policies, SAs (an inbound one only once it has been stale for the rotation
 grace period, so packets still in flight decrypt), block policies.
+
+Static-key outbound SAs are created at their persisted sequence reservation and their reservations
+are kept ahead of the kernel's counters on every apply (esp/seqres.py, esp/seqstore.py), so a
+host that lost its kernel state never sends sequence numbers its peers have already seen.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from routed_nv import markers
 from routed_nv.calc.xfrm import DesiredXfrm
+from routed_nv.esp import seqres
 from routed_nv.esp.objects import TUNNELLED_PROTOS, PolicyKey, StateKey, XfrmPolicy, XfrmState
+from routed_nv.esp.seqstore import Reservations, ReservationStore, StoreError
 from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
 from routed_nv.reconcile import delta
 
@@ -67,12 +73,23 @@ class XfrmDriver:
         adapter: XfrmAdapter,
         local_prefix: ipaddress.IPv6Network,
         grace_s: float,
+        store: ReservationStore,
+        interval_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`interval_s`: the longest regular time between two applies (the agent's resync),
+        which the outbound sequence reservations must cover."""
         self._adapter = adapter
         self._local_prefix = local_prefix
         self._grace_s = grace_s
+        self._store = store
+        self._interval_s = interval_s
         self._clock = clock
+        # Persisted reservations as last read or written: a lower bound of the file (only ever
+        # raised, also by others), so it says when the file must be updated. None: not read yet.
+        self._reserved: Reservations | None = None
+        self._samples: dict[StateKey, seqres.Sample] = {}  # last oseq reading per outbound SA
+        self._unsent: dict[StateKey, int] = {}  # starts of outbound SAs whose add failed
         # When each stale inbound SA was first seen stale. Lost on restart, which only delays
         # its removal by one more grace period.
         self._stale_since: dict[StateKey, float] = {}
@@ -97,13 +114,19 @@ class XfrmDriver:
             desired, states, policies, self._local_prefix, self._stale_since, now, self._grace_s
         )
         self._stale_since = {k: self._stale_since.get(k, now) for k in plan.waiting}
+        ops = list(plan.ops)
+        if desired.states is not None:
+            ops = self._reserve(states, ops, now, result.errors)
         try:
-            failures = self._adapter.apply(list(plan.ops))
+            failures = self._adapter.apply(ops)
         except XfrmError as exc:
             result.errors.append(str(exc))
             return result
         failed = {id(f.op) for f in failures}
-        for op in plan.ops:
+        self._unsent = {
+            o.key(): o.oseq for o in _added_states(f.op for f in failures) if self._outbound(o)
+        }
+        for op in ops:
             if id(op) in failed:
                 continue
             if op.verb is Verb.DELETE:
@@ -116,12 +139,75 @@ class XfrmDriver:
         result.errors += [str(f) for f in failures]
         return result
 
+    def _reserve(
+        self, states: list[XfrmState], ops: list[Op], now: float, errors: list[str]
+    ) -> list[Op]:
+        """Raises the persisted reservations of our outbound SAs that need it, then returns the
+        ops with every outbound SA to create starting at its reservation. If the store fails, no
+        outbound SA is created (or replaced): the ones in the kernel keep running."""
+        running = {s.key(): s.oseq for s in states if self._outbound(s)}
+        creating = {o.key() for o in _added_states(ops) if self._outbound(o)}
+        samples = {key: seqres.Sample(oseq, now) for key, oseq in running.items()}
+        pps = {key: seqres.rate(self._samples.get(key), s) for key, s in samples.items()}
+        self._samples = samples
+        starts: dict[StateKey, int] = {}
+
+        def wanted(held: Reservations) -> Reservations:
+            want = {
+                key: seqres.extend(held.get(key, 0), oseq, pps[key], self._interval_s).reserved
+                for key, oseq in running.items()
+            }
+            for key in creating:
+                # Above all the file holds and a replaced SA sent; an SA whose add failed in this
+                # process never sent anything, so its retry reuses the start (else every retry
+                # would burn a reservation).
+                start = self._unsent.get(key, max(held.get(key, 0), running.get(key, 0)))
+                starts[key] = start
+                want[key] = seqres.extend(start, start, 0, self._interval_s).reserved
+            return want
+
+        try:
+            if self._reserved is None:
+                self._reserved = self._store.load()
+            known = self._reserved
+            if any(v > known.get(k, 0) for k, v in wanted(known).items()):
+                self._reserved = self._store.raise_to(wanted)
+        except StoreError as exc:
+            if creating:
+                errors.append(f"{len(creating)} outbound SAs not created: {exc}")
+            else:
+                errors.append(f"outbound sequence reservations not updated: {exc}")
+            return [op for op in ops if not _state_in(op, creating)]
+        for key, oseq in sorted({**running, **starts}.items()):
+            check = seqres.extend(
+                self._reserved.get(key, 0), oseq, pps.get(key, 0), self._interval_s
+            )
+            if check.problem:
+                errors.append(f"outbound SA dst {key[0]} spi 0x{key[1]:08x} {check.problem}")
+        return [
+            Op(op.verb, replace(op.obj, oseq=starts[op.obj.key()]))
+            if op.verb is Verb.ADD and isinstance(op.obj, XfrmState) and op.obj.key() in starts
+            else op
+            for op in ops
+        ]
+
+    def _outbound(self, state: XfrmState) -> bool:
+        return state.src in self._local_prefix
+
     def _read(self) -> tuple[list[XfrmState], list[XfrmPolicy]]:
         states = [s for s in self._adapter.read_states() if is_our_state(s)]
         policies = [
             p for p in self._adapter.read_policies() if is_our_policy(p, self._local_prefix)
         ]
         return states, policies
+
+
+def _added_states(ops: Iterable[Op]) -> list[XfrmState]:
+    return [op.obj for op in ops if op.verb is Verb.ADD and isinstance(op.obj, XfrmState)]
+
+
+def _state_in(op: Op, keys: set[StateKey]) -> bool:
+    return isinstance(op.obj, XfrmState) and op.obj.key() in keys
 
 
 def is_our_state(state: XfrmState) -> bool:

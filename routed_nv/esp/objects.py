@@ -7,7 +7,7 @@ equality of the whole object says whether it needs changing.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from routed_nv import markers
@@ -47,6 +47,9 @@ class XfrmState:
     replay_window: int = REPLAY_WINDOW
     aead: str = AEAD_ALGORITHM
     icv_bits: int = ICV_BITS
+    # Outbound sequence counter: read back from the kernel, or where a new SA starts
+    # (esp/seqres.py). It moves with every packet, so it is no part of what the SA should be.
+    oseq: int = field(default=0, compare=False)
 
     def key(self) -> StateKey:
         # The kernel finds an SA by (destination, SPI, protocol); the protocol is always ESP.
@@ -59,9 +62,12 @@ class XfrmState:
     def describe(self) -> str:
         return (
             f"state src {self.src} dst {self.dst} spi 0x{self.spi:08x} reqid {self.reqid} "
-            f"mode {self.mode} replay-window {self.replay_window} aead {self.aead} "
-            f"<key redacted> {self.icv_bits}"
+            f"mode {self.mode} replay-window {self.replay_window}{self._oseq()} "
+            f"aead {self.aead} <key redacted> {self.icv_bits}"
         )
+
+    def _oseq(self) -> str:
+        return f" replay-oseq {self.oseq}" if self.oseq else ""
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,8 @@ def render(op: Op) -> str:
         return (
             f"xfrm state {op.verb} {ident} reqid {obj.reqid} mode {obj.mode} "
             f"replay-window {obj.replay_window} "
-            f"aead {obj.aead} 0x{obj.key_material.hex()} {obj.icv_bits}"
+            + (f"replay-oseq {obj.oseq} " if obj.oseq else "")
+            + f"aead {obj.aead} 0x{obj.key_material.hex()} {obj.icv_bits}"
         )
     sel = f"src {obj.src} dst {obj.dst} proto {obj.proto} dir {obj.direction}"
     if op.verb is Verb.DELETE:
@@ -163,6 +164,8 @@ def parse_states(text: str) -> list[XfrmState]:
                 aead=aead[0] if aead else "",
                 key_material=Secret(bytes.fromhex(aead[1].removeprefix("0x")) if aead else b""),
                 icv_bits=int(aead[2]) if aead else 0,
+                # "anti-replay esn context: ... oseq 0x.." (or "anti-replay context: ...")
+                oseq=int(_after(words, "oseq") or "0", 0),
             )
         )
     return states

@@ -36,6 +36,8 @@ def host_config(topology: Topology, host: Node, secrets_dir: Path) -> Config:
                 "uplink": UPLINK,
             },
             "keying": {"mode": "static", "secrets_dir": str(secrets_dir)},
+            # one per host, beside its config file (LabDatapath)
+            "agent": {"state_dir": str(secrets_dir.parent.absolute() / host.name / "state")},
             "tenants": {
                 t.name: {"id": t.id, "ipv4": [str(t.ipv4)], "ipv6": [str(t.ipv6)]}
                 for t in topology.tenants

@@ -19,6 +19,7 @@ from routed_nv.calc.xfrm import desired_xfrm
 from routed_nv.config.model import Config, tenant_outer_address
 from routed_nv.esp import keys, spi
 from routed_nv.esp.driver import XfrmDriver
+from routed_nv.esp.seqstore import ReservationStore
 from routed_nv.esp.xfrm import IprouteXfrm
 
 pytestmark = pytest.mark.kernel
@@ -28,6 +29,7 @@ PREFIX = {1: "2001:db8:0:1::", 2: "2001:db8:0:2::"}
 OUTER = {h: str(tenant_outer_address(IPv6Network(f"{PREFIX[h]}/64"), TENANT)) for h in PREFIX}
 INNER = {1: "10.9.0.1", 2: "10.9.0.2"}
 GRACE_S = 1
+RESYNC_S = 30.0
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -63,8 +65,13 @@ class Host:
     def __init__(self, me: int, ns: str, secrets_dir: Path) -> None:
         self.me, self.ns = me, ns
         self.config = config(me, secrets_dir)
+        self.store = ReservationStore(secrets_dir.parent / f"state{me}")
         self.driver = XfrmDriver(
-            IprouteXfrm(ns), self.config.host.underlay_prefix, self.config.keying.rotation_grace_s
+            IprouteXfrm(ns),
+            self.config.host.underlay_prefix,
+            self.config.keying.rotation_grace_s,
+            self.store,
+            RESYNC_S,
         )
 
     def desired(self):
@@ -173,7 +180,9 @@ def test_esp_on_the_wire_and_idempotent(hosts: tuple[Host, Host]) -> None:
     for h in (h1, h2):
         assert not h.driver.plan(h.desired())
         assert h.apply().added == h.apply().updated == h.apply().deleted == 0
-        restarted = XfrmDriver(IprouteXfrm(h.ns), h.config.host.underlay_prefix, GRACE_S)
+        restarted = XfrmDriver(
+            IprouteXfrm(h.ns), h.config.host.underlay_prefix, GRACE_S, h.store, RESYNC_S
+        )
         assert restarted.plan(h.desired()).lines() == []
 
     # Unicast only: an MLD report behind a hop-by-hop header is not `icmp6` to tcpdump, and the

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from routed_nv import markers
-from routed_nv.agent import bgp_source, daemon_commands
+from routed_nv.agent import bgp_source
 from routed_nv.agent.bgp_source import BgpSource
 from routed_nv.agent.source import SourceUpdate, StaticSource
 from routed_nv.calc.inputs import Claim
+from routed_nv.cli import agent as agent_cli
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
 from routed_nv.directory.birdc import (
@@ -307,11 +308,11 @@ def test_each_route_reflector_session_is_named_for_the_status_it_reports() -> No
 
 
 def test_the_daemon_picks_the_source_the_config_names() -> None:
-    bgp = daemon_commands._source(CONFIG, "rnv-host1")
+    bgp = agent_cli._source(CONFIG, "rnv-host1")
     assert isinstance(bgp, BgpSource)
     bgp.stop()  # never started: only its wake-up pipe to close
     static = CONFIG.model_copy(update={"directory": Directory()})
-    assert isinstance(daemon_commands._source(static, None), StaticSource)
+    assert isinstance(agent_cli._source(static, None), StaticSource)
 
 
 NOEXPORT = "table mt4_100 noexport m4_100"

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -21,9 +22,11 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 
 
 def all_commands(group=main, prefix=()):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the top level loads its commands lazily
         yield (*prefix, name)
-        if hasattr(command, "commands"):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
             yield from all_commands(command, (*prefix, name))
 
 

@@ -15,7 +15,9 @@ GENERATOR = runpy.run_path(str(ROOT / "scripts" / "gen-cli-docs"))
 
 
 def _leaves(group: click.Group = main, prefix: tuple[str, ...] = ()):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the top level loads its commands lazily
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from _leaves(command, (*prefix, name))
         else:

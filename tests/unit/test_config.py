@@ -293,3 +293,21 @@ def test_written_config_loads_back_identical(tmp_path: Path) -> None:
     config = load_config(EXAMPLES / "routed-nv.toml", env={})
     (tmp_path / "routed-nv.toml").write_text(to_toml(config))
     assert load_config(tmp_path / "routed-nv.toml", env={}) == config
+
+
+def test_the_state_directory_is_absolute_and_checked_by_config_check(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    static = HOST + f'secrets_dir = "{keys}"\n'
+    path = write(tmp_path, {"routed-nv.toml": static + '[agent]\nstate_dir = "var/lib/rnv"\n'})
+    assert problems(path) == [
+        "routed-nv.toml: agent.state_dir: 'var/lib/rnv' is not an absolute path"
+    ]
+    state = tmp_path / "state"
+    path = write(tmp_path, {"routed-nv.toml": static + f'[agent]\nstate_dir = "{state}"\n'})
+    # missing is fine: the agent makes it when it first needs it
+    assert load_config(path, env={}, check_files=True).agent.state_dir == state
+    state.write_text("")
+    assert problems(path, check_files=True) == [
+        f"routed-nv.toml: agent.state_dir: '{state}' is not a directory"
+    ]

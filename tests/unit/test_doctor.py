@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from routed_nv import doctor
+from routed_nv.cli.doctor import doctor_command
 from routed_nv.kernel_features import (
     MachineFacts,
     evaluate,
@@ -128,7 +129,7 @@ def test_command_json_and_exit_status(
     monkeypatch: pytest.MonkeyPatch, facts: MachineFacts, code: int
 ) -> None:
     monkeypatch.setattr(doctor, "gather_facts", lambda: facts)
-    result = CliRunner().invoke(doctor.doctor_command, ["-o", "json"])
+    result = CliRunner().invoke(doctor_command, ["-o", "json"])
     assert result.exit_code == code
     data = json.loads(result.stdout)
     assert data["datapath_ready"] is (code == 0)
@@ -136,7 +137,7 @@ def test_command_json_and_exit_status(
 
 
 def test_help_ends_with_examples() -> None:
-    result = CliRunner().invoke(doctor.doctor_command, ["--help"])
+    result = CliRunner().invoke(doctor_command, ["--help"])
     text = result.stdout.split("Options:")[0].rstrip()
     assert "Exit status: 0" in text
     assert text.splitlines()[-1].strip().startswith("routed-nv doctor")

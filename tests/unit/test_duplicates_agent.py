@@ -16,8 +16,9 @@ from test_metrics import scrape
 from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, answer
 from routed_nv.agent.metrics import Metrics
-from routed_nv.agent.status_commands import directory_group, status_table
 from routed_nv.calc.inputs import Claim, DirectoryView, RemoteRoute
+from routed_nv.cli.directory import directory_group
+from routed_nv.cli.status import status_table
 
 
 def republish(h: Harness, rival: RemoteRoute) -> None:
@@ -99,7 +100,10 @@ def test_a_frozen_duplicate_is_logged_counted_and_cleared_by_the_operator() -> N
 def frozen_run_dir(tmp_path: Path) -> Iterator[tuple[Harness, Path]]:
     h = frozen_harness()
     server = ControlServer(
-        tmp_path / SOCKET_NAME, h.agent.snapshot, h.agent.request_reload, h.agent.request_clear
+        tmp_path / SOCKET_NAME,
+        h.agent.snapshot,
+        h.agent.request_reload,
+        clear=h.agent.request_clear,
     ).start()
     try:
         yield h, tmp_path

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
+
+import pytest
 
 from routed_nv import markers
 from routed_nv.calc.xfrm import DesiredXfrm
 from routed_nv.esp.driver import XfrmDriver
 from routed_nv.esp.objects import Action, Direction, XfrmPolicy, XfrmState
 from routed_nv.esp.secret import Secret
+from routed_nv.esp.seqres import FLOOR, SEQ_LIMIT
+from routed_nv.esp.seqstore import FILE_NAME, ReservationStore
 from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
 
 PREFIX = ipaddress.IPv6Network("2001:db8:0:1::/64")
@@ -80,8 +86,19 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    global STATE_DIR
+    STATE_DIR = tmp_path / "state"
+    yield STATE_DIR
+
+
+STATE_DIR = Path("/nonexistent")  # each test's own, set by the fixture above
+
+
 def driver(kernel: FakeKernel, clock: Clock | None = None) -> XfrmDriver:
-    return XfrmDriver(kernel, PREFIX, grace_s=5, clock=clock or Clock())
+    store = ReservationStore(STATE_DIR)
+    return XfrmDriver(kernel, PREFIX, 5, store, interval_s=30, clock=clock or Clock())
 
 
 def test_first_apply_order_never_opens_a_plaintext_window() -> None:
@@ -196,3 +213,107 @@ def test_dry_run_lines_redact_keys() -> None:
         f"update policy src {HERE128} dst ::/0 proto 4 dir out priority 2000000 action block"
     )
     assert "<key redacted>" in lines[1] and KEY.hex() not in "".join(lines)
+
+
+# -- outbound sequence reservations (issue 14 item 8) ----------------------------------------
+
+
+def sent(kernel: FakeKernel, state: XfrmState, oseq: int) -> None:
+    """Traffic on an SA: the kernel's outbound counter moves."""
+    kernel.states[state.key()] = replace(kernel.states[state.key()], oseq=oseq)
+
+
+def reserved(state: XfrmState) -> int:
+    return ReservationStore(STATE_DIR).load()[state.key()]
+
+
+def test_an_outbound_sa_starts_at_its_persisted_reservation() -> None:
+    kernel = FakeKernel()
+    driver(kernel).apply(desired(OUT0, IN0))
+    assert kernel.states[OUT0.key()].oseq == 0  # nothing reserved before: from the start
+    assert reserved(OUT0) == 2 * FLOOR  # persisted before the SA existed
+    assert IN0.key() not in ReservationStore(STATE_DIR).load()  # inbound SAs count nothing
+
+
+def test_after_a_wipe_the_sa_sends_above_anything_it_sent_before() -> None:
+    kernel, clock = FakeKernel(), Clock()
+    want = desired(OUT0, IN0)
+    driver(kernel, clock).apply(want)
+    sent(kernel, OUT0, 0x4DE)
+    clock.now += 30
+    driver(kernel, clock).apply(want)
+    wiped = FakeKernel()  # a reboot: kernel state gone, the state directory kept
+    result = driver(wiped, clock).apply(want)
+    assert result.ok and result.added == 2
+    assert wiped.states[OUT0.key()].oseq == 2 * FLOOR > 0x4DE
+    assert reserved(OUT0) == 4 * FLOOR
+    # ... and again: every re-creation starts above the last one's reservation
+    assert driver(FakeKernel(), clock).apply(want).ok
+    assert reserved(OUT0) == 6 * FLOOR
+
+
+def test_the_counter_never_makes_an_sa_differ() -> None:
+    kernel = FakeKernel()
+    want = desired(OUT0, IN0)
+    driver(kernel).apply(want)
+    sent(kernel, OUT0, 12345)
+    kernel.log.clear()
+    assert not driver(kernel).plan(want)
+    assert driver(kernel).apply(want).ok and kernel.log == []
+
+
+def test_the_reservation_moves_ahead_of_a_busy_sa() -> None:
+    kernel, clock = FakeKernel(), Clock()
+    drv = driver(kernel, clock)
+    want = desired(OUT0, IN0)
+    drv.apply(want)
+    kernel.log.clear()
+    written = (STATE_DIR / FILE_NAME).stat().st_mtime_ns
+    clock.now += 30
+    sent(kernel, OUT0, FLOOR // 2)  # still a whole floor below the reservation: no write
+    drv.apply(want)
+    assert reserved(OUT0) == 2 * FLOOR
+    assert (STATE_DIR / FILE_NAME).stat().st_mtime_ns == written
+    clock.now += 30
+    sent(kernel, OUT0, FLOOR // 2 + 30_000_000)  # 1,000,000 packets/s
+    drv.apply(want)
+    assert reserved(OUT0) == FLOOR // 2 + 30_000_000 + 2 * 60_000_000
+    assert kernel.log == []  # the SA itself is left alone
+
+
+def test_a_corrupt_store_creates_no_outbound_sa_and_says_why() -> None:
+    STATE_DIR.mkdir()
+    (STATE_DIR / FILE_NAME).write_text("{")
+    kernel = FakeKernel()
+    result = driver(kernel).apply(desired(ALLOW, BLOCK, OUT0, IN0))
+    assert set(kernel.states) == {IN0.key()}  # receiving still works
+    assert set(kernel.policies) == {ALLOW.key(), BLOCK.key()}  # the block policy guards the rest
+    assert result.errors == [
+        f"1 outbound SAs not created: {STATE_DIR / FILE_NAME}: not a reservation file: "
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    ]
+    assert (STATE_DIR / FILE_NAME).read_text() == "{"
+
+
+def test_a_failed_add_is_retried_at_the_same_start() -> None:
+    kernel = FakeKernel()
+    kernel.fail_spi = OUT0.spi
+    drv = driver(kernel)
+    want = desired(OUT0, IN0)
+    assert not drv.apply(want).ok
+    assert not drv.apply(want).ok
+    assert reserved(OUT0) == 2 * FLOOR  # retries burn no sequence numbers
+    kernel.fail_spi = None
+    assert drv.apply(want).ok and kernel.states[OUT0.key()].oseq == 0
+
+
+def test_an_sa_near_the_end_of_its_sequence_space_is_reported() -> None:
+    kernel = FakeKernel()
+    want = desired(OUT0, IN0)
+    driver(kernel).apply(want)
+    sent(kernel, OUT0, SEQ_LIMIT - 1000)
+    result = driver(kernel).apply(want)
+    assert len(result.errors) == 1
+    assert result.errors[0].startswith(f"outbound SA dst {THERE} spi 0x00640004 has sent ")
+    assert "rotate the tenant's static key" in result.errors[0]
+    assert reserved(OUT0) == SEQ_LIMIT

@@ -4,6 +4,7 @@ stand-in `ip` that behaves like iproute2's xfrm code (exit on the first kernel e
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,22 @@ def test_reads_in_the_namespace(fake_ip: Path) -> None:
 def test_missing_ip_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(XfrmError, match=r"cannot run '.*/nope xfrm state'"):
         IprouteXfrm(ip=str(tmp_path / "nope")).read_states()
+
+
+def test_the_outbound_counter_is_read_and_a_new_sa_starts_at_a_given_one() -> None:
+    busy = STATES.replace("oseq-hi 0x0, oseq 0x0", "oseq-hi 0x0, oseq 0x4de")
+    # with a window of 32 or less iproute2 prints the non-ESN context instead
+    small = STATES.replace(
+        "\tanti-replay esn context:\n\t seq-hi 0x0, seq 0x0, oseq-hi 0x0, oseq 0x0\n"
+        "\t replay_window 64, bitmap-length 2\n\t 00000000 00000000\n",
+        "\tanti-replay context: seq 0x0, oseq 0x59d, bitmap 0x00000000\n",
+    )
+    assert [s.oseq for s in parse_states(busy)] == [0x4DE]
+    assert [s.oseq for s in parse_states(small)] == [0x59D]
+    assert parse_states(busy) == [STATE]  # the counter is no part of what the SA is
+    start = replace(STATE, oseq=2097152)
+    assert render(Op(Verb.ADD, start)) == (
+        f"xfrm state add src {A} dst {B} proto esp spi 0x00640004 reqid 65636 mode transport "
+        f"replay-window 64 replay-oseq 2097152 aead rfc4106(gcm(aes)) 0x{KEY} 128"
+    )
+    assert "replay-oseq 2097152" in Op(Verb.ADD, start).describe()

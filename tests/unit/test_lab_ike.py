@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from routed_nv.cli import lab as commands
 from routed_nv.cli import main
 from routed_nv.config.model import KeyingMode
 from routed_nv.esp.spimap import SaRow
-from routed_nv.lab import commands, uml
+from routed_nv.lab import uml
 from routed_nv.lab.charon import (
     LAB_RESYNC_S,
     CharonListing,

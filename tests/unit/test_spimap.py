@@ -4,8 +4,8 @@ import ipaddress
 from typing import Any
 
 from routed_nv import markers
+from routed_nv.cli.sa import render_table
 from routed_nv.esp import spi
-from routed_nv.esp.commands import render_table
 from routed_nv.esp.objects import XfrmState
 from routed_nv.esp.secret import Secret
 from routed_nv.esp.spimap import SpiMap, rows_from_sas, rows_from_states

@@ -20,16 +20,13 @@ from test_agent_loop import Harness, lose_to_host3, route, view
 
 from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
-from routed_nv.agent.daemon_commands import agent_command
 from routed_nv.agent.runtime import RUNTIME_DROP_IN
 from routed_nv.agent.source import PeerStatus
-from routed_nv.agent.status_commands import (
-    directory_group,
-    endpoint_group,
-    lookup_command,
-    status_command,
-    status_table,
-)
+from routed_nv.cli.agent import agent_command
+from routed_nv.cli.directory import directory_group
+from routed_nv.cli.endpoint import endpoint_group
+from routed_nv.cli.lookup import lookup_command
+from routed_nv.cli.status import status_command, status_table
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 
@@ -209,32 +206,6 @@ def test_endpoint_add_and_del_edit_only_the_runtime_drop_in(etc: Path, tmp_path:
     assert "web2" not in (etc / "conf.d" / RUNTIME_DROP_IN).read_text()
 
 
-def test_endpoint_add_asks_a_running_agent_to_reload(etc: Path, tmp_path: Path) -> None:
-    h = Harness()
-    server = ControlServer(tmp_path / SOCKET_NAME, h.agent.snapshot, h.agent.request_reload)
-    server.start()
-    try:
-        added = invoke(
-            endpoint_group,
-            "add",
-            "web2",
-            "--tenant",
-            "blue",
-            "--address",
-            "10.0.0.5",
-            "--netns",
-            "web2",
-            "-c",
-            str(etc / "routed-nv.toml"),
-            "--run-dir",
-            str(tmp_path),
-        )
-    finally:
-        server.close()
-    assert added.stdout.splitlines()[-1] == "agent reload requested"
-    assert h.agent.reload_requested
-
-
 def test_agent_with_an_invalid_config_exits_2_and_applies_nothing(etc: Path) -> None:
     tenants = etc / "conf.d" / "10-tenants.toml"
     tenants.write_text(tenants.read_text().replace("id = 100", "id = 70000"))
@@ -280,7 +251,7 @@ def test_agent_process_signals_and_notify(etc: Path, tmp_path: Path) -> None:
     argv = [
         sys.executable,
         "-c",
-        "from routed_nv.agent.daemon_commands import agent_command; agent_command()",
+        "from routed_nv.cli.agent import agent_command; agent_command()",
         "-c",
         str(etc / "routed-nv.toml"),
         "--netns",

@@ -1,7 +1,7 @@
 """`routed-nv lab`: the multi-host lab in network namespaces, inside UML when the kernel needs it.
 
 Commands that need the datapath re-run themselves in a user-mode-linux guest when this kernel
-lacks it (`python -m routed_nv.lab.commands ...`); in the guest they run directly.
+lacks it (`python -m routed_nv.cli.lab ...`); in the guest they run directly.
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from routed_nv.config.model import Config
 from routed_nv.lab import uml
-from routed_nv.lab.agents import LabAgents, sa_list
-from routed_nv.lab.bgp_agents import BgpAgents, expected_remote_addresses
 from routed_nv.lab.builder import Lab, LabError, remove_leftovers
-from routed_nv.lab.charon import LabCharon
 from routed_nv.lab.checks import (
     WireReport,
     reported_spi_problems,
@@ -33,8 +29,13 @@ from routed_nv.lab.checks import (
     underlay_capture,
     underlay_pings,
 )
-from routed_nv.lab.datapath import LabDatapath
 from routed_nv.lab.topology import Topology, default_topology, directory_topology
+
+# The modules that run routed_nv in the lab import the product's drivers (pyroute2, vici): they
+# load when a lab is built, not for `--help`.
+if TYPE_CHECKING:
+    from routed_nv.config.model import Config
+    from routed_nv.lab.charon import LabCharon
 
 DIRECTORIES = ("bgp", "static")
 KEYINGS = ("static", "ike")
@@ -58,7 +59,7 @@ def _uml_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _reexec_in_uml(args: list[str], mem: str, timeout: float, **kwargs: Any) -> None:
-    argv = [sys.executable, "-m", "routed_nv.lab.commands", *args]
+    argv = [sys.executable, "-m", "routed_nv.cli.lab", *args]
     raise SystemExit(uml.run_in_uml(argv, mem=mem, timeout=timeout, **kwargs))
 
 
@@ -124,6 +125,8 @@ def _routed_nv(
     lab: Lab, workdir: Path, directory: str, keying: str, echo: Callable[[str], None]
 ) -> Iterator[Running]:
     """routed_nv on every host of a built lab while the block runs. Raises LabError."""
+    from routed_nv.lab.charon import LabCharon
+
     if keying == "static":
         with _hosts(lab, workdir, directory, None, echo) as config_files:
             yield Running(config_files, None)
@@ -158,6 +161,10 @@ def _hosts(
     """Each host configured (`adapt` changes its config) and routed_nv running on it, while the
     block runs: one apply per host with static keying and directory, else an agent per host.
     Yields the hosts' config files."""
+    from routed_nv.lab.agents import LabAgents
+    from routed_nv.lab.bgp_agents import BgpAgents, expected_remote_addresses
+    from routed_nv.lab.datapath import LabDatapath
+
     started = time.monotonic()
     if directory == "static" and adapt is None:
         datapath = LabDatapath(lab, workdir)
@@ -303,6 +310,8 @@ def _demo_checks(lab: Lab, running: Running) -> list[str]:
 
 def _demo_reported_spis(wire: WireReport, config_files: dict[str, Path]) -> list[str]:
     """The SPIs on the wire against those `routed-nv sa list` reports on every host (IKE)."""
+    from routed_nv.lab.agents import sa_list
+
     with ThreadPoolExecutor(max_workers=len(config_files)) as pool:
         listed = dict(zip(config_files, pool.map(sa_list, config_files.values()), strict=True))
     rows = [row for host_rows in listed.values() for row in host_rows]

@@ -1,7 +1,7 @@
 """`routed-nv bench`: the comparative benchmark, inside UML when this kernel lacks the datapath.
 
 Like `routed-nv lab`, the command re-runs itself in a user-mode-linux guest
-(`python -m routed_nv.bench.commands --guest-report FILE`); the guest writes the JSON report to
+(`python -m routed_nv.cli.bench --guest-report FILE`); the guest writes the JSON report to
 a file the caller can read, and the caller renders it (so plotting never runs in the guest).
 """
 
@@ -10,14 +10,15 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from routed_nv.bench import plots, report
-from routed_nv.bench.results import Report
-from routed_nv.bench.run import FULL, QUICK, run
 from routed_nv.lab import uml
 from routed_nv.options import output_option
+
+if TYPE_CHECKING:
+    from routed_nv.bench.results import Report
 
 DEFAULT_TIMEOUT_S = 3600.0  # --full at 30 hosts takes a while in the guest
 
@@ -27,10 +28,13 @@ def _log(line: str) -> None:
 
 
 def _in_uml(quick: bool, mem: str, timeout: float) -> Report:
+    from routed_nv.bench import report
+    from routed_nv.bench.results import Report
+
     # /var/tmp is the machine's own in the guest too (only /tmp, /run, /dev/shm are private).
     with tempfile.TemporaryDirectory(prefix="rnvb-", dir="/var/tmp") as workdir:
         path = Path(workdir) / "report.json"
-        argv = [sys.executable, "-m", "routed_nv.bench.commands", "--guest-report", str(path)]
+        argv = [sys.executable, "-m", "routed_nv.cli.bench", "--guest-report", str(path)]
         rc = uml.run_in_uml([*argv, "--quick" if quick else "--full"], mem=mem, timeout=timeout)
         if rc != 0 or not path.exists():
             raise click.ClickException(f"the benchmark in the UML guest failed (exit status {rc})")
@@ -99,6 +103,10 @@ def bench_command(
       routed-nv bench --quick -o json > bench.json
       routed-nv bench --full --save docs/benchmarks.json --plots docs/img
     """
+    # the benchmark (and the lab it builds) loads only when it runs, not for `--help`
+    from routed_nv.bench import plots, report
+    from routed_nv.bench.run import FULL, QUICK, run
+
     plan = QUICK if quick else FULL
     if guest_report is not None:
         guest_report.write_text(run(plan, _log).model_dump_json(indent=2))

@@ -7,22 +7,20 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
-from routed_nv.agent.bgp_source import BgpSource
-from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
-from routed_nv.agent.events import EventLog
-from routed_nv.agent.loop import Agent, Settings
-from routed_nv.agent.metrics import DEFAULT_ADDRESS, Metrics, parse_address, xfrm_stat_reader
-from routed_nv.agent.notify import Notifier
 from routed_nv.agent.options import run_dir_option
-from routed_nv.agent.snapshot import SaInfo
-from routed_nv.agent.source import DirectorySource, StaticSource
-from routed_nv.config.loader import ConfigError, load_config
-from routed_nv.config.model import Config, DirectorySourceKind, LogFormat
+from routed_nv.config.model import DEFAULT_METRICS_ADDRESS, Config, DirectorySourceKind, LogFormat
 from routed_nv.options import config_option, netns_option
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from routed_nv.agent.loop import Agent
+    from routed_nv.agent.snapshot import SaInfo
+    from routed_nv.agent.source import DirectorySource
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 2  # invalid configuration or cannot start: nothing was applied
@@ -30,6 +28,8 @@ EXIT_FAILED = 2  # invalid configuration or cannot start: nothing was applied
 
 def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and value != "off":
+        from routed_nv.agent.metrics import parse_address
+
         try:
             parse_address(value)
         except ValueError as exc:
@@ -46,7 +46,7 @@ def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | No
     callback=_metrics_address,
     metavar="HOST:PORT|off",
     help=f"Serve Prometheus metrics here; `off` serves none [config agent.metrics_address, "
-    f"default {DEFAULT_ADDRESS}].",
+    f"default {DEFAULT_METRICS_ADDRESS}].",
 )
 @click.option(
     "--log-format",
@@ -113,6 +113,16 @@ def agent_command(
     """
     # a crash or a hang (SIGABRT) leaves every thread's stack in the journal
     faulthandler.enable(sys.__stderr__)  # the real fd 2, even when click swaps sys.stderr
+    # The daemon's modules (and pyroute2, vici, prometheus_client) load only when it starts.
+    from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
+    from routed_nv.agent.datapath import Datapath
+    from routed_nv.agent.endpoint_api import EndpointApi
+    from routed_nv.agent.events import EventLog
+    from routed_nv.agent.loop import Agent, Settings
+    from routed_nv.agent.metrics import Metrics, xfrm_stat_reader
+    from routed_nv.agent.notify import Notifier
+    from routed_nv.config.loader import ConfigError, load_config
+
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -128,9 +138,6 @@ def agent_command(
     if metrics_address == "off":
         metrics_address = None
 
-    # The drivers import pyroute2: only load them when the agent really starts.
-    from routed_nv.agent.datapath import Datapath
-
     settings = Settings(
         min_interval_s=config.agent.min_interval_s if min_interval is None else min_interval,
         resync_interval_s=config.agent.resync_interval_s
@@ -139,7 +146,7 @@ def agent_command(
     )
     agent = Agent(
         config,
-        Datapath(config, netns),
+        Datapath(config, netns, settings.resync_interval_s),
         _source(config, netns),
         lambda: load_config(config_path),
         read_sas=_kernel_sas(netns),
@@ -148,8 +155,13 @@ def agent_command(
         notifier=Notifier(),
     )
     try:
+        endpoints = EndpointApi(agent, config_path).answer
         control = ControlServer(
-            run_dir / SOCKET_NAME, agent.snapshot, agent.request_reload, agent.request_clear
+            run_dir / SOCKET_NAME,
+            agent.snapshot,
+            agent.request_reload,
+            clear=agent.request_clear,
+            endpoints=endpoints,
         )
     except (ControlError, OSError) as exc:
         log("agent.start", ok=False, error=str(exc))
@@ -175,7 +187,11 @@ def agent_command(
 
 def _source(config: Config, netns: str | None) -> DirectorySource:
     """The directory source is chosen once, at start: a reload cannot switch it."""
+    from routed_nv.agent.source import StaticSource
+
     if config.directory.source == DirectorySourceKind.BGP:
+        from routed_nv.agent.bgp_source import BgpSource
+
         return BgpSource(netns)
     return StaticSource()
 
@@ -196,6 +212,7 @@ def _handle_signals(agent: Agent) -> None:
 
 
 def _kernel_sas(netns: str | None) -> Callable[[], list[SaInfo]]:
+    from routed_nv.agent.snapshot import SaInfo
     from routed_nv.esp.xfrm import IprouteXfrm
 
     xfrm = IprouteXfrm(netns)

@@ -1,0 +1,79 @@
+"""`routed-nv lookup`: where an endpoint address lives, from the agent or the configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from routed_nv.agent import report
+from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
+from routed_nv.agent.options import run_dir_option
+from routed_nv.calc.inputs import static_view
+from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json
+from routed_nv.options import config_option, config_or_exit, output_option
+
+
+@click.command("lookup")
+@click.argument("tenant")
+@click.argument("address")
+@config_option
+@run_dir_option
+@output_option
+def lookup_command(
+    tenant: str, address: str, config_path: Path | None, run_dir: Path, output: str
+) -> None:
+    """Where ADDRESS of TENANT (name or id) lives: this host or which peer, the tenant outer
+    addresses, and the SPIs of the SAs both ways.
+
+    Asks the running agent; without one, answers from the configuration (static entries only,
+    SPIs unknown) and says so.
+
+    \b
+    Exit status:
+      0  found
+      1  no such endpoint address in that tenant
+      2  usage error: unknown tenant, not an address, invalid configuration
+
+    \b
+    Examples:
+      routed-nv lookup blue 10.0.0.2
+      routed-nv lookup 100 fd10::2 -o json
+    """
+    try:
+        found = ask(
+            run_dir / SOCKET_NAME, {"request": "lookup", "tenant": tenant, "address": address}
+        )
+        found["source"] = "agent"
+    except AgentDown:
+        config = config_or_exit(config_path, EXIT_ERROR)
+        try:
+            found = report.lookup(config, static_view(config), None, tenant, address)
+        except report.QueryError as exc:
+            fail(EXIT_ERROR, str(exc))
+        if found is None:
+            fail(EXIT_DOWN, f"no endpoint {address} in tenant {tenant} (from the configuration)")
+        found["source"] = "config"
+    except RequestFailed as exc:
+        fail(EXIT_DOWN if exc.code == "not-found" else EXIT_ERROR, str(exc))
+    except ControlError as exc:
+        fail(EXIT_ERROR, str(exc))
+    if output == "json":
+        print_json(found)
+        return
+    where = (
+        f"local endpoint {found['endpoint']}"
+        if found["location"] == "local"
+        else f"host {found['host']} ({found['host_address']})"
+    )
+    click.echo(f"{found['tenant']} {found['address']}: {where}")
+    click.echo(f"  tenant outer address: {found['tenant_address']}")
+    spis = found.get("spis")
+    if found["location"] == "remote":
+        if spis is None:
+            click.echo("  SPIs: unknown (no agent running)")
+        else:
+            click.echo(
+                f"  SPIs out: {' '.join(spis['out']) or '-'}  in: {' '.join(spis['in']) or '-'}"
+            )
+    click.echo(f"  (from the {'running agent' if found['source'] == 'agent' else 'configuration'})")

@@ -1,0 +1,326 @@
+"""The endpoint API (agent/endpoint_api.py) against a real agent loop with a fake datapath and
+directory source, through the real control socket: idempotency, conflicts, bad input that
+changes nothing, answers that wait for the apply, 50 concurrent clients, and the CLI on top."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+from test_agent_loop import FakeDatapath
+
+from routed_nv.agent import runtime
+from routed_nv.agent.control import SOCKET_NAME, ControlServer, RequestFailed, ask
+from routed_nv.agent.endpoint_api import EndpointApi
+from routed_nv.agent.events import EventLog
+from routed_nv.agent.loop import Agent, Settings
+from routed_nv.agent.source import SourceUpdate
+from routed_nv.calc.inputs import static_view
+from routed_nv.cli.endpoint import endpoint_group
+from routed_nv.config.loader import load_config
+from routed_nv.config.model import Config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
+CLIENTS = 50
+
+
+class Source:
+    """Publishes the static view at start, unless held back (a directory not heard from)."""
+
+    name = "fake"
+
+    def __init__(self, silent: bool = False) -> None:
+        self.silent = silent
+
+    def start(self, config: Config, publish: Callable[[SourceUpdate], None]) -> None:
+        if not self.silent:
+            publish(SourceUpdate(static_view(config), in_sync=True))
+
+    def reload(self, config: Config) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass
+class Running:
+    config_path: Path
+    sock: Path
+    agent: Agent
+    datapath: FakeDatapath
+
+    def ask(self, request: dict[str, Any]) -> Any:
+        return ask(self.sock, request, timeout=60)
+
+    def refused(self, request: dict[str, Any]) -> RequestFailed:
+        with pytest.raises(RequestFailed) as failed:
+            self.ask(request)
+        return failed.value
+
+    def stored(self) -> dict[str, Any]:
+        return runtime.runtime_endpoints(runtime.drop_in_path(self.config_path))
+
+
+def start(tmp_path: Path, silent: bool = False) -> tuple[Running, Callable[[], None]]:
+    etc = tmp_path / "etc"
+    if not etc.exists():
+        shutil.copytree(EXAMPLES, etc)
+    path = etc / "routed-nv.toml"
+    datapath = FakeDatapath()
+    agent = Agent(
+        load_config(path),
+        datapath,
+        Source(silent),  # type: ignore[arg-type]
+        lambda: load_config(path),
+        settings=Settings(min_interval_s=0.01, resync_interval_s=600),
+        log=EventLog(stream=io.StringIO()),
+    )
+    sock = tmp_path / "run" / SOCKET_NAME
+    server = ControlServer(
+        sock, agent.snapshot, agent.request_reload, EndpointApi(agent, path).answer
+    ).start()
+    loop = threading.Thread(target=agent.run, daemon=True)
+    loop.start()
+
+    def stop() -> None:
+        agent.request_stop()
+        loop.join(10)
+        server.close()
+
+    return Running(path, sock, agent, datapath), stop
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    r, stop = start(tmp_path)
+    try:
+        yield r
+    finally:
+        stop()
+
+
+def add(name: str, host: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "request": "endpoint.add",
+        "id": name,
+        "tenant": "blue",
+        "addresses": [f"10.0.0.{host}"],
+        "netns": f"ns-{name}",
+        **extra,
+    }
+
+
+def test_add_answers_once_an_apply_with_the_endpoint_ran_and_persists_first(
+    running: Running,
+) -> None:
+    done = running.ask(add("web2", 5))
+    assert done["action"] == "added" and done["programmed"] is True
+    assert done["other_errors"] == []
+    # the apply it reports had the endpoint, and the store had it before the answer
+    applied_config = running.datapath.applied[-1][0]
+    assert [str(a) for a in applied_config.endpoints["web2"].addresses] == ["10.0.0.5"]
+    assert running.stored()["web2"]["netns"] == "ns-web2"
+    state = running.ask({"request": "endpoint.get", "id": "web2"})
+    assert state | {"announced": None} == {
+        "id": "web2",
+        "tenant": "blue",
+        "addresses": ["10.0.0.5"],
+        "interface": None,
+        "netns": "ns-web2",
+        "style": "host",
+        "origin": "runtime",
+        "programmed": True,
+        "announced": None,
+    }
+    assert state["announced"] is True  # static directory: programmed is announced
+    listed = running.ask({"request": "endpoint.list"})["endpoints"]
+    assert [(e["id"], e["origin"]) for e in listed] == [
+        ("blue-web", "config"),
+        ("red-db", "config"),
+        ("web2", "runtime"),
+    ]
+
+
+def test_the_same_add_twice_changes_nothing_and_other_fields_are_a_conflict(
+    running: Running,
+) -> None:
+    running.ask(add("web2", 5))
+    applies = len(running.datapath.applied)
+    generation = running.agent.generation()
+    again = running.ask(add("web2", 5))
+    assert again["action"] == "unchanged" and again["programmed"] is True
+    assert running.agent.generation() == generation
+    assert len(running.datapath.applied) == applies  # no apply needed to answer
+
+    conflict = running.refused(add("web2", 6))
+    assert conflict.code == "conflict"
+    assert "addresses: ['10.0.0.5'] != ['10.0.0.6']" in str(conflict)
+    assert running.stored()["web2"]["addresses"] == ["10.0.0.5"]
+
+    replaced = running.ask(add("web2", 6, replace=True))
+    assert replaced["action"] == "replaced"
+    assert running.datapath.applied[-1][0].endpoints["web2"].addresses[0].exploded == "10.0.0.6"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"tenant": None}, "endpoint.add: field 'tenant' is required"),
+        ({"addresses": "10.0.0.5"}, "field 'addresses' must be a list of strings"),
+        ({"netns": 7}, "field 'netns' must be a string"),
+        ({"colour": "red"}, "endpoint.add: unknown field 'colour'"),
+        ({"request": "endpoint.move"}, "unknown request 'endpoint.move'"),
+        ({"id": ""}, "field 'id' must be a non-empty string"),
+        ({"timeout": 0}, "field 'timeout': 0 is not in (0, 600]"),
+        ({"replace": "yes"}, "field 'replace' must be true or false"),
+        ({"addresses": ["192.168.1.1"]}, "endpoints.web3.addresses[0]"),
+        ({"tenant": "green"}, "endpoints.web3.tenant"),
+        ({"netns": "a" * 40}, "endpoints.web3.netns"),
+    ],
+)
+def test_bad_input_names_the_field_and_changes_nothing(
+    running: Running, change: dict[str, Any], says: str
+) -> None:
+    running.ask(add("web2", 5))
+    generation, applies = running.agent.generation(), len(running.datapath.applied)
+    request = {k: v for k, v in (add("web3", 7) | change).items() if v is not None}
+    refused = running.refused(request)
+    assert refused.code == "bad-request"
+    assert says in str(refused)
+    assert "\n" not in str(refused)
+    assert list(running.stored()) == ["web2"]
+    assert running.agent.generation() == generation
+    assert len(running.datapath.applied) == applies
+
+
+def test_delete_is_idempotent_and_leaves_the_configuration_files_alone(running: Running) -> None:
+    running.ask(add("web2", 5))
+    deleted = running.ask({"request": "endpoint.delete", "id": "web2"})
+    assert deleted["action"] == "deleted" and deleted["programmed"] is True
+    assert "web2" not in running.datapath.applied[-1][0].endpoints
+    assert running.stored() == {}
+    assert running.ask({"request": "endpoint.delete", "id": "web2"})["action"] == "absent"
+    theirs = running.refused({"request": "endpoint.delete", "id": "blue-web"})
+    assert theirs.code == "conflict" and "defined in the configuration files" in str(theirs)
+    theirs = running.refused(add("blue-web", 5))
+    assert theirs.code == "conflict"
+    missing = running.refused({"request": "endpoint.get", "id": "web2"})
+    assert missing.code == "not-found"
+
+
+def test_an_apply_that_fails_for_the_endpoint_is_the_answer(running: Running) -> None:
+    running.datapath.errors = ["link rnv-eweb2: netns ns-web2 does not exist"]
+    failed = running.refused(add("web2", 5))
+    assert failed.code == "not-programmed"
+    assert "netns ns-web2 does not exist" in str(failed)
+    assert "stored in" in str(failed)  # stored: the agent retries
+    assert running.stored()["web2"]["netns"] == "ns-web2"
+    assert running.ask({"request": "endpoint.get", "id": "web2"})["programmed"] is False
+    # an error about someone else does not fail this endpoint, it is reported beside it
+    running.datapath.errors = ["route 10.0.0.77/32 table 100: File exists"]
+    done = running.ask(add("web4", 7))
+    assert done["programmed"] is True
+    assert done["other_errors"] == ["routing: route 10.0.0.77/32 table 100: File exists"]
+
+
+def test_without_a_directory_view_the_answer_is_a_timeout_saying_what_is_pending(
+    tmp_path: Path,
+) -> None:
+    r, stop = start(tmp_path, silent=True)
+    try:
+        late = r.refused(add("web2", 5, timeout=0.3))
+    finally:
+        stop()
+    assert late.code == "timeout"
+    assert "waiting for the directory source's first view" in str(late)
+    assert r.stored()["web2"]["addresses"] == ["10.0.0.5"]
+
+
+def test_fifty_concurrent_clients_all_land_none_lost(running: Running) -> None:
+    answers: dict[str, Any] = {}
+
+    def client(i: int) -> None:
+        try:
+            answers[f"c{i}"] = running.ask(add(f"c{i}", 100 + i))
+        except RequestFailed as exc:
+            answers[f"c{i}"] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    names = {f"c{i}" for i in range(CLIENTS)}
+    assert {n: a for n, a in answers.items() if not isinstance(a, dict)} == {}
+    assert all(a["programmed"] and a["action"] == "added" for a in answers.values())
+    assert set(running.stored()) == names
+    assert names <= set(running.agent.config.endpoints)
+    assert names <= set(running.datapath.applied[-1][0].endpoints)
+    # every answer names an apply that had its endpoint
+    generations = {a["generation"] for a in answers.values()}
+    assert max(generations) == running.agent.generation()
+
+
+def test_a_restarted_agent_has_the_endpoints_the_api_added(tmp_path: Path) -> None:
+    first, stop = start(tmp_path)
+    try:
+        first.ask(add("web2", 5))
+    finally:
+        stop()
+    second, stop = start(tmp_path)
+    try:
+        assert second.ask({"request": "endpoint.get", "id": "web2"})["programmed"] is True
+        assert "web2" in second.datapath.applied[0][0].endpoints
+    finally:
+        stop()
+
+
+def invoke(*args: str) -> Result:
+    command: click.Command = endpoint_group
+    return CliRunner().invoke(command, list(args), env={}, catch_exceptions=False)
+
+
+def test_the_cli_uses_the_api_and_exits_0_only_when_programmed(running: Running) -> None:
+    common = ["-c", str(running.config_path), "--run-dir", str(running.sock.parent)]
+    added = invoke("add", "web2", "--tenant=blue", "--address=10.0.0.5", "--netns=n2", *common)
+    assert added.exit_code == 0, added.stderr
+    assert added.stdout.startswith("added endpoint web2: programmed by the agent (apply ")
+    waited = invoke(
+        "add", "web2", "--tenant=blue", "--address=10.0.0.5", "--netns=n2", "--wait", *common
+    )
+    assert waited.exit_code == 0, waited.stderr
+    assert waited.stdout.splitlines() == [
+        waited.stdout.splitlines()[0],
+        "announced in the directory",
+    ]
+    assert waited.stdout.startswith("unchanged endpoint web2: programmed")
+    other = invoke("add", "web2", "--tenant=blue", "--address=10.0.0.6", "--netns=n2", *common)
+    assert other.exit_code == 2 and "exists with other fields" in other.stderr
+    running.datapath.errors = ["link rnv-eweb5: Operation not permitted"]
+    failed = invoke("add", "web5", "--tenant=blue", "--address=10.0.0.8", "--netns=n5", *common)
+    assert failed.exit_code == 1 and "Operation not permitted" in failed.stderr
+    running.datapath.errors = []
+    assert invoke("del", "web2", *common).exit_code == 0
+    assert invoke("del", "web2", *common).exit_code == 1  # absent
+    assert "web2" not in running.datapath.applied[-1][0].endpoints
+
+
+def test_a_file_edit_only_a_restart_applies_refuses_the_change_before_it_is_stored(
+    running: Running,
+) -> None:
+    (running.config_path.parent / "conf.d" / "50-state.toml").write_text(
+        '[agent]\nstate_dir = "/var/lib/elsewhere"\n'
+    )
+    refused = running.refused(add("web2", 5))
+    assert refused.code == "conflict"
+    assert "change only on restart: restart the agent first" in str(refused)
+    assert running.stored() == {}
