@@ -18,6 +18,7 @@ the agent then keeps every remote route it knows (source.keep_known).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import select
 import threading
@@ -26,12 +27,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from routed_nv import markers
 from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
-from routed_nv.directory.bird_config import RR_CONNECT_RETRY_S, BirdConfigError, rr_protocol
-from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError
+from routed_nv.directory.bird_config import (
+    MIRROR_METRIC,
+    RR_CONNECT_RETRY_S,
+    BirdConfigError,
+    families_of,
+    mirror_names,
+    rr_protocol,
+)
+from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, CommandError, Route
 from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
+from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
 
 POLL_S = 0.5
@@ -48,6 +58,17 @@ POLL_S = 0.5
 # route change meanwhile: longer than the clients' reconnect (one connect retry), with as much
 # again for a loaded host.
 SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
+# A path whose next hop the underlay cannot reach fails BIRD's mirror export (`gw = bgp_next_hop`:
+# "Invalid gw address"), and BIRD withdraws it from the mirror table: the watch cannot see it.
+# That is a foreign next hop (a host announcing anything: a refusal to report), or every path at
+# once when this host's own uplink is down: valid locations that must stay programmed, with
+# their SAs. Deleting them deleted the outbound static-keyed SAs, and the SAs made anew on the
+# uplink's return restart at sequence 1, which every peer's inbound SA drops as replays until
+# the new one passes the old count (lab: 902 packets, host1 -> host2 black-holed for minutes).
+# So the source asks BIRD what each mirror export refused (`show route noexport`) and learns
+# those paths with the mirror routes: at once when mirror routes go, and every REFUSED_POLL_S
+# (one command per tenant and family: not on every poll).
+REFUSED_POLL_S = 5.0
 
 
 class Watch(Protocol):
@@ -141,6 +162,8 @@ class BgpSource:
         state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
         settle = _Settle()
         learned: tuple[Config, frozenset[MirrorRoute], Learned] | None = None
+        unwritten: frozenset[MirrorRoute] = frozenset()
+        next_unwritten = 0.0
         while not self._stop.is_set():
             with self._lock:
                 config, to_apply = self._config, self._to_apply
@@ -151,6 +174,11 @@ class BgpSource:
             if now >= next_poll:
                 state = self._bird_state(config)
                 next_poll = now + POLL_S
+            if now >= next_unwritten:
+                fresh = self._unwritten(config, unwritten)
+                next_unwritten = now + REFUSED_POLL_S
+                if fresh != unwritten:
+                    unwritten, learned = fresh, None
             try:
                 # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
                 # are in the view that says so
@@ -167,11 +195,17 @@ class BgpSource:
                 # host1's sessions disabled, its agent deleted every remote route)
                 state = self._bird_state(config)
                 next_poll = time.monotonic() + POLL_S
+            if events and (unwritten or not all(e.added for e in events)):
+                # a mirror route gone may be only unwritable now; one written again is no
+                # longer an unwritten path
+                unwritten = self._unwritten(config, unwritten)
+                next_unwritten = time.monotonic() + REFUSED_POLL_S
             if events or learned is None or learned[0] is not config:
                 # learn() is O(routes): at 100,000 it took seconds a pass, and run on every
                 # 0.5 s poll it kept this thread busy, holding the GIL against the applies
                 routes = self._watch.routes  # built anew by each read: read once per pass
-                learned = (config, routes, learn(config, routes, self._watch.published))
+                paths = routes | unwritten
+                learned = (config, routes, learn(config, paths, self._watch.published))
             in_sync, peers, detail = state
             if settle.holding(peers, learned[1], time.monotonic()):
                 in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
@@ -218,9 +252,38 @@ class BgpSource:
             detail += "; BIRD in graceful-restart recovery"
         return up > 0 and not recovering, peers, detail
 
+    def _unwritten(self, config: Config, before: frozenset[MirrorRoute]) -> frozenset[MirrorRoute]:
+        """The paths BIRD's mirror exports refused, as the mirror routes they would have been
+        (`before` while BIRD does not answer)."""
+        paths: list[MirrorRoute] = []
+        try:
+            with self._connect(config.directory.bird_socket) as bird:
+                for tenant in config.tenants.values():
+                    for fam in families_of(tenant):
+                        table, writer = mirror_names(tenant.id, fam)
+                        try:
+                            found = bird.routes(f"table {table} noexport {writer}")
+                        except CommandError:  # not in BIRD's config yet (being applied)
+                            continue
+                        kernel_table = markers.mirror_table(tenant.id)
+                        paths += (_as_mirror(r, kernel_table, config.directory.asn) for r in found)
+        except BirdError:
+            return before
+        return frozenset(paths)
+
     def _update(
         self, learned: Learned, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
     ) -> SourceUpdate:
         if self._apply_error:
             detail = f"{detail}; {self._apply_error}"
         return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)
+
+
+def _as_mirror(path: Route, table: int, asn: int) -> MirrorRoute:
+    """A path BIRD did not write, as the mirror route it would have been (sequence and tenant
+    count from its communities, as the mirror export sets them)."""
+    tags = [(kind, value) for a, kind, value in path.large_communities if a == asn]
+    sequence = max((v for k, v in tags if k == SEQUENCE_COMMUNITY), default=0)
+    tenants = sum(1 for k, _ in tags if k == TENANT_COMMUNITY)
+    prefix = ipaddress.ip_network(path.prefix)
+    return MirrorRoute(table, prefix, path.next_hop, MIRROR_METRIC, sequence, tenants)

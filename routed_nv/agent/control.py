@@ -5,6 +5,7 @@
     {"request": "endpoints"}
     {"request": "directory"}
     {"request": "reload"}                  (the same as SIGHUP)
+    {"request": "clear-duplicate", "tenant": "blue", "address": "10.0.0.2"}
     {"request": "view"}                    (the directory view last applied: `routed-nv apply`)
     {"request": "endpoint.add" | "endpoint.delete" | "endpoint.get" | "endpoint.list", ...}
                                            (the endpoint API: endpoint_api.py, docs/agent.md)
@@ -53,7 +54,15 @@ class RequestFailed(ControlError):
         self.code = code
 
 
-def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) -> dict[str, Any]:
+ClearDuplicate = Callable[[tuple[int, Any]], None]
+
+
+def answer(
+    request: dict[str, Any],
+    snap: Snapshot,
+    reload: Callable[[], None],
+    clear: ClearDuplicate | None = None,
+) -> dict[str, Any]:
     kind = request.get("request")
     try:
         if kind == "status":
@@ -82,6 +91,13 @@ def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) 
         if kind == "reload":
             reload()
             return answer_ok({"reload": "requested"})
+        if kind == "clear-duplicate" and clear is not None:
+            tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
+            where = report.duplicate(snap, tenant, address)
+            if where is None:
+                return answer_error("not-found", f"{address} in tenant {tenant} is not a duplicate")
+            clear(where)
+            return answer_ok({"cleared": {"tenant_id": where[0], "prefix": str(where[1])}})
     except report.QueryError as exc:
         return answer_error("bad-request", str(exc))
     return answer_error("bad-request", f"unknown request {kind!r}")
@@ -108,6 +124,7 @@ class ControlServer:
         snapshot: Callable[[], Snapshot],
         reload: Callable[[], None],
         endpoints: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        clear: ClearDuplicate | None = None,
     ) -> None:
         """`endpoints` answers the endpoint API's requests (endpoint_api.EndpointApi.answer)."""
         self.path = path
@@ -126,6 +143,7 @@ class ControlServer:
         os.chmod(path, 0o600)
         self._snapshot = snapshot
         self._reload = reload
+        self._clear = clear
         self._endpoints = endpoints
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="control", daemon=True
@@ -147,7 +165,7 @@ class ControlServer:
             return answer_error("bad-request", "a request is one JSON object on one line")
         if self._endpoints is not None and str(request.get("request")).startswith("endpoint."):
             return self._endpoints(request)
-        return answer(request, self._snapshot(), self._reload)
+        return answer(request, self._snapshot(), self._reload, self._clear)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -12,7 +12,9 @@ thread alone touches the kernel, through one Datapath that lives as long as the 
   backoff; the objects that did apply stay applied;
 - before the source is in sync no remote route is deleted (`source.keep_known`);
 - which host announces an address held by more than one is decided on the applied view
-  (calc/mobility.py), and logged when it changes.
+  (calc/mobility.py), and logged when it changes; the loop keeps the memory that re-asserts a
+  still-attached address and freezes a flapping one (calc/duplicates.py), wakes up when a
+  re-assertion falls due, and clears a duplicate when the operator asks (`request_clear`).
 Stopping leaves the dataplane exactly as it is (fail closed: isolation stays in the kernel; a
 restarted agent adopts it and changes nothing).
 """
@@ -35,6 +37,7 @@ from routed_nv.agent.notify import Notifier
 from routed_nv.agent.snapshot import ApplyRecord, Counts, SaInfo, Snapshot, SourceInfo, count
 from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
 from routed_nv.calc import mobility
+from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
 from routed_nv.calc.inputs import Claim, DirectoryView
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
@@ -70,6 +73,11 @@ RESTART_ONLY_PROBLEM = (
     "host.underlay_prefix, keying.rotation_grace_s, keying.vici_socket and agent.state_dir "
     "change only on restart"
 )
+
+
+def limits(config: Config) -> Limits:
+    d = config.directory
+    return Limits(d.duplicate_moves, d.duplicate_window_s, d.reassert_after_s)
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ class Agent:
         self._dirty: set[str] = set()
         self._rejected_total: Counter[str] = Counter()
         self._rejected_new: list[RejectedRoute] = []  # to log, from the loop thread
+        self._duplicates: tuple[Duplicate, ...] = ()
+        self._clears: list[Where] = []  # duplicates the operator cleared, for the loop thread
         self._state = "starting"
         self._known = DirectoryView(frozenset())
         self._last: ApplyRecord | None = None
@@ -172,6 +182,7 @@ class Agent:
         self._retry_at = 0.0
         self._ready_sent = False
         self._reload_pending = False  # READY=1 owed to systemd after the reload's apply
+        self._guard = Guard(limits(config))
 
     # -- inputs: cheap, any thread ------------------------------------------------------------
 
@@ -184,6 +195,13 @@ class Agent:
             self._update = update
             self._updates += 1
             self._dirty.add("directory")
+        self.waker.wake()
+
+    def request_clear(self, where: Where) -> None:
+        """The operator clears a duplicate (control socket): applied by the loop thread."""
+        with self._lock:
+            self._clears.append(where)
+            self._dirty.add("clear-duplicate")
         self.waker.wake()
 
     def request_reload(self) -> None:
@@ -279,6 +297,9 @@ class Agent:
         if self._last_start is None:
             return now
         resync = self._last_end + self.settings.resync_interval_s
+        reassert = self._guard.due()  # a lost, still attached address to announce again
+        if reassert is not None:
+            resync = min(resync, max(reassert, self._last_end))
         if not dirty and now < resync:
             return resync
         return max(self._last_start + self.settings.min_interval_s, self._retry_at)
@@ -290,13 +311,17 @@ class Agent:
             why = sorted(self._dirty) or ["resync"]
             self._dirty.clear()
             rejected, self._rejected_new = self._rejected_new, []
+            clears, self._clears = self._clears, []
             config, generation = self.config, self._generation  # together: a waiter's promise
         self._log_rejected(rejected)
+        for where in clears:
+            self._guard.clear(where)
         if self._last_start is None:
             why = ["start"]
         view = update.view if update.in_sync else keep_known(self._known, update.view)
-        view = mobility.resolve(config, view)
+        view = mobility.resolve(config, view, self._guard, now)
         self._log_mobility(view)
+        self._log_duplicates()
         self._last_start, started = now, self._wall()
         try:
             resync = bool({"start", "resync", "retry"} & set(why))
@@ -344,6 +369,21 @@ class Agent:
             self._log("directory.rejected", reason=str(r.reason), route=str(r))
         if len(rejected) > REJECTED_LOG_MAX:
             self._log("directory.rejected.more", count=len(rejected) - REJECTED_LOG_MAX)
+
+    def _log_duplicates(self) -> None:
+        for e in self._guard.take_events():
+            where = {"tenant": e.tenant_id, "address": str(e.prefix), "other": e.other}
+            if e.kind == "duplicate":
+                host = self.config.host.name
+                self._log("mobility.duplicate", **where, hosts=f"{host},{e.other}", moves=e.moves,
+                          window_s=self._guard.limits.window_s, frozen=True)  # fmt: skip
+            elif e.kind == "reassert":
+                self._log("mobility.reassert", **where, sequence=e.sequence)
+            else:
+                self._log("mobility.duplicate.cleared", **where, why=e.why)
+        duplicates = tuple(self._guard.duplicates())
+        with self._lock:
+            self._duplicates = duplicates
 
     def _log_mobility(self, view: DirectoryView) -> None:
         """Say when a local address changes hands: announced with a new sequence, or stale."""
@@ -430,6 +470,7 @@ class Agent:
             else:
                 self._notify.status(status)
             return
+        self._guard.limits = limits(config)
         with self._lock:
             self.config = config
             self._dirty.add("reload")
@@ -466,4 +507,5 @@ class Agent:
                 reconcile_errors=self._reconcile_errors,
                 config_errors=self._config_errors,
                 rejected_total=dict(self._rejected_total),
+                duplicates=self._duplicates,
             )

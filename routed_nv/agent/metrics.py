@@ -83,6 +83,16 @@ class AgentCollector(Collector):
             "Local endpoint addresses another host announced later (no longer announced here)",
             c.stale_addresses,
         )
+        duplicates = GaugeMetricFamily(
+            "routed_nv_duplicate_addresses",
+            "Local endpoint addresses another host announces too: frozen (moved more than "
+            "directory.duplicate_moves times within the window) or contested",
+            labels=["state"],
+        )
+        frozen = sum(d.frozen for d in snap.duplicates)
+        duplicates.add_metric(["frozen"], frozen)
+        duplicates.add_metric(["contested"], len(snap.duplicates) - frozen)
+        yield duplicates
         yield _gauge(
             "routed_nv_bgp_peers_up",
             "Directory sessions established (0 with the static source)",

@@ -15,6 +15,7 @@ from typing import Any
 from routed_nv import __version__
 from routed_nv.agent.snapshot import SaInfo, Snapshot
 from routed_nv.calc import mobility
+from routed_nv.calc.duplicates import SELF
 from routed_nv.calc.inputs import DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.loader import shorten
 from routed_nv.config.model import Config
@@ -62,6 +63,7 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             "rejected": [{"reason": str(r.reason), "route": str(r)} for r in src.rejected],
             "rejected_total": snap.rejected_total,
             "stale": stale_addresses(snap.view),
+            "duplicates": duplicates(snap),
         },
         "datapath": {
             "tenants": c.tenants,
@@ -212,6 +214,33 @@ def stale_addresses(view: DirectoryView) -> list[Json]:
             }
         )
     return rows
+
+
+def duplicates(snap: Snapshot) -> list[Json]:
+    """Local addresses another host announces too and that came back here at least once, or
+    that are frozen (calc/duplicates.py): both hosts named."""
+    names = _tenant_names(snap.config)
+    return [
+        {
+            "tenant": names.get(d.tenant_id, str(d.tenant_id)),
+            "tenant_id": d.tenant_id,
+            "prefix": str(d.prefix),
+            "hosts": [snap.config.host.name, d.other],
+            "other_address": d.other_address,
+            "moves": d.moves,
+            "frozen": d.frozen,
+            "held_by": snap.config.host.name if d.holder == SELF else d.holder,
+        }
+        for d in snap.duplicates
+    ]
+
+
+def duplicate(snap: Snapshot, tenant: str, address: str) -> tuple[int, IPNetwork] | None:
+    """(tenant id, /32 or /128) of a reported duplicate, for clearing it; None if it is none."""
+    _, tid = _tenant(snap.config, tenant)
+    prefix = ipaddress.ip_network(_address(address))
+    found = any((d.tenant_id, d.prefix) == (tid, prefix) for d in snap.duplicates)
+    return (tid, prefix) if found else None
 
 
 def _address_key(prefix: IPNetwork) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from routed_nv.agent.source import PeerStatus, RejectedRoute
 from routed_nv.calc import mobility
+from routed_nv.calc.duplicates import Duplicate
 from routed_nv.calc.inputs import DirectoryView
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.config.model import Config
@@ -96,3 +97,4 @@ class Snapshot:
     reconcile_errors: int
     config_errors: int
     rejected_total: dict[str, int]  # rejections seen, by reason (counted when first seen)
+    duplicates: tuple[Duplicate, ...] = ()  # local addresses another host holds too

@@ -10,6 +10,8 @@ a restarted agent decides exactly as before. For each address this host holds:
 - stale: stop announcing it (the stale marker in the publish table keeps the winning sequence),
   route it to the winner like any remote address, keep the workload as configured; when no other
   host announces it any more, announce it again with one more than the sequence it lost to.
+A host whose endpoint is still attached does not stay stale for good: calc/duplicates.py re-asserts
+it, and freezes an address that keeps changing location (a duplicate).
 Each rule is a fixed point of itself (what it writes is what it reads back next time), so the
 agent's apply, the kernel event and the next apply settle after one round. With several
 claimants at once the losers withdraw one round after the other; each host only needs the best
@@ -22,6 +24,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterable
 
+from routed_nv.calc.duplicates import Guard
 from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.model import Config
 from routed_nv.directory.mobility import MAX_SEQUENCE
@@ -67,10 +70,16 @@ def decide(current: Claim | None, best: RemoteRoute | None, own: IPAddress, wher
     return Claim(tid, prefix, current.sequence)
 
 
-def resolve(config: Config, view: DirectoryView) -> DirectoryView:
+def resolve(
+    config: Config, view: DirectoryView, guard: Guard | None = None, now: float = 0.0
+) -> DirectoryView:
     """The view with `claims` decided for every local address, and the winner's route among the
-    remote routes for each stale one (so that routing, SAs and status treat it as remote)."""
+    remote routes for each stale one (so that routing, SAs and status treat it as remote).
+    With a guard (calc/duplicates.py, the agent's), a still-attached address that lost is
+    re-asserted and a flapping one frozen; `now` is its clock."""
     local = local_addresses(config)
+    if guard is not None:
+        guard.keep_only(local)
     own = config.host.address
     published = {(c.tenant_id, c.prefix): c for c in view.published}
     # A remote route for a local address (kept from before the address became local while the
@@ -80,7 +89,10 @@ def resolve(config: Config, view: DirectoryView) -> DirectoryView:
     for where in local:
         candidates = others.get(where, [])
         best = max(candidates, key=rank) if candidates else None
-        claim = decide(published.get(where), best, own, where)
+        current = published.get(where)
+        claim = decide(current, best, own, where)
+        if guard is not None:
+            claim = guard.judge(where, current, claim, best, now)
         claims.add(claim)
         if claim.stale and best is not None:
             winners.add(best)

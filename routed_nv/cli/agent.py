@@ -161,7 +161,8 @@ def agent_command(
             (run_dir or config.agent.run_dir) / SOCKET_NAME,
             agent.snapshot,
             agent.request_reload,
-            endpoints,
+            clear=agent.request_clear,
+            endpoints=endpoints,
         )
     except (ControlError, OSError) as exc:
         log("agent.start", ok=False, error=str(exc))

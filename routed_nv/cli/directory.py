@@ -18,7 +18,33 @@ def directory_group() -> None:
     \b
     Examples:
       routed-nv directory dump
+      routed-nv directory clear-duplicate blue 10.0.0.2
     """
+
+
+@directory_group.command("clear-duplicate")
+@click.argument("tenant")
+@click.argument("address")
+@run_dir_option
+def directory_clear_duplicate_command(tenant: str, address: str, run_dir: Path) -> None:
+    """Unfreeze ADDRESS of TENANT (name or id), which `status` reports as a duplicate: this
+    host counts its moves from zero again and, if it holds the address stale, announces it
+    again after directory.reassert_after_s. Clear it on the host that holds it stale.
+
+    \b
+    Exit status:
+      0  cleared
+      1  the agent is not running, or the address is not a duplicate
+      2  usage error: unknown tenant, not an address
+
+    \b
+    Examples:
+      routed-nv directory clear-duplicate blue 10.0.0.2
+      routed-nv directory clear-duplicate 100 fd10::2
+    """
+    request = {"request": "clear-duplicate", "tenant": tenant, "address": address}
+    cleared = ask_agent(run_dir, request)["cleared"]
+    click.echo(f"cleared duplicate {cleared['prefix']} (tenant {cleared['tenant_id']})")
 
 
 @directory_group.command("dump")

@@ -119,6 +119,14 @@ def status_table(s: dict[str, Any], now: float) -> str:
     rejected = d["rejected"]
     lines.append(f"Rejected:   {len(rejected) or 'no'} directory routes")
     lines += [f"  {r['route']}" for r in rejected]
+    if dups := d.get("duplicates"):
+        lines.append(f"Duplicates: {len(dups)} local addresses another host announces too")
+        lines += [
+            f"  {x['prefix']} (tenant {x['tenant']}): hosts {' and '.join(x['hosts'])} "
+            f"({x['other_address']}), {x['moves']} moves, "
+            + (f"FROZEN at {x['held_by']}" if x["frozen"] else f"held by {x['held_by']}")
+            for x in dups
+        ]
     if stale := d.get("stale"):
         lines.append(f"Stale:      {len(stale)} local addresses announced later by another host")
         lines += [

@@ -20,6 +20,7 @@ def problems(config: Config) -> list[Found]:
         *_remote_endpoints(config),
         *_addresses_unique(config),
         *_keying(config),
+        *_mobility(config),
     ]
 
 
@@ -201,3 +202,14 @@ def _keying(config: Config) -> Iterator[Found]:
                     value,
                     f"is not above keying.dpd_delay_s = {keying.dpd_delay_s}",
                 )
+
+
+def _mobility(config: Config) -> Iterator[Found]:
+    directory = config.directory
+    if directory.reassert_after_s >= directory.duplicate_window_s:
+        # two hosts re-asserting in turn could then never move often enough within a window
+        yield (
+            ("directory", "reassert_after_s"),
+            directory.reassert_after_s,
+            f"is not below directory.duplicate_window_s = {directory.duplicate_window_s}",
+        )

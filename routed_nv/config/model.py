@@ -93,6 +93,12 @@ class Directory(_Strict):
     # routed_nv renders this file from the config and owns it; BIRD's own bird.conf includes it
     # or BIRD runs with `-c` on it
     bird_config: Path = Path("/run/routed-nv/bird.conf")
+    # Mobility (docs/directory.md, calc/duplicates.py): a lost address still attached here is
+    # announced again after reassert_after_s; one that changes location more than
+    # duplicate_moves times within duplicate_window_s is frozen and reported as a duplicate.
+    duplicate_moves: Annotated[int, int_range(1, 1000)] = 5
+    duplicate_window_s: Annotated[int, int_range(1, 86400)] = 180
+    reassert_after_s: Annotated[int, int_range(0, 3600)] = 30
 
 
 class KeyingMode(StrEnum):

@@ -37,6 +37,7 @@ LOCAL_PREFERENCE = 100  # BGP's default; a moved endpoint's route gets this + it
 # preference is 100): during a move the new host must publish, not mirror the old location.
 PUBLISH_PREFERENCE = 200
 GR_TIME_S = 30
+MIRROR_METRIC = 32  # the metric BIRD's kernel protocols write (their default; ours set none)
 LLGR_STALE_TIME_S = 86400  # a day of forwarding on last-known routes with no route reflector
 # Without a large buffer the kernel drops netlink messages under bursts and BIRD rescans: 1,000
 # routes took 15 s instead of 0.05 s (ARCHITECTURE.md §6).
@@ -211,9 +212,10 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
     base = DEFAULT_METRIC[fam.version]
     seq_from_metric = f"({asn}, {SEQUENCE_COMMUNITY}, {_minus('krt_metric', base)})"
     n = f"{fam.letter}_{t}"
+    mirror, writer = mirror_names(t, fam)
     return [
         f"{fam.table} table t{n};",
-        f"{fam.table} table mt{n};",
+        f"{fam.table} table {mirror};",
         f"protocol kernel k{n} {{",
         f"  {fam.table} {{ table t{n}; preference {PUBLISH_PREFERENCE};",
         f"    import where krt_source = {markers.RTPROT_ENDPOINT}; export none; }};",
@@ -240,10 +242,10 @@ def _tenant(asn: int, tenant: Tenant, fam: Family) -> list[str]:
         "  };",
         "}",
         f"protocol pipe pm{n} {{",
-        f"  table t{n}; peer table mt{n}; export where source = RTS_BGP; import none;",
+        f"  table t{n}; peer table {mirror}; export where source = RTS_BGP; import none;",
         "}",
-        f"protocol kernel m{n} {{",
-        f"  {fam.table} {{ table mt{n}; import none; export filter {{",
+        f"protocol kernel {writer} {{",
+        f"  {fam.table} {{ table {mirror}; import none; export filter {{",
         "    if source != RTS_BGP then reject;",
         # The agent reads the sequence from the route's window metric (inert here: nothing
         # forwards through a mirror table); krt_metric must stay fixed, see below.
@@ -425,6 +427,12 @@ def check(path: Path) -> None:
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip().removeprefix("bird: ")
         raise BirdConfigError(f"BIRD rejects {path}: {message}")
+
+
+def mirror_names(tenant_id: int, fam: Family) -> tuple[str, str]:
+    """BIRD's names for a tenant's mirror table of one family and for the kernel protocol that
+    writes it into markers.mirror_table (the agent asks BIRD what that export refused)."""
+    return f"mt{fam.letter}_{tenant_id}", f"m{fam.letter}_{tenant_id}"
 
 
 def families_of(tenant: Tenant) -> Iterator[Family]:

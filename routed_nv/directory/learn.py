@@ -8,7 +8,9 @@ sentence (for logs and `routed-nv status`):
 - the tenant (from the mirror table) must be one this host knows;
 - the prefix must be one address (/32 or /128) inside one of the tenant's subnets;
 - the next hop must be another host's host address (<its /64>::1) inside the underlay aggregate
-  (a mirror route without one, not written by BIRD, is refused and reported too).
+  (a mirror route without one, not written by BIRD, is refused and reported too). The agent's
+  BGP source adds the paths BIRD could not write (next hop unreachable from here) as the mirror
+  routes they would have been: a foreign next hop is refused here like any other.
 BIRD has already chosen one location per (tenant, address) by mobility sequence (a moved
 endpoint's route carries local_pref 100 + sequence; docs/directory.md) and the mirror table holds
 only that choice, with the sequence in the route's `window` metric. Should a table hold more than

@@ -226,13 +226,13 @@ def until_only(old: str, new: str, since: float) -> tuple[float, float]:
 
 
 def test_make_before_break_move_the_newest_location_wins(env: BgpAgents) -> None:
-    """host3 adds the endpoint while host1 still has it: host3 announces it with sequence 1,
-    every host prefers host3, host1 goes stale (stops announcing, routes it to host3); deleting
-    it on host1 afterwards changes nothing for the traffic."""
+    """A live migration: host3 adds the endpoint while host1 still has it, then host1 deletes
+    it. host3 announces it with sequence 1, every host prefers host3, host1 goes stale and
+    deletes it before it would re-assert it (directory.reassert_after_s): traffic moves to
+    host3 and stays there, and no host reports a duplicate."""
     old_ns, new_ns = f"{MOVER_NETNS}1", f"{MOVER_NETNS}3"
     addresses = ("10.0.0.13", "fd10::13")
     host3 = str(env.datapath.lab.topology.host("host3").prefix[1])
-    publish, mirror = markers.publish_table(BLUE), markers.mirror_table(BLUE)
     holders: list[str] = []
     with namespaces(old_ns, new_ns):
         try:
@@ -240,48 +240,36 @@ def test_make_before_break_move_the_newest_location_wins(env: BgpAgents) -> None
             holders.append("host1")
             for address in addresses:
                 reach(env, "blue2", address, time.monotonic())
+            logs = {h: len(env.agents[h].log()) for h in ("host1", "host3")}
             running = [Ping(env, "blue2", a) for a in addresses]
             started = time.monotonic()
             add_mover(env, "host3", new_ns, addresses)
             holders.append("host3")
             ready = time.monotonic() - started
+            endpoint_cmd(env, "host1", "del", "mover")
+            holders.remove("host1")
+            deleted = time.monotonic() - started
             first_new, last_old = until_only(old_ns, new_ns, started)
+            time.sleep(1)
             moved = losses(running)
-            print(f"\nmake-before-break host1 -> host3: host3 READY {ready:.2f} s, first echo at "
-                  f"host3 {first_new:.2f} s, last at host1 {last_old:.2f} s; (sent, lost) "
-                  f"IPv4, IPv6 {moved}")  # fmt: skip
+            print(f"\nmake-before-break host1 -> host3: host3 READY {ready:.2f} s, host1's del "
+                  f"READY {deleted:.2f} s, first echo at host3 {first_new:.2f} s, last at "
+                  f"host1 {last_old:.2f} s; (sent, lost) IPv4, IPv6 {moved}")  # fmt: skip
             for address in addresses:
                 until_mirrored(env, "host2", address, f"{host3} dev")
                 assert "window 1" in until_mirrored(env, "host2", address, "window")
-            # host1 goes stale: it reports both addresses as lost to host3's sequence 1 ...
-            lost_to = {(f"{addresses[0]}/32", 1, host3), (f"{addresses[1]}/128", 1, host3)}
-            deadline = time.monotonic() + REACH_TIMEOUT_S
-            while (seen := stale_on(env, "host1")) != lost_to and time.monotonic() < deadline:
-                time.sleep(0.2)
-            print(f"host1 stale after {time.monotonic() - started:.2f} s")
-            assert seen == lost_to, where_is(env, addresses[0])
-            # ... keeps only the stale marker in its publish table, announces nothing
-            stale = sh(env.datapath, ns("host1"), f"ip route show table {publish} proto 233")
-            announced = sh(env.datapath, ns("host1"), "ip route show table all proto 230")
-            assert addresses[0] in stale, where_is(env, addresses[0])
-            assert addresses[0] not in announced, where_is(env, addresses[0])
-            # host1's own workloads reach the address at host3 too
-            at_old, at_new = echo_requests_received(old_ns), echo_requests_received(new_ns)
-            reach(env, "blue1", addresses[0], time.monotonic())
-            assert echo_requests_received(old_ns) == at_old
-            assert echo_requests_received(new_ns) > at_new
-            # deleting the stale endpoint on host1 changes nothing for the traffic
+            # host3 keeps it: nothing re-asserted, no duplicate anywhere
             at_new = echo_requests_received(new_ns)
-            running = [Ping(env, "blue2", a) for a in addresses]
-            endpoint_cmd(env, "host1", "del", "mover")
-            holders.remove("host1")
-            time.sleep(1)
-            after_delete = losses(running)
-            print(f"endpoint del on host1 afterwards: (sent, lost) IPv4, IPv6 {after_delete}")
-            assert [x for _, x in after_delete] == [0, 0]
-            assert echo_requests_received(new_ns) - at_new >= sum(n for n, _ in after_delete)
+            reach(env, "blue2", addresses[0], time.monotonic())
+            assert echo_requests_received(new_ns) > at_new
+            for host in ("host1", "host2", "host3"):
+                assert env.agents[host].status()["directory"]["duplicates"] == [], host
+            for host, offset in logs.items():
+                log = env.agents[host].log()[offset:]
+                assert "mobility.reassert" not in log and "mobility.duplicate" not in log, log
             assert stale_on(env, "host1") == set()
-            assert host3 in routes_for(env, "host2", addresses[0], mirror)
+            announced = sh(env.datapath, ns("host1"), "ip route show table all proto 230")
+            assert addresses[0] not in announced, where_is(env, addresses[0])
         finally:
             for host in holders:
                 endpoint_cmd(env, host, "del", "mover")
@@ -427,6 +415,19 @@ def bird_extra(env: BgpAgents, host: str, extra: str) -> Iterator[None]:
             client.configure(bird.config)
 
 
+def announce(
+    name: str, address: str, communities: list[tuple[int, int]], next_hop: str = ""
+) -> str:
+    """A static protocol for bird_extra: BGP announces `address` with these large communities
+    (ASN 65000), as if it were one of the host's endpoints. The next hop is the host (next hop
+    self), or `next_hop` when announced by a route reflector (which reflects it unchanged)."""
+    tags = " ".join(f"bgp_large_community.add((65000, {k}, {v}));" for k, v in communities)
+    if next_hop:
+        tags += f" bgp_next_hop = {next_hop};"
+    route = f"route {address}/32 blackhole {{ {tags} }};"
+    return f"protocol static {name} {{ ipv4 {{ table bgp4; }}; {route} }}\n"
+
+
 def rejected_on(env: BgpAgents, host: str, address: str) -> list[str]:
     """The reasons `host`'s agent gives for the directory routes of `address` it refused,
     once there are any (or after the deadline: none)."""
@@ -453,10 +454,7 @@ def test_a_route_tagged_for_two_tenants_is_rejected_and_programmed_nowhere(
     """host1 announces 10.0.0.77/32 with blue's and red's tenant communities: host2's BIRD puts
     it in both tenants' tables, and its agent refuses it in both (multiple-tenants)."""
     bad = "10.0.0.77"
-    tags = " ".join(f"bgp_large_community.add((65000, 1, {t}));" for t in (BLUE, 200))
-    route = f"route {bad}/32 blackhole {{ {tags} }};"
-    extra = f"protocol static two_tenants {{ ipv4 {{ table bgp4; }}; {route} }}\n"
-    with bird_extra(env, "host1", extra):
+    with bird_extra(env, "host1", announce("two_tenants", bad, [(1, BLUE), (1, 200)])):
         until_mirrored(env, "host2", bad, "via inet6")  # BIRD did deliver it
         assert rejected_on(env, "host2", bad) == ["multiple-tenants"] * 2
         for table in (markers.vrf_table(BLUE), markers.vrf_table(200)):
@@ -468,6 +466,119 @@ def test_a_route_tagged_for_two_tenants_is_rejected_and_programmed_nowhere(
     while routes_for(env, "host2", bad, markers.mirror_table(BLUE)):
         assert time.monotonic() < deadline, "host1's injected route was never withdrawn"
         time.sleep(0.2)
+
+
+def test_a_route_with_a_foreign_next_hop_is_reported_and_programmed_nowhere(
+    env: BgpAgents,
+) -> None:
+    """rr1 reflects 10.0.0.78/32 for blue with a next hop outside the underlay (2001:db9::/32).
+    BIRD cannot write it into host2's mirror table (no gateway: the export filter fails), so
+    the mirror watch never sees it; host2's agent asks BIRD what that export refused and reports
+    it (bad-next-hop) in status, metrics and log. Before, it was dropped unseen."""
+    bad = "10.0.0.78"
+    host2 = env.agents["host2"]
+    offset = len(host2.log())
+    foreign = announce("foreign", bad, [(1, BLUE)], next_hop="2001:db9:0:7::1")
+    with bird_extra(env, "rr1", foreign):
+        assert rejected_on(env, "host2", bad) == ["bad-next-hop"]
+        rejected = host2.status()["directory"]["rejected"]
+        assert next(r["route"] for r in rejected if f"{bad}/" in r["route"]).startswith(
+            f"{bad}/32 via 2001:db9:0:7::1 (table {markers.mirror_table(BLUE)}): bad-next-hop"
+        )
+        counter = 'routed_nv_rejected_routes_total{reason="bad-next-hop"} 1.0'
+        assert counter in metrics_of(env, "host2")
+        assert "directory.rejected reason=bad-next-hop" in host2.log()[offset:]
+        assert routes_for(env, "host2", bad) == ""  # in no table: neither mirrored nor programmed
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while any(f"{bad}/" in r["route"] for r in host2.status()["directory"]["rejected"]):
+        assert time.monotonic() < deadline, "still reported after the withdrawal"
+        time.sleep(0.2)
+
+
+def published_sequence(env: BgpAgents, host: str, address: str) -> int:
+    """The mobility sequence `host` announces `address` with (its publish route's metric)."""
+    route = routes_for(env, host, address, markers.publish_table(BLUE))
+    found = re.search(r"metric (\d+)", route)
+    return int(found.group(1)) if found else 0
+
+
+def hijack(address: str, sequence: int) -> str:
+    """What host1's BIRD adds to announce blue `address` as its own with `sequence`."""
+    return announce("hijack", address, [(1, BLUE), (2, sequence)])
+
+
+def test_a_hijacked_endpoint_comes_back_and_a_repeated_hijack_is_frozen_as_a_duplicate(
+    env: BgpAgents,
+) -> None:
+    """host1 announces blue2's 10.0.0.2 (on host2) with a higher mobility sequence. Before,
+    host2 went stale for good and blue2 was black-holed. Now host2, whose endpoint is still
+    attached, re-asserts it after directory.reassert_after_s and reports host1; host1 doing it
+    again and again freezes the address at host2 (more than 5 moves in 180 s): reported as a
+    frozen duplicate in status, metrics and log, until the operator clears it."""
+    address = "10.0.0.2"
+    host1 = str(env.datapath.lab.topology.host("host1").prefix[1])
+    host2 = env.agents["host2"]
+    offset = len(host2.log())
+    started = time.monotonic()
+    sequence = published_sequence(env, "host2", address) + 1
+    with bird_extra(env, "host1", hijack(address, sequence)):
+        until_mirrored(env, "host2", address, f"{host1} dev")
+        deadline = time.monotonic() + REACH_TIMEOUT_S
+        while (f"{address}/32", sequence, host1) not in stale_on(env, "host2"):
+            assert time.monotonic() < deadline, where_is(env, address)  # the hijack took hold
+            time.sleep(0.1)
+        back = reach(env, "blue3", address, started)  # host3 routes it to host2 again
+        print(f"\nhijack with sequence {sequence}: blue2 reachable again after {back:.2f} s")
+        deadline = time.monotonic() + REACH_TIMEOUT_S
+        while not (dups := host2.status()["directory"]["duplicates"]):
+            assert time.monotonic() < deadline, where_is(env, address)
+            time.sleep(0.2)
+        assert [(d["prefix"], d["hosts"], d["other_address"]) for d in dups] == [
+            (f"{address}/32", ["host2", "host1"], host1)
+        ]
+    # host1 keeps doing it: each time host2 takes it back, until the address is frozen there
+    frozen: list[dict[str, object]] = []
+    for _ in range(4):
+        sequence = published_sequence(env, "host2", address) + 1
+        with bird_extra(env, "host1", hijack(address, sequence)):
+            deadline = time.monotonic() + REACH_TIMEOUT_S
+            while published_sequence(env, "host2", address) <= sequence:
+                assert time.monotonic() < deadline, where_is(env, address)
+                time.sleep(0.2)
+            dups = host2.status()["directory"]["duplicates"]
+            frozen = [d for d in dups if d["frozen"]]
+            if frozen:
+                break
+    print(f"frozen after {time.monotonic() - started:.2f} s: {frozen}")
+    assert [(d["prefix"], d["hosts"], d["held_by"]) for d in frozen] == [
+        (f"{address}/32", ["host2", "host1"], "host2")
+    ]
+    reach(env, "blue3", address, time.monotonic())
+    assert 'routed_nv_duplicate_addresses{state="frozen"} 1.0' in metrics_of(env, "host2")
+    log = host2.log()[offset:]
+    assert (
+        "mobility.reassert" in log and "mobility.duplicate " in log and "hosts=host2,host1" in log
+    )
+    cleared = subprocess.run(
+        [*ROUTED_NV, "directory", "clear-duplicate", "blue", address, "--run-dir",
+         str(host2.run_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert cleared.returncode == 0, cleared.stderr
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while host2.status()["directory"]["duplicates"]:
+        assert time.monotonic() < deadline, host2.status()["directory"]
+        time.sleep(0.2)
+    # after all that, restarting the agents (the defender's, then the hijacker's) loses nothing
+    running = [Ping(env, "blue1", address), Ping(env, "blue3", address)]
+    for host in ("host2", "host1"):
+        assert env.agents[host].stop() == 0
+        env.agents[host].start()
+    time.sleep(1)
+    lost = losses(running)
+    print(f"agents of host2 and host1 restarted after the hijack: (sent, lost) {lost}")
+    assert [x for _, x in lost] == [0, 0]
+    assert not host2.status()["directory"]["stale"]
 
 
 def tor_routes(env: BgpAgents) -> str:
@@ -502,6 +613,13 @@ def test_a_host_whose_upstream_session_drops_is_withdrawn_until_it_returns(
 ) -> None:
     prefix = str(env.datapath.lab.topology.host("host1").prefix)
     reach(env, "blue2", "10.0.0.1", time.monotonic())
+    # More blue packets from host1 to host2 than reach() sends in its deadline: host2's inbound
+    # SA has counted them, so an outbound SA host1 made anew (sequence 1) would be dropped there
+    # as replays for all of that deadline. Before, host1 deleted its remote routes and SAs while
+    # its uplink was down (BIRD withdrew every mirror route) and made them anew afterwards.
+    burst = ["ping", "-c", "2000", "-i", "0.002", "-q", "-W", "1", "10.0.0.2"]
+    env.datapath.lab.exec(ns("blue1"), burst)
+    sas_before = host_sas(env, "host1")
     with BirdClient(env.birds.node("host1").socket) as bird:
         down = time.monotonic()
         bird.command(f"disable {upstream_protocol(1)}")
@@ -513,11 +631,22 @@ def test_a_host_whose_upstream_session_drops_is_withdrawn_until_it_returns(
         bird.command(f"enable {upstream_protocol(1)}")
     back = wait_for(f"{prefix} back", lambda: prefix in tor_routes(env))
     resumed = reach(env, "blue2", "10.0.0.1", up)
+    reach(env, "blue1", "10.0.0.2", time.monotonic())
+    assert host_sas(env, "host1") == sas_before  # kept, not made anew
     print(
         f"\nhost1 upstream disabled -> /64 gone from the ToR: {withdrawn:.2f} s "
         f"(after {time.monotonic() - down:.1f} s: blue2 -> blue1 fails); enabled -> /64 back: "
         f"{back:.2f} s, blue2 -> blue1 answers: {resumed:.2f} s"
     )
+
+
+def host_sas(env: BgpAgents, host: str) -> list[str]:
+    """Each SA of `host` with the time it was added (`ip -s xfrm state`)."""
+    out = sh(env.datapath, ns(host), "ip -s xfrm state")
+    sas = re.findall(r"^src (\S+ dst \S+)\n\s+proto esp spi (\S+)", out, re.M)
+    added = re.findall(r"^\s+add (\S+ \S+) use", out, re.M)
+    assert len(sas) == len(added), out
+    return sorted(f"{a} spi {b} added {t}" for (a, b), t in zip(sas, added, strict=True))
 
 
 def md5_failures(env: BgpAgents, rr: str) -> int:

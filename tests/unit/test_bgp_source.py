@@ -20,7 +20,15 @@ from routed_nv.calc.inputs import Claim
 from routed_nv.cli import agent as agent_cli
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
-from routed_nv.directory.birdc import GR_RECOVERY, BirdError, Line, Protocol, Reply
+from routed_nv.directory.birdc import (
+    GR_RECOVERY,
+    BirdError,
+    CommandError,
+    Line,
+    Protocol,
+    Reply,
+    Route,
+)
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 from routed_nv.directory.netlink_watch import RouteEvent
 
@@ -91,6 +99,8 @@ class FakeBird:
         self.sessions = {"rr1": "Established", "rr2": "Active"}
         self.recovering = False
         self.running = True
+        self.unwritten: dict[str, list[Route]] = {}  # `show route` arguments -> paths
+        self.asked: list[str] = []
 
     def __call__(self, path: Path) -> FakeBird:
         if not self.running:
@@ -109,6 +119,12 @@ class FakeBird:
             Protocol(name, "BGP", "---", state.get(s, "start"), "2026-01-01", s)
             for name, s in self.sessions.items()
         ]
+
+    def routes(self, arguments: str) -> list[Route]:
+        self.asked.append(arguments)
+        if arguments not in self.unwritten:
+            raise CommandError(f"show route {arguments} all", 9001, "syntax error")
+        return self.unwritten[arguments]
 
     def command(self, command: str) -> Reply:
         assert command == "show status"
@@ -297,3 +313,77 @@ def test_the_daemon_picks_the_source_the_config_names() -> None:
     bgp.stop()  # never started: only its wake-up pipe to close
     static = CONFIG.model_copy(update={"directory": Directory()})
     assert isinstance(agent_cli._source(static, None), StaticSource)
+
+
+NOEXPORT = "table mt4_100 noexport m4_100"
+
+
+def unwritten(prefix: str, next_hop: str) -> Route:
+    """A path as BIRD lists it under `show route noexport` of a mirror kernel protocol."""
+    hop = ipaddress.ip_address(next_hop)
+    return Route("mt4_100", prefix, "rr1", True, hop, [(65000, 1, 100), (65000, 2, 3)])
+
+
+def test_paths_bird_could_not_write_are_refused_for_a_foreign_next_hop_else_kept(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BIRD's mirror export drops a path whose next hop the underlay cannot reach: not in the
+    mirror table, so not in the watch. The source asks BIRD what that export refused: a foreign
+    next hop is reported (bad-next-hop); a host address inside the aggregate, merely unreachable
+    now (this host's uplink is down), is a location like any other."""
+    monkeypatch.setattr(bgp_source, "REFUSED_POLL_S", 0.01, raising=False)
+    r = Run()
+    r.bird.unwritten[NOEXPORT] = [
+        unwritten("10.0.0.78/32", "2001:db9:0:7::1"),
+        unwritten("10.0.0.79/32", "2001:db8:0:7::1"),
+    ]
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.watch.set(mirror("10.0.0.2/32"))
+        update = r.until(lambda u: u.in_sync and bool(u.rejected))
+        assert [(str(x.route.prefix), x.reason) for x in update.rejected] == [  # type: ignore[attr-defined]
+            ("10.0.0.78/32", Reason.BAD_NEXT_HOP)
+        ]
+        assert str(update.rejected[0]).startswith(
+            f"10.0.0.78/32 via 2001:db9:0:7::1 (table {markers.mirror_table(100)}): bad-next-hop"
+        )
+        routes = {
+            (str(x.prefix), str(x.peer.address), x.sequence) for x in update.view.remote_routes
+        }
+        assert routes == {
+            ("10.0.0.2/32", "2001:db8:0:2::1", 0),
+            ("10.0.0.79/32", "2001:db8:0:7::1", 3),
+        }
+        r.bird.unwritten[NOEXPORT] = []  # both withdrawn
+        update = r.until(lambda u: not u.rejected)
+        assert {str(x.prefix) for x in update.view.remote_routes} == {"10.0.0.2/32"}
+    finally:
+        r.source.stop()
+    assert NOEXPORT in r.bird.asked
+
+
+def test_a_mirror_route_bird_withdraws_as_unreachable_stays_in_the_view(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This host's uplink goes down: its underlay routes go, BIRD's mirror export can no longer
+    write any path and withdraws every mirror route, while the route-reflector sessions are
+    still up. Before, the source published a view without them, in sync, and the agent deleted
+    the routes and the peers' SAs; made anew when the uplink returned, those SAs start at
+    sequence 1 and the peers dropped them as replays. Now the withdrawal is checked against
+    BIRD's refused paths at once (not at the next periodic check): the view never loses it."""
+    monkeypatch.setattr(bgp_source, "REFUSED_POLL_S", 3600.0, raising=False)
+    r = Run()
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.watch.set(mirror("10.0.0.2/32"))
+        r.until(lambda u: u.in_sync and bool(u.view.remote_routes))
+        r.bird.unwritten[NOEXPORT] = [unwritten("10.0.0.2/32", "2001:db8:0:2::1")]
+        r.watch.set()
+        time.sleep(50 * bgp_source.POLL_S)
+        seen = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                seen.append(r.updates.get_nowait())
+        assert [u for u in seen if not u.view.remote_routes] == []
+    finally:
+        r.source.stop()

@@ -35,6 +35,20 @@ ROUTES = (
     " \tBGP.large_community: (65000, 1, 200) (65000, 2, 5)\n"
     "0000 \n"
 )
+# `show route table mt4_100 noexport m4_100 all` from BIRD 2.0.12: a path whose foreign next hop
+# failed the mirror export (no gateway, so "unreachable"), with what the filter had set
+NOEXPORT = (
+    "1007-Table mt4_100:\n"
+    " 10.0.0.78/32         unreachable [rr1 21:06:38.992 from 2001:db8:0:11::1] * (100) [i]\n"
+    "1008-\tType: BGP univ\n"
+    "1012-\tBGP.origin: IGP\n"
+    " \tBGP.as_path: \n"
+    " \tBGP.next_hop: 2001:db9:0:7::1\n"
+    " \tBGP.local_pref: 103\n"
+    " \tBGP.large_community: (65000, 1, 100) (65000, 2, 3)\n"
+    " \tKernel.window: 3\n"
+    "0000 \n"
+)
 MEMORY = (
     "1018-BIRD memory usage\n"
     "                  Effective    Overhead\n"
@@ -50,6 +64,7 @@ def default_script(command: str) -> str:
         "show route all": ROUTES,
         "show route for 10.9.9.9 all": "8001 Network not found\n",
         "show memory": MEMORY,
+        "show route table mt4_100 noexport m4_100 all": NOEXPORT,
         'configure check "/x.conf"': "0002-Reading configuration from /x.conf\n"
         "0020 Configuration OK\n",
         'configure "/x.conf"': "0002-Reading configuration from /x.conf\n0003 Reconfigured\n",
@@ -144,6 +159,16 @@ def test_show_route_keeps_every_path_with_its_communities(bird: Callable[..., Pa
     assert first.large_communities == [(65000, 1, 100)]
     assert (second.prefix, second.protocol, second.primary) == ("10.0.0.1/32", "host2", False)
     assert second.large_communities == [(65000, 1, 200), (65000, 2, 5)]
+
+
+def test_a_path_the_mirror_export_refused_keeps_its_next_hop_and_communities(
+    bird: Callable[..., Path],
+) -> None:
+    with BirdClient(bird()) as client:
+        (path,) = client.routes("table mt4_100 noexport m4_100")
+    assert (path.table, path.prefix, path.protocol) == ("mt4_100", "10.0.0.78/32", "rr1")
+    assert path.next_hop == ipaddress.IPv6Address("2001:db9:0:7::1")
+    assert path.large_communities == [(65000, 1, 100), (65000, 2, 3)]
 
 
 def test_route_not_found_is_an_empty_lookup(bird: Callable[..., Path]) -> None:

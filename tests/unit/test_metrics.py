@@ -83,7 +83,7 @@ def test_stale_addresses_are_counted() -> None:
 def test_no_metric_has_a_per_endpoint_label(metrics: tuple[Harness, Metrics]) -> None:
     _, m = metrics
     labels = {name for _, items in scrape(m) for name, _ in items}
-    assert labels <= {"location", "reason", "counter", "version", "python", "le"}
+    assert labels <= {"location", "reason", "counter", "version", "python", "le", "state"}
 
 
 def test_failed_applies_and_refused_reloads_are_counted(metrics: tuple[Harness, Metrics]) -> None:
