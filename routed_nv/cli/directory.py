@@ -25,8 +25,11 @@ def directory_group() -> None:
 @directory_group.command("clear-duplicate")
 @click.argument("tenant")
 @click.argument("address")
+@config_option
 @run_dir_option
-def directory_clear_duplicate_command(tenant: str, address: str, run_dir: Path) -> None:
+def directory_clear_duplicate_command(
+    tenant: str, address: str, config_path: Path | None, run_dir: Path | None
+) -> None:
     """Unfreeze ADDRESS of TENANT (name or id), which `status` reports as a duplicate: this
     host counts its moves from zero again and, if it holds the address stale, announces it
     again after directory.reassert_after_s. Clear it on the host that holds it stale.
@@ -43,7 +46,7 @@ def directory_clear_duplicate_command(tenant: str, address: str, run_dir: Path) 
       routed-nv directory clear-duplicate 100 fd10::2
     """
     request = {"request": "clear-duplicate", "tenant": tenant, "address": address}
-    cleared = ask_agent(run_dir, request)["cleared"]
+    cleared = ask_agent(agent_run_dir(run_dir, config_path), request)["cleared"]
     click.echo(f"cleared duplicate {cleared['prefix']} (tenant {cleared['tenant_id']})")
 
 

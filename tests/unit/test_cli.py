@@ -154,6 +154,7 @@ OPTIONS = {
     ("apply",): ("-c", "--run-dir", "--netns"),
     ("config", "check"): ("-c",),
     ("config", "show"): ("-c",),
+    ("directory", "clear-duplicate"): ("-c", "--run-dir"),
     ("directory", "dump"): ("-c", "--run-dir"),
     ("endpoint", "add"): ("-c", "--run-dir"),
     ("endpoint", "del"): ("-c", "--run-dir"),
@@ -163,6 +164,21 @@ OPTIONS = {
     ("sa", "list"): ("-c", "--netns"),
     ("status",): ("-c", "--run-dir"),
 }
+
+
+def test_the_scheme_covers_every_command() -> None:
+    commands = set()
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> None:
+        for name in group.list_commands(click.Context(group)):
+            command = group.get_command(click.Context(group), name)
+            if isinstance(command, click.Group):
+                walk(command, (*path, name))
+            elif any(set(p.opts) & {"-c", "--run-dir", "--netns"} for p in command.params):
+                commands.add((*path, name))
+
+    walk(main, ())
+    assert commands - set(OPTIONS) == set()
 
 
 @pytest.mark.parametrize("path", OPTIONS, ids=" ".join)

@@ -20,6 +20,8 @@ from routed_nv.calc.inputs import Claim, DirectoryView, RemoteRoute
 from routed_nv.cli.directory import directory_group
 from routed_nv.cli.status import status_table
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
+
 
 def republish(h: Harness, rival: RemoteRoute) -> None:
     """The kernel's answer to the last apply: this host's claim read back, the rival as before."""
@@ -121,6 +123,15 @@ def test_the_clear_duplicate_command(frozen_run_dir: tuple[Harness, Path]) -> No
 
     assert clear("10.0.0.9") == (
         1, "", "error: 10.0.0.9 in tenant blue is not a duplicate\n"
+    )  # fmt: skip
+    # found from the configuration's agent.run_dir, as every other command finds the agent
+    by_config = CliRunner().invoke(
+        directory_group,
+        ["clear-duplicate", "blue", "10.0.0.9", "-c", str(EXAMPLES / "routed-nv.toml")],
+        env={"ROUTED_NV_AGENT__RUN_DIR": str(run_dir), "ROUTED_NV_RUN_DIR": None},
+    )
+    assert (by_config.exit_code, by_config.stderr) == (
+        1, "error: 10.0.0.9 in tenant blue is not a duplicate\n"
     )  # fmt: skip
     assert clear("10.0.0.1") == (0, "cleared duplicate 10.0.0.1/32 (tenant 100)\n", "")
     h.clock.now += 1
