@@ -170,6 +170,12 @@ class ViciSession:
         except (SessionException, DeserializationException, OSError) as exc:
             raise ViciError(f"terminating {what}: {exc}") from None
 
+    def rekey_child(self, uniqueid: str) -> None:
+        """Start a rekey of one CHILD_SA (charon answers at once; the exchange follows)."""
+        self._call(
+            f"rekey CHILD_SA #{uniqueid}", lambda: self._session.rekey({"child-id": uniqueid})
+        )
+
     def rekey(self, *, child: str | None = None, ike: str | None = None) -> None:
         body = {"child": child} if child else {"ike": ike}
         self._call("rekey", lambda: self._session.rekey(body))

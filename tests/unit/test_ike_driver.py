@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from routed_nv.esp.ike import (
     _surplus_children,
     read_charon,
 )
+from routed_nv.esp.objects import Direction, XfrmPolicy
 from routed_nv.esp.secret import Secret
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from tests.unit.test_ike_calc import config
@@ -108,6 +110,9 @@ class FakeCharon:
     def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
         self.calls.append(f"terminate-child {uniqueid}")
 
+    def rekey_child(self, uniqueid: str) -> None:
+        self.calls.append(f"rekey-child {uniqueid}")
+
     def establish(
         self,
         conn: str,
@@ -139,12 +144,16 @@ def desired(tmp_path: Path) -> DesiredIke:
     return desired_ike(cfg, static_view(cfg))
 
 
-def driver_for(charon: FakeCharon) -> IkeDriver:
+def driver_for(charon: FakeCharon, pins: list[XfrmPolicy] | None = None) -> IkeDriver:
+    """`pins`: charon's outbound policies in the kernel, as the XFRM driver reads them."""
+
     @contextmanager
     def connect() -> Iterator[FakeCharon]:
         yield charon
 
-    return IkeDriver(connect)  # type: ignore[arg-type]
+    if pins is None:
+        return IkeDriver(connect)  # type: ignore[arg-type]
+    return IkeDriver(connect, read_pins=lambda: list(pins))  # type: ignore[arg-type]
 
 
 def test_first_apply_loads_the_secret_then_the_conns_and_initiates_nothing(
@@ -381,3 +390,97 @@ def test_charon_unreachable_is_one_clear_error(desired: DesiredIke, tmp_path: Pa
     result = driver.apply(desired)
     (error,) = result.errors
     assert "nope.vici does not exist: is charon running" in error
+
+
+def addresses(conn: IkeConn, child: str) -> tuple[str, str]:
+    """A CHILD_SA's tenant outer addresses (local, remote), from its selectors."""
+    (c,) = [c for c in conn.children if c.name == child]
+    return c.local_ts[0].split("/")[0], c.remote_ts[0].split("/")[0]
+
+
+def with_spi(
+    charon: FakeCharon, child_key: str, spi_out: int, local: str, remote: str, state: str = ""
+) -> None:
+    """Give one listed CHILD_SA its outbound SPI and selectors, as charon lists them."""
+    for _, sa in charon.sas:
+        child = (sa.get("child-sas") or {}).get(child_key)
+        if child is not None:
+            child["spi-out"] = f"{spi_out:08x}"
+            child["local-ts"] = [f"{local}/128[ipencap]", f"{local}/128[ipv6]"]
+            child["remote-ts"] = [f"{remote}/128[ipencap]", f"{remote}/128[ipv6]"]
+            child["state"] = state or child["state"]
+
+
+def pin(local: str, remote: str, proto: int, spi: int) -> XfrmPolicy:
+    """charon's outbound policy for one inner protocol, pinned to `spi`."""
+    return XfrmPolicy(
+        Direction.OUT,
+        ipaddress.IPv6Network(f"{local}/128"),
+        ipaddress.IPv6Network(f"{remote}/128"),
+        proto,
+        500,
+        reqid=65636,
+        spi=spi,
+    )
+
+
+KEPT, TERMINATED = 0xC90CEB39, 0xC6F2FC7E  # host1's SPIs in the Debian 13 failure
+
+
+def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey(
+    desired: DesiredIke,
+) -> None:
+    """The state strongSwan 6.0.1 left after a duplicate resolution (issue 13): of the two
+    outbound policies of blue towards host2, IPv6 named the kept CHILD_SA's SPI, IPv4 the
+    terminated one's. Seen at two applies in a row, the kept CHILD_SA is rekeyed."""
+    charon = FakeCharon()
+    local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
+    pins = [pin(local, remote, 41, KEPT), pin(local, remote, 4, TERMINATED)]
+    driver = driver_for(charon, pins)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "9")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    with_spi(charon, "rnv-host2-t100-0", KEPT, local, remote)
+    charon.calls.clear()
+
+    first = driver.apply(desired)
+    assert charon.calls == []  # once could be a deletion between reading the kernel and charon
+    assert first.waiting == [
+        f"rnv-host2: outbound policy {local} -> {remote} proto 4 names SPI 0xc6f2fc7e of no "
+        "CHILD_SA, checking again"
+    ]
+    second = driver.apply(desired)
+    assert charon.calls == ["rekey-child 90"]
+    assert second.done == [
+        f"rekey-child rnv-host2-t100{{90}} (outbound policy {local} -> {remote} proto 4 names "
+        "SPI 0xc6f2fc7e of no CHILD_SA)"
+    ]
+
+    # charon's rekey pins both protocols to the new CHILD_SA: nothing left to do
+    charon.sas[0][1]["child-sas"]["rnv-host2-t100-0"]["spi-out"] = "c1000001"
+    pins[:] = [pin(local, remote, 41, 0xC1000001), pin(local, remote, 4, 0xC1000001)]
+    charon.calls.clear()
+    assert not driver.plan(desired)
+    assert driver.apply(desired).waiting == [] and charon.calls == []
+
+
+def test_a_pinned_spi_of_any_listed_child_sa_is_no_stale_pin(desired: DesiredIke) -> None:
+    """During a rekey the policies name the old CHILD_SA until it is deleted; a pair without an
+    INSTALLED CHILD_SA is left to the next initiate; other pairs' policies are not ours here."""
+    charon = FakeCharon()
+    local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
+    pins = [
+        pin(local, remote, 4, TERMINATED),  # the REKEYED old one's
+        pin(local, remote, 41, KEPT),
+        pin(local, "2001:db8:0:9::1:64", 4, 0x1234),  # no CHILD_SA between these addresses
+    ]
+    driver = driver_for(charon, pins)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200", "rnv-host2-t100"], "9")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    with_spi(charon, "rnv-host2-t100-0", TERMINATED, local, remote, state="REKEYED")
+    with_spi(charon, "rnv-host2-t100-2", KEPT, local, remote)
+    charon.calls.clear()
+    for _ in range(2):
+        result = driver.apply(desired)
+        assert result.waiting == [] and charon.calls == []
