@@ -232,6 +232,67 @@ def test_1c_a_child_sa_both_ends_initiated_at_once_is_left_once(ike: IkeLab) -> 
     assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
 
 
+STALE_SPI = 0xC6F2FC7E  # the terminated CHILD_SA's, in the Debian 13 failure
+
+
+def test_1d_an_outbound_policy_left_on_a_dead_spi_is_repaired(ike: IkeLab) -> None:
+    """The state strongSwan 6.0.1 once left after a duplicate resolution (issue 13), made by
+    hand: host1's IPv4 outbound policy of blue towards host2 pinned to an SPI host2 does not
+    have, its outbound state still there, while the IPv6 one names the CHILD_SA in use. IPv4
+    from blue1 to blue2 is lost; the drivers' reconciles rekey the CHILD_SA, after which both
+    policies name its new SPI and all tenant traffic flows with the reported SPIs."""
+    ike.settle()
+    src = ike.configs["host1"].host.tenant_address(BLUE)
+    dst = ike.configs["host2"].host.tenant_address(BLUE)
+    (row,) = [r for r in ike.up_rows("host1") if r.child == f"rnv-host2-t{BLUE}"]
+    key = "0x" + "11" * 20
+    ike.sh(
+        "host1",
+        f"ip xfrm state add src {src} dst {dst} proto esp spi {STALE_SPI:#x} reqid "
+        f"{markers.reqid(BLUE)} mode transport aead 'rfc4106(gcm(aes))' {key} 128 && "
+        f"ip xfrm policy update src {src}/128 dst {dst}/128 proto 4 dir out priority "
+        f"{markers.IKE_POLICY_PRIORITY} tmpl proto esp spi {STALE_SPI:#x} "
+        f"reqid {markers.reqid(BLUE)} mode transport",
+    )
+    try:
+        assert pinned_spis(ike, src, dst) == {4: STALE_SPI, 41: row.spi_out}
+        assert " 0 received" in ike.sh("blue1", "ping -c 2 -i 0.2 -W 1 10.0.0.2")
+        assert " 1 received" in ike.sh("blue1", "ping -c 1 -W 1 fd10::2")
+
+        lines: list[str] = []
+
+        def reconcile() -> None:
+            for host in HOSTS:
+                lines.extend(f"{host}: {x}" for x in ike.reconcile(host).stages[-1].lines)
+
+        took = wait_for(lambda: STALE_SPI not in pinned_spis(ike, src, dst).values(), 30, reconcile)
+        resolved = took + ike.settle()
+        print(f"\nIPv4 policy on a dead SPI -> repaired {took:.2f} s, settled {resolved:.2f} s")
+        (new,) = [r for r in ike.up_rows("host1") if r.child == f"rnv-host2-t{BLUE}"]
+        assert [x for x in lines if "rekey-child" in x] == [
+            f"host1: rekey-child rnv-host2-t{BLUE}{{{row.uniqueid}}} (outbound policy {src} -> "
+            f"{dst} proto 4 names SPI {STALE_SPI:#010x} of no CHILD_SA)"
+        ]
+        assert new.spi_out != row.spi_out
+        assert pinned_spis(ike, src, dst) == {4: new.spi_out, 41: new.spi_out}
+        assert_child_sas_carry_the_tenant_reqids(ike)
+        assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
+    finally:
+        ike.sh("host1", f"ip xfrm state delete src {src} dst {dst} proto esp spi {STALE_SPI:#x}")
+
+
+def pinned_spis(ike: IkeLab, src: object, dst: object) -> dict[int, int]:
+    """host1's outbound policies from src to dst: inner protocol -> the SPI it is pinned to."""
+    protos = {"ipencap": 4, "ipv6": 41, "4": 4, "41": 41}
+    pinned = {}
+    for block in re.split(r"\n(?=\S)", ike.sh("host1", "ip xfrm policy")):
+        head = re.match(rf"src {src}/128 dst {dst}/128 proto (\w+)", block)
+        spi = re.search(r"spi (0x[0-9a-f]+)", block)
+        if head and spi and "dir out" in block:
+            pinned[protos[head[1]]] = int(spi[1], 16)
+    return pinned
+
+
 def installed(ike: IkeLab, host: str, child: str) -> list[str]:
     return [r.uniqueid for r in ike.up_rows(host) if r.child == child]
 
