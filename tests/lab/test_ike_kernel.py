@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -53,13 +53,18 @@ class IkeLab:
     configs: dict[str, Config]
     datapaths: dict[str, Datapath]
     workdir: Path
+    # every policy repair the drivers made (docs/ike.md, issue 13), as "<host>: <op>"
+    repairs: list[str] = field(default_factory=list)
 
     def psk(self, host: str) -> Path:
         return self.workdir / host / "psk"
 
     def reconcile(self, host: str) -> Outcome:
         config = self.configs[host]
-        return self.datapaths[host].apply(config, static_view(config))
+        outcome = self.datapaths[host].apply(config, static_view(config))
+        lines = [x for s in outcome.stages if s.name == "ike" for x in s.lines]
+        self.repairs += [f"{host}: {x}" for x in lines if x.startswith("rekey-child")]
+        return outcome
 
     def ike_errors(self, host: str) -> list[str]:
         outcome = self.reconcile(host)
@@ -204,8 +209,11 @@ def test_1b_ike_sas_both_ends_initiated_at_once_resolve_to_one_per_pair(ike: Ike
     wait_for(lambda: ike_sas_of(ike, "host2", pair["host2"]) == 0, 10, lambda: None)
     initiate_at_once(ike, {h: f"{c}-t{BLUE}" for h, c in pair.items()})
     wait_for(lambda: {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == both, 30, lambda: None)
+    repairs_before = len(ike.repairs)
     resolved = ike.settle()
     print(f"\ntwo IKE_SAs per end -> one, all CHILD_SAs up: {resolved:.2f} s")
+    # strongSwan 6.0.1 once left a policy on the deleted CHILD_SA here (docs/ike.md)
+    print(f"policies repaired on the way: {ike.repairs[repairs_before:] or 'none'}")
     assert {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == {"host1": 1, "host2": 1}
     assert_child_sas_carry_the_tenant_reqids(ike)
     assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
@@ -259,17 +267,16 @@ def test_1d_an_outbound_policy_left_on_a_dead_spi_is_repaired(ike: IkeLab) -> No
         assert " 0 received" in ike.sh("blue1", "ping -c 2 -i 0.2 -W 1 10.0.0.2")
         assert " 1 received" in ike.sh("blue1", "ping -c 1 -W 1 fd10::2")
 
-        lines: list[str] = []
-
-        def reconcile() -> None:
-            for host in HOSTS:
-                lines.extend(f"{host}: {x}" for x in ike.reconcile(host).stages[-1].lines)
-
-        took = wait_for(lambda: STALE_SPI not in pinned_spis(ike, src, dst).values(), 30, reconcile)
+        repairs_before = len(ike.repairs)
+        took = wait_for(
+            lambda: STALE_SPI not in pinned_spis(ike, src, dst).values(),
+            30,
+            lambda: reconcile_all(ike),
+        )
         resolved = took + ike.settle()
         print(f"\nIPv4 policy on a dead SPI -> repaired {took:.2f} s, settled {resolved:.2f} s")
         (new,) = [r for r in ike.up_rows("host1") if r.child == f"rnv-host2-t{BLUE}"]
-        assert [x for x in lines if "rekey-child" in x] == [
+        assert ike.repairs[repairs_before:] == [
             f"host1: rekey-child rnv-host2-t{BLUE}{{{row.uniqueid}}} (outbound policy {src} -> "
             f"{dst} proto 4 names SPI {STALE_SPI:#010x} of no CHILD_SA)"
         ]
