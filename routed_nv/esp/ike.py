@@ -191,24 +191,29 @@ class IkeDriver:
     def plan(self, desired: DesiredIke) -> IkePlan:
         """What apply() would do now; reads charon, changes nothing."""
         with self._connect() as vici:
-            return plan_ike(desired, self._read(vici), self._memory)
+            return plan_ike(desired, self._read(vici, []), self._memory)
 
     def apply(self, desired: DesiredIke) -> IkeResult:
         result = IkeResult(errors=list(desired.errors))
         try:
             with self._connect() as vici:
-                plan = plan_ike(desired, self._read(vici), self._memory)
+                plan = plan_ike(desired, self._read(vici, result.errors), self._memory)
                 self._memory.stale_pins = plan.stale_pins
                 result.waiting = list(plan.waiting)
                 self._execute(vici, plan, result)
-        except (ViciError, XfrmError) as exc:
+        except ViciError as exc:
             result.errors.append(str(exc))
         return result
 
-    def _read(self, vici: ViciApi) -> Charon:
+    def _read(self, vici: ViciApi, errors: list[str]) -> Charon:
         # The kernel first: a CHILD_SA that charon adds meanwhile is listed but not pinned yet,
         # which is not a stale pin; one deleted meanwhile is caught by the second sighting.
-        pinned = tuple(self._read_pins())
+        try:
+            pinned = tuple(self._read_pins())
+        except XfrmError as exc:
+            # everything else can still be done; only the policy check is skipped this time
+            errors.append(f"cannot check charon's outbound policies: {exc}")
+            pinned = ()
         return replace(read_charon(vici), pinned=pinned)
 
     def _execute(self, vici: ViciApi, plan: IkePlan, result: IkeResult) -> None:

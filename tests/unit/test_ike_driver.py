@@ -25,6 +25,7 @@ from routed_nv.esp.ike import (
 from routed_nv.esp.objects import Direction, XfrmPolicy
 from routed_nv.esp.secret import Secret
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
+from routed_nv.esp.xfrm import XfrmError
 from tests.unit.test_ike_calc import config
 
 PROTO_NAMES = {"4": "ipencap", "41": "ipv6"}
@@ -484,3 +485,22 @@ def test_a_pinned_spi_of_any_listed_child_sa_is_no_stale_pin(desired: DesiredIke
     for _ in range(2):
         result = driver.apply(desired)
         assert result.waiting == [] and charon.calls == []
+
+
+def test_an_unreadable_kernel_skips_only_the_policy_check(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+
+    def broken() -> list[XfrmPolicy]:
+        raise XfrmError("ip xfrm policy in netns x failed: boom")
+
+    @contextmanager
+    def connect() -> Iterator[FakeCharon]:
+        yield charon
+
+    driver = IkeDriver(connect, read_pins=broken)  # type: ignore[arg-type]
+    result = driver.apply(desired)
+    assert result.errors == [
+        "cannot check charon's outbound policies: ip xfrm policy in netns x failed: boom"
+    ]
+    assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
+    assert {op.verb for op in driver.plan(desired).ops} == {Verb.INITIATE}  # a dry run too
