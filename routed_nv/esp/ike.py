@@ -155,7 +155,8 @@ class Memory:
 @dataclass(frozen=True)
 class IkePlan:
     ops: tuple[IkeOp, ...]
-    waiting: tuple[str, ...]  # connections with exchanges in flight: left alone this time
+    # connections with exchanges in flight (left alone this time), stale pins to confirm
+    waiting: tuple[str, ...]
     stale_pins: frozenset[PinKey] = frozenset()  # seen now (repaired or still to confirm)
 
     def __bool__(self) -> bool:
@@ -175,7 +176,9 @@ class IkeResult:
 
 class IkeDriver:
     """Drives one charon. Keep one instance for the agent's life and call apply() every
-    reconcile (and on a timer: nothing tells it that someone unloaded a connection)."""
+    reconcile (and on a timer: nothing tells it that someone unloaded a connection).
+    `read_pins` reads charon's pinned outbound policies from the kernel (the XFRM driver's
+    `pinned_out_policies`); without it the policy check sees none."""
 
     def __init__(
         self,
