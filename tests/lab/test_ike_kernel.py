@@ -198,9 +198,11 @@ def test_1_child_sas_come_up_with_the_tenant_reqid(ike: IkeLab) -> None:
 def test_1b_ike_sas_both_ends_initiated_at_once_resolve_to_one_per_pair(ike: IkeLab) -> None:
     """Both ends initiate while IKE between them is held back (UDP 500/4500 dropped in host1),
     so both IKE_SAs are certain to come up once it is let through: each host has two for the
-    pair. The drivers must leave one, and every CHILD_SA under a policy that names its SPI."""
+    pair, or one end only one when it handled the peer's IKE_AUTH (with INITIAL_CONTACT, as
+    each end had no IKE_SA with the other) after its own IKE_SA was up: charon then destroys its
+    own one without telling the peer, which keeps it (seen 1 in 6 runs on Debian 13). The
+    drivers must leave one per pair, and every CHILD_SA under a policy that names its SPI."""
     ike.settle()
-    both = {"host1": 2, "host2": 2}
     pair = {"host1": "rnv-host2", "host2": "rnv-host1"}
     with ike.vici("host1") as vici:
         for name, sa in vici.list_sas():
@@ -208,10 +210,15 @@ def test_1b_ike_sas_both_ends_initiated_at_once_resolve_to_one_per_pair(ike: Ike
                 vici.terminate_ike(sa["uniqueid"], 10)
     wait_for(lambda: ike_sas_of(ike, "host2", pair["host2"]) == 0, 10, lambda: None)
     initiate_at_once(ike, {h: f"{c}-t{BLUE}" for h, c in pair.items()})
-    wait_for(lambda: {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == both, 30, lambda: None)
+
+    def counts() -> dict[str, int]:
+        return {h: ike_sas_of(ike, h, c) for h, c in pair.items()}
+
+    wait_for(lambda: sum(counts().values()) >= 3, 30, lambda: None)
+    before = counts()
     repairs_before = len(ike.repairs)
     resolved = ike.settle()
-    print(f"\ntwo IKE_SAs per end -> one, all CHILD_SAs up: {resolved:.2f} s")
+    print(f"\nIKE_SAs per end {before} -> one, all CHILD_SAs up: {resolved:.2f} s")
     # strongSwan 6.0.1 once left a policy on the deleted CHILD_SA here (docs/ike.md)
     print(f"policies repaired on the way: {ike.repairs[repairs_before:] or 'none'}")
     assert {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == {"host1": 1, "host2": 1}
