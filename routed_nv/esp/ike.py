@@ -57,7 +57,7 @@ class ViciApi(Protocol):
     def load_cert(self, flag: str, pem: str) -> None: ...
     def load_key(self, key: Secret) -> str: ...
     def initiate(self, ike: str, child: str, timeout_s: float) -> None: ...
-    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None: ...
+    def terminate_ike(self, uniqueid: str, timeout_s: float, force: bool = False) -> None: ...
     def terminate_child(self, uniqueid: str, timeout_s: float) -> None: ...
     def rekey_child(self, uniqueid: str) -> None: ...
 
@@ -94,6 +94,7 @@ class IkeOp:
     credential: Credential | None = None
     ike_id: str | None = None  # terminate: charon's IKE_SA unique id
     child_id: str | None = None  # terminate-child, rekey-child: charon's CHILD_SA unique id
+    force: bool = False  # terminate: destroy it without waiting for the peer's answer
 
     def describe(self) -> str:
         if self.child_id:
@@ -150,6 +151,8 @@ class Memory:
     keys: dict[str, str] = field(default_factory=dict)  # key digest -> charon's key id
     # pinned policies that named an SPI of no CHILD_SA at the last apply: repaired when seen again
     stale_pins: frozenset[PinKey] = frozenset()
+    # surplus IKE_SAs the peer initiated at the last apply, (conn, unique id): forced if seen again
+    peer_surplus: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class IkePlan:
     # connections with exchanges in flight (left alone this time), stale pins to confirm
     waiting: tuple[str, ...]
     stale_pins: frozenset[PinKey] = frozenset()  # seen now (repaired or still to confirm)
+    peer_surplus: frozenset[tuple[str, str]] = frozenset()  # likewise
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -202,6 +206,7 @@ class IkeDriver:
             with self._connect() as vici:
                 plan = plan_ike(desired, self._read(vici, result.errors), self._memory)
                 self._memory.stale_pins = plan.stale_pins
+                self._memory.peer_surplus = plan.peer_surplus
                 result.waiting = list(plan.waiting)
                 self._execute(vici, plan, result)
         except ViciError as exc:
@@ -251,7 +256,7 @@ class IkeDriver:
         elif op.verb is Verb.INITIATE and op.child is not None:
             vici.initiate(op.name, op.child, self._initiate_timeout_s)
         elif op.verb is Verb.TERMINATE and op.ike_id is not None:
-            vici.terminate_ike(op.ike_id, self._initiate_timeout_s)
+            vici.terminate_ike(op.ike_id, self._initiate_timeout_s, op.force)
         elif op.verb is Verb.TERMINATE_CHILD and op.child_id is not None:
             vici.terminate_child(op.child_id, self._initiate_timeout_s)
         elif op.verb is Verb.REKEY_CHILD and op.child_id is not None:
@@ -384,6 +389,7 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
             ops.append(IkeOp(Verb.UNLOAD_CONN, name, "no longer wanted"))
     waiting = []
     stale_pins: set[PinKey] = set()
+    peer_surplus: set[tuple[str, str]] = set()
     for name, conn in sorted(desired.conns.items()):
         reason = _load_reason(conn, charon, memory)
         if reason:
@@ -394,8 +400,14 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
         if any(sa.busy or sa.state != "ESTABLISHED" for sa in sas):
             waiting.append(f"{name} (exchanges in flight)")
             continue
-        fixes = _duplicates(conn, sas) or _surplus_children(conn, sas)
-        if not fixes:
+        fixes, surplus = _duplicates(conn, sas, memory.peer_surplus)
+        peer_surplus |= surplus
+        waiting += [
+            f"{name}: duplicate IKE_SA #{ike_id} is the peer's to delete, checking again"
+            for _, ike_id in sorted(surplus - memory.peer_surplus)
+        ]
+        fixes = fixes or _surplus_children(conn, sas)
+        if not fixes and len(sas) < 2:
             # only once one CHILD_SA per tenant is left: a resolution rewrites the policies
             fixes, stale = _stale_pins(conn, sas, charon.pinned, memory.stale_pins)
             stale_pins |= stale
@@ -404,6 +416,10 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
                 for pin in sorted(stale - memory.stale_pins)
             ]
         ops += fixes
+        if len(sas) > 1:
+            # charon would pick any of them for a new CHILD_SA, one the peer dropped included,
+            # where the request would hang for minutes: first one IKE_SA
+            continue
         up = {
             child for sa in sas for child, state in sa.children.items() if state in UP_CHILD_STATES
         }
@@ -412,27 +428,47 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
             for c in conn.children
             if c.name not in up
         ]
-    return IkePlan(tuple(ops), tuple(waiting), frozenset(stale_pins))
+    return IkePlan(tuple(ops), tuple(waiting), frozenset(stale_pins), frozenset(peer_surplus))
 
 
-def _duplicates(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
+def _duplicates(
+    conn: IkeConn, sas: tuple[IkeSa, ...], seen: frozenset[tuple[str, str]]
+) -> tuple[list[IkeOp], set[tuple[str, str]]]:
     """A pair of hosts keeps one IKE_SA. Several appear when both ends initiate at once (both
     agents starting, each seeing none), and the rule must hold however they arose, two from one
     end included (the old rule, "the higher end terminates its own", left those for ever and
     with them a CHILD_SA per tenant that charon's policy did not name). Both ends rank the
     IKE_SAs the same way, from what both see alike: those the lower host address initiated
     first, then by initiator SPI. Each end terminates the others it initiated itself, so every
-    surplus IKE_SA has exactly one end deleting it."""
+    surplus IKE_SA has exactly one end deleting it.
+    Except when that end no longer has it: charon destroys its own IKE_SA without a word to the
+    peer when it answers the peer's IKE_AUTH with INITIAL_CONTACT after its own came up (both
+    ends had none when they initiated), and the peer keeps its copy. So a surplus IKE_SA the
+    peer initiated that is still here at the next apply is terminated with force (a DELETE,
+    then destroyed without waiting for an answer). Returns the terminations and the surplus
+    IKE_SAs the peer initiated, as (conn, unique id)."""
     if len(sas) < 2:
-        return []
+        return [], set()
     keep = min(
         sas, key=lambda sa: (sa.initiator != conn.local_is_lower, int(sa.initiator_spi or "0", 16))
     )
-    return [
+    ops = [
         IkeOp(Verb.TERMINATE, conn.name, "duplicate IKE_SA", ike_id=sa.uniqueid)
         for sa in sas
         if sa is not keep and sa.initiator
     ]
+    peers = {(conn.name, sa.uniqueid) for sa in sas if sa is not keep and not sa.initiator}
+    ops += [
+        IkeOp(
+            Verb.TERMINATE,
+            conn.name,
+            "duplicate IKE_SA the peer initiated and did not delete",
+            ike_id=ike_id,
+            force=True,
+        )
+        for _, ike_id in sorted(peers & seen)
+    ]
+    return ops, peers
 
 
 def _surplus_children(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:

@@ -154,8 +154,10 @@ class ViciSession:
         except (SessionException, DeserializationException, OSError) as exc:
             raise ViciError(f"initiating {child}: {exc}", tuple(log)) from None
 
-    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
-        self._terminate({"ike-id": uniqueid}, f"IKE_SA #{uniqueid}", timeout_s)
+    def terminate_ike(self, uniqueid: str, timeout_s: float, force: bool = False) -> None:
+        """`force`: destroy it once the timeout passes without the peer's answer."""
+        which = {"ike-id": uniqueid, **({"force": "yes"} if force else {})}
+        self._terminate(which, f"IKE_SA #{uniqueid}", timeout_s)
 
     def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
         self._terminate({"child-id": uniqueid}, f"CHILD_SA #{uniqueid}", timeout_s)

@@ -105,8 +105,8 @@ class FakeCharon:
         if self.initiate_error:
             raise self.initiate_error
 
-    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
-        self.calls.append(f"terminate {uniqueid}")
+    def terminate_ike(self, uniqueid: str, timeout_s: float, force: bool = False) -> None:
+        self.calls.append(f"terminate {uniqueid}" + (" (force)" if force else ""))
 
     def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
         self.calls.append(f"terminate-child {uniqueid}")
@@ -270,7 +270,7 @@ def test_duplicate_ike_sas_keep_the_lower_hosts_and_the_higher_end_terminates_it
 
     # host2 terminates the one it initiated, though its initiator SPI is the lower
     sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
-    (op,) = _duplicates(flipped(desired.conns["rnv-host2"]), sas)
+    (op,), _ = _duplicates(flipped(desired.conns["rnv-host2"]), sas, frozenset())
     assert op.verb is Verb.TERMINATE and op.ike_id == "peer-2"
 
 
@@ -288,7 +288,7 @@ def test_duplicates_one_end_initiated_are_resolved_by_that_end(desired: DesiredI
     assert ops == [(Verb.TERMINATE, "1")]
 
     sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
-    (op,) = _duplicates(flipped(desired.conns["rnv-host2"]), sas)
+    (op,), _ = _duplicates(flipped(desired.conns["rnv-host2"]), sas, frozenset())
     assert op.ike_id == "peer-3"  # the peer's own: both ends keep "2", from the lower end
 
 
@@ -504,3 +504,53 @@ def test_an_unreadable_kernel_skips_only_the_policy_check(desired: DesiredIke) -
     ]
     assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
     assert {op.verb for op in driver.plan(desired).ops} == {Verb.INITIATE}  # a dry run too
+
+
+def test_a_duplicate_the_peer_dropped_on_initial_contact_is_terminated_with_force(
+    desired: DesiredIke,
+) -> None:
+    """Seen in the Debian 13 chroot: host2 answered host1's IKE_AUTH (INITIAL_CONTACT) after its
+    own IKE_SA to host1 was up, and destroyed its own without telling host1, which kept its copy
+    beside the one it initiated. That copy is the peer's to delete, but the peer no longer has
+    it: at the second sighting host1 terminates it with force. Meanwhile nothing is initiated,
+    as charon could put the new CHILD_SA into the dead IKE_SA (it did: the request hung there
+    and the drivers waited for it until the test gave up)."""
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100"], "5", True, "c0ffee0000000005")
+    charon.establish("rnv-host2", ["rnv-host2-t100"], "6", False, "0000000000000006")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    charon.calls.clear()
+
+    first = driver.apply(desired)
+    assert charon.calls == []  # not even `initiate rnv-host2-t200`
+    assert first.waiting == [
+        "rnv-host2: duplicate IKE_SA #6 is the peer's to delete, checking again"
+    ]
+    second = driver.apply(desired)
+    assert charon.calls == ["terminate 6 (force)"]
+    assert second.done == [
+        "terminate rnv-host2[6] (duplicate IKE_SA the peer initiated and did not delete)"
+    ]
+
+    # gone: the missing CHILD_SA is initiated into the one left
+    del charon.sas[1]
+    charon.calls.clear()
+    driver.apply(desired)
+    assert charon.calls == ["initiate rnv-host2-t200"]
+
+
+def test_the_peer_deleting_its_own_duplicate_in_time_is_not_forced(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "5", True, "c0ffee05")
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "6", False, "00000006")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    driver.apply(desired)
+    del charon.sas[1]  # the peer's DELETE arrived
+    charon.calls.clear()
+    assert driver.apply(desired).waiting == [] and charon.calls == []
+    charon.establish("rnv-host2", ["rnv-host2-t100"], "7", False, "00000007")  # a new one
+    assert driver.apply(desired).waiting != [] and charon.calls == []  # its first sighting
