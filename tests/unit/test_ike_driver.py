@@ -247,6 +247,14 @@ def test_busy_ike_sas_are_waited_for(desired: DesiredIke) -> None:
     assert not plan.ops and len(plan.waiting) == 2
 
 
+def duplicate_pair(charon: FakeCharon, ours: list[str], peers: list[str], ids: str = "12") -> None:
+    """host2 with two IKE_SAs, one we initiated (id ids[0]) and one host2 did (ids[1]), and
+    host3 up: the start of every duplicate case."""
+    charon.establish("rnv-host2", ours, ids[0], True, "ff00")
+    charon.establish("rnv-host2", peers, ids[1], False, "0001")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+
+
 def flipped(conn: IkeConn) -> IkeConn:
     """The same connection seen from the peer's end."""
     return replace(conn, local_addr=conn.remote_addr, remote_addr=conn.local_addr)
@@ -263,9 +271,8 @@ def test_duplicate_ike_sas_keep_the_lower_hosts_and_the_higher_end_terminates_it
     driver = driver_for(charon)
     driver.apply(desired)
     # host1 (::1:...) is lower than host2: it keeps the one it initiated and terminates nothing
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "1", True, "ff00")
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "2", False, "0001")
-    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    both = ["rnv-host2-t100", "rnv-host2-t200"]
+    duplicate_pair(charon, both, both)
     assert not driver.plan(desired).ops
 
     # host2 terminates the one it initiated, though its initiator SPI is the lower
@@ -518,9 +525,7 @@ def test_a_duplicate_the_peer_dropped_on_initial_contact_is_terminated_with_forc
     charon = FakeCharon()
     driver = driver_for(charon)
     driver.apply(desired)
-    charon.establish("rnv-host2", ["rnv-host2-t100"], "5", True, "c0ffee0000000005")
-    charon.establish("rnv-host2", ["rnv-host2-t100"], "6", False, "0000000000000006")
-    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    duplicate_pair(charon, ["rnv-host2-t100"], ["rnv-host2-t100"], "56")
     charon.calls.clear()
 
     first = driver.apply(desired)
@@ -545,9 +550,8 @@ def test_the_peer_deleting_its_own_duplicate_in_time_is_not_forced(desired: Desi
     charon = FakeCharon()
     driver = driver_for(charon)
     driver.apply(desired)
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "5", True, "c0ffee05")
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "6", False, "00000006")
-    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    both = ["rnv-host2-t100", "rnv-host2-t200"]
+    duplicate_pair(charon, both, both, "56")
     driver.apply(desired)
     del charon.sas[1]  # the peer's DELETE arrived
     charon.calls.clear()
