@@ -84,7 +84,7 @@ class Datapath:
         self.routing = RoutingDriver(NetlinkKernel, host_netns=netns)
         # charon is reached by its VICI socket path, whatever namespace it runs in.
         socket = config.keying.vici_socket
-        self.ike = IkeDriver(lambda: ViciSession(socket))
+        self.ike = IkeDriver(lambda: ViciSession(socket), read_pins=self.xfrm.pinned_out_policies)
 
     def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         return self._run(config, view, execute=False, resync=resync)

@@ -22,7 +22,14 @@ from typing import Protocol
 from routed_nv import markers
 from routed_nv.calc.xfrm import DesiredXfrm
 from routed_nv.esp import seqres
-from routed_nv.esp.objects import TUNNELLED_PROTOS, PolicyKey, StateKey, XfrmPolicy, XfrmState
+from routed_nv.esp.objects import (
+    TUNNELLED_PROTOS,
+    Direction,
+    PolicyKey,
+    StateKey,
+    XfrmPolicy,
+    XfrmState,
+)
 from routed_nv.esp.seqstore import Reservations, ReservationStore, StoreError
 from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
 from routed_nv.reconcile import delta
@@ -193,6 +200,19 @@ class XfrmDriver:
 
     def _outbound(self, state: XfrmState) -> bool:
         return state.src in self._local_prefix
+
+    def pinned_out_policies(self) -> list[XfrmPolicy]:
+        """charon's outbound policies for our tenants (our reqid, pinned to an SPI): what the
+        IKE driver checks against the CHILD_SAs charon lists."""
+        return [
+            p
+            for p in self._adapter.read_policies()
+            if p.direction is Direction.OUT
+            and p.spi
+            and p.reqid is not None
+            and markers.tenant_of_reqid(p.reqid) is not None
+            and not is_our_policy(p, self._local_prefix)
+        ]
 
     def _read(self) -> tuple[list[XfrmState], list[XfrmPolicy]]:
         states = [s for s in self._adapter.read_states() if is_our_state(s)]

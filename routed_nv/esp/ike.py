@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -34,8 +35,10 @@ from routed_nv.calc.ike import (
     SharedSecret,
     is_ours,
 )
+from routed_nv.esp.objects import XfrmPolicy
 from routed_nv.esp.secret import Secret
 from routed_nv.esp.vici_adapter import ViciError
+from routed_nv.esp.xfrm import XfrmError
 
 # CHILD_SA states in which its SAs are in the kernel and carry traffic.
 UP_CHILD_STATES = frozenset({"INSTALLED", "REKEYING", "UPDATING"})
@@ -54,11 +57,16 @@ class ViciApi(Protocol):
     def load_cert(self, flag: str, pem: str) -> None: ...
     def load_key(self, key: Secret) -> str: ...
     def initiate(self, ike: str, child: str, timeout_s: float) -> None: ...
-    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None: ...
+    def terminate_ike(self, uniqueid: str, timeout_s: float, force: bool = False) -> None: ...
     def terminate_child(self, uniqueid: str, timeout_s: float) -> None: ...
+    def rekey_child(self, uniqueid: str) -> None: ...
 
 
 Connect = Callable[[], AbstractContextManager[ViciApi]]
+# charon's SPI-pinned outbound policies of our tenants, as the kernel has them
+ReadPins = Callable[[], Iterable[XfrmPolicy]]
+# a pinned policy as (src, dst, proto, spi): what "seen twice" remembers
+PinKey = tuple[ipaddress.IPv6Address, ipaddress.IPv6Address, int, int]
 
 # (local addrs, remote addrs, {child: (local ts, remote ts)}): what list-conns shows of a conn.
 ConnSummary = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]
@@ -73,6 +81,7 @@ class Verb(StrEnum):
     INITIATE = "initiate"
     TERMINATE = "terminate"
     TERMINATE_CHILD = "terminate-child"
+    REKEY_CHILD = "rekey-child"
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,8 @@ class IkeOp:
     child: str | None = None  # initiate
     credential: Credential | None = None
     ike_id: str | None = None  # terminate: charon's IKE_SA unique id
-    child_id: str | None = None  # terminate-child: charon's CHILD_SA unique id
+    child_id: str | None = None  # terminate-child, rekey-child: charon's CHILD_SA unique id
+    force: bool = False  # terminate: destroy it without waiting for the peer's answer
 
     def describe(self) -> str:
         if self.child_id:
@@ -92,6 +102,18 @@ class IkeOp:
         else:
             target = self.child or (f"{self.name}[{self.ike_id}]" if self.ike_id else self.name)
         return f"{self.verb} {target} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class ChildSa:
+    """One CHILD_SA as list-sas shows it: what its outbound policies must name."""
+
+    name: str
+    uniqueid: str
+    state: str
+    spi_out: int | None
+    local: ipaddress.IPv6Address | None  # the tenant outer addresses of its selectors
+    remote: ipaddress.IPv6Address | None
 
 
 @dataclass(frozen=True)
@@ -105,6 +127,7 @@ class IkeSa:
     initiator_spi: str = ""  # hex, as list-sas prints it: the same at both ends
     # INSTALLED CHILD_SAs of a name that has another with a higher id: (name, unique id)
     surplus_children: tuple[tuple[str, str], ...] = ()
+    child_sas: tuple[ChildSa, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +139,7 @@ class Charon:
     shared_ids: frozenset[str]
     key_ids: frozenset[str]
     cert_ders: frozenset[bytes]
+    pinned: tuple[XfrmPolicy, ...] = ()  # charon's outbound policies in the kernel
 
 
 @dataclass
@@ -125,12 +149,19 @@ class Memory:
     conns: dict[str, str] = field(default_factory=dict)  # conn name -> digest loaded
     shared: dict[str, str] = field(default_factory=dict)  # secret id -> digest loaded
     keys: dict[str, str] = field(default_factory=dict)  # key digest -> charon's key id
+    # pinned policies that named an SPI of no CHILD_SA at the last apply: repaired when seen again
+    stale_pins: frozenset[PinKey] = frozenset()
+    # surplus IKE_SAs the peer initiated at the last apply, (conn, unique id): forced if seen again
+    peer_surplus: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
 class IkePlan:
     ops: tuple[IkeOp, ...]
-    waiting: tuple[str, ...]  # connections with exchanges in flight: left alone this time
+    # connections with exchanges in flight (left alone this time), stale pins to confirm
+    waiting: tuple[str, ...]
+    stale_pins: frozenset[PinKey] = frozenset()  # seen now (repaired or still to confirm)
+    peer_surplus: frozenset[tuple[str, str]] = frozenset()  # likewise
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -149,30 +180,49 @@ class IkeResult:
 
 class IkeDriver:
     """Drives one charon. Keep one instance for the agent's life and call apply() every
-    reconcile (and on a timer: nothing tells it that someone unloaded a connection)."""
+    reconcile (and on a timer: nothing tells it that someone unloaded a connection).
+    `read_pins` reads charon's pinned outbound policies from the kernel (the XFRM driver's
+    `pinned_out_policies`); without it the policy check sees none."""
 
     def __init__(
-        self, connect: Connect, initiate_timeout_s: float = DEFAULT_INITIATE_TIMEOUT_S
+        self,
+        connect: Connect,
+        initiate_timeout_s: float = DEFAULT_INITIATE_TIMEOUT_S,
+        read_pins: ReadPins = tuple,
     ) -> None:
         self._connect = connect
         self._initiate_timeout_s = initiate_timeout_s
+        self._read_pins = read_pins
         self._memory = Memory()
 
     def plan(self, desired: DesiredIke) -> IkePlan:
         """What apply() would do now; reads charon, changes nothing."""
         with self._connect() as vici:
-            return plan_ike(desired, read_charon(vici), self._memory)
+            return plan_ike(desired, self._read(vici, []), self._memory)
 
     def apply(self, desired: DesiredIke) -> IkeResult:
         result = IkeResult(errors=list(desired.errors))
         try:
             with self._connect() as vici:
-                plan = plan_ike(desired, read_charon(vici), self._memory)
+                plan = plan_ike(desired, self._read(vici, result.errors), self._memory)
+                self._memory.stale_pins = plan.stale_pins
+                self._memory.peer_surplus = plan.peer_surplus
                 result.waiting = list(plan.waiting)
                 self._execute(vici, plan, result)
         except ViciError as exc:
             result.errors.append(str(exc))
         return result
+
+    def _read(self, vici: ViciApi, errors: list[str]) -> Charon:
+        # The kernel first: a CHILD_SA that charon adds meanwhile is listed but not pinned yet,
+        # which is not a stale pin; one deleted meanwhile is caught by the second sighting.
+        try:
+            pinned = tuple(self._read_pins())
+        except XfrmError as exc:
+            # everything else can still be done; only the policy check is skipped this time
+            errors.append(f"cannot check charon's outbound policies: {exc}")
+            pinned = ()
+        return replace(read_charon(vici), pinned=pinned)
 
     def _execute(self, vici: ViciApi, plan: IkePlan, result: IkeResult) -> None:
         failed_conns: set[str] = set()
@@ -206,9 +256,11 @@ class IkeDriver:
         elif op.verb is Verb.INITIATE and op.child is not None:
             vici.initiate(op.name, op.child, self._initiate_timeout_s)
         elif op.verb is Verb.TERMINATE and op.ike_id is not None:
-            vici.terminate_ike(op.ike_id, self._initiate_timeout_s)
+            vici.terminate_ike(op.ike_id, self._initiate_timeout_s, op.force)
         elif op.verb is Verb.TERMINATE_CHILD and op.child_id is not None:
             vici.terminate_child(op.child_id, self._initiate_timeout_s)
+        elif op.verb is Verb.REKEY_CHILD and op.child_id is not None:
+            vici.rekey_child(op.child_id)
 
 
 def read_charon(vici: ViciApi) -> Charon:
@@ -229,7 +281,9 @@ def read_charon(vici: ViciApi) -> Charon:
 def _ike_sa(name: str, sa: Mapping[str, Any]) -> IkeSa:
     children: dict[str, str] = {}
     installed: dict[str, list[int]] = {}
+    child_sas = []
     for child in (sa.get("child-sas") or {}).values():
+        child_sas.append(_child_sa(child))
         state, child_name = child.get("state", ""), child.get("name", "")
         # one name can have several CHILD_SAs (old and new during a rekey): keep the best
         if child_name not in children or state in UP_CHILD_STATES:
@@ -246,7 +300,37 @@ def _ike_sa(name: str, sa: Mapping[str, Any]) -> IkeSa:
         children,
         sa.get("initiator-spi", ""),
         tuple((c, str(i)) for c, ids in sorted(installed.items()) for i in sorted(ids)[:-1]),
+        tuple(child_sas),
     )
+
+
+def _child_sa(child: Mapping[str, Any]) -> ChildSa:
+    spi = str(child.get("spi-out", ""))
+    return ChildSa(
+        child.get("name", ""),
+        str(child.get("uniqueid", "")),
+        child.get("state", ""),
+        int(spi, 16) if spi else None,
+        _ts_addr(child.get("local-ts")),
+        _ts_addr(child.get("remote-ts")),
+    )
+
+
+def _ts_addr(selectors: object) -> ipaddress.IPv6Address | None:
+    """The one address of a CHILD_SA's selectors (`2001:db8:0:1::1:64/128[ipencap]`, one per
+    inner protocol); None when they name more than one or are not IPv6 /128s."""
+    if not isinstance(selectors, list):
+        return None
+    nets = set()
+    for ts in selectors:
+        try:
+            nets.add(ipaddress.ip_network(str(ts).partition("[")[0]))
+        except ValueError:
+            return None
+    (net,) = nets if len(nets) == 1 else (None,)
+    if not isinstance(net, ipaddress.IPv6Network) or net.prefixlen != 128:
+        return None
+    return net.network_address
 
 
 def summarize_desired(conn: IkeConn) -> ConnSummary:
@@ -304,6 +388,8 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
         if name not in desired.conns and name not in desired.keep:
             ops.append(IkeOp(Verb.UNLOAD_CONN, name, "no longer wanted"))
     waiting = []
+    stale_pins: set[PinKey] = set()
+    peer_surplus: set[tuple[str, str]] = set()
     for name, conn in sorted(desired.conns.items()):
         reason = _load_reason(conn, charon, memory)
         if reason:
@@ -314,7 +400,26 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
         if any(sa.busy or sa.state != "ESTABLISHED" for sa in sas):
             waiting.append(f"{name} (exchanges in flight)")
             continue
-        ops += _duplicates(conn, sas) or _surplus_children(conn, sas)
+        fixes, surplus = _duplicates(conn, sas, memory.peer_surplus)
+        peer_surplus |= surplus
+        waiting += [
+            f"{name}: duplicate IKE_SA #{ike_id} is the peer's to delete, checking again"
+            for _, ike_id in sorted(surplus - memory.peer_surplus)
+        ]
+        fixes = fixes or _surplus_children(conn, sas)
+        if not fixes and len(sas) < 2:
+            # only once one CHILD_SA per tenant is left: a resolution rewrites the policies
+            fixes, stale = _stale_pins(conn, sas, charon.pinned, memory.stale_pins)
+            stale_pins |= stale
+            waiting += [
+                f"{name}: outbound policy {_describe_pin(pin)}, checking again"
+                for pin in sorted(stale - memory.stale_pins)
+            ]
+        ops += fixes
+        if len(sas) > 1:
+            # charon would pick any of them for a new CHILD_SA, one the peer dropped included,
+            # where the request would hang for minutes: first one IKE_SA
+            continue
         up = {
             child for sa in sas for child, state in sa.children.items() if state in UP_CHILD_STATES
         }
@@ -323,27 +428,47 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
             for c in conn.children
             if c.name not in up
         ]
-    return IkePlan(tuple(ops), tuple(waiting))
+    return IkePlan(tuple(ops), tuple(waiting), frozenset(stale_pins), frozenset(peer_surplus))
 
 
-def _duplicates(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
+def _duplicates(
+    conn: IkeConn, sas: tuple[IkeSa, ...], seen: frozenset[tuple[str, str]]
+) -> tuple[list[IkeOp], set[tuple[str, str]]]:
     """A pair of hosts keeps one IKE_SA. Several appear when both ends initiate at once (both
     agents starting, each seeing none), and the rule must hold however they arose, two from one
     end included (the old rule, "the higher end terminates its own", left those for ever and
     with them a CHILD_SA per tenant that charon's policy did not name). Both ends rank the
     IKE_SAs the same way, from what both see alike: those the lower host address initiated
     first, then by initiator SPI. Each end terminates the others it initiated itself, so every
-    surplus IKE_SA has exactly one end deleting it."""
+    surplus IKE_SA has exactly one end deleting it.
+    Except when that end no longer has it: charon destroys its own IKE_SA without a word to the
+    peer when it answers the peer's IKE_AUTH with INITIAL_CONTACT after its own came up (both
+    ends had none when they initiated), and the peer keeps its copy. So a surplus IKE_SA the
+    peer initiated that is still here at the next apply is terminated with force (a DELETE,
+    then destroyed without waiting for an answer). Returns the terminations and the surplus
+    IKE_SAs the peer initiated, as (conn, unique id)."""
     if len(sas) < 2:
-        return []
+        return [], set()
     keep = min(
         sas, key=lambda sa: (sa.initiator != conn.local_is_lower, int(sa.initiator_spi or "0", 16))
     )
-    return [
+    ops = [
         IkeOp(Verb.TERMINATE, conn.name, "duplicate IKE_SA", ike_id=sa.uniqueid)
         for sa in sas
         if sa is not keep and sa.initiator
     ]
+    peers = {(conn.name, sa.uniqueid) for sa in sas if sa is not keep and not sa.initiator}
+    ops += [
+        IkeOp(
+            Verb.TERMINATE,
+            conn.name,
+            "duplicate IKE_SA the peer initiated and did not delete",
+            ike_id=ike_id,
+            force=True,
+        )
+        for _, ike_id in sorted(peers & seen)
+    ]
+    return ops, peers
 
 
 def _surplus_children(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
@@ -359,6 +484,56 @@ def _surplus_children(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
         for sa in sas
         for child, cid in sa.surplus_children
     ]
+
+
+def _stale_pins(
+    conn: IkeConn, sas: tuple[IkeSa, ...], pinned: Iterable[XfrmPolicy], seen: frozenset[PinKey]
+) -> tuple[list[IkeOp], set[PinKey]]:
+    """charon pins each of its outbound policies (one per inner protocol) to the SPI of the
+    CHILD_SA in use. strongSwan 6.0.1 once left the IPv4 one of a pair on a CHILD_SA that a
+    duplicate resolution had deleted while the IPv6 one named the kept CHILD_SA (issue 13): IPv4
+    then left with an SPI the peer no longer had, for ever. A policy between the addresses of
+    one of this connection's CHILD_SAs whose SPI is the outbound SPI of none of them (in any
+    state: a rekey's old one stays named until it is deleted) is stale. Seen at two applies in
+    a row (not a deletion that fell between our two reads), the INSTALLED CHILD_SA of that pair
+    is rekeyed: charon installs the new CHILD_SA's policies over every protocol's, with its SPI,
+    make-before-break (a terminate would leave the pair without a CHILD_SA meanwhile). Returns
+    the rekeys and every stale pin seen now."""
+    children = [c for sa in sas for c in sa.child_sas if c.local and c.remote]
+    ops: list[IkeOp] = []
+    stale: set[PinKey] = set()
+    for pin in pinned:
+        pair = [
+            c
+            for c in children
+            if (c.local, c.remote) == (pin.src.network_address, pin.dst.network_address)
+        ]
+        if not pair or pin.spi in {c.spi_out for c in pair}:
+            continue
+        key = (pin.src.network_address, pin.dst.network_address, pin.proto, pin.spi or 0)
+        stale.add(key)
+        installed = sorted((c for c in pair if c.state == "INSTALLED"), key=_child_id)
+        if key not in seen or not installed:
+            continue  # not confirmed yet, or nothing to rekey (the next initiate fixes it)
+        op = IkeOp(
+            Verb.REKEY_CHILD,
+            conn.name,
+            f"outbound policy {_describe_pin(key)}",
+            child=installed[-1].name,
+            child_id=installed[-1].uniqueid,
+        )
+        if op not in ops:
+            ops.append(op)
+    return ops, stale
+
+
+def _child_id(child: ChildSa) -> int:
+    return int(child.uniqueid) if child.uniqueid.isdigit() else -1
+
+
+def _describe_pin(pin: PinKey) -> str:
+    src, dst, proto, spi = pin
+    return f"{src} -> {dst} proto {proto} names SPI 0x{spi:08x} of no CHILD_SA"
 
 
 def _load_reason(conn: IkeConn, charon: Charon, memory: Memory) -> str:

@@ -81,6 +81,7 @@ class XfrmPolicy:
     priority: int
     action: Action = Action.ALLOW
     reqid: int | None = None  # the ESP transport template's reqid; None for a block
+    spi: int | None = None  # the template's SPI: only charon pins one (ours never do)
 
     def key(self) -> PolicyKey:
         # The kernel identifies a policy by its selector and direction (not its priority).

@@ -154,8 +154,10 @@ class ViciSession:
         except (SessionException, DeserializationException, OSError) as exc:
             raise ViciError(f"initiating {child}: {exc}", tuple(log)) from None
 
-    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
-        self._terminate({"ike-id": uniqueid}, f"IKE_SA #{uniqueid}", timeout_s)
+    def terminate_ike(self, uniqueid: str, timeout_s: float, force: bool = False) -> None:
+        """`force`: destroy it once the timeout passes without the peer's answer."""
+        which = {"ike-id": uniqueid, **({"force": "yes"} if force else {})}
+        self._terminate(which, f"IKE_SA #{uniqueid}", timeout_s)
 
     def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
         self._terminate({"child-id": uniqueid}, f"CHILD_SA #{uniqueid}", timeout_s)
@@ -169,6 +171,12 @@ class ViciSession:
             raise ViciError(f"terminating {what}: {_errmsg(exc)}") from None
         except (SessionException, DeserializationException, OSError) as exc:
             raise ViciError(f"terminating {what}: {exc}") from None
+
+    def rekey_child(self, uniqueid: str) -> None:
+        """Start a rekey of one CHILD_SA (charon answers at once; the exchange follows)."""
+        self._call(
+            f"rekey CHILD_SA #{uniqueid}", lambda: self._session.rekey({"child-id": uniqueid})
+        )
 
     def rekey(self, *, child: str | None = None, ike: str | None = None) -> None:
         body = {"child": child} if child else {"ike": ike}

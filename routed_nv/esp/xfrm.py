@@ -183,7 +183,7 @@ def parse_policies(text: str) -> list[XfrmPolicy]:
             continue
         action = Action.BLOCK if _after(words, "action") == "block" else Action.ALLOW
         tmpl = words[words.index("tmpl") :] if "tmpl" in words else []
-        reqid = _after(tmpl, "reqid")
+        reqid, spi = _after(tmpl, "reqid"), _after(tmpl, "spi")
         policies.append(
             XfrmPolicy(
                 direction=Direction(direction),
@@ -193,6 +193,7 @@ def parse_policies(text: str) -> list[XfrmPolicy]:
                 priority=int(_after(words, "priority") or "0"),
                 action=action,
                 reqid=int(reqid) if reqid is not None else None,
+                spi=int(spi, 0) if spi is not None else None,
             )
         )
     return policies

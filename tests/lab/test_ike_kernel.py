@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -53,13 +53,18 @@ class IkeLab:
     configs: dict[str, Config]
     datapaths: dict[str, Datapath]
     workdir: Path
+    # every policy repair the drivers made (docs/ike.md, issue 13), as "<host>: <op>"
+    repairs: list[str] = field(default_factory=list)
 
     def psk(self, host: str) -> Path:
         return self.workdir / host / "psk"
 
     def reconcile(self, host: str) -> Outcome:
         config = self.configs[host]
-        return self.datapaths[host].apply(config, static_view(config))
+        outcome = self.datapaths[host].apply(config, static_view(config))
+        lines = [x for s in outcome.stages if s.name == "ike" for x in s.lines]
+        self.repairs += [f"{host}: {x}" for x in lines if x.startswith("rekey-child")]
+        return outcome
 
     def ike_errors(self, host: str) -> list[str]:
         outcome = self.reconcile(host)
@@ -193,9 +198,11 @@ def test_1_child_sas_come_up_with_the_tenant_reqid(ike: IkeLab) -> None:
 def test_1b_ike_sas_both_ends_initiated_at_once_resolve_to_one_per_pair(ike: IkeLab) -> None:
     """Both ends initiate while IKE between them is held back (UDP 500/4500 dropped in host1),
     so both IKE_SAs are certain to come up once it is let through: each host has two for the
-    pair. The drivers must leave one, and every CHILD_SA under a policy that names its SPI."""
+    pair, or one end only one when it handled the peer's IKE_AUTH (with INITIAL_CONTACT, as
+    each end had no IKE_SA with the other) after its own IKE_SA was up: charon then destroys its
+    own one without telling the peer, which keeps it (seen 1 in 6 runs on Debian 13). The
+    drivers must leave one per pair, and every CHILD_SA under a policy that names its SPI."""
     ike.settle()
-    both = {"host1": 2, "host2": 2}
     pair = {"host1": "rnv-host2", "host2": "rnv-host1"}
     with ike.vici("host1") as vici:
         for name, sa in vici.list_sas():
@@ -203,9 +210,17 @@ def test_1b_ike_sas_both_ends_initiated_at_once_resolve_to_one_per_pair(ike: Ike
                 vici.terminate_ike(sa["uniqueid"], 10)
     wait_for(lambda: ike_sas_of(ike, "host2", pair["host2"]) == 0, 10, lambda: None)
     initiate_at_once(ike, {h: f"{c}-t{BLUE}" for h, c in pair.items()})
-    wait_for(lambda: {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == both, 30, lambda: None)
+
+    def counts() -> dict[str, int]:
+        return {h: ike_sas_of(ike, h, c) for h, c in pair.items()}
+
+    wait_for(lambda: sum(counts().values()) >= 3, 30, lambda: None)
+    before = counts()
+    repairs_before = len(ike.repairs)
     resolved = ike.settle()
-    print(f"\ntwo IKE_SAs per end -> one, all CHILD_SAs up: {resolved:.2f} s")
+    print(f"\nIKE_SAs per end {before} -> one, all CHILD_SAs up: {resolved:.2f} s")
+    # strongSwan 6.0.1 once left a policy on the deleted CHILD_SA here (docs/ike.md)
+    print(f"policies repaired on the way: {ike.repairs[repairs_before:] or 'none'}")
     assert {h: ike_sas_of(ike, h, c) for h, c in pair.items()} == {"host1": 1, "host2": 1}
     assert_child_sas_carry_the_tenant_reqids(ike)
     assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
@@ -230,6 +245,66 @@ def test_1c_a_child_sa_both_ends_initiated_at_once_is_left_once(ike: IkeLab) -> 
     assert left in twice
     assert_child_sas_carry_the_tenant_reqids(ike)
     assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
+
+
+STALE_SPI = 0xC6F2FC7E  # the terminated CHILD_SA's, in the Debian 13 failure
+
+
+def test_1d_an_outbound_policy_left_on_a_dead_spi_is_repaired(ike: IkeLab) -> None:
+    """The state strongSwan 6.0.1 once left after a duplicate resolution (issue 13), made by
+    hand: host1's IPv4 outbound policy of blue towards host2 pinned to an SPI host2 does not
+    have, its outbound state still there, while the IPv6 one names the CHILD_SA in use. IPv4
+    from blue1 to blue2 is lost; the drivers' reconciles rekey the CHILD_SA, after which both
+    policies name its new SPI and all tenant traffic flows with the reported SPIs."""
+    ike.settle()
+    src = ike.configs["host1"].host.tenant_address(BLUE)
+    dst = ike.configs["host2"].host.tenant_address(BLUE)
+    (row,) = [r for r in ike.up_rows("host1") if r.child == f"rnv-host2-t{BLUE}"]
+    key = "0x" + "11" * 20
+    ike.sh(
+        "host1",
+        f"ip xfrm state add src {src} dst {dst} proto esp spi {STALE_SPI:#x} reqid "
+        f"{markers.reqid(BLUE)} mode transport aead 'rfc4106(gcm(aes))' {key} 128 && "
+        f"ip xfrm policy update src {src}/128 dst {dst}/128 proto 4 dir out priority "
+        f"{markers.IKE_POLICY_PRIORITY} tmpl proto esp spi {STALE_SPI:#x} "
+        f"reqid {markers.reqid(BLUE)} mode transport",
+    )
+    try:
+        assert pinned_spis(ike, src, dst) == {4: STALE_SPI, 41: row.spi_out}
+        assert " 0 received" in ike.sh("blue1", "ping -c 2 -i 0.2 -W 1 10.0.0.2")
+        assert " 1 received" in ike.sh("blue1", "ping -c 1 -W 1 fd10::2")
+
+        repairs_before = len(ike.repairs)
+        took = wait_for(
+            lambda: STALE_SPI not in pinned_spis(ike, src, dst).values(),
+            30,
+            lambda: reconcile_all(ike),
+        )
+        resolved = took + ike.settle()
+        print(f"\nIPv4 policy on a dead SPI -> repaired {took:.2f} s, settled {resolved:.2f} s")
+        (new,) = [r for r in ike.up_rows("host1") if r.child == f"rnv-host2-t{BLUE}"]
+        assert ike.repairs[repairs_before:] == [
+            f"host1: rekey-child rnv-host2-t{BLUE}{{{row.uniqueid}}} (outbound policy {src} -> "
+            f"{dst} proto 4 names SPI {STALE_SPI:#010x} of no CHILD_SA)"
+        ]
+        assert new.spi_out != row.spi_out
+        assert pinned_spis(ike, src, dst) == {4: new.spi_out, 41: new.spi_out}
+        assert_child_sas_carry_the_tenant_reqids(ike)
+        assert_tenant_traffic_is_esp_with_the_reported_spis(ike)
+    finally:
+        ike.sh("host1", f"ip xfrm state delete src {src} dst {dst} proto esp spi {STALE_SPI:#x}")
+
+
+def pinned_spis(ike: IkeLab, src: object, dst: object) -> dict[int, int]:
+    """host1's outbound policies from src to dst: inner protocol -> the SPI it is pinned to."""
+    protos = {"ipencap": 4, "ipv6": 41, "4": 4, "41": 41}
+    pinned = {}
+    for block in re.split(r"\n(?=\S)", ike.sh("host1", "ip xfrm policy")):
+        head = re.match(rf"src {src}/128 dst {dst}/128 proto (\w+)", block)
+        spi = re.search(r"spi (0x[0-9a-f]+)", block)
+        if head and spi and "dir out" in block:
+            pinned[protos[head[1]]] = int(spi[1], 16)
+    return pinned
 
 
 def installed(ike: IkeLab, host: str, child: str) -> list[str]:

@@ -178,6 +178,23 @@ def test_foreign_objects_are_left_alone() -> None:
     assert kernel.log == []
 
 
+def test_pinned_out_policies_are_charons_outbound_ones_with_an_spi() -> None:
+    kernel = FakeKernel()
+    charon_out = replace(
+        ALLOW, dst=ipaddress.IPv6Network(THERE), priority=markers.IKE_POLICY_PRIORITY, spi=0xC0DE
+    )
+    others = [
+        ALLOW,  # ours: no SPI
+        BLOCK,
+        replace(charon_out, direction=Direction.IN, src=charon_out.dst, dst=HERE128, spi=None),
+        # not a tenant's reqid: someone else's IPsec
+        replace(charon_out, dst=ipaddress.IPv6Network("2001:db8:0:9::/64"), reqid=5),
+    ]
+    for policy in [charon_out, *others]:
+        kernel.policies[policy.key()] = policy
+    assert driver(kernel).pinned_out_policies() == [charon_out]
+
+
 def test_tenants_with_unreadable_keys_and_ike_mode_keep_their_sas() -> None:
     kernel = FakeKernel()
     driver(kernel).apply(desired(OUT0, IN0))

@@ -70,6 +70,18 @@ def test_parse_policies_skips_socket_and_fwd_policies() -> None:
     assert parse_policies(POLICIES) == [BLOCK, ALLOW]
 
 
+def test_parse_policies_reads_the_spi_charon_pins_in_its_outbound_template() -> None:
+    text = """\
+src 2001:db8:0:1::1:64/128 dst 2001:db8:0:2::1:64/128 proto ipencap
+\tdir out priority 500 ptype main
+\ttmpl src :: dst ::
+\t\tproto esp spi 0xc6f2fc7e reqid 65636 mode transport
+"""
+    (policy,) = parse_policies(text)
+    assert (policy.priority, policy.reqid, policy.spi) == (500, 65636, 0xC6F2FC7E)
+    assert ALLOW.spi is None  # ours carry none
+
+
 def test_render() -> None:
     assert render(Op(Verb.ADD, STATE)) == (
         f"xfrm state add src {A} dst {B} proto esp spi 0x00640004 reqid 65636 mode transport "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ from routed_nv.esp.ike import (
     _surplus_children,
     read_charon,
 )
+from routed_nv.esp.objects import Direction, XfrmPolicy
 from routed_nv.esp.secret import Secret
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
+from routed_nv.esp.xfrm import XfrmError
 from tests.unit.test_ike_calc import config
 
 PROTO_NAMES = {"4": "ipencap", "41": "ipv6"}
@@ -102,11 +105,14 @@ class FakeCharon:
         if self.initiate_error:
             raise self.initiate_error
 
-    def terminate_ike(self, uniqueid: str, timeout_s: float) -> None:
-        self.calls.append(f"terminate {uniqueid}")
+    def terminate_ike(self, uniqueid: str, timeout_s: float, force: bool = False) -> None:
+        self.calls.append(f"terminate {uniqueid}" + (" (force)" if force else ""))
 
     def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
         self.calls.append(f"terminate-child {uniqueid}")
+
+    def rekey_child(self, uniqueid: str) -> None:
+        self.calls.append(f"rekey-child {uniqueid}")
 
     def establish(
         self,
@@ -139,12 +145,16 @@ def desired(tmp_path: Path) -> DesiredIke:
     return desired_ike(cfg, static_view(cfg))
 
 
-def driver_for(charon: FakeCharon) -> IkeDriver:
+def driver_for(charon: FakeCharon, pins: list[XfrmPolicy] | None = None) -> IkeDriver:
+    """`pins`: charon's outbound policies in the kernel, as the XFRM driver reads them."""
+
     @contextmanager
     def connect() -> Iterator[FakeCharon]:
         yield charon
 
-    return IkeDriver(connect)  # type: ignore[arg-type]
+    if pins is None:
+        return IkeDriver(connect)  # type: ignore[arg-type]
+    return IkeDriver(connect, read_pins=lambda: list(pins))  # type: ignore[arg-type]
 
 
 def test_first_apply_loads_the_secret_then_the_conns_and_initiates_nothing(
@@ -237,6 +247,14 @@ def test_busy_ike_sas_are_waited_for(desired: DesiredIke) -> None:
     assert not plan.ops and len(plan.waiting) == 2
 
 
+def duplicate_pair(charon: FakeCharon, ours: list[str], peers: list[str], ids: str = "12") -> None:
+    """host2 with two IKE_SAs, one we initiated (id ids[0]) and one host2 did (ids[1]), and
+    host3 up: the start of every duplicate case."""
+    charon.establish("rnv-host2", ours, ids[0], True, "ff00")
+    charon.establish("rnv-host2", peers, ids[1], False, "0001")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+
+
 def flipped(conn: IkeConn) -> IkeConn:
     """The same connection seen from the peer's end."""
     return replace(conn, local_addr=conn.remote_addr, remote_addr=conn.local_addr)
@@ -253,14 +271,13 @@ def test_duplicate_ike_sas_keep_the_lower_hosts_and_the_higher_end_terminates_it
     driver = driver_for(charon)
     driver.apply(desired)
     # host1 (::1:...) is lower than host2: it keeps the one it initiated and terminates nothing
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "1", True, "ff00")
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "2", False, "0001")
-    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    both = ["rnv-host2-t100", "rnv-host2-t200"]
+    duplicate_pair(charon, both, both)
     assert not driver.plan(desired).ops
 
     # host2 terminates the one it initiated, though its initiator SPI is the lower
     sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
-    (op,) = _duplicates(flipped(desired.conns["rnv-host2"]), sas)
+    (op,), _ = _duplicates(flipped(desired.conns["rnv-host2"]), sas, frozenset())
     assert op.verb is Verb.TERMINATE and op.ike_id == "peer-2"
 
 
@@ -278,7 +295,7 @@ def test_duplicates_one_end_initiated_are_resolved_by_that_end(desired: DesiredI
     assert ops == [(Verb.TERMINATE, "1")]
 
     sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
-    (op,) = _duplicates(flipped(desired.conns["rnv-host2"]), sas)
+    (op,), _ = _duplicates(flipped(desired.conns["rnv-host2"]), sas, frozenset())
     assert op.ike_id == "peer-3"  # the peer's own: both ends keep "2", from the lower end
 
 
@@ -381,3 +398,163 @@ def test_charon_unreachable_is_one_clear_error(desired: DesiredIke, tmp_path: Pa
     result = driver.apply(desired)
     (error,) = result.errors
     assert "nope.vici does not exist: is charon running" in error
+
+
+def addresses(conn: IkeConn, child: str) -> tuple[str, str]:
+    """A CHILD_SA's tenant outer addresses (local, remote), from its selectors."""
+    (c,) = [c for c in conn.children if c.name == child]
+    return c.local_ts[0].split("/")[0], c.remote_ts[0].split("/")[0]
+
+
+def with_spi(
+    charon: FakeCharon, child_key: str, spi_out: int, local: str, remote: str, state: str = ""
+) -> None:
+    """Give one listed CHILD_SA its outbound SPI and selectors, as charon lists them."""
+    for _, sa in charon.sas:
+        child = (sa.get("child-sas") or {}).get(child_key)
+        if child is not None:
+            child["spi-out"] = f"{spi_out:08x}"
+            child["local-ts"] = [f"{local}/128[ipencap]", f"{local}/128[ipv6]"]
+            child["remote-ts"] = [f"{remote}/128[ipencap]", f"{remote}/128[ipv6]"]
+            child["state"] = state or child["state"]
+
+
+def pin(local: str, remote: str, proto: int, spi: int) -> XfrmPolicy:
+    """charon's outbound policy for one inner protocol, pinned to `spi`."""
+    return XfrmPolicy(
+        Direction.OUT,
+        ipaddress.IPv6Network(f"{local}/128"),
+        ipaddress.IPv6Network(f"{remote}/128"),
+        proto,
+        500,
+        reqid=65636,
+        spi=spi,
+    )
+
+
+KEPT, TERMINATED = 0xC90CEB39, 0xC6F2FC7E  # host1's SPIs in the Debian 13 failure
+
+
+def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey(
+    desired: DesiredIke,
+) -> None:
+    """The state strongSwan 6.0.1 left after a duplicate resolution (issue 13): of the two
+    outbound policies of blue towards host2, IPv6 named the kept CHILD_SA's SPI, IPv4 the
+    terminated one's. Seen at two applies in a row, the kept CHILD_SA is rekeyed."""
+    charon = FakeCharon()
+    local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
+    pins = [pin(local, remote, 41, KEPT), pin(local, remote, 4, TERMINATED)]
+    driver = driver_for(charon, pins)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "9")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    with_spi(charon, "rnv-host2-t100-0", KEPT, local, remote)
+    charon.calls.clear()
+
+    first = driver.apply(desired)
+    assert charon.calls == []  # once could be a deletion between reading the kernel and charon
+    assert first.waiting == [
+        f"rnv-host2: outbound policy {local} -> {remote} proto 4 names SPI 0xc6f2fc7e of no "
+        "CHILD_SA, checking again"
+    ]
+    second = driver.apply(desired)
+    assert charon.calls == ["rekey-child 90"]
+    assert second.done == [
+        f"rekey-child rnv-host2-t100{{90}} (outbound policy {local} -> {remote} proto 4 names "
+        "SPI 0xc6f2fc7e of no CHILD_SA)"
+    ]
+
+    # charon's rekey pins both protocols to the new CHILD_SA: nothing left to do
+    charon.sas[0][1]["child-sas"]["rnv-host2-t100-0"]["spi-out"] = "c1000001"
+    pins[:] = [pin(local, remote, 41, 0xC1000001), pin(local, remote, 4, 0xC1000001)]
+    charon.calls.clear()
+    assert not driver.plan(desired)
+    assert driver.apply(desired).waiting == [] and charon.calls == []
+
+
+def test_a_pinned_spi_of_any_listed_child_sa_is_no_stale_pin(desired: DesiredIke) -> None:
+    """During a rekey the policies name the old CHILD_SA until it is deleted; a pair without an
+    INSTALLED CHILD_SA is left to the next initiate; other pairs' policies are not ours here."""
+    charon = FakeCharon()
+    local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
+    pins = [
+        pin(local, remote, 4, TERMINATED),  # the REKEYED old one's
+        pin(local, remote, 41, KEPT),
+        pin(local, "2001:db8:0:9::1:64", 4, 0x1234),  # no CHILD_SA between these addresses
+    ]
+    driver = driver_for(charon, pins)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200", "rnv-host2-t100"], "9")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    with_spi(charon, "rnv-host2-t100-0", TERMINATED, local, remote, state="REKEYED")
+    with_spi(charon, "rnv-host2-t100-2", KEPT, local, remote)
+    charon.calls.clear()
+    for _ in range(2):
+        result = driver.apply(desired)
+        assert result.waiting == [] and charon.calls == []
+
+
+def test_an_unreadable_kernel_skips_only_the_policy_check(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+
+    def broken() -> list[XfrmPolicy]:
+        raise XfrmError("ip xfrm policy in netns x failed: boom")
+
+    @contextmanager
+    def connect() -> Iterator[FakeCharon]:
+        yield charon
+
+    driver = IkeDriver(connect, read_pins=broken)  # type: ignore[arg-type]
+    result = driver.apply(desired)
+    assert result.errors == [
+        "cannot check charon's outbound policies: ip xfrm policy in netns x failed: boom"
+    ]
+    assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
+    assert {op.verb for op in driver.plan(desired).ops} == {Verb.INITIATE}  # a dry run too
+
+
+def test_a_duplicate_the_peer_dropped_on_initial_contact_is_terminated_with_force(
+    desired: DesiredIke,
+) -> None:
+    """Seen in the Debian 13 chroot: host2 answered host1's IKE_AUTH (INITIAL_CONTACT) after its
+    own IKE_SA to host1 was up, and destroyed its own without telling host1, which kept its copy
+    beside the one it initiated. That copy is the peer's to delete, but the peer no longer has
+    it: at the second sighting host1 terminates it with force. Meanwhile nothing is initiated,
+    as charon could put the new CHILD_SA into the dead IKE_SA (it did: the request hung there
+    and the drivers waited for it until the test gave up)."""
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    duplicate_pair(charon, ["rnv-host2-t100"], ["rnv-host2-t100"], "56")
+    charon.calls.clear()
+
+    first = driver.apply(desired)
+    assert charon.calls == []  # not even `initiate rnv-host2-t200`
+    assert first.waiting == [
+        "rnv-host2: duplicate IKE_SA #6 is the peer's to delete, checking again"
+    ]
+    second = driver.apply(desired)
+    assert charon.calls == ["terminate 6 (force)"]
+    assert second.done == [
+        "terminate rnv-host2[6] (duplicate IKE_SA the peer initiated and did not delete)"
+    ]
+
+    # gone: the missing CHILD_SA is initiated into the one left
+    del charon.sas[1]
+    charon.calls.clear()
+    driver.apply(desired)
+    assert charon.calls == ["initiate rnv-host2-t200"]
+
+
+def test_the_peer_deleting_its_own_duplicate_in_time_is_not_forced(desired: DesiredIke) -> None:
+    charon = FakeCharon()
+    driver = driver_for(charon)
+    driver.apply(desired)
+    both = ["rnv-host2-t100", "rnv-host2-t200"]
+    duplicate_pair(charon, both, both, "56")
+    driver.apply(desired)
+    del charon.sas[1]  # the peer's DELETE arrived
+    charon.calls.clear()
+    assert driver.apply(desired).waiting == [] and charon.calls == []
+    charon.establish("rnv-host2", ["rnv-host2-t100"], "7", False, "00000007")  # a new one
+    assert driver.apply(desired).waiting != [] and charon.calls == []  # its first sighting
