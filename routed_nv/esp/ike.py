@@ -151,6 +151,8 @@ class Memory:
     keys: dict[str, str] = field(default_factory=dict)  # key digest -> charon's key id
     # pinned policies that named an SPI of no CHILD_SA at the last apply: repaired when seen again
     stale_pins: frozenset[PinKey] = frozenset()
+    # stale pins a rekey was asked to repair: still stale later, they are an error, not a loop
+    rekeyed_pins: frozenset[PinKey] = frozenset()
     # surplus IKE_SAs the peer initiated at the last apply, (conn, unique id): forced if seen again
     peer_surplus: frozenset[tuple[str, str]] = frozenset()
 
@@ -162,6 +164,8 @@ class IkePlan:
     waiting: tuple[str, ...]
     stale_pins: frozenset[PinKey] = frozenset()  # seen now (repaired or still to confirm)
     peer_surplus: frozenset[tuple[str, str]] = frozenset()  # likewise
+    rekeyed_pins: frozenset[PinKey] = frozenset()  # stale pins rekeyed now or before
+    problems: tuple[str, ...] = ()  # what the driver cannot repair: errors of the apply
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -206,6 +210,8 @@ class IkeDriver:
             with self._connect() as vici:
                 plan = plan_ike(desired, self._read(vici, result.errors), self._memory)
                 self._memory.stale_pins = plan.stale_pins
+                self._memory.rekeyed_pins = plan.rekeyed_pins
+                result.errors += plan.problems
                 self._memory.peer_surplus = plan.peer_surplus
                 result.waiting = list(plan.waiting)
                 self._execute(vici, plan, result)
@@ -389,6 +395,8 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
             ops.append(IkeOp(Verb.UNLOAD_CONN, name, "no longer wanted"))
     waiting = []
     stale_pins: set[PinKey] = set()
+    rekeyed_pins: set[PinKey] = set()
+    problems: list[str] = []
     peer_surplus: set[tuple[str, str]] = set()
     for name, conn in sorted(desired.conns.items()):
         reason = _load_reason(conn, charon, memory)
@@ -409,8 +417,16 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
         fixes = fixes or _surplus_children(conn, sas)
         if not fixes and len(sas) < 2:
             # only once one CHILD_SA per tenant is left: a resolution rewrites the policies
-            fixes, stale = _stale_pins(conn, sas, charon.pinned, memory.stale_pins)
+            fixes, stale, rekeyed = _stale_pins(
+                conn, sas, charon.pinned, memory.stale_pins, memory.rekeyed_pins
+            )
             stale_pins |= stale
+            rekeyed_pins |= rekeyed
+            problems += [
+                f"{name}: outbound policy {_describe_pin(pin)}, also after a rekey: traffic of "
+                "that protocol to the peer is lost until charon installs it anew (restart charon)"
+                for pin in sorted(stale & memory.rekeyed_pins)
+            ]
             waiting += [
                 f"{name}: outbound policy {_describe_pin(pin)}, checking again"
                 for pin in sorted(stale - memory.stale_pins)
@@ -428,7 +444,17 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
             for c in conn.children
             if c.name not in up
         ]
-    return IkePlan(tuple(ops), tuple(waiting), frozenset(stale_pins), frozenset(peer_surplus))
+    # a rekeyed pin is remembered while the kernel still has it, through applies that skip its
+    # connection (a rekey in flight) too
+    rekeyed_pins |= memory.rekeyed_pins & {_pin_key(p) for p in charon.pinned}
+    return IkePlan(
+        tuple(ops),
+        tuple(waiting),
+        frozenset(stale_pins),
+        frozenset(peer_surplus),
+        frozenset(rekeyed_pins),
+        tuple(problems),
+    )
 
 
 def _duplicates(
@@ -487,8 +513,12 @@ def _surplus_children(conn: IkeConn, sas: tuple[IkeSa, ...]) -> list[IkeOp]:
 
 
 def _stale_pins(
-    conn: IkeConn, sas: tuple[IkeSa, ...], pinned: Iterable[XfrmPolicy], seen: frozenset[PinKey]
-) -> tuple[list[IkeOp], set[PinKey]]:
+    conn: IkeConn,
+    sas: tuple[IkeSa, ...],
+    pinned: Iterable[XfrmPolicy],
+    seen: frozenset[PinKey],
+    rekeyed: frozenset[PinKey],
+) -> tuple[list[IkeOp], set[PinKey], set[PinKey]]:
     """charon pins each of its outbound policies (one per inner protocol) to the SPI of the
     CHILD_SA in use. strongSwan 6.0.1 once left the IPv4 one of a pair on a CHILD_SA that a
     duplicate resolution had deleted while the IPv6 one named the kept CHILD_SA (issue 13): IPv4
@@ -497,8 +527,10 @@ def _stale_pins(
     state: a rekey's old one stays named until it is deleted) is stale. Seen at two applies in
     a row (not a deletion that fell between our two reads), the INSTALLED CHILD_SA of that pair
     is rekeyed: charon installs the new CHILD_SA's policies over every protocol's, with its SPI,
-    make-before-break (a terminate would leave the pair without a CHILD_SA meanwhile). Returns
-    the rekeys and every stale pin seen now."""
+    make-before-break (a terminate would leave the pair without a CHILD_SA meanwhile). A pin
+    still stale after its rekey (`rekeyed`) is not rekeyed again: that would only churn SAs
+    every apply; the caller reports it. Returns the rekeys, every stale pin seen now, and the
+    stale pins rekeyed now or before."""
     children = [c for sa in sas for c in sa.child_sas if c.local and c.remote]
     ops: list[IkeOp] = []
     stale: set[PinKey] = set()
@@ -510,11 +542,11 @@ def _stale_pins(
         ]
         if not pair or pin.spi in {c.spi_out for c in pair}:
             continue
-        key = (pin.src.network_address, pin.dst.network_address, pin.proto, pin.spi or 0)
+        key = _pin_key(pin)
         stale.add(key)
         installed = sorted((c for c in pair if c.state == "INSTALLED"), key=_child_id)
-        if key not in seen or not installed:
-            continue  # not confirmed yet, or nothing to rekey (the next initiate fixes it)
+        if key not in seen or key in rekeyed or not installed:
+            continue  # not confirmed yet, already tried, or nothing to rekey (initiate fixes it)
         op = IkeOp(
             Verb.REKEY_CHILD,
             conn.name,
@@ -524,7 +556,12 @@ def _stale_pins(
         )
         if op not in ops:
             ops.append(op)
-    return ops, stale
+        rekeyed |= {key}
+    return ops, stale, set(rekeyed & stale)
+
+
+def _pin_key(pin: XfrmPolicy) -> PinKey:
+    return (pin.src.network_address, pin.dst.network_address, pin.proto, pin.spi or 0)
 
 
 def _child_id(child: ChildSa) -> int:

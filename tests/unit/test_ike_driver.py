@@ -472,6 +472,39 @@ def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey
     assert driver.apply(desired).waiting == [] and charon.calls == []
 
 
+def test_a_pin_a_rekey_did_not_move_is_an_error_not_a_rekey_every_apply(
+    desired: DesiredIke,
+) -> None:
+    charon = FakeCharon()
+    local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
+    pins = [pin(local, remote, 41, KEPT), pin(local, remote, 4, TERMINATED)]
+    driver = driver_for(charon, pins)
+    driver.apply(desired)
+    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "9")
+    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
+    with_spi(charon, "rnv-host2-t100-0", KEPT, local, remote)
+    driver.apply(desired)
+    charon.calls.clear()
+    assert driver.apply(desired).errors == []
+    assert charon.calls == ["rekey-child 90"]
+    # the rekey moved IPv6 to the new CHILD_SA but IPv4 stayed on the dead SPI
+    charon.sas[0][1]["child-sas"]["rnv-host2-t100-0"]["spi-out"] = "c1000001"
+    pins[:] = [pin(local, remote, 41, 0xC1000001), pin(local, remote, 4, TERMINATED)]
+    for _ in range(3):
+        charon.calls.clear()
+        result = driver.apply(desired)
+        assert charon.calls == []  # no second rekey, however often it is seen
+        assert result.errors == [
+            f"rnv-host2: outbound policy {local} -> {remote} proto 4 names SPI 0xc6f2fc7e of no "
+            "CHILD_SA, also after a rekey: traffic of that protocol to the peer is lost until "
+            "charon installs it anew (restart charon)"
+        ]
+    # charon installed it anew: no error, nothing to do
+    pins[:] = [pin(local, remote, 41, 0xC1000001), pin(local, remote, 4, 0xC1000001)]
+    charon.calls.clear()
+    assert driver.apply(desired).errors == [] and charon.calls == []
+
+
 def test_a_pinned_spi_of_any_listed_child_sa_is_no_stale_pin(desired: DesiredIke) -> None:
     """During a rekey the policies name the old CHILD_SA until it is deleted; a pair without an
     INSTALLED CHILD_SA is left to the next initiate; other pairs' policies are not ours here."""
