@@ -115,12 +115,12 @@ def agent_command(
     faulthandler.enable(sys.__stderr__)  # the real fd 2, even when click swaps sys.stderr
     # The daemon's modules (and pyroute2, vici, prometheus_client) load only when it starts.
     from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
-    from routed_nv.agent.datapath import Datapath
     from routed_nv.agent.endpoint_api import EndpointApi
     from routed_nv.agent.events import EventLog
     from routed_nv.agent.loop import Agent, Settings
     from routed_nv.agent.metrics import Metrics, xfrm_stat_reader
     from routed_nv.agent.notify import Notifier
+    from routed_nv.agent.wiring import build_datapath
     from routed_nv.config.loader import ConfigError, load_config
 
     try:
@@ -146,7 +146,7 @@ def agent_command(
     )
     agent = Agent(
         config,
-        Datapath(config, netns, settings.resync_interval_s),
+        build_datapath(config, netns, settings.resync_interval_s),
         _source(config, netns),
         lambda: load_config(config_path),
         read_sas=_kernel_sas(netns),
