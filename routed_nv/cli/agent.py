@@ -18,6 +18,7 @@ from routed_nv.options import config_option, netns_option
 if TYPE_CHECKING:
     from types import FrameType
 
+    from routed_nv.agent.events import EventLog
     from routed_nv.agent.loop import Agent
     from routed_nv.agent.snapshot import SaInfo
     from routed_nv.agent.source import DirectorySource
@@ -147,7 +148,7 @@ def agent_command(
     agent = Agent(
         config,
         build_datapath(config, netns, settings.resync_interval_s),
-        _source(config, netns),
+        _source(config, netns, log),
         lambda: load_config(config_path),
         read_sas=_kernel_sas(netns),
         settings=settings,
@@ -181,14 +182,14 @@ def agent_command(
     sys.exit(EXIT_STOPPED)
 
 
-def _source(config: Config, netns: str | None) -> DirectorySource:
+def _source(config: Config, netns: str | None, log: EventLog | None = None) -> DirectorySource:
     """The directory source is chosen once, at start: a reload cannot switch it."""
     from routed_nv.agent.source import StaticSource
 
     if config.directory.source == DirectorySourceKind.BGP:
         from routed_nv.agent.bgp_source import BgpSource
 
-        return BgpSource(netns)
+        return BgpSource(netns, log=log)
     return StaticSource()
 
 
