@@ -13,6 +13,9 @@ matters most after a host BIRD restart: the mirror tables persist and still hold
 BIRD's fresh RIB fills in behind them, and a view taken before recovery ends would delete routes
 that are merely not re-learned yet. BIRD unreachable (crashed, restarting) is not in sync either;
 the agent then keeps every remote route it knows (source.keep_known).
+
+It logs its own events when they change: `directory.sync` (in sync or not, and why),
+`directory.peer` (a session's state), `directory.bird_config` (applied, or refused and why).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from routed_nv import markers
+from routed_nv.agent.events import EventLog
 from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
@@ -118,7 +122,9 @@ class BgpSource:
         watch: Watch | None = None,
         connect: Callable[[Path], BirdClient] = BirdClient,
         apply: Callable[[Config, Path], object] = bird_apply.apply,
+        log: EventLog | None = None,
     ) -> None:
+        self._log = log or EventLog()
         self._watch: Watch = watch if watch is not None else MirrorWatch(netns)
         self._connect = connect
         self._apply = apply
@@ -211,6 +217,7 @@ class BgpSource:
                 in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
             update = self._update(learned[2], in_sync, peers, detail)
             if update != last and self._publish is not None:
+                self._log_update(last, update)
                 self._publish(update)
                 last = update
             ready, _, _ = select.select(
@@ -223,12 +230,30 @@ class BgpSource:
         try:
             self._apply(config, config.directory.bird_config)
         except (BirdError, BirdConfigError, OSError) as exc:
-            self._apply_error = f"BIRD config not applied: {exc}"  # retried every poll
+            error = f"BIRD config not applied: {exc}"  # retried every poll, logged once
+            if error != self._apply_error:
+                self._log("directory.bird_config", ok=False, error=str(exc))
+            self._apply_error = error
             return
         self._apply_error = ""
+        self._log("directory.bird_config", ok=True, path=str(config.directory.bird_config))
         with self._lock:
             if self._to_apply is config:  # not replaced by a reload meanwhile
                 self._to_apply = None
+
+    def _log_update(self, last: SourceUpdate | None, update: SourceUpdate) -> None:
+        """What changed since the last update published: sessions, then being in sync."""
+        before = {p.name: p for p in last.peers} if last else {}
+        for p in update.peers:
+            was = before.pop(p.name, None)
+            if was is None or (was.state, was.info) != (p.state, p.info):
+                self._log(
+                    "directory.peer", name=p.name, address=p.address, state=p.state, info=p.info
+                )
+        for name in sorted(before):  # BIRD unreachable, or the session is configured no more
+            self._log("directory.peer", name=name, state="unknown")
+        if last is None or (last.in_sync, last.detail) != (update.in_sync, update.detail):
+            self._log("directory.sync", in_sync=update.in_sync, detail=update.detail)
 
     def _bird_state(self, config: Config) -> tuple[bool, tuple[PeerStatus, ...], str]:
         try:

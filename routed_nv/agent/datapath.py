@@ -7,8 +7,9 @@ Order matters for isolation, so it is fixed here and nowhere else:
 3. routing: VRFs, tunnels, workload interfaces and routes last, when traffic is already guarded;
 4. IKE keying mode: charon's connections, once the host and tenant addresses they run between
    exist (routing puts them on rnv0); the SAs charon installs resolve the ESP policies of 2.
-Each driver keeps going past a failing object; a failure in one stage does not stop the next, so
-one bad object never leaves the rest of the host unprogrammed, and the next apply retries it.
+Each driver keeps going past a failing object; a failure in one stage (even an exception) does
+not stop the next, so one bad object never leaves the rest of the host unprogrammed, and the next
+apply retries it. Each stage reads the kernel once: it plans, and applies that plan.
 """
 
 from __future__ import annotations
@@ -16,29 +17,52 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from routed_nv.calc.ike import desired_ike
+from routed_nv.agent.changes import Changed, of_ike, of_netfilter, of_routing, of_xfrm
+from routed_nv.calc.ike import DesiredIke, desired_ike
 from routed_nv.calc.inputs import DirectoryView
-from routed_nv.calc.netfilter import desired_rules
+from routed_nv.calc.netfilter import DesiredRules, desired_rules
 from routed_nv.calc.routing import RoutingConflict, desired_routing
-from routed_nv.calc.xfrm import desired_xfrm
+from routed_nv.calc.xfrm import DesiredXfrm, desired_xfrm
 from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import keys
-from routed_nv.esp.driver import XfrmDriver
-from routed_nv.esp.ike import IkeDriver
-from routed_nv.esp.seqstore import ReservationStore
-from routed_nv.esp.vici_adapter import ViciError, ViciSession
-from routed_nv.esp.xfrm import IprouteXfrm
-from routed_nv.netfilter.driver import NetfilterDriver
-from routed_nv.netfilter.restore import RestoreTables
-from routed_nv.routing.driver import RoutingDriver
-from routed_nv.routing.netlink import NetlinkKernel
+from routed_nv.esp.driver import XfrmPlan, XfrmResult
+from routed_nv.esp.ike import IkePlan, IkeResult
+from routed_nv.esp.vici_adapter import ViciError
+from routed_nv.esp.xfrm import XfrmError
+from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
+from routed_nv.routing.driver import Result
+from routed_nv.routing.objects import DesiredRouting
+
+
+# What the Datapath needs of each driver: the real ones are built in agent/wiring.py, unit tests
+# pass fakes.
+class NetfilterStage(Protocol):
+    def plan(self, desired: DesiredRules) -> NetfilterPlan: ...
+    def apply_plan(self, plan: NetfilterPlan) -> NetfilterResult: ...
+
+
+class XfrmStage(Protocol):
+    def plan(self, desired: DesiredXfrm) -> XfrmPlan: ...
+    def apply_plan(self, plan: XfrmPlan) -> XfrmResult: ...
+
+
+class RoutingStage(Protocol):
+    def plan(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
+    def apply(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
+
+
+class IkeStage(Protocol):
+    def plan(self, desired: DesiredIke) -> IkePlan: ...
+    def apply(self, desired: DesiredIke) -> IkeResult: ...
 
 
 @dataclass
 class Stage:
     name: str
     lines: list[str] = field(default_factory=list)  # changes (planned or made), one per line
+    changes: list[Changed] = field(default_factory=list)  # for the log: what apply really did
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     # left alone this time because the kernel or a daemon is mid-change (IKE exchanges in
@@ -65,26 +89,17 @@ class Outcome:
 
 
 class Datapath:
-    """The three drivers of one host (network namespace). Keep one instance for the life of an
-    agent: the XFRM driver remembers since when old inbound SAs are unwanted (rotation grace)."""
+    """The four drivers of one host (network namespace). Keep one instance for the life of an
+    agent: the XFRM driver remembers since when old inbound SAs are unwanted (rotation grace).
+    `agent.wiring.build_datapath` builds it with the real drivers."""
 
     def __init__(
-        self, config: Config, netns: str | None = None, resync_interval_s: float | None = None
+        self, netfilter: NetfilterStage, xfrm: XfrmStage, routing: RoutingStage, ike: IkeStage
     ) -> None:
-        """`resync_interval_s`: the agent's, when it overrides the config's."""
-        self._netns = netns
-        self.netfilter = NetfilterDriver(RestoreTables(netns=netns))
-        self.xfrm = XfrmDriver(
-            IprouteXfrm(netns),
-            config.host.underlay_prefix,
-            config.keying.rotation_grace_s,
-            ReservationStore(config.agent.state_dir),
-            resync_interval_s or config.agent.resync_interval_s,
-        )
-        self.routing = RoutingDriver(NetlinkKernel, host_netns=netns)
-        # charon is reached by its VICI socket path, whatever namespace it runs in.
-        socket = config.keying.vici_socket
-        self.ike = IkeDriver(lambda: ViciSession(socket), read_pins=self.xfrm.pinned_out_policies)
+        self.netfilter = netfilter
+        self.xfrm = xfrm
+        self.routing = routing
+        self.ike = ike
 
     def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         return self._run(config, view, execute=False, resync=resync)
@@ -108,37 +123,59 @@ class Datapath:
             ]
         )
 
+    # Each stage plans once; its apply takes that plan and does not read the kernel again.
     def _netfilter(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
         desired = desired_rules(config)
-        stage = Stage("netfilter", errors=list(desired.errors))
         plan = self.netfilter.plan(desired)
-        stage.lines = plan.lines()
+        stage = Stage("netfilter", lines=plan.lines(), errors=[*desired.errors, *plan.errors])
         if execute and plan:
-            stage.errors += self.netfilter.apply(desired).errors
+            result = self.netfilter.apply_plan(plan)
+            stage.changes = of_netfilter(result.done)
+            stage.errors += result.errors
+        else:
+            stage.changes = of_netfilter(plan.changes)
         return stage
 
     def _xfrm(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
         desired = desired_xfrm(config, view, keys.loader(config.keying.secrets_dir))
-        stage = Stage("xfrm")
-        plan = self.xfrm.plan(desired)
+        stage = Stage("xfrm", errors=list(desired.errors))
+        try:
+            plan = self.xfrm.plan(desired)
+        except XfrmError as exc:
+            stage.errors.append(str(exc))
+            return stage
         stage.lines = [op.describe() for op in plan.ops]
         if execute:
-            stage.errors += self.xfrm.apply(desired).errors
+            result = self.xfrm.apply_plan(plan)
+            stage.changes = of_xfrm(result.done)
+            stage.errors += result.errors
         else:
-            stage.errors += desired.errors
+            stage.changes = of_xfrm(plan.ops)
         return stage
 
     def _ike(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
         desired = desired_ike(config, view)
         if execute:
             result = self.ike.apply(desired)
-            return Stage("ike", lines=result.done, errors=result.errors, pending=result.waiting)
+            return Stage(
+                "ike",
+                lines=result.done,
+                changes=of_ike(result.done),
+                errors=result.errors,
+                pending=result.waiting,
+            )
         try:
             plan = self.ike.plan(desired)
         except ViciError as exc:
             return Stage("ike", errors=[*desired.errors, str(exc)])
         lines = [op.describe() for op in plan.ops]
-        return Stage("ike", lines=lines, errors=list(desired.errors), pending=list(plan.waiting))
+        return Stage(
+            "ike",
+            lines=lines,
+            changes=of_ike(lines),
+            errors=list(desired.errors),
+            pending=list(plan.waiting),
+        )
 
     def _routing(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Stage:
         try:
@@ -150,12 +187,16 @@ class Datapath:
         return Stage(
             "routing",
             lines=[str(c) for c in result.changes],
+            changes=of_routing(result.changes),
             errors=[str(f) for f in result.failures],
         )
 
 
 def _stage(name: str, run: Callable[[], Stage]) -> Stage:
     start = time.monotonic()
-    stage = run()
+    try:
+        stage = run()
+    except Exception as exc:  # a bug or a vanished netns: the next stages still run
+        stage = Stage(name, errors=[f"{type(exc).__name__}: {exc}"])
     stage.seconds = time.monotonic() - start
     return stage

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from routed_nv.agent.changes import log_changes
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.notify import Notifier
 from routed_nv.agent.snapshot import ApplyRecord, Counts, SaInfo, Snapshot, SourceInfo, count
@@ -339,6 +340,8 @@ class Agent:
         with self._applied_cond:
             self._applied = Applied(generation, config, record)
             self._applied_cond.notify_all()
+        for stage in outcome.stages if outcome else ():
+            log_changes(self._log, stage.name, stage.changes)
         self._log(
             "agent.apply",
             ok=record.ok,

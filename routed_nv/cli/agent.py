@@ -18,6 +18,7 @@ from routed_nv.options import config_option, netns_option
 if TYPE_CHECKING:
     from types import FrameType
 
+    from routed_nv.agent.events import EventLog
     from routed_nv.agent.loop import Agent
     from routed_nv.agent.snapshot import SaInfo
     from routed_nv.agent.source import DirectorySource
@@ -116,12 +117,12 @@ def agent_command(
     faulthandler.enable(sys.__stderr__)  # the real fd 2, even when click swaps sys.stderr
     # The daemon's modules (and pyroute2, vici, prometheus_client) load only when it starts.
     from routed_nv.agent.control import SOCKET_NAME, ControlError, ControlServer
-    from routed_nv.agent.datapath import Datapath
     from routed_nv.agent.endpoint_api import EndpointApi
     from routed_nv.agent.events import EventLog
     from routed_nv.agent.loop import Agent, Settings
     from routed_nv.agent.metrics import Metrics, xfrm_stat_reader
     from routed_nv.agent.notify import Notifier
+    from routed_nv.agent.wiring import build_datapath
     from routed_nv.config.loader import ConfigError, load_config
 
     try:
@@ -147,8 +148,8 @@ def agent_command(
     )
     agent = Agent(
         config,
-        Datapath(config, netns, settings.resync_interval_s),
-        _source(config, netns),
+        build_datapath(config, netns, settings.resync_interval_s),
+        _source(config, netns, log),
         lambda: load_config(config_path),
         read_sas=_kernel_sas(netns),
         settings=settings,
@@ -186,14 +187,14 @@ def agent_command(
     sys.exit(EXIT_STOPPED)
 
 
-def _source(config: Config, netns: str | None) -> DirectorySource:
+def _source(config: Config, netns: str | None, log: EventLog | None = None) -> DirectorySource:
     """The directory source is chosen once, at start: a reload cannot switch it."""
     from routed_nv.agent.source import StaticSource
 
     if config.directory.source == DirectorySourceKind.BGP:
         from routed_nv.agent.bgp_source import BgpSource
 
-        return BgpSource(netns)
+        return BgpSource(netns, log=log)
     return StaticSource()
 
 

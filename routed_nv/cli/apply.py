@@ -61,9 +61,9 @@ def apply_command(
 
     view = _directory_view(config, run_dir or config.agent.run_dir)
     # The drivers import pyroute2: only load them when a command needs the kernel.
-    from routed_nv.agent.datapath import Datapath
+    from routed_nv.agent.wiring import build_datapath
 
-    datapath = Datapath(config, netns)
+    datapath = build_datapath(config, netns)
     outcome = datapath.plan(config, view) if dry_run else datapath.apply(config, view)
     if output == "json":
         click.echo(

@@ -45,6 +45,12 @@ class XfrmAdapter(Protocol):
 class XfrmPlan:
     ops: tuple[Op, ...]
     waiting: Mapping[StateKey, float]  # stale inbound SAs kept for now: key -> seconds left
+    # What apply_plan() needs from the read the plan was made on, so it never reads again: our
+    # SAs as they were (their outbound sequence counters), when, and whether SAs are ours to
+    # manage (not in IKE mode).
+    states: tuple[XfrmState, ...] = ()
+    now: float = 0.0
+    manage_states: bool = False
 
     def lines(self) -> list[str]:
         """The plan for humans (`apply --dry-run`); keys are redacted."""
@@ -66,6 +72,7 @@ class XfrmResult:
     deleted: int = 0
     waiting: int = 0  # stale inbound SAs left in place until their grace period ends
     errors: list[str] = field(default_factory=list)
+    done: list[Op] = field(default_factory=list)  # the ops the kernel took, in order
 
     @property
     def ok(self) -> bool:
@@ -102,28 +109,34 @@ class XfrmDriver:
         self._stale_since: dict[StateKey, float] = {}
 
     def plan(self, desired: DesiredXfrm) -> XfrmPlan:
-        """What apply() would do now; reads the kernel, changes nothing."""
+        """What apply_plan() would do now; reads the kernel once, changes nothing. XfrmError
+        when the kernel cannot be read."""
         states, policies = self._read()
-        return plan_ops(
-            desired, states, policies, self._local_prefix, self._stale_since,
-            self._clock(), self._grace_s,
-        )  # fmt: skip
-
-    def apply(self, desired: DesiredXfrm) -> XfrmResult:
-        result = XfrmResult(errors=list(desired.errors))
-        try:
-            states, policies = self._read()
-        except XfrmError as exc:
-            result.errors.append(str(exc))
-            return result
         now = self._clock()
         plan = plan_ops(
             desired, states, policies, self._local_prefix, self._stale_since, now, self._grace_s
         )
-        self._stale_since = {k: self._stale_since.get(k, now) for k in plan.waiting}
+        return replace(
+            plan, states=tuple(states), now=now, manage_states=desired.states is not None
+        )
+
+    def apply(self, desired: DesiredXfrm) -> XfrmResult:
+        """Brings the kernel in line: plan() and apply_plan()."""
+        try:
+            plan = self.plan(desired)
+        except XfrmError as exc:
+            return XfrmResult(errors=[*desired.errors, str(exc)])
+        result = self.apply_plan(plan)
+        result.errors[:0] = desired.errors
+        return result
+
+    def apply_plan(self, plan: XfrmPlan) -> XfrmResult:
+        """Applies a plan of this driver without reading the kernel again."""
+        result = XfrmResult()
+        self._stale_since = {k: self._stale_since.get(k, plan.now) for k in plan.waiting}
         ops = list(plan.ops)
-        if desired.states is not None:
-            ops = self._reserve(states, ops, now, result.errors)
+        if plan.manage_states:
+            ops = self._reserve(list(plan.states), ops, plan.now, result.errors)
         try:
             failures = self._adapter.apply(ops)
         except XfrmError as exc:
@@ -133,9 +146,8 @@ class XfrmDriver:
         self._unsent = {
             o.key(): o.oseq for o in _added_states(f.op for f in failures) if self._outbound(o)
         }
-        for op in ops:
-            if id(op) in failed:
-                continue
+        result.done = [op for op in ops if id(op) not in failed]
+        for op in result.done:
             if op.verb is Verb.DELETE:
                 result.deleted += 1
             elif op.verb is Verb.ADD:

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from routed_nv import markers
-from routed_nv.agent.datapath import Datapath, Outcome
+from routed_nv.agent.datapath import Outcome
+from routed_nv.agent.wiring import build_datapath
 from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
 from routed_nv.config.writer import to_toml
@@ -110,7 +111,7 @@ class LabDatapath:
             path.write_text(to_toml(config))
             self.config_files[host] = path
         self.datapaths = {
-            h.name: Datapath(self.configs[h.name], netns=h.namespace) for h in topology.hosts
+            h.name: build_datapath(self.configs[h.name], netns=h.namespace) for h in topology.hosts
         }
 
     def configure_workloads(self) -> None:

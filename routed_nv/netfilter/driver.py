@@ -9,7 +9,6 @@ that are no longer wanted are deleted in that commit too, after the jumps to the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +25,7 @@ class TablesAdapter(Protocol):
 @dataclass(frozen=True)
 class NetfilterPlan:
     changes: tuple[TableChange, ...]
+    errors: tuple[str, ...] = ()  # tables that could not be read: left alone
 
     def lines(self) -> list[str]:
         return [line for change in self.changes for line in change.lines()]
@@ -40,6 +40,7 @@ class NetfilterResult:
     chains_deleted: int = 0
     hooks_fixed: int = 0
     errors: list[str] = field(default_factory=list)
+    done: list[TableChange] = field(default_factory=list)  # the changes committed
 
     @property
     def ok(self) -> bool:
@@ -57,30 +58,42 @@ class NetfilterDriver:
         return [self._adapter.read(family, table) for family, table in _tables(desired)]
 
     def plan(self, desired: DesiredRules) -> NetfilterPlan:
-        """What apply() would do now; reads the kernel, changes nothing."""
-        return plan_changes(desired, self.read(desired))
-
-    def apply(self, desired: DesiredRules) -> NetfilterResult:
-        """Brings every table in line; a table that fails stays as it was (its commit is atomic)
-        and is reported, the others are still applied."""
-        result = NetfilterResult(errors=list(desired.errors))
+        """What apply_plan() would do now; reads each table once, changes nothing. A table that
+        cannot be read is reported and left out, the others are still planned."""
+        changes, errors = [], []
         for family, table in _tables(desired):
             try:
                 change = plan_table(desired, self._adapter.read(family, table))
-                if change:
-                    self._adapter.apply(change)
             except NetfilterError as exc:  # names the table and the operation
+                errors.append(str(exc))
+                continue
+            if change:
+                changes.append(change)
+        return NetfilterPlan(tuple(changes), tuple(errors))
+
+    def apply(self, desired: DesiredRules) -> NetfilterResult:
+        """Brings every table in line: plan() and apply_plan()."""
+        plan = self.plan(desired)
+        result = self.apply_plan(plan)
+        result.errors[:0] = [*desired.errors, *plan.errors]
+        return result
+
+    def apply_plan(self, plan: NetfilterPlan) -> NetfilterResult:
+        """Commits a plan without reading again; a table that fails stays as it was (its commit
+        is atomic) and is reported, the others are still applied. The plan's own errors (tables
+        it could not read) are the caller's to report."""
+        result = NetfilterResult()
+        for change in plan.changes:
+            try:
+                self._adapter.apply(change)
+            except NetfilterError as exc:
                 result.errors.append(str(exc))
                 continue
+            result.done.append(change)
             result.chains_set += len(change.set_chains)
             result.chains_deleted += len(change.delete_chains)
             result.hooks_fixed += len(change.hooks)
         return result
-
-
-def plan_changes(desired: DesiredRules, actual: Iterable[ActualTable]) -> NetfilterPlan:
-    changes = (plan_table(desired, table) for table in actual)
-    return NetfilterPlan(tuple(c for c in changes if c))
 
 
 def plan_table(desired: DesiredRules, actual: ActualTable) -> TableChange:

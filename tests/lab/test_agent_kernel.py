@@ -313,11 +313,17 @@ def test_the_periodic_resync_repairs_drift_nobody_reported(env: Env) -> None:
     ):
         assert time.monotonic() < deadline, agent.log()
         time.sleep(0.2)
+    # and says what it changed
+    assert "agent.change stage=routing op=add obj=route dst=10.0.0.2/32 " in agent.log()[logged:]
     assert " 0% packet loss" in sh(env.lab, ns("blue1"), "ping -c 2 -i 0.2 -W 2 10.0.0.2")
 
 
 def test_agent_log_has_no_key_material(env: Env) -> None:
     secrets = [p.read_text().split()[1] for p in Path(env.lab.secrets_dir).glob("*.key")]
-    for agent in env.agents.agents.values():
+    for host, agent in env.agents.agents.items():
         log = agent.log()
         assert log and not any(secret in log for secret in secrets)
+        # the SA keys derived from them are not logged either, though every SA added is
+        sa_keys = re.findall(r"aead \S+ 0x([0-9a-f]+)", sh(env.lab, ns(host), "ip xfrm state"))
+        assert sa_keys and not any(key in log.lower() for key in sa_keys)
+        assert "agent.change stage=xfrm op=add obj=sa " in log

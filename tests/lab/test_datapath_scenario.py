@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from routed_nv import markers
-from routed_nv.agent.datapath import Datapath
+from routed_nv.agent.wiring import build_datapath
 from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
 from routed_nv.esp import spi
@@ -45,7 +45,7 @@ def test_a_second_apply_and_a_restarted_agent_change_nothing(lab: LabDatapath) -
     for host in lab.lab.topology.hosts:
         assert not lab.plan(host.name).changed
         config = lab.configs[host.name]
-        fresh = Datapath(config, netns=host.namespace)  # no memory, like a restarted agent
+        fresh = build_datapath(config, netns=host.namespace)  # no memory, like a restarted agent
         outcome = fresh.plan(config, static_view(config))
         assert outcome.ok and not outcome.changed, [s.lines for s in outcome.stages]
 
@@ -171,7 +171,7 @@ def test_key_rotation_and_reapply_under_continuous_ping_lose_nothing(lab: LabDat
     everywhere()  # the old inbound SAs go once their grace period is over
     for host in hosts:  # and a restarted agent re-applying changes nothing
         config = lab.configs[host]
-        fresh = Datapath(config, netns=ns(host)).apply(config, static_view(config))
+        fresh = build_datapath(config, netns=ns(host)).apply(config, static_view(config))
         assert fresh.ok and not fresh.changed
     time.sleep(0.5)
     results = [p.stop() for p in pings]

@@ -25,6 +25,7 @@ import pytest
 
 from routed_nv import markers
 from routed_nv.agent.datapath import Datapath, Outcome
+from routed_nv.agent.wiring import build_datapath
 from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
 from routed_nv.esp.spimap import SaRow, rows_from_sas
@@ -147,7 +148,7 @@ def ike_lab(workdir: Path, auth: Auth, logs: str) -> Iterator[IkeLab]:
             configs[host.name] = Config.model_validate(data)
         for w in topology.workloads:
             configure_workload(w, configs[w.host].tenant_mtu(w.tenant))
-        datapaths = {h: Datapath(configs[h], netns=f"rnv-lab-{h}") for h in HOSTS}
+        datapaths = {h: build_datapath(configs[h], netns=f"rnv-lab-{h}") for h in HOSTS}
         try:
             yield IkeLab(lab, charons, configs, datapaths, workdir)
         finally:
@@ -393,7 +394,7 @@ def test_2_a_second_reconcile_changes_nothing(ike: IkeLab) -> None:
         ]
     # a restarted agent reloads each connection once; charon keeps the identical ones and their SAs
     config = ike.configs["host1"]
-    fresh = Datapath(config, netns="rnv-lab-host1").apply(config, static_view(config))
+    fresh = build_datapath(config, netns="rnv-lab-host1").apply(config, static_view(config))
     assert fresh.ok, [s.errors for s in fresh.stages]
     assert {(r.spi_in, r.spi_out) for r in ike.rows("host1")} == {
         (r.spi_in, r.spi_out) for r in before["host1"]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from routed_nv import markers
-from routed_nv.agent.datapath import Datapath
+from routed_nv.agent.wiring import build_datapath
 from routed_nv.calc.inputs import static_view
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import tenant_matrix
@@ -284,7 +284,8 @@ def test_a_local_rule_put_back_at_pref_0_is_seen_by_a_dry_run_and_removed(lab: L
     host_ns = lab.lab.topology.host(HOST).namespace
     sh(lab.lab, host_ns, "ip -6 rule add pref 0 lookup local")
     config = lab.configs[HOST]
-    fresh = Datapath(config, netns=host_ns)  # what `apply --dry-run` and a resync do: read afresh
+    # what `apply --dry-run` and a resync do: read afresh
+    fresh = build_datapath(config, netns=host_ns)
     plan = fresh.plan(config, static_view(config))
     lines = [line for stage in plan.stages for line in stage.lines]
     assert lines == ["- rule -6 pref 0 from all lookup 255 proto 0"], lines

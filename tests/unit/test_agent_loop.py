@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from routed_nv.agent.changes import Changed
 from routed_nv.agent.datapath import Outcome, Stage
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
@@ -55,13 +56,15 @@ class FakeDatapath:
         self.errors: list[str] = []
         self.raises: Exception | None = None
         self.changes = ["+ route 10.0.0.2/32"]
+        self.done: list[Changed] = []  # the changes for the log
 
     def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         self.applied.append((config, view))
         self.resyncs.append(resync)
         if self.raises is not None:
             raise self.raises
-        return Outcome([Stage("routing", lines=list(self.changes), errors=list(self.errors))])
+        stage = Stage("routing", list(self.changes), list(self.done), list(self.errors))
+        return Outcome([stage])
 
 
 class FakeSource:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 from test_agent_loop import HOST3, Harness, route, view
 
-from routed_nv.agent import datapath, view_json
+from routed_nv.agent import view_json, wiring
 from routed_nv.agent.control import SOCKET_NAME, ControlServer
 from routed_nv.agent.datapath import Outcome
 from routed_nv.calc.inputs import Claim, DirectoryView, static_view
@@ -45,7 +45,7 @@ class RecordingDatapath:
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, DirectoryView]]:
     RecordingDatapath.runs = []
-    monkeypatch.setattr(datapath, "Datapath", RecordingDatapath)
+    monkeypatch.setattr(wiring, "build_datapath", RecordingDatapath)
     return RecordingDatapath.runs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import os
 import queue
@@ -15,6 +16,7 @@ import pytest
 from routed_nv import markers
 from routed_nv.agent import bgp_source
 from routed_nv.agent.bgp_source import BgpSource
+from routed_nv.agent.events import EventLog
 from routed_nv.agent.source import SourceUpdate, StaticSource
 from routed_nv.calc.inputs import Claim
 from routed_nv.cli import agent as agent_cli
@@ -144,7 +146,11 @@ class Run:
     def __init__(self, apply: Callable[[Config, Path], object] = lambda c, p: None) -> None:
         self.watch, self.bird = FakeWatch(), FakeBird()
         self.updates: queue.Queue[SourceUpdate] = queue.Queue()
-        self.source = BgpSource(None, self.watch, self.bird, apply)  # type: ignore[arg-type]
+        self.log = io.StringIO()
+        self.source = BgpSource(None, self.watch, self.bird, apply, EventLog(stream=self.log))  # type: ignore[arg-type]
+
+    def logged(self, event: str) -> list[str]:
+        return [x for x in self.log.getvalue().splitlines() if x.split(" ")[0] == event]
 
     def until(self, check: Callable[[SourceUpdate], bool]) -> SourceUpdate:
         while True:
@@ -296,6 +302,42 @@ def test_config_applied_at_start_retried_after_failure_and_on_reload(fast_poll: 
         assert applied[-1] is reloaded
     finally:
         r.source.stop()
+
+
+def test_sessions_sync_and_bird_config_are_logged_when_they_change(fast_poll: None) -> None:
+    refusals = 3
+
+    def apply(config: Config, path: Path) -> None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise BirdError("BIRD refused it")
+
+    r = Run(apply)
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        r.until(lambda u: u.in_sync)
+        r.bird.sessions["rr1"] = "Active"
+        r.until(lambda u: not u.in_sync)
+    finally:
+        r.source.stop()
+    # refused three times, said once; then applied
+    assert r.logged("directory.bird_config") == [
+        'directory.bird_config ok=false error="BIRD refused it"',
+        f"directory.bird_config ok=true path={CONFIG.directory.bird_config}",
+    ]
+    assert r.logged("directory.peer")[:2] == [
+        "directory.peer name=rr1 address=2001:db8:0:f1::1 state=up info=Established",
+        "directory.peer name=rr2 address=2001:db8:0:f2::1 state=start info=Active",
+    ]
+    assert r.logged("directory.peer")[-1] == (
+        "directory.peer name=rr1 address=2001:db8:0:f1::1 state=start info=Active"
+    )
+    sync = r.logged("directory.sync")
+    assert any(line.startswith("directory.sync in_sync=true ") for line in sync)
+    assert sync[-1] == (
+        'directory.sync in_sync=false detail="0 of 2 route reflector sessions established"'
+    )
 
 
 def test_each_route_reflector_session_is_named_for_the_status_it_reports() -> None:

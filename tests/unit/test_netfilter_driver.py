@@ -171,3 +171,19 @@ def test_a_failing_table_is_reported_and_the_other_still_applied(fake):
 def test_calculation_errors_are_passed_on(fake):
     desired = replace(desired_rules(config()), errors=("endpoint x: no interface",))
     assert NetfilterDriver(fake).apply(desired).errors == ["endpoint x: no interface"]
+
+
+def test_a_table_that_cannot_be_read_is_reported_and_the_others_are_still_planned(fake):
+    class Unreadable(FakeTables):
+        def read(self, family, table):
+            if family is Family.IPV6:
+                raise NetfilterError(f"{family} table {table}: read failed: boom")
+            return super().read(family, table)
+
+    desired = desired_rules(config())
+    driver = NetfilterDriver(Unreadable())
+    plan = driver.plan(desired)  # a dry run reports it, it does not end in a traceback
+    assert plan.errors == ("ipv6 table raw: read failed: boom",)
+    assert {c.family for c in plan.changes} == {Family.IPV4}
+    result = driver.apply(desired)
+    assert result.errors == ["ipv6 table raw: read failed: boom"] and result.chains_set > 0
