@@ -86,6 +86,7 @@ def test_status_json_and_metrics_of_a_running_agent(env: Env) -> None:
         "rejected": [],
         "rejected_total": {},
         "stale": [],
+        "duplicates": [],
     }
     brief = agent.status_command("--brief")
     assert brief.stdout.startswith("ready: directory static in sync"), brief.stdout
