@@ -31,7 +31,9 @@ _GUEST_RUN = pytest.StashKey["_GuestRun | None"]()
 class _GuestRun:
     def __init__(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         self.config = config
-        self.nodeids = {item.nodeid for item in items}
+        # In collection order: the file order, and each module's tests as written (a module's
+        # later tests may build on its earlier ones, and its docstring says so).
+        self.nodeids = [item.nodeid for item in items]
         self.results: dict[str, list[dict[str, Any]]] | None = None
         self.failure = ""
 
@@ -42,7 +44,7 @@ class _GuestRun:
         report.parent.mkdir(exist_ok=True)
         report.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "pytest", "-p", "routed_nv.lab.guest_report"]
-        argv += ["-p", "no:cacheprovider", "-q", *sorted(self.nodeids)]
+        argv += ["-p", "no:cacheprovider", "-q", *self.nodeids]
         # Without pyproject's --durations: the host lists the slowest tests, these included.
         argv += ["-o", "addopts=-ra"]
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
