@@ -1,4 +1,4 @@
-"""The directory benchmark (`python -m routed_nv.directory.bench`) on a real kernel: every size's
+"""The directory benchmark (`python -m routed_nv.bench.directory`) on a real kernel: every size's
 N routes reach the receiving agent's VRF table with the publishing host's tenant address as next
 hop (and its mirror table with its host address), and every figure is there. Timings are
 printed, never asserted."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from routed_nv.bench import directory as bench
 from routed_nv.config.model import tenant_outer_address
-from routed_nv.directory import bench
 from routed_nv.lab.bird import bgp_address
 from routed_nv.lab.topology import directory_topology
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv.directory import bench
+from routed_nv.bench import directory as bench
 from routed_nv.lab.datapath import host_config
 from routed_nv.lab.topology import directory_topology
 

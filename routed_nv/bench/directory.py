@@ -4,7 +4,7 @@ VRF table, and until a withdrawal is gone from it; the agent's CPU and memory, B
 node, and the `ip -batch` floor of writing the same routes into a VRF table on host2, side by
 side in one run.
 
-    python -m routed_nv.directory.bench [--quick | --full | --size N[:REPS] ...] [-o json]
+    python -m routed_nv.bench.directory [--quick | --full | --size N[:REPS] ...] [-o json]
 
 Publishing is what host1's routing driver does for a local endpoint: a proto-230 route in the
 tenant's publish table (one `ip -batch` for all N). host1 and host3 are programmed in-process and
@@ -381,7 +381,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes = dict(args.size) if args.size else QUICK if args.quick else FULL
     if uml.needs_uml():
-        argv = [sys.executable, "-m", "routed_nv.directory.bench", *sys.argv[1:]]
+        argv = [sys.executable, "-m", "routed_nv.bench.directory", *sys.argv[1:]]
         # 100,000 routes: BIRD holds them on five nodes, the agent and the bench's watch in
         # Python objects; in 3 GB the bench was killed reading host2's tables at the end
         mem = "6G" if max(sizes) > max(QUICK) else uml.DEFAULT_MEM

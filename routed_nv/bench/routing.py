@@ -1,7 +1,7 @@
 """Benchmark of the routing driver: N remote routes of one tenant in one host namespace, applied
 by RoutingDriver over the real kernel, next to the `ip -batch` floor for the same routes.
 
-    python -m routed_nv.routing.bench [--routes N ...] [--full]
+    python -m routed_nv.bench.routing [--routes N ...] [--full]
 
 For each N (half IPv4 /32, half IPv6 /128, via the tenant tunnel like the directory's routes):
 first apply (the kernel has the tenant's links but none of the N routes), re-apply with nothing
@@ -158,7 +158,7 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="1,000, 10,000 and 100,000 routes")
     args = parser.parse_args()
     if uml.needs_uml():
-        argv = [sys.executable, "-m", "routed_nv.routing.bench", *sys.argv[1:]]
+        argv = [sys.executable, "-m", "routed_nv.bench.routing", *sys.argv[1:]]
         return uml.run_in_uml(argv, cwd=Path.cwd(), mem="2G", timeout=1800)
     sizes = args.routes or (FULL_SIZES if args.full else DEFAULT_SIZES)
     report(sizes)
