@@ -363,8 +363,12 @@ def size(text: str) -> tuple[int, int]:
     return value
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+PROG = "routed-nv bench directory"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`argv`: the options (default: this process's); `routed-nv bench directory` passes its own."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     sizes_given = parser.add_mutually_exclusive_group()
     sizes_given.add_argument("--quick", action="store_true", help="N up to 10,000, fewer reps")
     sizes_given.add_argument("--full", action="store_true", help="N up to 100,000 (the default)")
@@ -378,17 +382,18 @@ def main() -> int:
         default=MEMORY_LOG,
         help="where available memory and the largest processes are written every 10 s",
     )
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     sizes = dict(args.size) if args.size else QUICK if args.quick else FULL
     if uml.needs_uml():
-        argv = [sys.executable, "-m", "routed_nv.bench.directory", *sys.argv[1:]]
+        command = [sys.executable, "-m", "routed_nv.bench.directory", *argv]
         # 100,000 routes: BIRD holds them on five nodes, the agent and the bench's watch in
         # Python objects; in 3 GB the bench was killed reading host2's tables at the end
         mem = "6G" if max(sizes) > max(QUICK) else uml.DEFAULT_MEM
         advice = uml.map_count_advice(mem) if mem != uml.DEFAULT_MEM else None
         if advice:  # host2's agent held ~375 MB at 100,000 routes
             print(f"routed-nv: warning: {advice}", file=sys.stderr)
-        return uml.run_in_uml(argv, cwd=Path.cwd(), timeout=3600, mem=mem)
+        return uml.run_in_uml(command, cwd=Path.cwd(), timeout=3600, mem=mem)
     if args.output == "json":
         print(json.dumps([asdict(r) for r in run(sizes, memory_log=args.memory_log)], indent=2))
     else:

@@ -152,14 +152,19 @@ def report(sizes: list[int]) -> None:
         print(f"{r.n:>14}" + "".join(f"{v:>14.3f}" for v in values), flush=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+PROG = "routed-nv bench routing"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`argv`: the options (default: this process's); `routed-nv bench routing` passes its own."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, nargs="+", metavar="N", help="route counts")
     parser.add_argument("--full", action="store_true", help="1,000, 10,000 and 100,000 routes")
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     if uml.needs_uml():
-        argv = [sys.executable, "-m", "routed_nv.bench.routing", *sys.argv[1:]]
-        return uml.run_in_uml(argv, cwd=Path.cwd(), mem="2G", timeout=1800)
+        command = [sys.executable, "-m", "routed_nv.bench.routing", *argv]
+        return uml.run_in_uml(command, cwd=Path.cwd(), mem="2G", timeout=1800)
     sizes = args.routes or (FULL_SIZES if args.full else DEFAULT_SIZES)
     report(sizes)
     return 0

@@ -1,4 +1,5 @@
-"""`routed-nv bench`: the comparative benchmark, inside UML when this kernel lacks the datapath.
+"""`routed-nv bench`: the comparative benchmark, inside UML when this kernel lacks the datapath;
+`routed-nv bench directory|routing ...`: the directory and routing-programming benchmarks.
 
 Like `routed-nv lab`, the command re-runs itself in a user-mode-linux guest
 (`python -m routed_nv.cli.bench --guest-report FILE`); the guest writes the JSON report to
@@ -44,7 +45,7 @@ def _in_uml(quick: bool, mem: str, timeout: float) -> Report:
     return result
 
 
-@click.command(name="bench")
+@click.group(name="bench", invoke_without_command=True)
 @click.option(
     "--quick/--full",
     default=False,
@@ -72,7 +73,9 @@ def _in_uml(quick: bool, mem: str, timeout: float) -> Report:
     help="Seconds before the UML guest is killed.",
 )
 @click.option("--guest-report", type=click.Path(path_type=Path), hidden=True)
+@click.pass_context
 def bench_command(
+    ctx: click.Context,
     quick: bool,
     output: str,
     save: Path | None,
@@ -97,12 +100,18 @@ def bench_command(
       1  the benchmark failed (in the UML guest or on this kernel)
       2  usage error
 
+    The directory and routing benchmarks are its subcommands (their own options follow them).
+
     \b
     Examples:
       routed-nv bench --quick
       routed-nv bench --quick -o json > bench.json
       routed-nv bench --full --save docs/benchmarks.json --plots docs/img
+      routed-nv bench directory --quick -o json
+      routed-nv bench routing --routes 1000 10000
     """
+    if ctx.invoked_subcommand is not None:
+        return
     # the benchmark (and the lab it builds) loads only when it runs, not for `--help`
     from routed_nv.bench import plots, report
     from routed_nv.bench.run import FULL, QUICK, run
@@ -118,6 +127,57 @@ def bench_command(
         for path in plots.plot(result, plot_dir):
             _log(f"wrote {path}")
     click.echo(result.model_dump_json(indent=2) if output == "json" else report.tables(result))
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+@bench_command.command("directory", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_directory_command(args: tuple[str, ...]) -> None:
+    """Publish N routes on host1 -> in host2's VRF, beside the `ip -batch` floor.
+
+    Its own options follow it: --quick, --full, --size N[:REPS], -o json.
+    Runs in a UML guest when this kernel lacks the datapath. Method: docs/directory.md.
+
+    \b
+    Exit status:
+      0  measured and reported
+      1  the benchmark failed (in the UML guest or on this kernel)
+      2  usage error
+
+    \b
+    Examples:
+      routed-nv bench directory --quick
+      routed-nv bench directory --size 100000:1 -o json
+    """
+    from routed_nv.bench import directory
+
+    sys.exit(directory.main(list(args)))
+
+
+@bench_command.command("routing", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_routing_command(args: tuple[str, ...]) -> None:
+    """Program N routes into a VRF through the routing driver, beside the `ip -batch` floor.
+
+    Its own options follow it: --routes N..., --full. Runs in a UML guest
+    when this kernel lacks the datapath.
+
+    \b
+    Exit status:
+      0  measured and reported
+      1  the benchmark failed (in the UML guest or on this kernel)
+      2  usage error
+
+    \b
+    Examples:
+      routed-nv bench routing
+      routed-nv bench routing --routes 1000 10000
+    """
+    from routed_nv.bench import routing
+
+    sys.exit(routing.main(list(args)))
 
 
 if __name__ == "__main__":
