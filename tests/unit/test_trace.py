@@ -1,0 +1,198 @@
+"""`routed-nv trace`'s decision (calc/trace.py): one test per verdict and per first reason, on
+facts made by hand (the kernel's route choice, XFRM policies and SAs, the directory view)."""
+
+import ipaddress
+
+import pytest
+
+from routed_nv import markers
+from routed_nv.calc.inputs import static_view
+from routed_nv.calc.routing import endpoint_link_name
+from routed_nv.calc.trace import Facts, KernelRoute, TraceError, Verdict, trace
+from routed_nv.calc.xfrm import tenant_policies
+from routed_nv.config.model import Config
+from routed_nv.esp import spi
+from routed_nv.esp.objects import XfrmState
+from routed_nv.esp.secret import Secret
+
+ip = ipaddress.ip_address
+HOST2_BLUE = ip("2001:db8:0:2::1:64")
+HOST1_BLUE = ip("2001:db8:0:1::1:64")
+SPI_OUT = spi.encode(100, 1, 0)
+
+
+def config() -> Config:
+    return Config.model_validate(
+        {
+            "host": {
+                "name": "host1",
+                "id": 1,
+                "underlay_prefix": "2001:db8:0:1::/64",
+                "underlay_aggregate": "2001:db8::/48",
+                "uplink": "eth0",
+            },
+            "keying": {"mode": "static"},
+            "tenants": {
+                "blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]},
+                "red": {"id": 200, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]},
+            },
+            "endpoints": {
+                "blue1": {"tenant": "blue", "addresses": ["10.0.0.1", "fd10::1"], "netns": "b1"},
+                "blue3": {"tenant": "blue", "addresses": ["10.0.0.3"], "netns": "b3"},
+                "red1": {"tenant": "red", "addresses": ["10.0.0.1", "10.0.0.5"], "netns": "r1"},
+            },
+            "peers": {"host2": {"id": 2, "underlay_prefix": "2001:db8:0:2::/64"}},
+            "remote_endpoints": {
+                "blue2": {"tenant": "blue", "addresses": ["10.0.0.2", "fd10::2"], "host": "host2"},
+                "red7": {"tenant": "red", "addresses": ["10.0.0.7"], "host": "host2"},
+            },
+        }
+    )
+
+
+def sa(src=HOST1_BLUE, dst=HOST2_BLUE, value=SPI_OUT, reqid=markers.reqid(100)) -> XfrmState:
+    return XfrmState(src, dst, value, reqid, Secret(b"\x00" * 20))
+
+
+TO_HOST2 = KernelRoute(dev="rnv-t100", via=HOST2_BLUE)
+NO_ROUTE = KernelRoute(error="No route to host")
+
+
+def facts(route=TO_HOST2, states=(sa(),), policies=None) -> Facts:
+    cfg = config()
+    if policies is None:
+        policies = tuple(p for t in cfg.tenants.values() for p in tenant_policies(cfg, t))
+    return Facts(cfg, static_view(cfg), "config", route, tuple(policies), tuple(states))
+
+
+def run(f: Facts, tenant="blue", src="10.0.0.1", dst="10.0.0.2", proto="icmp", port=None):
+    return trace(f, tenant, src, dst, proto, port)
+
+
+def test_a_packet_to_a_remote_endpoint_is_sent_to_its_host_over_the_tenants_sa():
+    t = run(facts(), proto="tcp", port=443)
+    assert (t.verdict, t.host, t.spi) == (Verdict.SENT, "host2", SPI_OUT)
+    assert t.reason == f"sent to host host2 over SPI 0x{SPI_OUT:08x}"
+    assert [s.what for s in t.steps] == [
+        "source",
+        "anti-spoofing",
+        "directory",
+        "route",
+        "tunnel",
+        "xfrm-policy",
+        "sa",
+        "receiver",
+    ]
+    assert all(s.ok for s in t.steps)
+    details = {s.what: s.detail for s in t.steps}
+    assert "endpoint blue1 of tenant blue on rnv-eblue1" in details["source"]
+    assert "RNV-SRC-rnv-eblue1 accepts source 10.0.0.1" in details["anti-spoofing"]
+    assert "announced by host host2 (2001:db8:0:2::1)" in details["directory"]
+    assert "tenant 100, sender host id 1, generation 0" in details["sa"]
+    assert "--reqid 65636" in details["receiver"] and "2001:db8:0:2::1:64/128" in details["receiver"]
+    assert t.as_json()["spi"] == "0x00640004"
+    assert t.as_json()["port"] == 443
+
+
+def test_a_packet_to_a_local_endpoint_of_the_tenant_is_delivered_here():
+    t = run(facts(route=KernelRoute(dev=endpoint_link_name("blue3"))), dst="10.0.0.3")
+    assert t.verdict is Verdict.DELIVERED
+    assert t.reason == "delivered locally to endpoint blue3 (rnv-eblue3)"
+
+
+def test_a_source_no_endpoint_holds_is_dropped_first():
+    t = run(facts(), src="10.0.0.9")
+    assert t.verdict is Verdict.DROPPED
+    assert t.reason.startswith("no endpoint for SRC 10.0.0.9 on host host1")
+    assert [s.what for s in t.steps] == ["source"]
+
+
+def test_a_source_of_another_tenant_is_not_this_tenants():
+    t = run(facts(), src="10.0.0.5")
+    assert t.verdict is Verdict.DROPPED
+    assert "SRC 10.0.0.5 is not tenant blue's" in t.reason
+    assert "endpoint red1 of tenant red" in t.reason
+
+
+def test_an_address_only_another_tenant_holds_is_dropped_at_the_tenant_boundary():
+    t = run(facts(route=NO_ROUTE), dst="10.0.0.7")
+    assert t.verdict is Verdict.DROPPED
+    assert t.reason.startswith("10.0.0.7 is tenant red's, not blue's")
+    assert "tenant boundary" in t.reason and "No route to host" in t.reason
+    assert t.steps[-1].what == "route" and not t.steps[-1].ok
+
+
+def test_a_route_the_directory_has_but_the_kernel_lacks_is_drift():
+    t = run(facts(route=NO_ROUTE))
+    assert t.verdict is Verdict.DROPPED
+    assert t.reason.startswith("no route to 10.0.0.2 in VRF rnv-v100 although the directory")
+    assert "(host host2)" in t.reason
+
+
+def test_an_address_nobody_holds_has_no_route():
+    t = run(facts(route=NO_ROUTE), dst="10.0.0.99")
+    assert t.reason.startswith("no route to 10.0.0.99 in tenant blue: no endpoint holds it")
+
+
+def test_a_route_into_another_tenants_device_is_refused_as_impossible():
+    t = run(facts(route=KernelRoute(dev="rnv-t200", via=ip("2001:db8:0:2::1:c8"))))
+    assert t.verdict is Verdict.DROPPED
+    assert "a device of tenant 200" in t.reason and "impossible" in t.reason
+
+
+def test_a_policy_without_its_sa_drops_the_packet():
+    t = run(facts(states=()))
+    assert t.verdict is Verdict.DROPPED
+    assert t.reason.startswith(
+        f"no SA for the policy: src {HOST1_BLUE} dst {HOST2_BLUE} reqid {markers.reqid(100)}"
+    )
+    assert "0x00640004..0x00640007 towards host host2" in t.reason
+    assert [s.what for s in t.steps][-2:] == ["xfrm-policy", "sa"]
+
+
+def test_an_sa_of_another_tenant_or_peer_does_not_count():
+    other = sa(reqid=markers.reqid(200))
+    assert run(facts(states=(other,))).verdict is Verdict.DROPPED
+
+
+def test_only_a_block_policy_drops_the_packet():
+    blocks = [p for p in facts().policies if p.is_block]
+    t = run(facts(policies=blocks))
+    assert t.verdict is Verdict.DROPPED and "action block" in t.reason
+
+
+def test_no_policy_at_all_would_leave_in_plaintext():
+    t = run(facts(policies=()))
+    assert "no XFRM out policy" in t.reason and "plaintext" in t.reason
+
+
+def test_the_newest_generation_is_the_one_used():
+    newer = spi.encode(100, 1, 1)
+    t = run(facts(states=(sa(), sa(value=newer))))
+    assert t.spi == newer
+    assert "also 0x00640004" in t.steps[-2].detail
+
+
+def test_ipv6_goes_in_next_header_41():
+    t = run(facts(), src="fd10::1", dst="fd10::2")
+    assert t.verdict is Verdict.SENT
+    assert "next header 41" in next(s.detail for s in t.steps if s.what == "tunnel")
+
+
+@pytest.mark.parametrize(
+    ("tenant", "src", "dst", "proto", "port", "message"),
+    [
+        ("green", "10.0.0.1", "10.0.0.2", "icmp", None, "no tenant 'green'"),
+        ("blue", "10.0.0.1", "nope", "icmp", None, "'nope' does not appear to be"),
+        ("blue", "10.0.0.1", "fd10::2", "icmp", None, "not of the same IP version"),
+        ("blue", "10.0.0.1", "10.0.0.2", "sctp", None, "--proto 'sctp'"),
+        ("blue", "10.0.0.1", "10.0.0.2", "icmp", 80, "--port needs --proto tcp or udp"),
+    ],
+)
+def test_questions_that_cannot_be_asked_are_one_clear_error(tenant, src, dst, proto, port, message):
+    with pytest.raises(TraceError, match=message):
+        trace(facts(), tenant, src, dst, proto, port)
+
+
+def test_the_tenant_may_be_given_by_id():
+    assert run(facts(), tenant="100").tenant == "blue"
