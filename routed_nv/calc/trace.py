@@ -50,7 +50,7 @@ class KernelRoute:
 class Facts:
     config: Config
     view: DirectoryView
-    view_source: str  # "agent" (its applied view) or "config" (static entries, no agent)
+    view_source: str  # "from the running agent", "from the configuration (no agent)"
     route: KernelRoute
     policies: tuple[XfrmPolicy, ...]
     states: tuple[XfrmState, ...]
@@ -143,7 +143,8 @@ def trace(facts: Facts, tenant: str, src: str, dst: str, proto: str, port: int |
         walk.steps.append(dropped.step)
         result = (Verdict.DROPPED, dropped.step.detail, None, None)
     verdict, reason, host, spi = result
-    return Trace(name, tid, source, dest, proto, port, tuple(walk.steps), verdict, reason, host, spi)
+    steps = tuple(walk.steps)
+    return Trace(name, tid, source, dest, proto, port, steps, verdict, reason, host, spi)
 
 
 def _walk(
@@ -177,7 +178,8 @@ def _walk(
     holder = next((n for n, i in ifnames.items() if i == route.dev), None)
     if holder is not None:
         walk.ok("route", f"kernel: {dst} dev {route.dev} in VRF {vrf}")
-        return Verdict.DELIVERED, f"delivered locally to endpoint {holder} ({route.dev})", None, None
+        reason = f"delivered locally to endpoint {holder} ({route.dev})"
+        return Verdict.DELIVERED, reason, None, None
     if route.dev != markers.tunnel_name(tid) or route.via is None:
         raise _Dropped(
             "route",
@@ -200,9 +202,7 @@ def _source_endpoint(
             where = f"netns {ep.netns}" if ep.netns else "interface"
             walk.ok("source", f"endpoint {name} of tenant {tenant} on {ifnames[name]} ({where})")
             return name
-    others = [
-        (n, ep.tenant) for n, ep in sorted(config.endpoints.items()) if src in ep.addresses
-    ]
+    others = [(n, ep.tenant) for n, ep in sorted(config.endpoints.items()) if src in ep.addresses]
     if others:
         holders = ", ".join(f"endpoint {n} of tenant {t}" for n, t in others)
         raise _Dropped(
@@ -232,10 +232,10 @@ def _directory_step(
             "directory",
             f"{dst} in tenant {tenant} announced by host {remote.peer.name} "
             f"({remote.peer.address}), mobility sequence {remote.sequence} "
-            f"(from the {facts.view_source})",
+            f"({facts.view_source})",
         )
     else:
-        walk.ok("directory", f"no entry for {dst} in tenant {tenant} (from the {facts.view_source})")
+        walk.ok("directory", f"no entry for {dst} in tenant {tenant} ({facts.view_source})")
 
 
 def _no_route(
@@ -285,8 +285,7 @@ def _encrypted(
     peer_name = peer.name if peer else f"the host of {via} (not in the directory)"
     walk.ok(
         "tunnel",
-        f"{markers.tunnel_name(tid)}: IPv6 {mine} -> {via} next header {inner} "
-        f"(to {peer_name})",
+        f"{markers.tunnel_name(tid)}: IPv6 {mine} -> {via} next header {inner} (to {peer_name})",
     )
     policy = _out_policy(facts.policies, mine, via, inner)
     if policy is None:
@@ -406,9 +405,7 @@ def _local_holder(config: Config, tenant: str, dst: IPAddress) -> str | None:
 
 def _remote_route(view: DirectoryView, tid: int, dst: IPAddress) -> RemoteRoute | None:
     prefix = ipaddress.ip_network(dst)
-    return next(
-        (r for r in view.remote_routes if r.tenant_id == tid and r.prefix == prefix), None
-    )
+    return next((r for r in view.remote_routes if r.tenant_id == tid and r.prefix == prefix), None)
 
 
 def _other_tenants_holding(facts: Facts, tid: int, dst: IPAddress) -> list[str]:

@@ -50,7 +50,10 @@ def config() -> Config:
     )
 
 
-def sa(src=HOST1_BLUE, dst=HOST2_BLUE, value=SPI_OUT, reqid=markers.reqid(100)) -> XfrmState:
+BLUE_REQID = markers.reqid(100)
+
+
+def sa(src=HOST1_BLUE, dst=HOST2_BLUE, value=SPI_OUT, reqid=BLUE_REQID) -> XfrmState:
     return XfrmState(src, dst, value, reqid, Secret(b"\x00" * 20))
 
 
@@ -58,11 +61,16 @@ TO_HOST2 = KernelRoute(dev="rnv-t100", via=HOST2_BLUE)
 NO_ROUTE = KernelRoute(error="No route to host")
 
 
-def facts(route=TO_HOST2, states=(sa(),), policies=None) -> Facts:
+ONE_SA = (sa(),)
+
+
+def facts(route=TO_HOST2, states=ONE_SA, policies=None) -> Facts:
     cfg = config()
     if policies is None:
         policies = tuple(p for t in cfg.tenants.values() for p in tenant_policies(cfg, t))
-    return Facts(cfg, static_view(cfg), "config", route, tuple(policies), tuple(states))
+    return Facts(
+        cfg, static_view(cfg), "from the configuration", route, tuple(policies), tuple(states)
+    )
 
 
 def run(f: Facts, tenant="blue", src="10.0.0.1", dst="10.0.0.2", proto="icmp", port=None):
@@ -89,7 +97,8 @@ def test_a_packet_to_a_remote_endpoint_is_sent_to_its_host_over_the_tenants_sa()
     assert "RNV-SRC-rnv-eblue1 accepts source 10.0.0.1" in details["anti-spoofing"]
     assert "announced by host host2 (2001:db8:0:2::1)" in details["directory"]
     assert "tenant 100, sender host id 1, generation 0" in details["sa"]
-    assert "--reqid 65636" in details["receiver"] and "2001:db8:0:2::1:64/128" in details["receiver"]
+    assert "-d 2001:db8:0:2::1:64/128" in details["receiver"]
+    assert "--reqid 65636" in details["receiver"]
     assert t.as_json()["spi"] == "0x00640004"
     assert t.as_json()["port"] == 443
 
