@@ -131,6 +131,27 @@ def parse_packet(src: str, dst: str, proto: str, port: int | None) -> tuple[IPAd
     return source, dest
 
 
+def source_interface(config: Config, tenant: str, src: str) -> str | None:
+    """The host interface a packet from SRC of TENANT arrives on, if an endpoint holds it."""
+    name, _ = resolve_tenant(config, tenant)
+    try:
+        endpoint = _endpoint_of(config, name, ipaddress.ip_address(src))
+    except ValueError:
+        return None
+    return None if endpoint is None else _ifnames(config).get(endpoint)
+
+
+def _endpoint_of(config: Config, tenant: str, address: IPAddress) -> str | None:
+    return next(
+        (
+            n
+            for n, ep in sorted(config.endpoints.items())
+            if ep.tenant == tenant and address in ep.addresses
+        ),
+        None,
+    )
+
+
 def trace(facts: Facts, tenant: str, src: str, dst: str, proto: str, port: int | None) -> Trace:
     """Walk a packet from SRC (a workload of TENANT on this host) to DST."""
     name, tid = resolve_tenant(facts.config, tenant)
@@ -160,7 +181,7 @@ def _walk(
         f"({Rule(target='RETURN', src=str(ipaddress.ip_network(src))).render()}); "
         f"enters VRF {vrf} (table {markers.vrf_table(tid)})",
     )
-    local = _local_holder(config, tenant, dst)
+    local = _endpoint_of(config, tenant, dst)
     remote = _remote_route(facts.view, tid, dst)
     _directory_step(facts, walk, tenant, dst, local, remote)
 
@@ -195,13 +216,12 @@ def _walk(
 def _source_endpoint(
     config: Config, walk: _Walk, tenant: str, src: IPAddress, ifnames: dict[str, str]
 ) -> str:
-    mine = [n for n, ep in sorted(config.endpoints.items()) if ep.tenant == tenant]
-    for name in mine:
-        if src in config.endpoints[name].addresses:
-            ep = config.endpoints[name]
-            where = f"netns {ep.netns}" if ep.netns else "interface"
-            walk.ok("source", f"endpoint {name} of tenant {tenant} on {ifnames[name]} ({where})")
-            return name
+    name = _endpoint_of(config, tenant, src)
+    if name is not None and name in ifnames:
+        ep = config.endpoints[name]
+        where = f"netns {ep.netns}" if ep.netns else "interface"
+        walk.ok("source", f"endpoint {name} of tenant {tenant} on {ifnames[name]} ({where})")
+        return name
     others = [(n, ep.tenant) for n, ep in sorted(config.endpoints.items()) if src in ep.addresses]
     if others:
         holders = ", ".join(f"endpoint {n} of tenant {t}" for n, t in others)
@@ -390,17 +410,6 @@ def _ifnames(config: Config) -> dict[str, str]:
         except RoutingConflict:
             continue  # config check reports it; such an endpoint has no interface of ours
     return names
-
-
-def _local_holder(config: Config, tenant: str, dst: IPAddress) -> str | None:
-    return next(
-        (
-            n
-            for n, ep in sorted(config.endpoints.items())
-            if ep.tenant == tenant and dst in ep.addresses
-        ),
-        None,
-    )
 
 
 def _remote_route(view: DirectoryView, tid: int, dst: IPAddress) -> RemoteRoute | None:

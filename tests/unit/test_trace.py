@@ -2,18 +2,23 @@
 facts made by hand (the kernel's route choice, XFRM policies and SAs, the directory view)."""
 
 import ipaddress
+import json
 
 import pytest
+import tomli_w
+from click.testing import CliRunner
 
-from routed_nv import markers
+from routed_nv import markers, trace_facts
 from routed_nv.calc.inputs import static_view
 from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.calc.trace import Facts, KernelRoute, TraceError, Verdict, trace
 from routed_nv.calc.xfrm import tenant_policies
+from routed_nv.cli.trace import trace_command
 from routed_nv.config.model import Config
 from routed_nv.esp import spi
 from routed_nv.esp.objects import XfrmState
 from routed_nv.esp.secret import Secret
+from routed_nv.trace_facts import GatherError, parse_route_get
 
 ip = ipaddress.ip_address
 HOST2_BLUE = ip("2001:db8:0:2::1:64")
@@ -205,3 +210,88 @@ def test_questions_that_cannot_be_asked_are_one_clear_error(tenant, src, dst, pr
 
 def test_the_tenant_may_be_given_by_id():
     assert run(facts(), tenant="100").tenant == "blue"
+
+
+# the gatherer's parsing and the command, with the kernel reads replaced by fakes
+
+IPV4_VIA_INET6 = (
+    '[{"dst":"10.0.0.2","via":{"family":"inet6","host":"2001:db8:0:2::1:64"},'
+    '"iif":"rnv-eblue1","dev":"rnv-t100","prefsrc":"169.254.0.1","flags":["onlink"]}]'
+)
+IPV6_GATEWAY = (
+    '[{"dst":"fd10::2","from":"fd10::1","gateway":"2001:db8:0:2::1:64","dev":"rnv-t100"}]'
+)
+
+
+def test_route_get_output_gives_device_and_next_hop():
+    assert parse_route_get(IPV4_VIA_INET6) == TO_HOST2
+    assert parse_route_get(IPV6_GATEWAY) == TO_HOST2
+    assert parse_route_get('[{"dst":"10.0.0.3","dev":"rnv-eblue3"}]') == KernelRoute("rnv-eblue3")
+    assert parse_route_get('[{"type":"blackhole","dst":"10.0.0.9"}]').error == "blackhole route"
+    with pytest.raises(GatherError, match="cannot read"):
+        parse_route_get("[]")
+
+
+class FakeXfrm:
+    states: tuple = ONE_SA
+
+    def __init__(self, netns=None):
+        self.netns = netns
+
+    def read_policies(self):
+        return list(facts().policies)
+
+    def read_states(self):
+        return list(self.states)
+
+
+@pytest.fixture
+def host1(tmp_path, monkeypatch):
+    """host1's config file and a kernel that routes 10.0.0.2 to host2 (no agent runs)."""
+    path = tmp_path / "host1.toml"
+    cfg = config().model_dump(mode="json", exclude_defaults=True)
+    cfg["keying"] = {"mode": "static"}
+    cfg["agent"] = {"run_dir": str(tmp_path / "run")}
+    path.write_text(tomli_w.dumps(cfg))
+    asked = []
+
+    def route_get(netns, src, dst, iif):
+        asked.append((netns, src, dst, iif))
+        return TO_HOST2 if dst == "10.0.0.2" else NO_ROUTE
+
+    monkeypatch.setattr(trace_facts, "route_get", route_get)
+    monkeypatch.setattr(trace_facts, "IprouteXfrm", FakeXfrm)
+    return path, asked
+
+
+def invoke(*args):
+    return CliRunner().invoke(trace_command, list(args), env={}, catch_exceptions=False)
+
+
+def test_the_command_prints_each_step_and_the_verdict(host1):
+    path, asked = host1
+    done = invoke("blue", "10.0.0.1", "10.0.0.2", "-c", str(path), "--netns", "h1")
+    assert done.exit_code == 0, done.output
+    assert asked == [("h1", "10.0.0.1", "10.0.0.2", "rnv-eblue1")]
+    assert "verdict: sent: sent to host host2 over SPI 0x00640004" in done.stdout
+    assert "  7. sa            ok   SPI 0x00640004" in done.stdout
+    assert "(directory from the configuration: no agent answers)" in done.stdout
+
+
+def test_a_dropped_packet_exits_1_with_its_reason_in_json(host1, monkeypatch):
+    path, _ = host1
+    monkeypatch.setattr(FakeXfrm, "states", ())
+    done = invoke("blue", "10.0.0.1", "10.0.0.2", "-c", str(path), "-o", "json")
+    assert done.exit_code == 1
+    answer = json.loads(done.stdout)
+    assert answer["verdict"] == "dropped"
+    assert answer["reason"].startswith("no SA for the policy")
+    assert answer["steps"][-1] == {"step": "sa", "ok": False, "detail": answer["reason"]}
+
+
+def test_a_bad_question_is_one_error_line_and_exit_2(host1):
+    path, asked = host1
+    done = invoke("green", "10.0.0.1", "10.0.0.2", "-c", str(path))
+    assert done.exit_code == 2
+    assert done.stderr == "error: no tenant 'green' in this host's configuration\n"
+    assert asked == []
