@@ -208,7 +208,7 @@ def _walk(
             + (f" via {route.via}" if route.via else "")
             + f", which is neither an endpoint of tenant {tenant} nor its tunnel",
         )
-    walk.ok("route", f"kernel: {dst} via {route.via} dev {route.dev} onlink in VRF {vrf}")
+    walk.ok("route", f"kernel: {dst} via {route.via} dev {route.dev} in VRF {vrf}")
     peer = _peer_of(facts.view, config, tid, route.via)
     return _encrypted(facts, walk, tenant, tid, dst, route.via, peer)
 
@@ -219,7 +219,7 @@ def _source_endpoint(
     name = _endpoint_of(config, tenant, src)
     if name is not None and name in ifnames:
         ep = config.endpoints[name]
-        where = f"netns {ep.netns}" if ep.netns else "interface"
+        where = f"veth into netns {ep.netns}" if ep.netns else "an existing interface"
         walk.ok("source", f"endpoint {name} of tenant {tenant} on {ifnames[name]} ({where})")
         return name
     others = [(n, ep.tenant) for n, ep in sorted(config.endpoints.items()) if src in ep.addresses]
