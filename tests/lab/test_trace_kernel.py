@@ -126,36 +126,36 @@ def test_an_address_of_red_is_dropped_at_the_tenant_boundary(env: Env) -> None:
     assert (code, answer["host"]) == (0, "host2")
 
 
-def test_a_route_deleted_by_hand_is_the_first_reason(env: Env) -> None:
+def dropped_after(env: Env, damage: str) -> dict[str, Any]:
+    """Trace blue1 -> blue2 on host1 after `damage` (a shell command in host1's namespace),
+    then repair host1 and check the packet passes again; returns the dropped trace."""
     host1 = env.agents["host1"]
-    sh(env.lab, ns("host1"), "ip route del 10.0.0.2/32 vrf rnv-v100")
+    sh(env.lab, ns("host1"), damage)
     try:
         code, answer, _ = trace(host1, "blue", "10.0.0.1", "10.0.0.2")
     finally:
         repair(host1)
     assert (code, answer["verdict"]) == (1, "dropped")
+    assert trace(host1, "blue", "10.0.0.1", "10.0.0.2")[0] == 0
+    return answer
+
+
+def test_a_route_deleted_by_hand_is_the_first_reason(env: Env) -> None:
+    answer = dropped_after(env, "ip route del 10.0.0.2/32 vrf rnv-v100")
     assert answer["reason"].startswith(
         "no route to 10.0.0.2 in VRF rnv-v100 although the directory has it (host host2)"
     )
     assert answer["steps"][-1]["step"] == "route"
-    assert trace(host1, "blue", "10.0.0.1", "10.0.0.2")[0] == 0
 
 
 def test_an_outbound_sa_deleted_by_hand_is_the_first_reason(env: Env) -> None:
-    host1 = env.agents["host1"]
-    spi = outbound_spi(host1, "host2", 100)
+    spi = outbound_spi(env.agents["host1"], "host2", 100)
     delete = f"ip xfrm state delete src {HOST1_BLUE} dst {HOST2_BLUE} proto esp spi {spi}"
-    sh(env.lab, ns("host1"), delete)
-    try:
-        code, answer, _ = trace(host1, "blue", "10.0.0.1", "10.0.0.2")
-    finally:
-        repair(host1)
-    assert (code, answer["verdict"]) == (1, "dropped")
+    answer = dropped_after(env, delete)
     assert answer["reason"].startswith(
         f"no SA for the policy: src {HOST1_BLUE} dst {HOST2_BLUE} reqid 65636"
     )
     assert answer["steps"][-2]["step"] == "xfrm-policy"
-    assert trace(host1, "blue", "10.0.0.1", "10.0.0.2")[0] == 0
 
 
 def test_a_source_that_is_not_the_tenants_is_dropped_first(env: Env) -> None:

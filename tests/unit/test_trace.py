@@ -26,16 +26,13 @@ HOST1_BLUE = ip("2001:db8:0:1::1:64")
 SPI_OUT = spi.encode(100, 1, 0)
 
 
+HOST1 = {"name": "host1", "id": 1, "uplink": "eth0", "underlay_aggregate": "2001:db8::/48"}
+
+
 def config() -> Config:
     return Config.model_validate(
         {
-            "host": {
-                "name": "host1",
-                "id": 1,
-                "underlay_prefix": "2001:db8:0:1::/64",
-                "underlay_aggregate": "2001:db8::/48",
-                "uplink": "eth0",
-            },
+            "host": HOST1 | {"underlay_prefix": "2001:db8:0:1::/64"},
             "keying": {"mode": "static"},
             "tenants": {
                 "blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]},
