@@ -85,6 +85,8 @@ def parse_route_get(text: str) -> KernelRoute:
     except (ValueError, IndexError, KeyError) as exc:
         raise GatherError(f"cannot read 'ip -j route get' output: {exc}") from None
     kind = found.get("type", "unicast")
+    if kind == "local":
+        return KernelRoute(dev=found.get("dev"), local=True)
     if kind != "unicast":
         return KernelRoute(error=f"{kind} route")
     via = found.get("gateway") or (found.get("via") or {}).get("host")

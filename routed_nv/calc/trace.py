@@ -16,7 +16,7 @@ from typing import Any
 
 from routed_nv import markers
 from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute
-from routed_nv.calc.netfilter import SRC_PREFIX, Rule
+from routed_nv.calc.netfilter import SRC_PREFIX, TO_HOST, Rule
 from routed_nv.calc.routing import RoutingConflict, host_ifname
 from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import spi as spi_plan
@@ -44,6 +44,7 @@ class KernelRoute:
     dev: str | None = None
     via: IPAddress | None = None
     error: str | None = None
+    local: bool = False  # DST is an address of this host (type local): the host's own stack
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class Facts:
 
 @dataclass(frozen=True)
 class Step:
-    what: str  # source, anti-spoofing, directory, route, tunnel, xfrm-policy, sa, receiver
+    what: str  # source, anti-spoofing, directory, route, to-host, tunnel, xfrm-policy, sa,
+    # receiver
     detail: str
     ok: bool = True
 
@@ -159,7 +161,7 @@ def trace(facts: Facts, tenant: str, src: str, dst: str, proto: str, port: int |
     walk = _Walk()
     result: tuple[Verdict, str, str | None, int | None]
     try:
-        result = _walk(facts, walk, name, tid, source, dest)
+        result = _walk(facts, walk, name, tid, source, dest, proto)
     except _Dropped as dropped:
         walk.steps.append(dropped.step)
         result = (Verdict.DROPPED, dropped.step.detail, None, None)
@@ -169,7 +171,7 @@ def trace(facts: Facts, tenant: str, src: str, dst: str, proto: str, port: int |
 
 
 def _walk(
-    facts: Facts, walk: _Walk, tenant: str, tid: int, src: IPAddress, dst: IPAddress
+    facts: Facts, walk: _Walk, tenant: str, tid: int, src: IPAddress, dst: IPAddress, proto: str
 ) -> tuple[Verdict, str, str | None, int | None]:
     config = facts.config
     ifnames = _ifnames(config)
@@ -186,6 +188,8 @@ def _walk(
     _directory_step(facts, walk, tenant, dst, local, remote)
 
     route = facts.route
+    if route.local:
+        return _to_host(walk, src, dst, proto)
     if route.error is not None or route.dev is None:
         raise _Dropped("route", _no_route(facts, tenant, tid, dst, local, remote, route))
     owner = _tenant_of_dev(config, route.dev, ifnames)
@@ -211,6 +215,23 @@ def _walk(
     walk.ok("route", f"kernel: {dst} via {route.via} dev {route.dev} in VRF {vrf}")
     peer = _peer_of(facts.view, config, tid, route.via)
     return _encrypted(facts, walk, tenant, tid, dst, route.via, peer)
+
+
+def _to_host(
+    walk: _Walk, src: IPAddress, dst: IPAddress, proto: str
+) -> tuple[Verdict, str, str | None, int | None]:
+    """The kernel would deliver DST to the host itself: RNV-HOST lets a workload reach its
+    host with echo requests to the gateway (and neighbour discovery) only (docs/isolation.md)."""
+    walk.ok("route", f"kernel: {dst} is an address of this host (a local route)")
+    gateway = markers.GATEWAY_V4 if dst.version == 4 else markers.GATEWAY_V6
+    if proto == "icmp" and dst == ipaddress.ip_address(gateway):
+        walk.ok("to-host", f"{TO_HOST} lets an echo request to the gateway {dst} through")
+        return Verdict.DELIVERED, f"delivered to this host: its gateway {dst} answers", None, None
+    raise _Dropped(
+        "to-host",
+        f"{dst} is an address of this host: {TO_HOST} drops what a workload sends to its host "
+        "except neighbour discovery and echo requests to the gateway (tenant/host isolation)",
+    )
 
 
 def _source_endpoint(

@@ -162,3 +162,11 @@ def test_a_source_that_is_not_the_tenants_is_dropped_first(env: Env) -> None:
     code, answer, _ = trace(env.agents["host1"], "blue", "10.0.0.3", "10.0.0.2")
     assert (code, answer["steps"][0]["step"]) == (1, "source")
     assert answer["reason"].startswith("no endpoint for SRC 10.0.0.3 on host host1")
+
+
+def test_the_host_itself_only_for_an_echo_request_to_the_gateway(env: Env) -> None:
+    host1 = env.agents["host1"]
+    code, answer, _ = trace(host1, "blue", "10.0.0.1", "169.254.0.1")
+    assert (code, answer["verdict"]) == (0, "delivered"), answer
+    code, answer, _ = trace(host1, "blue", "10.0.0.1", "169.254.0.1", "--proto", "tcp")
+    assert (code, answer["steps"][-1]["step"]) == (1, "to-host"), answer

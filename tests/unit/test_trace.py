@@ -111,6 +111,16 @@ def test_a_packet_to_a_local_endpoint_of_the_tenant_is_delivered_here():
     assert t.reason == "delivered locally to endpoint blue3 (rnv-eblue3)"
 
 
+def test_a_workload_reaches_its_host_only_with_an_echo_request_to_the_gateway():
+    host = KernelRoute(dev="rnv-v100", local=True)
+    t = run(facts(route=host), dst="169.254.0.1")
+    assert t.verdict is Verdict.DELIVERED and "gateway 169.254.0.1 answers" in t.reason
+    t = run(facts(route=host), dst="169.254.0.1", proto="tcp", port=22)
+    assert t.verdict is Verdict.DROPPED and t.steps[-1].what == "to-host"
+    assert t.reason.startswith("169.254.0.1 is an address of this host: RNV-HOST drops")
+    assert run(facts(route=host), src="fd10::1", dst="fe80::1").verdict is Verdict.DELIVERED
+
+
 def test_a_source_no_endpoint_holds_is_dropped_first():
     t = run(facts(), src="10.0.0.9")
     assert t.verdict is Verdict.DROPPED
@@ -225,6 +235,8 @@ def test_route_get_output_gives_device_and_next_hop():
     assert parse_route_get(IPV6_GATEWAY) == TO_HOST2
     assert parse_route_get('[{"dst":"10.0.0.3","dev":"rnv-eblue3"}]') == KernelRoute("rnv-eblue3")
     assert parse_route_get('[{"type":"blackhole","dst":"10.0.0.9"}]').error == "blackhole route"
+    local = parse_route_get('[{"type":"local","dst":"169.254.0.1","dev":"rnv-v100"}]')
+    assert local == KernelRoute(dev="rnv-v100", local=True)
     with pytest.raises(GatherError, match="cannot read"):
         parse_route_get("[]")
 
