@@ -71,7 +71,13 @@ def route_get(netns: str | None, src: str, dst: str, iif: str) -> KernelRoute:
         raise GatherError(f"cannot run '{' '.join(cmd)}': {exc}") from None
     if proc.returncode != 0:
         error = proc.stderr.strip().removeprefix("RTNETLINK answers: ")
-        if "Cannot find device" in error or "Cannot open network namespace" in error:
+        if "Cannot find device" in error:
+            where = f" in netns {netns}" if netns else ""
+            raise GatherError(
+                f"the source endpoint's interface {iif} does not exist{where}: the datapath is "
+                "not applied (`routed-nv status`, `routed-nv apply`) or --netns is not this host's"
+            )
+        if "Cannot open network namespace" in error:
             raise GatherError(f"'{' '.join(cmd)}': {error}")
         return KernelRoute(error=error or f"ip exited with status {proc.returncode}")
     return parse_route_get(proc.stdout)

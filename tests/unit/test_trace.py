@@ -3,6 +3,7 @@ facts made by hand (the kernel's route choice, XFRM policies and SAs, the direct
 
 import ipaddress
 import json
+import subprocess
 
 import pytest
 import tomli_w
@@ -304,3 +305,20 @@ def test_a_bad_question_is_one_error_line_and_exit_2(host1):
     assert done.exit_code == 2
     assert done.stderr == "error: no tenant 'green' in this host's configuration\n"
     assert asked == []
+
+
+def test_a_missing_endpoint_interface_is_one_error_naming_it(monkeypatch):
+    def ip(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", 'Cannot find device "rnv-eblue1"\n')
+
+    monkeypatch.setattr(trace_facts.subprocess, "run", ip)
+    with pytest.raises(GatherError, match="interface rnv-eblue1 does not exist in netns h1: "):
+        trace_facts.route_get("h1", "10.0.0.1", "10.0.0.2", "rnv-eblue1")
+    monkeypatch.setattr(
+        trace_facts.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(
+            cmd, 2, "", "RTNETLINK answers: No route to host\n"
+        ),
+    )
+    assert trace_facts.route_get(None, "10.0.0.1", "10.0.0.9", "rnv-eblue1") == NO_ROUTE
