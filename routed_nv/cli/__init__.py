@@ -29,6 +29,7 @@ COMMANDS = {
     "lookup": "lookup:lookup_command",
     "sa": "sa:sa_group",
     "status": "status:status_command",
+    "trace": "trace:trace_command",
 }
 
 # longer than any first sentence: click stops a summary at the first sentence's end

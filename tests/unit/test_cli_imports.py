@@ -64,6 +64,7 @@ COMMANDS = {
     "status --run-dir {run}": (1, "not running"),
     f"lookup blue 10.0.0.2 {CONFIG}": (0, "(from the configuration)"),
     "endpoint --help": (0, "endpoint add web2"),
+    "trace --help": (0, "routed-nv trace blue 10.0.0.1 10.0.0.2"),
     f"endpoint list {CONFIG}": (0, "no agent is running"),
     f"endpoint add web9 --tenant blue --address 10.0.0.9 --netns web9 {CONFIG}": (
         0,
