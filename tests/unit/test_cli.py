@@ -163,6 +163,7 @@ OPTIONS = {
     ("lookup",): ("-c", "--run-dir"),
     ("sa", "list"): ("-c", "--netns"),
     ("status",): ("-c", "--run-dir"),
+    ("trace",): ("-c", "--run-dir", "--netns"),
 }
 
 
