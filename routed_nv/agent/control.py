@@ -5,6 +5,7 @@
     {"request": "endpoints"}
     {"request": "directory"}
     {"request": "reload"}                  (the same as SIGHUP)
+    {"request": "resync"}                  (apply now, reading the kernel again first)
     {"request": "view"}                    (the directory view last applied: `routed-nv apply`)
     {"request": "endpoint.add" | "endpoint.delete" | "endpoint.get" | "endpoint.list", ...}
                                            (the endpoint API: endpoint_api.py, docs/agent.md)
@@ -66,7 +67,7 @@ def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) 
             return answer_ok(report.directory(snap))
         if kind == "lookup":
             tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
-            found = report.lookup(snap.config, snap.view, snap.sas, tenant, address)
+            found = report.lookup(snap.config, snap.view, snap.sas, tenant, address, snap.drift)
             if found is None:
                 return answer_error("not-found", f"no endpoint {address} in tenant {tenant}")
             return answer_ok(found)
@@ -108,8 +109,12 @@ class ControlServer:
         snapshot: Callable[[], Snapshot],
         reload: Callable[[], None],
         endpoints: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        check: Callable[[], object] | None = None,
+        resync: Callable[[], None] | None = None,
     ) -> None:
-        """`endpoints` answers the endpoint API's requests (endpoint_api.EndpointApi.answer)."""
+        """`endpoints` answers the endpoint API's requests (endpoint_api.EndpointApi.answer);
+        `check` compares the kernel with the agent's view before `status` and `lookup` answer
+        (Agent.check_kernel), `resync` brings the periodic resync forward."""
         self.path = path
         _claim(path)
         server = self
@@ -127,6 +132,8 @@ class ControlServer:
         self._snapshot = snapshot
         self._reload = reload
         self._endpoints = endpoints
+        self._check = check
+        self._resync = resync
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="control", daemon=True
         )
@@ -147,6 +154,12 @@ class ControlServer:
             return answer_error("bad-request", "a request is one JSON object on one line")
         if self._endpoints is not None and str(request.get("request")).startswith("endpoint."):
             return self._endpoints(request)
+        kind = request.get("request")
+        if kind == "resync" and self._resync is not None:
+            self._resync()
+            return answer_ok({"resync": "requested"})
+        if kind in ("status", "lookup") and self._check is not None:
+            self._check()
         return answer(request, self._snapshot(), self._reload)
 
     def close(self) -> None:

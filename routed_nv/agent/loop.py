@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.notify import Notifier
-from routed_nv.agent.snapshot import ApplyRecord, Counts, SaInfo, Snapshot, SourceInfo, count
+from routed_nv.agent.snapshot import (
+    ApplyRecord,
+    Counts,
+    Drift,
+    SaInfo,
+    Snapshot,
+    SourceInfo,
+    count,
+)
 from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.inputs import Claim, DirectoryView
@@ -44,6 +52,7 @@ if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
 
 
 REJECTED_LOG_MAX = 20  # rejected routes logged one by one per apply
+CHANGES_LOG_MAX = 20  # changes an apply logs one by one (a first apply makes thousands)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class Settings:
 
 class DatapathLike(Protocol):
     def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
+
+    def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
 
 
 # The fields a Datapath is built from (the XFRM driver's ownership test uses the host prefix,
@@ -165,6 +176,9 @@ class Agent:
         self._reconciles = 0
         self._reconcile_errors = 0
         self._config_errors = 0
+        self._drift: Drift | None = None  # the kernel against the last applied view
+        self._check_requested = False
+        self._checks = 0
         # Loop-thread only.
         self._last_start: float | None = None
         self._last_end = 0.0
@@ -195,6 +209,30 @@ class Agent:
         self.waker.wake()
         with self._applied_cond:
             self._applied_cond.notify_all()  # waiting API callers answer "stopping"
+
+    def request_resync(self) -> None:
+        """Apply now, reading the kernel again first (the periodic resync, brought forward)."""
+        with self._lock:
+            self._dirty.add("resync")
+        self.waker.wake()
+
+    def check_kernel(self, timeout: float) -> bool:
+        """Have the loop compare the kernel with the last applied view now (read-only: the
+        drift is shown, not repaired, until the next apply). False when it did not answer in
+        `timeout` (busy applying, or no view yet): the last check stands."""
+        with self._applied_cond:
+            if self._update is None or self._last_start is None:
+                return False
+            self._check_requested = True
+            checks = self._checks
+        self.waker.wake()
+        with self._applied_cond:
+            return (
+                self._applied_cond.wait_for(
+                    lambda: self._checks > checks or self.stop_requested, timeout
+                )
+                and self._checks > checks
+            )
 
     def change_config(self, config: Config) -> int:
         """Take a validated config in-process (the endpoint API); returns its generation: the
@@ -262,6 +300,9 @@ class Agent:
             self._reload()
         if self.stop_requested:
             return 0
+        if self._check_requested:
+            self._check()
+            return 0
         now = self._clock()
         due = self._next_apply(now)
         if due is None:
@@ -298,8 +339,8 @@ class Agent:
         view = mobility.resolve(config, view)
         self._log_mobility(view)
         self._last_start, started = now, self._wall()
+        resync = bool({"start", "resync", "retry"} & set(why))
         try:
-            resync = bool({"start", "resync", "retry"} & set(why))
             outcome = self._datapath.apply(config, view, resync=resync)
             errors = tuple(f"{s.name}: {e}" for s in outcome.stages for e in s.errors)
             changes = sum(len(s.lines) for s in outcome.stages)
@@ -323,6 +364,8 @@ class Agent:
             in_sync=update.in_sync,
             **stages,
         )
+        if outcome is not None and why != ["start"]:
+            self._log_changes(outcome, "agent.repair" if resync else "agent.change")
         for error in errors:
             self._log("agent.apply.error", error=error)
         if errors:
@@ -336,6 +379,32 @@ class Agent:
         for observe in self.on_apply:
             observe(record)
         self._report(record)
+
+    def _log_changes(self, outcome: Outcome, event: str) -> None:
+        """Name what an apply changed; on a resync these are the repairs of drift."""
+        lines = [(s.name, line) for s in outcome.stages for line in s.lines]
+        for stage, line in lines[:CHANGES_LOG_MAX]:
+            self._log(event, stage=stage, change=line)
+        if len(lines) > CHANGES_LOG_MAX:
+            self._log(f"{event}.more", count=len(lines) - CHANGES_LOG_MAX)
+
+    def _check(self) -> None:
+        """Plan (never apply) the last applied view against a fresh read of the kernel."""
+        with self._lock:
+            self._check_requested = False
+            config, view = self.config, self._known
+        try:
+            outcome = self._datapath.plan(config, view, resync=True)
+            drift = Drift(self._wall(), tuple(line for s in outcome.stages for line in s.lines))
+            sas = tuple(self._read_sas())
+        except Exception as exc:  # a check must not end the agent; the last one stands
+            self._log("agent.check.error", error=f"{type(exc).__name__}: {exc}")
+            drift, sas = self._drift, self._sas
+        counts = count(config, view, sas)
+        with self._applied_cond:
+            self._drift, self._sas, self._counts = drift, sas, counts
+            self._checks += 1
+            self._applied_cond.notify_all()
 
     def _log_rejected(self, rejected: list[RejectedRoute]) -> None:
         """One line per newly rejected directory route; a flood (a host announcing 100,000 bad
@@ -379,7 +448,11 @@ class Agent:
             except Exception as exc:  # counts are for people; the apply is what matters
                 self._log("agent.inspect.error", error=f"{type(exc).__name__}: {exc}")
         counts = count(config, view, sas)
+        # what an apply could not change still differs; an apply without errors read the
+        # kernel and left it as wanted
+        drift = Drift(self._wall(), record.errors)
         with self._lock:
+            self._drift = drift
             # An apply that ran (even with errors) may have programmed all of `view`: it is
             # the last known state until the source is in sync again.
             self._known = view
@@ -466,4 +539,5 @@ class Agent:
                 reconcile_errors=self._reconcile_errors,
                 config_errors=self._config_errors,
                 rejected_total=dict(self._rejected_total),
+                drift=self._drift,
             )

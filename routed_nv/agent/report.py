@@ -7,13 +7,14 @@ without an agent, from the configuration alone; the commands say which one answe
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from routed_nv import __version__
-from routed_nv.agent.snapshot import SaInfo, Snapshot
+from routed_nv import __version__, markers
+from routed_nv.agent.snapshot import Drift, SaInfo, Snapshot
 from routed_nv.calc import mobility
 from routed_nv.calc.inputs import DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.loader import shorten
@@ -70,6 +71,7 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             "routes": c.routes,
             "sas": c.sas,
         },
+        "kernel": kernel(snap.drift),
         "last_apply": None
         if last is None
         else {
@@ -85,6 +87,36 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
         "reconcile_errors": snap.reconcile_errors,
         "config_errors": snap.config_errors,
     }
+
+
+def kernel(drift: Drift | None) -> Json:
+    """The kernel against the agent's view: in sync, or the objects an apply would change."""
+    if drift is None:
+        return {"in_sync": None, "differ": None, "objects": [], "checked": None}
+    return {
+        "in_sync": not drift.objects,
+        "differ": len(drift.objects),
+        "objects": list(drift.objects),
+        "checked": rfc3339(drift.time),
+    }
+
+
+# a routing change as the routing driver names it: "+ route 10.0.0.2/32 via ... table 268435556"
+_ROUTE_CHANGE = re.compile(r"^([+~-]) route (?:unreachable )?(\S+) .*\btable (\d+) ")
+_ROUTE_STATE = {"+": "missing", "~": "different", "-": "unexpected"}
+
+
+def kernel_route(drift: Drift | None, tenant_id: int, prefix: IPNetwork) -> str:
+    """The kernel's route for `prefix` in the tenant's VRF: ok, missing, different (from the
+    one wanted), or unknown (not checked yet)."""
+    if drift is None:
+        return "unknown"
+    table = str(markers.vrf_table(tenant_id))
+    for line in drift.objects:
+        m = _ROUTE_CHANGE.match(line)
+        if m and m[3] == table and m[2] == str(prefix):
+            return _ROUTE_STATE[m[1]]
+    return "ok"
 
 
 def _tenant(config: Config, tenant: str) -> tuple[str, int]:
@@ -103,14 +135,23 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def lookup(
-    config: Config, view: DirectoryView, sas: Iterable[SaInfo] | None, tenant: str, address: str
+    config: Config,
+    view: DirectoryView,
+    sas: Iterable[SaInfo] | None,
+    tenant: str,
+    address: str,
+    drift: Drift | None = None,
 ) -> Json | None:
     """Who holds `address` in `tenant`: this host (which endpoint) or a peer, with the tenant
-    outer addresses and, when the SAs are known (sas is not None), the SPIs both ways."""
+    outer addresses and, when the SAs are known (sas is not None), the SPIs both ways; from a
+    running agent (drift given) also whether the kernel's route matches (`kernel_route`)."""
     name, tid = _tenant(config, tenant)
     addr = _address(address)
     mine = config.host.tenant_address(tid)
+    prefix = ipaddress.ip_network(addr)
     answer: Json = {"tenant": name, "tenant_id": tid, "address": str(addr)}
+    if sas is not None:
+        answer["kernel_route"] = kernel_route(drift, tid, prefix)
     for ep_name, ep in sorted(config.endpoints.items()):
         if ep.tenant == name and addr in ep.addresses:
             return answer | {
@@ -120,7 +161,6 @@ def lookup(
                 "host_address": str(config.host.address),
                 "tenant_address": str(mine),
             }
-    prefix = ipaddress.ip_network(addr)
     route = next((r for r in view.remote_routes if r.tenant_id == tid and r.prefix == prefix), None)
     if route is None:
         return None

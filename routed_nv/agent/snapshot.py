@@ -72,6 +72,14 @@ class ApplyRecord:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """The kernel against the last applied view: what an apply would change (empty: in sync)."""
+
+    time: float  # wall clock of the check
+    objects: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     name: str
     in_sync: bool
@@ -96,3 +104,4 @@ class Snapshot:
     reconcile_errors: int
     config_errors: int
     rejected_total: dict[str, int]  # rejections seen, by reason (counted when first seen)
+    drift: Drift | None = None  # None before the first apply

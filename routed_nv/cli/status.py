@@ -84,8 +84,17 @@ def brief_line(s: dict[str, Any], now: float) -> str:
         apply = f"last apply {result} {_ago(last['time'], now)} ({last['seconds']:.2f} s)"
     return (
         f"{a['state']}: directory {d['source']} {sync}, {d['peers_up']} peers up; "
-        f"{p['local_endpoints']} local / {p['remote_addresses']} remote, {p['sas']} SAs; {apply}"
+        f"{p['local_endpoints']} local / {p['remote_addresses']} remote, {p['sas']} SAs; "
+        f"kernel {kernel_text(s.get('kernel'), now)}; {apply}"
     )
+
+
+def kernel_text(k: dict[str, Any] | None, now: float) -> str:
+    """ "in sync" or "N objects differ", with when the agent last compared."""
+    if k is None or k["in_sync"] is None:
+        return "not checked yet"
+    state = "in sync" if k["in_sync"] else f"{k['differ']} objects differ"
+    return f"{state} (checked {_ago(k['checked'], now)})"
 
 
 def status_table(s: dict[str, Any], now: float) -> str:
@@ -101,8 +110,12 @@ def status_table(s: dict[str, Any], now: float) -> str:
         lines.append(table(["PEER", "ADDRESS", "STATE", "SINCE", "INFO"], rows))
     lines.append(
         f"Datapath:   {p['tenants']} tenants, {p['local_endpoints']} local endpoints, "
-        f"{p['remote_addresses']} remote addresses, {p['routes']} routes, {p['sas']} SAs"
+        f"{p['remote_addresses']} remote addresses, {p['routes']} routes, "
+        f"{p['sas']} SAs in the kernel"
     )
+    k = s.get("kernel")
+    lines.append(f"Kernel:     {kernel_text(k, now)}")
+    lines += [f"  {x}" for x in (k or {}).get("objects", [])]
     if last is None:
         lines.append("Last apply: none yet")
     else:
