@@ -51,12 +51,17 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             "detail": src.detail,
             "peers_up": sum(p.up for p in src.peers),
             "peers": [
+                # a field the source does not know (an upstream's address) is left out, not ""
                 {
-                    "name": p.name,
-                    "address": p.address,
-                    "state": p.state,
-                    "since": p.since,
-                    "info": p.info,
+                    k: v
+                    for k, v in (
+                        ("name", p.name),
+                        ("address", p.address),
+                        ("state", p.state),
+                        ("since", p.since),
+                        ("info", p.info),
+                    )
+                    if v != ""
                 }
                 for p in src.peers
             ],

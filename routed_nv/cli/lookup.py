@@ -58,14 +58,17 @@ def lookup_command(
         try:
             found = report.lookup(config, static_view(config), None, tenant, address)
         except report.QueryError as exc:
-            fail(EXIT_ERROR, str(exc))
+            fail(EXIT_ERROR, str(exc), output)
         if found is None:
-            fail(EXIT_DOWN, f"no endpoint {address} in tenant {tenant} (from the configuration)")
+            message = f"no endpoint {address} in tenant {tenant} (from the configuration)"
+            fail(EXIT_DOWN, message, output, agent="down", source="config", found=False)
         found["source"] = "config"
     except RequestFailed as exc:
-        fail(EXIT_DOWN if exc.code == "not-found" else EXIT_ERROR, str(exc))
+        missing = exc.code == "not-found"
+        extra = {"source": "agent", "found": False} if missing else {}
+        fail(EXIT_DOWN if missing else EXIT_ERROR, str(exc), output, **extra)
     except ControlError as exc:
-        fail(EXIT_ERROR, str(exc))
+        fail(EXIT_ERROR, str(exc), output)
     if output == "json":
         print_json(found)
         return

@@ -66,7 +66,7 @@ def status_command(
             click.echo(f"routed-nv agent: not running ({exc})")
         sys.exit(EXIT_DOWN)
     except ControlError as exc:
-        fail(EXIT_ERROR, str(exc))
+        fail(EXIT_ERROR, str(exc), output)
     if output == "json":
         print_json(status)
     elif brief:
@@ -106,7 +106,8 @@ def status_table(s: dict[str, Any], now: float) -> str:
         + (f" ({d['detail']})" if d["detail"] else ""),
     ]
     if d["peers"]:
-        rows = [[x["name"], x["address"], x["state"], x["since"], x["info"]] for x in d["peers"]]
+        columns = ("name", "address", "state", "since", "info")
+        rows = [[x.get(c, "-") for c in columns] for x in d["peers"]]
         lines.append(table(["PEER", "ADDRESS", "STATE", "SINCE", "INFO"], rows))
     lines.append(
         f"Datapath:   {p['tenants']} tenants, {p['local_endpoints']} local endpoints, "
