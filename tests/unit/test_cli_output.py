@@ -14,6 +14,7 @@ from test_agent_loop import Harness, route, view
 
 from routed_nv.agent import report
 from routed_nv.agent.source import PeerStatus
+from routed_nv.cli.config import config_group
 from routed_nv.cli.directory import directory_group
 from routed_nv.cli.lookup import lookup_command
 from routed_nv.cli.status import status_table
@@ -64,3 +65,23 @@ def test_an_upstream_without_an_address_has_no_blank_address() -> None:
     assert peers[0]["address"] == "2001:db8:ff::1"
     assert "address" not in peers[1]
     assert "| upstream1 | -              | up    |" in status_table(status, time.time())
+
+
+def test_config_check_as_json(etc: Path) -> None:
+    host_file = etc / "routed-nv.toml"
+    ok = CliRunner().invoke(
+        config_group, ["check", "--skip-files", "-c", str(host_file), "-o", "json"], env={}
+    )
+    assert ok.exit_code == 0, ok.output
+    answer = json.loads(ok.stdout)
+    assert (answer["ok"], answer["problems"]) == (True, [])
+    assert answer["tenants"] >= 1 and isinstance(answer["warnings"], list)
+
+    host_file.write_text(host_file.read_text().replace("[host]", "[host]\nbogus = 1", 1))
+    bad = CliRunner().invoke(
+        config_group, ["check", "--skip-files", "-c", str(host_file), "-o", "json"], env={}
+    )
+    assert bad.exit_code == 1
+    answer = json.loads(bad.stdout)
+    assert answer["ok"] is False
+    assert any("bogus" in p for p in answer["problems"]), answer
