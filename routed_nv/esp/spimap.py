@@ -148,21 +148,13 @@ def rows_from_states(
     def counted(state: XfrmState | None) -> SaCounters | None:
         return None if state is None else known.get(state.key())
 
-    rows = []
-    for (peer, tenant, gen), sas in pairs.items():
-        rows.append(
-            SaRow(
-                peer=peer,
-                tenant=tenant,
-                spi_in=_spi_of(sas.get("in")),
-                spi_out=_spi_of(sas.get("out")),
-                state="installed",
-                generation=gen,
-                **_counts("in", counted(sas.get("in"))),
-                **_counts("out", counted(sas.get("out"))),
-            )
-        )
-    return sorted(rows)
+    def row(peer: str, tenant: int, gen: int, sas: dict[str, XfrmState]) -> SaRow:
+        sa_in, sa_out = sas.get("in"), sas.get("out")
+        spis = (_spi_of(sa_in), _spi_of(sa_out))
+        counts = _counts("in", counted(sa_in)) | _counts("out", counted(sa_out))
+        return SaRow(peer, tenant, *spis, "installed", generation=gen, **counts)  # type: ignore[arg-type]
+
+    return sorted(row(*key, sas) for key, sas in pairs.items())
 
 
 def _spi_of(state: XfrmState | None) -> int | None:
