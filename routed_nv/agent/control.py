@@ -69,7 +69,10 @@ def answer(request: dict[str, Any], snap: Snapshot, reload: Callable[[], None]) 
             tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
             found = report.lookup(snap.config, snap.view, snap.sas, tenant, address, snap.drift)
             if found is None:
-                return answer_error("not-found", f"no endpoint {address} in tenant {tenant}")
+                message = f"no endpoint {address} in tenant {tenant}"
+                if why := report.withdrawn(snap, tenant, address):
+                    message += f": {why}"
+                return answer_error("not-found", message)
             return answer_ok(found)
         if kind == "view":
             return answer_ok(

@@ -39,11 +39,12 @@ from routed_nv.agent.snapshot import (
     SaInfo,
     Snapshot,
     SourceInfo,
+    Withdrawn,
     count,
 )
 from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
 from routed_nv.calc import mobility
-from routed_nv.calc.inputs import Claim, DirectoryView
+from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
 
 
 REJECTED_LOG_MAX = 20  # rejected routes logged one by one per apply
+WITHDRAWN_MAX = 4096  # withdrawn remote addresses remembered for `lookup`, newest kept
 CHANGES_LOG_MAX = 20  # changes an apply logs one by one (a first apply makes thousands)
 
 
@@ -177,6 +179,7 @@ class Agent:
         self._reconcile_errors = 0
         self._config_errors = 0
         self._drift: Drift | None = None  # the kernel against the last applied view
+        self._withdrawn: dict[tuple[int, IPNetwork], Withdrawn] = {}  # oldest first
         self._check_requested = False
         self._checks = 0
         # Loop-thread only.
@@ -451,8 +454,10 @@ class Agent:
         # what an apply could not change still differs; an apply without errors read the
         # kernel and left it as wanted
         drift = Drift(self._wall(), record.errors)
+        withdrawn = self._remember_withdrawn(view)
         with self._lock:
             self._drift = drift
+            self._withdrawn = withdrawn
             # An apply that ran (even with errors) may have programmed all of `view`: it is
             # the last known state until the source is in sync again.
             self._known = view
@@ -467,6 +472,19 @@ class Agent:
                 self._reconcile_errors += 1
                 if self._state == "ready":
                     self._state = "degraded"
+
+    def _remember_withdrawn(self, view: DirectoryView) -> dict[tuple[int, IPNetwork], Withdrawn]:
+        """The remote addresses the last view had and `view` lacks join the memory; those
+        announced again leave it. A new dict: readers keep the one they took."""
+        now = {(r.tenant_id, r.prefix) for r in view.remote_routes}
+        memory = {k: w for k, w in self._withdrawn.items() if k not in now}
+        wall = self._wall()
+        for r in self._known.remote_routes:
+            key = (r.tenant_id, r.prefix)
+            if key not in now:
+                memory.pop(key, None)  # re-inserted: the newest withdrawal goes last
+                memory[key] = Withdrawn(r.peer.name, str(r.peer.address), wall)
+        return dict(list(memory.items())[-WITHDRAWN_MAX:])
 
     def _report(self, record: ApplyRecord) -> None:
         c = self._counts
@@ -540,4 +558,5 @@ class Agent:
                 config_errors=self._config_errors,
                 rejected_total=dict(self._rejected_total),
                 drift=self._drift,
+                withdrawn=self._withdrawn,
             )

@@ -36,9 +36,15 @@ def rfc3339(stamp: float | None) -> str | None:
 def status(snap: Snapshot, now: float | None = None) -> Json:
     now = time.time() if now is None else now
     c, src, last = snap.counts, snap.source, snap.last_apply
+    state, reason = snap.state, {}
+    if state == "ready" and not src.in_sync:
+        # the datapath is as applied, but what it was applied from is not current (BIRD
+        # unreachable, sessions down): remote hosts may already have lost this host's routes
+        state, reason = "degraded", {"reason": f"directory {src.name} not in sync: {src.detail}"}
     return {
-        "agent": {
-            "state": snap.state,
+        "agent": reason
+        | {
+            "state": state,
             "host": snap.config.host.name,
             "pid": snap.pid,
             "version": __version__,
@@ -122,6 +128,16 @@ def kernel_route(drift: Drift | None, tenant_id: int, prefix: IPNetwork) -> str:
         if m and m[3] == table and m[2] == str(prefix):
             return _ROUTE_STATE[m[1]]
     return "ok"
+
+
+def withdrawn(snap: Snapshot, tenant: str, address: str) -> str:
+    """Why a lookup found nothing: who withdrew the address and when, if this agent saw it go
+    ("" when it never had it, or forgot it)."""
+    _, tid = _tenant(snap.config, tenant)
+    went = snap.withdrawn.get((tid, ipaddress.ip_network(_address(address))))
+    if went is None:
+        return ""
+    return f"last announced by {went.host} ({went.host_address}), withdrawn at {rfc3339(went.time)}"
 
 
 def _tenant(config: Config, tenant: str) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from routed_nv.agent.source import PeerStatus, RejectedRoute
 from routed_nv.calc import mobility
-from routed_nv.calc.inputs import DirectoryView
+from routed_nv.calc.inputs import DirectoryView, IPNetwork
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.config.model import Config
 
@@ -80,6 +80,15 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Withdrawn:
+    """A remote address the applied view had and lost: who announced it, when it went."""
+
+    host: str
+    host_address: str
+    time: float  # wall clock of the apply that no longer had it
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     name: str
     in_sync: bool
@@ -105,3 +114,5 @@ class Snapshot:
     config_errors: int
     rejected_total: dict[str, int]  # rejections seen, by reason (counted when first seen)
     drift: Drift | None = None  # None before the first apply
+    # (tenant id, prefix) -> the last withdrawal, for `lookup` (bounded: loop.WITHDRAWN_MAX)
+    withdrawn: dict[tuple[int, IPNetwork], Withdrawn] = field(default_factory=dict)
