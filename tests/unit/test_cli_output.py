@@ -85,3 +85,17 @@ def test_config_check_as_json(etc: Path) -> None:
     answer = json.loads(bad.stdout)
     assert answer["ok"] is False
     assert any("bogus" in p for p in answer["problems"]), answer
+
+
+def test_the_lab_hosts_are_a_table_like_every_other(capsys: pytest.CaptureFixture[str]) -> None:
+    from routed_nv.cli.lab import _describe
+    from routed_nv.lab.topology import default_topology
+
+    _describe(default_topology())
+    lines = capsys.readouterr().out.splitlines()
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == [
+        "NAMESPACE",
+        "UPLINK ADDRESS",
+        "WORKLOADS",
+    ]
+    assert lines[4].startswith("| rnv-lab-host1 ")
