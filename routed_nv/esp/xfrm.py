@@ -202,7 +202,8 @@ def parse_counters(text: str) -> dict[StateKey, SaCounters]:
         stats = [_after(after, k) for k in ("replay-window", "replay", "failed")]
         if None in stats:
             continue
-        counters[(dst, int(spi_text, 0))] = SaCounters(
+        # with -s iproute2 adds the decimal: "spi 0x00640004(6553604)"
+        counters[(dst, int(spi_text.split("(")[0], 0))] = SaCounters(
             bytes=int(current[0].removesuffix("(bytes)")),
             packets=int(current[1].removesuffix("(packets)")),
             errors=sum(int(x) for x in stats if x is not None),

@@ -360,6 +360,22 @@ def test_status_and_lookup_show_drift_before_the_resync_repairs_it(env: Env) -> 
         agent.start(*AGENT_ARGS)
 
 
+def test_sa_list_with_static_keys_shows_tenant_names_and_kernel_counters(env: Env) -> None:
+    assert " 0% packet loss" in sh(env.lab, ns("blue1"), "ping -c 3 -i 0.2 -W 2 10.0.0.2")
+    agent = env.agents["host1"]
+    argv = [*ROUTED_NV, "sa", "list", "-c", str(agent.config_path), "--netns", agent.namespace]
+    listed = subprocess.run([*argv, "-o", "json"], **RUN | {"check": False})
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 4  # 2 tenants x 2 peers, each a pair
+    assert {r["tenant_name"] for r in rows} == {"blue", "red"}, rows
+    to_host2 = [r for r in rows if r["tenant_name"] == "blue" and r["peer"] == "host2"]
+    assert to_host2 and to_host2[0]["packets_out"] >= 3 and to_host2[0]["packets_in"] >= 3
+    assert to_host2[0]["bytes_out"] > 0 and to_host2[0]["errors_in"] == 0, to_host2
+    table = subprocess.run(argv, **RUN).stdout
+    assert "| blue (100) " in table and "ERR-IN" in table, table
+
+
 RUN: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 60, "check": True}
 
 
