@@ -57,18 +57,10 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             "detail": src.detail,
             "peers_up": sum(p.up for p in src.peers),
             "peers": [
-                # a field the source does not know (an upstream's address) is left out, not ""
-                {
-                    k: v
-                    for k, v in (
-                        ("name", p.name),
-                        ("address", p.address),
-                        ("state", p.state),
-                        ("since", p.since),
-                        ("info", p.info),
-                    )
-                    if v != ""
-                }
+                # an address the source does not know (an upstream's) is left out, not ""
+                {"name": p.name}
+                | ({"address": p.address} if p.address else {})
+                | {"state": p.state, "since": p.since, "info": p.info}
                 for p in src.peers
             ],
             "rejected": [{"reason": str(r.reason), "route": str(r)} for r in src.rejected],
