@@ -230,11 +230,12 @@ CHARON_PLUGINS = (
 )
 
 
-def format_table(rows: Iterable[Feature]) -> str:
-    """The human table: feature | status | detail."""
-    lines = [("FEATURE", "STATUS", "DETAIL")]
-    for f in rows:
-        status = "ok" if f.ok else ("missing" if f.needed else "missing (optional)")
-        lines.append((f.name, status, f.detail))
-    widths = [max(len(line[i]) for line in lines) for i in range(2)]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in lines)
+TABLE_HEADERS = ["FEATURE", "STATUS", "DETAIL"]
+
+
+def table_rows(rows: Iterable[Feature]) -> list[list[str]]:
+    """The human table's rows (TABLE_HEADERS): feature, status, detail."""
+    return [
+        [f.name, "ok" if f.ok else ("missing" if f.needed else "missing (optional)"), f.detail]
+        for f in rows
+    ]

@@ -49,7 +49,10 @@ def of_object(op: str, obj: Any, old: Any = None) -> Changed:
         value = getattr(obj, f.name)
         if value is None or value is False or isinstance(value, Secret | bytes):
             continue
-        fields[f.name] = value if isinstance(value, int | float | str) else str(value)
+        if f.name == "spi" and isinstance(value, int):
+            fields["spi"] = f"0x{value:08x}"  # as ip xfrm, sa list and status write it
+        else:
+            fields[f.name] = value if isinstance(value, int | float | str) else str(value)
     if type(old) is type(obj):
         differ = [
             f.name for f in dataclasses.fields(obj) if getattr(old, f.name) != getattr(obj, f.name)
@@ -96,11 +99,16 @@ def of_ike(described: Iterable[str]) -> list[Changed]:
 
 
 def log_changes(
-    log: EventLog, stage: str, changes: list[Changed], limit: int = CHANGE_LOG_MAX
+    log: EventLog,
+    stage: str,
+    changes: list[Changed],
+    event: str = "agent.change",
+    limit: int = CHANGE_LOG_MAX,
 ) -> None:
+    """`event`: agent.change, or agent.repair for what a resync changed (drift repaired)."""
     for c in changes[:limit]:
-        log("agent.change", stage=stage, op=c.op, obj=c.obj, **dict(c.fields))
+        log(event, stage=stage, op=c.op, obj=c.obj, **dict(c.fields))
     rest = changes[limit:]
     if rest:
         ops = Counter(c.op for c in rest)
-        log("agent.change.more", stage=stage, count=len(rest), **dict(sorted(ops.items())))
+        log(f"{event}.more", stage=stage, count=len(rest), **dict(sorted(ops.items())))

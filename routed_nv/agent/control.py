@@ -6,6 +6,7 @@
     {"request": "directory"}
     {"request": "reload"}                  (the same as SIGHUP)
     {"request": "clear-duplicate", "tenant": "blue", "address": "10.0.0.2"}
+    {"request": "resync"}                  (apply now, reading the kernel again first)
     {"request": "view"}                    (the directory view last applied: `routed-nv apply`)
     {"request": "endpoint.add" | "endpoint.delete" | "endpoint.get" | "endpoint.list", ...}
                                            (the endpoint API: endpoint_api.py, docs/agent.md)
@@ -75,9 +76,12 @@ def answer(
             return answer_ok(report.directory(snap))
         if kind == "lookup":
             tenant, address = str(request.get("tenant", "")), str(request.get("address", ""))
-            found = report.lookup(snap.config, snap.view, snap.sas, tenant, address)
+            found = report.lookup(snap.config, snap.view, snap.sas, tenant, address, snap.drift)
             if found is None:
-                return answer_error("not-found", f"no endpoint {address} in tenant {tenant}")
+                message = f"no endpoint {address} in tenant {tenant}"
+                if why := report.withdrawn(snap, tenant, address):
+                    message += f": {why}"
+                return answer_error("not-found", message)
             return answer_ok(found)
         if kind == "view":
             return answer_ok(
@@ -125,8 +129,12 @@ class ControlServer:
         reload: Callable[[], None],
         endpoints: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         clear: ClearDuplicate | None = None,
+        check: Callable[[], object] | None = None,
+        resync: Callable[[], None] | None = None,
     ) -> None:
-        """`endpoints` answers the endpoint API's requests (endpoint_api.EndpointApi.answer)."""
+        """`endpoints` answers the endpoint API's requests (endpoint_api.EndpointApi.answer);
+        `check` compares the kernel with the agent's view before `status` and `lookup` answer
+        (Agent.check_kernel), `resync` brings the periodic resync forward."""
         self.path = path
         _claim(path)
         server = self
@@ -145,6 +153,8 @@ class ControlServer:
         self._reload = reload
         self._clear = clear
         self._endpoints = endpoints
+        self._check = check
+        self._resync = resync
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="control", daemon=True
         )
@@ -165,6 +175,12 @@ class ControlServer:
             return answer_error("bad-request", "a request is one JSON object on one line")
         if self._endpoints is not None and str(request.get("request")).startswith("endpoint."):
             return self._endpoints(request)
+        kind = request.get("request")
+        if kind == "resync" and self._resync is not None:
+            self._resync()
+            return answer_ok({"resync": "requested"})
+        if kind in ("status", "lookup") and self._check is not None:
+            self._check()
         return answer(request, self._snapshot(), self._reload, self._clear)
 
     def close(self) -> None:

@@ -35,11 +35,20 @@ from typing import TYPE_CHECKING, Protocol
 from routed_nv.agent.changes import log_changes
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.notify import Notifier
-from routed_nv.agent.snapshot import ApplyRecord, Counts, SaInfo, Snapshot, SourceInfo, count
+from routed_nv.agent.snapshot import (
+    ApplyRecord,
+    Counts,
+    Drift,
+    SaInfo,
+    Snapshot,
+    SourceInfo,
+    Withdrawn,
+    count,
+)
 from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
-from routed_nv.calc.inputs import Claim, DirectoryView
+from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 
@@ -48,6 +57,7 @@ if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
 
 
 REJECTED_LOG_MAX = 20  # rejected routes logged one by one per apply
+WITHDRAWN_MAX = 4096  # withdrawn remote addresses remembered for `lookup`, newest kept
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class Settings:
 
 class DatapathLike(Protocol):
     def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
+
+    def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
 
 
 # The fields a Datapath is built from (the XFRM driver's ownership test uses the host prefix,
@@ -176,6 +188,10 @@ class Agent:
         self._reconciles = 0
         self._reconcile_errors = 0
         self._config_errors = 0
+        self._drift: Drift | None = None  # the kernel against the last applied view
+        self._withdrawn: dict[tuple[int, IPNetwork], Withdrawn] = {}  # oldest first
+        self._check_requested = False
+        self._checks = 0
         # Loop-thread only.
         self._last_start: float | None = None
         self._last_end = 0.0
@@ -214,6 +230,30 @@ class Agent:
         self.waker.wake()
         with self._applied_cond:
             self._applied_cond.notify_all()  # waiting API callers answer "stopping"
+
+    def request_resync(self) -> None:
+        """Apply now, reading the kernel again first (the periodic resync, brought forward)."""
+        with self._lock:
+            self._dirty.add("resync")
+        self.waker.wake()
+
+    def check_kernel(self, timeout: float) -> bool:
+        """Have the loop compare the kernel with the last applied view now (read-only: the
+        drift is shown, not repaired, until the next apply). False when it did not answer in
+        `timeout` (busy applying, or no view yet): the last check stands."""
+        with self._applied_cond:
+            if self._update is None or self._last_start is None:
+                return False
+            self._check_requested = True
+            checks = self._checks
+        self.waker.wake()
+        with self._applied_cond:
+            return (
+                self._applied_cond.wait_for(
+                    lambda: self._checks > checks or self.stop_requested, timeout
+                )
+                and self._checks > checks
+            )
 
     def change_config(self, config: Config) -> int:
         """Take a validated config in-process (the endpoint API); returns its generation: the
@@ -281,6 +321,9 @@ class Agent:
             self._reload()
         if self.stop_requested:
             return 0
+        if self._check_requested:
+            self._check()
+            return 0
         now = self._clock()
         due = self._next_apply(now)
         if due is None:
@@ -324,8 +367,8 @@ class Agent:
         self._log_mobility(view)
         self._log_duplicates()
         self._last_start, started = now, self._wall()
+        resync = bool({"start", "resync", "retry"} & set(why))
         try:
-            resync = bool({"start", "resync", "retry"} & set(why))
             outcome = self._datapath.apply(config, view, resync=resync)
             errors = tuple(f"{s.name}: {e}" for s in outcome.stages for e in s.errors)
             changes = sum(len(s.lines) for s in outcome.stages)
@@ -340,8 +383,10 @@ class Agent:
         with self._applied_cond:
             self._applied = Applied(generation, config, record)
             self._applied_cond.notify_all()
+        # on a resync (not the start) a change repairs drift: say so in the event's name
+        event = "agent.repair" if resync and why != ["start"] else "agent.change"
         for stage in outcome.stages if outcome else ():
-            log_changes(self._log, stage.name, stage.changes)
+            log_changes(self._log, stage.name, stage.changes, event)
         self._log(
             "agent.apply",
             ok=record.ok,
@@ -364,6 +409,24 @@ class Agent:
         for observe in self.on_apply:
             observe(record)
         self._report(record)
+
+    def _check(self) -> None:
+        """Plan (never apply) the last applied view against a fresh read of the kernel."""
+        with self._lock:
+            self._check_requested = False
+            config, view = self.config, self._known
+        try:
+            outcome = self._datapath.plan(config, view, resync=True)
+            drift = Drift(self._wall(), tuple(line for s in outcome.stages for line in s.lines))
+            sas = tuple(self._read_sas())
+        except Exception as exc:  # a check must not end the agent; the last one stands
+            self._log("agent.check.error", error=f"{type(exc).__name__}: {exc}")
+            drift, sas = self._drift, self._sas
+        counts = count(config, view, sas)
+        with self._applied_cond:
+            self._drift, self._sas, self._counts = drift, sas, counts
+            self._checks += 1
+            self._applied_cond.notify_all()
 
     def _log_rejected(self, rejected: list[RejectedRoute]) -> None:
         """One line per newly rejected directory route; a flood (a host announcing 100,000 bad
@@ -422,7 +485,13 @@ class Agent:
             except Exception as exc:  # counts are for people; the apply is what matters
                 self._log("agent.inspect.error", error=f"{type(exc).__name__}: {exc}")
         counts = count(config, view, sas)
+        # what an apply could not change still differs; an apply without errors read the
+        # kernel and left it as wanted
+        drift = Drift(self._wall(), record.errors)
+        withdrawn = self._remember_withdrawn(view)
         with self._lock:
+            self._drift = drift
+            self._withdrawn = withdrawn
             # An apply that ran (even with errors) may have programmed all of `view`: it is
             # the last known state until the source is in sync again.
             self._known = view
@@ -437,6 +506,19 @@ class Agent:
                 self._reconcile_errors += 1
                 if self._state == "ready":
                     self._state = "degraded"
+
+    def _remember_withdrawn(self, view: DirectoryView) -> dict[tuple[int, IPNetwork], Withdrawn]:
+        """The remote addresses the last view had and `view` lacks join the memory; those
+        announced again leave it. A new dict: readers keep the one they took."""
+        now = {(r.tenant_id, r.prefix) for r in view.remote_routes}
+        memory = {k: w for k, w in self._withdrawn.items() if k not in now}
+        wall = self._wall()
+        for r in self._known.remote_routes:
+            key = (r.tenant_id, r.prefix)
+            if key not in now:
+                memory.pop(key, None)  # re-inserted: the newest withdrawal goes last
+                memory[key] = Withdrawn(r.peer.name, str(r.peer.address), wall)
+        return dict(list(memory.items())[-WITHDRAWN_MAX:])
 
     def _report(self, record: ApplyRecord) -> None:
         c = self._counts
@@ -511,4 +593,6 @@ class Agent:
                 config_errors=self._config_errors,
                 rejected_total=dict(self._rejected_total),
                 duplicates=self._duplicates,
+                drift=self._drift,
+                withdrawn=self._withdrawn,
             )

@@ -7,13 +7,14 @@ without an agent, from the configuration alone; the commands say which one answe
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from routed_nv import __version__
-from routed_nv.agent.snapshot import SaInfo, Snapshot
+from routed_nv import __version__, markers
+from routed_nv.agent.snapshot import Drift, SaInfo, Snapshot
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import SELF
 from routed_nv.calc.inputs import DirectoryView, IPNetwork, RemoteRoute
@@ -36,9 +37,15 @@ def rfc3339(stamp: float | None) -> str | None:
 def status(snap: Snapshot, now: float | None = None) -> Json:
     now = time.time() if now is None else now
     c, src, last = snap.counts, snap.source, snap.last_apply
+    state, reason = snap.state, {}
+    if state == "ready" and not src.in_sync:
+        # the datapath is as applied, but what it was applied from is not current (BIRD
+        # unreachable, sessions down): remote hosts may already have lost this host's routes
+        state, reason = "degraded", {"reason": f"directory {src.name} not in sync: {src.detail}"}
     return {
-        "agent": {
-            "state": snap.state,
+        "agent": reason
+        | {
+            "state": state,
             "host": snap.config.host.name,
             "pid": snap.pid,
             "version": __version__,
@@ -51,13 +58,10 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             "detail": src.detail,
             "peers_up": sum(p.up for p in src.peers),
             "peers": [
-                {
-                    "name": p.name,
-                    "address": p.address,
-                    "state": p.state,
-                    "since": p.since,
-                    "info": p.info,
-                }
+                # an address the source does not know (an upstream's) is left out, not ""
+                {"name": p.name}
+                | ({"address": p.address} if p.address else {})
+                | {"state": p.state, "since": p.since, "info": p.info}
                 for p in src.peers
             ],
             "rejected": [{"reason": str(r.reason), "route": str(r)} for r in src.rejected],
@@ -72,6 +76,7 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             "routes": c.routes,
             "sas": c.sas,
         },
+        "kernel": kernel(snap.drift),
         "last_apply": None
         if last is None
         else {
@@ -87,6 +92,46 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
         "reconcile_errors": snap.reconcile_errors,
         "config_errors": snap.config_errors,
     }
+
+
+def kernel(drift: Drift | None) -> Json:
+    """The kernel against the agent's view: in sync, or the objects an apply would change."""
+    if drift is None:
+        return {"in_sync": None, "differ": None, "objects": [], "checked": None}
+    return {
+        "in_sync": not drift.objects,
+        "differ": len(drift.objects),
+        "objects": list(drift.objects),
+        "checked": rfc3339(drift.time),
+    }
+
+
+# a routing change as the routing driver names it: "+ route 10.0.0.2/32 via ... table 268435556"
+_ROUTE_CHANGE = re.compile(r"^([+~-]) route (?:unreachable )?(\S+) .*\btable (\d+) ")
+_ROUTE_STATE = {"+": "missing", "~": "different", "-": "unexpected"}
+
+
+def kernel_route(drift: Drift | None, tenant_id: int, prefix: IPNetwork) -> str:
+    """The kernel's route for `prefix` in the tenant's VRF: ok, missing, different (from the
+    one wanted), or unknown (not checked yet)."""
+    if drift is None:
+        return "unknown"
+    table = str(markers.vrf_table(tenant_id))
+    for line in drift.objects:
+        m = _ROUTE_CHANGE.match(line)
+        if m and m[3] == table and m[2] == str(prefix):
+            return _ROUTE_STATE[m[1]]
+    return "ok"
+
+
+def withdrawn(snap: Snapshot, tenant: str, address: str) -> str:
+    """Why a lookup found nothing: who withdrew the address and when, if this agent saw it go
+    ("" when it never had it, or forgot it)."""
+    _, tid = _tenant(snap.config, tenant)
+    went = snap.withdrawn.get((tid, ipaddress.ip_network(_address(address))))
+    if went is None:
+        return ""
+    return f"last announced by {went.host} ({went.host_address}), withdrawn at {rfc3339(went.time)}"
 
 
 def _tenant(config: Config, tenant: str) -> tuple[str, int]:
@@ -105,14 +150,23 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def lookup(
-    config: Config, view: DirectoryView, sas: Iterable[SaInfo] | None, tenant: str, address: str
+    config: Config,
+    view: DirectoryView,
+    sas: Iterable[SaInfo] | None,
+    tenant: str,
+    address: str,
+    drift: Drift | None = None,
 ) -> Json | None:
     """Who holds `address` in `tenant`: this host (which endpoint) or a peer, with the tenant
-    outer addresses and, when the SAs are known (sas is not None), the SPIs both ways."""
+    outer addresses and, when the SAs are known (sas is not None), the SPIs both ways; from a
+    running agent (drift given) also whether the kernel's route matches (`kernel_route`)."""
     name, tid = _tenant(config, tenant)
     addr = _address(address)
     mine = config.host.tenant_address(tid)
+    prefix = ipaddress.ip_network(addr)
     answer: Json = {"tenant": name, "tenant_id": tid, "address": str(addr)}
+    if sas is not None:
+        answer["kernel_route"] = kernel_route(drift, tid, prefix)
     for ep_name, ep in sorted(config.endpoints.items()):
         if ep.tenant == name and addr in ep.addresses:
             return answer | {
@@ -122,7 +176,6 @@ def lookup(
                 "host_address": str(config.host.address),
                 "tenant_address": str(mine),
             }
-    prefix = ipaddress.ip_network(addr)
     route = next((r for r in view.remote_routes if r.tenant_id == tid and r.prefix == prefix), None)
     if route is None:
         return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from routed_nv.agent.source import PeerStatus, RejectedRoute
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate
-from routed_nv.calc.inputs import DirectoryView
+from routed_nv.calc.inputs import DirectoryView, IPNetwork
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.config.model import Config
 
@@ -73,6 +73,23 @@ class ApplyRecord:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """The kernel against the last applied view: what an apply would change (empty: in sync)."""
+
+    time: float  # wall clock of the check
+    objects: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """A remote address the applied view had and lost: who announced it, when it went."""
+
+    host: str
+    host_address: str
+    time: float  # wall clock of the apply that no longer had it
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     name: str
     in_sync: bool
@@ -98,3 +115,6 @@ class Snapshot:
     config_errors: int
     rejected_total: dict[str, int]  # rejections seen, by reason (counted when first seen)
     duplicates: tuple[Duplicate, ...] = ()  # local addresses another host holds too
+    drift: Drift | None = None  # None before the first apply
+    # (tenant id, prefix) -> the last withdrawal, for `lookup` (bounded: loop.WITHDRAWN_MAX)
+    withdrawn: dict[tuple[int, IPNetwork], Withdrawn] = field(default_factory=dict)

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 2  # invalid configuration or cannot start: nothing was applied
+# how long `status` and `lookup` wait for the loop to read the kernel (under the client's 5 s);
+# a busy loop answers with its last check, whose time says how old it is
+CHECK_TIMEOUT_S = 3.0
 
 
 def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -164,6 +167,8 @@ def agent_command(
             agent.request_reload,
             clear=agent.request_clear,
             endpoints=endpoints,
+            check=lambda: agent.check_kernel(CHECK_TIMEOUT_S),
+            resync=agent.request_resync,
         )
     except (ControlError, OSError) as exc:
         log("agent.start", ok=False, error=str(exc))

@@ -16,19 +16,24 @@ EXIT_DOWN = 1  # no agent answers, or the thing asked for does not exist
 EXIT_ERROR = 2  # usage error, invalid configuration, refused change
 
 
-def ask_agent(run_dir: Path, request: dict[str, Any]) -> Any:
-    """The agent's answer; exits 1 (not running, not found) or 2 (refused) otherwise."""
+def ask_agent(run_dir: Path, request: dict[str, Any], output: str = "table") -> Any:
+    """The agent's answer; exits 1 (not running, not found) or 2 (refused) otherwise, with a
+    JSON object on stdout too when `output` is json."""
     try:
         return ask(run_dir / SOCKET_NAME, request)
     except AgentDown as exc:
-        fail(EXIT_DOWN, f"routed-nv agent is not running: {exc}")
+        fail(EXIT_DOWN, f"routed-nv agent is not running: {exc}", output, agent="down")
     except RequestFailed as exc:
-        fail(EXIT_DOWN if exc.code == "not-found" else EXIT_ERROR, str(exc))
+        fail(EXIT_DOWN if exc.code == "not-found" else EXIT_ERROR, str(exc), output)
     except ControlError as exc:
-        fail(EXIT_ERROR, str(exc))
+        fail(EXIT_ERROR, str(exc), output)
 
 
-def fail(code: int, message: str) -> None:
+def fail(code: int, message: str, output: str = "table", **fields: Any) -> None:
+    """One error line on stderr; with `-o json` also a JSON object on stdout (scripts that
+    parse stdout get an answer, never nothing)."""
+    if output == "json":
+        print_json(fields | {"error": message})
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

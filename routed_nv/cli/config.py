@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from routed_nv.config.crosscheck import warnings
-from routed_nv.config.loader import default_path
+from routed_nv.config.loader import ConfigError, default_path, load_config
 from routed_nv.config.model import Config
-from routed_nv.options import config_option, config_or_exit
+from routed_nv.options import config_option, config_or_exit, output_option
 
 
 @click.group("config")
@@ -44,6 +46,7 @@ def config_group() -> None:
     is_flag=True,
     help="Print no `ok` line when the configuration is valid (warnings are still printed).",
 )
+@output_option
 def check_command(
     path: Path | None,
     config_path: Path | None,
@@ -51,6 +54,7 @@ def check_command(
     as_drop_in: str | None,
     skip_files: bool,
     quiet: bool,
+    output: str,
 ) -> None:
     """Validate the configuration; exit 0 when valid, 1 with one line per problem when not.
 
@@ -80,6 +84,7 @@ def check_command(
       routed-nv config check /tmp/rendered/routed-nv.toml
       routed-nv config check --as-drop-in 10-tenants.toml /tmp/rendered.toml
       routed-nv config check --skip-files /tmp/build/routed-nv.toml
+      routed-nv config check -o json | jq -r '.problems[]?'
     """
     substitute = None
     if as_drop_in is not None:
@@ -89,9 +94,10 @@ def check_command(
         path = config_path or default_path()
     else:
         path = _host_file(path, config_path)
-    config = config_or_exit(
-        path, 1, drop_in_dir=drop_in_dir, substitute=substitute, check_files=not skip_files
-    )
+    load = {"drop_in_dir": drop_in_dir, "substitute": substitute, "check_files": not skip_files}
+    if output == "json":
+        _check_json(path, load)
+    config = config_or_exit(path, 1, **load)
     _warn(config)
     if not quiet:
         click.echo(
@@ -131,6 +137,26 @@ def _host_file(path: Path | None, config_path: Path | None) -> Path | None:
     if path is not None and config_path is not None and path != config_path:
         raise click.UsageError(f"PATH {path} and -c {config_path} name different files: give one")
     return path or config_path
+
+
+def _check_json(path: Path | None, load: dict[str, Any]) -> None:
+    """`config check -o json`: {"ok": ..., "problems": [...], "warnings": [...]}; exits 0 or 1."""
+    try:
+        config = load_config(path, **load)
+    except ConfigError as exc:
+        click.echo(json.dumps({"ok": False, "problems": [str(p) for p in exc.problems]}, indent=2))
+        sys.exit(1)
+    summary = {
+        "ok": True,
+        "host": config.host.name,
+        "tenants": len(config.tenants),
+        "endpoints": len(config.endpoints),
+        "peers": len(config.peers),
+        "problems": [],
+        "warnings": list(warnings(config)),
+    }
+    click.echo(json.dumps(summary, indent=2))
+    sys.exit(0)
 
 
 def _warn(config: Config) -> None:

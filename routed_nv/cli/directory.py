@@ -69,7 +69,7 @@ def directory_dump_command(config_path: Path | None, run_dir: Path | None, outpu
       routed-nv directory dump
       routed-nv directory dump -o json | jq '.routes | length'
     """
-    dump = ask_agent(agent_run_dir(run_dir, config_path), {"request": "directory"})
+    dump = ask_agent(agent_run_dir(run_dir, config_path), {"request": "directory"}, output)
     if output == "json":
         print_json(dump)
         return

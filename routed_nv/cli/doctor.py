@@ -10,7 +10,8 @@ import json
 import click
 
 from routed_nv import doctor
-from routed_nv.kernel_features import format_table
+from routed_nv.cli.agent_client import table
+from routed_nv.kernel_features import TABLE_HEADERS, table_rows
 from routed_nv.options import output_option
 
 
@@ -50,7 +51,7 @@ def doctor_command(output: str) -> None:
             )
         )
     else:
-        click.echo(format_table(report.features))
+        click.echo(table(TABLE_HEADERS, table_rows(report.features)))
         verdict = "ready" if report.datapath_ready else "missing " + ", ".join(report.missing)
         click.echo(f"\ndatapath: {verdict}")
     raise SystemExit(0 if report.datapath_ready else 1)

@@ -67,7 +67,7 @@ def endpoint_list_command(config_path: Path | None, run_dir: Path | None, output
         config = config_or_exit(config_path, EXIT_ERROR)
         listing = {"source": "config", "endpoints": report.endpoints(config, static_view(config))}
     except ControlError as exc:
-        fail(EXIT_ERROR, str(exc))
+        fail(EXIT_ERROR, str(exc), output)
     if output == "json":
         print_json(listing)
         return

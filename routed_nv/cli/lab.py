@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from routed_nv.cli.agent_client import table
 from routed_nv.lab import uml
 from routed_nv.lab.builder import Lab, LabError, remove_leftovers
 from routed_nv.lab.checks import (
@@ -65,9 +66,15 @@ def _reexec_in_uml(args: list[str], mem: str, timeout: float, **kwargs: Any) -> 
 
 def _describe(topology: Topology) -> None:
     click.echo(f"underlay {topology.aggregate}, router namespace {topology.router_namespace}")
-    for host in topology.hosts:
-        workloads = ", ".join(f"{w.name} ({w.tenant})" for w in topology.workloads_on(host.name))
-        click.echo(f"  {host.namespace:<16} {host.uplink_address!s:<24} workloads: {workloads}")
+    rows = [
+        [
+            host.namespace,
+            str(host.uplink_address),
+            ", ".join(f"{w.name} ({w.tenant})" for w in topology.workloads_on(host.name)),
+        ]
+        for host in topology.hosts
+    ]
+    click.echo(table(["NAMESPACE", "UPLINK ADDRESS", "WORKLOADS"], rows))
 
 
 @click.group(name="lab")

@@ -13,6 +13,13 @@ from routed_nv.calc.inputs import static_view
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json
 from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
+KERNEL_ROUTE = {
+    "missing": "MISSING (the agent repairs it on its next resync; `routed-nv apply --dry-run`)",
+    "different": "DIFFERENT from the directory's (repaired on the next resync)",
+    "unexpected": "not the one the agent wants there (repaired on the next resync)",
+    "unknown": "not checked yet",
+}
+
 
 @click.command("lookup")
 @click.argument("tenant")
@@ -51,14 +58,17 @@ def lookup_command(
         try:
             found = report.lookup(config, static_view(config), None, tenant, address)
         except report.QueryError as exc:
-            fail(EXIT_ERROR, str(exc))
+            fail(EXIT_ERROR, str(exc), output)
         if found is None:
-            fail(EXIT_DOWN, f"no endpoint {address} in tenant {tenant} (from the configuration)")
+            message = f"no endpoint {address} in tenant {tenant} (from the configuration)"
+            fail(EXIT_DOWN, message, output, agent="down", source="config", found=False)
         found["source"] = "config"
     except RequestFailed as exc:
-        fail(EXIT_DOWN if exc.code == "not-found" else EXIT_ERROR, str(exc))
+        missing = exc.code == "not-found"
+        extra = {"source": "agent", "found": False} if missing else {}
+        fail(EXIT_DOWN if missing else EXIT_ERROR, str(exc), output, **extra)
     except ControlError as exc:
-        fail(EXIT_ERROR, str(exc))
+        fail(EXIT_ERROR, str(exc), output)
     if output == "json":
         print_json(found)
         return
@@ -69,6 +79,9 @@ def lookup_command(
     )
     click.echo(f"{found['tenant']} {found['address']}: {where}")
     click.echo(f"  tenant outer address: {found['tenant_address']}")
+    route = found.get("kernel_route")
+    if route is not None and route != "ok":
+        click.echo(f"  kernel route: {KERNEL_ROUTE[route]}")
     spis = found.get("spis")
     if found["location"] == "remote":
         if spis is None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from routed_nv.cli.agent_client import table
 from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp.spimap import SaRow, rows_from_sas, rows_from_states
 from routed_nv.esp.xfrm import IprouteXfrm, XfrmError
@@ -18,7 +20,7 @@ EXIT_FAILED = 2
 
 _COLUMNS = (
     ("PEER", lambda r: r.peer),
-    ("TENANT", lambda r: str(r.tenant)),
+    ("TENANT", lambda r: f"{r.tenant_name} ({r.tenant})" if r.tenant_name else str(r.tenant)),
     ("SPI-IN", lambda r: _spi(r.spi_in)),
     ("SPI-OUT", lambda r: _spi(r.spi_out)),
     ("STATE", lambda r: r.state),
@@ -27,6 +29,8 @@ _COLUMNS = (
     ("BYTES-OUT", lambda r: _opt(r.bytes_out)),
     ("PKTS-IN", lambda r: _opt(r.packets_in)),
     ("PKTS-OUT", lambda r: _opt(r.packets_out)),
+    ("ERR-IN", lambda r: _opt(r.errors_in)),
+    ("ERR-OUT", lambda r: _opt(r.errors_out)),
     ("REKEY-IN", lambda r: _secs(r.rekey_in_s)),
     ("UP-FOR", lambda r: _secs(r.established_s)),
 )
@@ -50,13 +54,15 @@ def sa_group() -> None:
 def list_command(
     config_path: Path | None, netns: str | None, vici_socket: Path | None, output: str
 ) -> None:
-    """List every ESP SA pair: peer, tenant, inbound and outbound SPI, state and counters.
+    """List every ESP SA pair: peer, tenant (name and id), inbound and outbound SPI, state and
+    counters.
 
     With IKE keying the SPIs are charon's (random); the tenant comes from the CHILD_SA's reqid
     and the peer from its connection name (rnv-<peer>), read over VICI (list-sas). With static
-    keying the kernel's SAs are read (`ip xfrm state`) and the SPI itself names tenant, sender
-    and key generation (GEN); counters are not shown there. A tenant whose SAs are missing is
-    simply absent: compare with the configuration's tenants and peers.
+    keying the kernel's SAs are read (`ip -s xfrm state`): the SPI itself names tenant, sender
+    and key generation (GEN), and the kernel counts bytes, packets and errors (packets dropped
+    for replay or a failed integrity check). A tenant whose SAs are missing is simply absent:
+    compare with the configuration's tenants and peers.
 
     \b
     Exit status:
@@ -66,13 +72,17 @@ def list_command(
     \b
     Examples:
       routed-nv sa list
-      routed-nv sa list -o json | jq '.[] | select(.tenant == 100)'
+      routed-nv sa list -o json | jq '.[] | select(.tenant_name == "blue")'
       routed-nv sa list --vici-socket /run/charon.vici
       routed-nv sa list --netns host1 -c lab/host1.toml
     """
     config = config_or_exit(config_path, EXIT_FAILED)
     try:
-        rows = _rows(config, netns, vici_socket)
+        names = {t.id: name for name, t in config.tenants.items()}
+        rows = [
+            replace(r, tenant_name=names.get(r.tenant, ""))
+            for r in _rows(config, netns, vici_socket)
+        ]
     except _ReadError as exc:
         click.echo(f"sa list: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -98,21 +108,18 @@ def _rows(config: Config, netns: str | None, vici_socket: Path | None) -> list[S
         except ViciError as exc:
             raise _ReadError(str(exc)) from None
     peers = {p.underlay_prefix: name for name, p in config.peers.items()}
+    xfrm = IprouteXfrm(netns)
     try:
-        states = IprouteXfrm(netns).read_states()
+        states, counters = xfrm.read_states(), xfrm.read_counters()
     except XfrmError as exc:
         raise _ReadError(str(exc)) from None
-    return rows_from_states(states, config.host.underlay_prefix, peers)
+    return rows_from_states(states, config.host.underlay_prefix, peers, counters)
 
 
 def render_table(rows: list[SaRow]) -> str:
     if not rows:
         return "no routed_nv SAs"
-    cells = [[name for name, _ in _COLUMNS]] + [[get(r) for _, get in _COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    )
+    return table([name for name, _ in _COLUMNS], [[get(r) for _, get in _COLUMNS] for r in rows])
 
 
 def _spi(value: int | None) -> str:

@@ -15,6 +15,8 @@ from routed_nv.agent.options import run_dir_option
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json, table
 from routed_nv.options import agent_run_dir, config_option, output_option
 
+EXIT_NOT_READY = 3  # --brief: a monitoring check's "answered, but not ready"
+
 
 def _ago(stamp: str | None, now: float) -> str:
     if stamp is None:
@@ -43,11 +45,15 @@ def status_command(
 ) -> None:
     """Show the running agent: its state, directory source and peers, datapath, last apply.
 
+    The agent is degraded when its last apply failed, or when the directory it applied from is
+    not in sync (BIRD unreachable, no route reflector session): the reason is shown.
+
     \b
     Exit status:
-      0  the agent answered (whatever its state)
+      0  the agent answered (whatever its state; with --brief: it is ready)
       1  the agent is not running
       2  usage error, or the control socket is not ours to use
+      3  (--brief only) the agent answered but is not ready: starting, degraded, stopping
 
     \b
     Examples:
@@ -66,11 +72,13 @@ def status_command(
             click.echo(f"routed-nv agent: not running ({exc})")
         sys.exit(EXIT_DOWN)
     except ControlError as exc:
-        fail(EXIT_ERROR, str(exc))
+        fail(EXIT_ERROR, str(exc), output)
     if output == "json":
         print_json(status)
     elif brief:
         click.echo(brief_line(status, time.time()))
+        if status["agent"]["state"] != "ready":
+            sys.exit(EXIT_NOT_READY)
     else:
         click.echo(status_table(status, time.time()))
 
@@ -83,26 +91,44 @@ def brief_line(s: dict[str, Any], now: float) -> str:
         result = "ok" if last["ok"] else f"FAILED ({len(last['errors'])} errors)"
         apply = f"last apply {result} {_ago(last['time'], now)} ({last['seconds']:.2f} s)"
     return (
-        f"{a['state']}: directory {d['source']} {sync}, {d['peers_up']} peers up; "
-        f"{p['local_endpoints']} local / {p['remote_addresses']} remote, {p['sas']} SAs; {apply}"
+        f"{a['state']}{_reason(a)}: directory {d['source']} {sync}, {d['peers_up']} peers up; "
+        f"{p['local_endpoints']} local / {p['remote_addresses']} remote, {p['sas']} SAs; "
+        f"kernel {kernel_text(s.get('kernel'), now)}; {apply}"
     )
+
+
+def _reason(a: dict[str, Any]) -> str:
+    return f" ({a['reason']})" if a.get("reason") else ""
+
+
+def kernel_text(k: dict[str, Any] | None, now: float) -> str:
+    """ "in sync" or "N objects differ", with when the agent last compared."""
+    if k is None or k["in_sync"] is None:
+        return "not checked yet"
+    state = "in sync" if k["in_sync"] else f"{k['differ']} objects differ"
+    return f"{state} (checked {_ago(k['checked'], now)})"
 
 
 def status_table(s: dict[str, Any], now: float) -> str:
     a, d, p, last = s["agent"], s["directory"], s["datapath"], s["last_apply"]
     lines = [
-        f"Agent:      {a['state']} (host {a['host']}, pid {a['pid']}, "
+        f"Agent:      {a['state']}{_reason(a)} (host {a['host']}, pid {a['pid']}, "
         f"up {_duration(a['uptime_s'])}, routed-nv {a['version']})",
         f"Directory:  {d['source']}, {'in sync' if d['in_sync'] else 'NOT in sync'}"
         + (f" ({d['detail']})" if d["detail"] else ""),
     ]
     if d["peers"]:
-        rows = [[x["name"], x["address"], x["state"], x["since"], x["info"]] for x in d["peers"]]
+        columns = ("name", "address", "state", "since", "info")
+        rows = [[x.get(c, "-") for c in columns] for x in d["peers"]]
         lines.append(table(["PEER", "ADDRESS", "STATE", "SINCE", "INFO"], rows))
     lines.append(
         f"Datapath:   {p['tenants']} tenants, {p['local_endpoints']} local endpoints, "
-        f"{p['remote_addresses']} remote addresses, {p['routes']} routes, {p['sas']} SAs"
+        f"{p['remote_addresses']} remote addresses, {p['routes']} routes, "
+        f"{p['sas']} SAs in the kernel"
     )
+    k = s.get("kernel")
+    lines.append(f"Kernel:     {kernel_text(k, now)}")
+    lines += [f"  {x}" for x in (k or {}).get("objects", [])]
     if last is None:
         lines.append("Last apply: none yet")
     else:

@@ -21,6 +21,17 @@ REPLAY_WINDOW = 64
 TUNNELLED_PROTOS = (4, 41)
 
 StateKey = tuple[ipaddress.IPv6Address, int]
+
+
+@dataclass(frozen=True)
+class SaCounters:
+    """An SA's counters as the kernel keeps them (`ip -s xfrm state`)."""
+
+    bytes: int
+    packets: int
+    errors: int  # dropped: outside the replay window, replayed, or failed integrity/decryption
+
+
 PolicyKey = tuple[str, ipaddress.IPv6Network, ipaddress.IPv6Network, int]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from routed_nv import markers
 from routed_nv.esp import spi
-from routed_nv.esp.objects import XfrmState
+from routed_nv.esp.objects import SaCounters, StateKey, XfrmState
 
 SA_EVENTS = ("child-updown", "child-rekey", "ike-updown")
 
@@ -36,9 +36,12 @@ class SaRow:
     bytes_out: int | None = None
     packets_in: int | None = None
     packets_out: int | None = None
+    errors_in: int | None = None  # dropped inbound: replay window, replayed, failed (static)
+    errors_out: int | None = None
     rekey_in_s: int | None = None  # until charon rekeys it
     established_s: int | None = None  # since it was installed
     uniqueid: str = ""  # charon's CHILD_SA id: what events refer to
+    tenant_name: str = ""  # from this host's configuration
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,11 +124,13 @@ def rows_from_states(
     states: Iterable[XfrmState],
     local_prefix: ipaddress.IPv6Network,
     peers: Mapping[ipaddress.IPv6Network, str],
+    counters: Mapping[StateKey, SaCounters] | None = None,
 ) -> list[SaRow]:
     """Static keying: pair each peer's inbound and outbound SA per tenant and key generation.
     The SPI names tenant, sender and generation; the peer is the host whose /64 holds the
-    other end. SAs that are not routed_nv's (reqid or SPI outside the plan) are skipped."""
-    pairs: dict[tuple[str, int, int], dict[str, int]] = {}
+    other end. SAs that are not routed_nv's (reqid or SPI outside the plan) are skipped.
+    `counters` (`ip -s xfrm state`) fills bytes, packets and errors both ways."""
+    pairs: dict[tuple[str, int, int], dict[str, XfrmState]] = {}
     for state in states:
         if state.tenant_id is None:
             continue
@@ -137,18 +142,31 @@ def rows_from_states(
         other = state.dst if outbound else state.src
         peer = next((name for net, name in peers.items() if other in net), str(other))
         key = (peer, fields.tenant_id, fields.generation)
-        pairs.setdefault(key, {})["out" if outbound else "in"] = state.spi
-    return sorted(
-        SaRow(
-            peer=peer,
-            tenant=tenant,
-            spi_in=spis.get("in"),
-            spi_out=spis.get("out"),
-            state="installed",
-            generation=gen,
-        )
-        for (peer, tenant, gen), spis in pairs.items()
-    )
+        pairs.setdefault(key, {})["out" if outbound else "in"] = state
+    known = counters or {}
+
+    def counted(state: XfrmState | None) -> SaCounters | None:
+        return None if state is None else known.get(state.key())
+
+    def row(peer: str, tenant: int, gen: int, sas: dict[str, XfrmState]) -> SaRow:
+        sa_in, sa_out = sas.get("in"), sas.get("out")
+        spis = (_spi_of(sa_in), _spi_of(sa_out))
+        counts = _counts("in", counted(sa_in)) | _counts("out", counted(sa_out))
+        return SaRow(peer, tenant, *spis, "installed", generation=gen, **counts)  # type: ignore[arg-type]
+
+    return sorted(row(*key, sas) for key, sas in pairs.items())
+
+
+def _spi_of(state: XfrmState | None) -> int | None:
+    return None if state is None else state.spi
+
+
+def _counts(direction: str, c: SaCounters | None) -> dict[str, int]:
+    if c is None:
+        return {}
+    return {f"bytes_{direction}": c.bytes, f"packets_{direction}": c.packets} | {
+        f"errors_{direction}": c.errors
+    }
 
 
 def _hex(value: object) -> int | None:

@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from routed_nv.esp.objects import Action, Direction, XfrmPolicy, XfrmState
+from routed_nv.esp.objects import (
+    Action,
+    Direction,
+    SaCounters,
+    StateKey,
+    XfrmPolicy,
+    XfrmState,
+)
 from routed_nv.esp.secret import Secret
 
 _DONE_MARKER = "xfrm state count"
@@ -65,6 +72,13 @@ class IprouteXfrm:
 
     def read_states(self) -> list[XfrmState]:
         return parse_states(self._show("state"))
+
+    def read_counters(self) -> dict[StateKey, SaCounters]:
+        """Each SA's traffic and error counters (`ip -s xfrm state`), by (dst, spi)."""
+        proc = self._run(["-s", "xfrm", "state"])
+        if proc.returncode != 0:
+            raise XfrmError(f"ip -s xfrm state{self._where()} failed: {proc.stderr.strip()}")
+        return parse_counters(proc.stdout)
 
     def read_policies(self) -> list[XfrmPolicy]:
         return parse_policies(self._show("policy"))
@@ -169,6 +183,32 @@ def parse_states(text: str) -> list[XfrmState]:
             )
         )
     return states
+
+
+def parse_counters(text: str) -> dict[StateKey, SaCounters]:
+    """From `ip -s xfrm state`: "lifetime current: B(bytes), P(packets)" and
+    "stats: replay-window W replay R failed F" of each IPv6 ESP SA."""
+    counters = {}
+    for block in _blocks(text):
+        dst = _v6(_after(block[0].split(), "dst"))
+        words = " ".join(block).replace(",", " ").split()
+        spi_text = _after(words, "spi")
+        if dst is None or spi_text is None or _after(words, "proto") != "esp":
+            continue
+        current = _after_n(words, "current:", 2)
+        if current is None or "stats:" not in words:
+            continue
+        after = words[words.index("stats:") :]  # the state line has a replay-window too
+        stats = [_after(after, k) for k in ("replay-window", "replay", "failed")]
+        if None in stats:
+            continue
+        # with -s iproute2 adds the decimal: "spi 0x00640004(6553604)"
+        counters[(dst, int(spi_text.split("(")[0], 0))] = SaCounters(
+            bytes=int(current[0].removesuffix("(bytes)")),
+            packets=int(current[1].removesuffix("(packets)")),
+            errors=sum(int(x) for x in stats if x is not None),
+        )
+    return counters
 
 
 def parse_policies(text: str) -> list[XfrmPolicy]:

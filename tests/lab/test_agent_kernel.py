@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_datapath_scenario import Ping, kernel_objects, ns, sh
@@ -317,6 +318,69 @@ def test_the_periodic_resync_repairs_drift_nobody_reported(env: Env) -> None:
     # and says what it changed
     assert "agent.change stage=routing op=add obj=route dst=10.0.0.2/32 " in agent.log()[logged:]
     assert " 0% packet loss" in sh(env.lab, ns("blue1"), "ping -c 2 -i 0.2 -W 2 10.0.0.2")
+
+
+def test_status_and_lookup_show_drift_before_the_resync_repairs_it(env: Env) -> None:
+    agent = env.agents["host1"]
+    agent.stop()
+    agent.start("--resync-interval", "3600")  # no periodic resync during this test
+    try:
+        run_dir = str(agent.run_dir)
+        lookup = [*ROUTED_NV, "lookup", "blue", "10.0.0.2", "--run-dir", run_dir]
+        found = json.loads(subprocess.run([*lookup, "-o", "json"], **RUN).stdout)
+        assert found["kernel_route"] == "ok"
+        spi, theirs = found["spis"]["out"][0], found["tenant_address"]
+        logged = len(agent.log())
+        sh(env.lab, ns("host1"), "ip route del 10.0.0.2/32 vrf rnv-v100")
+        sh(env.lab, ns("host1"), f"ip xfrm state del dst {theirs} proto esp spi {spi}")
+
+        status = json.loads(agent.status_command("-o", "json").stdout)
+        assert status["datapath"]["sas"] == 7  # the kernel's, not the 8 wanted
+        kernel = status["kernel"]
+        assert (kernel["in_sync"], kernel["differ"]) == (False, 2), kernel
+        assert any(x.startswith("+ route 10.0.0.2/32 ") for x in kernel["objects"]), kernel
+        assert any(f"spi {spi} " in x for x in kernel["objects"]), kernel
+        table = agent.status_command().stdout
+        assert "Kernel:     2 objects differ (checked " in table, table
+        said = subprocess.run(lookup, **RUN).stdout
+        assert "  kernel route: MISSING " in said, said
+        assert "agent.repair" not in agent.log()[logged:]  # shown, not yet repaired
+
+        assert ask(agent.run_dir / SOCKET_NAME, {"request": "resync"}) == {"resync": "requested"}
+        deadline = time.monotonic() + 60
+        while (
+            "agent.repair stage=routing op=add obj=route dst=10.0.0.2/32 "
+            not in agent.log()[logged:]
+            or not json.loads(agent.status_command("-o", "json").stdout)["kernel"]["in_sync"]
+        ):
+            assert time.monotonic() < deadline, agent.log()[logged:]
+            time.sleep(0.5)
+        repairs = [x for x in agent.log()[logged:].splitlines() if x.startswith("agent.repair ")]
+        assert any("stage=routing" in x and "10.0.0.2/32" in x for x in repairs), repairs
+        assert any("stage=xfrm op=add obj=sa" in x and f"spi={spi} " in x for x in repairs), repairs
+        assert json.loads(agent.status_command("-o", "json").stdout)["datapath"]["sas"] == 8
+    finally:
+        agent.stop()
+        agent.start(*AGENT_ARGS)
+
+
+def test_sa_list_with_static_keys_shows_tenant_names_and_kernel_counters(env: Env) -> None:
+    assert " 0% packet loss" in sh(env.lab, ns("blue1"), "ping -c 3 -i 0.2 -W 2 10.0.0.2")
+    agent = env.agents["host1"]
+    argv = [*ROUTED_NV, "sa", "list", "-c", str(agent.config_path), "--netns", agent.namespace]
+    listed = subprocess.run([*argv, "-o", "json"], **RUN | {"check": False})
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 4  # 2 tenants x 2 peers, each a pair
+    assert {r["tenant_name"] for r in rows} == {"blue", "red"}, rows
+    to_host2 = [r for r in rows if r["tenant_name"] == "blue" and r["peer"] == "host2"]
+    assert to_host2 and to_host2[0]["packets_out"] >= 3 and to_host2[0]["packets_in"] >= 3
+    assert to_host2[0]["bytes_out"] > 0 and to_host2[0]["errors_in"] == 0, to_host2
+    table = subprocess.run(argv, **RUN).stdout
+    assert "| blue (100) " in table and "ERR-IN" in table, table
+
+
+RUN: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 60, "check": True}
 
 
 def test_agent_log_has_no_key_material(env: Env) -> None:

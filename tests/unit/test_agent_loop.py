@@ -57,6 +57,12 @@ class FakeDatapath:
         self.raises: Exception | None = None
         self.changes = ["+ route 10.0.0.2/32"]
         self.done: list[Changed] = []  # the changes for the log
+        self.drift: list[str] = []  # what a plan finds changed behind the agent's back
+        self.plans: list[bool] = []
+
+    def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
+        self.plans.append(resync)
+        return Outcome([Stage("routing", lines=list(self.drift))])
 
     def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         self.applied.append((config, view))
@@ -119,12 +125,13 @@ class Harness:
         self.notes = Notes()
         self.log = io.StringIO()
         self.next_config: Config | ConfigError = self.config
+        self.sas = [SaInfo(HOST2.tenant_address(100), HOST2.tenant_address(100), 7, 100)]
         self.agent = Agent(
             self.config,
             self.datapath,
             self.source,  # type: ignore[arg-type]
             self.load,
-            read_sas=lambda: [SaInfo(HOST2.tenant_address(100), HOST2.tenant_address(100), 7, 100)],
+            read_sas=lambda: list(self.sas),
             settings=settings or Settings(min_interval_s=1, resync_interval_s=30),
             log=EventLog(stream=self.log),
             notifier=self.notes,  # type: ignore[arg-type]

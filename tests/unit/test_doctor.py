@@ -7,15 +7,17 @@ import pytest
 from click.testing import CliRunner
 
 from routed_nv import doctor
+from routed_nv.cli.agent_client import table
 from routed_nv.cli.doctor import doctor_command
 from routed_nv.kernel_features import (
+    TABLE_HEADERS,
     MachineFacts,
     evaluate,
-    format_table,
     iptables_backend,
     loadable_plugins,
     module_names,
     parse_release,
+    table_rows,
 )
 
 CAPABLE = MachineFacts(
@@ -117,11 +119,11 @@ def test_tools_do_not_decide_datapath_readiness() -> None:
 
 
 def test_table_marks_optional_missing_features() -> None:
-    table = format_table(evaluate(replace(CAPABLE, bird=None, release="5.10")).features)
-    lines = table.splitlines()
-    assert lines[0].split() == ["FEATURE", "STATUS", "DETAIL"]
-    assert any(line.startswith("bird ") and "missing (optional)" in line for line in lines)
-    assert any(line.startswith("ip6tnl-nbma-ipv4") and " missing " in line for line in lines)
+    features = evaluate(replace(CAPABLE, bird=None, release="5.10")).features
+    lines = table(TABLE_HEADERS, table_rows(features)).splitlines()
+    assert lines[1].split() == ["|", "FEATURE", "|", "STATUS", "|", "DETAIL", "|"]
+    assert any(line.startswith("| bird ") and "missing (optional)" in line for line in lines)
+    assert any(line.startswith("| ip6tnl-nbma-ipv4") and " missing " in line for line in lines)
 
 
 @pytest.mark.parametrize(("facts", "code"), [(CAPABLE, 0), (MachineFacts(release="6.18"), 1)])
