@@ -435,12 +435,11 @@ def pin(local: str, remote: str, proto: int, spi: int) -> XfrmPolicy:
 KEPT, TERMINATED = 0xC90CEB39, 0xC6F2FC7E  # host1's SPIs in the Debian 13 failure
 
 
-def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey(
+def left_on_a_terminated_child_sa(
     desired: DesiredIke,
-) -> None:
-    """The state strongSwan 6.0.1 left after a duplicate resolution (issue 13): of the two
-    outbound policies of blue towards host2, IPv6 named the kept CHILD_SA's SPI, IPv4 the
-    terminated one's. Seen at two applies in a row, the kept CHILD_SA is rekeyed."""
+) -> tuple[FakeCharon, IkeDriver, list[XfrmPolicy], str, str]:
+    """charon up with blue's IPv6 outbound policy towards host2 on the kept CHILD_SA's SPI and
+    the IPv4 one on the terminated one's: (charon, driver, the pins it reads, local, remote)."""
     charon = FakeCharon()
     local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
     pins = [pin(local, remote, 41, KEPT), pin(local, remote, 4, TERMINATED)]
@@ -449,6 +448,16 @@ def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey
     charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "9")
     charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
     with_spi(charon, "rnv-host2-t100-0", KEPT, local, remote)
+    return charon, driver, pins, local, remote
+
+
+def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey(
+    desired: DesiredIke,
+) -> None:
+    """The state strongSwan 6.0.1 left after a duplicate resolution (issue 13): of the two
+    outbound policies of blue towards host2, IPv6 named the kept CHILD_SA's SPI, IPv4 the
+    terminated one's. Seen at two applies in a row, the kept CHILD_SA is rekeyed."""
+    charon, driver, pins, local, remote = left_on_a_terminated_child_sa(desired)
     charon.calls.clear()
 
     first = driver.apply(desired)
@@ -475,14 +484,7 @@ def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey
 def test_a_pin_a_rekey_did_not_move_is_an_error_not_a_rekey_every_apply(
     desired: DesiredIke,
 ) -> None:
-    charon = FakeCharon()
-    local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
-    pins = [pin(local, remote, 41, KEPT), pin(local, remote, 4, TERMINATED)]
-    driver = driver_for(charon, pins)
-    driver.apply(desired)
-    charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "9")
-    charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
-    with_spi(charon, "rnv-host2-t100-0", KEPT, local, remote)
+    charon, driver, pins, local, remote = left_on_a_terminated_child_sa(desired)
     driver.apply(desired)
     charon.calls.clear()
     assert driver.apply(desired).errors == []
