@@ -316,7 +316,7 @@ def test_the_periodic_resync_repairs_drift_nobody_reported(env: Env) -> None:
         assert time.monotonic() < deadline, agent.log()
         time.sleep(0.2)
     # and says what it changed
-    assert "agent.change stage=routing op=add obj=route dst=10.0.0.2/32 " in agent.log()[logged:]
+    assert "agent.repair stage=routing op=add obj=route dst=10.0.0.2/32 " in agent.log()[logged:]
     assert " 0% packet loss" in sh(env.lab, ns("blue1"), "ping -c 2 -i 0.2 -W 2 10.0.0.2")
 
 
