@@ -170,7 +170,13 @@ def namespaces(*names: str) -> Iterator[None]:
 
 def test_every_tenant_pair_reaches_over_bgp(env: BgpAgents) -> None:
     assert [r for r in tenant_matrix(env.datapath.lab) if not r.ok] == []
+    # reachable comes first: the source says in sync once the new sessions' tables stop changing
+    # (SETTLE_S after the last change), which on a fast run is after the matrix above
+    deadline = time.monotonic() + 60
     status = env.agents["host2"].status()["directory"]
+    while not status["in_sync"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = env.agents["host2"].status()["directory"]
     # peers: both route reflectors and the upstream (ToR) session
     assert (status["source"], status["in_sync"], status["peers_up"]) == ("bgp", True, 3), status
     assert status["detail"] == "2 of 2 route reflector sessions established"
