@@ -133,7 +133,9 @@ def add(req: Request) -> Json:
     undo: list[Any] = [lambda: _drop_state(req, eid)]
     try:
         undo.append(lambda: _ipam_quietly(req, "DEL"))
+        t0 = time.monotonic()
         allocated = ipam.run(req, "ADD") or {}
+        t1 = time.monotonic()
         addresses = spec.ipam_addresses(allocated)
         if name is None:
             sandbox.pin(req.netns, eid)
@@ -142,7 +144,14 @@ def add(req: Request) -> Json:
         request = {"request": "endpoint.add", "id": eid, "tenant": req.tenant}
         request |= {"addresses": addresses, "netns": name, "timeout": req.timeout}
         undo.append(lambda: _delete_endpoint(req, eid))
-        _ask(req, request)
+        answer = _ask(req, request)
+        t2 = time.monotonic()
+        apply_s = answer.get("apply", {}).get("seconds", 0.0)
+        print(
+            f"routed-nv-cni ADD {eid}: ipam {(t1 - t0) * 1000:.0f} ms, agent "
+            f"{(t2 - t1) * 1000:.0f} ms (its apply {apply_s * 1000:.0f} ms)",
+            file=sys.stderr,
+        )
         link = _ask(req, {"request": "endpoint.get", "id": eid}).get("link", "")
         interfaces = [_host_interface(link), _container_interface(req)]
         dns = req.config.get("dns") or allocated.get("dns")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,11 +51,17 @@ class Env:
         (self.cni_path / "routed-nv").symlink_to(PLUGIN)
         (self.cni_path / "host-local").symlink_to("/usr/lib/cni/host-local")
         self.results: dict[str, dict[str, Any]] = {}
+        self.stderr: list[str] = []  # the plugin's own timing lines
 
     def config(self, name: str) -> dict[str, Any]:
         """The plugin's config as libcni derives it from the tenant's conflist (name and
-        cniVersion from the list), with this lab host's socket, range and state directories."""
-        host, tenant, first = CONTAINERS[name]
+        cniVersion from the list)."""
+        conflist = self.conflist(*CONTAINERS[name])
+        return {"cniVersion": "1.1.0", "name": conflist["name"], **conflist["plugins"][0]}
+
+    def conflist(self, host: str, tenant: str, first: int) -> dict[str, Any]:
+        """configs/cni's conflist of the tenant with this lab host's socket, range (first to
+        first + 9) and state directories."""
         conflist = json.loads((CONFLISTS / f"{tenant}.conflist").read_text())
         plugin = conflist["plugins"][0]
         plugin["agentSocket"] = str(self.bgp.agents[host].run_dir / SOCKET_NAME)
@@ -63,7 +70,7 @@ class Env:
         v4, v6 = plugin["ipam"]["ranges"]
         v4[0] |= {"rangeStart": f"10.0.0.{first}", "rangeEnd": f"10.0.0.{first + 9}"}
         v6[0] |= {"rangeStart": f"fd10::{first}", "rangeEnd": f"fd10::{first + 9}"}
-        return {"cniVersion": "1.1.0", "name": conflist["name"], **plugin}
+        return conflist  # type: ignore[no-any-return]
 
     def run(
         self, command: str, name: str, **extra: Any
@@ -90,6 +97,7 @@ class Env:
         wall = time.monotonic() - started
         out = done.stdout.decode().strip()
         assert "Traceback" not in done.stderr.decode()
+        self.stderr += done.stderr.decode().splitlines()
         return done.returncode, json.loads(out) if out else None, wall
 
 
@@ -145,6 +153,7 @@ def test_containers_attached_by_the_plugin_reach_their_own_tenant_only(env: Env)
         vrf = "rnv-v100" if CONTAINERS[name][1] == "blue" else "rnv-v200"
         assert f"master {vrf}" in link, link
     print(f"\nrouted-nv-cni ADD in UML (BGP agent): {', '.join(f'{w:.2f}' for w in walls)} s")
+    print("\n".join(env.stderr))
 
     # CHECK on what ADD made: interface, addresses, routes, VRF, the agent's endpoint
     for name in CONTAINERS:
@@ -196,3 +205,87 @@ def test_del_removes_every_attachment_and_leaves_the_hosts_clean(env: Env) -> No
         assert [e["id"] for e in listed if e["id"].startswith("cni-")] == []
     for name in CONTAINERS:
         assert "eth0" not in sh(env.bgp.datapath, ns(name), "ip -o link")
+
+
+# Podman 4.3 (Debian 12), CNI network backend: the real client. Podman 5 (Debian 13) has no CNI
+# backend any more (netavark only), so there the harness above is the whole coverage.
+PODMAN = {"pblue1": ("host1", "blue", 130), "pblue2": ("host2", "blue", 140)}
+PODMAN_WAIT_S = 120
+
+
+def podman_has_cni() -> bool:
+    done = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=False)
+    return done.returncode == 0 and done.stdout.split()[-1].startswith("4.")
+
+
+class Podman:
+    """One Podman per lab host: its own containers.conf (CNI backend, the plugin directory,
+    this host's conflists), sharing one vfs image store. Podman runs in the guest's root
+    namespace as on a real host; the plugin reaches the host's agent by its socket."""
+
+    def __init__(self, env: Env, host: str) -> None:
+        base = env.workdir / "podman"
+        conf = base / host / "containers.conf"
+        net_d = base / host / "net.d"
+        net_d.mkdir(parents=True)
+        conf.write_text(
+            f'[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["{env.cni_path}"]\n'
+            f'network_config_dir = "{net_d}"\n'
+            '[engine]\nevents_logger = "file"\ncgroup_manager = "cgroupfs"\n'
+        )
+        for h, tenant, first in PODMAN.values():
+            if h == host:
+                conflist = env.conflist(h, tenant, first)
+                (net_d / f"{tenant}.conflist").write_text(json.dumps(conflist))
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+        self.argv = ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run")]
+        self.argv += ["--storage-driver", "vfs"]
+
+    def __call__(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.argv, *args],
+            input=stdin.decode() if stdin else None,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+
+@pytest.mark.skipif(not podman_has_cni(), reason="Podman with a CNI backend (4.x) is not here")
+def test_podman_containers_on_two_hosts_reach_each_other(env: Env) -> None:
+    podmans = {host: Podman(env, host) for host in ("host1", "host2")}
+    rootfs = env.workdir / "podman" / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")  # busybox-static: no libraries
+    for tool in ("sh", "ping", "sleep", "ip"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    image = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True)
+    imported = podmans["host1"]("import", "-", "localhost/rnv-mini", stdin=image.stdout)
+    assert imported.returncode == 0, imported.stderr
+    try:
+        for name, (host, tenant, _) in PODMAN.items():
+            # no cgroups: the UML guest mounts no cgroup file system (with one, it runs too)
+            started = podmans[host](
+                "run", "-d", "--name", name, "--network", tenant, "--cgroups", "disabled",
+                "--ulimit", "host", "localhost/rnv-mini", "/bin/sleep", "600",
+            )  # fmt: skip
+            assert started.returncode == 0, started.stderr
+        inspect = podmans["host1"]("inspect", "pblue1", "--format", "{{json .NetworkSettings}}")
+        settings = json.loads(inspect.stdout)
+        assert settings["Networks"]["blue"]["IPAddress"] == "10.0.0.130", settings
+        deadline = time.monotonic() + PODMAN_WAIT_S
+        while True:
+            ping = podmans["host1"]("exec", "pblue1", "ping", "-c", "1", "-W", "1", "10.0.0.140")
+            if ping.returncode == 0 or time.monotonic() > deadline:
+                break
+        assert ping.returncode == 0, ping.stdout + ping.stderr + diagnose(env.bgp)
+        ping6 = podmans["host2"]("exec", "pblue2", "ping", "-c", "1", "-W", "2", "fd10::130")
+        assert ping6.returncode == 0, ping6.stdout + ping6.stderr
+    finally:
+        for name, (host, _, _) in PODMAN.items():
+            podmans[host]("rm", "-f", "-t", "0", name)  # CNI DEL
+    for host in ("host1", "host2"):
+        assert "rnv-ecni-" not in sh(env.bgp.datapath, ns(host), "ip -o link")
+    assert [n for n in os.listdir("/run/netns") if n.startswith("cni-")] == []  # pins gone
