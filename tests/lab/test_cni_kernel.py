@@ -241,10 +241,9 @@ class Podman:
         self.argv = ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run")]
         self.argv += ["--storage-driver", "vfs"]
 
-    def __call__(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.argv, *args],
-            input=stdin.decode() if stdin else None,
             env=self.env,
             capture_output=True,
             text=True,
@@ -261,8 +260,9 @@ def test_podman_containers_on_two_hosts_reach_each_other(env: Env) -> None:
     shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")  # busybox-static: no libraries
     for tool in ("sh", "ping", "sleep", "ip"):
         (rootfs / "bin" / tool).symlink_to("busybox")
-    image = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True)
-    imported = podmans["host1"]("import", "-", "localhost/rnv-mini", stdin=image.stdout)
+    image = env.workdir / "podman" / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(image), "."], check=True)
+    imported = podmans["host1"]("import", str(image), "localhost/rnv-mini")
     assert imported.returncode == 0, imported.stderr
     try:
         for name, (host, tenant, _) in PODMAN.items():

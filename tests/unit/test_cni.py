@@ -324,7 +324,7 @@ def test_the_plugin_loads_no_agent_libraries() -> None:
     """A runtime waits for every ADD: the plugin imports the stdlib and routed_nv.cni only."""
     code = (
         "import sys, routed_nv.cni.plugin\n"
-        "ours = ('routed_nv.cni', 'routed_nv.netns')\n"
+        "ours = ('routed_nv.cni', 'routed_nv.netns', 'routed_nv.control_wire')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'pydantic', 'pyroute2', 'iptc', 'click', 'vici', 'prometheus_client'}"
         " or m.startswith('routed_nv.') and not m.startswith(ours)))"
