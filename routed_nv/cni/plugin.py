@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from routed_nv.cni import agent_socket, ipam, sandbox, spec
@@ -128,9 +129,8 @@ def add(req: Request) -> Json:
         raise CniError(spec.ATTACHMENT_EXISTS, f"{req.ifname} already exists in {req.netns}")
     name = sandbox.agent_name(req.netns)
     state: Json = {"containerID": req.container_id, "ifname": req.ifname, "netns": req.netns}
-    state["pinned"] = name is None
     _write_state(req, eid, state)  # before anything that GC would have to find
-    undo: list[Any] = [lambda: _drop_state(req, eid)]
+    undo: list[Callable[[], None]] = [lambda: _drop_state(req, eid)]
     try:
         undo.append(lambda: _ipam_quietly(req, "DEL"))
         t0 = time.monotonic()
@@ -276,7 +276,7 @@ VERBS = {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc}
 def _endpoint(req: Request, eid: str) -> Json | None:
     """The agent's state of the endpoint, None if it has none."""
     try:
-        return _ask(req, {"request": "endpoint.get", "id": eid})  # type: ignore[no-any-return]
+        return _ask(req, {"request": "endpoint.get", "id": eid})
     except CniError as exc:
         if exc.msg == "routed-nv agent: not-found":
             return None

@@ -70,7 +70,7 @@ class Env:
         v4, v6 = plugin["ipam"]["ranges"]
         v4[0] |= {"rangeStart": f"10.0.0.{first}", "rangeEnd": f"10.0.0.{first + 9}"}
         v6[0] |= {"rangeStart": f"fd10::{first}", "rangeEnd": f"fd10::{first + 9}"}
-        return conflist  # type: ignore[no-any-return]
+        return conflist
 
     def run(
         self, command: str, name: str, **extra: Any
