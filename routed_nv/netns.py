@@ -34,7 +34,11 @@ def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
     """fn() in netns (None: right here, in the caller's namespace)."""
     if netns is None:
         return fn()
-    path = os.path.join(NETNS_DIR, netns)
+    return run_in_netns_path(os.path.join(NETNS_DIR, netns), fn)
+
+
+def run_in_netns_path(path: str, fn: Callable[[], T]) -> T:
+    """fn() in the namespace a file names (/run/netns/NAME, /proc/PID/ns/net: a CNI_NETNS)."""
     outcome: dict[str, object] = {}
 
     def target() -> None:
@@ -44,7 +48,7 @@ def run_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
         except BaseException as exc:  # handed to the caller's thread below
             outcome["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"netns-{netns}")
+    thread = threading.Thread(target=target, name=f"netns-{os.path.basename(path)}")
     thread.start()
     thread.join()
     if "error" in outcome:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from routed_nv import control_wire
 from routed_nv.agent import report, view_json
 from routed_nv.agent.snapshot import Snapshot
 
@@ -210,30 +211,14 @@ def _claim(path: Path) -> None:
 
 def ask(path: Path, request: dict[str, Any], timeout: float = TIMEOUT_S) -> Any:
     """Send one request; the result, or RequestFailed with the agent's code and message."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise AgentDown(f"no agent answers on {path} ({exc.strerror})") from None
-        except PermissionError:
-            raise ControlError(
-                f"{path}: permission denied (the control socket is root's)"
-            ) from None
-        data = b""
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    break
-                data += chunk
-        except OSError as exc:
-            raise ControlError(f"{path}: {exc}") from None
     try:
-        reply = json.loads(data)
-    except ValueError:
-        raise ControlError(f"{path}: the agent sent no answer") from None
+        reply = control_wire.exchange(str(path), request, timeout)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise AgentDown(f"no agent answers on {path} ({exc.strerror})") from None
+    except PermissionError:
+        raise ControlError(f"{path}: permission denied (the control socket is root's)") from None
+    except control_wire.WireError as exc:
+        raise ControlError(str(exc)) from None
     if not reply.get("ok"):
         raise RequestFailed(reply.get("code", "error"), reply.get("error", "failed"))
     return reply["result"]

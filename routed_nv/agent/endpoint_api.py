@@ -181,6 +181,7 @@ class EndpointApi:
         return {
             "id": name,
             **{k: fields.get(k) for k in FIELDS},
+            "link": fields.get("interface") or endpoint_link_name(name),  # the host side
             "origin": "runtime" if name in stored else "config",
             "programmed": programmed,
             "announced": programmed and self._announced(config, name),

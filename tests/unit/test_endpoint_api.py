@@ -137,6 +137,7 @@ def test_add_answers_once_an_apply_with_the_endpoint_ran_and_persists_first(
         "interface": None,
         "netns": "ns-web2",
         "style": "host",
+        "link": "rnv-eweb2",  # the host side of the veth, for a CNI result
         "origin": "runtime",
         "programmed": True,
         "announced": None,
