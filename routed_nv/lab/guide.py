@@ -8,6 +8,7 @@ next command, are its output as the guide shows it. Every command must exit 0.
 The output shown is real lab output; what changes from run to run does not count:
 - runs of white space are one space, and a table's rule (`+-----+---+`) matches any widths;
 - every number (decimal, or hex after 0x) matches any number: pids, times, counters, keys;
+  a duration such as `29s` matches a longer one such as `1m06s`;
 - `<redacted>` matches any word (key material), and a MAC address any MAC address;
 - `...` within a line matches any text; a line that starts with `...` any number of lines (the
   rest of it is a note for the reader). Output shown without a final `...` line must end there.
@@ -22,6 +23,7 @@ MARK = "<!-- lab -->"
 PROMPT = re.compile(r"^([\w-]+)# (.*)$")
 SKIP = "..."
 _NUMBER = re.compile(r"0x[0-9a-f]+|\d+")
+_DURATION = re.compile(r"\b(?:\d+[dhm])+\d+s\b")  # `up 1m06s` is `up 29s` an uptime later
 _MAC = re.compile(r"\b[0-9a-f]{2}(?::[0-9a-f]{2}){5}\b")
 _RULE = re.compile(r"^\+[-+]+\+$")
 
@@ -102,7 +104,7 @@ def _normal(line: str) -> str:
     line = " ".join(line.split())
     if _RULE.match(line):
         return "+-+"
-    return _NUMBER.sub("0", _MAC.sub("MAC", line))
+    return _NUMBER.sub("0", _DURATION.sub("0s", _MAC.sub("MAC", line)))
 
 
 def _pattern(shown: str) -> re.Pattern[str]:

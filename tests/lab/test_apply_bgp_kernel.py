@@ -62,14 +62,19 @@ def on(rnv_host: Path, host: str, command: str) -> subprocess.CompletedProcess[s
 def test_the_operator_guide_runs_as_written(bgp_lab: BgpAgents, rnv_host: Path) -> None:
     problems = []
     commands = runnable_commands(GUIDE.read_text())
+    took = {}
     for c in commands:
+        started = time.monotonic()
         done = on(rnv_host, c.host, c.command)
+        took[c.command] = time.monotonic() - started
         where = f"operator-guide.md:{c.line}: {c.host}# {c.command}"
         if done.returncode != 0:
             problems.append(f"{where}: exit status {done.returncode}: {done.stdout[-600:]}")
         elif why := mismatch(c.output, done.stdout):
             problems.append(f"{where}: {why}\n{done.stdout[-1500:]}")
-    print(f"\n{len(commands)} commands of the operator guide run, {len(problems)} differ")
+    slowest = ", ".join(f"{c} {t:.1f} s" for c, t in sorted(took.items(), key=lambda x: -x[1])[:4])
+    print(f"\n{len(commands)} commands of the operator guide run in {sum(took.values()):.1f} s "
+          f"(slowest: {slowest}), {len(problems)} differ")  # fmt: skip
     assert problems == [], "\n".join(problems)
 
 
