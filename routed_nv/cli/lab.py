@@ -340,9 +340,10 @@ def shell_command(directory: str, keying: str, mem: str, timeout: float) -> None
     """Open a shell in the default lab (built first, torn down when the shell exits).
 
     routed_nv runs on every host as in `lab demo` (by default an agent per host and the BGP
-    directory, so `routed-nv status --run-dir DIR` and `birdc -s SOCKET` work in the shell).
-    The shell runs in the root namespace of the lab's kernel; use `ip netns exec rnv-lab-host1
-    ...` or `ip -n rnv-lab-host1 ...` to act inside a host. Without a terminal, commands are read
+    directory). The shell runs in the root namespace of the lab's kernel; `rnv-host host1`
+    opens a shell on host1 (its namespace, ROUTED_NV_CONFIG naming its configuration, whose
+    agent.run_dir is its agent's), where docs/operator-guide.md's commands work as written, and
+    `rnv-host host1 COMMAND` runs one command there. Without a terminal, commands are read
     from stdin. $RNV_LAB is the lab's run directory (each host's config, agent run dir and, with
     --keying ike, its PSK file and charon's directory with its VICI socket, log and pid file).
     With --keying ike a charon that exits (`kill $(cat $RNV_LAB/host2/charon/charon.pid)`) is
@@ -358,6 +359,7 @@ def shell_command(directory: str, keying: str, mem: str, timeout: float) -> None
     \b
     Examples:
       routed-nv lab shell
+      echo 'rnv-host host1 routed-nv status' | routed-nv lab shell
       echo 'ip netns exec rnv-lab-host1 ping -6 -c1 2001:db8:0:2:ffff::1' | routed-nv lab shell
       echo 'ip netns exec rnv-lab-blue1 ping -c1 10.0.0.2' | routed-nv lab shell
       routed-nv lab shell --directory static
@@ -374,6 +376,8 @@ def shell_command(directory: str, keying: str, mem: str, timeout: float) -> None
             stdin_data=stdin_data,
             interactive=interactive,
         )
+    from routed_nv.lab.host_shell import write_host_command
+
     topology = _topology(directory)
 
     def echo(line: str) -> None:
@@ -387,8 +391,18 @@ def shell_command(directory: str, keying: str, mem: str, timeout: float) -> None
                     running.charons.keep_running(echo)
                 echo("lab built; namespaces: " + " ".join(topology.namespaces))
                 echo(f"{LAB_ENV}={workdir}")
+                hosts = {
+                    h.name: (h.namespace, running.config_files[h.name]) for h in topology.hosts
+                }
+                command = write_host_command(Path(workdir) / "bin", hosts)
+                echo(
+                    f"`{command.name} host1` opens a shell on host1 (its namespace and "
+                    f"configuration: the operator guide's commands work as written there); "
+                    f"`{command.name} host1 routed-nv status` runs one command"
+                )
                 shell = [os.environ.get("SHELL", "/bin/sh")] if interactive else ["/bin/sh"]
-                status = subprocess.run(shell, env=_shell_env(workdir), check=False).returncode
+                env = _shell_env(workdir, command.parent)
+                status = subprocess.run(shell, env=env, check=False).returncode
         except LabError as exc:
             click.echo(f"routed-nv: lab: {exc}", err=True)
             status = 1
@@ -396,10 +410,10 @@ def shell_command(directory: str, keying: str, mem: str, timeout: float) -> None
     raise SystemExit(status)
 
 
-def _shell_env(workdir: str) -> dict[str, str]:
-    """The lab shell's environment: $RNV_LAB, and `routed-nv` on PATH (the UML guest's PATH is
-    the system's, without the virtualenv this runs from)."""
-    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', os.defpath)}"
+def _shell_env(workdir: str, bin_dir: Path) -> dict[str, str]:
+    """The lab shell's environment: $RNV_LAB, and `rnv-host` and `routed-nv` on PATH (the UML
+    guest's PATH is the system's, without the virtualenv this runs from)."""
+    path = f"{bin_dir}:{Path(sys.executable).parent}:{os.environ.get('PATH', os.defpath)}"
     return {**os.environ, "PS1": "rnv-lab# ", LAB_ENV: workdir, "PATH": path}
 
 

@@ -35,7 +35,7 @@ class LabAgent:
         self.host = host
         self.namespace = lab.lab.topology.host(host).namespace
         self.config_path = lab.config_files[host]
-        self.run_dir = workdir / host / "run"
+        self.run_dir = lab.configs[host].agent.run_dir  # the config's: `status` finds it there
         self.log_path = workdir / host / "agent.log"
         self._notify_path = workdir / host / "notify"
         self._notify: socket.socket | None = None

@@ -179,7 +179,8 @@ class LabBird:
 
     def start(self, name: str, text: str | None = None, recover: bool = True) -> BirdNode:
         """(Re)start a node's BIRD, with a new config if given; wait for its control socket.
-        `recover=False` is for a node's first start only: with no forwarding state to keep,
+        `recover=False` is for a node's first start, and its first after a clean stop (SIGTERM:
+        its neighbours withdrew everything, the ToR its /64 too): with no forwarding state to keep,
         graceful restart recovery would only hold back every export until BIRD's
         `graceful restart wait` (240 s) ran out, since a host's /64 reaches the ToR only once
         recovery is done, which waits for the route reflector sessions that need that /64."""

@@ -37,8 +37,12 @@ def host_config(topology: Topology, host: Node, secrets_dir: Path) -> Config:
                 "uplink": UPLINK,
             },
             "keying": {"mode": "static", "secrets_dir": str(secrets_dir)},
-            # one per host, beside its config file (LabDatapath)
-            "agent": {"state_dir": str(secrets_dir.parent.absolute() / host.name / "state")},
+            # one per host, beside its config file (LabDatapath): the run dir in the file, so
+            # that ROUTED_NV_CONFIG alone finds the host's agent (lab.host_shell)
+            "agent": {
+                "state_dir": str(secrets_dir.parent.absolute() / host.name / "state"),
+                "run_dir": str(secrets_dir.parent.absolute() / host.name / "run"),
+            },
             "tenants": {
                 t.name: {"id": t.id, "ipv4": [str(t.ipv4)], "ipv6": [str(t.ipv6)]}
                 for t in topology.tenants

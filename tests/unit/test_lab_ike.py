@@ -185,8 +185,8 @@ def test_a_row_without_spis_or_an_spi_no_end_receives_on_is_a_problem() -> None:
     assert problems[2].startswith("received on, sent with by no host: ")
 
 
-def test_the_lab_shell_names_the_run_directory_and_finds_routed_nv() -> None:
-    env = commands._shell_env("/tmp/rnv-lab-x")
+def test_the_lab_shell_names_the_run_directory_and_finds_rnv_host_and_routed_nv() -> None:
+    env = commands._shell_env("/tmp/rnv-lab-x", Path("/tmp/rnv-lab-x/bin"))
     assert env["RNV_LAB"] == "/tmp/rnv-lab-x"
-    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert env["PATH"].split(":")[:2] == ["/tmp/rnv-lab-x/bin", str(Path(sys.executable).parent)]
     assert env["PATH"].endswith(os.environ.get("PATH", os.defpath))
