@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 from pathlib import Path
 
-from routed_nv.lab.builder import Lab
+from routed_nv.lab.builder import Lab, LabError
 from routed_nv.lab.topology import Topology, Workload
 
 
@@ -285,34 +285,34 @@ def reported_spi_problems(wire_spis: set[int], rows: list[dict[str, object]]) ->
     ]
 
 
+CAPTURE_START_TIMEOUT_S = 10.0
+
+
+def start_capture(lab: Lab, argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    """tcpdump (argv) on the underlay router, once it captures: it opens its socket after it
+    started, and says so ("listening on") on stderr."""
+    stderr = workdir / "tcpdump.err"
+    with stderr.open("w") as err:
+        capture = lab.spawn(lab.topology.router_namespace, argv, stderr=err)
+    deadline = time.monotonic() + CAPTURE_START_TIMEOUT_S
+    while "listening on" not in stderr.read_text():
+        if capture.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"tcpdump on the underlay router did not start: {stderr.read_text()}")
+        time.sleep(0.05)
+    return capture
+
+
 @contextmanager
 def underlay_capture(lab: Lab) -> Iterator[list[WireReport]]:
     """Capture everything the underlay router forwards while the block runs; the report is
     appended to the yielded list when the block ends."""
     with tempfile.TemporaryDirectory() as workdir:
         pcap = Path(workdir) / "underlay.pcap"
-        capture = lab.spawn(
-            lab.topology.router_namespace,
-            # immediate mode: without it the packets still buffered when tcpdump stops are lost;
-            # it gives each packet a 256 KiB ring slot unless the snap length is small, so the
-            # default ring would hold 8 packets and drop most copies of a burst
-            [
-                "tcpdump",
-                "-i",
-                "any",
-                "-nn",
-                "--immediate-mode",
-                "-s",
-                "1600",
-                "-B",
-                "16384",
-                "-U",
-                "-w",
-                str(pcap),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1)  # tcpdump opens its sockets asynchronously
+        # immediate mode: without it the packets still buffered when tcpdump stops are lost;
+        # it gives each packet a 256 KiB ring slot unless the snap length is small, so the
+        # default ring would hold 8 packets and drop most copies of a burst
+        argv = ["tcpdump", "-i", "any", "-nn", "--immediate-mode", "-s", "1600", "-B", "16384"]
+        capture = start_capture(lab, [*argv, "-U", "-w", str(pcap)], Path(workdir))
         reports: list[WireReport] = []
         try:
             yield reports

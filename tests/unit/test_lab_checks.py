@@ -3,13 +3,24 @@ lines as the lab's capture on `-i any` prints them)."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
+from pathlib import Path
 from subprocess import CompletedProcess
+from typing import Any
 
 import pytest
 
-from routed_nv.lab.checks import PROBES, ping_losses, probe_rounds, read_capture, tenant_matrix
+from routed_nv.lab.builder import LabError
+from routed_nv.lab.checks import (
+    PROBES,
+    ping_losses,
+    probe_rounds,
+    read_capture,
+    start_capture,
+    tenant_matrix,
+)
 from routed_nv.lab.topology import default_topology, directory_topology
 
 ESP = (
@@ -167,3 +178,36 @@ def test_a_probe_that_reaches_the_other_tenant_fails_its_targets_pairs_alone() -
         ("blue3", "blue2", "10.0.0.2", False),
     ]
     assert {(r.target_echoes, r.twin_echoes) for r in bad} == {(PROBES // 2, PROBES)}
+
+
+class LocalLab:
+    """Lab.spawn without namespaces: the capture tests run a shell standing in for tcpdump."""
+
+    def __init__(self) -> None:
+        self.topology = default_topology()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, namespace: str, argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, **popen)
+        self.procs.append(proc)
+        return proc
+
+
+def test_a_capture_is_used_once_tcpdump_says_it_listens(tmp_path: Path) -> None:
+    lab = LocalLab()
+    says = "sleep 0.3; echo 'listening on any' >&2; exec sleep 30"
+    started = time.monotonic()
+    capture = start_capture(lab, ["sh", "-c", says], tmp_path)  # type: ignore[arg-type]
+    try:
+        assert time.monotonic() - started >= 0.3 and capture.poll() is None
+    finally:
+        capture.kill()
+        capture.wait()
+
+
+def test_a_capture_that_ends_without_listening_is_an_error(tmp_path: Path) -> None:
+    lab = LocalLab()
+    with pytest.raises(LabError, match="did not start: tcpdump: any: No such device"):
+        start_capture(lab, ["sh", "-c", "echo 'tcpdump: any: No such device' >&2"], tmp_path)  # type: ignore[arg-type]
+    for proc in lab.procs:
+        proc.wait()
