@@ -31,6 +31,7 @@ from routed_nv.bench import tools, wire
 from routed_nv.bench.results import EventFlood, Flood, FrameCount
 from routed_nv.bench.variants import Setup, workload_mac
 from routed_nv.lab.builder import Lab, LabError, ip_batch
+from routed_nv.lab.checks import start_capture
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Workload
 
 RESOLVE_TIMEOUT_S = 3.0
@@ -70,17 +71,9 @@ def router_capture(lab: Lab, workdir: Path) -> Iterator[Path]:
     one slot per snapshot length (256 KiB by default), so the default 2 MiB ring holds 8
     packets and a 9-copy flood overflowed it ("dropped by kernel"): a snapshot of a whole
     1500-byte packet (ESP needs its trailing ICV) and a 16 MiB ring."""
-    pcap, stderr = workdir / "underlay.pcap", workdir / "tcpdump.err"
+    pcap = workdir / "underlay.pcap"
     argv = ["tcpdump", "-i", "any", "-Q", "in", "--immediate-mode", *CAPTURE_RING, "-nn", "-U"]
-    with stderr.open("w") as err:
-        capture = lab.spawn(
-            lab.topology.router_namespace, [*argv, "-w", str(pcap), "ip6"], stderr=err
-        )
-    deadline = time.monotonic() + 10
-    while "listening on" not in stderr.read_text():
-        if capture.poll() is not None or time.monotonic() > deadline:
-            raise LabError("tcpdump on the underlay router did not start")
-        time.sleep(0.05)
+    capture = start_capture(lab, [*argv, "-w", str(pcap), "ip6"], workdir)
     try:
         yield pcap
     finally:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 from pathlib import Path
 
-from routed_nv.lab.builder import Lab
-from routed_nv.lab.topology import Topology
+from routed_nv.lab.builder import Lab, LabError
+from routed_nv.lab.topology import Topology, Workload
 
 
 @dataclass(frozen=True)
@@ -127,42 +127,80 @@ def echo_counters(lab: Lab) -> dict[str, tuple[int, int]]:
     }
 
 
-def tenant_matrix(lab: Lab) -> list[Reach]:
-    """Every same-tenant pair on different hosts, IPv4 and IPv6, with receive-side proof."""
-    topology = lab.topology
-    results = []
+@dataclass(frozen=True)
+class Probe:
+    """Every source of one tenant pings `target` at one address family (0: IPv4, 1: IPv6);
+    `twins` are the other tenants' workloads with the same address."""
+
+    target: Workload
+    family: int
+    sources: tuple[Workload, ...]
+    twins: tuple[Workload, ...]
+
+    @property
+    def address(self) -> str:
+        return str(self.target.ipv6 if self.family else self.target.ipv4)
+
+    @property
+    def watched(self) -> frozenset[str]:
+        return frozenset(w.name for w in (self.target, *self.twins))
+
+
+def probe_rounds(topology: Topology) -> list[list[Probe]]:
+    """The tenant matrix's probes, grouped into rounds that run at once. Within a round, no
+    workload's counter of one family belongs to two probes (as target or twin): each counter's
+    change is then one probe's alone, as when the probes ran one after another."""
+    rounds: list[list[Probe]] = []
     for target in topology.workloads:
-        twins = [
+        twins = tuple(
             w
             for w in topology.workloads
             if w.tenant != target.tenant and (w.ipv4 == target.ipv4 or w.ipv6 == target.ipv6)
-        ]
-        sources = [
+        )
+        sources = tuple(
             w for w in topology.workloads if w.tenant == target.tenant and w.host != target.host
-        ]
-        for family, address in ((0, str(target.ipv4)), (1, str(target.ipv6))):
-            before = echo_counters(lab)
-            with ThreadPoolExecutor(max_workers=len(sources) or 1) as pool:
-                answered = list(
-                    pool.map(
-                        lambda s, a=address: (
-                            lab.exec(
-                                s.namespace, ["ping", "-c", str(PROBES), "-i", "0.2", "-W", "2", a]
-                            ).returncode
-                            == 0
-                        ),
-                        sources,
-                    )
-                )
-            after = echo_counters(lab)
-            got = after[target.name][family] - before[target.name][family]
-            twin = sum(after[t.name][family] - before[t.name][family] for t in twins)
-            for source, ok in zip(sources, answered, strict=True):
-                # every source sent PROBES: the target must have seen all of them
-                results.append(
-                    Reach(source.name, target.name, address, ok, got // max(len(sources), 1), twin)
-                )
-    return results
+        )
+        for family in (0, 1):
+            probe = Probe(target, family, sources, twins)
+            free = (
+                r
+                for r in rounds
+                if not any(p.family == family and p.watched & probe.watched for p in r)
+            )
+            round_ = next(free, None)
+            if round_ is None:
+                round_ = []
+                rounds.append(round_)
+            round_.append(probe)
+    return rounds
+
+
+def _answered(lab: Lab, source: Workload, address: str) -> bool:
+    argv = ["ping", "-c", str(PROBES), "-i", "0.2", "-W", "2", address]
+    return lab.exec(source.namespace, argv).returncode == 0
+
+
+def tenant_matrix(lab: Lab) -> list[Reach]:
+    """Every same-tenant pair on different hosts, IPv4 and IPv6, with receive-side proof. The
+    pings of a round (probe_rounds) run concurrently; results come in topology order."""
+    found: dict[tuple[str, int], list[Reach]] = {}
+    for round_ in probe_rounds(lab.topology):
+        pairs = [(p, s) for p in round_ for s in p.sources]
+        before = echo_counters(lab)
+        with ThreadPoolExecutor(max_workers=len(pairs) or 1) as pool:
+            answered = list(pool.map(lambda pair: _answered(lab, pair[1], pair[0].address), pairs))
+        after = echo_counters(lab)
+        for probe in round_:
+            family, name = probe.family, probe.target.name
+            got = after[name][family] - before[name][family]
+            twin = sum(after[t.name][family] - before[t.name][family] for t in probe.twins)
+            # every source sent PROBES: the target must have seen all of them
+            found[name, family] = [
+                Reach(s.name, name, probe.address, ok, got // max(len(probe.sources), 1), twin)
+                for (p, s), ok in zip(pairs, answered, strict=True)
+                if p is probe
+            ]
+    return [r for w in lab.topology.workloads for f in (0, 1) for r in found[w.name, f]]
 
 
 # What crosses the underlay, from a capture on the underlay router.
@@ -247,34 +285,34 @@ def reported_spi_problems(wire_spis: set[int], rows: list[dict[str, object]]) ->
     ]
 
 
+CAPTURE_START_TIMEOUT_S = 10.0
+
+
+def start_capture(lab: Lab, argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    """tcpdump (argv) on the underlay router, once it captures: it opens its socket after it
+    started, and says so ("listening on") on stderr."""
+    stderr = workdir / "tcpdump.err"
+    with stderr.open("w") as err:
+        capture = lab.spawn(lab.topology.router_namespace, argv, stderr=err)
+    deadline = time.monotonic() + CAPTURE_START_TIMEOUT_S
+    while "listening on" not in stderr.read_text():
+        if capture.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"tcpdump on the underlay router did not start: {stderr.read_text()}")
+        time.sleep(0.05)
+    return capture
+
+
 @contextmanager
 def underlay_capture(lab: Lab) -> Iterator[list[WireReport]]:
     """Capture everything the underlay router forwards while the block runs; the report is
     appended to the yielded list when the block ends."""
     with tempfile.TemporaryDirectory() as workdir:
         pcap = Path(workdir) / "underlay.pcap"
-        capture = lab.spawn(
-            lab.topology.router_namespace,
-            # immediate mode: without it the packets still buffered when tcpdump stops are lost;
-            # it gives each packet a 256 KiB ring slot unless the snap length is small, so the
-            # default ring would hold 8 packets and drop most copies of a burst
-            [
-                "tcpdump",
-                "-i",
-                "any",
-                "-nn",
-                "--immediate-mode",
-                "-s",
-                "1600",
-                "-B",
-                "16384",
-                "-U",
-                "-w",
-                str(pcap),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1)  # tcpdump opens its sockets asynchronously
+        # immediate mode: without it the packets still buffered when tcpdump stops are lost;
+        # it gives each packet a 256 KiB ring slot unless the snap length is small, so the
+        # default ring would hold 8 packets and drop most copies of a burst
+        argv = ["tcpdump", "-i", "any", "-nn", "--immediate-mode", "-s", "1600", "-B", "16384"]
+        capture = start_capture(lab, [*argv, "-U", "-w", str(pcap)], Path(workdir))
         reports: list[WireReport] = []
         try:
             yield reports

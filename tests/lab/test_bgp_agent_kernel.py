@@ -20,6 +20,7 @@ from test_routing_kernel import echo_requests_received
 
 from routed_nv import markers
 from routed_nv.agent import bgp_source
+from routed_nv.config.writer import to_toml
 from routed_nv.directory.bird_config import upstream_protocol
 from routed_nv.directory.birdc import BirdClient
 from routed_nv.lab.agents import ROUTED_NV
@@ -513,14 +514,40 @@ def hijack(address: str, sequence: int) -> str:
     return announce("hijack", address, [(1, BLUE), (2, sequence)])
 
 
+@contextlib.contextmanager
+def reassert_after(env: BgpAgents, host: str, seconds: int) -> Iterator[None]:
+    """`host`'s agent reloaded with directory.reassert_after_s = `seconds`; back to its own
+    config afterwards. With the default (30 s) each re-assertion a test waits for is 30 s."""
+    agent, config = env.agents[host], env.datapath.configs[host]
+    directory = config.directory.model_copy(update={"reassert_after_s": seconds})
+    agent.config_path.write_text(to_toml(config.model_copy(update={"directory": directory})))
+    agent.reload()
+    try:
+        yield
+    finally:
+        agent.config_path.write_text(to_toml(config))
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.reload()
+
+
+# long enough to see host2 stale before it re-asserts, in a loaded guest (the default is 30)
+REASSERT_AFTER_S = 10
+
+
 def test_a_hijacked_endpoint_comes_back_and_a_repeated_hijack_is_frozen_as_a_duplicate(
     env: BgpAgents,
 ) -> None:
     """host1 announces blue2's 10.0.0.2 (on host2) with a higher mobility sequence. Before,
     host2 went stale for good and blue2 was black-holed. Now host2, whose endpoint is still
-    attached, re-asserts it after directory.reassert_after_s and reports host1; host1 doing it
-    again and again freezes the address at host2 (more than 5 moves in 180 s): reported as a
-    frozen duplicate in status, metrics and log, until the operator clears it."""
+    attached, re-asserts it after directory.reassert_after_s (REASSERT_AFTER_S here, set by a
+    reload) and reports host1; host1 doing it again and again freezes the address at host2
+    (more than 5 moves in 180 s): reported as a frozen duplicate in status, metrics and log,
+    until the operator clears it."""
+    with reassert_after(env, "host2", REASSERT_AFTER_S):
+        hijack_until_frozen(env)
+
+
+def hijack_until_frozen(env: BgpAgents) -> None:
     address = "10.0.0.2"
     host1 = str(env.datapath.lab.topology.host("host1").prefix[1])
     host2 = env.agents["host2"]
