@@ -100,7 +100,8 @@ class WatchError(RuntimeError):
 @dataclass(frozen=True)
 class RouteEvent:
     added: bool  # False: removed
-    route: Watched
+    route: Watched  # removed: the route as it was kept
+    replaced: Watched | None = None  # added: the route with its kernel identity it replaced
 
     def __str__(self) -> str:
         r = self.route
@@ -294,12 +295,12 @@ class MirrorWatch:
         for kind, _seq, _pid, route in parse(data, self._tables):
             if route is None:
                 continue
-            added = kind == RTM_NEWROUTE
-            if added:
-                self._routes[_key(route)] = route
+            key = _key(route)
+            if kind == RTM_NEWROUTE:
+                events.append(RouteEvent(True, route, self._routes.get(key)))
+                self._routes[key] = route
             else:
-                self._routes.pop(_key(route), None)
-            events.append(RouteEvent(added, route))
+                events.append(RouteEvent(False, self._routes.pop(key, route)))
         return events
 
     def _dump(self) -> list[RouteEvent]:
@@ -338,7 +339,11 @@ class MirrorWatch:
             except _Overflow:
                 continue
         gone = [RouteEvent(False, r) for k, r in before.items() if k not in self._routes]
-        new = [RouteEvent(True, r) for k, r in self._routes.items() if before.get(k) != r]
+        new = [
+            RouteEvent(True, r, before.get(k))
+            for k, r in self._routes.items()
+            if before.get(k) != r
+        ]
         return gone + new
 
     def _drain(self) -> None:
