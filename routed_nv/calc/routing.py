@@ -24,7 +24,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 
 from routed_nv import markers
-from routed_nv.calc.inputs import Claim, DirectoryView
+from routed_nv.calc.inputs import Claim, DirectoryView, RemoteRoute
 from routed_nv.config.model import Config, Endpoint, EndpointStyle
 from routed_nv.directory.mobility import metric_for
 from routed_nv.routing.objects import (
@@ -146,18 +146,8 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
             routes.add(Route(dst, markers.vrf_table(tid), markers.RTPROT_ENDPOINT, **on_link))
             routes.add(Route(dst, publish, markers.RTPROT_ENDPOINT, metric=metric, **on_link))
 
-    remote = [r for r in view.remote_routes if r.tenant_id in tenant_ids.values()]
-    for r in remote:
-        routes.add(
-            Route(
-                r.prefix,
-                markers.vrf_table(r.tenant_id),
-                markers.RTPROT_REMOTE,
-                dev=markers.tunnel_name(r.tenant_id),
-                via=r.peer.tenant_address(r.tenant_id),
-                onlink=True,
-            )
-        )
+    configured = set(tenant_ids.values())
+    routes.update(remote_route(r) for r in view.remote_routes if r.tenant_id in configured)
 
     for name, ep in config.endpoints.items():
         if ep.style is EndpointStyle.PROXY:
@@ -176,6 +166,49 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
             PolicyRule(v, LOCAL_RULE_PRIORITY, LOCAL_TABLE, markers.RTPROT_INFRA) for v in (4, 6)
         ),
     )
+
+
+def remote_route(r: RemoteRoute) -> Route:
+    """The VRF route to another host's workload address: into the tenant's tunnel, via the
+    peer's outer address for that tenant."""
+    return Route(
+        r.prefix,
+        markers.vrf_table(r.tenant_id),
+        markers.RTPROT_REMOTE,
+        dev=markers.tunnel_name(r.tenant_id),
+        via=r.peer.tenant_address(r.tenant_id),
+        onlink=True,
+    )
+
+
+def remote_changes(
+    config: Config, added: Iterable[RemoteRoute], removed: Iterable[RemoteRoute]
+) -> tuple[set[Route | NeighProxy], set[Route | NeighProxy]]:
+    """What desired_routing changes when remote routes come (`added`) and go (`removed`) and
+    nothing else does: (objects to add or replace, objects to delete), in O(changed routes x
+    proxy endpoints of their tenants). Proxy entries follow the remote IPv6 addresses as in
+    desired_routing, except where a local endpoint holds the address too."""
+    tenant_ids = {name: t.id for name, t in config.tenants.items()}
+    proxy_eps: dict[int, list[tuple[str, set[IPAddress]]]] = {}
+    local_v6: dict[int, set[IPAddress]] = {}
+    for name, ep in config.endpoints.items():
+        tid = tenant_ids[ep.tenant]
+        local_v6.setdefault(tid, set()).update(a for a in ep.addresses if a.version == 6)
+        if ep.style is EndpointStyle.PROXY:
+            proxy_eps.setdefault(tid, []).append((host_ifname(name, ep), set(ep.addresses)))
+
+    def objects(r: RemoteRoute, gone: bool) -> Iterator[Route | NeighProxy]:
+        yield remote_route(r)
+        addr = r.prefix.network_address
+        if r.prefix.version == 6 and not (gone and addr in local_v6.get(r.tenant_id, ())):
+            for ifname, own in proxy_eps.get(r.tenant_id, ()):
+                if addr not in own:
+                    yield NeighProxy(ifname, addr)
+
+    configured = set(tenant_ids.values())
+    upserts = {o for r in added if r.tenant_id in configured for o in objects(r, False)}
+    deletes = {o for r in removed if r.tenant_id in configured for o in objects(r, True)}
+    return upserts, deletes - upserts
 
 
 def _host_route(addr: IPAddress) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:

@@ -550,14 +550,15 @@ class _NeighProxies(_OneByOne):
 # Dependency order: links before the ports enslaved to them, per-device sysctls before the
 # addresses (accept_dad), addresses before routes, routes before proxies. Rules depend on
 # nothing; the local-table rule moves behind the l3mdev rule the first VRF brought.
+_ROUTES, _PROXIES = _Routes(), _NeighProxies()
 _MANAGERS: tuple[_Manager, ...] = (
     _Links(),
     _Rules(),
     _Ports(),
     _Sysctls(),
     _Addresses(),
-    _Routes(),
-    _NeighProxies(),
+    _ROUTES,
+    _PROXIES,
 )
 
 
@@ -621,6 +622,45 @@ class RoutingDriver:
             session.close()
         return result
 
+    def apply_changes(
+        self, upserts: Iterable[Route | NeighProxy], deletes: Iterable[Route | NeighProxy]
+    ) -> Result | None:
+        """Make a few host-namespace routes and proxy-NDP entries as given (`deletes` whose key
+        an upsert has are replaced, not deleted), against the cache alone: what a directory
+        delta changes, without looking at anything else. None when the cache does not know the
+        host's routes (nothing applied yet, or a resync is due): run `apply` instead."""
+        known = self._known.get(None)
+        if known is None or known.routes is None:
+            return None
+        upserts, deletes = list(upserts), list(deletes)
+        result = Result()
+        session = _Session(self._open, self._host_netns, result, self._known)
+        try:
+            for manager, kind in ((_ROUTES, Route), (_PROXIES, NeighProxy)):
+                wanted = {o.key: o for o in upserts if isinstance(o, kind)}
+                gone = {o.key: o for o in deletes if isinstance(o, kind) and o.key not in wanted}
+                if not (wanted or gone):
+                    continue
+                try:
+                    current = known.routes if kind is Route else _host_proxies(session)
+                except KernelError as exc:
+                    result.failures.append(Failure(f"reading {manager.kind}", str(exc)))
+                    continue
+                planned = [
+                    Change("~" if old is not None else "+", new, old)
+                    for new in sorted(wanted.values(), key=_sort_key)
+                    if (old := current.get(new.key)) != new
+                ]
+                planned += [
+                    Change("-", current[key])
+                    for key in sorted(gone, key=lambda k: _sort_key(gone[k]), reverse=True)
+                    if key in current
+                ]
+                _write(manager, session, planned, result)
+        finally:
+            session.close()
+        return result
+
     @staticmethod
     def _owned_ifnames(
         session: _Session, desired: DesiredRouting, namespaces: set[str | None]
@@ -666,8 +706,16 @@ class RoutingDriver:
         if not execute:
             result.changes += planned
             return
-        for change, error in zip(planned, manager.write(session, planned), strict=True):
-            if error is None:
-                result.changes.append(change)
-            else:
-                result.failures.append(Failure(change.obj.describe(), str(error)))
+        _write(manager, session, planned, result)
+
+
+def _write(manager: _Manager, session: _Session, planned: list[Change], result: Result) -> None:
+    for change, error in zip(planned, manager.write(session, planned), strict=True):
+        if error is None:
+            result.changes.append(change)
+        else:
+            result.failures.append(Failure(change.obj.describe(), str(error)))
+
+
+def _host_proxies(session: _Session) -> dict[NeighProxy, NeighProxy]:
+    return {p: p for p in session.proxies(None)}
