@@ -14,9 +14,11 @@ thread alone touches the kernel, through one Datapath that lives as long as the 
 - when a source says how its view changed (`SourceUpdate.delta`, the BGP source) and only other
   hosts' addresses did, none of them local, the loop composes the deltas of the updates since
   the last apply and hands the net delta to the datapath, which applies only those addresses'
-  objects; the counts and the withdrawn memory follow the delta too. Anything else (a config
-  change, an address of this host, mobility, a source not in sync, a retry, the resync) takes
-  the full path, the only one that is O(everything);
+  objects; the counts and the withdrawn memory follow the delta too. When only the endpoint API
+  changed the config, the datapath is given the config and view last applied and applies only
+  the changed endpoints' objects. Anything else (another config change, an address of this
+  host, mobility, a source not in sync, a retry, the resync) takes the full path, the only one
+  that is O(everything);
 - which host announces an address held by more than one is decided on the applied view
   (calc/mobility.py), and logged when it changes; the loop keeps the memory that re-asserts a
   still-attached address and freezes a flapping one (calc/duplicates.py), wakes up when a
@@ -84,6 +86,7 @@ class DatapathLike(Protocol):
         view: DirectoryView,
         resync: bool = False,
         delta: DirectoryDelta | None = None,
+        since: tuple[Config, DirectoryView] | None = None,
     ) -> Outcome: ...
 
     def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
@@ -399,8 +402,12 @@ class Agent:
             self._log_duplicates()
         self._last_start, started = now, self._wall()
         resync = bool({"start", "resync", "retry"} & set(why))
+        # only endpoints changed (the endpoint API): the datapath may apply just theirs
+        since = None
+        if why == ["endpoint"] and self._applied is not None and self._failures == 0:
+            since = (self._applied.config, self._known)
         try:
-            outcome = self._datapath.apply(config, view, resync=resync, delta=delta)
+            outcome = self._datapath.apply(config, view, resync=resync, delta=delta, since=since)
             errors = tuple(f"{s.name}: {e}" for s in outcome.stages for e in s.errors)
             changes = sum(len(s.lines) for s in outcome.stages)
             stages = {f"{s.name}_changes": len(s.lines) for s in outcome.stages}

@@ -478,6 +478,25 @@ class _Routes:
     def wanted(self, desired: DesiredRouting) -> Iterable[Route]:
         return desired.routes
 
+    def actual_of(
+        self, session: _Session, namespaces: set[str | None], desired: Mapping, keys: Iterable
+    ) -> dict:
+        """actual() for these keys alone: O(keys), not O(routes)."""
+        found = {}
+        for key in keys:
+            ns = key[0]
+            if ns not in namespaces:
+                continue
+            route = session.routes(ns).get(key)
+            if route is None:
+                continue
+            devices = session.touched_devices.get(ns, ())
+            tables = session.touched_tables.get(ns, ())
+            if key in desired and (route.dev in devices or route.table in tables):
+                continue  # may have gone with its device: assert it again
+            found[key] = route
+        return found
+
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for ns in namespaces:
@@ -550,15 +569,14 @@ class _NeighProxies(_OneByOne):
 # Dependency order: links before the ports enslaved to them, per-device sysctls before the
 # addresses (accept_dad), addresses before routes, routes before proxies. Rules depend on
 # nothing; the local-table rule moves behind the l3mdev rule the first VRF brought.
-_ROUTES, _PROXIES = _Routes(), _NeighProxies()
 _MANAGERS: tuple[_Manager, ...] = (
     _Links(),
     _Rules(),
     _Ports(),
     _Sysctls(),
     _Addresses(),
-    _ROUTES,
-    _PROXIES,
+    _Routes(),
+    _NeighProxies(),
 )
 
 
@@ -622,41 +640,34 @@ class RoutingDriver:
             session.close()
         return result
 
-    def apply_changes(
-        self, upserts: Iterable[Route | NeighProxy], deletes: Iterable[Route | NeighProxy]
-    ) -> Result | None:
-        """Make a few host-namespace routes and proxy-NDP entries as given (`deletes` whose key
-        an upsert has are replaced, not deleted), against the cache alone: what a directory
-        delta changes, without looking at anything else. None when the cache does not know the
-        host's routes (nothing applied yet, or a resync is due): run `apply` instead."""
+    def apply_changes(self, upserts: Iterable[Any], deletes: Iterable[Any]) -> Result | None:
+        """Bring only these objects in line, each kind in the usual order: `upserts` as given,
+        `deletes` gone unless an upsert has their key; nothing else is looked at or changed.
+        For what a directory delta or one endpoint changes: the cache stands for the kernel
+        (a namespace not known yet is read). Deletes in a workload namespace no upsert is in
+        are left out: they go with the veth. None when the cache does not know the host's
+        routes (nothing applied yet, or a resync cleared it): run `apply` instead."""
         known = self._known.get(None)
         if known is None or known.routes is None:
             return None
-        upserts, deletes = list(upserts), list(deletes)
+        up = _desired_of(upserts)
+        kept = up.namespaces()  # a workload namespace no longer wanted goes with its veth
+        down = _desired_of(o for o in deletes if o.netns in kept)
         result = Result()
         session = _Session(self._open, self._host_netns, result, self._known)
         try:
-            for manager, kind in ((_ROUTES, Route), (_PROXIES, NeighProxy)):
-                wanted = {o.key: o for o in upserts if isinstance(o, kind)}
-                gone = {o.key: o for o in deletes if isinstance(o, kind) and o.key not in wanted}
-                if not (wanted or gone):
-                    continue
-                try:
-                    current = known.routes if kind is Route else _host_proxies(session)
-                except KernelError as exc:
-                    result.failures.append(Failure(f"reading {manager.kind}", str(exc)))
-                    continue
-                planned = [
-                    Change("~" if old is not None else "+", new, old)
-                    for new in sorted(wanted.values(), key=_sort_key)
-                    if (old := current.get(new.key)) != new
-                ]
-                planned += [
-                    Change("-", current[key])
-                    for key in sorted(gone, key=lambda k: _sort_key(gone[k]), reverse=True)
-                    if key in current
-                ]
-                _write(manager, session, planned, result)
+            namespaces = session.available(up.namespaces())
+            try:
+                session.owned_ifnames = self._owned_ifnames(session, up, namespaces)
+            except KernelError as exc:
+                result.failures.append(Failure("reading links", str(exc)))
+                return result
+            # the interfaces these addresses and proxies are on are ours (an unchanged port's)
+            for o in (*up.addresses, *up.neigh_proxies, *down.addresses, *down.neigh_proxies):
+                session.owned_ifnames.setdefault(o.netns, set()).add(o.ifname)
+            for manager in _MANAGERS:
+                gone = {o.key for o in manager.wanted(down)}
+                self._reconcile(manager, session, up, namespaces, True, result, only=gone)
         finally:
             session.close()
         return result
@@ -685,15 +696,25 @@ class RoutingDriver:
         namespaces: set[str | None],
         execute: bool,
         result: Result,
+        only: set[Hashable] | None = None,
     ) -> None:
+        """`only`: the objects of `desired` and these keys are all there is (apply_changes);
+        None: `desired` is everything, and what else is ours goes."""
         wanted: dict[Hashable, Any] = {
             obj.key: obj for obj in manager.wanted(desired) if obj.netns in namespaces
         }
+        if only is not None and not (wanted or only):
+            return
         try:
-            actual = manager.actual(session, namespaces, wanted)
+            if only is not None and isinstance(manager, _Routes):  # 100,000s: by key
+                actual = manager.actual_of(session, namespaces, wanted, {*wanted, *only})
+            else:
+                actual = manager.actual(session, namespaces, wanted)
         except KernelError as exc:
             result.failures.append(Failure(f"reading {manager.kind}", str(exc)))
             return
+        if only is not None:
+            actual = {k: actual[k] for k in (*wanted, *only) if k in actual}
         changes = delta(wanted, actual)
         planned = [
             Change("~" if new.key in actual else "+", new, actual.get(new.key))
@@ -717,5 +738,13 @@ def _write(manager: _Manager, session: _Session, planned: list[Change], result: 
             result.failures.append(Failure(change.obj.describe(), str(error)))
 
 
-def _host_proxies(session: _Session) -> dict[NeighProxy, NeighProxy]:
-    return {p: p for p in session.proxies(None)}
+def _desired_of(objects: Iterable[Any]) -> DesiredRouting:
+    by_kind: dict[type, set[Any]] = {}
+    for obj in objects:
+        by_kind.setdefault(type(obj), set()).add(obj)
+
+    def of(kind: type) -> frozenset[Any]:
+        return frozenset(by_kind.get(kind, ()))
+
+    return DesiredRouting(of(Sysctl), of(Link), of(Port), of(Address), of(Route),
+                          of(NeighProxy), of(PolicyRule))  # fmt: skip

@@ -61,6 +61,7 @@ class FakeDatapath:
         self.drift: list[str] = []  # what a plan finds changed behind the agent's back
         self.plans: list[bool] = []
         self.deltas: list[DirectoryDelta | None] = []
+        self.since: list[tuple[Config, DirectoryView] | None] = []
 
     def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         self.plans.append(resync)
@@ -72,7 +73,9 @@ class FakeDatapath:
         view: DirectoryView,
         resync: bool = False,
         delta: DirectoryDelta | None = None,
+        since: tuple[Config, DirectoryView] | None = None,
     ) -> Outcome:
+        self.since.append(since)
         self.applied.append((config, view))
         self.resyncs.append(resync)
         self.deltas.append(delta)
