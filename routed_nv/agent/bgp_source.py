@@ -215,9 +215,11 @@ class BgpSource:
                 learner = Learner(config, paths, self._watch.published)
                 learned, delta = learner.learned(), None
             elif events:
+                rejections = learner.rejections
                 step = learner.update(_changes(events, unwritten))
-                if step:
+                if step or learner.rejections != rejections:
                     learned = learner.learned()
+                if step:
                     delta = delta.then(step) if delta is not None else None
             assert learned is not None
             in_sync, peers, detail = state

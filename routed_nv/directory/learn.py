@@ -258,6 +258,7 @@ class Learner:
         self._claims: dict[Claim, int] = {}
         self._peers: dict[TenantPeer, int] = {}  # routes per (tenant, peer host)
         self._remote: set[RemoteRoute] = set()
+        self.rejections = 0  # counts changes of `rejected`: a refused route changes no view
         self.update([(True, r) for r in routes] + [(True, p) for p in published])
 
     @property
@@ -295,6 +296,7 @@ class Learner:
             return
         outcome = self._paths[mirror] = self._check(mirror)
         if isinstance(outcome, Rejection):
+            self.rejections += 1
             return
         key = (outcome.route.tenant_id, outcome.route.prefix)
         if key in self._local:
@@ -305,7 +307,10 @@ class Learner:
 
     def _remove(self, batch: _Batch, mirror: MirrorRoute) -> None:
         outcome = self._paths.pop(mirror, None)
-        if outcome is None or isinstance(outcome, Rejection):
+        if outcome is None:
+            return
+        if isinstance(outcome, Rejection):
+            self.rejections += 1
             return
         key = (outcome.route.tenant_id, outcome.route.prefix)
         if key in self._local:
@@ -320,7 +325,8 @@ class Learner:
     def _choose(self, batch: _Batch, key: Where) -> None:
         """The winner of one address again, as learn() picks it (rank, then the route order)."""
         old = self._winners.pop(key, None)
-        self._superseded.pop(key, None)
+        if self._superseded.pop(key, None):
+            self.rejections += 1
         candidates = self._locations.get(key)
         new = None
         if candidates:
@@ -328,6 +334,7 @@ class Learner:
             new, losers = ranked[0], ranked[1:]
             self._winners[key] = new
             if losers:
+                self.rejections += 1
                 detail = f"{new.route.peer.address} (metric {new.mirror.metric}) wins"
                 self._superseded[key] = tuple(
                     Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers

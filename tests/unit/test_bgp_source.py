@@ -202,6 +202,13 @@ def test_routes_are_learned_in_full_once_then_as_deltas(
         assert len(full) == passes and update.in_sync
         assert update.delta is not None and update.delta.apply(before.view) == update.view
         assert {str(x.prefix) for x in update.delta.remote_removed} == {"10.0.0.2/32"}
+        # a refused route changes no view, but the rejections: published too
+        r.watch.set(mirror("10.0.0.3/32"), mirror("10.9.0.2/32"))
+        update = r.until(lambda u: bool(u.rejected))
+        assert [x.reason for x in update.rejected] == [Reason.OUTSIDE_SUBNETS] and not update.delta
+        r.watch.set(mirror("10.0.0.3/32"))
+        assert r.until(lambda u: not u.rejected).view == update.view
+        assert len(full) == passes
     finally:
         r.source.stop()
 

@@ -36,8 +36,10 @@ def check_step(learner: Learner, paths: set, before: DirectoryView, delta: Direc
 def run(steps: list[tuple[bool, MirrorRoute | PublishedRoute]]) -> list[DirectoryDelta]:
     learner, paths, deltas = Learner(CONFIG), set(), []
     for added, path in steps:
-        before = learner.view
+        before, refused, count = learner.view, set(learner.rejected), learner.rejections
         delta = learner.update([(added, path)])
+        if set(learner.rejected) != refused:  # the source publishes again only then
+            assert learner.rejections != count
         paths = paths | {path} if added else paths - {path}
         check_step(learner, paths, before, delta)
         deltas.append(delta)
