@@ -259,6 +259,8 @@ class Learner:
         self._peers: dict[TenantPeer, int] = {}  # routes per (tenant, peer host)
         self._remote: set[RemoteRoute] = set()
         self.rejections = 0  # counts changes of `rejected`: a refused route changes no view
+        self._refused: dict[MirrorRoute, Rejection] = {}  # by the checks
+        self._rejected: tuple[int, tuple[Rejection, ...]] | None = None  # rejected, as of
         self.update([(True, r) for r in routes] + [(True, p) for p in published])
 
     @property
@@ -269,9 +271,11 @@ class Learner:
 
     @property
     def rejected(self) -> tuple[Rejection, ...]:
-        checks = (r for r in self._paths.values() if isinstance(r, Rejection))
-        found = sorted(checks, key=lambda r: r.route.sort_key())
-        return (*found, *(r for losers in self._superseded.values() for r in losers))
+        if self._rejected is None or self._rejected[0] != self.rejections:
+            found = sorted(self._refused.values(), key=lambda r: r.route.sort_key())
+            losers = (r for rejections in self._superseded.values() for r in rejections)
+            self._rejected = (self.rejections, (*found, *losers))
+        return self._rejected[1]
 
     def learned(self) -> Learned:
         return Learned(self.view, self.rejected)
@@ -296,6 +300,7 @@ class Learner:
             return
         outcome = self._paths[mirror] = self._check(mirror)
         if isinstance(outcome, Rejection):
+            self._refused[mirror] = outcome
             self.rejections += 1
             return
         key = (outcome.route.tenant_id, outcome.route.prefix)
@@ -310,6 +315,7 @@ class Learner:
         if outcome is None:
             return
         if isinstance(outcome, Rejection):
+            del self._refused[mirror]
             self.rejections += 1
             return
         key = (outcome.route.tenant_id, outcome.route.prefix)
