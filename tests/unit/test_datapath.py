@@ -210,12 +210,20 @@ class CountingXfrm(FakeKernel):
         return super().read_policies()
 
 
-def test_one_apply_reads_each_table_and_the_xfrm_state_once(
+def counting(
     static: Config, fakes: Fakes, tmp_path: Path
-) -> None:
+) -> tuple[CountingTables, CountingXfrm, Datapath]:
+    """A Datapath whose netfilter tables and XFRM kernel count their reads."""
     tables, kernel = CountingTables(), CountingXfrm()
     xfrm = XfrmDriver(kernel, static.host.underlay_prefix, 5, ReservationStore(tmp_path), 30)
     datapath = Datapath(NetfilterDriver(tables), xfrm, fakes.routing, fakes.ike)  # type: ignore[arg-type]
+    return tables, kernel, datapath
+
+
+def test_one_apply_reads_each_table_and_the_xfrm_state_once(
+    static: Config, fakes: Fakes, tmp_path: Path
+) -> None:
+    tables, kernel, datapath = counting(static, fakes, tmp_path)
     outcome = datapath.apply(static, view(route("10.0.0.2/32")))
     assert outcome.ok, [s.errors for s in outcome.stages]
     assert kernel.states and kernel.policies  # it did program something
@@ -230,9 +238,7 @@ def test_one_apply_reads_each_table_and_the_xfrm_state_once(
 def test_a_stage_whose_inputs_did_not_change_is_skipped_until_the_resync(
     static: Config, fakes: Fakes, tmp_path: Path
 ) -> None:
-    tables, kernel = CountingTables(), CountingXfrm()
-    xfrm = XfrmDriver(kernel, static.host.underlay_prefix, 5, ReservationStore(tmp_path), 30)
-    datapath = Datapath(NetfilterDriver(tables), xfrm, fakes.routing, fakes.ike)  # type: ignore[arg-type]
+    tables, kernel, datapath = counting(static, fakes, tmp_path)
     assert datapath.apply(static, view(route("10.0.0.2/32"))).ok
     tables.reads = kernel.reads = 0
     # another address at the same peer: netfilter (config) and XFRM (peers) have nothing new
