@@ -26,7 +26,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -44,9 +44,10 @@ from routed_nv.directory.bird_config import (
     rr_protocol,
 )
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, CommandError, Route
-from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
+from routed_nv.directory.learn import Learned, Learner, MirrorRoute, PublishedRoute
 from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
+from routed_nv.model.directory_delta import DirectoryDelta
 
 POLL_S = 0.5
 # BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,
@@ -100,16 +101,13 @@ class _Settle:
 
     def __init__(self) -> None:
         self._up: frozenset[str] = frozenset()
-        self._routes: frozenset[MirrorRoute] = frozenset()
         self._until = 0.0
 
-    def holding(
-        self, peers: tuple[PeerStatus, ...], routes: frozenset[MirrorRoute], now: float
-    ) -> bool:
+    def holding(self, peers: tuple[PeerStatus, ...], routes_changed: bool, now: float) -> bool:
         up = frozenset(p.name for p in peers if p.address and p.info == "Established")
-        if up - self._up or (now < self._until and routes != self._routes):
+        if up - self._up or (now < self._until and routes_changed):
             self._until = now + SETTLE_S
-        self._up, self._routes = up, routes
+        self._up = up
         return now < self._until
 
 
@@ -167,7 +165,9 @@ class BgpSource:
         next_poll = 0.0
         state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
         settle = _Settle()
-        learned: tuple[Config, frozenset[MirrorRoute], Learned] | None = None
+        learner: Learner | None = None
+        learned: Learned | None = None  # the learner's view, built only when it changed
+        delta: DirectoryDelta | None = None  # since the last update published; None: whole
         unwritten: frozenset[MirrorRoute] = frozenset()
         next_unwritten = 0.0
         while not self._stop.is_set():
@@ -184,7 +184,7 @@ class BgpSource:
                 fresh = self._unwritten(config, unwritten)
                 next_unwritten = now + REFUSED_POLL_S
                 if fresh != unwritten:
-                    unwritten, learned = fresh, None
+                    unwritten, learner = fresh, None
             try:
                 # drain after reading BIRD's state: routes BIRD wrote before it said "in sync"
                 # are in the view that says so
@@ -193,7 +193,7 @@ class BgpSource:
                 state = (False, state[1], str(exc))
                 self._watch.close()
                 self._watch.open()
-                events, learned = [], None
+                events, learner = [], None
             if state[0] and not all(e.added for e in events):
                 # BIRD flushes a session's routes the moment it goes down without graceful
                 # restart (disabled, a Cease): the state read before may still say up, and a
@@ -204,22 +204,32 @@ class BgpSource:
             if events and (unwritten or not all(e.added for e in events)):
                 # a mirror route gone may be only unwritable now; one written again is no
                 # longer an unwritten path
-                unwritten = self._unwritten(config, unwritten)
+                fresh = self._unwritten(config, unwritten)
                 next_unwritten = time.monotonic() + REFUSED_POLL_S
-            if events or learned is None or learned[0] is not config:
-                # learn() is O(routes): at 100,000 it took seconds a pass, and run on every
-                # 0.5 s poll it kept this thread busy, holding the GIL against the applies
-                routes = self._watch.routes  # built anew by each read: read once per pass
-                paths = routes | unwritten
-                learned = (config, routes, learn(config, paths, self._watch.published))
+                if fresh != unwritten:
+                    unwritten, learner = fresh, None
+            if learner is None or learner.config is not config:
+                # learning every route is O(routes) (seconds at 100,000): only at start, on a
+                # config change, a new watch socket or changed unwritten paths
+                paths = self._watch.routes | unwritten
+                learner = Learner(config, paths, self._watch.published)
+                learned, delta = learner.learned(), None
+            elif events:
+                rejections = learner.rejections
+                step = learner.update(_changes(events, unwritten))
+                if step or learner.rejections != rejections:
+                    learned = learner.learned()
+                if step:
+                    delta = delta.then(step) if delta is not None else None
+            assert learned is not None
             in_sync, peers, detail = state
-            if settle.holding(peers, learned[1], time.monotonic()):
+            if settle.holding(peers, bool(events), time.monotonic()):
                 in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
-            update = self._update(learned[2], in_sync, peers, detail)
+            update = self._update(learned, in_sync, peers, detail, delta)
             if update != last and self._publish is not None:
                 self._log_update(last, update)
                 self._publish(update)
-                last = update
+                last, delta = update, DirectoryDelta()
             ready, _, _ = select.select(
                 [self._watch, self._wake_r], [], [], max(0.0, next_poll - time.monotonic())
             )
@@ -297,11 +307,29 @@ class BgpSource:
         return frozenset(paths)
 
     def _update(
-        self, learned: Learned, in_sync: bool, peers: tuple[PeerStatus, ...], detail: str
+        self,
+        learned: Learned,
+        in_sync: bool,
+        peers: tuple[PeerStatus, ...],
+        detail: str,
+        delta: DirectoryDelta | None,
     ) -> SourceUpdate:
         if self._apply_error:
             detail = f"{detail}; {self._apply_error}"
-        return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail)
+        return SourceUpdate(learned.view, in_sync, peers, learned.rejected, detail, delta)
+
+
+def _changes(
+    events: list[RouteEvent], unwritten: frozenset[MirrorRoute]
+) -> Iterator[tuple[bool, MirrorRoute | PublishedRoute]]:
+    """The watch's events as the learner's route changes. The learner holds the mirror routes
+    and the unwritten paths as one set: a path in both stays while either has it."""
+    for e in events:
+        replaced = e.replaced if e.added else None
+        if replaced is not None and replaced != e.route and replaced not in unwritten:
+            yield False, replaced
+        if e.added or e.route not in unwritten:
+            yield e.added, e.route
 
 
 def _as_mirror(path: Route, table: int, asn: int) -> MirrorRoute:

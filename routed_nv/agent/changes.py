@@ -80,6 +80,10 @@ def of_netfilter(changes: Iterable[TableChange]) -> list[Changed]:
         )
         for chain, rules in sorted(change.set_chains.items()):
             out.append(Changed("set", "chain", (*where, ("chain", chain), ("rules", len(rules)))))
+        for chain, (append, delete) in sorted(change.edit_chains.items()):
+            for verb, rules in (("delete", delete), ("add", append)):
+                out += [Changed(verb, "rule", (*where, ("chain", chain), ("rule", r.render())))
+                        for r in rules]  # fmt: skip
         for hook, target in sorted(change.hooks.items()):
             if target is None:
                 out.append(Changed("delete", "jump", (*where, ("hook", hook))))

@@ -10,20 +10,39 @@ Order matters for isolation, so it is fixed here and nowhere else:
 Each driver keeps going past a failing object; a failure in one stage (even an exception) does
 not stop the next, so one bad object never leaves the rest of the host unprogrammed, and the next
 apply retries it. Each stage reads the kernel once: it plans, and applies that plan.
+
+Work in proportion to the change:
+- a stage whose inputs are the ones it last applied without error or anything pending is
+  skipped, unless the apply is a resync (which reads everything again: drift): netfilter's only
+  input is the config, XFRM's and IKE's the config and the view's (tenant, peer host) pairs,
+  routing's the config and the view;
+- given the config and view it last applied, when only endpoints changed (the endpoint API),
+  only those endpoints' routing objects are computed and applied (calc.routing
+  .endpoint_changes), against the routing driver's cache; netfilter edits only their rules;
+- given a directory delta that changes only other hosts' addresses (the agent checks that no
+  local address's mobility decision moves), under the config last applied, only the routes
+  and proxy-NDP entries of the changed addresses are computed and applied, against the routing
+  driver's cache; XFRM and IKE run only when a tenant gains or loses a peer host.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from routed_nv.agent.changes import Changed, of_ike, of_netfilter, of_routing, of_xfrm
 from routed_nv.calc.ike import DesiredIke, desired_ike
 from routed_nv.calc.inputs import DirectoryView
 from routed_nv.calc.netfilter import DesiredRules, desired_rules
-from routed_nv.calc.routing import RoutingConflict, desired_routing
+from routed_nv.calc.routing import (
+    RoutingConflict,
+    desired_routing,
+    endpoint_changes,
+    remote_changes,
+)
 from routed_nv.calc.xfrm import DesiredXfrm, desired_xfrm
 from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import keys
@@ -31,6 +50,7 @@ from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
 from routed_nv.esp.vici_adapter import ViciError
 from routed_nv.esp.xfrm import XfrmError
+from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
 from routed_nv.routing.driver import Result
 from routed_nv.routing.objects import DesiredRouting
@@ -51,6 +71,7 @@ class XfrmStage(Protocol):
 class RoutingStage(Protocol):
     def plan(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
     def apply(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
+    def apply_changes(self, upserts: Iterable[Any], deletes: Iterable[Any]) -> Result | None: ...
 
 
 class IkeStage(Protocol):
@@ -68,6 +89,8 @@ class Stage:
     # left alone this time because the kernel or a daemon is mid-change (IKE exchanges in
     # flight): neither a change nor an error, but not settled either
     pending: list[str] = field(default_factory=list)
+    skipped: bool = False  # not run: its inputs are those it last applied cleanly
+    timers: bool = False  # the driver waits for time to pass (rotation grace): run it again
 
 
 @dataclass
@@ -100,28 +123,175 @@ class Datapath:
         self.xfrm = xfrm
         self.routing = routing
         self.ike = ike
+        # per stage, the inputs it last applied with no error and nothing pending
+        self._clean: dict[str, tuple[object, ...]] = {}
 
     def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         return self._run(config, view, execute=False, resync=resync)
 
-    def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
+    def apply(
+        self,
+        config: Config,
+        view: DirectoryView,
+        resync: bool = False,
+        delta: DirectoryDelta | None = None,
+        since: tuple[Config, DirectoryView] | None = None,
+    ) -> Outcome:
         """`resync`: drivers that cache the kernel (routing) read it again first; pass it on the
-        periodic resync, which is what finds changes made behind the agent's back."""
+        periodic resync, which is what finds changes made behind the agent's back. `delta`: how
+        `view` differs from the view last applied, when only other hosts' addresses changed.
+        `since`: the config and view last applied, when only endpoints may have changed."""
+        if delta is not None and not resync and delta.remote_only:
+            outcome = self._apply_delta(config, view, delta)
+            if outcome is not None:
+                return outcome
+        if since is not None and not resync:
+            names = self._changed_endpoints(since, config, view)
+            if names is not None:
+                return self._apply_endpoints(config, view, since, names)
         return self._run(config, view, execute=True, resync=resync)
 
-    def _run(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Outcome:
-        return Outcome(
-            [
-                _stage("netfilter", lambda: self._netfilter(config, view, execute)),
-                _stage("xfrm", lambda: self._xfrm(config, view, execute)),
-                _stage("routing", lambda: self._routing(config, view, execute, resync)),
-                *(
-                    [_stage("ike", lambda: self._ike(config, view, execute))]
-                    if config.keying.mode is KeyingMode.IKE
-                    else []
-                ),
-            ]
+    def _changed_endpoints(
+        self, since: tuple[Config, DirectoryView], config: Config, view: DirectoryView
+    ) -> set[str] | None:
+        """The endpoints whose definition or claims differ from `since`; None when anything
+        else may differ (other config, remote routes) or routing last applied something else."""
+        old_config, old_view = since
+        routing = self._clean.get("routing")
+        if routing is None or routing[0] is not old_config or routing[1] is not old_view:
+            return None
+        if old_config.model_copy(update={"endpoints": {}}) != config.model_copy(
+            update={"endpoints": {}}
+        ):
+            return None
+        if view.remote_routes != old_view.remote_routes:
+            return None
+        old, new = old_config.endpoints, config.endpoints
+        names = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
+        moved = {(c.tenant_id, c.prefix) for c in old_view.claims ^ view.claims}
+        for c in (old_config, config):
+            for name, ep in c.endpoints.items():
+                tid = c.tenants[ep.tenant].id
+                if any((tid, ipaddress.ip_network(a)) in moved for a in ep.addresses):
+                    names.add(name)
+        return names
+
+    def _apply_endpoints(
+        self,
+        config: Config,
+        view: DirectoryView,
+        since: tuple[Config, DirectoryView],
+        names: set[str],
+    ) -> Outcome:
+        """Every stage but routing as usual (netfilter edits only what changed); routing only
+        for these endpoints, or in full when that cannot be done."""
+        peers = _peer_pairs(view)
+        stages = [
+            self._maybe("netfilter", lambda: self._netfilter(config, view, True), (config,)),
+            self._maybe("xfrm", lambda: self._xfrm(config, view, True), (config, peers)),
+        ]
+        start = time.monotonic()
+        try:
+            upserts, deletes = endpoint_changes(since, (config, view), names)
+            result = self.routing.apply_changes(upserts, deletes)
+        except RoutingConflict:
+            result = None
+        if result is None:
+            stages.append(self._maybe("routing", lambda: self._routing(config, view, True, False),
+                                      (config, view)))  # fmt: skip
+        else:
+            stages.append(self._routing_stage(result, start, (config, view)))
+        if config.keying.mode is KeyingMode.IKE:
+            stages.append(
+                self._maybe("ike", lambda: self._ike(config, view, True), (config, peers))
+            )
+        return Outcome(stages)
+
+    def _routing_stage(self, result: Result, start: float, inputs: tuple[object, ...]) -> Stage:
+        """The routing stage of a partial apply; clean with these inputs if it had no error."""
+        stage = Stage(
+            "routing",
+            lines=[str(c) for c in result.changes],
+            changes=of_routing(result.changes),
+            errors=[str(f) for f in result.failures],
+            seconds=time.monotonic() - start,
         )
+        if stage.errors:
+            self._clean.pop("routing", None)
+        else:
+            self._clean["routing"] = inputs
+        return stage
+
+    def _run(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Outcome:
+        if resync:
+            self._clean.clear()
+        peers = _peer_pairs(view) if execute else frozenset()
+        inputs = {
+            "netfilter": (config,),
+            "xfrm": (config, peers),
+            "routing": (config, view),
+            "ike": (config, peers),
+        }
+        runs = {
+            "netfilter": lambda: self._netfilter(config, view, execute),
+            "xfrm": lambda: self._xfrm(config, view, execute),
+            "routing": lambda: self._routing(config, view, execute, resync),
+            "ike": lambda: self._ike(config, view, execute),
+        }
+        if config.keying.mode is not KeyingMode.IKE:
+            del runs["ike"]
+        if not execute:  # a plan reads everything, and changes nothing that is known
+            return Outcome([_stage(name, run) for name, run in runs.items()])
+        return Outcome([self._maybe(name, run, inputs[name]) for name, run in runs.items()])
+
+    def _maybe(self, name: str, run: Callable[[], Stage], inputs: tuple[object, ...]) -> Stage:
+        """Run a stage unless it last applied these very inputs cleanly. The config and the
+        view count by identity (each is replaced whole when it changes, and a reload runs
+        everything: key files may have changed), the peer pairs by value."""
+        last = self._clean.pop(name, None)
+        if last is not None and all(
+            a is b or (isinstance(a, frozenset) and a == b)
+            for a, b in zip(last, inputs, strict=True)
+        ):
+            self._clean[name] = inputs
+            return Stage(name, skipped=True)
+        stage = _stage(name, run)
+        if not (stage.errors or stage.pending or stage.timers):
+            self._clean[name] = inputs
+        return stage
+
+    def _apply_delta(
+        self, config: Config, view: DirectoryView, delta: DirectoryDelta
+    ) -> Outcome | None:
+        """Only the changed addresses' routing objects; None when that cannot be done (another
+        config, or the routing cache must be read first): the caller runs every stage."""
+        routing = self._clean.get("routing")
+        if routing is None or routing[0] is not config:
+            return None
+        try:
+            upserts, deletes = remote_changes(config, delta.remote_added, delta.remote_removed)
+        except RoutingConflict:
+            return None
+        start = time.monotonic()
+        result = self.routing.apply_changes(upserts, deletes)
+        if result is None:
+            return None
+        stage = self._routing_stage(result, start, (config, view))
+        peers = None if not delta.peers else _peer_pairs(view)  # rare: a tenant's peer set
+        stages = [Stage("netfilter", skipped=True)]
+        stages.append(
+            Stage("xfrm", skipped=True)
+            if peers is None
+            else self._maybe("xfrm", lambda: self._xfrm(config, view, True), (config, peers))
+        )
+        stages.append(stage)
+        if config.keying.mode is KeyingMode.IKE:
+            stages.append(
+                Stage("ike", skipped=True)
+                if peers is None
+                else self._maybe("ike", lambda: self._ike(config, view, True), (config, peers))
+            )
+        return Outcome(stages)
 
     # Each stage plans once; its apply takes that plan and does not read the kernel again.
     def _netfilter(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
@@ -149,6 +319,7 @@ class Datapath:
             result = self.xfrm.apply_plan(plan)
             stage.changes = of_xfrm(result.done)
             stage.errors += result.errors
+            stage.timers = result.waiting > 0
         else:
             stage.changes = of_xfrm(plan.ops)
         return stage
@@ -190,6 +361,11 @@ class Datapath:
             changes=of_routing(result.changes),
             errors=[str(f) for f in result.failures],
         )
+
+
+def _peer_pairs(view: DirectoryView) -> frozenset[tuple[int, object]]:
+    """What XFRM and IKE take from the view: which peer hosts each tenant has."""
+    return frozenset((r.tenant_id, r.peer) for r in view.remote_routes)
 
 
 def _stage(name: str, run: Callable[[], Stage]) -> Stage:

@@ -11,6 +11,14 @@ thread alone touches the kernel, through one Datapath that lives as long as the 
 - a failed apply (some objects, or an exception) stays dirty and is retried with exponential
   backoff; the objects that did apply stay applied;
 - before the source is in sync no remote route is deleted (`source.keep_known`);
+- when a source says how its view changed (`SourceUpdate.delta`, the BGP source) and only other
+  hosts' addresses did, none of them local, the loop composes the deltas of the updates since
+  the last apply and hands the net delta to the datapath, which applies only those addresses'
+  objects; the counts and the withdrawn memory follow the delta too. When only the endpoint API
+  changed the config, the datapath is given the config and view last applied and applies only
+  the changed endpoints' objects. Anything else (another config change, an address of this
+  host, mobility, a source not in sync, a retry, the resync) takes the full path, the only one
+  that is O(everything);
 - which host announces an address held by more than one is decided on the applied view
   (calc/mobility.py), and logged when it changes; the loop keeps the memory that re-asserts a
   still-attached address and freezes a flapping one (calc/duplicates.py), wakes up when a
@@ -22,13 +30,14 @@ restarted agent adopts it and changes nothing).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,13 +53,15 @@ from routed_nv.agent.snapshot import (
     SourceInfo,
     Withdrawn,
     count,
+    recount,
 )
 from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
-from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork
+from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
+from routed_nv.model.directory_delta import DirectoryDelta
 
 if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
     from routed_nv.agent.datapath import Outcome
@@ -69,7 +80,14 @@ class Settings:
 
 
 class DatapathLike(Protocol):
-    def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
+    def apply(
+        self,
+        config: Config,
+        view: DirectoryView,
+        resync: bool = False,
+        delta: DirectoryDelta | None = None,
+        since: tuple[Config, DirectoryView] | None = None,
+    ) -> Outcome: ...
 
     def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome: ...
 
@@ -173,6 +191,8 @@ class Agent:
         self._generation = 0  # counts in-process config changes (the endpoint API's)
         self._applied: Applied | None = None  # the last apply, with the generation it ran
         self._update: SourceUpdate | None = None
+        # how _update's view differs from the update the last apply took (None: not known)
+        self._delta: DirectoryDelta | None = None
         self._updates = 0
         self._dirty: set[str] = set()
         self._rejected_total: Counter[str] = Counter()
@@ -200,6 +220,10 @@ class Agent:
         self._ready_sent = False
         self._reload_pending = False  # READY=1 owed to systemd after the reload's apply
         self._guard = Guard(limits(config))
+        # the last apply's view was its update's view (in sync, nothing of it local or stale)
+        # with the claims added, and it applied cleanly: the next one may go by delta
+        self._by_delta_ok = False
+        self._local: tuple[Config, set[tuple[int, IPNetwork]]] | None = None
 
     # -- inputs: cheap, any thread ------------------------------------------------------------
 
@@ -209,6 +233,10 @@ class Agent:
             new = [r for r in update.rejected if r not in before]
             self._rejected_total.update(r.reason for r in new)
             self._rejected_new += new
+            if self._delta is not None and update.delta is not None:
+                self._delta = self._delta.then(update.delta)
+            else:
+                self._delta = None
             self._update = update
             self._updates += 1
             self._dirty.add("directory")
@@ -357,19 +385,29 @@ class Agent:
             rejected, self._rejected_new = self._rejected_new, []
             clears, self._clears = self._clears, []
             config, generation = self.config, self._generation  # together: a waiter's promise
+            delta, self._delta = self._delta, DirectoryDelta()
         self._log_rejected(rejected)
         for where in clears:
             self._guard.clear(where)
         if self._last_start is None:
             why = ["start"]
-        view = update.view if update.in_sync else keep_known(self._known, update.view)
-        view = mobility.resolve(config, view, self._guard, now)
-        self._log_mobility(view)
-        self._log_duplicates()
+        if not self._by_delta(why, update, config, delta):
+            delta = None
+        if delta is not None:  # the claims stand: no local address is concerned
+            view = dataclasses.replace(update.view, claims=self._known.claims)
+        else:
+            view = update.view if update.in_sync else keep_known(self._known, update.view)
+            view = mobility.resolve(config, view, self._guard, now)
+            self._log_mobility(view)
+            self._log_duplicates()
         self._last_start, started = now, self._wall()
         resync = bool({"start", "resync", "retry"} & set(why))
+        # only endpoints changed (the endpoint API): the datapath may apply just theirs
+        since = None
+        if why == ["endpoint"] and self._applied is not None and self._failures == 0:
+            since = (self._applied.config, self._known)
         try:
-            outcome = self._datapath.apply(config, view, resync=resync)
+            outcome = self._datapath.apply(config, view, resync=resync, delta=delta, since=since)
             errors = tuple(f"{s.name}: {e}" for s in outcome.stages for e in s.errors)
             changes = sum(len(s.lines) for s in outcome.stages)
             stages = {f"{s.name}_changes": len(s.lines) for s in outcome.stages}
@@ -379,7 +417,13 @@ class Agent:
         end = self._clock()
         self._last_end = end
         record = ApplyRecord(started, end - now, not errors, changes, errors, ",".join(why))
-        self._after_apply(config, view, record, inspect=outcome is not None)
+        self._after_apply(config, view, record, inspect=outcome is not None, delta=delta)
+        self._by_delta_ok = (
+            record.ok
+            and update.in_sync
+            and not mobility.stale(view)
+            and len(view.remote_routes) == len(update.view.remote_routes)  # none was local
+        )
         with self._applied_cond:
             self._applied = Applied(generation, config, record)
             self._applied_cond.notify_all()
@@ -409,6 +453,30 @@ class Agent:
         for observe in self.on_apply:
             observe(record)
         self._report(record)
+
+    def _by_delta(
+        self, why: list[str], update: SourceUpdate, config: Config, delta: DirectoryDelta | None
+    ) -> bool:
+        """Whether this apply can be the last one's view changed by `delta` alone."""
+        if not (
+            delta is not None
+            and why == ["directory"]
+            and self._by_delta_ok
+            and update.in_sync
+            and delta.remote_only
+            and self._applied is not None
+            and self._applied.config is config
+            and self._guard.due() is None
+        ):
+            return False
+        local = self._local_addresses(config)
+        changed = (*delta.remote_added, *delta.remote_removed)
+        return not any((r.tenant_id, r.prefix) in local for r in changed)
+
+    def _local_addresses(self, config: Config) -> set[tuple[int, IPNetwork]]:
+        if self._local is None or self._local[0] is not config:
+            self._local = (config, mobility.local_addresses(config))
+        return self._local[1]
 
     def _check(self) -> None:
         """Plan (never apply) the last applied view against a fresh read of the kernel."""
@@ -476,19 +544,28 @@ class Agent:
                 )
 
     def _after_apply(
-        self, config: Config, view: DirectoryView, record: ApplyRecord, inspect: bool
+        self,
+        config: Config,
+        view: DirectoryView,
+        record: ApplyRecord,
+        inspect: bool,
+        delta: DirectoryDelta | None = None,
     ) -> None:
         sas = self._sas  # an apply that could not even start would not find the SAs either
-        if inspect:
+        if inspect and (delta is None or delta.peers):  # SAs change with peers only
             try:
                 sas = tuple(self._read_sas())
             except Exception as exc:  # counts are for people; the apply is what matters
                 self._log("agent.inspect.error", error=f"{type(exc).__name__}: {exc}")
-        counts = count(config, view, sas)
+        if delta is None:
+            counts = count(config, view, sas)
+            withdrawn = self._remember_withdrawn(view)
+        else:
+            counts = recount(self._counts, config, delta, len(sas))
+            withdrawn = self._withdrawn_by(delta)
         # what an apply could not change still differs; an apply without errors read the
         # kernel and left it as wanted
         drift = Drift(self._wall(), record.errors)
-        withdrawn = self._remember_withdrawn(view)
         with self._lock:
             self._drift = drift
             self._withdrawn = withdrawn
@@ -509,11 +586,23 @@ class Agent:
 
     def _remember_withdrawn(self, view: DirectoryView) -> dict[tuple[int, IPNetwork], Withdrawn]:
         """The remote addresses the last view had and `view` lacks join the memory; those
-        announced again leave it. A new dict: readers keep the one they took."""
+        announced again leave it."""
         now = {(r.tenant_id, r.prefix) for r in view.remote_routes}
+        return self._remember(now, self._known.remote_routes)
+
+    def _withdrawn_by(self, delta: DirectoryDelta) -> dict[tuple[int, IPNetwork], Withdrawn]:
+        """_remember_withdrawn for a delta: O(delta + memory), not O(view)."""
+        return self._remember({(r.tenant_id, r.prefix) for r in delta.remote_added},
+                              delta.remote_removed)  # fmt: skip
+
+    def _remember(
+        self, now: set[tuple[int, IPNetwork]], before: Iterable[RemoteRoute]
+    ) -> dict[tuple[int, IPNetwork], Withdrawn]:
+        """The memory with the addresses in `now` out and those of `before` not in `now` in,
+        newest last. A new dict: readers keep the one they took."""
         memory = {k: w for k, w in self._withdrawn.items() if k not in now}
         wall = self._wall()
-        for r in self._known.remote_routes:
+        for r in before:
             key = (r.tenant_id, r.prefix)
             if key not in now:
                 memory.pop(key, None)  # re-inserted: the newest withdrawal goes last

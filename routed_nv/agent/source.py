@@ -1,11 +1,13 @@
 """Where the agent's view of other hosts comes from: a pluggable directory source.
 
-A source pushes *whole views* (level-triggered, never deltas) through the `publish` callback it
-is started with, from whatever thread it runs; the agent only records the latest update and
-marks itself dirty, so bursts of updates coalesce into one apply. Each update says whether the
-source is in sync (it has told everything it knows: static config at once, BGP once the route
-reflectors' End-of-RIB is in and the mirror tables are read). Until then the agent deletes no
-remote route (see `keep_known`): a route it was not told about yet is not a route that is gone.
+A source pushes *whole views* (level-triggered) through the `publish` callback it is started
+with, from whatever thread it runs, each with its delta from the view it published before when
+it knows it (the BGP source); the agent only records the latest update and marks itself dirty,
+so bursts of updates coalesce into one apply (and their deltas into one). Each update says
+whether the source is in sync (it has told everything it knows: static config at once, BGP once
+the route reflectors' End-of-RIB is in and the mirror tables are read). Until then the agent
+deletes no remote route (see `keep_known`): a route it was not told about yet is not a route
+that is gone.
 
 The static source reads `peers` and `remote_endpoints` from the config. The BGP source (the
 mirror-table watch + learn) implements the same protocol; `peers` and `rejected` carry its
@@ -16,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from routed_nv.calc.inputs import DirectoryView, RemoteRoute, static_view
 from routed_nv.config.model import Config
+from routed_nv.model.directory_delta import DirectoryDelta
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class SourceUpdate:
     peers: tuple[PeerStatus, ...] = ()
     rejected: tuple[RejectedRoute, ...] = ()
     detail: str = ""  # one line on the source's state, for status ("2 of 2 sessions up")
+    # how `view` differs from the view of the update published before (None: not known, the
+    # whole view is new): lets the agent apply only what changed
+    delta: DirectoryDelta | None = field(default=None, compare=False)
 
 
 Publish = Callable[[SourceUpdate], None]

@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from routed_nv import markers
-from routed_nv.calc.inputs import Claim, DirectoryView
+from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.model import Config, Endpoint, EndpointStyle
 from routed_nv.directory.mobility import metric_for
 from routed_nv.routing.objects import (
@@ -114,50 +115,15 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
         )
         routes.update(_unreachable_defaults(markers.vrf_table(tid)))
 
+    kinds: dict[type, set[Any]] = {
+        Sysctl: sysctls, Link: links, Port: ports, Address: addresses, Route: routes
+    }  # fmt: skip
     for name, ep in config.endpoints.items():
-        tid = tenant_ids[ep.tenant]
-        ifname = ifnames[name]
-        mtu = config.tenant_mtu(ep.tenant)
-        vrf = markers.vrf_name(tid)
-        if ep.netns is None:
-            # A tap's MTU is the hypervisor's: a guest sending more than the tenant MTU then gets
-            # packet-too-big from the tunnel, where a smaller tap would drop it silently.
-            ports.add(Port(ifname, None, master=vrf))
-        else:
-            peer = VethPeer(ep.netns, WORKLOAD_IFNAME)
-            links.add(Link(ifname, LinkKind.VETH, mtu=mtu, master=vrf, veth_peer=peer))
-            ports.add(Port(WORKLOAD_IFNAME, mtu, netns=ep.netns))
-            addresses.update(_workload_addresses(config, ep))
-            routes.update(_workload_routes(ep))
-        addresses.add(Address(ifname, ipaddress.ip_interface(f"{markers.GATEWAY_V4}/32")))
-        addresses.add(Address(ifname, ipaddress.ip_interface(f"{markers.GATEWAY_V6}/64")))
-        sysctls.update(_endpoint_sysctls(ifname, ep.style))
-        for addr in ep.addresses:
-            dst = _host_route(addr).network
-            scope = RT_SCOPE_LINK if dst.version == 4 else 0
-            claim = claims.get((tid, dst), Claim(tid, dst))
-            # the publish route's metric carries the mobility sequence to BIRD
-            metric = metric_for(claim.sequence, dst.version)
-            publish = markers.publish_table(tid)
-            on_link = {"dev": ifname, "scope": scope}
-            if claim.stale:  # the winner's route (a remote route) takes the VRF table's place
-                routes.add(Route(dst, publish, markers.RTPROT_STALE, metric=metric, **on_link))
-                continue
-            routes.add(Route(dst, markers.vrf_table(tid), markers.RTPROT_ENDPOINT, **on_link))
-            routes.add(Route(dst, publish, markers.RTPROT_ENDPOINT, metric=metric, **on_link))
+        for obj in _endpoint_objects(config, ep, tenant_ids[ep.tenant], ifnames[name], claims):
+            kinds[type(obj)].add(obj)
 
-    remote = [r for r in view.remote_routes if r.tenant_id in tenant_ids.values()]
-    for r in remote:
-        routes.add(
-            Route(
-                r.prefix,
-                markers.vrf_table(r.tenant_id),
-                markers.RTPROT_REMOTE,
-                dev=markers.tunnel_name(r.tenant_id),
-                via=r.peer.tenant_address(r.tenant_id),
-                onlink=True,
-            )
-        )
+    configured = set(tenant_ids.values())
+    routes.update(remote_route(r) for r in view.remote_routes if r.tenant_id in configured)
 
     for name, ep in config.endpoints.items():
         if ep.style is EndpointStyle.PROXY:
@@ -176,6 +142,139 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
             PolicyRule(v, LOCAL_RULE_PRIORITY, LOCAL_TABLE, markers.RTPROT_INFRA) for v in (4, 6)
         ),
     )
+
+
+def _endpoint_objects(
+    config: Config, ep: Endpoint, tid: int, ifname: str, claims: dict[tuple[int, IPNetwork], Claim]
+) -> Iterator[Sysctl | Link | Port | Address | Route]:
+    """One endpoint's own objects: its interface (and workload namespace), their addresses and
+    sysctls, its VRF, publish and workload routes (proxy entries aside)."""
+    mtu = config.tenant_mtu(ep.tenant)
+    vrf = markers.vrf_name(tid)
+    if ep.netns is None:
+        # A tap's MTU is the hypervisor's: a guest sending more than the tenant MTU then gets
+        # packet-too-big from the tunnel, where a smaller tap would drop it silently.
+        yield Port(ifname, None, master=vrf)
+    else:
+        peer = VethPeer(ep.netns, WORKLOAD_IFNAME)
+        yield Link(ifname, LinkKind.VETH, mtu=mtu, master=vrf, veth_peer=peer)
+        yield Port(WORKLOAD_IFNAME, mtu, netns=ep.netns)
+        yield from _workload_addresses(config, ep)
+        yield from _workload_routes(ep)
+    yield Address(ifname, ipaddress.ip_interface(f"{markers.GATEWAY_V4}/32"))
+    yield Address(ifname, ipaddress.ip_interface(f"{markers.GATEWAY_V6}/64"))
+    yield from _endpoint_sysctls(ifname, ep.style)
+    for addr in ep.addresses:
+        dst = _host_route(addr).network
+        scope = RT_SCOPE_LINK if dst.version == 4 else 0
+        claim = claims.get((tid, dst), Claim(tid, dst))
+        # the publish route's metric carries the mobility sequence to BIRD
+        metric = metric_for(claim.sequence, dst.version)
+        publish = markers.publish_table(tid)
+        on_link = {"dev": ifname, "scope": scope}
+        if claim.stale:  # the winner's route (a remote route) takes the VRF table's place
+            yield Route(dst, publish, markers.RTPROT_STALE, metric=metric, **on_link)
+            continue
+        yield Route(dst, markers.vrf_table(tid), markers.RTPROT_ENDPOINT, **on_link)
+        yield Route(dst, publish, markers.RTPROT_ENDPOINT, metric=metric, **on_link)
+
+
+def endpoint_objects(config: Config, view: DirectoryView, names: Iterable[str]) -> set[Any]:
+    """What desired_routing holds for these endpoints of `config` (absent ones have none):
+    their own objects, the proxy entries on a proxy-style one, and the other proxy-style
+    endpoints' entries for their IPv6 addresses."""
+    tenant_ids = {name: t.id for name, t in config.tenants.items()}
+    claims = {(c.tenant_id, c.prefix): c for c in view.claims}
+    found: set[Any] = set()
+    for name in names:
+        ep = config.endpoints.get(name)
+        if ep is None:
+            continue
+        tid, ifname = tenant_ids[ep.tenant], host_ifname(name, ep)
+        found.update(_endpoint_objects(config, ep, tid, ifname, claims))
+        if ep.style is EndpointStyle.PROXY:
+            others = _tenant_v6_addresses(config, view, ep.tenant, tid) - set(ep.addresses)
+            found.update(NeighProxy(ifname, a) for a in others)
+        for other_name, other in config.endpoints.items():
+            if other.style is EndpointStyle.PROXY and other.tenant == ep.tenant:
+                other_if = host_ifname(other_name, other)
+                found.update(NeighProxy(other_if, a) for a in ep.addresses
+                             if a.version == 6 and a not in other.addresses)  # fmt: skip
+    return found
+
+
+def endpoint_changes(
+    before: tuple[Config, DirectoryView], after: tuple[Config, DirectoryView], names: set[str]
+) -> tuple[set[Any], set[Any]]:
+    """What desired_routing changes when only these endpoints (or their claims) change, the
+    rest of the config and the remote routes staying: (objects to add or replace, objects to
+    delete). A proxy entry for an address some other endpoint or remote host still has stays."""
+    old, new = endpoint_objects(*before, names), endpoint_objects(*after, names)
+    gone = old - new
+    proxies = [o for o in gone if isinstance(o, NeighProxy)]
+    return new - old, gone - _still_wanted(*after, proxies)
+
+
+def _still_wanted(config: Config, view: DirectoryView, proxies: list[NeighProxy]) -> set[Any]:
+    """The proxy entries desired_routing has: on a proxy-style endpoint, for another IPv6
+    address of its tenant (local or remote)."""
+    tenant_ids = {name: t.id for name, t in config.tenants.items()}
+    owners = {host_ifname(n, ep): ep for n, ep in config.endpoints.items()}
+    addresses: dict[str, set[IPAddress]] = {}
+    found: set[Any] = set()
+    for p in proxies:
+        ep = owners.get(p.ifname)
+        if ep is None or ep.style is not EndpointStyle.PROXY:
+            continue
+        if ep.tenant not in addresses:
+            tid = tenant_ids[ep.tenant]
+            addresses[ep.tenant] = _tenant_v6_addresses(config, view, ep.tenant, tid)
+        if p.address in addresses[ep.tenant] and p.address not in ep.addresses:
+            found.add(p)
+    return found
+
+
+def remote_route(r: RemoteRoute) -> Route:
+    """The VRF route to another host's workload address: into the tenant's tunnel, via the
+    peer's outer address for that tenant."""
+    return Route(
+        r.prefix,
+        markers.vrf_table(r.tenant_id),
+        markers.RTPROT_REMOTE,
+        dev=markers.tunnel_name(r.tenant_id),
+        via=r.peer.tenant_address(r.tenant_id),
+        onlink=True,
+    )
+
+
+def remote_changes(
+    config: Config, added: Iterable[RemoteRoute], removed: Iterable[RemoteRoute]
+) -> tuple[set[Route | NeighProxy], set[Route | NeighProxy]]:
+    """What desired_routing changes when remote routes come (`added`) and go (`removed`) and
+    nothing else does: (objects to add or replace, objects to delete), in O(changed routes x
+    proxy endpoints of their tenants). Proxy entries follow the remote IPv6 addresses as in
+    desired_routing, except where a local endpoint holds the address too."""
+    tenant_ids = {name: t.id for name, t in config.tenants.items()}
+    proxy_eps: dict[int, list[tuple[str, set[IPAddress]]]] = {}
+    local_v6: dict[int, set[IPAddress]] = {}
+    for name, ep in config.endpoints.items():
+        tid = tenant_ids[ep.tenant]
+        local_v6.setdefault(tid, set()).update(a for a in ep.addresses if a.version == 6)
+        if ep.style is EndpointStyle.PROXY:
+            proxy_eps.setdefault(tid, []).append((host_ifname(name, ep), set(ep.addresses)))
+
+    def objects(r: RemoteRoute, gone: bool) -> Iterator[Route | NeighProxy]:
+        yield remote_route(r)
+        addr = r.prefix.network_address
+        if r.prefix.version == 6 and not (gone and addr in local_v6.get(r.tenant_id, ())):
+            for ifname, own in proxy_eps.get(r.tenant_id, ()):
+                if addr not in own:
+                    yield NeighProxy(ifname, addr)
+
+    configured = set(tenant_ids.values())
+    upserts = {o for r in added if r.tenant_id in configured for o in objects(r, False)}
+    deletes = {o for r in removed if r.tenant_id in configured for o in objects(r, True)}
+    return upserts, deletes - upserts
 
 
 def _host_route(addr: IPAddress) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:

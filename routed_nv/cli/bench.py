@@ -1,5 +1,6 @@
 """`routed-nv bench`: the comparative benchmark, inside UML when this kernel lacks the datapath;
-`routed-nv bench directory|routing ...`: the directory and routing-programming benchmarks.
+`routed-nv bench directory|routing|events ...`: the directory, routing-programming and
+per-event CPU benchmarks.
 
 Like `routed-nv lab`, the command re-runs itself in a user-mode-linux guest
 (`python -m routed_nv.cli.bench --guest-report FILE`); the guest writes the JSON report to
@@ -178,6 +179,29 @@ def bench_routing_command(args: tuple[str, ...]) -> None:
     from routed_nv.bench import routing
 
     sys.exit(routing.main(list(args)))
+
+
+@bench_command.command("events", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_events_command(args: tuple[str, ...]) -> None:
+    """Agent CPU per directory event, full recalculation against delta, on this host.
+
+    Its own options follow it: --routes N..., --trials N, --full-trials N, -o json.
+    In-memory kernel, no UML guest. Method: docs/directory.md.
+
+    \b
+    Exit status:
+      0  measured and reported
+      2  usage error
+
+    \b
+    Examples:
+      routed-nv bench events
+      routed-nv bench events --routes 100000 -o json
+    """
+    from routed_nv.bench import events
+
+    sys.exit(events.main(list(args)))
 
 
 if __name__ == "__main__":

@@ -33,18 +33,21 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from routed_nv import markers
 from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, PeerHost, RemoteRoute
 from routed_nv.calc.mobility import local_addresses
 from routed_nv.config.model import Config, Tenant
 from routed_nv.directory.mobility import MAX_SEQUENCE
+from routed_nv.model.directory_delta import DirectoryDelta, Marks, TenantPeer
 from routed_nv.routing.objects import DEFAULT_METRIC
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN_HOST_ID = 0
 HOST_PREFIX_LEN = 64
 HOST_INTERFACE_ID = 1  # a host address is <prefix>::1 (config.model.Host.address)
+T = TypeVar("T")
 
 
 # slots: a watch keeps one per route, 100,000 and more
@@ -226,3 +229,164 @@ def _host_prefix(next_hop: IPAddress) -> ipaddress.IPv6Network | None:
         return None
     prefix = ipaddress.IPv6Network((int(next_hop), HOST_PREFIX_LEN), strict=False)
     return prefix if prefix[HOST_INTERFACE_ID] == next_hop else None
+
+
+Where = tuple[int, IPNetwork]
+
+
+class Learner:
+    """learn() kept current one route at a time: `update` changes only the (tenant, address)
+    pairs its routes are for and answers with the delta of the view, so a directory event costs
+    what it changes, not the 100,000 routes a host may carry. `view` and `rejected` are always
+    what learn() over the same routes would give (tests check that)."""
+
+    def __init__(
+        self,
+        config: Config,
+        routes: Iterable[MirrorRoute] = (),
+        published: Iterable[PublishedRoute] = (),
+    ) -> None:
+        self.config = config
+        self._local = local_addresses(config)
+        self._check = _Checker(config)
+        self._paths: dict[MirrorRoute, _Candidate | Rejection] = {}
+        self._locations: dict[Where, dict[MirrorRoute, _Candidate]] = {}  # valid, not local
+        self._winners: dict[Where, _Candidate] = {}
+        self._superseded: dict[Where, tuple[Rejection, ...]] = {}
+        self._contested: dict[RemoteRoute, int] = {}  # several mirror routes may give one
+        self._published: dict[PublishedRoute, Claim] = {}
+        self._claims: dict[Claim, int] = {}
+        self._peers: dict[TenantPeer, int] = {}  # routes per (tenant, peer host)
+        self._remote: set[RemoteRoute] = set()
+        self.rejections = 0  # counts changes of `rejected`: a refused route changes no view
+        self._refused: dict[MirrorRoute, Rejection] = {}  # by the checks
+        self._rejected: tuple[int, tuple[Rejection, ...]] | None = None  # rejected, as of
+        self.update([(True, r) for r in routes] + [(True, p) for p in published])
+
+    @property
+    def view(self) -> DirectoryView:
+        return DirectoryView(
+            frozenset(self._remote), frozenset(self._contested), frozenset(self._claims)
+        )
+
+    @property
+    def rejected(self) -> tuple[Rejection, ...]:
+        if self._rejected is None or self._rejected[0] != self.rejections:
+            found = sorted(self._refused.values(), key=lambda r: r.route.sort_key())
+            losers = (r for rejections in self._superseded.values() for r in rejections)
+            self._rejected = (self.rejections, (*found, *losers))
+        return self._rejected[1]
+
+    def learned(self) -> Learned:
+        return Learned(self.view, self.rejected)
+
+    def update(
+        self, changes: Iterable[tuple[bool, MirrorRoute | PublishedRoute]]
+    ) -> DirectoryDelta:
+        """Add (True) or remove (False) each route in turn; the net change of the view. Adding a
+        route already there, or removing one that is not, changes nothing."""
+        batch = _Batch()
+        for added, route in changes:
+            if isinstance(route, PublishedRoute):
+                self._publish(batch, added, route)
+            elif added:
+                self._add(batch, route)
+            else:
+                self._remove(batch, route)
+        return batch.delta()
+
+    def _add(self, batch: _Batch, mirror: MirrorRoute) -> None:
+        if mirror in self._paths:
+            return
+        outcome = self._paths[mirror] = self._check(mirror)
+        if isinstance(outcome, Rejection):
+            self._refused[mirror] = outcome
+            self.rejections += 1
+            return
+        key = (outcome.route.tenant_id, outcome.route.prefix)
+        if key in self._local:
+            _count(self._contested, outcome.route, 1, batch.contested)
+            return
+        self._locations.setdefault(key, {})[mirror] = outcome
+        self._choose(batch, key)
+
+    def _remove(self, batch: _Batch, mirror: MirrorRoute) -> None:
+        outcome = self._paths.pop(mirror, None)
+        if outcome is None:
+            return
+        if isinstance(outcome, Rejection):
+            del self._refused[mirror]
+            self.rejections += 1
+            return
+        key = (outcome.route.tenant_id, outcome.route.prefix)
+        if key in self._local:
+            _count(self._contested, outcome.route, -1, batch.contested)
+            return
+        candidates = self._locations[key]
+        del candidates[mirror]
+        if not candidates:
+            del self._locations[key]
+        self._choose(batch, key)
+
+    def _choose(self, batch: _Batch, key: Where) -> None:
+        """The winner of one address again, as learn() picks it (rank, then the route order)."""
+        old = self._winners.pop(key, None)
+        if self._superseded.pop(key, None):
+            self.rejections += 1
+        candidates = self._locations.get(key)
+        new = None
+        if candidates:
+            ranked = sorted(candidates.values(), key=lambda c: (c.rank(), c.mirror.sort_key()))
+            new, losers = ranked[0], ranked[1:]
+            self._winners[key] = new
+            if losers:
+                self.rejections += 1
+                detail = f"{new.route.peer.address} (metric {new.mirror.metric}) wins"
+                self._superseded[key] = tuple(
+                    Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers
+                )
+        if old is not None and (new is None or old.route != new.route):
+            self._remote.discard(old.route)
+            batch.remote.change(old.route, False)
+            _count(self._peers, (key[0], old.route.peer), -1, batch.peers)
+        if new is not None and (old is None or old.route != new.route):
+            self._remote.add(new.route)
+            batch.remote.change(new.route, True)
+            _count(self._peers, (key[0], new.route.peer), 1, batch.peers)
+
+    def _publish(self, batch: _Batch, added: bool, route: PublishedRoute) -> None:
+        if added and route not in self._published:
+            claim = _claim(self.config, route)
+            if claim is not None:
+                self._published[route] = claim
+                _count(self._claims, claim, 1, batch.published)
+        elif not added and route in self._published:
+            _count(self._claims, self._published.pop(route), -1, batch.published)
+
+
+def _count(counts: dict[T, int], item: T, step: int, marks: Marks[T]) -> None:
+    """Count `item` up or down; the set of counted items changes when a count leaves or
+    reaches 0."""
+    n = counts.get(item, 0) + step
+    if n:
+        counts[item] = n
+    else:
+        del counts[item]
+    if n == 0 or n == step:
+        marks.change(item, n > 0)
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.remote: Marks[RemoteRoute] = Marks()
+        self.contested: Marks[RemoteRoute] = Marks()
+        self.published: Marks[Claim] = Marks()
+        self.peers: Marks[TenantPeer] = Marks()
+
+    def delta(self) -> DirectoryDelta:
+        return DirectoryDelta(
+            *self.remote.net(),
+            *self.contested.net(),
+            *self.published.net(),
+            frozenset(self.peers),
+        )

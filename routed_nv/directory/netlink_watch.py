@@ -66,16 +66,27 @@ Watched = MirrorRoute | PublishedRoute
 
 
 class _Tables:
-    """Tables given as ranges (each tenant table kind is a range of 65,535 numbers)."""
+    """Tables given as ranges (each tenant table kind is a range of 65,535 numbers).
+    `foreign_protos`: route protocols never found in them, dropped before their attributes are
+    parsed (the agent's own writes into its VRF tables: 100,000 remote routes echo back here)."""
 
-    def __init__(self, *ranges: range) -> None:
+    def __init__(self, *ranges: range, foreign_protos: frozenset[int] = frozenset()) -> None:
         self._ranges = ranges
+        self.foreign_protos = foreign_protos
 
     def __contains__(self, table: object) -> bool:
         return any(table in r for r in self._ranges)
 
 
-AGENT_TABLES = _Tables(_MIRROR_TABLES, _PUBLISH_TABLES)  # what the BGP source learns from
+# what the BGP source learns from; BIRD writes mirror tables, the routing driver publish tables
+# (RTPROT_ENDPOINT, RTPROT_STALE), never remote or infrastructure routes
+AGENT_TABLES = _Tables(
+    _MIRROR_TABLES,
+    _PUBLISH_TABLES,
+    foreign_protos=frozenset({markers.RTPROT_REMOTE, markers.RTPROT_INFRA}),
+)
+RECV_BUF = 4 * 1024 * 1024  # one read drains this much of the queue
+RECV_ROOM = 64 * 1024  # no read into less room than this: a dump message is at most 32 kB
 
 
 class _Overflow(Exception):
@@ -89,7 +100,8 @@ class WatchError(RuntimeError):
 @dataclass(frozen=True)
 class RouteEvent:
     added: bool  # False: removed
-    route: Watched
+    route: Watched  # removed: the route as it was kept
+    replaced: Watched | None = None  # added: the route with its kernel identity it replaced
 
     def __str__(self) -> str:
         r = self.route
@@ -127,7 +139,7 @@ def _route(body: bytes, tables: Container[int]) -> Watched | None:
         return None
     family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = RTMSG.unpack_from(body)
     version = _FAMILIES.get(family)
-    if version is None:
+    if version is None or (isinstance(tables, _Tables) and proto in tables.foreign_protos):
         return None
     attrs = attributes(body, RTMSG.size)
     table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
@@ -185,6 +197,7 @@ class MirrorWatch:
         self._routes: dict[tuple[int, object, int], Watched] = {}
         self._sock: socket.socket | None = None
         self._seq = 0
+        self._buffer = memoryview(bytearray(RECV_BUF))  # reused: no 1 MB allocation per read
 
     @property
     def routes(self) -> frozenset[MirrorRoute]:
@@ -231,20 +244,41 @@ class MirrorWatch:
         ready, _, _ = select.select([self], [], [], timeout)
         while ready:
             try:
-                data = self._read(socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
+                data, drained = self._read_queued()
             except _Overflow:
                 events += self._resync()  # the kernel dropped events: the dump is the truth
                 continue
             events += self._apply(data)
+            if drained:
+                break
         return events
 
+    def _read_queued(self) -> tuple[bytes, bool]:
+        """Every message queued, as far as the buffer holds them, parsed as one: each kernel
+        event is its own datagram, so a burst costs one read call per event but no allocation
+        or parse call per event. True when the queue is empty."""
+        buffer, used = self._buffer, 0
+        while len(buffer) - used >= RECV_ROOM:
+            try:
+                used += self._read_into(buffer[used:], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return bytes(buffer[:used]), True
+            except _Overflow:
+                if used:  # what was read is still true; the resync follows on the next call
+                    break
+                raise
+        return bytes(buffer[:used]), False
+
     def _read(self, flags: int = 0) -> bytes:
-        """One read; the kernel's "events dropped" is _Overflow, any other error a WatchError
-        (BlockingIOError, for a non-blocking read of an empty queue, passes as it is)."""
+        """One read (one datagram)."""
+        return bytes(self._buffer[: self._read_into(self._buffer, flags)])
+
+    def _read_into(self, buffer: memoryview, flags: int = 0) -> int:
+        """One datagram into `buffer`; the kernel's "events dropped" is _Overflow, any other
+        error a WatchError (BlockingIOError, for a non-blocking read of an empty queue, passes
+        as it is)."""
         try:
-            return self._recv(flags)
+            return self._recv_into(buffer, flags)
         except BlockingIOError:
             raise
         except OSError as exc:
@@ -252,21 +286,21 @@ class MirrorWatch:
                 raise _Overflow from None
             raise WatchError(f"netlink route watch failed: {exc.strerror}") from None
 
-    def _recv(self, flags: int = 0) -> bytes:
+    def _recv_into(self, buffer: memoryview, flags: int = 0) -> int:
         assert self._sock is not None
-        return self._sock.recv(1 << 20, flags)
+        return self._sock.recv_into(buffer, 0, flags)
 
     def _apply(self, data: bytes) -> list[RouteEvent]:
         events = []
         for kind, _seq, _pid, route in parse(data, self._tables):
             if route is None:
                 continue
-            added = kind == RTM_NEWROUTE
-            if added:
-                self._routes[_key(route)] = route
+            key = _key(route)
+            if kind == RTM_NEWROUTE:
+                events.append(RouteEvent(True, route, self._routes.get(key)))
+                self._routes[key] = route
             else:
-                self._routes.pop(_key(route), None)
-            events.append(RouteEvent(added, route))
+                events.append(RouteEvent(False, self._routes.pop(key, route)))
         return events
 
     def _dump(self) -> list[RouteEvent]:
@@ -305,14 +339,18 @@ class MirrorWatch:
             except _Overflow:
                 continue
         gone = [RouteEvent(False, r) for k, r in before.items() if k not in self._routes]
-        new = [RouteEvent(True, r) for k, r in self._routes.items() if before.get(k) != r]
+        new = [
+            RouteEvent(True, r, before.get(k))
+            for k, r in self._routes.items()
+            if before.get(k) != r
+        ]
         return gone + new
 
     def _drain(self) -> None:
         """Discard what is queued: the dump that follows supersedes it."""
         while True:
             try:
-                self._read(socket.MSG_DONTWAIT)
+                self._read_into(self._buffer, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except _Overflow:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from routed_nv.calc.netfilter import ChainKey, DesiredRules, Family
+from routed_nv.calc.netfilter import ChainKey, DesiredRules, Family, Rule
 from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
 from routed_nv.reconcile import delta
 
@@ -101,6 +101,15 @@ def plan_table(desired: DesiredRules, actual: ActualTable) -> TableChange:
     our single jump in first position, and our chains nobody wants any more."""
     mine = {k.chain: rules for k, rules in desired.chains.items() if _in(k, actual)}
     chains = delta(mine, actual.chains)
+    unordered = {k.chain for k in desired.unordered if _in(k, actual)}
+    set_chains: dict[str, tuple[Rule, ...]] = {}
+    edits: dict[str, tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
+    for chain, rules in chains.upserts.items():
+        edit = _edit(rules, actual.chains.get(chain)) if chain in unordered else None
+        if edit is None:
+            set_chains[chain] = rules
+        elif edit != ((), ()):  # the same rules in another order: nothing to do
+            edits[chain] = edit
     wanted_hooks = {k.chain: (target,) for k, target in desired.jumps.items() if _in(k, actual)}
     hooks: dict[str, str | None] = {}
     for hook in wanted_hooks.keys() | actual.hooks.keys():
@@ -113,10 +122,24 @@ def plan_table(desired: DesiredRules, actual: ActualTable) -> TableChange:
     return TableChange(
         family=actual.family,
         table=actual.table,
-        set_chains=chains.upserts,
+        set_chains=set_chains,
         hooks=hooks,
         delete_chains=tuple(sorted(chains.deletes)),
+        edit_chains=edits,
     )
+
+
+def _edit(
+    wanted: tuple[Rule, ...], have: tuple[Rule | None, ...] | None
+) -> tuple[tuple[Rule, ...], tuple[Rule, ...]] | None:
+    """(rules to append, rules to delete) that turn an order-free chain into `wanted`; None
+    when it must be rewritten whole: missing, holding a rule not ours, or a rule twice (a
+    delete by spec removes only the first)."""
+    if have is None or None in have or len(set(have)) != len(have):
+        return None
+    present: set[Rule] = set(have)  # type: ignore[arg-type]  # None is not in it (above)
+    keep = set(wanted)
+    return tuple(r for r in wanted if r not in present), tuple(r for r in have if r not in keep)
 
 
 def _in(key: ChainKey, actual: ActualTable) -> bool:

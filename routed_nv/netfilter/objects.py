@@ -29,16 +29,21 @@ class ActualTable:
 @dataclass(frozen=True)
 class TableChange:
     """Applied in one commit, in this order: chains set (created if missing, content replaced),
-    hooks fixed (None: no jump of ours wanted there), chains deleted."""
+    chains edited (rules deleted, then appended; the others stay, with their counters), hooks
+    fixed (None: no jump of ours wanted there), chains deleted."""
 
     family: Family
     table: str
     set_chains: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     hooks: Mapping[str, str | None] = field(default_factory=dict)
     delete_chains: tuple[str, ...] = ()
+    # chain -> (rules to append, rules to delete)
+    edit_chains: Mapping[str, tuple[tuple[Rule, ...], tuple[Rule, ...]]] = field(
+        default_factory=dict
+    )
 
     def __bool__(self) -> bool:
-        return bool(self.set_chains or self.hooks or self.delete_chains)
+        return bool(self.set_chains or self.edit_chains or self.hooks or self.delete_chains)
 
     def lines(self) -> list[str]:
         """The change for humans (`routed-nv apply --dry-run`)."""
@@ -47,6 +52,10 @@ class TableChange:
         for chain, rules in sorted(self.set_chains.items()):
             lines.append(f"{where}: set chain {chain} ({len(rules)} rules)")
             lines += [f"  -A {chain} {rule.render()}" for rule in rules]
+        for chain, (append, delete) in sorted(self.edit_chains.items()):
+            lines.append(f"{where}: edit chain {chain} (+{len(append)} -{len(delete)} rules)")
+            lines += [f"  -D {chain} {rule.render()}" for rule in delete]
+            lines += [f"  -A {chain} {rule.render()}" for rule in append]
         for hook, target in sorted(self.hooks.items()):
             if target is None:
                 lines.append(f"{where}: remove our jumps from {hook}")

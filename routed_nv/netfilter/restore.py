@@ -142,13 +142,17 @@ def _complaint(stderr: str, text: str | None) -> str:
 
 
 def restore_text(change: TableChange, saved: str) -> str:
-    """One commit: chains declared (created, or flushed if they exist) and filled, our rules in
+    """One commit: chains declared (created, or flushed if they exist) and filled, edited chains'
+    rules deleted and appended by their spec, our rules in
     the hooks deleted as -save printed them and our jump inserted first, unwanted chains flushed
     then deleted (they may jump to one another)."""
     lines = [f"*{change.table}"]
     lines += [f":{chain} - [0:0]" for chain in change.set_chains]
     for chain, rules in change.set_chains.items():
         lines += [f"-A {chain} {rule_args(rule)}" for rule in rules]
+    for chain, (append, delete) in change.edit_chains.items():
+        lines += [f"-D {chain} {rule_args(rule)}" for rule in delete]
+        lines += [f"-A {chain} {rule_args(rule)}" for rule in append]
     ours = _hook_rules(saved)
     for hook, jump in change.hooks.items():
         lines += [f"-D {hook} {args}" for args in ours.get(hook, ())]

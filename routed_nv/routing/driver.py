@@ -478,6 +478,25 @@ class _Routes:
     def wanted(self, desired: DesiredRouting) -> Iterable[Route]:
         return desired.routes
 
+    def actual_of(
+        self, session: _Session, namespaces: set[str | None], desired: Mapping, keys: Iterable
+    ) -> dict:
+        """actual() for these keys alone: O(keys), not O(routes)."""
+        found = {}
+        for key in keys:
+            ns = key[0]
+            if ns not in namespaces:
+                continue
+            route = session.routes(ns).get(key)
+            if route is None:
+                continue
+            devices = session.touched_devices.get(ns, ())
+            tables = session.touched_tables.get(ns, ())
+            if key in desired and (route.dev in devices or route.table in tables):
+                continue  # may have gone with its device: assert it again
+            found[key] = route
+        return found
+
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for ns in namespaces:
@@ -621,6 +640,38 @@ class RoutingDriver:
             session.close()
         return result
 
+    def apply_changes(self, upserts: Iterable[Any], deletes: Iterable[Any]) -> Result | None:
+        """Bring only these objects in line, each kind in the usual order: `upserts` as given,
+        `deletes` gone unless an upsert has their key; nothing else is looked at or changed.
+        For what a directory delta or one endpoint changes: the cache stands for the kernel
+        (a namespace not known yet is read). Deletes in a workload namespace no upsert is in
+        are left out: they go with the veth. None when the cache does not know the host's
+        routes (nothing applied yet, or a resync cleared it): run `apply` instead."""
+        known = self._known.get(None)
+        if known is None or known.routes is None:
+            return None
+        up = _desired_of(upserts)
+        kept = up.namespaces()  # a workload namespace no longer wanted goes with its veth
+        down = _desired_of(o for o in deletes if o.netns in kept)
+        result = Result()
+        session = _Session(self._open, self._host_netns, result, self._known)
+        try:
+            namespaces = session.available(up.namespaces())
+            try:
+                session.owned_ifnames = self._owned_ifnames(session, up, namespaces)
+            except KernelError as exc:
+                result.failures.append(Failure("reading links", str(exc)))
+                return result
+            # the interfaces these addresses and proxies are on are ours (an unchanged port's)
+            for o in (*up.addresses, *up.neigh_proxies, *down.addresses, *down.neigh_proxies):
+                session.owned_ifnames.setdefault(o.netns, set()).add(o.ifname)
+            for manager in _MANAGERS:
+                gone = {o.key for o in manager.wanted(down)}
+                self._reconcile(manager, session, up, namespaces, True, result, only=gone)
+        finally:
+            session.close()
+        return result
+
     @staticmethod
     def _owned_ifnames(
         session: _Session, desired: DesiredRouting, namespaces: set[str | None]
@@ -645,15 +696,25 @@ class RoutingDriver:
         namespaces: set[str | None],
         execute: bool,
         result: Result,
+        only: set[Hashable] | None = None,
     ) -> None:
+        """`only`: the objects of `desired` and these keys are all there is (apply_changes);
+        None: `desired` is everything, and what else is ours goes."""
         wanted: dict[Hashable, Any] = {
             obj.key: obj for obj in manager.wanted(desired) if obj.netns in namespaces
         }
+        if only is not None and not (wanted or only):
+            return
         try:
-            actual = manager.actual(session, namespaces, wanted)
+            if only is not None and isinstance(manager, _Routes):  # 100,000s: by key
+                actual = manager.actual_of(session, namespaces, wanted, {*wanted, *only})
+            else:
+                actual = manager.actual(session, namespaces, wanted)
         except KernelError as exc:
             result.failures.append(Failure(f"reading {manager.kind}", str(exc)))
             return
+        if only is not None:
+            actual = {k: actual[k] for k in (*wanted, *only) if k in actual}
         changes = delta(wanted, actual)
         planned = [
             Change("~" if new.key in actual else "+", new, actual.get(new.key))
@@ -666,8 +727,24 @@ class RoutingDriver:
         if not execute:
             result.changes += planned
             return
-        for change, error in zip(planned, manager.write(session, planned), strict=True):
-            if error is None:
-                result.changes.append(change)
-            else:
-                result.failures.append(Failure(change.obj.describe(), str(error)))
+        _write(manager, session, planned, result)
+
+
+def _write(manager: _Manager, session: _Session, planned: list[Change], result: Result) -> None:
+    for change, error in zip(planned, manager.write(session, planned), strict=True):
+        if error is None:
+            result.changes.append(change)
+        else:
+            result.failures.append(Failure(change.obj.describe(), str(error)))
+
+
+def _desired_of(objects: Iterable[Any]) -> DesiredRouting:
+    by_kind: dict[type, set[Any]] = {}
+    for obj in objects:
+        by_kind.setdefault(type(obj), set()).add(obj)
+
+    def of(kind: type) -> frozenset[Any]:
+        return frozenset(by_kind.get(kind, ()))
+
+    return DesiredRouting(of(Sysctl), of(Link), of(Port), of(Address), of(Route),
+                          of(NeighProxy), of(PolicyRule))  # fmt: skip

@@ -13,11 +13,12 @@ from routed_nv.agent.changes import Changed
 from routed_nv.agent.datapath import Outcome, Stage
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
-from routed_nv.agent.snapshot import SaInfo
+from routed_nv.agent.snapshot import SaInfo, count
 from routed_nv.agent.source import SourceUpdate, StaticSource, keep_known
 from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
+from routed_nv.model.directory_delta import DirectoryDelta
 
 HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
 HOST3 = PeerHost("host3", 3, ipaddress.IPv6Network("2001:db8:0:3::/64"))
@@ -59,14 +60,25 @@ class FakeDatapath:
         self.done: list[Changed] = []  # the changes for the log
         self.drift: list[str] = []  # what a plan finds changed behind the agent's back
         self.plans: list[bool] = []
+        self.deltas: list[DirectoryDelta | None] = []
+        self.since: list[tuple[Config, DirectoryView] | None] = []
 
     def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
         self.plans.append(resync)
         return Outcome([Stage("routing", lines=list(self.drift))])
 
-    def apply(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
+    def apply(
+        self,
+        config: Config,
+        view: DirectoryView,
+        resync: bool = False,
+        delta: DirectoryDelta | None = None,
+        since: tuple[Config, DirectoryView] | None = None,
+    ) -> Outcome:
+        self.since.append(since)
         self.applied.append((config, view))
         self.resyncs.append(resync)
+        self.deltas.append(delta)
         if self.raises is not None:
             raise self.raises
         stage = Stage("routing", list(self.changes), list(self.done), list(self.errors))
@@ -443,3 +455,70 @@ def test_snapshot_counts_what_was_applied() -> None:
     c = h.agent.snapshot().counts
     assert (c.tenants, c.local_endpoints, c.remote_addresses, c.sas) == (1, 1, 2, 1)
     assert c.routes > 2
+
+
+class Deltas:
+    """A source publishing views with their deltas, as the BGP source does."""
+
+    def __init__(self, h: Harness, *routes: RemoteRoute) -> None:
+        self.h, self.routes = h, set(routes)
+        h.publish(view(*routes))  # the first view: whole
+
+    def step(self, add: tuple[RemoteRoute, ...] = (), remove: tuple[RemoteRoute, ...] = (),
+             in_sync: bool = True) -> DirectoryDelta:  # fmt: skip
+        old = {(r.tenant_id, r.peer) for r in self.routes}
+        self.routes = (self.routes - set(remove)) | set(add)
+        peers = old ^ {(r.tenant_id, r.peer) for r in self.routes}
+        delta = DirectoryDelta(frozenset(add), frozenset(remove), peers=frozenset(peers))
+        self.h.publish(view(*self.routes), in_sync=in_sync, delta=delta)
+        return delta
+
+    def apply(self) -> None:
+        self.h.clock.now += 1
+        self.h.settle()
+
+
+def test_updates_with_deltas_are_applied_as_their_composed_delta() -> None:
+    h = Harness()
+    source = Deltas(h, route("10.0.0.2"), route("10.0.0.3"))
+    h.settle()
+    assert h.datapath.deltas == [None]  # the first apply: everything
+    source.step(add=(route("10.0.0.4"),))
+    source.step(add=(route("10.0.0.5", HOST3),), remove=(route("10.0.0.2"),))
+    source.step(remove=(route("10.0.0.4"),))  # added and gone before the apply: no change
+    source.apply()
+    (delta,) = h.datapath.deltas[1:]
+    assert delta is not None
+    assert (delta.remote_added, delta.remote_removed) == ({route("10.0.0.5", HOST3)},
+                                                          {route("10.0.0.2")})  # fmt: skip
+    assert {p.name for _, p in delta.peers} == {"host3"}
+    applied = h.datapath.applied[-1][1]
+    assert applied.remote_routes == {route("10.0.0.3"), route("10.0.0.5", HOST3)}
+    assert applied.claims == h.datapath.applied[0][1].claims  # the claims stand
+    # what status shows follows the delta as a full count would
+    snap = h.agent.snapshot()
+    full = count(h.config, applied, h.sas)
+    assert snap.counts == full
+    assert set(snap.withdrawn) == {(100, ipaddress.ip_network("10.0.0.2/32"))}
+
+
+def test_anything_but_other_hosts_addresses_goes_the_full_way() -> None:
+    h = Harness()
+    source = Deltas(h, route("10.0.0.2"))
+    h.settle()
+    source.step(add=(route("10.0.0.1", HOST3),))  # 10.0.0.1 is this host's (web)
+    source.apply()
+    # not in sync (and the local address gone again)
+    source.step(add=(route("10.0.0.6"),), remove=(route("10.0.0.1", HOST3),), in_sync=False)
+    source.apply()
+    source.step(add=(route("10.0.0.7"),))  # the one before was not in sync: not a base
+    source.apply()
+    source.step(add=(route("10.0.0.8"),))  # now it is
+    source.apply()
+    h.agent.change_config(config(endpoints={}))  # an endpoint API change
+    source.step(add=(route("10.0.0.9"),))
+    source.apply()
+    h.publish(view(*source.routes, route("10.0.0.10")))  # a whole view, no delta
+    source.apply()
+    assert [d is not None for d in h.datapath.deltas] == [False, False, False, False, True,
+                                                          False, False]  # fmt: skip

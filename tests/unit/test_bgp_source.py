@@ -177,28 +177,38 @@ def test_routes_become_the_view_and_bad_ones_rejections(run: Run) -> None:
     assert (rr1.address, rr1.up, rr1.info) == ("2001:db8:0:f1::1", True, "Established")
 
 
-def test_routes_are_learned_again_only_when_they_changed(
+def test_routes_are_learned_in_full_once_then_as_deltas(
     fast_poll: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    learned: list[frozenset[MirrorRoute]] = []
-    real = bgp_source.learn
+    """Learning every route is O(routes): done at start; each route event after that changes
+    the view by a delta, and the update carries that delta from the update before it."""
+    full: list[frozenset[MirrorRoute]] = []
 
-    def counting(config: Config, routes: frozenset[MirrorRoute], *rest: object) -> object:
-        learned.append(routes)
-        return real(config, routes, *rest)  # type: ignore[arg-type]
+    class Counting(bgp_source.Learner):
+        def __init__(self, config: Config, routes: frozenset[MirrorRoute], *rest: object):
+            full.append(routes)
+            super().__init__(config, routes, *rest)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bgp_source, "learn", counting)
+    monkeypatch.setattr(bgp_source, "Learner", Counting)
     r = Run()
     r.source.start(CONFIG, r.updates.put)
     try:
         r.watch.set(mirror("10.0.0.2/32"))
-        r.until(lambda u: u.in_sync and bool(u.view.remote_routes))
-        passes = len(learned)
+        before = r.until(lambda u: u.in_sync and bool(u.view.remote_routes))
+        passes = len(full)
         time.sleep(30 * bgp_source.POLL_S)  # ~30 polls of BIRD's state, no route change
-        assert len(learned) == passes
         r.watch.set(mirror("10.0.0.3/32"))
         update = r.until(lambda u: {str(x.prefix) for x in u.view.remote_routes} == {"10.0.0.3/32"})
-        assert len(learned) == passes + 1 and update.in_sync
+        assert len(full) == passes and update.in_sync
+        assert update.delta is not None and update.delta.apply(before.view) == update.view
+        assert {str(x.prefix) for x in update.delta.remote_removed} == {"10.0.0.2/32"}
+        # a refused route changes no view, but the rejections: published too
+        r.watch.set(mirror("10.0.0.3/32"), mirror("10.9.0.2/32"))
+        update = r.until(lambda u: bool(u.rejected))
+        assert [x.reason for x in update.rejected] == [Reason.OUTSIDE_SUBNETS] and not update.delta
+        r.watch.set(mirror("10.0.0.3/32"))
+        assert r.until(lambda u: not u.rejected).view == update.view
+        assert len(full) == passes
     finally:
         r.source.stop()
 

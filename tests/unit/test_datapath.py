@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_agent_loop import config, route, view
+from test_agent_loop import HOST3, config, route, view
 from test_esp_driver import FakeKernel
 from test_netfilter_driver import FakeTables
 
@@ -210,18 +210,47 @@ class CountingXfrm(FakeKernel):
         return super().read_policies()
 
 
-def test_one_apply_reads_each_table_and_the_xfrm_state_once(
+def counting(
     static: Config, fakes: Fakes, tmp_path: Path
-) -> None:
+) -> tuple[CountingTables, CountingXfrm, Datapath]:
+    """A Datapath whose netfilter tables and XFRM kernel count their reads."""
     tables, kernel = CountingTables(), CountingXfrm()
     xfrm = XfrmDriver(kernel, static.host.underlay_prefix, 5, ReservationStore(tmp_path), 30)
     datapath = Datapath(NetfilterDriver(tables), xfrm, fakes.routing, fakes.ike)  # type: ignore[arg-type]
+    return tables, kernel, datapath
+
+
+def test_one_apply_reads_each_table_and_the_xfrm_state_once(
+    static: Config, fakes: Fakes, tmp_path: Path
+) -> None:
+    tables, kernel, datapath = counting(static, fakes, tmp_path)
     outcome = datapath.apply(static, view(route("10.0.0.2/32")))
     assert outcome.ok, [s.errors for s in outcome.stages]
     assert kernel.states and kernel.policies  # it did program something
     table_count = len({(c.family, c.table) for c in tables.applied})
     assert (tables.reads, kernel.reads) == (table_count, 2)  # states once, policies once
     tables.reads = kernel.reads = 0
-    again = datapath.apply(static, view(route("10.0.0.2/32")))
+    again = datapath.apply(static, view(route("10.0.0.2/32")), resync=True)
     assert again.stages[0].lines == again.stages[1].lines == []  # in line: nothing planned
     assert (tables.reads, kernel.reads) == (table_count, 2)
+
+
+def test_a_stage_whose_inputs_did_not_change_is_skipped_until_the_resync(
+    static: Config, fakes: Fakes, tmp_path: Path
+) -> None:
+    tables, kernel, datapath = counting(static, fakes, tmp_path)
+    assert datapath.apply(static, view(route("10.0.0.2/32"))).ok
+    tables.reads = kernel.reads = 0
+    # another address at the same peer: netfilter (config) and XFRM (peers) have nothing new
+    outcome = datapath.apply(static, view(route("10.0.0.2/32"), route("10.0.0.3/32")))
+    assert [s.name for s in outcome.stages if s.skipped] == ["netfilter", "xfrm"]
+    assert (tables.reads, kernel.reads) == (0, 0)
+    # a new peer host is a new input for XFRM; a new config object for everything
+    outcome = datapath.apply(static, view(route("10.0.0.2/32"), route("10.0.0.4/32", HOST3)))
+    assert [s.name for s in outcome.stages if s.skipped] == ["netfilter"]
+    reloaded = static.model_copy()
+    outcome = datapath.apply(reloaded, view(route("10.0.0.2/32"), route("10.0.0.4/32", HOST3)))
+    assert not any(s.skipped for s in outcome.stages)
+    outcome = datapath.apply(reloaded, view(route("10.0.0.2/32"), route("10.0.0.4/32", HOST3)),
+                             resync=True)  # fmt: skip
+    assert not any(s.skipped for s in outcome.stages) and kernel.reads > 0

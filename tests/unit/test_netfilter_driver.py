@@ -35,6 +35,9 @@ class FakeTables:
         chains = self.chains.setdefault((change.family, change.table), {})
         hooks = self.hooks.setdefault((change.family, change.table), {})
         chains.update(change.set_chains)
+        for name, (append, delete) in change.edit_chains.items():
+            kept = tuple(r for r in chains[name] if r not in delete)
+            chains[name] = kept + append
         for hook, target in change.hooks.items():
             hooks[hook] = [target] if target else []
         for name in change.delete_chains:
@@ -115,10 +118,50 @@ def test_removed_tenant_loses_its_chains_and_decap_rule_in_one_commit_per_table(
     driver.apply(desired_rules(blue_only))
     by_family = {c.family: c for c in fake.applied}
     assert by_family[Family.IPV4].delete_chains == ("RNV-SRC-wl-db",)
-    assert set(by_family[Family.IPV4].set_chains) == {DISPATCH}
+    assert not by_family[Family.IPV4].set_chains
+    assert set(by_family[Family.IPV4].edit_chains) == {DISPATCH}
     assert by_family[Family.IPV6].delete_chains == ("RNV-SRC-wl-db",)
-    assert set(by_family[Family.IPV6].set_chains) == {DISPATCH, "RNV-DECAP", "RNV-SRC-wl-web"}
+    assert set(by_family[Family.IPV6].set_chains) == {"RNV-DECAP", "RNV-SRC-wl-web"}
     assert not driver.plan(desired_rules(blue_only))
+
+
+def endpoints(n: int) -> dict[str, dict[str, object]]:
+    return {f"e{i}": {"tenant": "blue", "addresses": [f"10.0.1.{i}"], "interface": f"wl-{i}"}
+            for i in range(1, n + 1)}  # fmt: skip
+
+
+def test_an_endpoint_added_or_removed_changes_only_its_own_rules(fake):
+    """The dispatch chain is edited by one rule; no other chain is rewritten (issue 16: 200
+    endpoints rewrote the whole dispatch chain on every add)."""
+    driver = NetfilterDriver(fake)
+    driver.apply(desired_rules(config(endpoints=endpoints(50))))
+    fake.applied.clear()
+    driver.apply(desired_rules(config(endpoints=endpoints(51))))
+    (ipv4,) = [c for c in fake.applied if c.family == Family.IPV4]
+    assert set(ipv4.set_chains) == {"RNV-SRC-wl-51"}
+    assert ipv4.edit_chains == {
+        DISPATCH: ((Rule(target="RNV-SRC-wl-51", goto=True, in_interface="wl-51"),), ())
+    }
+    fake.applied.clear()
+    gone = endpoints(51)
+    del gone["e7"]
+    driver.apply(desired_rules(config(endpoints=gone)))
+    (ipv4,) = [c for c in fake.applied if c.family == Family.IPV4]
+    assert not ipv4.set_chains and ipv4.delete_chains == ("RNV-SRC-wl-7",)
+    assert ipv4.edit_chains == {
+        DISPATCH: ((), (Rule(target="RNV-SRC-wl-7", goto=True, in_interface="wl-7"),))
+    }
+    assert not driver.plan(desired_rules(config(endpoints=gone)))
+
+
+def test_a_dispatch_chain_with_a_rule_twice_is_rewritten_whole(fake):
+    driver = NetfilterDriver(fake)
+    desired = desired_rules(config())
+    driver.apply(desired)
+    chains = fake.chains[(Family.IPV4, "raw")]
+    chains[DISPATCH] = (*chains[DISPATCH], chains[DISPATCH][0])  # a delete by spec takes one
+    (change,) = [c for c in driver.plan(desired).changes if c.family == Family.IPV4]
+    assert set(change.set_chains) == {DISPATCH} and not change.edit_chains
 
 
 def test_foreign_or_unreadable_rule_in_our_chain_gets_the_chain_rewritten(fake):

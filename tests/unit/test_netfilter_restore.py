@@ -243,6 +243,22 @@ def test_a_foreign_rule_in_our_chain_reads_as_none_and_the_chain_is_rewritten(ne
     ]
 
 
+def test_an_edited_chain_keeps_its_other_rules_and_their_counters(netns):
+    driver = NetfilterDriver(RestoreTables(netns))
+    two = config()
+    assert driver.apply(desired_rules(two)).ok
+    iptables(netns, "-Z", DISPATCH)
+    before = iptables(netns, "-S", DISPATCH)
+    web_only = config(endpoints={"web": two.endpoints["web"].model_dump(exclude_none=True)})
+    result = driver.apply(desired_rules(web_only))
+    assert result.ok and result.chains_set == 0, result
+    assert not driver.plan(desired_rules(web_only))
+    after = iptables(netns, "-S", DISPATCH)
+    assert [x for x in before.splitlines() if "wl-db" not in x] == after.splitlines()
+    assert driver.apply(desired_rules(two)).ok and not driver.plan(desired_rules(two))
+    assert sorted(iptables(netns, "-S", DISPATCH).splitlines()) == sorted(before.splitlines())
+
+
 @pytest.mark.parametrize(
     ("broken", "complaint"),
     [

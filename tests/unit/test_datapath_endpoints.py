@@ -1,0 +1,107 @@
+"""Endpoint API changes through the datapath: each (add, change, delete, a proxy-style one)
+applied as "only these endpoints" leaves every namespace exactly as a full calculation and
+apply of the same history would, without reading the host's routes again."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from test_datapath import Fakes
+from test_routing_driver import World
+
+from routed_nv.agent.datapath import Datapath
+from routed_nv.calc import mobility
+from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute
+from routed_nv.calc.routing import desired_routing
+from routed_nv.config.model import Config
+from routed_nv.routing.driver import RoutingDriver
+from tests.factories import HOST1
+
+HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
+REMOTE = frozenset(
+    RemoteRoute(100, ipaddress.ip_network(a), HOST2) for a in ("10.0.0.2/32", "fd10::2/128")
+)
+B1 = {"tenant": "blue", "addresses": ["10.0.0.1", "fd10::1"], "netns": "w1"}
+PX = {"tenant": "blue", "addresses": ["fd10::3"], "interface": "tap3", "style": "proxy"}
+
+
+def config(**endpoints: dict[str, Any]) -> Config:
+    return Config.model_validate(
+        {
+            "host": HOST1,
+            "tenants": {"blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]}},
+            "endpoints": endpoints,
+        }
+    )
+
+
+def new_world() -> World:
+    world = World("w1", "w2")
+    world.ns(None).plain_link("tap3", kind="tun")
+    return world
+
+
+def state(world: World) -> dict[str | None, tuple]:
+    return {
+        ns: (
+            {n: (s.kind, s.mtu, s.master, s.up) for n, s in k.links_.items()},
+            set(k.addrs),
+            dict(k.routes_),
+            set(k.proxies),
+            {p: v for p, v in k.sysctls.items() if v is not None},
+        )
+        for ns, k in world.kernels.items()
+    }
+
+
+STEPS = [
+    ("add a netns endpoint", config(b1=B1)),
+    ("add a proxy-style one", config(b1=B1, px=PX)),
+    ("add another netns endpoint",
+     config(b1=B1, px=PX, b2={"tenant": "blue", "addresses": ["fd10::4"], "netns": "w2"})),
+    ("change its addresses",
+     config(b1=B1, px=PX, b2={"tenant": "blue", "addresses": ["fd10::5", "10.0.0.5"],
+                              "netns": "w2"})),
+    ("delete the first", config(px=PX, b2={"tenant": "blue", "addresses": ["fd10::5", "10.0.0.5"],
+                                           "netns": "w2"})),
+    ("delete the proxy-style one",
+     config(b2={"tenant": "blue", "addresses": ["fd10::5", "10.0.0.5"], "netns": "w2"})),
+]  # fmt: skip
+
+
+def test_each_endpoint_change_leaves_the_kernel_as_a_full_apply_would() -> None:
+    fakes, world = Fakes(), new_world()
+    driver = RoutingDriver(world.ns)
+    datapath = Datapath(fakes.netfilter, fakes.xfrm, driver, fakes.ike)  # type: ignore[arg-type]
+    # the same history, every step calculated and applied in full (the in-memory kernel keeps
+    # a deleted veth's peer, so a fresh kernel would not compare)
+    full_world = new_world()
+    full = RoutingDriver(full_world.ns)
+    last = config()
+    last_view = mobility.resolve(last, DirectoryView(REMOTE))
+    assert datapath.apply(last, last_view).ok and full.apply(desired_routing(last, last_view)).ok
+    driver.apply = None  # type: ignore[method-assign]  # from now on, only endpoints' objects
+    for name, cfg in STEPS:
+        host_reads = world.ns(None).reads["routes"]
+        view = mobility.resolve(cfg, DirectoryView(REMOTE))
+        outcome = datapath.apply(cfg, view, since=(last, last_view))
+        assert outcome.ok, (name, [s.errors for s in outcome.stages])
+        assert full.apply(desired_routing(cfg, view)).ok
+        assert state(world) == state(full_world), name
+        assert world.ns(None).reads["routes"] == host_reads, f"{name}: read the routes again"
+        last, last_view = cfg, view
+
+
+def test_anything_but_endpoints_changed_is_a_full_apply() -> None:
+    fakes, world = Fakes(), new_world()
+    datapath = Datapath(fakes.netfilter, fakes.xfrm, RoutingDriver(world.ns), fakes.ike)  # type: ignore[arg-type]
+    first = config(b1=B1)
+    view = mobility.resolve(first, DirectoryView(REMOTE))
+    assert datapath.apply(first, view).ok
+    blue = {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"], "mtu": 1400}
+    other = Config.model_validate({**first.model_dump(mode="json"), "tenants": {"blue": blue}})
+    assert datapath._changed_endpoints((first, view), other, view) is None
+    fewer = DirectoryView(frozenset(list(REMOTE)[:1]), claims=view.claims)
+    assert datapath._changed_endpoints((first, view), first, fewer) is None
+    assert datapath._changed_endpoints((first, view), config(), view) == {"b1"}
