@@ -45,12 +45,13 @@ from routed_nv.agent.snapshot import (
     Withdrawn,
     count,
 )
-from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
+from routed_nv.agent.source import DirectorySource, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
 from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
+from routed_nv.model.directory_source import RejectedRoute, SourceUpdate
 
 if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
     from routed_nv.agent.datapath import Outcome

@@ -197,9 +197,10 @@ def _source(config: Config, netns: str | None, log: EventLog | None = None) -> D
     from routed_nv.agent.source import StaticSource
 
     if config.directory.source == DirectorySourceKind.BGP:
-        from routed_nv.agent.bgp_source import BgpSource
+        from routed_nv.agent.events import EventLog
+        from routed_nv.directory.bgp_source import BgpSource
 
-        return BgpSource(netns, log=log)
+        return BgpSource(netns, log or EventLog())
     return StaticSource()
 
 

@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Protocol
 
 from routed_nv import markers
-from routed_nv.agent.events import EventLog
-from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import (
@@ -47,6 +45,7 @@ from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, Comman
 from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
 from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
+from routed_nv.model.directory_source import Log, PeerStatus, Publish, SourceUpdate
 
 POLL_S = 0.5
 # BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,
@@ -119,12 +118,12 @@ class BgpSource:
     def __init__(
         self,
         netns: str | None,
+        log: Log,
         watch: Watch | None = None,
         connect: Callable[[Path], BirdClient] = BirdClient,
         apply: Callable[[Config, Path], object] = bird_apply.apply,
-        log: EventLog | None = None,
     ) -> None:
-        self._log = log or EventLog()
+        self._log = log
         self._watch: Watch = watch if watch is not None else MirrorWatch(netns)
         self._connect = connect
         self._apply = apply

@@ -19,7 +19,7 @@ from test_datapath_scenario import ns, sh
 from test_routing_kernel import echo_requests_received
 
 from routed_nv import markers
-from routed_nv.agent import bgp_source
+from routed_nv.directory import bgp_source
 from routed_nv.directory.bird_config import upstream_protocol
 from routed_nv.directory.birdc import BirdClient
 from routed_nv.lab.agents import ROUTED_NV

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from routed_nv import markers
-from routed_nv.agent import bgp_source
-from routed_nv.agent.bgp_source import BgpSource
 from routed_nv.agent.events import EventLog
-from routed_nv.agent.source import SourceUpdate, StaticSource
+from routed_nv.agent.source import StaticSource
 from routed_nv.calc.inputs import Claim
 from routed_nv.cli import agent as agent_cli
 from routed_nv.config.model import Config, Directory
-from routed_nv.directory import bird_config
+from routed_nv.directory import bgp_source, bird_config
+from routed_nv.directory.bgp_source import BgpSource
 from routed_nv.directory.birdc import (
     GR_RECOVERY,
     BirdError,
@@ -33,6 +32,7 @@ from routed_nv.directory.birdc import (
 )
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 from routed_nv.directory.netlink_watch import RouteEvent
+from routed_nv.model.directory_source import SourceUpdate
 
 CONFIG = Config.model_validate(
     {
@@ -147,7 +147,7 @@ class Run:
         self.watch, self.bird = FakeWatch(), FakeBird()
         self.updates: queue.Queue[SourceUpdate] = queue.Queue()
         self.log = io.StringIO()
-        self.source = BgpSource(None, self.watch, self.bird, apply, EventLog(stream=self.log))  # type: ignore[arg-type]
+        self.source = BgpSource(None, EventLog(stream=self.log), self.watch, self.bird, apply)  # type: ignore[arg-type]
 
     def logged(self, event: str) -> list[str]:
         return [x for x in self.log.getvalue().splitlines() if x.split(" ")[0] == event]

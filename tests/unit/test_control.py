@@ -20,7 +20,7 @@ from routed_nv.agent.control import (
     RequestFailed,
     ask,
 )
-from routed_nv.agent.source import PeerStatus
+from routed_nv.model.directory_source import PeerStatus
 
 
 class Rejection:
