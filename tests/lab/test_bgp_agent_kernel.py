@@ -22,7 +22,7 @@ from routed_nv import markers
 from routed_nv.directory import bgp_source
 from routed_nv.directory.bird_config import upstream_protocol
 from routed_nv.directory.birdc import BirdClient
-from routed_nv.lab.agents import ROUTED_NV
+from routed_nv.lab.agents import ROUTED_NV, LabAgent
 from routed_nv.lab.bgp_agents import PASSWORD, BgpAgents
 from routed_nv.lab.bird import bgp_address
 from routed_nv.lab.builder import Lab
@@ -45,7 +45,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpAgents]:
         env = BgpAgents(built, workdir)
         started = time.monotonic()
         ready = env.start()
+        established = time.monotonic()
         print(f"\nagent start -> READY=1: {ready}")
+        for host, agent in env.agents.items():
+            print(
+                f"{host}: lab start / all sessions Established -> in sync: "
+                f"{in_sync_after(agent, started):.2f} / {in_sync_after(agent, established):.2f} s"
+            )
         for host in ("blue2", "blue3"):
             reach(env, host, "10.0.0.1", started)
         print(f"lab start -> blue1 reachable over BGP: {time.monotonic() - started:.2f} s")
@@ -62,6 +68,16 @@ def reach(env: BgpAgents, source: str, address: str, since: float) -> float:
         if time.monotonic() - since > REACH_TIMEOUT_S:
             raise AssertionError(f"{source} -> {address}: unreachable; {diagnose(env)}")
         time.sleep(0.05)
+
+
+def in_sync_after(agent: LabAgent, since: float) -> float:
+    """Seconds from `since` until the agent's directory says in sync (a measurement printed
+    beside READY, not asserted: the shared machine's speed varies)."""
+    while not agent.status()["directory"]["in_sync"]:
+        if time.monotonic() - since > REACH_TIMEOUT_S:
+            raise AssertionError(f"directory not in sync: {agent.status()['directory']}")
+        time.sleep(0.05)
+    return time.monotonic() - since
 
 
 def diagnose(env: BgpAgents) -> str:
@@ -352,10 +368,15 @@ def test_agent_restart_loses_no_packet(env: BgpAgents) -> None:
     running = pings(env)
     agent = env.agents["host1"]
     assert agent.stop() == 0
+    started = time.monotonic()
     ready = agent.start()
+    in_sync = in_sync_after(agent, started)
     time.sleep(1)
     lost = losses(running)
-    print(f"\nhost1 agent restart (READY in {ready:.2f} s): (sent, lost) {lost}")
+    print(
+        f"\nhost1 agent restart (READY in {ready:.2f} s, in sync in {in_sync:.2f} s): "
+        f"(sent, lost) {lost}"
+    )
     assert [x for _, x in lost] == [0, 0]
 
 
