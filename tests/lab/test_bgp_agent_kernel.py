@@ -47,7 +47,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpAgents]:
         ready = env.start()
         established = time.monotonic()
         print(f"\nagent start -> READY=1: {ready}")
-        for host, agent in env.agents.items():
+        for host, agent in env.agents.agents.items():
             print(
                 f"{host}: lab start / all sessions Established -> in sync: "
                 f"{in_sync_after(agent, started):.2f} / {in_sync_after(agent, established):.2f} s"
