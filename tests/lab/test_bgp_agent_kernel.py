@@ -186,8 +186,8 @@ def namespaces(*names: str) -> Iterator[None]:
 
 def test_every_tenant_pair_reaches_over_bgp(env: BgpAgents) -> None:
     assert [r for r in tenant_matrix(env.datapath.lab) if not r.ok] == []
-    # reachable comes first: the source says in sync once the new sessions' tables stop changing
-    # (SETTLE_S after the last change), which on a fast run is after the matrix above
+    # reachable may come first: the source says in sync once every session is up and the mirror
+    # tables stopped changing (QUIET_S after the last change)
     deadline = time.monotonic() + 60
     status = env.agents["host2"].status()["directory"]
     while not status["in_sync"] and time.monotonic() < deadline:
@@ -321,8 +321,8 @@ def test_both_route_reflectors_restarting_at_once_lose_no_packet(env: BgpAgents)
     # have re-announced: that host flushes the RR's stale paths, and with both RRs back at once
     # no path of a late host is left until it reconnects. Here host1 is the late one: its
     # connections to the RRs are refused until host2 is back with both, then it reconnects at
-    # its next connect retry, as a host whose retry timer fired last would. The agents' settle
-    # hold (bgp_source.SETTLE_S) outlasts that.
+    # its next connect retry, as a host whose retry timer fired last would. The agents' hold
+    # after a session comes back (bgp_source.RECONNECT_S) outlasts that.
     for rr in ("rr1", "rr2"):  # crashed after they have run a while, not during recovery
         env.birds.wait_recovered(rr)
     paths = {rr: env.birds.bgp_routes(rr) for rr in ("rr1", "rr2")}
@@ -358,7 +358,8 @@ def test_both_route_reflectors_restarting_at_once_lose_no_packet(env: BgpAgents)
     env.birds.wait_established()
     for rr, held in paths.items():
         env.birds.wait_relearned(rr, held)
-    time.sleep(bgp_source.SETTLE_S)  # past the hold: a route missing now would be deleted
+    # past the hold: a route missing now would be deleted
+    time.sleep(bgp_source.RECONNECT_S + bgp_source.QUIET_S)
     lost = losses(running)
     print(f"\nrr1 and rr2 kill -9, restart at once, host1 late: (sent, lost) {lost}")
     assert [x for _, x in lost] == [0, 0]
