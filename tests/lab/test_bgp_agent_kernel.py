@@ -47,11 +47,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpAgents]:
         ready = env.start()
         established = time.monotonic()
         print(f"\nagent start -> READY=1: {ready}")
-        for host, agent in env.agents.agents.items():
-            print(
-                f"{host}: lab start / all sessions Established -> in sync: "
-                f"{in_sync_after(agent, started):.2f} / {in_sync_after(agent, established):.2f} s"
-            )
+        in_sync = in_sync_after(env.agents.agents, established)
+        print(f"all sessions Established -> in sync: {in_sync}")
+        since_start = {h: round(established - started + s, 2) for h, s in in_sync.items()}
+        print(f"lab start -> in sync: {since_start}")
         for host in ("blue2", "blue3"):
             reach(env, host, "10.0.0.1", started)
         print(f"lab start -> blue1 reachable over BGP: {time.monotonic() - started:.2f} s")
@@ -70,14 +69,18 @@ def reach(env: BgpAgents, source: str, address: str, since: float) -> float:
         time.sleep(0.05)
 
 
-def in_sync_after(agent: LabAgent, since: float) -> float:
-    """Seconds from `since` until the agent's directory says in sync (a measurement printed
+def in_sync_after(agents: dict[str, LabAgent], since: float) -> dict[str, float]:
+    """Per agent, seconds from `since` until its directory says in sync (a measurement printed
     beside READY, not asserted: the shared machine's speed varies)."""
-    while not agent.status()["directory"]["in_sync"]:
+    seconds: dict[str, float] = {}
+    while len(seconds) < len(agents):
+        for host, agent in agents.items():
+            if host not in seconds and agent.status()["directory"]["in_sync"]:
+                seconds[host] = round(time.monotonic() - since, 2)
         if time.monotonic() - since > REACH_TIMEOUT_S:
-            raise AssertionError(f"directory not in sync: {agent.status()['directory']}")
+            raise AssertionError(f"directories not in sync after {REACH_TIMEOUT_S:g} s: {seconds}")
         time.sleep(0.05)
-    return time.monotonic() - since
+    return seconds
 
 
 def diagnose(env: BgpAgents) -> str:
@@ -371,7 +374,7 @@ def test_agent_restart_loses_no_packet(env: BgpAgents) -> None:
     assert agent.stop() == 0
     started = time.monotonic()
     ready = agent.start()
-    in_sync = in_sync_after(agent, started)
+    in_sync = in_sync_after({"host1": agent}, started)["host1"]
     time.sleep(1)
     lost = losses(running)
     print(
