@@ -161,6 +161,15 @@ class Run:
                 return update
 
 
+@contextlib.contextmanager
+def running(r: Run) -> Iterator[Run]:
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        yield r
+    finally:
+        r.source.stop()
+
+
 @pytest.fixture
 def run(fast_poll: None) -> Iterator[Run]:
     r = Run()
@@ -277,16 +286,13 @@ def test_in_sync_soon_after_start_without_the_reconnect_hold(
     r.bird.sessions["rr2"] = "Established"
     r.watch.set(mirror("10.0.0.2/32"))
     started = time.monotonic()
-    r.source.start(CONFIG, r.updates.put)
-    try:
+    with running(r):
         first = r.until(lambda u: True)
         assert not first.in_sync and first.detail.endswith("; waiting for the new sessions' routes")
         update = r.until(lambda u: u.in_sync)
         assert time.monotonic() - started >= 0.3
         assert update.detail == "2 of 2 route reflector sessions established"
         assert [str(x.prefix) for x in update.view.remote_routes] == ["10.0.0.2/32"]
-    finally:
-        r.source.stop()
 
 
 def test_not_in_sync_until_every_route_reflector_session_is_up(
@@ -296,8 +302,7 @@ def test_not_in_sync_until_every_route_reflector_session_is_up(
     # that has not heard from every host yet
     monkeypatch.setattr(bgp_source, "DOWN_WAIT_S", 3600.0)
     r = Run()
-    r.source.start(CONFIG, r.updates.put)
-    try:
+    with running(r):
         update = r.until(lambda u: "waiting for the rr2 session" in u.detail)
         assert not update.in_sync and update.detail.startswith("1 of 2")
         time.sleep(0.3)
@@ -305,8 +310,6 @@ def test_not_in_sync_until_every_route_reflector_session_is_up(
         r.bird.sessions["rr2"] = "Established"
         update = r.until(lambda u: u.in_sync)
         assert update.detail == "2 of 2 route reflector sessions established"
-    finally:
-        r.source.stop()
 
 
 def test_a_route_reflector_that_stays_down_is_given_up_on(
@@ -316,13 +319,10 @@ def test_a_route_reflector_that_stays_down_is_given_up_on(
     monkeypatch.setattr(bgp_source, "DOWN_WAIT_S", 0.4)
     r = Run()
     started = time.monotonic()
-    r.source.start(CONFIG, r.updates.put)
-    try:
+    with running(r):
         update = r.until(lambda u: u.in_sync)
         assert time.monotonic() - started >= 0.4
         assert update.detail == "1 of 2 route reflector sessions established"
-    finally:
-        r.source.stop()
 
 
 def test_a_mirror_table_still_filling_holds_the_view(
@@ -331,8 +331,7 @@ def test_a_mirror_table_still_filling_holds_the_view(
     monkeypatch.setattr(bgp_source, "QUIET_S", 0.3)
     r = Run()
     r.bird.sessions["rr2"] = "Established"
-    r.source.start(CONFIG, r.updates.put)
-    try:
+    with running(r):
         routes = []
         for i in range(2, 12):  # a table arriving in pieces, 0.1 s apart
             routes.append(mirror(f"10.0.0.{i}/32"))
@@ -342,8 +341,6 @@ def test_a_mirror_table_still_filling_holds_the_view(
         update = r.until(lambda u: seen.append(u) or u.in_sync)
         assert len(update.view.remote_routes) == 10  # the first view in sync is the whole table
         assert not any(u.in_sync for u in seen[:-1])  # no partial table was ever in sync
-    finally:
-        r.source.stop()
 
 
 def test_never_in_sync_during_graceful_restart_recovery(run: Run) -> None:
