@@ -21,6 +21,7 @@ import pytest
 from test_datapath_scenario import Ping, kernel_objects, ns, sh
 
 from routed_nv.agent.control import SOCKET_NAME, ControlError, ask
+from routed_nv.cli.agent import CHECK_REUSE_S
 from routed_nv.lab.agents import ROUTED_NV, LabAgents
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import tenant_matrix
@@ -333,6 +334,7 @@ def test_status_and_lookup_show_drift_before_the_resync_repairs_it(env: Env) -> 
         logged = len(agent.log())
         sh(env.lab, ns("host1"), "ip route del 10.0.0.2/32 vrf rnv-v100")
         sh(env.lab, ns("host1"), f"ip xfrm state del dst {theirs} proto esp spi {spi}")
+        time.sleep(CHECK_REUSE_S)  # the lookup's check is reused that long, then read again
 
         status = json.loads(agent.status_command("-o", "json").stdout)
         assert status["datapath"]["sas"] == 7  # the kernel's, not the 8 wanted
