@@ -420,11 +420,12 @@ class Agent:
         with self._lock:
             self._check_requested = False
             config, view = self.config, self._known
+        started = self._clock()  # what the check shows is as old as its first read
         try:
             outcome = self._datapath.plan(config, view, resync=True)
             drift = Drift(self._wall(), tuple(line for s in outcome.stages for line in s.lines))
             sas = tuple(self._read_sas())
-            checked_at = self._clock()
+            checked_at: float | None = started
         except Exception as exc:  # a check must not end the agent; the last one stands
             self._log("agent.check.error", error=f"{type(exc).__name__}: {exc}")
             drift, sas, checked_at = self._drift, self._sas, self._checked_at
