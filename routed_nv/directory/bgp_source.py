@@ -57,8 +57,9 @@ POLL_S = 0.5
 # its message counters are compiled out. So the source waits for what End-of-RIB would end:
 # every configured route-reflector session Established, then no mirror route change for QUIET_S.
 # An RR sends its table in one burst and BIRD writes each route to the mirror table as it
-# imports it, milliseconds apart even at 100,000 routes on a loaded guest: 1 s of quiet is far
-# above the gaps and far below the fixed 10 s this replaced.
+# imports it, milliseconds apart: 1 s of quiet is far above those gaps and far below the fixed
+# 10 s this replaced (a gap longer than 1 s only makes the view complete a little later: every
+# route that arrives is applied at once, in sync or not; only deletions wait).
 QUIET_S = 1.0
 # A route reflector that has just restarted learns its clients' routes only as each client
 # reconnects, which takes up to one connect retry, yet it sends End-of-RIB to the first client
