@@ -58,8 +58,9 @@ POLL_S = 0.5
 # every configured route-reflector session Established, then no mirror route change for QUIET_S.
 # An RR sends its table in one burst and BIRD writes each route to the mirror table as it
 # imports it, milliseconds apart: 1 s of quiet is far above those gaps and far below the fixed
-# 10 s this replaced (a gap longer than 1 s only makes the view complete a little later: every
-# route that arrives is applied at once, in sync or not; only deletions wait).
+# 10 s this replaced. A longer gap would end the wait early; where a partial table could delete
+# something (this host's BIRD or an RR restarted, with old routes still programmed),
+# graceful-restart recovery and RECONNECT_S hold the view instead.
 QUIET_S = 1.0
 # A route reflector that has just restarted learns its clients' routes only as each client
 # reconnects, which takes up to one connect retry, yet it sends End-of-RIB to the first client
