@@ -55,13 +55,14 @@ from routed_nv.agent.snapshot import (
     count,
     recount,
 )
-from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
+from routed_nv.agent.source import DirectorySource, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
 from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.directory_source import RejectedRoute, SourceUpdate
 
 if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
     from routed_nv.agent.datapath import Outcome
@@ -212,6 +213,7 @@ class Agent:
         self._withdrawn: dict[tuple[int, IPNetwork], Withdrawn] = {}  # oldest first
         self._check_requested = False
         self._checks = 0
+        self._checked_at: float | None = None  # clock() of the last check that read the kernel
         # Loop-thread only.
         self._last_start: float | None = None
         self._last_end = 0.0
@@ -265,13 +267,16 @@ class Agent:
             self._dirty.add("resync")
         self.waker.wake()
 
-    def check_kernel(self, timeout: float) -> bool:
+    def check_kernel(self, timeout: float, reuse: float = 0.0) -> bool:
         """Have the loop compare the kernel with the last applied view now (read-only: the
-        drift is shown, not repaired, until the next apply). False when it did not answer in
-        `timeout` (busy applying, or no view yet): the last check stands."""
+        drift is shown, not repaired, until the next apply), unless a check younger than
+        `reuse` seconds stands. False when it did not answer in `timeout` (busy applying, or
+        no view yet): the last check stands."""
         with self._applied_cond:
             if self._update is None or self._last_start is None:
                 return False
+            if self._checked_at is not None and self._clock() - self._checked_at < reuse:
+                return True
             self._check_requested = True
             checks = self._checks
         self.waker.wake()
@@ -483,16 +488,19 @@ class Agent:
         with self._lock:
             self._check_requested = False
             config, view = self.config, self._known
+        started = self._clock()  # what the check shows is as old as its first read
         try:
             outcome = self._datapath.plan(config, view, resync=True)
             drift = Drift(self._wall(), tuple(line for s in outcome.stages for line in s.lines))
             sas = tuple(self._read_sas())
+            checked_at: float | None = started
         except Exception as exc:  # a check must not end the agent; the last one stands
             self._log("agent.check.error", error=f"{type(exc).__name__}: {exc}")
-            drift, sas = self._drift, self._sas
+            drift, sas, checked_at = self._drift, self._sas, self._checked_at
         counts = count(config, view, sas)
         with self._applied_cond:
             self._drift, self._sas, self._counts = drift, sas, counts
+            self._checked_at = checked_at
             self._checks += 1
             self._applied_cond.notify_all()
 

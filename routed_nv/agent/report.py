@@ -76,7 +76,7 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
             "routes": c.routes,
             "sas": c.sas,
         },
-        "kernel": kernel(snap.drift),
+        "kernel": kernel(snap.drift, now),
         "last_apply": None
         if last is None
         else {
@@ -94,15 +94,17 @@ def status(snap: Snapshot, now: float | None = None) -> Json:
     }
 
 
-def kernel(drift: Drift | None) -> Json:
-    """The kernel against the agent's view: in sync, or the objects an apply would change."""
+def kernel(drift: Drift | None, now: float) -> Json:
+    """The kernel against the agent's view: in sync, or the objects an apply would change; when
+    that was found and how long ago (a recent check is reused, not repeated)."""
     if drift is None:
-        return {"in_sync": None, "differ": None, "objects": [], "checked": None}
+        return {"in_sync": None, "differ": None, "objects": [], "checked": None, "age_s": None}
     return {
         "in_sync": not drift.objects,
         "differ": len(drift.objects),
         "objects": list(drift.objects),
         "checked": rfc3339(drift.time),
+        "age_s": round(max(0.0, now - drift.time), 1),
     }
 
 
@@ -167,6 +169,7 @@ def lookup(
     answer: Json = {"tenant": name, "tenant_id": tid, "address": str(addr)}
     if sas is not None:
         answer["kernel_route"] = kernel_route(drift, tid, prefix)
+        answer["kernel_checked"] = rfc3339(drift.time) if drift else None
     for ep_name, ep in sorted(config.endpoints.items()):
         if ep.tenant == name and addr in ep.addresses:
             return answer | {

@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from routed_nv.agent.source import PeerStatus, RejectedRoute
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate
 from routed_nv.calc.inputs import DirectoryView, IPNetwork
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.config.model import Config
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.directory_source import PeerStatus, RejectedRoute
 
 
 @dataclass(frozen=True)

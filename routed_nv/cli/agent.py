@@ -28,6 +28,10 @@ EXIT_FAILED = 2  # invalid configuration or cannot start: nothing was applied
 # how long `status` and `lookup` wait for the loop to read the kernel (under the client's 5 s);
 # a busy loop answers with its last check, whose time says how old it is
 CHECK_TIMEOUT_S = 3.0
+# Each check reads the whole kernel (routes, XFRM, netfilter: seconds of CPU at 100,000 routes),
+# so a `watch -n1 routed-nv status` or a monitoring poller would keep the agent reading; a check
+# younger than this is answered again instead (status and lookup say when it was made)
+CHECK_REUSE_S = 5.0
 
 
 def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -167,7 +171,7 @@ def agent_command(
             agent.request_reload,
             clear=agent.request_clear,
             endpoints=endpoints,
-            check=lambda: agent.check_kernel(CHECK_TIMEOUT_S),
+            check=lambda: agent.check_kernel(CHECK_TIMEOUT_S, CHECK_REUSE_S),
             resync=agent.request_resync,
         )
     except (ControlError, OSError) as exc:
@@ -197,9 +201,10 @@ def _source(config: Config, netns: str | None, log: EventLog | None = None) -> D
     from routed_nv.agent.source import StaticSource
 
     if config.directory.source == DirectorySourceKind.BGP:
-        from routed_nv.agent.bgp_source import BgpSource
+        from routed_nv.agent.events import EventLog
+        from routed_nv.directory.bgp_source import BgpSource
 
-        return BgpSource(netns, log=log)
+        return BgpSource(netns, log or EventLog())
     return StaticSource()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, Reques
 from routed_nv.agent.options import run_dir_option
 from routed_nv.calc.inputs import static_view
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json
+from routed_nv.cli.status import ago
 from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
 KERNEL_ROUTE = {
@@ -81,7 +83,9 @@ def lookup_command(
     click.echo(f"  tenant outer address: {found['tenant_address']}")
     route = found.get("kernel_route")
     if route is not None and route != "ok":
-        click.echo(f"  kernel route: {KERNEL_ROUTE[route]}")
+        checked = found.get("kernel_checked")
+        age = f" (checked {ago(checked, time.time())})" if checked else ""
+        click.echo(f"  kernel route: {KERNEL_ROUTE[route]}{age}")
     spis = found.get("spis")
     if found["location"] == "remote":
         if spis is None:

@@ -18,7 +18,7 @@ from routed_nv.options import agent_run_dir, config_option, output_option
 EXIT_NOT_READY = 3  # --brief: a monitoring check's "answered, but not ready"
 
 
-def _ago(stamp: str | None, now: float) -> str:
+def ago(stamp: str | None, now: float) -> str:
     if stamp is None:
         return "never"
     return f"{_duration(now - datetime.fromisoformat(stamp).timestamp())} ago"
@@ -89,7 +89,7 @@ def brief_line(s: dict[str, Any], now: float) -> str:
     apply = "no apply yet"
     if last is not None:
         result = "ok" if last["ok"] else f"FAILED ({len(last['errors'])} errors)"
-        apply = f"last apply {result} {_ago(last['time'], now)} ({last['seconds']:.2f} s)"
+        apply = f"last apply {result} {ago(last['time'], now)} ({last['seconds']:.2f} s)"
     return (
         f"{a['state']}{_reason(a)}: directory {d['source']} {sync}, {d['peers_up']} peers up; "
         f"{p['local_endpoints']} local / {p['remote_addresses']} remote, {p['sas']} SAs; "
@@ -106,7 +106,7 @@ def kernel_text(k: dict[str, Any] | None, now: float) -> str:
     if k is None or k["in_sync"] is None:
         return "not checked yet"
     state = "in sync" if k["in_sync"] else f"{k['differ']} objects differ"
-    return f"{state} (checked {_ago(k['checked'], now)})"
+    return f"{state} (checked {ago(k['checked'], now)})"
 
 
 def status_table(s: dict[str, Any], now: float) -> str:
@@ -134,8 +134,8 @@ def status_table(s: dict[str, Any], now: float) -> str:
     else:
         lines.append(
             f"Last apply: {'ok' if last['ok'] else 'FAILED'}, {last['changes']} changes in "
-            f"{last['seconds']:.2f} s, {_ago(last['time'], now)} (trigger {last['trigger']}); "
-            f"last ok {_ago(s['last_ok'], now)}"
+            f"{last['seconds']:.2f} s, {ago(last['time'], now)} (trigger {last['trigger']}); "
+            f"last ok {ago(s['last_ok'], now)}"
         )
         lines += [f"  error: {e}" for e in last["errors"]]
     lines.append(

@@ -333,8 +333,13 @@ def test_status_and_lookup_show_drift_before_the_resync_repairs_it(env: Env) -> 
         logged = len(agent.log())
         sh(env.lab, ns("host1"), "ip route del 10.0.0.2/32 vrf rnv-v100")
         sh(env.lab, ns("host1"), f"ip xfrm state del dst {theirs} proto esp spi {spi}")
-
+        # the lookup's check is reused for 5 s (cli.agent.CHECK_REUSE_S), and a loop busy for
+        # longer than the check timeout answers with the last one: both say how old; ask again
+        deadline = time.monotonic() + 60
         status = json.loads(agent.status_command("-o", "json").stdout)
+        while status["kernel"]["in_sync"] and time.monotonic() < deadline:
+            time.sleep(1)
+            status = json.loads(agent.status_command("-o", "json").stdout)
         assert status["datapath"]["sas"] == 7  # the kernel's, not the 8 wanted
         kernel = status["kernel"]
         assert (kernel["in_sync"], kernel["differ"]) == (False, 2), kernel

@@ -19,11 +19,11 @@ from test_datapath_scenario import ns, sh
 from test_routing_kernel import echo_requests_received
 
 from routed_nv import markers
-from routed_nv.agent import bgp_source
 from routed_nv.config.writer import to_toml
+from routed_nv.directory import bgp_source
 from routed_nv.directory.bird_config import upstream_protocol
 from routed_nv.directory.birdc import BirdClient
-from routed_nv.lab.agents import ROUTED_NV
+from routed_nv.lab.agents import ROUTED_NV, LabAgent
 from routed_nv.lab.bgp_agents import PASSWORD, BgpAgents
 from routed_nv.lab.bird import bgp_address
 from routed_nv.lab.builder import Lab
@@ -46,7 +46,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BgpAgents]:
         env = BgpAgents(built, workdir)
         started = time.monotonic()
         ready = env.start()
+        established = time.monotonic()
         print(f"\nagent start -> READY=1: {ready}")
+        in_sync = in_sync_after(env.agents.agents, established)
+        print(f"all sessions Established -> in sync: {in_sync}")
+        since_start = {h: round(established - started + s, 2) for h, s in in_sync.items()}
+        print(f"lab start -> in sync: {since_start}")
         for host in ("blue2", "blue3"):
             reach(env, host, "10.0.0.1", started)
         print(f"lab start -> blue1 reachable over BGP: {time.monotonic() - started:.2f} s")
@@ -63,6 +68,20 @@ def reach(env: BgpAgents, source: str, address: str, since: float) -> float:
         if time.monotonic() - since > REACH_TIMEOUT_S:
             raise AssertionError(f"{source} -> {address}: unreachable; {diagnose(env)}")
         time.sleep(0.05)
+
+
+def in_sync_after(agents: dict[str, LabAgent], since: float) -> dict[str, float]:
+    """Per agent, seconds from `since` until its directory says in sync (a measurement printed
+    beside READY, not asserted: the shared machine's speed varies)."""
+    seconds: dict[str, float] = {}
+    while len(seconds) < len(agents):
+        for host, agent in agents.items():
+            if host not in seconds and agent.status()["directory"]["in_sync"]:
+                seconds[host] = round(time.monotonic() - since, 2)
+        if time.monotonic() - since > REACH_TIMEOUT_S:
+            raise AssertionError(f"directories not in sync after {REACH_TIMEOUT_S:g} s: {seconds}")
+        time.sleep(0.05)
+    return seconds
 
 
 def diagnose(env: BgpAgents) -> str:
@@ -171,8 +190,8 @@ def namespaces(*names: str) -> Iterator[None]:
 
 def test_every_tenant_pair_reaches_over_bgp(env: BgpAgents) -> None:
     assert [r for r in tenant_matrix(env.datapath.lab) if not r.ok] == []
-    # reachable comes first: the source says in sync once the new sessions' tables stop changing
-    # (SETTLE_S after the last change), which on a fast run is after the matrix above
+    # reachable may come first: the source says in sync once every session is up and the mirror
+    # tables stopped changing (QUIET_S after the last change)
     deadline = time.monotonic() + 60
     status = env.agents["host2"].status()["directory"]
     while not status["in_sync"] and time.monotonic() < deadline:
@@ -306,8 +325,8 @@ def test_both_route_reflectors_restarting_at_once_lose_no_packet(env: BgpAgents)
     # have re-announced: that host flushes the RR's stale paths, and with both RRs back at once
     # no path of a late host is left until it reconnects. Here host1 is the late one: its
     # connections to the RRs are refused until host2 is back with both, then it reconnects at
-    # its next connect retry, as a host whose retry timer fired last would. The agents' settle
-    # hold (bgp_source.SETTLE_S) outlasts that.
+    # its next connect retry, as a host whose retry timer fired last would. The agents' hold
+    # after a session comes back (bgp_source.RECONNECT_S) outlasts that.
     for rr in ("rr1", "rr2"):  # crashed after they have run a while, not during recovery
         env.birds.wait_recovered(rr)
     paths = {rr: env.birds.bgp_routes(rr) for rr in ("rr1", "rr2")}
@@ -343,7 +362,8 @@ def test_both_route_reflectors_restarting_at_once_lose_no_packet(env: BgpAgents)
     env.birds.wait_established()
     for rr, held in paths.items():
         env.birds.wait_relearned(rr, held)
-    time.sleep(bgp_source.SETTLE_S)  # past the hold: a route missing now would be deleted
+    # past the hold: a route missing now would be deleted
+    time.sleep(bgp_source.RECONNECT_S + bgp_source.QUIET_S)
     lost = losses(running)
     print(f"\nrr1 and rr2 kill -9, restart at once, host1 late: (sent, lost) {lost}")
     assert [x for _, x in lost] == [0, 0]
@@ -353,10 +373,15 @@ def test_agent_restart_loses_no_packet(env: BgpAgents) -> None:
     running = pings(env)
     agent = env.agents["host1"]
     assert agent.stop() == 0
+    started = time.monotonic()
     ready = agent.start()
+    in_sync = in_sync_after({"host1": agent}, started)["host1"]
     time.sleep(1)
     lost = losses(running)
-    print(f"\nhost1 agent restart (READY in {ready:.2f} s): (sent, lost) {lost}")
+    print(
+        f"\nhost1 agent restart (READY in {ready:.2f} s, in sync in {in_sync:.2f} s): "
+        f"(sent, lost) {lost}"
+    )
     assert [x for _, x in lost] == [0, 0]
 
 

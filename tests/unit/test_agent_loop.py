@@ -14,11 +14,12 @@ from routed_nv.agent.datapath import Outcome, Stage
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.snapshot import SaInfo, count
-from routed_nv.agent.source import SourceUpdate, StaticSource, keep_known
+from routed_nv.agent.source import StaticSource, keep_known
 from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.directory_source import SourceUpdate
 
 HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
 HOST3 = PeerHost("host3", 3, ipaddress.IPv6Network("2001:db8:0:3::/64"))

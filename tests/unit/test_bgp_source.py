@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from routed_nv import markers
-from routed_nv.agent import bgp_source
-from routed_nv.agent.bgp_source import BgpSource
 from routed_nv.agent.events import EventLog
-from routed_nv.agent.source import SourceUpdate, StaticSource
+from routed_nv.agent.source import StaticSource
 from routed_nv.calc.inputs import Claim
 from routed_nv.cli import agent as agent_cli
 from routed_nv.config.model import Config, Directory
-from routed_nv.directory import bird_config
+from routed_nv.directory import bgp_source, bird_config
+from routed_nv.directory.bgp_source import BgpSource
 from routed_nv.directory.birdc import (
     GR_RECOVERY,
     BirdError,
@@ -33,6 +32,7 @@ from routed_nv.directory.birdc import (
 )
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 from routed_nv.directory.netlink_watch import RouteEvent
+from routed_nv.model.directory_source import SourceUpdate
 
 CONFIG = Config.model_validate(
     {
@@ -139,7 +139,9 @@ class FakeBird:
 @pytest.fixture
 def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bgp_source, "POLL_S", 0.01)
-    monkeypatch.setattr(bgp_source, "SETTLE_S", 0.05)
+    monkeypatch.setattr(bgp_source, "QUIET_S", 0.05)
+    monkeypatch.setattr(bgp_source, "RECONNECT_S", 0.05)
+    monkeypatch.setattr(bgp_source, "DOWN_WAIT_S", 0.05)
 
 
 class Run:
@@ -147,7 +149,7 @@ class Run:
         self.watch, self.bird = FakeWatch(), FakeBird()
         self.updates: queue.Queue[SourceUpdate] = queue.Queue()
         self.log = io.StringIO()
-        self.source = BgpSource(None, self.watch, self.bird, apply, EventLog(stream=self.log))  # type: ignore[arg-type]
+        self.source = BgpSource(None, EventLog(stream=self.log), self.watch, self.bird, apply)  # type: ignore[arg-type]
 
     def logged(self, event: str) -> list[str]:
         return [x for x in self.log.getvalue().splitlines() if x.split(" ")[0] == event]
@@ -157,6 +159,15 @@ class Run:
             update = self.updates.get(timeout=TIMEOUT_S)
             if check(update):
                 return update
+
+
+@contextlib.contextmanager
+def running(r: Run) -> Iterator[Run]:
+    r.source.start(CONFIG, r.updates.put)
+    try:
+        yield r
+    finally:
+        r.source.stop()
 
 
 @pytest.fixture
@@ -250,26 +261,96 @@ def test_not_in_sync_without_a_route_reflector(run: Run) -> None:
     run.until(lambda u: u.in_sync)
 
 
-def test_a_session_that_comes_back_is_in_sync_only_once_its_routes_have_settled(
+def test_a_session_that_comes_back_holds_the_view_while_its_rrs_clients_reconnect(
     run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a reset session (here: a password change) has sent no route yet when it is Established
+    # a reset session (a password change, or its RR restarted: that RR learns the other hosts'
+    # routes only as they reconnect) has sent no route yet when it is Established
     run.watch.set(mirror("10.0.0.2/32"))
     run.until(lambda u: u.in_sync and bool(u.view.remote_routes))
-    monkeypatch.setattr(bgp_source, "SETTLE_S", 0.5)
+    monkeypatch.setattr(bgp_source, "RECONNECT_S", 0.8)
+    monkeypatch.setattr(bgp_source, "QUIET_S", 0.5)
     run.bird.sessions["rr1"] = "Active"
     run.until(lambda u: not u.in_sync)
     run.watch.set()  # BIRD flushed what the session had brought
     run.bird.sessions["rr1"] = "Established"
     came_up = time.monotonic()
-    update = run.until(lambda u: "waiting for the new sessions' routes" in u.detail)
+    update = run.until(lambda u: "waiting for the route reflectors' clients" in u.detail)
     assert not update.in_sync and not update.view.remote_routes
-    time.sleep(0.3)
-    run.watch.set(mirror("10.0.0.2/32"))  # the table arrives: the wait starts again
+    time.sleep(0.6)
+    run.watch.set(mirror("10.0.0.2/32"))  # the table arrives: quiet is measured from here
     arrived = time.monotonic()
     update = run.until(lambda u: u.in_sync)
     assert time.monotonic() - arrived >= 0.5 and time.monotonic() - came_up >= 0.8
     assert [str(r.prefix) for r in update.view.remote_routes] == ["10.0.0.2/32"]
+
+
+def test_in_sync_soon_after_start_without_the_reconnect_hold(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the agent starts with BIRD's sessions up and its mirror tables full: the view is complete
+    # once the table is quiet, with no fixed wait (the old rule held SETTLE_S, 10 s, here)
+    monkeypatch.setattr(bgp_source, "RECONNECT_S", 3600.0)
+    monkeypatch.setattr(bgp_source, "QUIET_S", 0.3)
+    r = Run()
+    r.bird.sessions["rr2"] = "Established"
+    r.watch.set(mirror("10.0.0.2/32"))
+    started = time.monotonic()
+    with running(r):
+        first = r.until(lambda u: True)
+        assert not first.in_sync and first.detail.endswith("; waiting for the new sessions' routes")
+        update = r.until(lambda u: u.in_sync)
+        assert time.monotonic() - started >= 0.3
+        assert update.detail == "2 of 2 route reflector sessions established"
+        assert [str(x.prefix) for x in update.view.remote_routes] == ["10.0.0.2/32"]
+
+
+def test_not_in_sync_until_every_route_reflector_session_is_up(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rr2 connects a retry later than rr1 (lab: 5 s): rr1's table alone may be a reflector's
+    # that has not heard from every host yet
+    monkeypatch.setattr(bgp_source, "DOWN_WAIT_S", 3600.0)
+    r = Run()
+    with running(r):
+        update = r.until(lambda u: "waiting for the rr2 session" in u.detail)
+        assert not update.in_sync and update.detail.startswith("1 of 2")
+        time.sleep(0.3)
+        assert r.updates.empty() or not any(u.in_sync for u in list(r.updates.queue))
+        r.bird.sessions["rr2"] = "Established"
+        update = r.until(lambda u: u.in_sync)
+        assert update.detail == "2 of 2 route reflector sessions established"
+
+
+def test_a_route_reflector_that_stays_down_is_given_up_on(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each RR holds the whole picture: one that is down must not stop deletions for good
+    monkeypatch.setattr(bgp_source, "DOWN_WAIT_S", 0.4)
+    r = Run()
+    started = time.monotonic()
+    with running(r):
+        update = r.until(lambda u: u.in_sync)
+        assert time.monotonic() - started >= 0.4
+        assert update.detail == "1 of 2 route reflector sessions established"
+
+
+def test_a_mirror_table_still_filling_holds_the_view(
+    fast_poll: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bgp_source, "QUIET_S", 0.3)
+    r = Run()
+    r.bird.sessions["rr2"] = "Established"
+    with running(r):
+        routes = []
+        for i in range(2, 12):  # a table arriving in pieces, 0.1 s apart
+            routes.append(mirror(f"10.0.0.{i}/32"))
+            r.watch.set(*routes)
+            time.sleep(0.1)
+        seen: list[SourceUpdate] = []  # every update since the start, in order
+        update = r.until(lambda u: seen.append(u) or u.in_sync)
+        assert len(update.view.remote_routes) == 10  # the first view in sync is the whole table
+        assert not any(u.in_sync for u in seen[:-1])  # no partial table was ever in sync
 
 
 def test_never_in_sync_during_graceful_restart_recovery(run: Run) -> None:

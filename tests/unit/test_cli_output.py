@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from test_agent_loop import Harness, route, view
 
 from routed_nv.agent import report
-from routed_nv.agent.source import PeerStatus
 from routed_nv.cli.config import config_group
 from routed_nv.cli.directory import directory_group
 from routed_nv.cli.lookup import lookup_command
 from routed_nv.cli.status import status_table
+from routed_nv.model.directory_source import PeerStatus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 

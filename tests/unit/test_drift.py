@@ -25,10 +25,10 @@ MISSING_ROUTE = (
 MISSING_SA = "+ state src 2001:db8:0:1::64 dst 2001:db8:0:2::64 spi 0x00000064 <key redacted>"
 
 
-def checked(h: Harness) -> bool:
+def checked(h: Harness, reuse: float = 0.0) -> bool:
     """Agent.check_kernel as the control thread calls it, while the loop runs."""
     answers: list[bool] = []
-    asker = threading.Thread(target=lambda: answers.append(h.agent.check_kernel(5)))
+    asker = threading.Thread(target=lambda: answers.append(h.agent.check_kernel(5, reuse)))
     asker.start()
     while asker.is_alive():
         h.agent.step()
@@ -65,6 +65,28 @@ def test_status_shows_the_kernel_drift_and_counts_sas_in_the_kernel() -> None:
     assert any(x.startswith("Kernel:     2 objects differ (checked ") for x in lines)
     assert f"  {MISSING_ROUTE}" in lines
     assert "0 SAs; kernel 2 objects differ (checked " in brief_line(status, now)
+
+
+def test_a_recent_check_is_reused_and_its_age_shown() -> None:
+    # each check reads the whole kernel: `watch -n1 routed-nv status` must not make it read
+    # every second
+    h = drifted()
+    assert checked(h, reuse=5)
+    assert h.datapath.plans == [True]
+    h.clock.now += 4.9
+    assert checked(h, reuse=5)  # answered from the check 4.9 s ago: no kernel read
+    assert h.datapath.plans == [True]
+    snap = h.agent.snapshot()
+    assert snap.drift is not None
+    kernel = report.status(snap, now=snap.drift.time + 4.9)["kernel"]
+    assert (kernel["differ"], kernel["age_s"]) == (2, 4.9)
+    found = report.lookup(snap.config, snap.view, snap.sas, "blue", "10.0.0.2", snap.drift)
+    assert found is not None and found["kernel_checked"] == kernel["checked"]
+    h.clock.now += 0.1  # 5 s old: read again
+    assert checked(h, reuse=5)
+    assert h.datapath.plans == [True, True]
+    assert checked(h)  # no reuse asked: every call reads
+    assert h.datapath.plans == [True, True, True]
 
 
 def test_a_check_before_the_first_apply_does_not_wait_or_plan() -> None:
@@ -127,6 +149,7 @@ def test_status_and_lookup_over_the_socket_check_the_kernel_first(tmp_path: Path
         assert "Kernel:     2 objects differ (checked 0s ago)" in status.stdout.splitlines()
         found = runner.invoke(lookup_command, ["blue", "10.0.0.2", "--run-dir", str(tmp_path)])
         assert "  kernel route: MISSING" in found.stdout
+        assert "(checked 0s ago)" in found.stdout
         as_json = runner.invoke(
             lookup_command, ["blue", "10.0.0.2", "--run-dir", str(tmp_path), "-o", "json"]
         )

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_agent_loop import Harness, lose_to_host3, route, view
 
 from routed_nv.agent.metrics import Metrics, parse_address, parse_xfrm_stat
-from routed_nv.agent.source import PeerStatus
+from routed_nv.model.directory_source import PeerStatus
 
 XFRM_STAT = """XfrmInError             \t0
 XfrmInTmplMismatch      \t7

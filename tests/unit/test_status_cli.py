@@ -21,13 +21,13 @@ from test_agent_loop import Harness, lose_to_host3, route, view
 from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
 from routed_nv.agent.runtime import RUNTIME_DROP_IN
-from routed_nv.agent.source import PeerStatus
 from routed_nv.calc import routing
 from routed_nv.cli.agent import agent_command
 from routed_nv.cli.directory import directory_group
 from routed_nv.cli.endpoint import endpoint_group
 from routed_nv.cli.lookup import lookup_command
 from routed_nv.cli.status import status_command, status_table
+from routed_nv.model.directory_source import PeerStatus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 

@@ -6,13 +6,17 @@ failure), sleeps in select() on the mirror-table watch (route events wake it at 
 BIRD's state every POLL_S (BIRD pushes no session events). It publishes only when something
 changed; the agent coalesces the rest.
 
-In sync means: at least one route-reflector session is Established and BIRD is not in
-graceful-restart recovery. BIRD runs with `-R` (ARCHITECTURE.md §6), so recovery lasts until every
-session has sent End-of-RIB (or the wait timer ran out): that is the "initial dump is done". It
-matters most after a host BIRD restart: the mirror tables persist and still hold the old routes,
-BIRD's fresh RIB fills in behind them, and a view taken before recovery ends would delete routes
-that are merely not re-learned yet. BIRD unreachable (crashed, restarting) is not in sync either;
-the agent then keeps every remote route it knows (source.keep_known).
+In sync means: every configured route-reflector session is Established (one that stays down is
+given up on after DOWN_WAIT_S), BIRD is not in graceful-restart recovery, and the mirror tables
+have not changed for QUIET_S since (BIRD's CLI tells no End-of-RIB: the quiet table stands in for
+it; a session back after a reset also holds RECONNECT_S). BIRD runs with `-R` (ARCHITECTURE.md
+§6), so after a host BIRD restart recovery lasts until every session has sent End-of-RIB (or the
+wait timer ran out). That matters most there: the mirror tables persist and still hold the old
+routes, BIRD's fresh RIB fills in behind them, and a view taken before recovery ends would delete
+routes that are merely not re-learned yet. Once in sync, a session that goes down or a route that
+changes does not end it (the other RR holds the whole picture; a withdrawal is news to apply); a
+session that comes up starts the wait again. BIRD unreachable (crashed, restarting) is not in
+sync either; the agent then keeps every remote route it knows (source.keep_known).
 
 It logs its own events when they change: `directory.sync` (in sync or not, and why),
 `directory.peer` (a session's state), `directory.bird_config` (applied, or refused and why).
@@ -26,13 +30,11 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from routed_nv import markers
-from routed_nv.agent.events import EventLog
-from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import (
@@ -48,21 +50,33 @@ from routed_nv.directory.learn import Learned, Learner, MirrorRoute, PublishedRo
 from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.directory_source import Log, PeerStatus, Publish, SourceUpdate
 
 POLL_S = 0.5
-# BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,
-# or a reset: a password or neighbour change, the RR back) has not sent its table yet, and a view
-# taken then would delete what is merely still on its way (seen in the lab: a host's every remote
-# route deleted and re-added 2 s later after its sessions came back). Worse, a restarted route
-# reflector learns its clients' routes only as each client reconnects, which takes up to one
-# connect retry, yet it sends End-of-RIB to the first client at once (dynamic neighbours: BIRD
-# holds nothing back for clients it does not know yet), and that client flushes its stale paths.
-# With both RRs back at once, a late host's routes leave every other host's mirror tables until
-# it reconnects (lab: 7.3 s with its BGP held back).
-# So the source is in sync only once SETTLE_S have passed since a session came up with no mirror
-# route change meanwhile: longer than the clients' reconnect (one connect retry), with as much
-# again for a loaded host.
-SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
+# In sync needs BIRD's initial exchange done, but BIRD 2.0's CLI tells no End-of-RIB: a BGP
+# channel's receive state (load_state, cleared by End-of-RIB) is not in `show protocols all`, and
+# its message counters are compiled out. So the source waits for what End-of-RIB would end:
+# every configured route-reflector session Established, then no mirror route change for QUIET_S.
+# An RR sends its table in one burst and BIRD writes each route to the mirror table as it
+# imports it, milliseconds apart: 1 s of quiet is far above those gaps and far below the fixed
+# 10 s this replaced. A longer gap would end the wait early; where a partial table could delete
+# something (this host's BIRD or an RR restarted, with old routes still programmed),
+# graceful-restart recovery and RECONNECT_S hold the view instead.
+QUIET_S = 1.0
+# A route reflector that has just restarted learns its clients' routes only as each client
+# reconnects, which takes up to one connect retry, yet it sends End-of-RIB to the first client
+# at once (dynamic neighbours: BIRD holds nothing back for clients it does not know yet), and
+# that client flushes its stale paths. With both RRs back at once, a late host's routes leave
+# every other host's mirror tables until it reconnects (lab: 7.3 s with its BGP held back). So a
+# session that comes back after this source saw it Established (its RR may have restarted) holds
+# the view for RECONNECT_S: longer than the clients' reconnect (one connect retry), with as much
+# again for a loaded host. A session seen up for the first time (agent start) does not: there is
+# nothing stale to delete yet, and the agent would wait 10 s for nothing.
+RECONNECT_S = 2.0 * RR_CONNECT_RETRY_S
+# A configured RR whose session is not Established is waited for at most this long (three
+# connect attempts) while BIRD runs: each RR holds the whole picture, and an RR that is down must
+# not keep the agent from ever deleting a withdrawn route.
+DOWN_WAIT_S = 3.0 * RR_CONNECT_RETRY_S
 # A path whose next hop the underlay cannot reach fails BIRD's mirror export (`gw = bgp_next_hop`:
 # "Invalid gw address"), and BIRD withdraws it from the mirror table: the watch cannot see it.
 # That is a foreign next hop (a host announcing anything: a refusal to report), or every path at
@@ -96,19 +110,55 @@ class Watch(Protocol):
         ...
 
 
-class _Settle:
-    """Whether new route-reflector sessions may still be sending their tables (SETTLE_S)."""
+class _Hold:
+    """Why a view BIRD calls ready may still be incomplete, from the source's start or a
+    session coming up until the view is first complete: a route-reflector session still coming
+    up (DOWN_WAIT_S), a session back after a reset (RECONNECT_S), a mirror table still changing
+    (QUIET_S)."""
 
     def __init__(self) -> None:
+        self._settling = True
         self._up: frozenset[str] = frozenset()
-        self._until = 0.0
+        self._seen_up: set[str] = set()
+        self._down_since: dict[str, float] = {}
+        self._changed = 0.0  # the last mirror route change or session coming up
+        self._reconnect_until = 0.0
 
-    def holding(self, peers: tuple[PeerStatus, ...], routes_changed: bool, now: float) -> bool:
-        up = frozenset(p.name for p in peers if p.address and p.info == "Established")
-        if up - self._up or (now < self._until and routes_changed):
-            self._until = now + SETTLE_S
+    def why(
+        self,
+        ready: bool,
+        reflectors: Iterable[str],
+        peers: tuple[PeerStatus, ...],
+        routes_changed: bool,
+        now: float,
+    ) -> str:
+        """What the source still waits for ("" for nothing) once BIRD is `ready` (reachable, a
+        session up, not in recovery). `routes_changed`: the mirror table changed since the last
+        call (watch events, or every route learned again)."""
+        up = frozenset(p.name for p in peers if p.address and p.info.startswith("Established"))
+        if up - self._up:
+            self._settling = True
+        if up - self._up or (self._settling and routes_changed):
+            self._changed = now
+        if (up - self._up) & self._seen_up:
+            self._reconnect_until = now + RECONNECT_S
+        self._seen_up |= up
         self._up = up
-        return now < self._until
+        # the wait for a session counts only while BIRD answers (it may start after the agent)
+        self._down_since = {
+            name: self._down_since.get(name, now) for name in reflectors if peers and name not in up
+        }
+        if not self._settling:
+            return ""
+        waiting = sorted(n for n, t in self._down_since.items() if now - t < DOWN_WAIT_S)
+        if waiting:
+            return f"waiting for the {', '.join(waiting)} session"
+        if now < self._reconnect_until:
+            return "waiting for the route reflectors' clients to reconnect"
+        if now < self._changed + QUIET_S:
+            return "waiting for the new sessions' routes"
+        self._settling = not ready
+        return ""
 
 
 class BgpSource:
@@ -117,12 +167,12 @@ class BgpSource:
     def __init__(
         self,
         netns: str | None,
+        log: Log,
         watch: Watch | None = None,
         connect: Callable[[Path], BirdClient] = BirdClient,
         apply: Callable[[Config, Path], object] = bird_apply.apply,
-        log: EventLog | None = None,
     ) -> None:
-        self._log = log or EventLog()
+        self._log = log
         self._watch: Watch = watch if watch is not None else MirrorWatch(netns)
         self._connect = connect
         self._apply = apply
@@ -164,7 +214,7 @@ class BgpSource:
         last: SourceUpdate | None = None
         next_poll = 0.0
         state: tuple[bool, tuple[PeerStatus, ...], str] = (False, (), "starting")
-        settle = _Settle()
+        hold = _Hold()
         learner: Learner | None = None
         learned: Learned | None = None  # the learner's view, built only when it changed
         delta: DirectoryDelta | None = None  # since the last update published; None: whole
@@ -208,12 +258,13 @@ class BgpSource:
                 next_unwritten = time.monotonic() + REFUSED_POLL_S
                 if fresh != unwritten:
                     unwritten, learner = fresh, None
+            changed = bool(events)  # the mirror table changed: the hold waits for it to be quiet
             if learner is None or learner.config is not config:
                 # learning every route is O(routes) (seconds at 100,000): only at start, on a
                 # config change, a new watch socket or changed unwritten paths
                 paths = self._watch.routes | unwritten
                 learner = Learner(config, paths, self._watch.published)
-                learned, delta = learner.learned(), None
+                learned, delta, changed = learner.learned(), None, True
             elif events:
                 rejections = learner.rejections
                 step = learner.update(_changes(events, unwritten))
@@ -223,8 +274,9 @@ class BgpSource:
                     delta = delta.then(step) if delta is not None else None
             assert learned is not None
             in_sync, peers, detail = state
-            if settle.holding(peers, bool(events), time.monotonic()):
-                in_sync, detail = False, f"{detail}; waiting for the new sessions' routes"
+            waiting = hold.why(in_sync, _reflectors(config), peers, changed, time.monotonic())
+            if in_sync and waiting:
+                in_sync, detail = False, f"{detail}; {waiting}"
             update = self._update(learned, in_sync, peers, detail, delta)
             if update != last and self._publish is not None:
                 self._log_update(last, update)
@@ -272,9 +324,7 @@ class BgpSource:
                 status = bird.command("show status")
         except BirdError as exc:
             return False, (), str(exc)
-        reflectors = {
-            rr_protocol(i): str(rr) for i, rr in enumerate(config.directory.route_reflectors, 1)
-        }
+        reflectors = _reflectors(config)
         peers = tuple(
             PeerStatus(p.name, reflectors.get(p.name, ""), p.state, p.since, p.info)
             for p in protocols
@@ -330,6 +380,11 @@ def _changes(
             yield False, replaced
         if e.added or e.route not in unwritten:
             yield e.added, e.route
+
+
+def _reflectors(config: Config) -> dict[str, str]:
+    """The route-reflector sessions' BIRD protocol names and their addresses."""
+    return {rr_protocol(i): str(rr) for i, rr in enumerate(config.directory.route_reflectors, 1)}
 
 
 def _as_mirror(path: Route, table: int, asn: int) -> MirrorRoute:
