@@ -29,11 +29,11 @@ from routed_nv.agent.datapath import Datapath
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.notify import Notifier
-from routed_nv.agent.source import Publish, SourceUpdate
 from routed_nv.config.model import Config
 from routed_nv.directory.learn import Learner, MirrorRoute, learn
 from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
+from routed_nv.model.directory_source import Publish, SourceUpdate
 from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.kernel import KernelError, LinkState, RouteOp
