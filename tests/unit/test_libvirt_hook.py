@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cni import heavy_imports
 from test_endpoint_api import Running, start
 
 HOOK = str(Path(sys.executable).with_name("routed-nv-libvirt-hook"))
@@ -208,15 +209,8 @@ def test_the_shipped_hook_execs_the_console_script() -> None:
 
 def test_the_hook_loads_no_agent_libraries() -> None:
     """libvirt waits for the hook: it imports the stdlib, routed_nv.libvirt and the agent socket."""
-    code = (
-        "import sys, routed_nv.libvirt.hook\n"
-        "ours = ('routed_nv.libvirt', 'routed_nv.cni', 'routed_nv.control_wire')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'pydantic', 'pyroute2', 'iptc', 'click', 'vici', 'prometheus_client'}"
-        " or m.startswith('routed_nv.') and not m.startswith(ours)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    ours = ("routed_nv.libvirt", "routed_nv.cni", "routed_nv.control_wire")
+    assert heavy_imports("routed_nv.libvirt.hook", ours) == "[]"
 
 
 def test_prepare_and_release_wall_time(hook: Hook, capsys: pytest.CaptureFixture[str]) -> None:
