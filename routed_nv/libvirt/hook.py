@@ -30,13 +30,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from routed_nv import markers
 from routed_nv.cni import agent_socket
 from routed_nv.cni.agent_socket import AgentDown, AgentRefused
 from routed_nv.libvirt import tap
 
 NS = "https://routed-nv.org/xmlns/libvirt/1"
 PREFIX = "rnv-"
-RESERVED = ("rnv-e", "rnv-v", "rnv-t")  # the agent's own links (markers.py)
 NAME = re.compile(r"^rnv-[a-z0-9_-]{1,11}$")  # an endpoint id and an interface name (15)
 DEFAULT_OWNER = ("libvirt-qemu", "kvm")  # QEMU's user and group on Debian
 TIMEOUT_S = 20.0  # the agent's wait for the apply; the hook holds up libvirt meanwhile
@@ -113,10 +113,11 @@ def parse(raw: bytes) -> list[Attachment]:
 
 def _attachment(entry: ET.Element, name: str, iface: ET.Element | None) -> Attachment:
     where = f"<rnv:endpoint interface='{name}'>"
-    if not NAME.match(name) or name.startswith(RESERVED):
+    if not NAME.match(name):
+        raise HookError(f"{where}: the tap name must be rnv- and 1-11 of a-z 0-9 - _")
+    if name.startswith(markers.ENDPOINT_LINK_PREFIX) or markers.tenant_of_link(name):
         raise HookError(
-            f"{where}: the tap name must be rnv- and 1-11 of a-z 0-9 - _, not "
-            f"{', '.join(r + '...' for r in RESERVED)}"
+            f"{where}: {name} is a name of the agent's own links (rnv-e..., rnv-vN, rnv-tN)"
         )
     if iface is None:
         raise HookError(f"{where}: no <interface type='ethernet'> with <target dev='{name}'/>")

@@ -182,9 +182,10 @@ def test_bad_input_is_one_line_exit_1_and_nothing_left(hook: Hook, xml_of: Any, 
 
 
 def test_reserved_tap_names_are_refused(hook: Hook) -> None:
-    rc, _, err = hook.run("prepare", "begin", domain_xml("rnv-e5"))
-    assert rc == 1 and "not rnv-e..." in err
-    assert not os.path.exists("/sys/class/net/rnv-e5")
+    for name in ("rnv-e5", "rnv-v100", "rnv-t200"):
+        rc, _, err = hook.run("prepare", "begin", domain_xml(name))
+        assert rc == 1 and "a name of the agent's own links" in err
+        assert not os.path.exists(f"/sys/class/net/{name}")
 
 
 def test_agent_down_fails_the_start_and_leaves_no_tap(hook: Hook, tmp_path: Path) -> None:
@@ -209,7 +210,7 @@ def test_the_shipped_hook_execs_the_console_script() -> None:
 
 def test_the_hook_loads_no_agent_libraries() -> None:
     """libvirt waits for the hook: it imports the stdlib, routed_nv.libvirt and the agent socket."""
-    ours = ("routed_nv.libvirt", "routed_nv.cni", "routed_nv.control_wire")
+    ours = ("routed_nv.libvirt", "routed_nv.cni", "routed_nv.control_wire", "routed_nv.markers")
     assert heavy_imports("routed_nv.libvirt.hook", ours) == "[]"
 
 
