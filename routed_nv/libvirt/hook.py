@@ -8,9 +8,11 @@ Ours is a domain whose <metadata> has <rnv:endpoint xmlns:rnv="NS" .../> element
 - prepare: make the persistent tap (QEMU's owner/group, a MAC derived from the guest's, so it is
   the same on every host and a migrated guest's neighbour entry for its gateway stays right),
   then register the endpoint with the local agent (tap in the tenant's VRF, /32 and /128, proxy
-  ARP/NDP, anti-spoofing) and wait until it is programmed. Incoming migration is a prepare on
-  the destination: its agent announces with a higher mobility sequence (docs/directory.md), so
-  the destination takes over while the source still runs (make-before-break).
+  ARP/NDP, anti-spoofing), wait until it is programmed, and pin the guest's MAC for its
+  addresses on the tap (tap.pin_neighbours: a paused guest answers no ARP). Incoming migration
+  is a prepare on the destination: its agent announces with a higher mobility sequence
+  (docs/directory.md), so the destination takes over while the source still runs
+  (make-before-break).
 - release: remove the endpoint, then the tap (on a migration's source, after the destination).
 - reconnect, attach (libvirtd restarted, domain running): register again (idempotent).
 - migrate, restore: libvirt takes stdout as a replacement XML; empty means unchanged.
@@ -52,7 +54,7 @@ class Attachment:
     tap: str  # also the endpoint id
     tenant: str
     addresses: list[str]
-    mac: str  # the tap's: the guest's with the first octet fe
+    guest_mac: str
     uid: int | None
     gid: int | None
 
@@ -135,7 +137,7 @@ def _attachment(entry: ET.Element, name: str, iface: ET.Element | None) -> Attac
     if not addresses:
         raise HookError(f"{where}: give ipv4= and/or ipv6=")
     uid, gid = _owner(where, entry.get("owner"), entry.get("group"))
-    return Attachment(name, tenant, addresses, "fe" + guest_mac.lower()[2:], uid, gid)
+    return Attachment(name, tenant, addresses, guest_mac.lower(), uid, gid)
 
 
 def _owner(where: str, owner: str | None, group: str | None) -> tuple[int | None, int | None]:
@@ -157,6 +159,11 @@ def _owner(where: str, owner: str | None, group: str | None) -> tuple[int | None
     return ids[0], ids[1]
 
 
+def tap_mac(guest_mac: str) -> str:
+    """The guest's with the first octet fe (as libvirt's own taps): the same on every host."""
+    return "fe" + guest_mac[2:]
+
+
 # --- ops ---------------------------------------------------------------------------------
 
 
@@ -164,10 +171,11 @@ def prepare(sock: str, attachments: list[Attachment]) -> None:
     undo: list[Callable[[], None]] = []
     try:
         for a in attachments:
-            if tap.create(a.tap, a.mac, a.uid, a.gid):
+            if tap.create(a.tap, tap_mac(a.guest_mac), a.uid, a.gid):
                 undo.append(lambda a=a: tap.delete(a.tap))
             undo.append(lambda a=a: _ask(sock, a.tap, _delete(a.tap)))
             _ask(sock, a.tap, _add(a))
+            tap.pin_neighbours(a.tap, a.guest_mac, a.addresses)
     except (HookError, tap.TapError) as exc:
         for step in reversed(undo):
             with contextlib.suppress(HookError, tap.TapError):  # the first error is reported
@@ -193,6 +201,7 @@ def reconnect(sock: str, attachments: list[Attachment]) -> None:
         if not tap.exists(a.tap):
             raise HookError(f"tap {a.tap} is missing (the domain runs without its network)")
         _ask(sock, a.tap, _add(a))
+        tap.pin_neighbours(a.tap, a.guest_mac, a.addresses)
 
 
 def unchanged(sock: str, attachments: list[Attachment]) -> None:

@@ -101,6 +101,9 @@ def test_prepare_makes_the_tap_and_the_endpoint_release_removes_both(hook: Hook)
     [ep] = hook.endpoints()
     assert ep["id"] == hook.tap and ep["interface"] == hook.tap and ep["tenant"] == "blue"
     assert sorted(ep["addresses"]) == ["10.0.0.21", "fd10::21"] and ep["programmed"]
+    neigh = subprocess.run(["ip", "neigh", "show", "dev", hook.tap], capture_output=True, text=True)
+    for address in ("10.0.0.21", "fd10::21"):  # no ARP/NDP needed: a paused guest answers none
+        assert f"{address} lladdr {GUEST_MAC} PERMANENT" in neigh.stdout, neigh.stdout
     # libvirt repeats nothing, but a second prepare (a retried start) converges
     assert hook.run("prepare", "begin", domain_xml(hook.tap))[0] == 0
     assert len(hook.endpoints()) == 1
