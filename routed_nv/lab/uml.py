@@ -38,6 +38,7 @@ GUEST_MODULES = (
     "ipv6",
     "veth",
     "dummy",
+    "tun",  # /dev/net/tun for the libvirt hook's taps (test_libvirt_kernel.py)
     "vrf",
     "ip6_tunnel",
     "tunnel6",

@@ -251,6 +251,16 @@ def until_only(old: str, new: str, since: float) -> tuple[float, float]:
         time.sleep(0.05)
 
 
+def assert_no_duplicate(env: BgpAgents, logs: dict[str, int]) -> None:
+    """After a move: no host reports a duplicate, and the hosts' logs since the offsets in
+    `logs` have no re-assertion and no duplicate."""
+    for host in ("host1", "host2", "host3"):
+        assert env.agents[host].status()["directory"]["duplicates"] == [], host
+    for host, offset in logs.items():
+        log = env.agents[host].log()[offset:]
+        assert "mobility.reassert" not in log and "mobility.duplicate" not in log, log
+
+
 def test_make_before_break_move_the_newest_location_wins(env: BgpAgents) -> None:
     """A live migration: host3 adds the endpoint while host1 still has it, then host1 deletes
     it. host3 announces it with sequence 1, every host prefers host3, host1 goes stale and
@@ -288,11 +298,7 @@ def test_make_before_break_move_the_newest_location_wins(env: BgpAgents) -> None
             at_new = echo_requests_received(new_ns)
             reach(env, "blue2", addresses[0], time.monotonic())
             assert echo_requests_received(new_ns) > at_new
-            for host in ("host1", "host2", "host3"):
-                assert env.agents[host].status()["directory"]["duplicates"] == [], host
-            for host, offset in logs.items():
-                log = env.agents[host].log()[offset:]
-                assert "mobility.reassert" not in log and "mobility.duplicate" not in log, log
+            assert_no_duplicate(env, logs)
             assert stale_on(env, "host1") == set()
             announced = sh(env.datapath, ns("host1"), "ip route show table all proto 230")
             assert addresses[0] not in announced, where_is(env, addresses[0])

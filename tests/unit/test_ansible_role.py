@@ -122,6 +122,8 @@ def test_check_mode_run_on_localhost(tmp_path: Path) -> None:
         "-e",
         "routed_nv_manage_service=false",
         "-e",
+        "routed_nv_libvirt_hook=true",  # the hook's tasks too
+        "-e",
         f"routed_nv_config_dir={tmp_path / 'etc'}",
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -320,17 +320,24 @@ def test_a_namespace_without_a_name_is_pinned_for_the_agent(cni: Cni) -> None:
         holder.wait()
 
 
-def test_the_plugin_loads_no_agent_libraries() -> None:
-    """A runtime waits for every ADD: the plugin imports the stdlib and routed_nv.cni only."""
+def heavy_imports(module: str, ours: tuple[str, ...]) -> str:
+    """The agent's libraries and the routed_nv modules outside `ours` that importing `module`
+    loads, in a fresh interpreter."""
     code = (
-        "import sys, routed_nv.cni.plugin\n"
-        "ours = ('routed_nv.cni', 'routed_nv.netns', 'routed_nv.control_wire')\n"
+        f"import sys, {module}\n"
+        f"ours = {ours!r}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'pydantic', 'pyroute2', 'iptc', 'click', 'vici', 'prometheus_client'}"
         " or m.startswith('routed_nv.') and not m.startswith(ours)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return out.stdout.strip()
+
+
+def test_the_plugin_loads_no_agent_libraries() -> None:
+    """A runtime waits for every ADD: the plugin imports the stdlib and routed_nv.cni only."""
+    ours = ("routed_nv.cni", "routed_nv.netns", "routed_nv.control_wire")
+    assert heavy_imports("routed_nv.cni.plugin", ours) == "[]"
 
 
 def test_add_and_del_wall_time(cni: Cni, netns: str, capsys: pytest.CaptureFixture[str]) -> None:

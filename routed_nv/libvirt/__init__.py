@@ -1,0 +1,1 @@
+"""The libvirt / QEMU integration: the qemu hook (docs/libvirt.md)."""
