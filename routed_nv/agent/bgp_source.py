@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from routed_nv import markers
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
@@ -45,8 +44,9 @@ from routed_nv.directory.bird_config import (
 )
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, CommandError, Route
 from routed_nv.directory.learn import Learned, MirrorRoute, PublishedRoute, learn
-from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
+from routed_nv.model import markers
+from routed_nv.model.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 
 POLL_S = 0.5
 # BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,

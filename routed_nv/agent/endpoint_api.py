@@ -20,10 +20,10 @@ from typing import Any, Protocol
 from routed_nv.agent import runtime
 from routed_nv.agent.control import answer_error, answer_ok
 from routed_nv.agent.loop import RESTART_ONLY_PROBLEM, Applied, restart_only
-from routed_nv.calc.inputs import Claim
 from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.config.loader import ConfigError
 from routed_nv.config.model import Config, DirectorySourceKind, Endpoint
+from routed_nv.model.directory import Claim
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_TIMEOUT_S = 600.0

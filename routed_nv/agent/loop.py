@@ -48,9 +48,9 @@ from routed_nv.agent.snapshot import (
 from routed_nv.agent.source import DirectorySource, RejectedRoute, SourceUpdate, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
-from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
+from routed_nv.model.directory import Claim, DirectoryView, IPNetwork
 
 if TYPE_CHECKING:  # importing the Datapath module pulls in pyroute2
     from routed_nv.agent.datapath import Outcome

@@ -23,11 +23,11 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable, Iterator
 
-from routed_nv import markers
-from routed_nv.calc.inputs import Claim, DirectoryView
 from routed_nv.config.model import Config, Endpoint, EndpointStyle
-from routed_nv.directory.mobility import metric_for
-from routed_nv.routing.objects import (
+from routed_nv.model import markers
+from routed_nv.model.directory import Claim, DirectoryView
+from routed_nv.model.mobility import metric_for
+from routed_nv.model.routing import (
     LOCAL_TABLE,
     MAIN_TABLE,
     RT_SCOPE_LINK,

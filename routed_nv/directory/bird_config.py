@@ -21,15 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from routed_nv import markers
 from routed_nv.config.model import Config, Tenant, Upstream
-from routed_nv.directory.mobility import (
+from routed_nv.model import markers
+from routed_nv.model.mobility import (
     MIRROR_SEQUENCE,
     MIRROR_TENANTS,
     SEQUENCE_COMMUNITY,
     TENANT_COMMUNITY,
 )
-from routed_nv.routing.objects import DEFAULT_METRIC
+from routed_nv.model.routing import DEFAULT_METRIC
 
 BIRD = "bird"
 LOCAL_PREFERENCE = 100  # BGP's default; a moved endpoint's route gets this + its sequence

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from routed_nv.esp.objects import StateKey
+from routed_nv.model.xfrm import StateKey
 
 FILE_NAME = "xfrm-oseq.json"
 _VERSION = 1

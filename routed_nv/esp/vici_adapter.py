@@ -17,7 +17,7 @@ from typing import Any
 import vici
 from vici.exception import CommandException, DeserializationException, SessionException
 
-from routed_nv.esp.secret import Secret
+from routed_nv.model.secret import Secret
 
 DEFAULT_TIMEOUT_S = 10.0
 

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from routed_nv.esp.objects import (
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import (
     Action,
     Direction,
     SaCounters,
@@ -26,7 +27,6 @@ from routed_nv.esp.objects import (
     XfrmPolicy,
     XfrmState,
 )
-from routed_nv.esp.secret import Secret
 
 _DONE_MARKER = "xfrm state count"
 _DONE_OUTPUT = "SAD count"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from routed_nv.routing.objects import (
+from routed_nv.model.routing import (
     Address,
     IPInterface,
     Link,

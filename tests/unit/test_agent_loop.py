@@ -15,9 +15,9 @@ from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.snapshot import SaInfo
 from routed_nv.agent.source import SourceUpdate, StaticSource, keep_known
-from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
+from routed_nv.model.directory import Claim, DirectoryView, PeerHost, RemoteRoute
 
 HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
 HOST3 = PeerHost("host3", 3, ipaddress.IPv6Network("2001:db8:0:3::/64"))

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.agent import bgp_source
 from routed_nv.agent.bgp_source import BgpSource
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.source import SourceUpdate, StaticSource
-from routed_nv.calc.inputs import Claim
 from routed_nv.cli import agent as agent_cli
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bird_config
@@ -33,6 +31,8 @@ from routed_nv.directory.birdc import (
 )
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 from routed_nv.directory.netlink_watch import RouteEvent
+from routed_nv.model import markers
+from routed_nv.model.directory import Claim
 
 CONFIG = Config.model_validate(
     {

@@ -12,21 +12,20 @@ from test_agent_loop import config, route, view
 from test_esp_driver import FakeKernel
 from test_netfilter_driver import FakeTables
 
-from routed_nv import markers
 from routed_nv.agent.changes import Changed
 from routed_nv.agent.datapath import Datapath, Outcome
-from routed_nv.calc.netfilter import Family
 from routed_nv.config.model import Config
 from routed_nv.esp.driver import XfrmDriver, XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
-from routed_nv.esp.objects import XfrmState
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.seqstore import ReservationStore
 from routed_nv.esp.xfrm import Op, Verb, XfrmError
+from routed_nv.model import markers
+from routed_nv.model.netfilter import Family, TableChange
+from routed_nv.model.routing import Route
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import XfrmState
 from routed_nv.netfilter.driver import NetfilterDriver, NetfilterPlan, NetfilterResult
-from routed_nv.netfilter.objects import TableChange
 from routed_nv.routing.driver import Change, Result
-from routed_nv.routing.objects import Route
 
 SECRET = "5a" * 32
 KEY = Secret(b"\x11" * 20)

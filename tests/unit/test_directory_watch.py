@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.directory import netlink_watch as nw
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute
+from routed_nv.model import markers
 
 TABLE = markers.mirror_table(100)
 

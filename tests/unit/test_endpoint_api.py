@@ -23,10 +23,10 @@ from routed_nv.agent.endpoint_api import EndpointApi
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.source import SourceUpdate
-from routed_nv.calc.inputs import static_view
 from routed_nv.cli.endpoint import endpoint_group
 from routed_nv.config.loader import load_config
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 CLIENTS = 50

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.xfrm import DesiredXfrm
 from routed_nv.esp.driver import XfrmDriver
-from routed_nv.esp.objects import Action, Direction, XfrmPolicy, XfrmState
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.seqres import FLOOR, SEQ_LIMIT
 from routed_nv.esp.seqstore import FILE_NAME, ReservationStore
 from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
+from routed_nv.model import markers
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import Action, DesiredXfrm, Direction, XfrmPolicy, XfrmState
 
 PREFIX = ipaddress.IPv6Network("2001:db8:0:1::/64")
 HERE = ipaddress.IPv6Address("2001:db8:0:1::1:64")

@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 
-from routed_nv.calc.ike import DesiredIke, IkeConn, desired_ike
-from routed_nv.calc.inputs import static_view
 from routed_nv.esp.ike import (
     IkeDriver,
     IkeSa,
@@ -22,11 +20,12 @@ from routed_nv.esp.ike import (
     _surplus_children,
     read_charon,
 )
-from routed_nv.esp.objects import Direction, XfrmPolicy
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from routed_nv.esp.xfrm import XfrmError
-from tests.unit.test_ike_calc import config
+from routed_nv.model.ike import DesiredIke, IkeConn
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import Direction, XfrmPolicy
+from tests.unit.test_ike_calc import config, ike_desired
 
 PROTO_NAMES = {"4": "ipencap", "41": "ipv6"}
 
@@ -142,7 +141,7 @@ def desired(tmp_path: Path) -> DesiredIke:
     os.write(fd, b"secret")
     os.close(fd)
     cfg = config({"mode": "ike", "psk_file": str(path)})
-    return desired_ike(cfg, static_view(cfg))
+    return ike_desired(cfg)
 
 
 def driver_for(charon: FakeCharon, pins: list[XfrmPolicy] | None = None) -> IkeDriver:
@@ -229,7 +228,7 @@ def test_a_restarted_agent_reloads_once_and_a_changed_conn_is_reloaded(
     cfg = config(
         {"mode": "ike", "psk_file": str(tmp_path / "psk"), "esp_proposals": ["aes256gcm16"]}
     )
-    changed = desired_ike(cfg, static_view(cfg))
+    changed = ike_desired(cfg)
     charon.calls.clear()
     fresh.apply(changed)
     assert charon.calls == ["load-conn rnv-host2", "load-conn rnv-host3"]
@@ -349,7 +348,7 @@ def x509_desired(tmp_path: Path) -> DesiredIke:
     os.close(fd)
     files = {"ca_cert": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
     cfg = config({"mode": "ike", **{k: str(tmp_path / v) for k, v in files.items()}})
-    return desired_ike(cfg, static_view(cfg))
+    return ike_desired(cfg)
 
 
 def first_initiate_error(desired: DesiredIke, *log: str) -> str:

@@ -2,10 +2,10 @@ from dataclasses import replace
 
 import pytest
 
-from routed_nv.calc.netfilter import DISPATCH, Family, Rule, desired_rules
+from routed_nv.calc.netfilter import DISPATCH, desired_rules
 from routed_nv.config.model import Config
+from routed_nv.model.netfilter import ActualTable, Family, NetfilterError, Rule, TableChange
 from routed_nv.netfilter.driver import NetfilterDriver
-from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
 from tests.factories import HOST1
 
 

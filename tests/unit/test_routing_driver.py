@@ -7,13 +7,13 @@ from collections import Counter
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.inputs import static_view
 from routed_nv.calc.routing import desired_routing, endpoint_link_name
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model import markers
+from routed_nv.model.routing import Address, NeighProxy, PolicyRule, Route
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.kernel import AlreadyExists, KernelError, LinkState, NetnsNotFound, NotFound
-from routed_nv.routing.objects import Address, NeighProxy, PolicyRule, Route
 from tests.factories import HOST1
 
 net = ipaddress.ip_network

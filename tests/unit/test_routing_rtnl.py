@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
+from routed_nv.model.routing import RT_SCOPE_LINK, Route
 from routed_nv.routing import rtnl
-from routed_nv.routing.objects import RT_SCOPE_LINK, Route
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address

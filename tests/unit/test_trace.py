@@ -9,16 +9,16 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
-from routed_nv import markers, trace_facts
-from routed_nv.calc.inputs import static_view
+from routed_nv import trace_facts
 from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.calc.trace import Facts, KernelRoute, TraceError, Verdict, trace
 from routed_nv.calc.xfrm import tenant_policies
 from routed_nv.cli.trace import trace_command
 from routed_nv.config.model import Config
-from routed_nv.esp import spi
-from routed_nv.esp.objects import XfrmState
-from routed_nv.esp.secret import Secret
+from routed_nv.config.views import static_view
+from routed_nv.model import markers, spi
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import XfrmState
 from routed_nv.trace_facts import GatherError, parse_route_get
 
 ip = ipaddress.ip_address
