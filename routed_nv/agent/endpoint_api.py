@@ -23,6 +23,7 @@ from routed_nv.agent.loop import RESTART_ONLY_PROBLEM, Applied, restart_only
 from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.config.loader import ConfigError
 from routed_nv.config.model import Config, DirectorySourceKind, Endpoint
+from routed_nv.errors import RoutedNvError
 from routed_nv.model.directory import Claim
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -53,7 +54,7 @@ class AgentLike(Protocol):
     def published(self) -> frozenset[Claim] | None: ...
 
 
-class BadRequest(ValueError):
+class BadRequest(RoutedNvError, ValueError):
     pass
 
 

@@ -19,13 +19,14 @@ from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import SELF
 from routed_nv.config.loader import shorten
 from routed_nv.config.model import Config
+from routed_nv.errors import RoutedNvError
 from routed_nv.model import markers
 from routed_nv.model.directory import DirectoryView, IPNetwork, RemoteRoute
 
 Json = dict[str, Any]
 
 
-class QueryError(ValueError):
+class QueryError(RoutedNvError, ValueError):
     """The question itself is wrong (unknown tenant, not an address): a usage error."""
 
 

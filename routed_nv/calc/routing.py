@@ -24,6 +24,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 
 from routed_nv.config.model import Config, Endpoint, EndpointStyle
+from routed_nv.errors import RoutedNvError
 from routed_nv.model import markers
 from routed_nv.model.directory import Claim, DirectoryView
 from routed_nv.model.mobility import metric_for
@@ -53,7 +54,7 @@ WORKLOAD_IFNAME = "eth0"  # the workload end of a veth pair routed_nv creates
 _IFNAMSIZ = 15
 
 
-class RoutingConflict(ValueError):
+class RoutingConflict(RoutedNvError, ValueError):
     """The config asks for something the routing datapath cannot build."""
 
 

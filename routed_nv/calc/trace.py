@@ -17,6 +17,7 @@ from typing import Any
 from routed_nv.calc.netfilter import SRC_PREFIX, TO_HOST
 from routed_nv.calc.routing import RoutingConflict, host_ifname
 from routed_nv.config.model import Config, KeyingMode
+from routed_nv.errors import RoutedNvError
 from routed_nv.model import markers
 from routed_nv.model import spi as spi_plan
 from routed_nv.model.directory import DirectoryView, PeerHost, RemoteRoute
@@ -27,7 +28,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PROTOCOLS = ("icmp", "tcp", "udp")
 
 
-class TraceError(ValueError):
+class TraceError(RoutedNvError, ValueError):
     """The question cannot be asked: unknown tenant, not an address, mixed families."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routed_nv.config.model import Config, Tenant, Upstream
+from routed_nv.errors import RoutedNvError
 from routed_nv.model import markers
 from routed_nv.model.mobility import (
     MIRROR_SEQUENCE,
@@ -54,7 +55,7 @@ RR_CONNECT_RETRY_S = 5
 RR_RECOVERY_WAIT_S = 15
 
 
-class BirdConfigError(RuntimeError):
+class BirdConfigError(RoutedNvError, RuntimeError):
     pass
 
 

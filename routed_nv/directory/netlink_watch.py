@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute
+from routed_nv.errors import TransientError
 from routed_nv.model import markers
 from routed_nv.netns import NetnsError, run_in_netns
 from routed_nv.routing.rtnl import (
@@ -82,7 +83,7 @@ class _Overflow(Exception):
     """The socket's queue overflowed: the kernel dropped route events."""
 
 
-class WatchError(RuntimeError):
+class WatchError(TransientError, RuntimeError):
     pass
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from routed_nv.errors import RoutedNvError
 from routed_nv.model.secret import Secret
 from routed_nv.model.xfrm import (
     Action,
@@ -59,7 +60,7 @@ class OpFailure:
         return f"{self.op.describe()}: {self.message}"
 
 
-class XfrmError(Exception):
+class XfrmError(RoutedNvError):
     """iproute2 could not be run or its output not read."""
 
 

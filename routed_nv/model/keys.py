@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from routed_nv.errors import RoutedNvError
 from routed_nv.model.secret import Secret
 
 MIN_SECRET_BYTES = 32
@@ -22,7 +23,7 @@ _HKDF_SALT = b"routed_nv static keying"
 _HKDF_LABEL = b"routed_nv/esp/v1 rfc4106(gcm(aes)) 128"
 
 
-class KeyFileError(Exception):
+class KeyFileError(RoutedNvError):
     """A secret file that cannot be used; the message names the file (and line), never the key."""
 
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from routed_nv.errors import RoutedNvError
+
 
 class Family(StrEnum):
     IPV4 = "ipv4"
@@ -84,7 +86,7 @@ class DesiredRules:
     errors: tuple[str, ...] = ()
 
 
-class NetfilterError(Exception):
+class NetfilterError(RoutedNvError):
     """An iptables operation failed; the message names the table and what was being done."""
 
 
