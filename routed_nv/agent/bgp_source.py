@@ -62,16 +62,8 @@ POLL_S = 0.5
 # route change meanwhile: longer than the clients' reconnect (one connect retry), with as much
 # again for a loaded host.
 SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
-# A path whose next hop the underlay cannot reach fails BIRD's mirror export (`gw = bgp_next_hop`:
-# "Invalid gw address"), and BIRD withdraws it from the mirror table: the watch cannot see it.
-# That is a foreign next hop (a host announcing anything: a refusal to report), or every path at
-# once when this host's own uplink is down: valid locations that must stay programmed, with
-# their SAs. Deleting them deleted the outbound static-keyed SAs, and the SAs made anew on the
-# uplink's return restart at sequence 1, which every peer's inbound SA drops as replays until
-# the new one passes the old count (lab: 902 packets, host1 -> host2 black-holed for minutes).
-# So the source asks BIRD what each mirror export refused (`show route noexport`) and learns
-# those paths with the mirror routes: at once when mirror routes go, and every REFUSED_POLL_S
-# (one command per tenant and family: not on every poll).
+# Paths BIRD's mirror export refused (unreachable next hop) are learned too, asked for at this
+# interval: deleting them black-holed traffic (docs/incidents.md, "Unreachable next hops").
 REFUSED_POLL_S = 5.0
 
 

@@ -101,11 +101,8 @@ def _conn(
         "proposals": list(keying.ike_proposals),
         "rekey_time": f"{keying.ike_rekey_s}s",
         "dpd_delay": f"{keying.dpd_delay_s}s",
-        # Host addresses do not move. With MOBIKE (charon's default) every DPD is a path check
-        # that picks the local address by route lookup: the uplink's, not the host address, so
-        # charon moved the IKE_SA there and rewrote the transport_proxy CHILD_SAs' addresses to
-        # the new IKE endpoints, which broke them (lab: "local endpoint changed" 30 s after
-        # start, tenant packets lost).
+        # Host addresses do not move; MOBIKE moved the IKE_SA to the uplink's address and broke
+        # the CHILD_SAs (docs/incidents.md, "MOBIKE moved the IKE_SA").
         "mobike": "no",
         # `unique` stays at its default (no): a restarted peer's INITIAL_CONTACT still replaces
         # its dead IKE_SA at once. `replace` would also delete a duplicate from a simultaneous

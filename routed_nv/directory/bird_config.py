@@ -47,11 +47,8 @@ SCAN_TIME_S = 60  # netlink events do the work; the scan only catches what was m
 # A route reflector is unreachable until the underlay routes arrive from the upstream (eBGP, in
 # the same BIRD): retry soon rather than after BIRD's default 120 s.
 RR_CONNECT_RETRY_S = 5
-# A route reflector restarted with -R never ends graceful-restart recovery on its own: its
-# dynamic `hosts` template sends no End-of-RIB, so recovery runs for all of BIRD's `graceful
-# restart wait` (240 s by default; measured in the lab), and a second crash inside it left the
-# reflector unreachable for over 45 s (docs/directory.md). Its upstream session (5 s connect
-# delay) and its clients (RR_CONNECT_RETRY_S) are back well within this.
+# A restarted route reflector's graceful-restart recovery, instead of BIRD's 240 s: it never ends
+# it on its own (docs/incidents.md, "A route reflector restarted with -R").
 RR_RECOVERY_WAIT_S = 15
 
 
