@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from routed_nv import markers
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.source import PeerStatus, Publish, SourceUpdate
 from routed_nv.config.model import Config
@@ -45,9 +44,10 @@ from routed_nv.directory.bird_config import (
 )
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, CommandError, Route
 from routed_nv.directory.learn import Learned, Learner, MirrorRoute, PublishedRoute
-from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
+from routed_nv.model import markers
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 
 POLL_S = 0.5
 # BIRD's CLI tells no End-of-RIB. A route-reflector session that has just come up (agent start,
@@ -63,16 +63,8 @@ POLL_S = 0.5
 # route change meanwhile: longer than the clients' reconnect (one connect retry), with as much
 # again for a loaded host.
 SETTLE_S = 2.0 * RR_CONNECT_RETRY_S
-# A path whose next hop the underlay cannot reach fails BIRD's mirror export (`gw = bgp_next_hop`:
-# "Invalid gw address"), and BIRD withdraws it from the mirror table: the watch cannot see it.
-# That is a foreign next hop (a host announcing anything: a refusal to report), or every path at
-# once when this host's own uplink is down: valid locations that must stay programmed, with
-# their SAs. Deleting them deleted the outbound static-keyed SAs, and the SAs made anew on the
-# uplink's return restart at sequence 1, which every peer's inbound SA drops as replays until
-# the new one passes the old count (lab: 902 packets, host1 -> host2 black-holed for minutes).
-# So the source asks BIRD what each mirror export refused (`show route noexport`) and learns
-# those paths with the mirror routes: at once when mirror routes go, and every REFUSED_POLL_S
-# (one command per tenant and family: not on every poll).
+# Paths BIRD's mirror export refused (unreachable next hop) are learned too, asked for at this
+# interval: deleting them black-holed traffic (docs/incidents.md, "Unreachable next hops").
 REFUSED_POLL_S = 5.0
 
 

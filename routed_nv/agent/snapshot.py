@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from routed_nv.agent.source import PeerStatus, RejectedRoute
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate
-from routed_nv.calc.inputs import DirectoryView, IPNetwork
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.config.model import Config
+from routed_nv.model.directory import DirectoryView, IPNetwork
 from routed_nv.model.directory_delta import DirectoryDelta
 
 

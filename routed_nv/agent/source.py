@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from routed_nv.calc.inputs import DirectoryView, RemoteRoute, static_view
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model.directory import DirectoryView, RemoteRoute
 from routed_nv.model.directory_delta import DirectoryDelta
 
 
