@@ -321,10 +321,12 @@ def test_a_namespace_without_a_name_is_pinned_for_the_agent(cni: Cni) -> None:
 
 
 def test_the_plugin_loads_no_agent_libraries() -> None:
-    """A runtime waits for every ADD: the plugin imports the stdlib and routed_nv.cni only."""
+    """A runtime waits for every ADD: the plugin imports the stdlib, routed_nv.cni and the
+    stdlib-only netns, control_wire and errors modules."""
     code = (
         "import sys, routed_nv.cni.plugin\n"
-        "ours = ('routed_nv.cni', 'routed_nv.netns', 'routed_nv.control_wire')\n"
+        "ours = ('routed_nv.cni', 'routed_nv.netns', 'routed_nv.control_wire',"
+        " 'routed_nv.errors')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'pydantic', 'pyroute2', 'iptc', 'click', 'vici', 'prometheus_client'}"
         " or m.startswith('routed_nv.') and not m.startswith(ours)))"

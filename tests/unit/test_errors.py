@@ -42,15 +42,19 @@ def test_every_exception_class_is_a_routed_nv_error() -> None:
 
 def test_transient_errors_say_so() -> None:
     from routed_nv.agent.control import AgentDown, RequestFailed
+    from routed_nv.cni.agent_socket import AgentDown as PluginAgentDown
+    from routed_nv.cni.agent_socket import AgentRefused
     from routed_nv.config.loader import ConfigError
     from routed_nv.directory.birdc import BirdError, CommandError
     from routed_nv.model.keys import KeyFileError
     from routed_nv.routing.kernel import error_from_errno
 
-    for transient in (AgentDown("x"), BirdError("x"), error_from_errno(16)):  # 16: EBUSY
+    # 16: EBUSY
+    for transient in (AgentDown("x"), PluginAgentDown("x"), BirdError("x"), error_from_errno(16)):
         assert isinstance(transient, TransientError) and transient.transient
     for permanent in (
         RequestFailed("refused", "x"),
+        AgentRefused("refused", "x"),
         CommandError("configure", 8003, "syntax error"),
         ConfigError([]),
         KeyFileError("x"),
