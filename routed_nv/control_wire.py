@@ -8,8 +8,10 @@ import json
 import socket
 from typing import Any
 
+from routed_nv.errors import RoutedNvError
 
-class WireError(Exception):
+
+class WireError(RoutedNvError):
     """Connected, but the exchange failed or the answer is no JSON (the message names the path)."""
 
 

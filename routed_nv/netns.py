@@ -16,13 +16,15 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from routed_nv.errors import RoutedNvError
+
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 
 
-class NetnsError(Exception):
+class NetnsError(RoutedNvError):
     """The namespace does not exist or cannot be entered (the message names it)."""
 
 

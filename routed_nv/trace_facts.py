@@ -16,15 +16,17 @@ import json
 import subprocess
 from pathlib import Path
 
-from routed_nv.calc.inputs import DirectoryView, static_view
 from routed_nv.calc.trace import Facts, KernelRoute, source_interface
 from routed_nv.config.model import Config, DirectorySourceKind
+from routed_nv.config.views import static_view
+from routed_nv.errors import RoutedNvError
 from routed_nv.esp.xfrm import IprouteXfrm, XfrmError
+from routed_nv.model.directory import DirectoryView
 
 _TIMEOUT_S = 30
 
 
-class GatherError(RuntimeError):
+class GatherError(RoutedNvError, RuntimeError):
     """The kernel could not be read (no `ip`, no such netns, ...)."""
 
 

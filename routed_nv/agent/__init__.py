@@ -1,1 +1,2 @@
-"""The agent: one-shot apply now, the continuous reconcile loop with the directory later."""
+"""The agent: the reconcile loop, the Datapath that runs the drivers in order, the directory
+sources, the control socket and the log; the one layer that imports calc and the drivers."""

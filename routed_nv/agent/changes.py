@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from routed_nv.agent.events import EventLog, Field
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.xfrm import Op, Verb
-from routed_nv.netfilter.objects import TableChange
+from routed_nv.model.netfilter import TableChange
+from routed_nv.model.secret import Secret
 from routed_nv.routing.driver import Change
 
 CHANGE_LOG_MAX = 50  # per stage and apply; the rest is counted

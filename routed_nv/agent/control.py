@@ -35,6 +35,7 @@ from typing import Any
 from routed_nv import control_wire
 from routed_nv.agent import report, view_json
 from routed_nv.agent.snapshot import Snapshot
+from routed_nv.errors import RoutedNvError, TransientError
 
 SOCKET_NAME = "agent.sock"
 MAX_REQUEST = 64 * 1024
@@ -42,11 +43,11 @@ TIMEOUT_S = 5.0
 _UCRED = struct.Struct("=iII")  # pid, uid, gid
 
 
-class ControlError(RuntimeError):
+class ControlError(RoutedNvError, RuntimeError):
     pass
 
 
-class AgentDown(ControlError):
+class AgentDown(ControlError, TransientError):
     """No agent answers on the socket."""
 
 

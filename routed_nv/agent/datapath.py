@@ -34,26 +34,29 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from routed_nv.agent.changes import Changed, of_ike, of_netfilter, of_routing, of_xfrm
-from routed_nv.calc.ike import DesiredIke, desired_ike
-from routed_nv.calc.inputs import DirectoryView
-from routed_nv.calc.netfilter import DesiredRules, desired_rules
+from routed_nv.calc.ike import credential_files, desired_ike
+from routed_nv.calc.netfilter import desired_rules
 from routed_nv.calc.routing import (
     RoutingConflict,
     desired_routing,
     endpoint_changes,
     remote_changes,
 )
-from routed_nv.calc.xfrm import DesiredXfrm, desired_xfrm
+from routed_nv.calc.xfrm import desired_xfrm
 from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import keys
 from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
 from routed_nv.esp.vici_adapter import ViciError
 from routed_nv.esp.xfrm import XfrmError
+from routed_nv.model.directory import DirectoryView
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.ike import DesiredIke
+from routed_nv.model.netfilter import DesiredRules
+from routed_nv.model.routing import DesiredRouting
+from routed_nv.model.xfrm import DesiredXfrm
 from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
 from routed_nv.routing.driver import Result
-from routed_nv.routing.objects import DesiredRouting
 
 
 # What the Datapath needs of each driver: the real ones are built in agent/wiring.py, unit tests
@@ -307,7 +310,9 @@ class Datapath:
         return stage
 
     def _xfrm(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        desired = desired_xfrm(config, view, keys.loader(config.keying.secrets_dir))
+        static = config.keying.mode is KeyingMode.STATIC
+        loaded = keys.load_all(config.keying.secrets_dir, config.tenants) if static else {}
+        desired = desired_xfrm(config, view, loaded)
         stage = Stage("xfrm", errors=list(desired.errors))
         try:
             plan = self.xfrm.plan(desired)
@@ -325,7 +330,7 @@ class Datapath:
         return stage
 
     def _ike(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        desired = desired_ike(config, view)
+        desired = desired_ike(config, view, keys.read_files(*credential_files(config.keying)))
         if execute:
             result = self.ike.apply(desired)
             return Stage(

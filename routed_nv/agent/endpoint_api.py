@@ -20,10 +20,11 @@ from typing import Any, Protocol
 from routed_nv.agent import runtime
 from routed_nv.agent.control import answer_error, answer_ok
 from routed_nv.agent.loop import RESTART_ONLY_PROBLEM, Applied, restart_only
-from routed_nv.calc.inputs import Claim
 from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.config.loader import ConfigError
 from routed_nv.config.model import Config, DirectorySourceKind, Endpoint
+from routed_nv.errors import RoutedNvError
+from routed_nv.model.directory import Claim
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_TIMEOUT_S = 600.0
@@ -53,7 +54,7 @@ class AgentLike(Protocol):
     def published(self) -> frozenset[Claim] | None: ...
 
 
-class BadRequest(ValueError):
+class BadRequest(RoutedNvError, ValueError):
     pass
 
 

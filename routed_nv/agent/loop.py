@@ -58,9 +58,10 @@ from routed_nv.agent.snapshot import (
 from routed_nv.agent.source import DirectorySource, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
-from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
+from routed_nv.config.views import local_addresses
+from routed_nv.model.directory import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.model.directory_source import RejectedRoute, SourceUpdate
 
@@ -480,7 +481,7 @@ class Agent:
 
     def _local_addresses(self, config: Config) -> set[tuple[int, IPNetwork]]:
         if self._local is None or self._local[0] is not config:
-            self._local = (config, mobility.local_addresses(config))
+            self._local = (config, local_addresses(config))
         return self._local[1]
 
     def _check(self) -> None:

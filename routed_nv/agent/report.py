@@ -13,18 +13,20 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from routed_nv import __version__, markers
+from routed_nv import __version__
 from routed_nv.agent.snapshot import Drift, SaInfo, Snapshot
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import SELF
-from routed_nv.calc.inputs import DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.loader import shorten
 from routed_nv.config.model import Config
+from routed_nv.errors import RoutedNvError
+from routed_nv.model import markers
+from routed_nv.model.directory import DirectoryView, IPNetwork, RemoteRoute
 
 Json = dict[str, Any]
 
 
-class QueryError(ValueError):
+class QueryError(RoutedNvError, ValueError):
     """The question itself is wrong (unknown tenant, not an address): a usage error."""
 
 

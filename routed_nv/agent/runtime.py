@@ -23,6 +23,7 @@ from routed_nv.config.loader import DROP_IN_DIR, ConfigError, default_path, load
 from routed_nv.config.model import Config, EndpointStyle
 from routed_nv.config.sources import SourceError, read_toml
 from routed_nv.config.writer import tables_to_toml
+from routed_nv.errors import RoutedNvError
 
 RUNTIME_DROP_IN = "90-routed-nv-runtime.toml"
 HEADER = (
@@ -34,7 +35,7 @@ HEADER = (
 LOCK_TIMEOUT_S = 30  # a change takes well under a second; a hung holder must not hang us all
 
 
-class Refused(ValueError):
+class Refused(RoutedNvError, ValueError):
     """The change is refused; problems lists one line per reason. `code` is the control
     socket's: bad-request (invalid), conflict (the id exists with other fields, or the
     configuration files own it)."""

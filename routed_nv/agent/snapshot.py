@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate
-from routed_nv.calc.inputs import DirectoryView, IPNetwork
 from routed_nv.calc.routing import RoutingConflict, desired_routing
 from routed_nv.config.model import Config
+from routed_nv.model.directory import DirectoryView, IPNetwork
 from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.model.directory_source import PeerStatus, RejectedRoute
 

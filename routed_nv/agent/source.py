@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
-from routed_nv.calc.inputs import DirectoryView, RemoteRoute, static_view
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model.directory import DirectoryView, RemoteRoute
 from routed_nv.model.directory_source import Publish, SourceUpdate
 
 

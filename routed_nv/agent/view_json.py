@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
+from routed_nv.model.directory import Claim, DirectoryView, PeerHost, RemoteRoute
 
 Json = dict[str, Any]
 

@@ -31,8 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from routed_nv import markers
-from routed_nv.config.model import Config, tenant_outer_address
+from routed_nv.config.model import Config
 from routed_nv.directory.birdc import BirdClient
 from routed_nv.directory.learn import IPAddress, IPNetwork
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent
@@ -41,6 +40,8 @@ from routed_nv.lab.bgp_agents import BgpAgents
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.memory_log import MemoryLog, sample
 from routed_nv.lab.topology import directory_topology
+from routed_nv.model import markers
+from routed_nv.model.directory import tenant_outer_address
 
 TENANT = "blue"
 TENANT_ID = 100

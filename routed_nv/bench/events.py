@@ -24,7 +24,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from routed_nv import markers
 from routed_nv.agent.datapath import Datapath
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
@@ -34,10 +33,11 @@ from routed_nv.directory.learn import Learner, MirrorRoute, learn
 from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
 from routed_nv.model.directory_source import Publish, SourceUpdate
+from routed_nv.model import markers
+from routed_nv.model.routing import Address, Link, NeighProxy, PolicyRule, Route
 from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.kernel import KernelError, LinkState, RouteOp
-from routed_nv.routing.objects import Address, Link, NeighProxy, PolicyRule, Route
 
 SIZES = (1_000, 10_000, 100_000)
 PEERS = 4

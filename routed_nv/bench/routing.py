@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute
 from routed_nv.calc.routing import desired_routing
 from routed_nv.config.model import Config
 from routed_nv.lab import uml
 from routed_nv.lab.builder import LabError, ip_batch
+from routed_nv.model import markers
+from routed_nv.model.directory import DirectoryView, PeerHost, RemoteRoute
+from routed_nv.model.routing import DesiredRouting
 from routed_nv.routing.driver import Result, RoutingDriver
 from routed_nv.routing.netlink import NetlinkKernel
-from routed_nv.routing.objects import DesiredRouting
 
 NETNS = "rnv-bench-routing"
 TENANT = 100

@@ -15,12 +15,12 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
-from routed_nv import markers
 from routed_nv.bench import overhead
 from routed_nv.bench.results import Variant
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.datapath import LabDatapath, host_config
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Node, Topology, Workload, default_topology
+from routed_nv.model import markers
 
 # Workloads of the plain underlay live in their host's /64: <prefix>:d000::<tenant id>.
 UNDERLAY_WORKLOAD_BASE = 0xD000_0000_0000_0000

@@ -27,8 +27,8 @@ import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 
-from routed_nv.calc.inputs import Claim, IPNetwork, RemoteRoute
-from routed_nv.directory.mobility import MAX_SEQUENCE
+from routed_nv.model.directory import Claim, IPNetwork, RemoteRoute
+from routed_nv.model.mobility import MAX_SEQUENCE
 
 Where = tuple[int, IPNetwork]
 SELF = "self"  # the location "this host"; other locations are host addresses as text

@@ -1,5 +1,5 @@
-"""Desired strongSwan state of this host in IKE keying mode. Pure, apart from reading the
-credential files through the injected reader.
+"""Desired strongSwan state of this host in IKE keying mode. Pure: the caller reads the credential
+files that `credential_files` names (esp/keys.py) and passes their text in.
 
 One IKE connection `rnv-<peer>` per peer host that shares at least one tenant with this host,
 between the two host addresses, and in it one CHILD_SA `rnv-<peer>-t<T>` per shared tenant:
@@ -21,115 +21,34 @@ plain `transport` is refused with TS_UNACCEPTABLE (ARCHITECTURE.md §4).
 from __future__ import annotations
 
 import base64
-import hashlib
-import ipaddress
-import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
-from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView, PeerHost
 from routed_nv.config.model import Config, Keying, KeyingMode
-from routed_nv.esp.keys import KeyFileError, read_private
-from routed_nv.esp.objects import TUNNELLED_PROTOS
-from routed_nv.esp.secret import Secret
+from routed_nv.model import markers
+from routed_nv.model.directory import DirectoryView, PeerHost
+from routed_nv.model.ike import (
+    PSK_ID,
+    Certificate,
+    Credential,
+    DesiredIke,
+    IkeChild,
+    IkeConn,
+    PrivateKey,
+    SharedSecret,
+    child_name,
+    conn_name,
+)
+from routed_nv.model.keys import KeyFileError
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import TUNNELLED_PROTOS
 
-# The id of our shared secret in charon (load-shared/unload-shared/get-shared), so that it is
-# recognisable and replaceable like our connections.
-PSK_ID = f"{markers.IKE_CONN_PREFIX}psk"
-
-VICI_MESSAGE = Mapping[str, object]
-
-
-@dataclass(frozen=True)
-class IkeChild:
-    name: str
-    tenant_id: int
-    local_ts: tuple[str, ...]
-    remote_ts: tuple[str, ...]
-
-    @property
-    def reqid(self) -> int:
-        return markers.reqid(self.tenant_id)
-
-
-@dataclass(frozen=True)
-class IkeConn:
-    name: str
-    peer: str
-    local_addr: str
-    remote_addr: str
-    children: tuple[IkeChild, ...]
-    message: VICI_MESSAGE = field(compare=False, repr=False)  # the load-conn body
-
-    @property
-    def local_is_lower(self) -> bool:
-        """Whether this end has the lower host address: what breaks ties between the ends."""
-        return ipaddress.ip_address(self.local_addr) < ipaddress.ip_address(self.remote_addr)
-
-    @property
-    def digest(self) -> str:
-        """Changes whenever anything in the load-conn message changes."""
-        text = json.dumps(self.message, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+# Each credential file's text, or why it cannot be used.
+CredentialFiles = Mapping[Path, str | KeyFileError]
 
 
-@dataclass(frozen=True)
-class SharedSecret:
-    id: str
-    secret: Secret
-    owners: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Certificate:
-    flag: str  # "CA" (a trust anchor) or "NONE" (our own)
-    pem: str
-    der: bytes  # what list-certs reports, to recognise it there
-    path: Path
-
-
-@dataclass(frozen=True)
-class PrivateKey:
-    secret: Secret  # the PEM file's bytes
-    path: Path
-
-
-Credential = SharedSecret | Certificate | PrivateKey
-
-
-@dataclass(frozen=True)
-class DesiredIke:
-    conns: Mapping[str, IkeConn]
-    credentials: tuple[Credential, ...]
-    # Connections that could not be calculated keep whatever charon has (as XFRM's keep_states_of).
-    keep: frozenset[str] = frozenset()
-    errors: tuple[str, ...] = ()
-
-
-FileReader = Callable[[Path], str]
-
-
-def conn_name(peer: str) -> str:
-    return f"{markers.IKE_CONN_PREFIX}{peer}"
-
-
-def child_name(peer: str, tenant_id: int) -> str:
-    return f"{conn_name(peer)}-t{tenant_id}"
-
-
-def is_ours(name: str) -> bool:
-    return name.startswith(markers.IKE_CONN_PREFIX)
-
-
-def desired_ike(
-    config: Config,
-    view: DirectoryView,
-    read_private: FileReader = read_private,
-    read_public: FileReader | None = None,
-) -> DesiredIke:
+def desired_ike(config: Config, view: DirectoryView, files: CredentialFiles) -> DesiredIke:
     if config.keying.mode is not KeyingMode.IKE:
         return DesiredIke({}, ())
     shared: dict[PeerHost, list[int]] = {}
@@ -144,9 +63,7 @@ def desired_ike(
     ]
     peers = [p for p in peers if p.address != config.host.address]
     try:
-        credentials, local_auth, remote_auth = _auth(
-            config, peers, read_private, read_public or _read_public
-        )
+        credentials, local_auth, remote_auth = _auth(config, peers, files)
     except KeyFileError as exc:
         # Without credentials nothing can be (re)authenticated; what is up stays up.
         names = frozenset(conn_name(p.name) for p in peers)
@@ -184,11 +101,8 @@ def _conn(
         "proposals": list(keying.ike_proposals),
         "rekey_time": f"{keying.ike_rekey_s}s",
         "dpd_delay": f"{keying.dpd_delay_s}s",
-        # Host addresses do not move. With MOBIKE (charon's default) every DPD is a path check
-        # that picks the local address by route lookup: the uplink's, not the host address, so
-        # charon moved the IKE_SA there and rewrote the transport_proxy CHILD_SAs' addresses to
-        # the new IKE endpoints, which broke them (lab: "local endpoint changed" 30 s after
-        # start, tenant packets lost).
+        # Host addresses do not move; MOBIKE moved the IKE_SA to the uplink's address and broke
+        # the CHILD_SAs (docs/incidents.md, "MOBIKE moved the IKE_SA").
         "mobike": "no",
         # `unique` stays at its default (no): a restarted peer's INITIAL_CONTACT still replaces
         # its dead IKE_SA at once. `replace` would also delete a duplicate from a simultaneous
@@ -218,24 +132,40 @@ def _conn(
     return IkeConn(conn_name(peer.name), peer.name, me, there, children, message)
 
 
+def credential_files(keying: Keying) -> tuple[list[Path], list[Path]]:
+    """The secret and the public files IKE mode's credentials are read from, for the caller to
+    read (an incomplete X.509 set is `desired_ike`'s error to report)."""
+    if keying.psk_file is not None:
+        return [keying.psk_file], []
+    public = [p for p in (keying.ca_cert, keying.cert) if p is not None]
+    return [keying.key] if keying.key is not None else [], public
+
+
 def _auth(
-    config: Config, peers: list[PeerHost], read_private: FileReader, read_public: FileReader
+    config: Config, peers: list[PeerHost], files: CredentialFiles
 ) -> tuple[tuple[Credential, ...], dict[str, object], dict[str, object]]:
     """The credentials to load into charon, and the local/remote auth sections of every conn."""
     keying = config.keying
+
+    def read(path: Path) -> str:
+        text = files[path]
+        if isinstance(text, KeyFileError):
+            raise text
+        return text
+
     if keying.psk_file is not None:
-        secret = read_private(keying.psk_file).strip()
+        secret = read(keying.psk_file).strip()
         if not secret:
             raise KeyFileError(f"{keying.psk_file}: the pre-shared key file is empty")
         owners = (str(config.host.address), *(str(p.address) for p in peers))
         psk = SharedSecret(PSK_ID, Secret(secret.encode()), owners)
         return (psk,), {"auth": "psk"}, {"auth": "psk"}
     ca_path, cert_path, key_path = _cert_files(keying)
-    ca = _certificate("CA", ca_path, read_public(ca_path))
+    ca = _certificate("CA", ca_path, read(ca_path))
     credentials = (
         ca,
-        _certificate("NONE", cert_path, read_public(cert_path)),
-        PrivateKey(Secret(read_private(key_path).encode()), key_path),
+        _certificate("NONE", cert_path, read(cert_path)),
+        PrivateKey(Secret(read(key_path).encode()), key_path),
     )
     # The peer's certificate must name its host address (an IP subjectAltName) and be issued
     # by our CA: pinning the CA keeps other trust anchors loaded in charon out of routed_nv.
@@ -263,12 +193,3 @@ def _certificate(flag: str, path: Path, text: str) -> Certificate:
     except ValueError:
         raise KeyFileError(f"{path}: the PEM certificate is not valid base64") from None
     return Certificate(flag, match[0], der, path)
-
-
-def _read_public(path: Path) -> str:
-    try:
-        return path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: certificate file is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: cannot read certificate file: {exc}") from None

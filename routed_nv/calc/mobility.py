@@ -21,27 +21,16 @@ other announcement, which BIRD's mirror table is (highest sequence first).
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from collections.abc import Iterable
 
 from routed_nv.calc.duplicates import Guard
-from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.model import Config
-from routed_nv.directory.mobility import MAX_SEQUENCE
-from routed_nv.routing.objects import IPAddress
+from routed_nv.config.views import local_addresses
+from routed_nv.model.directory import Claim, DirectoryView, IPNetwork, RemoteRoute
+from routed_nv.model.mobility import MAX_SEQUENCE
+from routed_nv.model.routing import IPAddress
 
 Where = tuple[int, IPNetwork]
-
-
-def local_addresses(config: Config) -> set[Where]:
-    """(tenant id, /32 or /128) of every address an endpoint of this host holds."""
-    ids = {name: t.id for name, t in config.tenants.items()}
-    return {
-        (ids[ep.tenant], ipaddress.ip_network(a))
-        for ep in config.endpoints.values()
-        if ep.tenant in ids
-        for a in ep.addresses
-    }
 
 
 def rank(route: RemoteRoute) -> tuple[int, int]:

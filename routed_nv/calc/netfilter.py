@@ -18,13 +18,11 @@ Chains, all prefixed markers.CHAIN_PREFIX, reached by one jump from PREROUTING p
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 
-from routed_nv import markers
 from routed_nv.calc.routing import RoutingConflict, host_ifname
 from routed_nv.config.model import Config, Endpoint
+from routed_nv.model import markers
+from routed_nv.model.netfilter import ChainKey, DesiredRules, Family, Rule
 
 TABLE = "raw"
 HOOK = "PREROUTING"  # the built-in chain that carries our single jump
@@ -49,85 +47,6 @@ GATEWAY = {
     4: str(ipaddress.ip_network(markers.GATEWAY_V4)),
     6: str(ipaddress.ip_network(markers.GATEWAY_V6)),
 }
-
-
-class Family(StrEnum):
-    IPV4 = "ipv4"
-    IPV6 = "ipv6"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One rule in iptables terms. Every rule also carries the comment "routed-nv" (the adapter
-    adds it), so a restarted agent and an operator both recognise it."""
-
-    target: str  # ACCEPT, DROP, RETURN or one of our chains
-    goto: bool = False  # -g: a RETURN from the target chain returns to our caller's caller
-    in_interface: str | None = None
-    src: str | None = None  # a network in its canonical text form: "10.0.0.1/32"
-    dst: str | None = None
-    protocol: int | None = None
-    icmp_type: int | None = None  # IPv4
-    icmpv6_type: int | None = None
-    # `-m addrtype --dst-type`: LOCAL (in the local table: an address of the host), MULTICAST...
-    dst_type: str | None = None
-    # `-m policy --dir in`: None = no policy match, 0 = `--pol none` (not decrypted),
-    # otherwise `--pol ipsec --proto esp --reqid <value>`
-    ipsec_reqid: int | None = None
-
-    def render(self) -> str:
-        """The rule as iptables arguments, for plans and logs."""
-        return " ".join([*self.matches(), *self.jump()])
-
-    def matches(self) -> list[str]:
-        """What the rule matches, as iptables arguments: one entry per option a new field adds
-        (the adapter parses -save output back with the same options, routed_nv/netfilter)."""
-        args = []
-        if self.in_interface:
-            args += ["-i", self.in_interface]
-        if self.src:
-            args += ["-s", self.src]
-        if self.dst:
-            args += ["-d", self.dst]
-        if self.protocol is not None:
-            args += ["-p", str(self.protocol)]
-        if self.icmp_type is not None:
-            args += ["-m", "icmp", "--icmp-type", str(self.icmp_type)]
-        if self.icmpv6_type is not None:
-            args += ["-m", "icmp6", "--icmpv6-type", str(self.icmpv6_type)]
-        if self.dst_type is not None:
-            args += ["-m", "addrtype", "--dst-type", self.dst_type]
-        if self.ipsec_reqid == 0:
-            args += ["-m", "policy", "--dir", "in", "--pol", "none"]
-        elif self.ipsec_reqid is not None:
-            args += ["-m", "policy", "--dir", "in", "--pol", "ipsec", "--proto", "esp"]
-            args += ["--reqid", str(self.ipsec_reqid)]
-        return args
-
-    def jump(self) -> list[str]:
-        return ["-g" if self.goto else "-j", self.target]
-
-
-@dataclass(frozen=True, order=True)
-class ChainKey:
-    family: Family
-    table: str
-    chain: str
-
-    def describe(self) -> str:
-        return f"{self.family} {self.table} {self.chain}"
-
-
-@dataclass(frozen=True)
-class DesiredRules:
-    chains: Mapping[ChainKey, tuple[Rule, ...]]  # our own chains and their whole content
-    # the single jump from each built-in chain we hook into: (family, table, built-in) -> chain
-    jumps: Mapping[ChainKey, str]
-    errors: tuple[str, ...] = ()
-    # chains whose rules match disjoint packets (one interface, or one protocol, each), so their
-    # order does not matter: changed rule by rule, never rewritten whole (one endpoint added to
-    # 1,000 costs one rule, not 1,001)
-    unordered: frozenset[ChainKey] = frozenset()
 
 
 def desired_rules(config: Config) -> DesiredRules:

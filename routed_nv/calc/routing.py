@@ -24,11 +24,12 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from routed_nv import markers
-from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, RemoteRoute
 from routed_nv.config.model import Config, Endpoint, EndpointStyle
-from routed_nv.directory.mobility import metric_for
-from routed_nv.routing.objects import (
+from routed_nv.errors import RoutedNvError
+from routed_nv.model import markers
+from routed_nv.model.directory import Claim, DirectoryView, IPNetwork, RemoteRoute
+from routed_nv.model.mobility import metric_for
+from routed_nv.model.routing import (
     LOCAL_TABLE,
     MAIN_TABLE,
     RT_SCOPE_LINK,
@@ -54,7 +55,7 @@ WORKLOAD_IFNAME = "eth0"  # the workload end of a veth pair routed_nv creates
 _IFNAMSIZ = 15
 
 
-class RoutingConflict(ValueError):
+class RoutingConflict(RoutedNvError, ValueError):
     """The config asks for something the routing datapath cannot build."""
 
 

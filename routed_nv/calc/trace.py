@@ -14,19 +14,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute
-from routed_nv.calc.netfilter import SRC_PREFIX, TO_HOST, Rule
+from routed_nv.calc.netfilter import SRC_PREFIX, TO_HOST
 from routed_nv.calc.routing import RoutingConflict, host_ifname
 from routed_nv.config.model import Config, KeyingMode
-from routed_nv.esp import spi as spi_plan
-from routed_nv.esp.objects import Direction, XfrmPolicy, XfrmState
+from routed_nv.errors import RoutedNvError
+from routed_nv.model import markers
+from routed_nv.model import spi as spi_plan
+from routed_nv.model.directory import DirectoryView, PeerHost, RemoteRoute
+from routed_nv.model.netfilter import Rule
+from routed_nv.model.xfrm import Direction, XfrmPolicy, XfrmState
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PROTOCOLS = ("icmp", "tcp", "udp")
 
 
-class TraceError(ValueError):
+class TraceError(RoutedNvError, ValueError):
     """The question cannot be asked: unknown tenant, not an address, mixed families."""
 
 

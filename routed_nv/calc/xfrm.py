@@ -1,24 +1,22 @@
 """Desired XFRM state of this host: policies per local tenant, and (static keying) one SA per peer,
-direction and key generation. Pure, apart from reading secrets through the injected loader.
+direction and key generation. Pure: the caller reads the tenants' key files (esp/keys.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 
-from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView, PeerHost
 from routed_nv.config.model import Config, KeyingMode, Tenant
-from routed_nv.esp import spi
-from routed_nv.esp.keys import KeyFileError, KeyLoader, TenantKeys, derive_sa_key
-from routed_nv.esp.objects import (
+from routed_nv.model import markers, spi
+from routed_nv.model.directory import DirectoryView, PeerHost
+from routed_nv.model.keys import KeyFileError, LoadedKeys, TenantKeys, derive_sa_key
+from routed_nv.model.xfrm import (
     TUNNELLED_PROTOS,
     Action,
+    DesiredXfrm,
     Direction,
-    PolicyKey,
     StateKey,
     XfrmPolicy,
     XfrmState,
@@ -27,18 +25,7 @@ from routed_nv.esp.objects import (
 ANY = ipaddress.IPv6Network("::/0")
 
 
-@dataclass(frozen=True)
-class DesiredXfrm:
-    policies: Mapping[PolicyKey, XfrmPolicy]
-    # None when SAs are not routed_nv's to manage (IKE mode: charon installs them).
-    states: Mapping[StateKey, XfrmState] | None
-    # Tenants whose SAs could not be calculated (unreadable key file, ...): the driver leaves
-    # their SAs in the kernel as they are rather than cutting the tenant off.
-    keep_states_of: frozenset[int] = frozenset()
-    errors: tuple[str, ...] = ()
-
-
-def desired_xfrm(config: Config, view: DirectoryView, load_keys: KeyLoader) -> DesiredXfrm:
+def desired_xfrm(config: Config, view: DirectoryView, keys: LoadedKeys) -> DesiredXfrm:
     policies = {p.key(): p for t in config.tenants.values() for p in tenant_policies(config, t)}
     if config.keying.mode is not KeyingMode.STATIC:
         return DesiredXfrm(policies, states=None)
@@ -50,9 +37,11 @@ def desired_xfrm(config: Config, view: DirectoryView, load_keys: KeyLoader) -> D
         errors += [f"tenant {name}: {e}" for e in peer_errors]
         if not peers:
             continue  # no SA needed, so no key file needed either
+        loaded = keys[name]
         try:
-            keys = load_keys(name)
-            tenant_states = list(tenant_sas(config, tenant, peers, keys))
+            if isinstance(loaded, KeyFileError):
+                raise loaded
+            tenant_states = list(tenant_sas(config, tenant, peers, loaded))
         except (KeyFileError, spi.SpiExhausted) as exc:
             errors.append(f"tenant {name}: {exc}")
             keep.add(tenant.id)

@@ -14,7 +14,7 @@ from routed_nv.config.model import Config, DirectorySourceKind
 from routed_nv.options import config_option, config_or_exit, netns_option, output_option
 
 if TYPE_CHECKING:
-    from routed_nv.calc.inputs import DirectoryView
+    from routed_nv.model.directory import DirectoryView
 
 EXIT_OK = 0
 EXIT_CHANGES = 1  # --dry-run found something to change
@@ -104,7 +104,7 @@ def apply_command(
 
 def _directory_view(config: Config, run_dir: Path) -> DirectoryView:
     """The remote endpoints to plan with: the static entries, or the running agent's view."""
-    from routed_nv.calc.inputs import static_view
+    from routed_nv.config.views import static_view
 
     if config.directory.source is not DirectorySourceKind.BGP:
         return static_view(config)

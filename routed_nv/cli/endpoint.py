@@ -14,7 +14,6 @@ import click
 from routed_nv.agent import report, runtime
 from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
 from routed_nv.agent.options import run_dir_option
-from routed_nv.calc.inputs import static_view
 from routed_nv.cli.agent_client import (
     EXIT_DOWN,
     EXIT_ERROR,
@@ -26,6 +25,7 @@ from routed_nv.cli.agent_client import (
 from routed_nv.cli.endpoint_checks import missing_interface, shortened_link
 from routed_nv.config.loader import shorten
 from routed_nv.config.model import EndpointStyle
+from routed_nv.config.views import static_view
 from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import socket
 
-from routed_nv import markers
 from routed_nv.calc.routing import endpoint_link_name
+from routed_nv.model import markers
 
 
 def missing_interface(name: str) -> str | None:

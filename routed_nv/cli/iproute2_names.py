@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from routed_nv import markers
+from routed_nv.model import markers
 from routed_nv.options import config_option, config_or_exit
 
 # Tenant names are [a-z0-9_-], so a '.' suffix can never collide with another tenant's VRF table.

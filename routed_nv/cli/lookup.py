@@ -10,9 +10,9 @@ import click
 from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
 from routed_nv.agent.options import run_dir_option
-from routed_nv.calc.inputs import static_view
 from routed_nv.cli.agent_client import EXIT_DOWN, EXIT_ERROR, fail, print_json
 from routed_nv.cli.status import ago
+from routed_nv.config.views import static_view
 from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
 KERNEL_ROUTE = {

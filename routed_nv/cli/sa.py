@@ -11,6 +11,7 @@ import click
 
 from routed_nv.cli.agent_client import table
 from routed_nv.config.model import Config, KeyingMode
+from routed_nv.errors import RoutedNvError
 from routed_nv.esp.spimap import SaRow, rows_from_sas, rows_from_states
 from routed_nv.esp.xfrm import IprouteXfrm, XfrmError
 from routed_nv.options import config_option, config_or_exit, netns_option, output_option
@@ -93,7 +94,7 @@ def list_command(
     sys.exit(EXIT_OK)
 
 
-class _ReadError(Exception):
+class _ReadError(RoutedNvError):
     pass
 
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from routed_nv import control_wire
+from routed_nv.errors import RoutedNvError, TransientError
 
 Json = dict[str, Any]
 MARGIN_S = 10.0  # beyond the agent's own wait: it answers "timeout" before we give up
 
 
-class AgentDown(Exception):
+class AgentDown(TransientError):
     """Nothing answers on the socket (not started, crashed, restarting)."""
 
 
-class AgentRefused(Exception):
+class AgentRefused(RoutedNvError):
     def __init__(self, code: str, error: str) -> None:
         super().__init__(f"{code}: {error}")
         self.code = code

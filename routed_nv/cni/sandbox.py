@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 from routed_nv import netns as rnv_netns
+from routed_nv.errors import RoutedNvError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # config/types.py's Name
 NAMED_DIRS = ("/run/netns", "/var/run/netns")
@@ -30,7 +31,7 @@ SIOCGIFMTU = 0x8921
 SIOCGIFHWADDR = 0x8927
 
 
-class SandboxError(Exception):
+class SandboxError(RoutedNvError):
     pass
 
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from routed_nv.errors import RoutedNvError
+
 Json = dict[str, Any]
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
@@ -42,7 +44,7 @@ CHECK_FAILED = 102  # CHECK found the attachment not as its ADD left it
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-class CniError(Exception):
+class CniError(RoutedNvError):
     def __init__(self, code: int, msg: str, details: str = "") -> None:
         super().__init__(msg)
         self.code = code

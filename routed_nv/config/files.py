@@ -69,7 +69,9 @@ def _key_content(path: Path, tenant: str) -> str | None:
     """What the agent's parser finds wrong in a key file that opens fine (empty, short or
     non-hex secret, no active generation), as `<file>[:line]: problem`, or None: `apply` would
     otherwise be the first to find it."""
-    from routed_nv.esp.keys import KeyFileError, load_tenant_keys  # loads cryptography
+    # both load cryptography (model/keys.py), which config check needs only here
+    from routed_nv.esp.keys import load_tenant_keys
+    from routed_nv.model.keys import KeyFileError
 
     try:
         load_tenant_keys(path, tenant)

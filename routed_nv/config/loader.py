@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from routed_nv.config import crosscheck, files
 from routed_nv.config.model import Config
 from routed_nv.config.sources import Layered, Loc, SourceError, env_layers, read_toml
+from routed_nv.errors import RoutedNvError
 
 DEFAULT_PATH = Path("/etc/routed-nv/routed-nv.toml")
 CONFIG_ENV = "ROUTED_NV_CONFIG"
@@ -46,7 +47,7 @@ class Problem:
         return f"{source}: {field}: {_clean(_show(self.value))} {message}"
 
 
-class ConfigError(Exception):
+class ConfigError(RoutedNvError):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems

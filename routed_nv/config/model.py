@@ -30,6 +30,7 @@ from routed_nv.config.types import (
     TenantId,
     int_range,
 )
+from routed_nv.model.directory import tenant_outer_address
 
 # IPv6 + ESP header + IV + trailer + ICV with AES-GCM-128 in transport mode (ARCHITECTURE.md §5).
 ESP_OVERHEAD = 74
@@ -59,16 +60,6 @@ class Host(_Strict):
     @property
     def tunnel_mtu(self) -> int:
         return self.underlay_mtu - ESP_OVERHEAD
-
-
-# Tenant outer addresses are <prefix>::1:<tenant id in hex> (tenant 100 -> ::1:64). ARCHITECTURE.md
-# wrote <prefix>::<T>, but then tenant 1 would be the host address ::1 and high tenant ids would
-# collide with infrastructure addresses (uplink, ToR) in ::2..::ffff; one fixed group avoids both.
-TENANT_ADDRESS_OFFSET = 0x1_0000
-
-
-def tenant_outer_address(prefix: ipaddress.IPv6Network, tenant_id: int) -> ipaddress.IPv6Address:
-    return prefix[TENANT_ADDRESS_OFFSET + tenant_id]
 
 
 class Upstream(_Strict):

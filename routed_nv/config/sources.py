@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from routed_nv.errors import RoutedNvError
+
 ENV_PREFIX = "ROUTED_NV_"
 ENV_SEPARATOR = "__"
 
@@ -64,7 +66,7 @@ def _mark_all(value: Any, loc: Loc, source: str, origin: dict[Loc, str]) -> None
             _mark_all(inner, (*loc, key), source, origin)
 
 
-class SourceError(Exception):
+class SourceError(RoutedNvError):
     """A layer could not be read or parsed."""
 
     def __init__(self, source: str, message: str) -> None:

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from routed_nv import markers
 from routed_nv.config.model import Config
 from routed_nv.directory import bird_apply
 from routed_nv.directory.bird_config import (
@@ -47,9 +46,10 @@ from routed_nv.directory.bird_config import (
 )
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient, BirdError, CommandError, Route
 from routed_nv.directory.learn import Learned, Learner, MirrorRoute, PublishedRoute
-from routed_nv.directory.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
+from routed_nv.model import markers
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.model.directory_source import Log, PeerStatus, Publish, SourceUpdate
 
 POLL_S = 0.5

@@ -21,15 +21,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from routed_nv import markers
 from routed_nv.config.model import Config, Tenant, Upstream
-from routed_nv.directory.mobility import (
+from routed_nv.errors import RoutedNvError
+from routed_nv.model import markers
+from routed_nv.model.mobility import (
     MIRROR_SEQUENCE,
     MIRROR_TENANTS,
     SEQUENCE_COMMUNITY,
     TENANT_COMMUNITY,
 )
-from routed_nv.routing.objects import DEFAULT_METRIC
+from routed_nv.model.routing import DEFAULT_METRIC
 
 BIRD = "bird"
 LOCAL_PREFERENCE = 100  # BGP's default; a moved endpoint's route gets this + its sequence
@@ -46,15 +47,12 @@ SCAN_TIME_S = 60  # netlink events do the work; the scan only catches what was m
 # A route reflector is unreachable until the underlay routes arrive from the upstream (eBGP, in
 # the same BIRD): retry soon rather than after BIRD's default 120 s.
 RR_CONNECT_RETRY_S = 5
-# A route reflector restarted with -R never ends graceful-restart recovery on its own: its
-# dynamic `hosts` template sends no End-of-RIB, so recovery runs for all of BIRD's `graceful
-# restart wait` (240 s by default; measured in the lab), and a second crash inside it left the
-# reflector unreachable for over 45 s (docs/directory.md). Its upstream session (5 s connect
-# delay) and its clients (RR_CONNECT_RETRY_S) are back well within this.
+# A restarted route reflector's graceful-restart recovery, instead of BIRD's 240 s: it never ends
+# it on its own (docs/incidents.md, "A route reflector restarted with -R").
 RR_RECOVERY_WAIT_S = 15
 
 
-class BirdConfigError(RuntimeError):
+class BirdConfigError(RoutedNvError, RuntimeError):
     pass
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from routed_nv.errors import TransientError
+
 DEFAULT_TIMEOUT_S = 30.0
 _LINE = re.compile(r"^(\d{4})([ -])(.*)$")
 _RECV = 65536
@@ -46,11 +48,13 @@ _SIZE = re.compile(r"^Total:\s+([\d.]+)\s*(B|kB|MB|GB)\b")
 _UNITS = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3}
 
 
-class BirdError(RuntimeError):
-    pass
+class BirdError(TransientError, RuntimeError):
+    """BIRD cannot be reached or answered what a BIRD never says: it may be restarting."""
 
 
 class CommandError(BirdError):
+    transient = False  # BIRD answered and refused: the same command fails again
+
     def __init__(self, command: str, code: int, message: str) -> None:
         super().__init__(f"BIRD refused `{command}`: {message} (code {code})")
         self.code = code

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from routed_nv import markers
-from routed_nv.calc.inputs import Claim, DirectoryView, IPNetwork, PeerHost, RemoteRoute
-from routed_nv.calc.mobility import local_addresses
 from routed_nv.config.model import Config, Tenant
-from routed_nv.directory.mobility import MAX_SEQUENCE
+from routed_nv.config.views import local_addresses
+from routed_nv.model import markers
+from routed_nv.model.directory import Claim, DirectoryView, IPNetwork, PeerHost, RemoteRoute
 from routed_nv.model.directory_delta import DirectoryDelta, Marks, TenantPeer
-from routed_nv.routing.objects import DEFAULT_METRIC
+from routed_nv.model.mobility import MAX_SEQUENCE
+from routed_nv.model.routing import DEFAULT_METRIC
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN_HOST_ID = 0
@@ -59,7 +59,7 @@ class MirrorRoute:
     prefix: IPNetwork
     next_hop: IPAddress | None  # None: a route without a gateway (not BIRD's), refused
     metric: int
-    sequence: int = 0  # the mobility sequence (directory/mobility.py), 0 if none
+    sequence: int = 0  # the mobility sequence (model/mobility.py), 0 if none
     tenants: int = 1  # how many tenant communities the BGP route carries (mobility.MIRROR_TENANTS)
 
     def sort_key(self) -> tuple[int, ...]:

@@ -25,8 +25,9 @@ from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from routed_nv import markers
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute
+from routed_nv.errors import TransientError
+from routed_nv.model import markers
 from routed_nv.netns import NetnsError, run_in_netns
 from routed_nv.routing.rtnl import (
     NETLINK_ROUTE,
@@ -93,7 +94,7 @@ class _Overflow(Exception):
     """The socket's queue overflowed: the kernel dropped route events."""
 
 
-class WatchError(RuntimeError):
+class WatchError(TransientError, RuntimeError):
     pass
 
 

@@ -1,1 +1,2 @@
-"""ESP datapath: the SPI plan, static/derived keys, and the XFRM adapter and driver."""
+"""ESP datapath: the XFRM adapter and driver, the IKE driver over VICI, and the reading of the
+static keys' secret files (the SPI plan and the key derivation are in routed_nv.model)."""

@@ -19,20 +19,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from routed_nv import markers
-from routed_nv.calc.xfrm import DesiredXfrm
 from routed_nv.esp import seqres
-from routed_nv.esp.objects import (
+from routed_nv.esp.seqstore import Reservations, ReservationStore, StoreError
+from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
+from routed_nv.model import markers
+from routed_nv.model.delta import delta
+from routed_nv.model.xfrm import (
     TUNNELLED_PROTOS,
+    DesiredXfrm,
     Direction,
     PolicyKey,
     StateKey,
     XfrmPolicy,
     XfrmState,
 )
-from routed_nv.esp.seqstore import Reservations, ReservationStore, StoreError
-from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
-from routed_nv.reconcile import delta
 
 
 class XfrmAdapter(Protocol):

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from routed_nv.calc.ike import (
+from routed_nv.esp.vici_adapter import ViciError
+from routed_nv.esp.xfrm import XfrmError
+from routed_nv.model.ike import (
     Certificate,
     Credential,
     DesiredIke,
@@ -35,10 +37,8 @@ from routed_nv.calc.ike import (
     SharedSecret,
     is_ours,
 )
-from routed_nv.esp.objects import XfrmPolicy
-from routed_nv.esp.secret import Secret
-from routed_nv.esp.vici_adapter import ViciError
-from routed_nv.esp.xfrm import XfrmError
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import XfrmPolicy
 
 # CHILD_SA states in which its SAs are in the kernel and carry traffic.
 UP_CHILD_STATES = frozenset({"INSTALLED", "REKEYING", "UPDATING"})

@@ -1,4 +1,4 @@
-"""Static keying: per-tenant secret files and the HKDF derivation of every SA key from them.
+"""Static keying: reading and parsing the per-tenant secret files.
 
 `<secrets_dir>/<tenant name>.key`, mode 0600 (group/world access is refused, as ssh does):
 
@@ -10,53 +10,49 @@ Each line is one key generation (0..3, the SPI's generation bits). The generatio
 is used for sending; every listed generation is accepted on receive, which is what makes rotation
 make-before-break (docs/keys.md). With a single generation the marker may be left out.
 
-This is the only module that imports `cryptography`.
+The derivation and the types are in model/keys.py; this module reads and parses the files.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from routed_nv.model import spi
+from routed_nv.model.keys import MIN_SECRET_BYTES, KeyFileError, TenantKeys
+from routed_nv.model.secret import Secret
 
-from routed_nv.esp import spi
-from routed_nv.esp.secret import Secret
-
-MIN_SECRET_BYTES = 32
-AEAD_KEY_BYTES = 16 + 4  # AES-128 key + the 4-byte salt (nonce prefix) of rfc4106(gcm(aes))
-_HKDF_SALT = b"routed_nv static keying"
-_HKDF_LABEL = b"routed_nv/esp/v1 rfc4106(gcm(aes)) 128"
 _ACTIVE = "active"
-
-
-class KeyFileError(Exception):
-    """A secret file that cannot be used; the message names the file (and line), never the key."""
-
-
-@dataclass(frozen=True)
-class TenantKeys:
-    tenant: str
-    path: Path
-    generations: Mapping[int, Secret]  # generation -> secret, all accepted on receive
-    active: int  # the generation used for sending
-
-
-KeyLoader = Callable[[str], TenantKeys]
 
 
 def key_file(secrets_dir: Path, tenant: str) -> Path:
     return secrets_dir / f"{tenant}.key"
 
 
-def loader(secrets_dir: Path) -> KeyLoader:
-    """Reads `<secrets_dir>/<tenant>.key` afresh on each call: rotation is edit + apply."""
-    return lambda tenant: load_tenant_keys(key_file(secrets_dir, tenant), tenant)
+def load_all(secrets_dir: Path, tenants: Iterable[str]) -> dict[str, TenantKeys | KeyFileError]:
+    """Each tenant's `<secrets_dir>/<tenant>.key`, read afresh (rotation is edit + apply); a file
+    that cannot be used is kept as its error, which the calculation reports against its tenant."""
+    loaded: dict[str, TenantKeys | KeyFileError] = {}
+    for tenant in tenants:
+        try:
+            loaded[tenant] = load_tenant_keys(key_file(secrets_dir, tenant), tenant)
+        except KeyFileError as exc:
+            loaded[tenant] = exc
+    return loaded
+
+
+def read_files(private: Iterable[Path], public: Iterable[Path]) -> dict[Path, str | KeyFileError]:
+    """IKE credentials: each file's text, or why it cannot be used. Secret files (`private`) are
+    checked like key files; certificates (`public`) only need to be readable ASCII."""
+    texts: dict[Path, str | KeyFileError] = {}
+    for path, read in [*((p, read_private) for p in private), *((p, read_public) for p in public)]:
+        try:
+            texts[path] = read(path)
+        except KeyFileError as exc:
+            texts[path] = exc
+    return texts
 
 
 def load_tenant_keys(path: Path, tenant: str) -> TenantKeys:
@@ -89,16 +85,6 @@ def parse_key_file(text: str, path: Path, tenant: str) -> TenantKeys:
     if not active and len(generations) > 1:
         raise KeyFileError(f"{path}: several generations and none is marked {_ACTIVE}")
     return TenantKeys(tenant, path, generations, active[0] if active else next(iter(generations)))
-
-
-def derive_sa_key(
-    secret: Secret, tenant_id: int, sender_id: int, receiver_id: int, generation: int
-) -> Secret:
-    """The AEAD key (16-byte key + 4-byte salt) of one SA; both ends compute the same bytes for
-    the same direction, and the two directions of a pair get different keys."""
-    info = _HKDF_LABEL + struct.pack("!IHHB", tenant_id, sender_id, receiver_id, generation)
-    hkdf = HKDF(algorithm=SHA256(), length=AEAD_KEY_BYTES, salt=_HKDF_SALT, info=info)
-    return Secret(hkdf.derive(secret.value))
 
 
 def read_private(path: Path) -> str:
@@ -140,3 +126,12 @@ def _secret(word: str, fail: Callable[[str], KeyFileError]) -> Secret:
     if len(value) < MIN_SECRET_BYTES:
         raise fail(f"the secret has {len(value)} bytes; at least {MIN_SECRET_BYTES} are required")
     return Secret(value)
+
+
+def read_public(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: certificate file is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot read certificate file: {exc}") from None

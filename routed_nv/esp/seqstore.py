@@ -22,7 +22,8 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from routed_nv.esp.objects import StateKey
+from routed_nv.errors import RoutedNvError
+from routed_nv.model.xfrm import StateKey
 
 FILE_NAME = "xfrm-oseq.json"
 _VERSION = 1
@@ -31,7 +32,7 @@ _MAX_BYTES = 64 << 20  # ~1 million SAs; anything larger is not ours
 Reservations = dict[StateKey, int]
 
 
-class StoreError(Exception):
+class StoreError(RoutedNvError):
     """The reservation file cannot be read, parsed or written; the message names it."""
 
 

@@ -4,7 +4,7 @@ IKE mode: charon allocates SPIs at random, so the tenant of an SPI is only known
 CHILD_SA that owns it (named per tenant, reqid = markers.reqid(T)). The map is built from VICI
 list-sas and kept current by its events (child-updown, child-rekey, ike-updown), whose payloads
 carry the same IKE_SA/CHILD_SA sections. Static mode: the SPI itself says tenant, sender and key
-generation (esp/spi.py), and the kernel's states are the whole truth.
+generation (model/spi.py), and the kernel's states are the whole truth.
 
 Pure: the VICI and XFRM adapters deliver the inputs.
 """
@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from routed_nv import markers
-from routed_nv.esp import spi
-from routed_nv.esp.objects import SaCounters, StateKey, XfrmState
+from routed_nv.model import markers, spi
+from routed_nv.model.xfrm import SaCounters, StateKey, XfrmState
 
 SA_EVENTS = ("child-updown", "child-rekey", "ike-updown")
 

@@ -17,12 +17,13 @@ from typing import Any
 import vici
 from vici.exception import CommandException, DeserializationException, SessionException
 
-from routed_nv.esp.secret import Secret
+from routed_nv.errors import TransientError
+from routed_nv.model.secret import Secret
 
 DEFAULT_TIMEOUT_S = 10.0
 
 
-class ViciError(Exception):
+class ViciError(TransientError):
     """charon could not be reached or refused a command; `log` holds charon's own explanation
     (the control-log lines of a failed initiate)."""
 

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from routed_nv.esp.objects import (
+from routed_nv.errors import RoutedNvError
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import (
     Action,
     Direction,
     SaCounters,
@@ -26,7 +28,6 @@ from routed_nv.esp.objects import (
     XfrmPolicy,
     XfrmState,
 )
-from routed_nv.esp.secret import Secret
 
 _DONE_MARKER = "xfrm state count"
 _DONE_OUTPUT = "SAD count"
@@ -59,7 +60,7 @@ class OpFailure:
         return f"{self.op.describe()}: {self.message}"
 
 
-class XfrmError(Exception):
+class XfrmError(RoutedNvError):
     """iproute2 could not be run or its output not read."""
 
 

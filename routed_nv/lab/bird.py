@@ -18,12 +18,12 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from subprocess import DEVNULL, Popen
 
-from routed_nv import markers
 from routed_nv.config.model import Config, Directory, Upstream
 from routed_nv.directory import bird_config
 from routed_nv.directory.birdc import GR_RECOVERY, BirdClient
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import ROUTER_LINK_LOCAL, UPLINK, Node, Topology
+from routed_nv.model import markers
 
 SOCKET_WAIT_S = 10.0
 BGP_ADDRESS_INTERFACE = 1  # a node's BGP address is <node /64>::1, like a host address

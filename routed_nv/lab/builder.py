@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from routed_nv.errors import RoutedNvError
 from routed_nv.lab.topology import (
     NODE_LINK_LOCAL,
     NS_PREFIX,
@@ -36,7 +37,7 @@ _SYSCTLS = (
 _STOP_GRACE_S = 2.0
 
 
-class LabError(RuntimeError):
+class LabError(RoutedNvError, RuntimeError):
     pass
 
 

@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL, Popen, TimeoutExpired
 
-from routed_nv import markers
-from routed_nv.calc.ike import conn_name, is_ours
 from routed_nv.config.model import Config
 from routed_nv.doctor import lab_plugins
 from routed_nv.esp.spimap import SaRow, rows_from_sas
 from routed_nv.esp.vici_adapter import ViciSession
 from routed_nv.lab.builder import Lab, LabError
 from routed_nv.lab.topology import Topology
+from routed_nv.model import markers
+from routed_nv.model.ike import conn_name, is_ours
 
 CHARON = "/usr/lib/ipsec/charon"
 SOCKET_WAIT_S = 10.0

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from routed_nv import markers
 from routed_nv.agent.datapath import Outcome
 from routed_nv.agent.wiring import build_datapath
-from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
 from routed_nv.config.writer import to_toml
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import UPLINK, WORKLOAD_IFNAME, Node, Topology, Workload
+from routed_nv.model import markers
 
 
 def host_config(topology: Topology, host: Node, secrets_dir: Path) -> Config:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from routed_nv.errors import RoutedNvError
+
 MARK = "<!-- lab -->"
 PROMPT = re.compile(r"^([\w-]+)# (.*)$")
 SKIP = "..."
@@ -28,7 +30,7 @@ _MAC = re.compile(r"\b[0-9a-f]{2}(?::[0-9a-f]{2}){5}\b")
 _RULE = re.compile(r"^\+[-+]+\+$")
 
 
-class GuideError(ValueError):
+class GuideError(RoutedNvError, ValueError):
     """A marked block that is not of the runnable form (the message names its line)."""
 
 

@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
+from routed_nv.errors import RoutedNvError
+
 NS_PREFIX = "rnv-lab-"  # every namespace the lab creates; cleanup only ever touches these
 ROUTER = "router"
 UPLINK = "uplink"  # the node's link to the underlay router
@@ -27,7 +29,7 @@ UPLINK_INTERFACE_ID = 0xFFFF_0000_0000_0001  # :ffff::1, clear of ::1 and ::1:<t
 IFNAMSIZ = 15
 
 
-class TopologyError(ValueError):
+class TopologyError(RoutedNvError, ValueError):
     pass
 
 

@@ -33,7 +33,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from routed_nv import markers
+from routed_nv.model import markers
 from routed_nv.cni import agent_socket
 from routed_nv.cni.agent_socket import AgentDown, AgentRefused
 from routed_nv.libvirt import tap

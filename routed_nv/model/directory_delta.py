@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TypeVar
 
-from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
+from routed_nv.model.directory import Claim, DirectoryView, PeerHost, RemoteRoute
 
 T = TypeVar("T")
 TenantPeer = tuple[int, PeerHost]

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from routed_nv.model.directory import DirectoryView
 from routed_nv.model.directory_delta import DirectoryDelta
-
-if TYPE_CHECKING:  # annotations only: the view's home moves under model/ in parallel
-    from routed_nv.calc.inputs import DirectoryView
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from routed_nv.calc.netfilter import ChainKey, DesiredRules, Family, Rule
-from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
-from routed_nv.reconcile import delta
+from routed_nv.model.delta import delta
+from routed_nv.model.netfilter import (
+    ActualTable,
+    ChainKey,
+    DesiredRules,
+    Family,
+    NetfilterError,
+    Rule,
+    TableChange,
+)
 
 
 class TablesAdapter(Protocol):

@@ -24,9 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from routed_nv import markers
-from routed_nv.calc.netfilter import Family, Rule
-from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
+from routed_nv.model import markers
+from routed_nv.model.netfilter import ActualTable, Family, NetfilterError, Rule, TableChange
 from routed_nv.netns import NetnsError, run_in_netns
 
 COMMENT = "routed-nv"

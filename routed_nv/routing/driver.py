@@ -37,10 +37,9 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from routed_nv import markers
-from routed_nv.reconcile import delta
-from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
-from routed_nv.routing.objects import (
+from routed_nv.model import markers
+from routed_nv.model.delta import delta
+from routed_nv.model.routing import (
     LINK_ORDER,
     LOCAL_TABLE,
     Address,
@@ -54,6 +53,7 @@ from routed_nv.routing.objects import (
     Route,
     Sysctl,
 )
+from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
 
 OpenKernel = Callable[[str | None], Kernel]
 OUR_PROTOS = {

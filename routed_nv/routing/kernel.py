@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from routed_nv.routing.objects import (
+from routed_nv.errors import RoutedNvError, TransientError
+from routed_nv.model.routing import (
     Address,
     IPInterface,
     Link,
@@ -24,7 +25,7 @@ from routed_nv.routing.objects import (
 )
 
 
-class KernelError(Exception):
+class KernelError(RoutedNvError):
     """A kernel operation failed; the message says why in words (e.g. "Network is unreachable")
     and callers prefix it with the object they were working on."""
 
@@ -41,6 +42,10 @@ class NetnsNotFound(KernelError):
     pass
 
 
+class Busy(KernelError, TransientError):
+    """The kernel is busy with the object (EBUSY, EAGAIN): the next apply tries again."""
+
+
 # "Already gone": what deleting a missing route, address, neighbour or device answers.
 _GONE = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV}
 
@@ -52,6 +57,8 @@ def error_from_errno(code: int, detail: str | None = None) -> KernelError:
         return AlreadyExists(words)
     if code in _GONE:
         return NotFound(words)
+    if code in (errno.EBUSY, errno.EAGAIN):
+        return Busy(words)
     return KernelError(words)
 
 

@@ -26,6 +26,16 @@ from pyroute2.netlink.rtnl import RTM_GETNEIGH
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from routed_nv import netns as namespaces
+from routed_nv.model.routing import (
+    Address,
+    IPInterface,
+    Link,
+    LinkKind,
+    NeighProxy,
+    PolicyRule,
+    Route,
+    Tunnel,
+)
 from routed_nv.routing import rtnl
 from routed_nv.routing.kernel import (
     AlreadyExists,
@@ -35,16 +45,6 @@ from routed_nv.routing.kernel import (
     NotFound,
     RouteOp,
     error_from_errno,
-)
-from routed_nv.routing.objects import (
-    Address,
-    IPInterface,
-    Link,
-    LinkKind,
-    NeighProxy,
-    PolicyRule,
-    Route,
-    Tunnel,
 )
 
 PROC_SYS = Path("/proc/sys")

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from routed_nv.routing.objects import Route
+from routed_nv.model.routing import Route
 
 # The netlink numbers routed_nv uses, once: the routing driver here, the mirror watch
 # (directory/netlink_watch.py) imports them.

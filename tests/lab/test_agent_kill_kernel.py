@@ -20,8 +20,8 @@ import test_agent_kernel
 from test_agent_kernel import AGENT_ARGS, Env
 from test_datapath_scenario import ns, sh
 
-from routed_nv import markers
 from routed_nv.lab.agents import READY_TIMEOUT_S
+from routed_nv.model import markers
 from routed_nv.routing.netlink import NetlinkKernel
 
 pytestmark = pytest.mark.kernel

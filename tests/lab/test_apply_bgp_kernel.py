@@ -24,13 +24,13 @@ import pytest
 import test_bgp_agent_kernel
 from test_datapath_scenario import ns, sh
 
-from routed_nv import markers
 from routed_nv.cli.status import EXIT_NOT_READY
 from routed_nv.lab.agents import ROUTED_NV
 from routed_nv.lab.bgp_agents import BgpAgents
 from routed_nv.lab.checks import tenant_matrix
 from routed_nv.lab.guide import mismatch, runnable_commands
 from routed_nv.lab.host_shell import write_host_command
+from routed_nv.model import markers
 
 pytestmark = pytest.mark.kernel
 # that module's BGP lab, a module-scoped fixture: built anew for this module

@@ -18,7 +18,7 @@ import pytest
 from test_datapath_scenario import ns, sh
 from test_routing_kernel import echo_requests_received
 
-from routed_nv import markers
+from routed_nv.model import markers
 from routed_nv.config.writer import to_toml
 from routed_nv.directory import bgp_source
 from routed_nv.directory.bird_config import upstream_protocol
@@ -29,6 +29,7 @@ from routed_nv.lab.bird import bgp_address
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import ContinuousPing, tenant_matrix
 from routed_nv.lab.topology import directory_topology
+from routed_nv.model import markers
 
 pytestmark = pytest.mark.kernel
 

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.agent.wiring import build_datapath
-from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
-from routed_nv.esp import spi
+from routed_nv.config.views import static_view
 from routed_nv.lab.checks import ContinuousPing, echo_counters, tenant_matrix, underlay_capture
 from routed_nv.lab.datapath import LabDatapath, programmed_lab
 from routed_nv.lab.topology import default_topology
+from routed_nv.model import markers, spi
 
 pytestmark = pytest.mark.kernel
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from routed_nv.bench import directory as bench
-from routed_nv.config.model import tenant_outer_address
 from routed_nv.lab.bird import bgp_address
 from routed_nv.lab.topology import directory_topology
+from routed_nv.model.directory import tenant_outer_address
 
 pytestmark = pytest.mark.kernel
 # --quick's sizes with fewer repetitions: about 3 minutes in a loaded guest (CI runs every

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.config.model import Config, Tenant
 from routed_nv.directory.bird_config import GR_TIME_S
 from routed_nv.directory.learn import MirrorRoute, Reason, learn
@@ -26,6 +25,7 @@ from routed_nv.lab.bird import LabBird, bgp_address, with_directory
 from routed_nv.lab.builder import Lab, ip_batch
 from routed_nv.lab.datapath import host_config
 from routed_nv.lab.topology import directory_topology
+from routed_nv.model import markers
 
 pytestmark = pytest.mark.kernel
 

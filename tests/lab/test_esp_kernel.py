@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv.calc.inputs import static_view
 from routed_nv.calc.xfrm import desired_xfrm
-from routed_nv.config.model import Config, tenant_outer_address
-from routed_nv.esp import keys, spi
+from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.esp import keys
 from routed_nv.esp.driver import XfrmDriver
 from routed_nv.esp.seqstore import ReservationStore
 from routed_nv.esp.xfrm import IprouteXfrm
+from routed_nv.model import spi
+from routed_nv.model.directory import tenant_outer_address
 
 pytestmark = pytest.mark.kernel
 
@@ -75,8 +77,8 @@ class Host:
         )
 
     def desired(self):
-        loader = keys.loader(self.config.keying.secrets_dir)
-        return desired_xfrm(self.config, static_view(self.config), loader)
+        loaded = keys.load_all(self.config.keying.secrets_dir, self.config.tenants)
+        return desired_xfrm(self.config, static_view(self.config), loaded)
 
     def apply(self):
         start = time.perf_counter()

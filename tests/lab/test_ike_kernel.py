@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.agent.datapath import Datapath, Outcome
 from routed_nv.agent.wiring import build_datapath
-from routed_nv.calc.inputs import static_view
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
 from routed_nv.esp.spimap import SaRow, rows_from_sas
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from routed_nv.lab.builder import Lab
@@ -35,6 +34,7 @@ from routed_nv.lab.charon import LabCharon, write_secret
 from routed_nv.lab.checks import tenant_matrix, underlay_capture
 from routed_nv.lab.datapath import configure_workload, host_config
 from routed_nv.lab.topology import default_topology
+from routed_nv.model import markers
 
 pytestmark = pytest.mark.kernel
 

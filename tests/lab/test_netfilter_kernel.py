@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.netfilter import DECAP, ChainKey, Family, desired_rules
+from routed_nv.calc.netfilter import DECAP, desired_rules
 from routed_nv.config.model import Config
+from routed_nv.model import markers
+from routed_nv.model.netfilter import ChainKey, Family
 from routed_nv.netfilter.driver import NetfilterDriver
 from routed_nv.netfilter.restore import RestoreTables
 

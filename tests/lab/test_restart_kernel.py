@@ -27,10 +27,10 @@ import test_bgp_agent_kernel
 from test_bgp_agent_kernel import BLUE, REACH_TIMEOUT_S, diagnose
 from test_datapath_scenario import ns, sh
 
-from routed_nv import markers
 from routed_nv.esp.seqstore import ReservationStore
 from routed_nv.esp.xfrm import parse_states
 from routed_nv.lab.bgp_agents import BgpAgents
+from routed_nv.model import markers
 
 pytestmark = pytest.mark.kernel
 # that module's BGP lab, a module-scoped fixture: built anew for this module

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.inputs import static_view
 from routed_nv.calc.routing import desired_routing, endpoint_link_name
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model import markers
 from routed_nv.routing.driver import RoutingDriver
 from routed_nv.routing.netlink import NetlinkKernel
 from tests.factories import HOST1

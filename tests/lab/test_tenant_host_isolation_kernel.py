@@ -18,13 +18,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.agent.wiring import build_datapath
-from routed_nv.calc.inputs import static_view
+from routed_nv.config.views import static_view
 from routed_nv.lab.builder import Lab
 from routed_nv.lab.checks import tenant_matrix
 from routed_nv.lab.datapath import LabDatapath, programmed_lab
 from routed_nv.lab.topology import UPLINK, Workload, default_topology
+from routed_nv.model import markers
 
 pytestmark = pytest.mark.kernel
 

@@ -9,7 +9,6 @@ import json
 from test_agent_loop import Harness, route, view
 from test_datapath import HOOK, KEY, ROUTE, SA
 
-from routed_nv import markers
 from routed_nv.agent.changes import (
     Changed,
     log_changes,
@@ -20,11 +19,12 @@ from routed_nv.agent.changes import (
 )
 from routed_nv.agent.events import EventLog
 from routed_nv.config.model import LogFormat
-from routed_nv.esp.objects import Action, Direction, XfrmPolicy
 from routed_nv.esp.xfrm import Op, Verb
-from routed_nv.netfilter.objects import TableChange
+from routed_nv.model import markers
+from routed_nv.model.netfilter import TableChange
+from routed_nv.model.routing import Link, LinkKind
+from routed_nv.model.xfrm import Action, Direction, XfrmPolicy
 from routed_nv.routing.driver import Change
-from routed_nv.routing.objects import Link, LinkKind
 
 
 def lines(stage: str, changes: list[Changed], fmt: LogFormat = LogFormat.TEXT) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.notify import Notifier
 from routed_nv.config.model import LogFormat
-from routed_nv.esp.secret import Secret
+from routed_nv.model.secret import Secret
 
 
 def test_text_lines_are_dotted_events_with_key_value_fields() -> None:

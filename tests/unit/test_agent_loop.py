@@ -5,21 +5,19 @@ from __future__ import annotations
 import io
 import ipaddress
 import threading
-from collections.abc import Callable
 
 import pytest
 
-from routed_nv.agent.changes import Changed
-from routed_nv.agent.datapath import Outcome, Stage
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.snapshot import SaInfo, count
 from routed_nv.agent.source import StaticSource, keep_known
-from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
+from routed_nv.model.directory import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.model.directory_source import SourceUpdate
+from tests.fakes import FakeDatapath, FakeSource
 
 HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
 HOST3 = PeerHost("host3", 3, ipaddress.IPv6Network("2001:db8:0:3::/64"))
@@ -49,59 +47,6 @@ def route(addr: str, peer: PeerHost = HOST2) -> RemoteRoute:
 
 def view(*routes: RemoteRoute) -> DirectoryView:
     return DirectoryView(frozenset(routes))
-
-
-class FakeDatapath:
-    def __init__(self) -> None:
-        self.applied: list[tuple[Config, DirectoryView]] = []
-        self.resyncs: list[bool] = []
-        self.errors: list[str] = []
-        self.raises: Exception | None = None
-        self.changes = ["+ route 10.0.0.2/32"]
-        self.done: list[Changed] = []  # the changes for the log
-        self.drift: list[str] = []  # what a plan finds changed behind the agent's back
-        self.plans: list[bool] = []
-        self.deltas: list[DirectoryDelta | None] = []
-        self.since: list[tuple[Config, DirectoryView] | None] = []
-
-    def plan(self, config: Config, view: DirectoryView, resync: bool = False) -> Outcome:
-        self.plans.append(resync)
-        return Outcome([Stage("routing", lines=list(self.drift))])
-
-    def apply(
-        self,
-        config: Config,
-        view: DirectoryView,
-        resync: bool = False,
-        delta: DirectoryDelta | None = None,
-        since: tuple[Config, DirectoryView] | None = None,
-    ) -> Outcome:
-        self.since.append(since)
-        self.applied.append((config, view))
-        self.resyncs.append(resync)
-        self.deltas.append(delta)
-        if self.raises is not None:
-            raise self.raises
-        stage = Stage("routing", list(self.changes), list(self.done), list(self.errors))
-        return Outcome([stage])
-
-
-class FakeSource:
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.publish: Callable[[SourceUpdate], None] | None = None
-        self.reloaded: list[Config] = []
-        self.stopped = False
-
-    def start(self, config: Config, publish: Callable[[SourceUpdate], None]) -> None:
-        self.publish = publish
-
-    def reload(self, config: Config) -> None:
-        self.reloaded.append(config)
-
-    def stop(self) -> None:
-        self.stopped = True
 
 
 class Clock:

@@ -19,10 +19,11 @@ from test_agent_loop import HOST3, Harness, route, view
 from routed_nv.agent import view_json, wiring
 from routed_nv.agent.control import SOCKET_NAME, ControlServer
 from routed_nv.agent.datapath import Outcome
-from routed_nv.calc.inputs import Claim, DirectoryView, static_view
 from routed_nv.cli import main
 from routed_nv.config import load_config
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model.directory import Claim, DirectoryView
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 

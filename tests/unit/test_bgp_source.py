@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
-import os
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -13,26 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.source import StaticSource
-from routed_nv.calc.inputs import Claim
 from routed_nv.cli import agent as agent_cli
 from routed_nv.config.model import Config, Directory
 from routed_nv.directory import bgp_source, bird_config
 from routed_nv.directory.bgp_source import BgpSource
 from routed_nv.directory.birdc import (
-    GR_RECOVERY,
     BirdError,
-    CommandError,
-    Line,
-    Protocol,
-    Reply,
     Route,
 )
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
 from routed_nv.directory.netlink_watch import RouteEvent
+from routed_nv.model import markers
+from routed_nv.model.directory import Claim
 from routed_nv.model.directory_source import SourceUpdate
+from tests.fakes import FakeBirdClient, FakeWatch
 
 CONFIG = Config.model_validate(
     {
@@ -58,84 +53,6 @@ def mirror(prefix: str) -> MirrorRoute:
     return MirrorRoute(markers.mirror_table(100), net, ipaddress.ip_address("2001:db8:0:2::1"), 0)
 
 
-class FakeWatch:
-    """Mirror and publish routes set by the test; a pipe makes the source's select() wake as
-    netlink would."""
-
-    def __init__(self) -> None:
-        self.routes: frozenset[MirrorRoute] = frozenset()
-        self.published: frozenset[PublishedRoute] = frozenset()
-        self._seen: frozenset[MirrorRoute | PublishedRoute] = frozenset()
-        self._r, self._w = os.pipe()
-
-    def set(self, *routes: MirrorRoute, published: tuple[PublishedRoute, ...] = ()) -> None:
-        self.routes = frozenset(routes)
-        self.published = frozenset(published)
-        os.write(self._w, b"x")
-
-    def open(self) -> FakeWatch:
-        return self
-
-    def close(self) -> None:
-        pass
-
-    def fileno(self) -> int:
-        return self._r
-
-    def wait(self, timeout: float | None = None) -> list[RouteEvent]:
-        """What set() changed since the last wait, as events, as the real watch returns them."""
-        os.set_blocking(self._r, False)
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._r, 4096)
-        now = self.routes | self.published
-        events = [RouteEvent(False, r) for r in self._seen - now]
-        events += [RouteEvent(True, r) for r in now - self._seen]
-        self._seen = now
-        return events
-
-
-class FakeBird:
-    """BIRD's answers, changed by the test between polls."""
-
-    def __init__(self) -> None:
-        self.sessions = {"rr1": "Established", "rr2": "Active"}
-        self.recovering = False
-        self.running = True
-        self.unwritten: dict[str, list[Route]] = {}  # `show route` arguments -> paths
-        self.asked: list[str] = []
-
-    def __call__(self, path: Path) -> FakeBird:
-        if not self.running:
-            raise BirdError(f"cannot connect to BIRD at {path}: No such file or directory")
-        return self
-
-    def __enter__(self) -> FakeBird:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def protocols(self) -> list[Protocol]:
-        state = {"Established": "up"}
-        return [
-            Protocol(name, "BGP", "---", state.get(s, "start"), "2026-01-01", s)
-            for name, s in self.sessions.items()
-        ]
-
-    def routes(self, arguments: str) -> list[Route]:
-        self.asked.append(arguments)
-        if arguments not in self.unwritten:
-            raise CommandError(f"show route {arguments} all", 9001, "syntax error")
-        return self.unwritten[arguments]
-
-    def command(self, command: str) -> Reply:
-        assert command == "show status"
-        lines = [Line(1000, "BIRD 2.0.12")]
-        if self.recovering:
-            lines.append(Line(24, GR_RECOVERY))
-        return Reply((*lines, Line(13, "Daemon is up and running")))
-
-
 @pytest.fixture
 def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bgp_source, "POLL_S", 0.01)
@@ -146,7 +63,7 @@ def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
 
 class Run:
     def __init__(self, apply: Callable[[Config, Path], object] = lambda c, p: None) -> None:
-        self.watch, self.bird = FakeWatch(), FakeBird()
+        self.watch, self.bird = FakeWatch(), FakeBirdClient()
         self.updates: queue.Queue[SourceUpdate] = queue.Queue()
         self.log = io.StringIO()
         self.source = BgpSource(None, EventLog(stream=self.log), self.watch, self.bird, apply)  # type: ignore[arg-type]

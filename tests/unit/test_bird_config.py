@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.config.model import Config, Upstream
 from routed_nv.directory import bird_config
 from routed_nv.directory.bird_config import BirdConfigError
+from routed_nv.model import markers
 
 needs_bird = pytest.mark.skipif(shutil.which("bird") is None, reason="bird is not installed")
 OLD = bird_config.BirdVersion(2, 0, 12)  # Debian 12

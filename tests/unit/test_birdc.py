@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from routed_nv.directory.birdc import BirdClient, BirdError, CommandError
+from tests.fakes import FakeBirdSocket
 
 Script = Callable[[str], str]
 
@@ -75,52 +74,15 @@ def default_script(command: str) -> str:
     return answers.get(command, "9001 syntax error, unexpected CF_SYM_UNDEFINED\n")
 
 
-class FakeBird:
-    """A UNIX socket server that greets like BIRD and answers each command line from a script,
-    in chunks of `chunk` bytes (BIRD's replies arrive split anywhere)."""
-
-    def __init__(self, path: Path, script: Script, greeting: str, chunk: int) -> None:
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
-        self.server.listen()
-        self.script, self.greeting, self.chunk = script, greeting, chunk
-        self.commands: list[str] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.server.accept()
-        with conn:
-            self._send(conn, self.greeting)
-            buffer = b""
-            while data := conn.recv(4096):
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    self.commands.append(line.decode())
-                    answer = self.script(line.decode())
-                    if answer == "HANG":
-                        continue
-                    self._send(conn, answer)
-
-    def _send(self, conn: socket.socket, text: str) -> None:
-        data = text.encode()
-        for i in range(0, len(data), self.chunk):
-            conn.sendall(data[i : i + self.chunk])
-
-    def close(self) -> None:
-        self.server.close()
-
-
 @pytest.fixture
 def bird(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    fakes: list[FakeBird] = []
+    fakes: list[FakeBirdSocket] = []
 
     def start(
         script: Script = default_script, greeting: str = "0001 BIRD 2.0.12 ready.\n", chunk: int = 7
     ) -> Path:
         path = tmp_path / f"bird{len(fakes)}.ctl"
-        fakes.append(FakeBird(path, script, greeting, chunk))
+        fakes.append(FakeBirdSocket(path, script, greeting, chunk))
         return path
 
     yield start

@@ -3,11 +3,18 @@ import ipaddress
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute, static_view
 from routed_nv.calc.routing import RoutingConflict, desired_routing, endpoint_link_name
-from routed_nv.config.model import Config, tenant_outer_address
-from routed_nv.routing.objects import Address, Link, LinkKind, NeighProxy, Port, Route, Sysctl
+from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model import markers
+from routed_nv.model.directory import (
+    Claim,
+    DirectoryView,
+    PeerHost,
+    RemoteRoute,
+    tenant_outer_address,
+)
+from routed_nv.model.routing import Address, Link, LinkKind, NeighProxy, Port, Route, Sysctl
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

@@ -335,8 +335,9 @@ def heavy_imports(module: str, ours: tuple[str, ...]) -> str:
 
 
 def test_the_plugin_loads_no_agent_libraries() -> None:
-    """A runtime waits for every ADD: the plugin imports the stdlib and routed_nv.cni only."""
-    ours = ("routed_nv.cni", "routed_nv.netns", "routed_nv.control_wire")
+    """A runtime waits for every ADD: the plugin imports the stdlib, routed_nv.cni and the
+    stdlib-only netns, control_wire and errors modules."""
+    ours = ("routed_nv.cni", "routed_nv.netns", "routed_nv.control_wire", "routed_nv.errors")
     assert heavy_imports("routed_nv.cni.plugin", ours) == "[]"
 
 

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from routed_nv.config import ConfigError, load_config
-from routed_nv.config.model import Config, tenant_outer_address
+from routed_nv.config.model import Config
+from routed_nv.model.directory import tenant_outer_address
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 

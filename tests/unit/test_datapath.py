@@ -9,24 +9,22 @@ from typing import Any
 
 import pytest
 from test_agent_loop import HOST3, config, route, view
-from test_esp_driver import FakeKernel
-from test_netfilter_driver import FakeTables
 
-from routed_nv import markers
 from routed_nv.agent.changes import Changed
 from routed_nv.agent.datapath import Datapath, Outcome
-from routed_nv.calc.netfilter import Family
 from routed_nv.config.model import Config
 from routed_nv.esp.driver import XfrmDriver, XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
-from routed_nv.esp.objects import XfrmState
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.seqstore import ReservationStore
 from routed_nv.esp.xfrm import Op, Verb, XfrmError
+from routed_nv.model import markers
+from routed_nv.model.netfilter import Family, TableChange
+from routed_nv.model.routing import Route
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import XfrmState
 from routed_nv.netfilter.driver import NetfilterDriver, NetfilterPlan, NetfilterResult
-from routed_nv.netfilter.objects import TableChange
 from routed_nv.routing.driver import Change, Result
-from routed_nv.routing.objects import Route
+from tests.fakes import FakeStage, FakeTables, FakeXfrmKernel
 
 SECRET = "5a" * 32
 KEY = Secret(b"\x11" * 20)
@@ -39,32 +37,6 @@ SA = XfrmState(
 )
 HOOK = TableChange(Family.IPV4, "filter", hooks={"INPUT": "rnv-input"})
 ROUTE = Route(ipaddress.ip_network("10.0.0.2/32"), 1100, markers.RTPROT_REMOTE, dev="rnv-t100")
-
-
-class FakeStage:
-    """One driver: records its calls in the shared list, answers with what it is given; an
-    exception given as an answer is raised."""
-
-    def __init__(self, name: str, calls: list[str], plan: Any, result: Any) -> None:
-        self.name, self.calls = name, calls
-        self.planned, self.result = plan, result
-        self.applied_plans: list[Any] = []
-
-    def _answer(self, call: str, answer: Any) -> Any:
-        self.calls.append(f"{self.name}.{call}")
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def plan(self, desired: object, resync: bool = False) -> Any:
-        return self._answer("plan", self.planned)
-
-    def apply_plan(self, plan: object) -> Any:
-        self.applied_plans.append(plan)
-        return self._answer("apply_plan", self.result)
-
-    def apply(self, desired: object, resync: bool = False) -> Any:
-        return self._answer("apply", self.result)
 
 
 class Fakes:
@@ -196,7 +168,7 @@ class CountingTables(FakeTables):
         return super().read(family, table)
 
 
-class CountingXfrm(FakeKernel):
+class CountingXfrm(FakeXfrmKernel):
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0

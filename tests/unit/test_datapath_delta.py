@@ -8,15 +8,15 @@ from __future__ import annotations
 import ipaddress
 
 from test_datapath import Fakes
-from test_routing_driver import World
 
-from routed_nv import markers
 from routed_nv.agent.datapath import Datapath
 from routed_nv.calc.routing import desired_routing
 from routed_nv.config.model import Config
 from routed_nv.directory.learn import Learner, MirrorRoute
+from routed_nv.model import markers
 from routed_nv.routing.driver import RoutingDriver
 from tests.factories import HOST1
+from tests.fakes import FakeWorld
 
 CONFIG = Config.model_validate(
     {
@@ -37,13 +37,13 @@ def mirror(prefix: str, via: str = HOST2, metric: int = 0, sequence: int = 0) ->
     return MirrorRoute(markers.mirror_table(100), net, hop, metric, sequence)
 
 
-def new_world() -> World:
-    world = World()
+def new_world() -> FakeWorld:
+    world = FakeWorld()
     world.ns(None).plain_link("tap3", kind="tun")
     return world
 
 
-def kernel_state(world: World) -> tuple[dict, set]:
+def kernel_state(world: FakeWorld) -> tuple[dict, set]:
     host = world.ns(None)
     return dict(host.routes_), set(host.proxies)
 

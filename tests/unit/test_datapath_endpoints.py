@@ -8,15 +8,15 @@ import ipaddress
 from typing import Any
 
 from test_datapath import Fakes
-from test_routing_driver import World
 
 from routed_nv.agent.datapath import Datapath
 from routed_nv.calc import mobility
-from routed_nv.calc.inputs import DirectoryView, PeerHost, RemoteRoute
 from routed_nv.calc.routing import desired_routing
 from routed_nv.config.model import Config
+from routed_nv.model.directory import DirectoryView, PeerHost, RemoteRoute
 from routed_nv.routing.driver import RoutingDriver
 from tests.factories import HOST1
+from tests.fakes import FakeWorld
 
 HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
 REMOTE = frozenset(
@@ -36,13 +36,13 @@ def config(**endpoints: dict[str, Any]) -> Config:
     )
 
 
-def new_world() -> World:
-    world = World("w1", "w2")
+def new_world() -> FakeWorld:
+    world = FakeWorld("w1", "w2")
     world.ns(None).plain_link("tap3", kind="tun")
     return world
 
 
-def state(world: World) -> dict[str | None, tuple]:
+def state(world: FakeWorld) -> dict[str | None, tuple]:
     return {
         ns: (
             {n: (s.kind, s.mtu, s.master, s.up) for n, s in k.links_.items()},

@@ -9,9 +9,10 @@ import struct
 
 import pytest
 
-from routed_nv import markers
 from routed_nv.directory import netlink_watch as nw
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute
+from routed_nv.model import markers
+from tests.fakes import FakeWatchSocket
 
 TABLE = markers.mirror_table(100)
 
@@ -187,8 +188,8 @@ def test_resync_turns_a_fresh_dump_into_the_difference() -> None:
     kept = message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.2", 32, TABLE, gw)
     watch = ScriptedWatch([])
     watch._apply(kept + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.3", 32, TABLE, gw))
-    watch._sock = FakeSocket()  # type: ignore[assignment]
-    done = struct.pack("=IHHII", 16, nw.NLMSG_DONE, 0, 1, FakeSocket.PORT)
+    watch._sock = FakeWatchSocket()  # type: ignore[assignment]
+    done = struct.pack("=IHHII", 16, nw.NLMSG_DONE, 0, 1, FakeWatchSocket.PORT)
     fresh = kept + message(nw.RTM_NEWROUTE, socket.AF_INET, "10.0.0.4", 32, TABLE, gw)
     watch.reads = [BlockingIOError(), fresh, done]  # nothing queued, then the dump
     events = watch._resync()
@@ -204,9 +205,9 @@ def test_a_resync_drains_the_queue_and_starts_over_when_the_dump_overflows() -> 
     def route(kind: int, dst: str) -> bytes:
         return message(kind, socket.AF_INET, dst, 32, TABLE, gw)
 
-    second_done = struct.pack("=IHHII", 16, nw.NLMSG_DONE, 0, 2, FakeSocket.PORT)
+    second_done = struct.pack("=IHHII", 16, nw.NLMSG_DONE, 0, 2, FakeWatchSocket.PORT)
     watch = ScriptedWatch([])
-    watch._sock = FakeSocket()  # type: ignore[assignment]
+    watch._sock = FakeWatchSocket()  # type: ignore[assignment]
     watch.reads = [
         route(nw.RTM_NEWROUTE, "10.0.0.9"),  # queued before the overflow: drained, not applied
         OSError(errno.ENOBUFS, "No buffer space available"),
@@ -221,13 +222,3 @@ def test_a_resync_drains_the_queue_and_starts_over_when_the_dump_overflows() -> 
     assert watch.reads == []
     assert sorted(str(r.prefix) for r in watch.routes) == ["10.0.0.1/32", "10.0.0.2/32"]
     assert sorted(str(e).split(" via")[0] for e in events) == ["add 10.0.0.1/32", "add 10.0.0.2/32"]
-
-
-class FakeSocket:
-    PORT = 4242
-
-    def send(self, data: bytes) -> int:
-        return len(data)
-
-    def getsockname(self) -> tuple[int, int]:
-        return (self.PORT, 0)

@@ -11,12 +11,12 @@ from pathlib import Path
 from click.testing import CliRunner
 from test_agent_loop import Harness, route, view
 
-from routed_nv import markers
 from routed_nv.agent import report
 from routed_nv.agent.changes import CHANGE_LOG_MAX, Changed
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, ask
 from routed_nv.cli.lookup import lookup_command
 from routed_nv.cli.status import brief_line, status_command, status_table
+from routed_nv.model import markers
 
 TABLE = markers.vrf_table(100)
 MISSING_ROUTE = (

@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Guard, Limits
-from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config import crosscheck
 from routed_nv.config.model import Config
+from routed_nv.model.directory import Claim, DirectoryView, PeerHost, RemoteRoute
 
 ADDRESS = ipaddress.ip_network("10.0.0.2/32")
 WHERE = (100, ADDRESS)

@@ -16,9 +16,9 @@ from test_metrics import scrape
 from routed_nv.agent import report
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, answer
 from routed_nv.agent.metrics import Metrics
-from routed_nv.calc.inputs import Claim, DirectoryView, RemoteRoute
 from routed_nv.cli.directory import directory_group
 from routed_nv.cli.status import status_table
+from routed_nv.model.directory import Claim, DirectoryView, RemoteRoute
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 

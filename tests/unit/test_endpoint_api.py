@@ -15,18 +15,18 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
-from test_agent_loop import FakeDatapath
 
 from routed_nv.agent import runtime
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, RequestFailed, ask
 from routed_nv.agent.endpoint_api import EndpointApi
 from routed_nv.agent.events import EventLog
 from routed_nv.agent.loop import Agent, Settings
-from routed_nv.calc.inputs import static_view
 from routed_nv.cli.endpoint import endpoint_group
 from routed_nv.config.loader import load_config
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
 from routed_nv.model.directory_source import SourceUpdate
+from tests.fakes import FakeDatapath
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
 CLIENTS = 50

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.xfrm import DesiredXfrm
 from routed_nv.esp.driver import XfrmDriver
-from routed_nv.esp.objects import Action, Direction, XfrmPolicy, XfrmState
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.seqres import FLOOR, SEQ_LIMIT
 from routed_nv.esp.seqstore import FILE_NAME, ReservationStore
-from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
+from routed_nv.esp.xfrm import Verb
+from routed_nv.model import markers
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import Action, DesiredXfrm, Direction, XfrmPolicy, XfrmState
+from tests.fakes import FakeXfrmKernel
 
 PREFIX = ipaddress.IPv6Network("2001:db8:0:1::/64")
 HERE = ipaddress.IPv6Address("2001:db8:0:1::1:64")
@@ -34,40 +34,6 @@ OUT0, OUT1 = sa(HERE, THERE, 0x640004), sa(HERE, THERE, 0x640005)
 IN0, IN1 = sa(THERE, HERE, 0x640008), sa(THERE, HERE, 0x640009)
 BLOCK = XfrmPolicy(Direction.OUT, HERE128, ANY, 4, markers.XFRM_BLOCK_PRIORITY, Action.BLOCK)
 ALLOW = XfrmPolicy(Direction.OUT, HERE128, AGG, 4, markers.XFRM_POLICY_PRIORITY, reqid=REQID)
-
-
-class FakeKernel:
-    """An XFRM table that applies ops like iproute2 would, and can be told to fail some."""
-
-    def __init__(self) -> None:
-        self.states: dict[object, XfrmState] = {}
-        self.policies: dict[object, XfrmPolicy] = {}
-        self.log: list[Op] = []
-        self.fail_spi: int | None = None
-        self.broken = False
-
-    def read_states(self) -> list[XfrmState]:
-        if self.broken:
-            raise XfrmError("ip xfrm state in netns x failed: boom")
-        return list(self.states.values())
-
-    def read_policies(self) -> list[XfrmPolicy]:
-        return list(self.policies.values())
-
-    def apply(self, ops: list[Op]) -> list[OpFailure]:
-        failures = []
-        for op in ops:
-            obj = op.obj
-            if isinstance(obj, XfrmState) and obj.spi == self.fail_spi:
-                failures.append(OpFailure(op, "RTNETLINK answers: File exists"))
-                continue
-            self.log.append(op)
-            table: dict = self.states if isinstance(obj, XfrmState) else self.policies
-            if op.verb is Verb.DELETE:
-                table.pop(obj.key(), None)
-            else:
-                table[obj.key()] = obj
-        return failures
 
 
 def desired(*objs: XfrmState | XfrmPolicy, **kw) -> DesiredXfrm:
@@ -96,20 +62,20 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 STATE_DIR = Path("/nonexistent")  # each test's own, set by the fixture above
 
 
-def driver(kernel: FakeKernel, clock: Clock | None = None) -> XfrmDriver:
+def driver(kernel: FakeXfrmKernel, clock: Clock | None = None) -> XfrmDriver:
     store = ReservationStore(STATE_DIR)
     return XfrmDriver(kernel, PREFIX, 5, store, interval_s=30, clock=clock or Clock())
 
 
 def test_first_apply_order_never_opens_a_plaintext_window() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     result = driver(kernel).apply(desired(ALLOW, OUT0, IN0, BLOCK))
     assert [op.obj for op in kernel.log] == [BLOCK, IN0, OUT0, ALLOW]
     assert (result.added, result.updated, result.deleted, result.errors) == (2, 2, 0, [])
 
 
 def test_second_apply_is_a_no_op_even_after_restart() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     want = desired(ALLOW, OUT0, IN0, BLOCK)
     driver(kernel).apply(want)
     kernel.log.clear()
@@ -119,7 +85,7 @@ def test_second_apply_is_a_no_op_even_after_restart() -> None:
 
 
 def test_rotation_is_make_before_break() -> None:
-    kernel, clock = FakeKernel(), Clock()
+    kernel, clock = FakeXfrmKernel(), Clock()
     drv = driver(kernel, clock)
     drv.apply(desired(OUT0, IN0))
     drv.apply(desired(OUT0, IN0, IN1))  # 1. accept the new generation
@@ -141,7 +107,7 @@ def test_rotation_is_make_before_break() -> None:
 
 
 def test_changed_sa_is_replaced_and_policies_updated_in_place() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     driver(kernel).apply(desired(IN0, ALLOW))
     kernel.log.clear()
     new_in0 = replace(IN0, key_material=Secret(b"\x08" * 20))
@@ -155,7 +121,7 @@ def test_changed_sa_is_replaced_and_policies_updated_in_place() -> None:
 
 
 def test_removed_tenant_goes_last_with_blocks_at_the_very_end() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     driver(kernel).apply(desired(BLOCK, ALLOW, OUT0))
     kernel.log.clear()
     driver(kernel).apply(desired())
@@ -163,7 +129,7 @@ def test_removed_tenant_goes_last_with_blocks_at_the_very_end() -> None:
 
 
 def test_foreign_objects_are_left_alone() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     foreign = [
         sa(HERE, THERE, 0x4242, reqid=5),
         XfrmPolicy(Direction.OUT, HERE128, AGG, 4, 1),  # no template, not our block priority
@@ -179,7 +145,7 @@ def test_foreign_objects_are_left_alone() -> None:
 
 
 def test_pinned_out_policies_are_charons_outbound_ones_with_an_spi() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     charon_out = replace(
         ALLOW, dst=ipaddress.IPv6Network(THERE), priority=markers.IKE_POLICY_PRIORITY, spi=0xC0DE
     )
@@ -196,7 +162,7 @@ def test_pinned_out_policies_are_charons_outbound_ones_with_an_spi() -> None:
 
 
 def test_tenants_with_unreadable_keys_and_ike_mode_keep_their_sas() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     driver(kernel).apply(desired(OUT0, IN0))
     kernel.log.clear()
     driver(kernel).apply(desired(states={}, keep_states_of=frozenset({100})))
@@ -205,7 +171,7 @@ def test_tenants_with_unreadable_keys_and_ike_mode_keep_their_sas() -> None:
 
 
 def test_one_failure_does_not_stop_the_others() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     kernel.fail_spi = IN0.spi
     result = driver(kernel).apply(desired(OUT0, IN0, BLOCK, errors=("tenant red: bad key",)))
     assert result.added == 1 and result.updated == 1 and not result.ok
@@ -218,14 +184,14 @@ def test_one_failure_does_not_stop_the_others() -> None:
 
 
 def test_unreadable_kernel_is_reported_not_raised() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     kernel.broken = True
     result = driver(kernel).apply(desired(OUT0))
     assert result.errors == ["ip xfrm state in netns x failed: boom"] and kernel.log == []
 
 
 def test_dry_run_lines_redact_keys() -> None:
-    lines = driver(FakeKernel()).plan(desired(BLOCK, OUT0)).lines()
+    lines = driver(FakeXfrmKernel()).plan(desired(BLOCK, OUT0)).lines()
     assert lines[0] == (
         f"update policy src {HERE128} dst ::/0 proto 4 dir out priority 2000000 action block"
     )
@@ -235,7 +201,7 @@ def test_dry_run_lines_redact_keys() -> None:
 # -- outbound sequence reservations (issue 14 item 8) ----------------------------------------
 
 
-def sent(kernel: FakeKernel, state: XfrmState, oseq: int) -> None:
+def sent(kernel: FakeXfrmKernel, state: XfrmState, oseq: int) -> None:
     """Traffic on an SA: the kernel's outbound counter moves."""
     kernel.states[state.key()] = replace(kernel.states[state.key()], oseq=oseq)
 
@@ -245,7 +211,7 @@ def reserved(state: XfrmState) -> int:
 
 
 def test_an_outbound_sa_starts_at_its_persisted_reservation() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     driver(kernel).apply(desired(OUT0, IN0))
     assert kernel.states[OUT0.key()].oseq == 0  # nothing reserved before: from the start
     assert reserved(OUT0) == 2 * FLOOR  # persisted before the SA existed
@@ -253,24 +219,24 @@ def test_an_outbound_sa_starts_at_its_persisted_reservation() -> None:
 
 
 def test_after_a_wipe_the_sa_sends_above_anything_it_sent_before() -> None:
-    kernel, clock = FakeKernel(), Clock()
+    kernel, clock = FakeXfrmKernel(), Clock()
     want = desired(OUT0, IN0)
     driver(kernel, clock).apply(want)
     sent(kernel, OUT0, 0x4DE)
     clock.now += 30
     driver(kernel, clock).apply(want)
-    wiped = FakeKernel()  # a reboot: kernel state gone, the state directory kept
+    wiped = FakeXfrmKernel()  # a reboot: kernel state gone, the state directory kept
     result = driver(wiped, clock).apply(want)
     assert result.ok and result.added == 2
     assert wiped.states[OUT0.key()].oseq == 2 * FLOOR > 0x4DE
     assert reserved(OUT0) == 4 * FLOOR
     # ... and again: every re-creation starts above the last one's reservation
-    assert driver(FakeKernel(), clock).apply(want).ok
+    assert driver(FakeXfrmKernel(), clock).apply(want).ok
     assert reserved(OUT0) == 6 * FLOOR
 
 
 def test_the_counter_never_makes_an_sa_differ() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     want = desired(OUT0, IN0)
     driver(kernel).apply(want)
     sent(kernel, OUT0, 12345)
@@ -280,7 +246,7 @@ def test_the_counter_never_makes_an_sa_differ() -> None:
 
 
 def test_the_reservation_moves_ahead_of_a_busy_sa() -> None:
-    kernel, clock = FakeKernel(), Clock()
+    kernel, clock = FakeXfrmKernel(), Clock()
     drv = driver(kernel, clock)
     want = desired(OUT0, IN0)
     drv.apply(want)
@@ -301,7 +267,7 @@ def test_the_reservation_moves_ahead_of_a_busy_sa() -> None:
 def test_a_corrupt_store_creates_no_outbound_sa_and_says_why() -> None:
     STATE_DIR.mkdir()
     (STATE_DIR / FILE_NAME).write_text("{")
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     result = driver(kernel).apply(desired(ALLOW, BLOCK, OUT0, IN0))
     assert set(kernel.states) == {IN0.key()}  # receiving still works
     assert set(kernel.policies) == {ALLOW.key(), BLOCK.key()}  # the block policy guards the rest
@@ -313,7 +279,7 @@ def test_a_corrupt_store_creates_no_outbound_sa_and_says_why() -> None:
 
 
 def test_a_failed_add_is_retried_at_the_same_start() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     kernel.fail_spi = OUT0.spi
     drv = driver(kernel)
     want = desired(OUT0, IN0)
@@ -325,7 +291,7 @@ def test_a_failed_add_is_retried_at_the_same_start() -> None:
 
 
 def test_an_sa_near_the_end_of_its_sequence_space_is_reported() -> None:
-    kernel = FakeKernel()
+    kernel = FakeXfrmKernel()
     want = desired(OUT0, IN0)
     driver(kernel).apply(want)
     sent(kernel, OUT0, SEQ_LIMIT - 1000)

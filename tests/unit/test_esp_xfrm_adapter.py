@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv.esp.objects import Action, Direction, XfrmPolicy, XfrmState
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.xfrm import (
     IprouteXfrm,
     Op,
@@ -20,6 +18,8 @@ from routed_nv.esp.xfrm import (
     parse_states,
     render,
 )
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import Action, Direction, XfrmPolicy, XfrmState
 
 KEY = "0102030405060708090a0b0c0d0e0f1011121314"
 # `ip xfrm state` / `ip xfrm policy` from iproute2 6.1 on a 6.1 kernel (UML lab).

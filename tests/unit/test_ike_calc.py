@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.ike import PSK_ID, Certificate, PrivateKey, SharedSecret, desired_ike
-from routed_nv.calc.inputs import static_view
+from routed_nv.calc.ike import credential_files, desired_ike
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.esp import keys
+from routed_nv.model import markers
+from routed_nv.model.ike import PSK_ID, Certificate, DesiredIke, PrivateKey, SharedSecret
 
 CA = "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n"  # DER 00 01 02
 
@@ -50,9 +52,14 @@ def psk(tmp_path: Path) -> Path:
     return path
 
 
+def ike_desired(cfg: Config) -> DesiredIke:
+    """What the agent calculates: the credential files read first, then passed in."""
+    return desired_ike(cfg, static_view(cfg), keys.read_files(*credential_files(cfg.keying)))
+
+
 def test_one_conn_per_peer_sharing_a_tenant_and_one_child_per_shared_tenant(psk: Path) -> None:
     cfg = config({"mode": "ike", "psk_file": str(psk)})
-    desired = desired_ike(cfg, static_view(cfg))
+    desired = ike_desired(cfg)
     assert sorted(desired.conns) == ["rnv-host2", "rnv-host3"]  # host4 shares nothing
     host2 = desired.conns["rnv-host2"]
     assert [c.name for c in host2.children] == ["rnv-host2-t100", "rnv-host2-t200"]
@@ -82,7 +89,7 @@ def test_one_conn_per_peer_sharing_a_tenant_and_one_child_per_shared_tenant(psk:
 def test_the_configured_timers_are_what_charon_is_given(psk: Path) -> None:
     timers = {"ike_rekey_s": 7200, "child_rekey_s": 900, "dpd_delay_s": 0}
     cfg = config({"mode": "ike", "psk_file": str(psk), **timers})
-    desired = desired_ike(cfg, static_view(cfg))
+    desired = ike_desired(cfg)
     for conn in desired.conns.values():
         assert conn.message["rekey_time"] == "7200s"
         assert conn.message["dpd_delay"] == "0s"  # charon: no DPD
@@ -90,14 +97,14 @@ def test_the_configured_timers_are_what_charon_is_given(psk: Path) -> None:
         assert [c["rekey_time"] for c in children] == ["900s"] * len(conn.children)
     # a changed timer changes the digest, so a running agent reloads the connection
     default = config({"mode": "ike", "psk_file": str(psk)})
-    before = desired_ike(default, static_view(default)).conns["rnv-host2"]
+    before = ike_desired(default).conns["rnv-host2"]
     assert before.message["rekey_time"] == "14400s" and before.message["dpd_delay"] == "30s"
     assert before.digest != desired.conns["rnv-host2"].digest
 
 
 def test_the_psk_is_one_shared_secret_for_this_host_and_its_peers(psk: Path) -> None:
     cfg = config({"mode": "ike", "psk_file": str(psk)})
-    (secret,) = desired_ike(cfg, static_view(cfg)).credentials
+    (secret,) = ike_desired(cfg).credentials
     assert isinstance(secret, SharedSecret) and secret.id == PSK_ID
     assert secret.secret.value == b"the shared secret"
     assert secret.owners == ("2001:db8:0:1::1", "2001:db8:0:2::1", "2001:db8:0:3::1")
@@ -109,7 +116,7 @@ def test_an_unusable_psk_file_is_an_error_that_keeps_what_charon_has(tmp_path: P
     path.write_text("secret")
     path.chmod(0o644)
     cfg = config({"mode": "ike", "psk_file": str(path)})
-    desired = desired_ike(cfg, static_view(cfg))
+    desired = ike_desired(cfg)
     assert desired.conns == {} and desired.keep == {"rnv-host2", "rnv-host3"}
     (error,) = desired.errors
     assert "too open" in error and "secret" not in error.replace("secret file", "")
@@ -129,7 +136,7 @@ def test_x509_loads_ca_cert_and_key_and_pins_the_ca(tmp_path: Path) -> None:
         "key": str(key),
     }
     cfg = config(keying)
-    desired = desired_ike(cfg, static_view(cfg))
+    desired = ike_desired(cfg)
     ca, cert, private = desired.credentials
     assert isinstance(ca, Certificate) and ca.flag == "CA" and ca.der == b"\x00\x01\x02"
     assert isinstance(cert, Certificate) and cert.flag == "NONE"
@@ -141,14 +148,14 @@ def test_x509_loads_ca_cert_and_key_and_pins_the_ca(tmp_path: Path) -> None:
 
 def test_static_mode_wants_no_ike() -> None:
     cfg = config({"mode": "static"})
-    desired = desired_ike(cfg, static_view(cfg))
+    desired = ike_desired(cfg)
     assert desired.conns == {} and desired.credentials == () and desired.keep == frozenset()
 
 
 def test_digest_follows_every_field(psk: Path) -> None:
     a = config({"mode": "ike", "psk_file": str(psk)})
     b = config({"mode": "ike", "psk_file": str(psk), "esp_proposals": ["aes256gcm16"]})
-    da = desired_ike(a, static_view(a)).conns["rnv-host2"]
-    db = desired_ike(b, static_view(b)).conns["rnv-host2"]
+    da = ike_desired(a).conns["rnv-host2"]
+    db = ike_desired(b).conns["rnv-host2"]
     assert da.digest != db.digest
-    assert da.digest == desired_ike(a, static_view(a)).conns["rnv-host2"].digest
+    assert da.digest == ike_desired(a).conns["rnv-host2"].digest

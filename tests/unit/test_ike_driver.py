@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from routed_nv.calc.ike import DesiredIke, IkeConn, desired_ike
-from routed_nv.calc.inputs import static_view
 from routed_nv.esp.ike import (
     IkeDriver,
     IkeSa,
@@ -22,117 +19,12 @@ from routed_nv.esp.ike import (
     _surplus_children,
     read_charon,
 )
-from routed_nv.esp.objects import Direction, XfrmPolicy
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.vici_adapter import ViciError, ViciSession
 from routed_nv.esp.xfrm import XfrmError
-from tests.unit.test_ike_calc import config
-
-PROTO_NAMES = {"4": "ipencap", "41": "ipv6"}
-
-
-class FakeCharon:
-    def __init__(self) -> None:
-        self.conns: dict[str, Mapping[str, Any]] = {}
-        self.sas: list[tuple[str, dict[str, Any]]] = []
-        self.shared: dict[str, bytes] = {}
-        self.keys: list[str] = []
-        self.calls: list[str] = []
-        self.initiate_error: ViciError | None = None
-
-    # reading, as charon prints it
-    def list_conns(self) -> dict[str, dict[str, Any]]:
-        def ts(sel: list[str]) -> list[str]:
-            return [
-                s.replace(f"[{n}]", f"[{name}]")
-                for s in sel
-                for n, name in PROTO_NAMES.items()
-                if s.endswith(f"[{n}]")
-            ]
-
-        return {
-            name: {
-                "local_addrs": msg["local_addrs"],
-                "remote_addrs": msg["remote_addrs"],
-                "version": "IKEv2",
-                "children": {
-                    c: {
-                        "mode": "TRANSPORT",
-                        "local-ts": ts(v["local_ts"]),
-                        "remote-ts": ts(v["remote_ts"]),
-                    }
-                    for c, v in msg["children"].items()
-                },
-            }
-            for name, msg in self.conns.items()
-        }
-
-    def list_sas(self) -> list[tuple[str, dict[str, Any]]]:
-        return self.sas
-
-    def get_shared(self) -> list[str]:
-        return list(self.shared)
-
-    def get_keys(self) -> list[str]:
-        return self.keys
-
-    def list_certs(self) -> list[bytes]:
-        return []
-
-    # writing
-    def load_conn(self, name: str, message: Mapping[str, object]) -> None:
-        self.calls.append(f"load-conn {name}")
-        self.conns[name] = message
-
-    def unload_conn(self, name: str) -> None:
-        self.calls.append(f"unload-conn {name}")
-        del self.conns[name]
-
-    def load_shared(self, ident: str, secret: Secret, owners: list[str]) -> None:
-        self.calls.append(f"load-shared {ident}")
-        self.shared[ident] = secret.value
-
-    def load_cert(self, flag: str, pem: str) -> None:
-        self.calls.append(f"load-cert {flag}")
-
-    def load_key(self, key: Secret) -> str:
-        self.calls.append("load-key")
-        self.keys.append("ab12")
-        return "ab12"
-
-    def initiate(self, ike: str, child: str, timeout_s: float) -> None:
-        self.calls.append(f"initiate {child}")
-        if self.initiate_error:
-            raise self.initiate_error
-
-    def terminate_ike(self, uniqueid: str, timeout_s: float, force: bool = False) -> None:
-        self.calls.append(f"terminate {uniqueid}" + (" (force)" if force else ""))
-
-    def terminate_child(self, uniqueid: str, timeout_s: float) -> None:
-        self.calls.append(f"terminate-child {uniqueid}")
-
-    def rekey_child(self, uniqueid: str) -> None:
-        self.calls.append(f"rekey-child {uniqueid}")
-
-    def establish(
-        self,
-        conn: str,
-        children: list[str],
-        uniqueid: str = "1",
-        initiator: bool = True,
-        spi: str = "0123456789abcdef",
-    ) -> None:
-        sa = {
-            "uniqueid": uniqueid,
-            "state": "ESTABLISHED",
-            "initiator": "yes" if initiator else "no",
-            "initiator-spi": spi,
-            "child-sas": {
-                f"{c}-{i}": {"name": c, "state": "INSTALLED", "uniqueid": f"{uniqueid}{i}"}
-                for i, c in enumerate(children)
-            },
-        }
-        self.sas.append((conn, sa))
+from routed_nv.model.ike import DesiredIke, IkeConn
+from routed_nv.model.xfrm import Direction, XfrmPolicy
+from tests.fakes import FakeCharon
+from tests.unit.test_ike_calc import config, ike_desired
 
 
 @pytest.fixture
@@ -142,7 +34,7 @@ def desired(tmp_path: Path) -> DesiredIke:
     os.write(fd, b"secret")
     os.close(fd)
     cfg = config({"mode": "ike", "psk_file": str(path)})
-    return desired_ike(cfg, static_view(cfg))
+    return ike_desired(cfg)
 
 
 def driver_for(charon: FakeCharon, pins: list[XfrmPolicy] | None = None) -> IkeDriver:
@@ -229,7 +121,7 @@ def test_a_restarted_agent_reloads_once_and_a_changed_conn_is_reloaded(
     cfg = config(
         {"mode": "ike", "psk_file": str(tmp_path / "psk"), "esp_proposals": ["aes256gcm16"]}
     )
-    changed = desired_ike(cfg, static_view(cfg))
+    changed = ike_desired(cfg)
     charon.calls.clear()
     fresh.apply(changed)
     assert charon.calls == ["load-conn rnv-host2", "load-conn rnv-host3"]
@@ -349,7 +241,7 @@ def x509_desired(tmp_path: Path) -> DesiredIke:
     os.close(fd)
     files = {"ca_cert": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
     cfg = config({"mode": "ike", **{k: str(tmp_path / v) for k, v in files.items()}})
-    return desired_ike(cfg, static_view(cfg))
+    return ike_desired(cfg)
 
 
 def first_initiate_error(desired: DesiredIke, *log: str) -> str:

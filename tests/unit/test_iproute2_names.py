@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from routed_nv import markers
 from routed_nv.cli.iproute2_names import iproute2_names_command, render, table_names
+from routed_nv.model import markers
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RT_PROTOS = CONFIGS / "iproute2" / "rt_protos.d" / "routed-nv.conf"

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from routed_nv.esp import keys
-from routed_nv.esp.secret import Secret
+from routed_nv.model.keys import AEAD_KEY_BYTES, KeyFileError, TenantKeys, derive_sa_key
+from routed_nv.model.secret import Secret
 
 S0 = "00" * 31 + "01"
 S1 = "ab" * 40
@@ -18,7 +19,7 @@ def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-def load(path: Path) -> keys.TenantKeys:
+def load(path: Path) -> TenantKeys:
     return keys.load_tenant_keys(path, "blue")
 
 
@@ -33,9 +34,13 @@ def test_single_generation_needs_no_marker(tmp_path: Path) -> None:
     assert load(write(tmp_path, f"2 {S0}\n")).active == 2
 
 
-def test_loader_reads_the_tenant_file(tmp_path: Path) -> None:
+def test_load_all_reads_each_tenants_file_and_keeps_its_error(tmp_path: Path) -> None:
     write(tmp_path, f"0 {S0}\n")
-    assert keys.loader(tmp_path)("blue").path == tmp_path / "blue.key"
+    loaded = keys.load_all(tmp_path, ["blue", "red"])
+    assert isinstance(loaded["blue"], TenantKeys) and loaded["blue"].path == tmp_path / "blue.key"
+    assert isinstance(loaded["red"], KeyFileError) and "red.key: secret file is missing" in str(
+        loaded["red"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -54,40 +59,40 @@ def test_loader_reads_the_tenant_file(tmp_path: Path) -> None:
 def test_malformed_files_name_file_and_line_but_not_the_secret(
     tmp_path: Path, text: str, message: str
 ) -> None:
-    with pytest.raises(keys.KeyFileError, match=message) as err:
+    with pytest.raises(KeyFileError, match=message) as err:
         load(write(tmp_path, text))
     assert S0 not in str(err.value) and S1 not in str(err.value)
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_group_or_world_access_is_refused(tmp_path: Path, mode: int) -> None:
-    with pytest.raises(keys.KeyFileError, match=f"permissions {mode:04o} are too open"):
+    with pytest.raises(KeyFileError, match=f"permissions {mode:04o} are too open"):
         load(write(tmp_path, f"0 {S0}\n", mode))
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(keys.KeyFileError, match=r"red.key: secret file is missing"):
-        keys.loader(tmp_path)("red")
+    with pytest.raises(KeyFileError, match=r"red.key: secret file is missing"):
+        keys.load_tenant_keys(tmp_path / "red.key", "red")
 
 
 def test_symlink_is_not_followed(tmp_path: Path) -> None:
     target = write(tmp_path, f"0 {S0}\n")
     (tmp_path / "link.key").symlink_to(target)
-    with pytest.raises(keys.KeyFileError, match="cannot open secret file"):
+    with pytest.raises(KeyFileError, match="cannot open secret file"):
         keys.load_tenant_keys(tmp_path / "link.key", "link")
 
 
 def test_derived_keys_bind_tenant_direction_and_generation() -> None:
     secret = Secret(bytes.fromhex(S0))
-    base = keys.derive_sa_key(secret, 100, 1, 2, 0)
-    assert len(base.value) == keys.AEAD_KEY_BYTES
-    assert keys.derive_sa_key(secret, 100, 1, 2, 0) == base  # the peer computes the same
+    base = derive_sa_key(secret, 100, 1, 2, 0)
+    assert len(base.value) == AEAD_KEY_BYTES
+    assert derive_sa_key(secret, 100, 1, 2, 0) == base  # the peer computes the same
     others = {
-        keys.derive_sa_key(secret, 100, 2, 1, 0),  # other direction
-        keys.derive_sa_key(secret, 101, 1, 2, 0),  # other tenant
-        keys.derive_sa_key(secret, 100, 1, 3, 0),  # other receiver
-        keys.derive_sa_key(secret, 100, 1, 2, 1),  # other generation
-        keys.derive_sa_key(Secret(bytes.fromhex(S1)), 100, 1, 2, 0),  # other secret
+        derive_sa_key(secret, 100, 2, 1, 0),  # other direction
+        derive_sa_key(secret, 101, 1, 2, 0),  # other tenant
+        derive_sa_key(secret, 100, 1, 3, 0),  # other receiver
+        derive_sa_key(secret, 100, 1, 2, 1),  # other generation
+        derive_sa_key(Secret(bytes.fromhex(S1)), 100, 1, 2, 0),  # other secret
     }
     assert base not in others and len(others) == 5
 

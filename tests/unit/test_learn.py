@@ -7,8 +7,6 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routed_nv import markers
-from routed_nv.calc.inputs import Claim
 from routed_nv.config.model import Config
 from routed_nv.directory.learn import (
     UNKNOWN_HOST_ID,
@@ -17,6 +15,8 @@ from routed_nv.directory.learn import (
     Reason,
     learn,
 )
+from routed_nv.model import markers
+from routed_nv.model.directory import Claim
 
 CONFIG = Config.model_validate(
     {

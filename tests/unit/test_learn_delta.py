@@ -8,9 +8,9 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routed_nv import markers
-from routed_nv.calc.inputs import DirectoryView
 from routed_nv.directory.learn import Learner, MirrorRoute, PublishedRoute, learn
+from routed_nv.model import markers
+from routed_nv.model.directory import DirectoryView
 from routed_nv.model.directory_delta import DirectoryDelta
 from tests.unit.test_learn import CONFIG, route
 

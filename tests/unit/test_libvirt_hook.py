@@ -226,7 +226,13 @@ def test_the_shipped_hook_execs_the_console_script() -> None:
 
 def test_the_hook_loads_no_agent_libraries() -> None:
     """libvirt waits for the hook: it imports the stdlib, routed_nv.libvirt and the agent socket."""
-    ours = ("routed_nv.libvirt", "routed_nv.cni", "routed_nv.control_wire", "routed_nv.markers")
+    ours = (
+        "routed_nv.libvirt",
+        "routed_nv.cni",
+        "routed_nv.control_wire",
+        "routed_nv.model.markers",
+        "routed_nv.errors",
+    )
     assert heavy_imports("routed_nv.libvirt.hook", ours) == "[]"
 
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routed_nv.calc import mobility
-from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config.model import Config
-from routed_nv.directory.mobility import MAX_SEQUENCE
+from routed_nv.model.directory import Claim, DirectoryView, PeerHost, RemoteRoute
+from routed_nv.model.mobility import MAX_SEQUENCE
 from tests.factories import HOST1
 
 ADDRESS = ipaddress.ip_network("10.0.0.1/32")

@@ -1,15 +1,8 @@
-from routed_nv import markers
-from routed_nv.calc.netfilter import (
-    DECAP,
-    DISPATCH,
-    TO_HOST,
-    ChainKey,
-    Family,
-    Rule,
-    desired_rules,
-)
+from routed_nv.calc.netfilter import DECAP, DISPATCH, TO_HOST, desired_rules
 from routed_nv.calc.routing import host_ifname
 from routed_nv.config.model import Config, Endpoint
+from routed_nv.model import markers
+from routed_nv.model.netfilter import ChainKey, Family, Rule
 from tests.factories import HOST1
 
 V4, V6 = Family.IPV4, Family.IPV6

@@ -2,46 +2,12 @@ from dataclasses import replace
 
 import pytest
 
-from routed_nv.calc.netfilter import DISPATCH, Family, Rule, desired_rules
+from routed_nv.calc.netfilter import DISPATCH, desired_rules
 from routed_nv.config.model import Config
+from routed_nv.model.netfilter import Family, NetfilterError, Rule
 from routed_nv.netfilter.driver import NetfilterDriver
-from routed_nv.netfilter.objects import ActualTable, NetfilterError, TableChange
 from tests.factories import HOST1
-
-
-class FakeTables:
-    """Legacy tables as the adapter reports them; apply() mimics one atomic commit."""
-
-    def __init__(self) -> None:
-        self.chains: dict[tuple[Family, str], dict[str, tuple]] = {}
-        self.hooks: dict[tuple[Family, str], dict[str, list[str]]] = {}
-        self.applied: list[TableChange] = []
-        self.fail: set[Family] = set()
-
-    def read(self, family, table):
-        hooks = self.hooks.get((family, table), {})
-        return ActualTable(
-            family,
-            table,
-            dict(self.chains.get((family, table), {})),
-            {},
-            {h: tuple(enumerate(targets)) for h, targets in hooks.items() if targets},
-        )
-
-    def apply(self, change):
-        if change.family in self.fail:
-            raise NetfilterError(f"{change.family} table {change.table}: apply failed: boom")
-        self.applied.append(change)
-        chains = self.chains.setdefault((change.family, change.table), {})
-        hooks = self.hooks.setdefault((change.family, change.table), {})
-        chains.update(change.set_chains)
-        for name, (append, delete) in change.edit_chains.items():
-            kept = tuple(r for r in chains[name] if r not in delete)
-            chains[name] = kept + append
-        for hook, target in change.hooks.items():
-            hooks[hook] = [target] if target else []
-        for name in change.delete_chains:
-            del chains[name]
+from tests.fakes import FakeTables
 
 
 def config(endpoints=None, tenants=None) -> Config:

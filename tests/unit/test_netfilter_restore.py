@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from routed_nv.calc.netfilter import DECAP, DISPATCH, Family, Rule, desired_rules
+from routed_nv.calc.netfilter import DECAP, DISPATCH, desired_rules
+from routed_nv.model.netfilter import Family, NetfilterError, Rule, TableChange
 from routed_nv.netfilter import restore
 from routed_nv.netfilter.driver import NetfilterDriver, plan_table
-from routed_nv.netfilter.objects import NetfilterError, TableChange
 from routed_nv.netfilter.restore import RestoreTables, parse_rule, parse_save, restore_text
 from tests.unit.test_netfilter_driver import config
 

@@ -3,188 +3,19 @@ of what the kernel has and batched route writes."""
 
 import dataclasses
 import ipaddress
-from collections import Counter
 
 import pytest
 
-from routed_nv import markers
-from routed_nv.calc.inputs import static_view
 from routed_nv.calc.routing import desired_routing, endpoint_link_name
 from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model import markers
+from routed_nv.model.routing import Address, PolicyRule, Route
 from routed_nv.routing.driver import RoutingDriver
-from routed_nv.routing.kernel import AlreadyExists, KernelError, LinkState, NetnsNotFound, NotFound
-from routed_nv.routing.objects import Address, NeighProxy, PolicyRule, Route
 from tests.factories import HOST1
+from tests.fakes import KERNEL_RULES, FakeWorld
 
 net = ipaddress.ip_network
-
-
-# what a fresh namespace has: `ip rule` of both families (proto kernel)
-KERNEL_RULES = {
-    PolicyRule(4, 0, 255, 2),
-    PolicyRule(4, 32766, 254, 2),
-    PolicyRule(4, 32767, 253, 2),
-    PolicyRule(6, 0, 255, 2),
-    PolicyRule(6, 32766, 254, 2),
-}
-
-
-class FakeKernel:
-    """One namespace; veths reach into the other namespaces of the same world."""
-
-    def __init__(self, world, name):
-        self.world, self.name = world, name
-        self.links_ = {}  # name -> LinkState
-        self.addrs = set()  # (ifname, interface)
-        self.routes_ = {}  # (table, dst, metric) -> Route
-        self.proxies = set()
-        self.sysctls = {"net/ipv4/ip_forward": "0", "net/ipv6/conf/all/forwarding": "0"}
-        self.log = []
-        self.reads = Counter()  # what the driver read, by kind
-        self.failing = {}  # str(dst) -> error words
-        self.rules_ = set(KERNEL_RULES)
-
-    def _new_index(self):
-        self.world.next_index += 1
-        return self.world.next_index
-
-    def plain_link(self, name, kind=None, master=None, mtu=1500):
-        self.links_[name] = LinkState(name, self._new_index(), kind, mtu, True, master)
-
-    def links(self):
-        self.reads["links"] += 1
-        return list(self.links_.values())
-
-    def add_link(self, link):
-        self.log.append(("add_link", link.name))
-        if link.name in self.links_:
-            raise AlreadyExists("File exists")
-        state = LinkState(
-            link.name,
-            self._new_index(),
-            str(link.kind),
-            1500,
-            False,
-            None,
-            link.vrf_table,
-            link.tunnel,
-        )
-        if link.veth_peer:
-            peer_ns = self.world.ns(link.veth_peer.netns)
-            peer = LinkState(
-                link.veth_peer.name,
-                peer_ns._new_index(),
-                "veth",
-                1500,
-                False,
-                None,
-                peer_index=state.index,
-            )
-            peer_ns.links_[peer.name] = peer
-            state = dataclasses.replace(state, peer_index=peer.index)
-        self.links_[link.name] = state
-        self.set_link(link.name, link.mtu, link.master, link.up)
-
-    def set_link(self, name, mtu, master, up):
-        self.log.append(("set_link", name))
-        if name not in self.links_:
-            raise NotFound("No such device")
-        s = self.links_[name]
-        self.links_[name] = dataclasses.replace(s, mtu=mtu or s.mtu, master=master, up=up)
-
-    def delete_link(self, name):
-        self.log.append(("delete_link", name))
-        self.links_.pop(name, None)
-        self.addrs = {a for a in self.addrs if a[0] != name}
-        self.routes_ = {k: r for k, r in self.routes_.items() if r.dev != name}
-
-    def addresses(self):
-        self.reads["addresses"] += 1
-        return list(self.addrs)
-
-    def _need(self, ifname):
-        if ifname not in self.links_:
-            raise NotFound("No such device")
-
-    def add_address(self, address):
-        self._need(address.ifname)
-        self.addrs.add((address.ifname, address.address))
-
-    def delete_address(self, address):
-        self.addrs.discard((address.ifname, address.address))
-
-    def routes(self, protos):
-        self.reads["routes"] += 1
-        return [r for r in self.routes_.values() if r.proto in protos]
-
-    def write_routes(self, ops):
-        # like the kernel: one request after the other, each with its own answer
-        self.log.append(("write_routes", len(ops)))
-        outcomes = []
-        for delete, route in ops:
-            try:
-                (self._delete_route if delete else self._replace_route)(route)
-                outcomes.append(None)
-            except KernelError as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    def _replace_route(self, route):
-        if str(route.dst) in self.failing:
-            raise KernelError(self.failing[str(route.dst)])
-        if route.dev:
-            self._need(route.dev)
-        self.log.append(("replace_route", str(route.dst)))
-        self.routes_[(route.table, route.dst, route.metric)] = dataclasses.replace(
-            route, netns=None
-        )
-
-    def _delete_route(self, route):
-        self.log.append(("delete_route", str(route.dst)))
-        self.routes_.pop((route.table, route.dst, route.metric), None)
-
-    def neigh_proxies(self):
-        return [NeighProxy(i, a) for i, a in self.proxies]
-
-    def add_neigh_proxy(self, proxy):
-        self.proxies.add((proxy.ifname, proxy.address))
-
-    def delete_neigh_proxy(self, proxy):
-        self.proxies.discard((proxy.ifname, proxy.address))
-
-    def rules(self):
-        self.reads["rules"] += 1
-        return list(self.rules_)
-
-    def add_rule(self, rule):
-        self.log.append(("add_rule", rule.version, rule.priority))
-        self.rules_.add(dataclasses.replace(rule, netns=None))
-
-    def delete_rule(self, rule):
-        # like the kernel: priority, table and protocol must all match
-        self.log.append(("delete_rule", rule.version, rule.priority))
-        self.rules_.discard(dataclasses.replace(rule, netns=None))
-
-    def read_sysctl(self, path):
-        self.reads["sysctls"] += 1
-        return self.sysctls.get(path)
-
-    def write_sysctl(self, path, value):
-        self.sysctls[path] = value
-
-    def close(self):
-        pass
-
-
-class World:
-    def __init__(self, *namespaces):
-        self.next_index = 0
-        self.kernels = {ns: FakeKernel(self, ns) for ns in (None, *namespaces)}
-
-    def ns(self, name):
-        if name not in self.kernels:
-            raise NetnsNotFound(f"netns {name} does not exist")
-        return self.kernels[name]
 
 
 def make_config(endpoints=None, tenants=None):
@@ -213,7 +44,7 @@ def desired(cfg):
 
 @pytest.fixture
 def world():
-    w = World("w1", "w2")
+    w = FakeWorld("w1", "w2")
     w.ns(None).plain_link("tap3", kind="tun")
     return w
 
@@ -334,7 +165,7 @@ def test_veth_whose_peer_is_gone_is_recreated(world, driver):
 
 
 def test_missing_workload_netns_is_reported_once_and_the_rest_is_applied():
-    world = World("w1")  # w2 does not exist
+    world = FakeWorld("w1")  # w2 does not exist
     world.ns(None).plain_link("tap3", kind="tun")
     result = RoutingDriver(world.ns).apply(desired(make_config()))
     messages = [str(f) for f in result.failures]

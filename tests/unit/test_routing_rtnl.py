@@ -3,12 +3,12 @@ their own answers, in order."""
 
 import errno
 import ipaddress
-import struct
 
 import pytest
 
+from routed_nv.model.routing import RT_SCOPE_LINK, Route
 from routed_nv.routing import rtnl
-from routed_nv.routing.objects import RT_SCOPE_LINK, Route
+from tests.fakes import FakeRouteSocket
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -47,40 +47,6 @@ def test_routes_of_other_protocols_are_not_decoded():
     assert rtnl.decode_route(body, NAMES, {230, 232}) is None
 
 
-def ack(seq, code, text=None):
-    """An NLMSG_ERROR as a kernel with NETLINK_CAP_ACK and NETLINK_EXT_ACK sends it."""
-    body = struct.pack("=i", -code) + struct.pack("=IHHII", 16, 24, 0, seq, 0)
-    flags = 0
-    if text is not None:
-        payload = text.encode() + b"\0"
-        attr = struct.pack("=HH", 4 + len(payload), rtnl.NLMSGERR_ATTR_MSG) + payload
-        body += attr + bytes(-len(attr) % 4)
-        flags = rtnl.NLM_F_ACK_TLVS
-    return struct.pack("=IHHII", 16 + len(body), rtnl.NLMSG_ERROR, flags, seq, 0) + body
-
-
-class FakeSocket:
-    """Answers every request of a send() in one datagram; routes to 10.0.0.13 are refused."""
-
-    def __init__(self):
-        self.sends = 0
-        self.answers = []
-
-    def send(self, data):
-        self.sends += 1
-        reply = b""
-        for kind, _flags, seq, body in rtnl.messages(bytes(data)):
-            route = rtnl.decode_route(body, NAMES, {231})
-            assert kind == rtnl.RTM_NEWROUTE
-            bad = route.dst == net("10.0.0.13/32")
-            reply += ack(seq, errno.EINVAL if bad else 0, "Invalid gateway" if bad else None)
-        self.answers.append(reply)
-        return len(data)
-
-    def recv(self, size):
-        return self.answers.pop(0)
-
-
 def test_batched_requests_are_answered_one_by_one_in_order():
     routes = [
         Route(
@@ -92,7 +58,7 @@ def test_batched_requests_are_answered_one_by_one_in_order():
         )
         for i in range(600)
     ]
-    sock = FakeSocket()
+    sock = FakeRouteSocket(NAMES)
     requests = [rtnl.encode_route(r, 7, delete=False) for r in routes]
     requests[5] = None  # not sent (e.g. its device is missing)
     outcomes = rtnl.RouteSocket(sock).send(requests)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routed_nv.esp import spi
+from routed_nv.model import spi
 
 tenants = st.integers(1, spi.TENANT_MAX)
 senders = st.integers(1, spi.SENDER_MAX)

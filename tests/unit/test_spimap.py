@@ -5,13 +5,12 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from routed_nv import markers
 from routed_nv.cli.sa import render_table
-from routed_nv.esp import spi
-from routed_nv.esp.objects import SaCounters, XfrmState
-from routed_nv.esp.secret import Secret
 from routed_nv.esp.spimap import SpiMap, rows_from_sas, rows_from_states
 from routed_nv.esp.xfrm import parse_counters, parse_states
+from routed_nv.model import markers, spi
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import SaCounters, XfrmState
 
 
 def child(name: str, uid: str, tenant: int, spi_in: str, spi_out: str) -> dict[str, Any]:

@@ -9,17 +9,18 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
-from routed_nv import markers, trace_facts
-from routed_nv.calc.inputs import static_view
+from routed_nv import trace_facts
 from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.calc.trace import Facts, KernelRoute, TraceError, Verdict, trace
 from routed_nv.calc.xfrm import tenant_policies
 from routed_nv.cli.trace import trace_command
 from routed_nv.config.model import Config
-from routed_nv.esp import spi
-from routed_nv.esp.objects import XfrmState
-from routed_nv.esp.secret import Secret
+from routed_nv.config.views import static_view
+from routed_nv.model import markers, spi
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import XfrmState
 from routed_nv.trace_facts import GatherError, parse_route_get
+from tests.fakes import FakeIprouteXfrm
 
 ip = ipaddress.ip_address
 HOST2_BLUE = ip("2001:db8:0:2::1:64")
@@ -242,19 +243,6 @@ def test_route_get_output_gives_device_and_next_hop():
         parse_route_get("[]")
 
 
-class FakeXfrm:
-    states: tuple = ONE_SA
-
-    def __init__(self, netns=None):
-        self.netns = netns
-
-    def read_policies(self):
-        return list(facts().policies)
-
-    def read_states(self):
-        return list(self.states)
-
-
 @pytest.fixture
 def host1(tmp_path, monkeypatch):
     """host1's config file and a kernel that routes 10.0.0.2 to host2 (no agent runs)."""
@@ -270,7 +258,9 @@ def host1(tmp_path, monkeypatch):
         return TO_HOST2 if dst == "10.0.0.2" else NO_ROUTE
 
     monkeypatch.setattr(trace_facts, "route_get", route_get)
-    monkeypatch.setattr(trace_facts, "IprouteXfrm", FakeXfrm)
+    monkeypatch.setattr(trace_facts, "IprouteXfrm", FakeIprouteXfrm)
+    monkeypatch.setattr(FakeIprouteXfrm, "policies", tuple(facts().policies))
+    monkeypatch.setattr(FakeIprouteXfrm, "states", ONE_SA)
     return path, asked
 
 
@@ -290,7 +280,7 @@ def test_the_command_prints_each_step_and_the_verdict(host1):
 
 def test_a_dropped_packet_exits_1_with_its_reason_in_json(host1, monkeypatch):
     path, _ = host1
-    monkeypatch.setattr(FakeXfrm, "states", ())
+    monkeypatch.setattr(FakeIprouteXfrm, "states", ())
     done = invoke("blue", "10.0.0.1", "10.0.0.2", "-c", str(path), "-o", "json")
     assert done.exit_code == 1
     answer = json.loads(done.stdout)

@@ -4,14 +4,14 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from routed_nv import markers
-from routed_nv.calc.inputs import static_view
 from routed_nv.calc.xfrm import desired_xfrm
-from routed_nv.config.model import Config, tenant_outer_address
-from routed_nv.esp import spi
-from routed_nv.esp.keys import KeyFileError, TenantKeys, derive_sa_key
-from routed_nv.esp.objects import Action, Direction
-from routed_nv.esp.secret import Secret
+from routed_nv.config.model import Config
+from routed_nv.config.views import static_view
+from routed_nv.model import markers, spi
+from routed_nv.model.directory import tenant_outer_address
+from routed_nv.model.keys import KeyFileError, TenantKeys, derive_sa_key
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import Action, Direction
 from tests.factories import HOST1
 
 SECRETS = {0: Secret(b"\x00" * 32), 1: Secret(b"\x01" * 32)}
@@ -37,8 +37,8 @@ def config(mode: str = "static", **extra: Any) -> Config:
     )
 
 
-def keys_of(generations: dict[int, Secret], active: int) -> Any:
-    return lambda tenant: TenantKeys(tenant, Path(f"/k/{tenant}.key"), generations, active)
+def keys_of(generations: dict[int, Secret], active: int) -> dict[str, TenantKeys | KeyFileError]:
+    return {t: TenantKeys(t, Path(f"/k/{t}.key"), generations, active) for t in ("blue", "red")}
 
 
 def addr(prefix: str, tenant: int) -> ipaddress.IPv6Address:
@@ -118,22 +118,16 @@ def test_both_ends_agree_on_every_sa() -> None:
 def test_ike_mode_leaves_states_to_charon() -> None:
     cfg = config(mode="ike")
 
-    def no_keys(tenant: str) -> TenantKeys:
-        raise AssertionError("IKE mode must not read static keys")
-
-    desired = desired_xfrm(cfg, static_view(cfg), no_keys)
+    desired = desired_xfrm(cfg, static_view(cfg), {})  # none loaded: IKE mode needs none
     assert desired.states is None and len(desired.policies) == 16
 
 
 def test_unreadable_keys_keep_that_tenants_sas_and_the_others_go_on() -> None:
     cfg = config()
 
-    def loader(tenant: str) -> TenantKeys:
-        if tenant == "red":
-            raise KeyFileError("/k/red.key: secret file is missing")
-        return keys_of({0: SECRETS[0]}, 0)(tenant)
-
-    desired = desired_xfrm(cfg, static_view(cfg), loader)
+    loaded = keys_of({0: SECRETS[0]}, 0)
+    loaded["red"] = KeyFileError("/k/red.key: secret file is missing")
+    desired = desired_xfrm(cfg, static_view(cfg), loaded)
     assert desired.errors == ("tenant red: /k/red.key: secret file is missing",)
     assert desired.keep_states_of == {200}
     assert desired.states and {s.reqid for s in desired.states.values()} == {markers.reqid(100)}
@@ -155,5 +149,5 @@ def test_peer_with_clashing_host_id_gets_no_sas() -> None:
 
 def test_tenant_without_peers_needs_no_key_file() -> None:
     cfg = config(remote_endpoints={})
-    desired = desired_xfrm(cfg, static_view(cfg), keys_of({}, 0))
+    desired = desired_xfrm(cfg, static_view(cfg), {})
     assert desired.states == {} and not desired.errors

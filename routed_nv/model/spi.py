@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from routed_nv.errors import RoutedNvError
+
 TENANT_BITS = 16
 SENDER_BITS = 14
 GENERATION_BITS = 2
@@ -29,7 +31,7 @@ _SENDER_SHIFT = GENERATION_BITS
 _TENANT_SHIFT = GENERATION_BITS + SENDER_BITS
 
 
-class SpiExhausted(ValueError):
+class SpiExhausted(RoutedNvError, ValueError):
     """A tenant, host or generation does not fit the SPI plan."""
 
 

@@ -1,7 +1,7 @@
-"""What the calculation starts from: this host's config plus the directory's view of other hosts.
+"""The directory's view of other hosts: what the calculation starts from, with this host's config.
 
-Until the BGP directory exists, the view comes from the config's `peers` and `remote_endpoints`
-(static entries); later the directory client produces the same types.
+A directory source produces it: the static one from the config's `peers` and `remote_endpoints`
+(config/views.py), the BGP one from the mirror tables (directory/learn.py).
 """
 
 from __future__ import annotations
@@ -9,9 +9,16 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from routed_nv.config.model import Config, tenant_outer_address
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Tenant outer addresses are <prefix>::1:<tenant id in hex> (tenant 100 -> ::1:64). ARCHITECTURE.md
+# wrote <prefix>::<T>, but then tenant 1 would be the host address ::1 and high tenant ids would
+# collide with infrastructure addresses (uplink, ToR) in ::2..::ffff; one fixed group avoids both.
+TENANT_ADDRESS_OFFSET = 0x1_0000
+
+
+def tenant_outer_address(prefix: ipaddress.IPv6Network, tenant_id: int) -> ipaddress.IPv6Address:
+    return prefix[TENANT_ADDRESS_OFFSET + tenant_id]
 
 
 @dataclass(frozen=True, order=True)
@@ -64,18 +71,3 @@ class DirectoryView:
     def peers_of(self, tenant_id: int) -> frozenset[PeerHost]:
         """The peers that share a tenant with this host: they need SAs for it."""
         return frozenset(r.peer for r in self.remote_routes if r.tenant_id == tenant_id)
-
-
-def static_view(config: Config) -> DirectoryView:
-    """The directory view written in the config (peers + remote_endpoints)."""
-    peers = {name: PeerHost(name, p.id, p.underlay_prefix) for name, p in config.peers.items()}
-    routes = frozenset(
-        RemoteRoute(
-            tenant_id=config.tenants[ep.tenant].id,
-            prefix=ipaddress.ip_network(addr),
-            peer=peers[ep.host],
-        )
-        for ep in config.remote_endpoints.values()
-        for addr in ep.addresses
-    )
-    return DirectoryView(routes)

@@ -22,7 +22,7 @@ Which host announces an address held by more than one is decided in calc/mobilit
 
 from __future__ import annotations
 
-from routed_nv.routing.objects import DEFAULT_METRIC
+from routed_nv.model.routing import DEFAULT_METRIC
 
 TENANT_COMMUNITY = 1  # (ASN, 1, tenant id)
 SEQUENCE_COMMUNITY = 2  # (ASN, 2, sequence), only on endpoints that moved

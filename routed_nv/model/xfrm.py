@@ -7,11 +7,12 @@ equality of the whole object says whether it needs changing.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from routed_nv import markers
-from routed_nv.esp.secret import Secret
+from routed_nv.model import markers
+from routed_nv.model.secret import Secret
 
 AEAD_ALGORITHM = "rfc4106(gcm(aes))"
 ICV_BITS = 128
@@ -110,3 +111,14 @@ class XfrmPolicy:
         if self.is_block:
             return f"{text} action block"
         return f"{text} tmpl proto esp reqid {self.reqid} mode transport"
+
+
+@dataclass(frozen=True)
+class DesiredXfrm:
+    policies: Mapping[PolicyKey, XfrmPolicy]
+    # None when SAs are not routed_nv's to manage (IKE mode: charon installs them).
+    states: Mapping[StateKey, XfrmState] | None
+    # Tenants whose SAs could not be calculated (unreadable key file, ...): the driver leaves
+    # their SAs in the kernel as they are rather than cutting the tenant off.
+    keep_states_of: frozenset[int] = frozenset()
+    errors: tuple[str, ...] = ()
