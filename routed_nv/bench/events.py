@@ -32,8 +32,8 @@ from routed_nv.config.model import Config
 from routed_nv.directory.learn import Learner, MirrorRoute, learn
 from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
-from routed_nv.model.directory_source import Publish, SourceUpdate
 from routed_nv.model import markers
+from routed_nv.model.directory_source import Publish, SourceUpdate
 from routed_nv.model.routing import Address, Link, NeighProxy, PolicyRule, Route
 from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
 from routed_nv.routing.driver import RoutingDriver

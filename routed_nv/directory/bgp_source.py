@@ -49,8 +49,8 @@ from routed_nv.directory.learn import Learned, Learner, MirrorRoute, PublishedRo
 from routed_nv.directory.netlink_watch import MirrorWatch, RouteEvent, WatchError
 from routed_nv.model import markers
 from routed_nv.model.directory_delta import DirectoryDelta
-from routed_nv.model.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 from routed_nv.model.directory_source import Log, PeerStatus, Publish, SourceUpdate
+from routed_nv.model.mobility import SEQUENCE_COMMUNITY, TENANT_COMMUNITY
 
 POLL_S = 0.5
 # In sync needs BIRD's initial exchange done, but BIRD 2.0's CLI tells no End-of-RIB: a BGP

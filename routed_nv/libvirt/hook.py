@@ -33,10 +33,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from routed_nv.model import markers
 from routed_nv.cni import agent_socket
 from routed_nv.cni.agent_socket import AgentDown, AgentRefused
+from routed_nv.errors import RoutedNvError
 from routed_nv.libvirt import tap
+from routed_nv.model import markers
 
 NS = "https://routed-nv.org/xmlns/libvirt/1"
 PREFIX = "rnv-"
@@ -46,7 +47,7 @@ TIMEOUT_S = 20.0  # the agent's wait for the apply; the hook holds up libvirt me
 SOCKET = "agent.sock"
 
 
-class HookError(Exception):
+class HookError(RoutedNvError):
     """One line for libvirt's error message."""
 
 

@@ -9,6 +9,8 @@ import socket
 import struct
 import subprocess
 
+from routed_nv.errors import RoutedNvError
+
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC
@@ -20,7 +22,7 @@ IFF_VNET_HDR = 0x4000  # what QEMU asks for; a persistent tap keeps the flags of
 ARPHRD_ETHER = 1
 
 
-class TapError(Exception):
+class TapError(RoutedNvError):
     """One line naming the tap and what failed."""
 
 

@@ -18,7 +18,6 @@ import pytest
 from test_datapath_scenario import ns, sh
 from test_routing_kernel import echo_requests_received
 
-from routed_nv.model import markers
 from routed_nv.config.writer import to_toml
 from routed_nv.directory import bgp_source
 from routed_nv.directory.bird_config import upstream_protocol

@@ -23,7 +23,6 @@ from routed_nv.directory.birdc import (
     Route,
 )
 from routed_nv.directory.learn import MirrorRoute, PublishedRoute, Reason
-from routed_nv.directory.netlink_watch import RouteEvent
 from routed_nv.model import markers
 from routed_nv.model.directory import Claim
 from routed_nv.model.directory_source import SourceUpdate
