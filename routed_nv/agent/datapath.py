@@ -15,9 +15,9 @@ apply retries it. Each stage reads the kernel once: it plans, and applies that p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from routed_nv.agent.changes import Changed, of_ike, of_netfilter, of_routing, of_xfrm
 from routed_nv.calc.ike import DesiredIke, desired_ike
@@ -29,41 +29,40 @@ from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import keys
 from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
-from routed_nv.esp.vici_adapter import ViciError
-from routed_nv.esp.xfrm import XfrmError
+from routed_nv.model.result import Plan, Problem, Result
 from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
-from routed_nv.routing.driver import Result
+from routed_nv.routing.driver import RoutingPlan, RoutingResult
 from routed_nv.routing.objects import DesiredRouting
 
 
-# What the Datapath needs of each driver: the real ones are built in agent/wiring.py, unit tests
-# pass fakes.
+# What the Datapath needs of each driver (the one plan/apply contract of model/result.py): the
+# real ones are built in agent/wiring.py, unit tests pass fakes.
 class NetfilterStage(Protocol):
     def plan(self, desired: DesiredRules) -> NetfilterPlan: ...
-    def apply_plan(self, plan: NetfilterPlan) -> NetfilterResult: ...
+    def apply(self, plan: NetfilterPlan) -> NetfilterResult: ...
 
 
 class XfrmStage(Protocol):
     def plan(self, desired: DesiredXfrm) -> XfrmPlan: ...
-    def apply_plan(self, plan: XfrmPlan) -> XfrmResult: ...
+    def apply(self, plan: XfrmPlan) -> XfrmResult: ...
 
 
 class RoutingStage(Protocol):
-    def plan(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
-    def apply(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
+    def plan(self, desired: DesiredRouting, resync: bool = False) -> RoutingPlan: ...
+    def apply(self, plan: RoutingPlan) -> RoutingResult: ...
 
 
 class IkeStage(Protocol):
     def plan(self, desired: DesiredIke) -> IkePlan: ...
-    def apply(self, desired: DesiredIke) -> IkeResult: ...
+    def apply(self, plan: IkePlan) -> IkeResult: ...
 
 
 @dataclass
 class Stage:
     name: str
     lines: list[str] = field(default_factory=list)  # changes (planned or made), one per line
-    changes: list[Changed] = field(default_factory=list)  # for the log: what apply really did
-    errors: list[str] = field(default_factory=list)
+    changes: list[Changed] = field(default_factory=list)  # for the log: the same, as objects
+    errors: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
     # left alone this time because the kernel or a daemon is mid-change (IKE exchanges in
     # flight): neither a change nor an error, but not settled either
@@ -86,6 +85,11 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not any(stage.errors for stage in self.stages)
+
+    @property
+    def retry(self) -> bool:
+        """Whether trying again may fix an error by itself (one is transient)."""
+        return any(e.transient for stage in self.stages for e in stage.errors)
 
 
 class Datapath:
@@ -110,93 +114,64 @@ class Datapath:
         return self._run(config, view, execute=True, resync=resync)
 
     def _run(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Outcome:
-        return Outcome(
-            [
-                _stage("netfilter", lambda: self._netfilter(config, view, execute)),
-                _stage("xfrm", lambda: self._xfrm(config, view, execute)),
-                _stage("routing", lambda: self._routing(config, view, execute, resync)),
-                *(
-                    [_stage("ike", lambda: self._ike(config, view, execute))]
-                    if config.keying.mode is KeyingMode.IKE
-                    else []
+        # Each stage plans once; its apply takes that plan and does not read the kernel again.
+        def routing_plan() -> RoutingPlan:
+            try:
+                desired = desired_routing(config, view)
+            except RoutingConflict as exc:  # the config and the directory disagree
+                return RoutingPlan(problems=(Problem(str(exc), transient=False),))
+            return self.routing.plan(desired, resync=resync)
+
+        stages = [
+            _stage(
+                "netfilter",
+                lambda: self.netfilter.plan(desired_rules(config)),
+                self.netfilter.apply if execute else None,
+                of_netfilter,
+            ),
+            _stage(
+                "xfrm",
+                lambda: self.xfrm.plan(
+                    desired_xfrm(config, view, keys.loader(config.keying.secrets_dir))
                 ),
-            ]
-        )
+                self.xfrm.apply if execute else None,
+                of_xfrm,
+            ),
+            _stage("routing", routing_plan, self.routing.apply if execute else None, of_routing),
+        ]
+        if config.keying.mode is KeyingMode.IKE:
 
-    # Each stage plans once; its apply takes that plan and does not read the kernel again.
-    def _netfilter(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        desired = desired_rules(config)
-        plan = self.netfilter.plan(desired)
-        stage = Stage("netfilter", lines=plan.lines(), errors=[*desired.errors, *plan.errors])
-        if execute and plan:
-            result = self.netfilter.apply_plan(plan)
-            stage.changes = of_netfilter(result.done)
-            stage.errors += result.errors
-        else:
-            stage.changes = of_netfilter(plan.changes)
-        return stage
+            def ike_plan() -> IkePlan:
+                return self.ike.plan(desired_ike(config, view))
 
-    def _xfrm(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        desired = desired_xfrm(config, view, keys.loader(config.keying.secrets_dir))
-        stage = Stage("xfrm", errors=list(desired.errors))
-        try:
-            plan = self.xfrm.plan(desired)
-        except XfrmError as exc:
-            stage.errors.append(str(exc))
-            return stage
-        stage.lines = [op.describe() for op in plan.ops]
-        if execute:
-            result = self.xfrm.apply_plan(plan)
-            stage.changes = of_xfrm(result.done)
-            stage.errors += result.errors
-        else:
-            stage.changes = of_xfrm(plan.ops)
-        return stage
-
-    def _ike(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        desired = desired_ike(config, view)
-        if execute:
-            result = self.ike.apply(desired)
-            return Stage(
-                "ike",
-                lines=result.done,
-                changes=of_ike(result.done),
-                errors=result.errors,
-                pending=result.waiting,
-            )
-        try:
-            plan = self.ike.plan(desired)
-        except ViciError as exc:
-            return Stage("ike", errors=[*desired.errors, str(exc)])
-        lines = [op.describe() for op in plan.ops]
-        return Stage(
-            "ike",
-            lines=lines,
-            changes=of_ike(lines),
-            errors=list(desired.errors),
-            pending=list(plan.waiting),
-        )
-
-    def _routing(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Stage:
-        try:
-            desired = desired_routing(config, view)
-        except RoutingConflict as exc:
-            return Stage("routing", errors=[str(exc)])
-        run = self.routing.apply if execute else self.routing.plan
-        result = run(desired, resync=resync)
-        return Stage(
-            "routing",
-            lines=[str(c) for c in result.changes],
-            changes=of_routing(result.changes),
-            errors=[str(f) for f in result.failures],
-        )
+            stages.append(_stage("ike", ike_plan, self.ike.apply if execute else None, of_ike))
+        return Outcome(stages)
 
 
-def _stage(name: str, run: Callable[[], Stage]) -> Stage:
+def _stage(
+    name: str,
+    plan: Callable[[], Plan[Any]],
+    apply: Callable[[Any], Result[Any]] | None,
+    changed: Callable[[Iterable[Any]], list[Changed]],
+) -> Stage:
+    """Plans a stage and, unless `apply` is None (a dry run), applies that plan: the lines are
+    what was planned or done, the errors the plan's and the apply's."""
     start = time.monotonic()
     try:
-        stage = run()
+        planned = plan()
+        if apply is None:
+            objs, errors, pending = list(planned.changes), list(planned.problems), planned.pending
+        else:
+            result = apply(planned)
+            objs, errors, pending = result.done, result.problems, result.pending
+        stage = Stage(
+            name,
+            [line for obj in objs for line in obj.lines()],
+            changed(objs),
+            errors,
+            pending=list(pending),
+        )
     except Exception as exc:  # a bug or a vanished netns: the next stages still run
-        stage = Stage(name, errors=[f"{type(exc).__name__}: {exc}"])
+        stage = Stage(name, errors=[Problem(f"{type(exc).__name__}: {exc}", transient=True)])
     stage.seconds = time.monotonic() - start
     return stage

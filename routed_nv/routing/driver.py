@@ -35,9 +35,10 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from routed_nv import markers
+from routed_nv.model.result import Plan, Problem, Result, problem_of
 from routed_nv.reconcile import delta
 from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
 from routed_nv.routing.objects import (
@@ -74,27 +75,16 @@ class Change:
     def __str__(self) -> str:
         return f"{self.op} {self.obj}" + (f"  (was: {self.old})" if self.old is not None else "")
 
-
-@dataclass(frozen=True)
-class Failure:
-    what: str  # the object, e.g. "route 10.0.0.2/32 table 268435556"
-    error: str
-
-    def __str__(self) -> str:
-        return f"{self.what}: {self.error}"
-
-
-@dataclass
-class Result:
-    changes: list[Change] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
     def lines(self) -> list[str]:
-        return [str(c) for c in self.changes] + [f"! {f}" for f in self.failures]
+        return [str(self)]
+
+
+class RoutingPlan(Plan[Change]):
+    """The changes in dependency order (kind after kind, see _MANAGERS)."""
+
+
+class RoutingResult(Result[Change]):
+    pass
 
 
 RouteKey = tuple[str | None, int, Any, int]
@@ -114,26 +104,29 @@ class _Known:
 
 
 class _Session:
-    """One plan/apply run: the cache, the kernels opened for it (only where something must be
-    read or written) and the devices it changed."""
+    """One plan or apply run: the cache, the kernels opened for it (only where something must
+    be read or written) and, in a plan, the devices its changes will touch."""
 
     def __init__(
         self,
         open_kernel: OpenKernel,
         host_netns: str | None,
-        result: Result,
+        problems: list[Problem],
         known: dict[str | None, _Known],
     ):
         self._open = open_kernel
         self._host_netns = host_netns
         self._kernels: dict[str | None, Kernel] = {}
         self._missing: set[str | None] = set()
-        self._result = result
+        self._problems = problems
         self.known = known
         self.owned_ifnames: dict[str | None, set[str]] = {}
-        # routes through these devices, or in these tables, may have gone with a device change
+        # What hangs on these devices (or is in these tables) may go with the planned device
+        # changes: the plan asserts what is wanted there again. On gone devices (deleted or
+        # recreated) nothing of the old is left to remove.
         self.touched_devices: dict[str | None, set[str]] = {}
         self.touched_tables: dict[str | None, set[int]] = {}
+        self.gone_devices: dict[str | None, set[str]] = {}
 
     def kernel(self, netns: str | None) -> Kernel | None:
         """The kernel of a logical namespace (None: the host's), or None if it cannot be opened
@@ -146,8 +139,8 @@ class _Session:
             except KernelError as exc:
                 self._missing.add(netns)
                 self.known.pop(netns, None)
-                self._result.failures.append(
-                    Failure(f"netns {netns or self._host_netns}", str(exc))
+                self._problems.append(
+                    problem_of(exc, message=f"netns {netns or self._host_netns}: {exc}")
                 )
                 return None
         return self._kernels[netns]
@@ -213,25 +206,54 @@ class _Session:
             sysctls[path] = self._kernel_for_read(netns).read_sysctl(path)
         return sysctls[path]
 
-    def touch(self, netns: str | None, ifname: str, table: int | None = None) -> None:
-        """A device was changed (or we tried): the kernel may have dropped what hung on it."""
+    def cached(self, netns: str | None, kind: str) -> Any:
+        """What is known of a kind ("rules", "addresses", "proxies") without reading: None if
+        nothing is known."""
+        known = self.known.get(netns)
+        return None if known is None else getattr(known, kind)
+
+    def forget(self, netns: str | None) -> None:
+        """A device was changed (or we tried): the kernel may have dropped what hung on it, so
+        the next plan reads it again."""
         known = self.known.get(netns)
         if known is not None:
             known.links = known.addresses = known.proxies = None
             known.sysctls.clear()
-        self.touched_devices.setdefault(netns, set()).add(ifname)
-        if table is not None:
-            self.touched_tables.setdefault(netns, set()).add(table)
+
+    def will_touch(self, touches: Iterable[Touch]) -> None:
+        for t in touches:
+            self.touched_devices.setdefault(t.netns, set()).add(t.ifname)
+            if t.table is not None:
+                self.touched_tables.setdefault(t.netns, set()).add(t.table)
+            if t.gone:
+                self.gone_devices.setdefault(t.netns, set()).add(t.ifname)
+
+    def reasserted(self, netns: str | None, ifname: str | None, wanted: bool) -> bool:
+        """Whether an object on this device is left out of what the kernel has: a wanted one
+        is asserted again, any one on a gone device goes with it."""
+        if ifname in self.gone_devices.get(netns, ()):
+            return True
+        return wanted and ifname in self.touched_devices.get(netns, ())
 
     def close(self) -> None:
         for kernel in self._kernels.values():
             kernel.close()
 
 
+class Touch(NamedTuple):
+    """A device a change works on: the kernel may drop what hangs on it (`gone`: all of it)."""
+
+    netns: str | None
+    ifname: str
+    table: int | None = None  # a VRF's: its routes may go with it
+    gone: bool = False  # deleted or recreated
+
+
 class _Manager(Protocol):
     """One object kind: what exists (ours only) and how to change it."""
 
     kind: str
+    type: type
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Any]: ...
 
@@ -239,6 +261,9 @@ class _Manager(Protocol):
 
     def write(self, session: _Session, changes: list[Change]) -> list[KernelError | None]:
         """Make the changes; one outcome per change, in order (None: done)."""
+
+    def touches(self, change: Change) -> list[Touch]:
+        """The devices a change works on (links and ports only)."""
 
 
 class _OneByOne:
@@ -258,7 +283,13 @@ class _OneByOne:
                 outcomes.append(None)
             except KernelError as exc:
                 outcomes.append(exc)
+            finally:
+                for touch in self.touches(change):
+                    session.forget(touch.netns)
         return outcomes
+
+    def touches(self, change: Change) -> list[Touch]:
+        return []
 
     def upsert(self, session: _Session, kernel: Kernel, new: Any, old: Any) -> None:
         raise NotImplementedError
@@ -300,6 +331,7 @@ def _unmanaged_as_none(actual: Any, wanted: Any | None) -> Any:
 
 class _Links(_OneByOne):
     kind = "links"
+    type = Link
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Link]:
         return desired.links
@@ -340,33 +372,35 @@ class _Links(_OneByOne):
         return None
 
     def upsert(self, session: _Session, kernel: Kernel, new: Link, old: Link | None) -> None:
-        try:
-            if old is not None and new.same_identity(old):
-                kernel.set_link(new.name, new.mtu, new.master, new.up)
-                return
-            if old is not None:
-                kernel.delete_link(old.name)
-            kernel.add_link(new)
-        finally:
-            self._touch(session, new)
-            if old is not None:
-                self._touch(session, old)
+        if old is not None and new.same_identity(old):
+            kernel.set_link(new.name, new.mtu, new.master, new.up)
+            return
+        if old is not None:
+            kernel.delete_link(old.name)
+        kernel.add_link(new)
 
     def remove(self, session: _Session, kernel: Kernel, old: Link) -> None:
-        try:
-            kernel.delete_link(old.name)
-        finally:
-            self._touch(session, old)
+        kernel.delete_link(old.name)
 
-    @staticmethod
-    def _touch(session: _Session, link: Link) -> None:
-        session.touch(link.netns, link.name, link.vrf_table)
-        if link.veth_peer is not None:  # the other end goes and comes with this one
-            session.touch(link.veth_peer.netns, link.veth_peer.name)
+    def touches(self, change: Change) -> list[Touch]:
+        if change.op == "-":
+            return _link_touches(change.obj, gone=True)
+        if change.old is None:
+            return _link_touches(change.obj, gone=False)
+        recreate = not change.obj.same_identity(change.old)
+        return [*_link_touches(change.obj, recreate), *_link_touches(change.old, recreate)]
+
+
+def _link_touches(link: Link, gone: bool) -> list[Touch]:
+    touches = [Touch(link.netns, link.name, link.vrf_table, gone)]
+    if link.veth_peer is not None:  # the other end goes and comes with this one
+        touches.append(Touch(link.veth_peer.netns, link.veth_peer.name, gone=gone))
+    return touches
 
 
 class _Ports(_OneByOne):
     kind = "ports"
+    type = Port
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Port]:
         return desired.ports
@@ -376,6 +410,10 @@ class _Ports(_OneByOne):
         for ns in namespaces:
             for s in session.links(ns):
                 wanted = (ns, s.name) in desired
+                if session.reasserted(ns, s.name, wanted) or session.reasserted(
+                    ns, s.master, wanted
+                ):
+                    continue  # it, or the VRF it is enslaved to, changes first
                 stale = not wanted and _is_our_vrf(s.master) and not _is_owned_link(s)
                 if wanted or stale:
                     port = Port(s.name, s.mtu, netns=ns, master=s.master, up=s.up)
@@ -383,20 +421,18 @@ class _Ports(_OneByOne):
         return found
 
     def upsert(self, session: _Session, kernel: Kernel, new: Port, old: Port | None) -> None:
-        try:
-            kernel.set_link(new.name, new.mtu, new.master, new.up)
-        finally:
-            session.touch(new.netns, new.name)
+        kernel.set_link(new.name, new.mtu, new.master, new.up)
 
     def remove(self, session: _Session, kernel: Kernel, old: Port) -> None:
-        try:
-            kernel.set_link(old.name, None, None, old.up)
-        finally:
-            session.touch(old.netns, old.name)
+        kernel.set_link(old.name, None, None, old.up)
+
+    def touches(self, change: Change) -> list[Touch]:
+        return [Touch(change.obj.netns, change.obj.name)]
 
 
 class _Sysctls(_OneByOne):
     kind = "sysctls"
+    type = Sysctl
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Sysctl]:
         return desired.sysctls
@@ -404,7 +440,7 @@ class _Sysctls(_OneByOne):
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for (ns, path), want in desired.items():
-            if ns in namespaces:
+            if ns in namespaces and not session.reasserted(ns, _sysctl_device(path), True):
                 value = session.sysctl(ns, path)
                 if value is not None:
                     found[(ns, path)] = dataclasses.replace(want, value=value)
@@ -420,6 +456,7 @@ class _Sysctls(_OneByOne):
 
 class _Rules(_OneByOne):
     kind = "policy rules"
+    type = PolicyRule
 
     def wanted(self, desired: DesiredRouting) -> Iterable[PolicyRule]:
         return desired.rules
@@ -437,15 +474,18 @@ class _Rules(_OneByOne):
         self, session: _Session, kernel: Kernel, new: PolicyRule, old: PolicyRule | None
     ) -> None:
         kernel.add_rule(new)
-        session.rules(new.netns).add(dataclasses.replace(new, netns=None))
+        if (rules := session.cached(new.netns, "rules")) is not None:
+            rules.add(dataclasses.replace(new, netns=None))
 
     def remove(self, session: _Session, kernel: Kernel, old: PolicyRule) -> None:
         kernel.delete_rule(old)
-        session.rules(old.netns).discard(dataclasses.replace(old, netns=None))
+        if (rules := session.cached(old.netns, "rules")) is not None:
+            rules.discard(dataclasses.replace(old, netns=None))
 
 
 class _Addresses(_OneByOne):
     kind = "addresses"
+    type = Address
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Address]:
         return desired.addresses
@@ -460,20 +500,24 @@ class _Addresses(_OneByOne):
                 if iface.version == 6 and iface.is_link_local and iface.ip != _GATEWAY_V6:
                     continue  # the kernel's own link-local address
                 addr = Address(ifname, iface, netns=ns)
-                found[addr] = addr
+                if not session.reasserted(ns, ifname, addr in desired):
+                    found[addr] = addr
         return found
 
     def upsert(self, session: _Session, kernel: Kernel, new: Address, old: Address | None) -> None:
         kernel.add_address(new)
-        session.addresses(new.netns).add((new.ifname, new.address))
+        if (addresses := session.cached(new.netns, "addresses")) is not None:
+            addresses.add((new.ifname, new.address))
 
     def remove(self, session: _Session, kernel: Kernel, old: Address) -> None:
         kernel.delete_address(old)
-        session.addresses(old.netns).discard((old.ifname, old.address))
+        if (addresses := session.cached(old.netns, "addresses")) is not None:
+            addresses.discard((old.ifname, old.address))
 
 
 class _Routes:
     kind = "routes"
+    type = Route
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Route]:
         return desired.routes
@@ -518,9 +562,13 @@ class _Routes:
                         known.routes[op.route.key] = op.route
         return outcomes
 
+    def touches(self, change: Change) -> list[Touch]:
+        return []
+
 
 class _NeighProxies(_OneByOne):
     kind = "neighbour proxies"
+    type = NeighProxy
 
     def wanted(self, desired: DesiredRouting) -> Iterable[NeighProxy]:
         return desired.neigh_proxies
@@ -533,18 +581,21 @@ class _NeighProxies(_OneByOne):
                 if p.ifname not in owned:
                     continue
                 proxy = dataclasses.replace(p, netns=ns)
-                found[proxy] = proxy
+                if not session.reasserted(ns, p.ifname, proxy in desired):
+                    found[proxy] = proxy
         return found
 
     def upsert(
         self, session: _Session, kernel: Kernel, new: NeighProxy, old: NeighProxy | None
     ) -> None:
         kernel.add_neigh_proxy(new)
-        session.proxies(new.netns).add(dataclasses.replace(new, netns=None))
+        if (proxies := session.cached(new.netns, "proxies")) is not None:
+            proxies.add(dataclasses.replace(new, netns=None))
 
     def remove(self, session: _Session, kernel: Kernel, old: NeighProxy) -> None:
         kernel.delete_neigh_proxy(old)
-        session.proxies(old.netns).discard(dataclasses.replace(old, netns=None))
+        if (proxies := session.cached(old.netns, "proxies")) is not None:
+            proxies.discard(dataclasses.replace(old, netns=None))
 
 
 # Dependency order: links before the ports enslaved to them, per-device sysctls before the
@@ -559,6 +610,12 @@ _MANAGERS: tuple[_Manager, ...] = (
     _Routes(),
     _NeighProxies(),
 )
+
+
+def _sysctl_device(path: str) -> str | None:
+    """The interface of a per-interface sysctl (net/ipv4/conf/<if>/rp_filter)."""
+    parts = path.split("/")
+    return parts[3] if len(parts) == 5 and parts[2] in ("conf", "neigh") else None
 
 
 def _sort_key(obj: Any) -> tuple:
@@ -591,35 +648,60 @@ class RoutingDriver:
         self._host_netns = host_netns
         self._known: dict[str | None, _Known] = {}
 
-    def plan(self, desired: DesiredRouting, resync: bool = False) -> Result:
-        """What apply would change, without changing anything. `resync`: read the kernel again
-        instead of trusting the cache."""
-        return self._run(desired, execute=False, resync=resync)
-
-    def apply(self, desired: DesiredRouting, resync: bool = False) -> Result:
-        """Make the changes. `resync`: read the kernel again first (catches others' changes)."""
-        return self._run(desired, execute=True, resync=resync)
-
-    def _run(self, desired: DesiredRouting, execute: bool, resync: bool) -> Result:
-        result = Result()
+    def plan(self, desired: DesiredRouting, resync: bool = False) -> RoutingPlan:
+        """What apply() would change, in dependency order; changes nothing. `resync`: read the
+        kernel again instead of trusting the cache (catches others' changes). A change of a
+        device plans to assert again what is wanted on it, as the kernel may drop it."""
+        problems: list[Problem] = []
+        changes: list[Change] = []
         wanted_namespaces = desired.namespaces()
         if resync:
             self._known.clear()
         for ns in set(self._known) - wanted_namespaces:
             del self._known[ns]  # forgotten: read afresh if it is ever wanted again
-        session = _Session(self._open, self._host_netns, result, self._known)
+        session = _Session(self._open, self._host_netns, problems, self._known)
         try:
             namespaces = session.available(wanted_namespaces)
             try:
                 session.owned_ifnames = self._owned_ifnames(session, desired, namespaces)
             except KernelError as exc:
-                result.failures.append(Failure("reading links", str(exc)))
-                return result
+                problems.append(problem_of(exc, message=f"reading links: {exc}"))
+                return RoutingPlan((), tuple(problems))
             for manager in _MANAGERS:
-                self._reconcile(manager, session, desired, namespaces, execute, result)
+                planned = self._plan_kind(manager, session, desired, namespaces, problems)
+                for change in planned:
+                    session.will_touch(manager.touches(change))
+                changes += planned
+        finally:
+            session.close()
+        return RoutingPlan(tuple(changes), tuple(problems))
+
+    def apply(self, plan: RoutingPlan) -> RoutingResult:
+        """Makes the planned changes without reading the kernel again; a failure is reported
+        against its object and the others are still made."""
+        result = RoutingResult(problems=list(plan.problems))
+        by_kind: dict[type, list[Change]] = {}
+        for change in plan.changes:
+            by_kind.setdefault(type(change.obj), []).append(change)
+        session = _Session(self._open, self._host_netns, result.problems, self._known)
+        try:
+            for manager in _MANAGERS:
+                planned = by_kind.get(manager.type, [])
+                for change, error in zip(
+                    planned, manager.write(session, planned) if planned else [], strict=True
+                ):
+                    if error is None:
+                        result.done.append(change)
+                    else:
+                        message = f"{change.obj.describe()}: {error}"
+                        result.problems.append(problem_of(error, change.obj, message))
         finally:
             session.close()
         return result
+
+    def reconcile(self, desired: DesiredRouting, resync: bool = False) -> RoutingResult:
+        """Brings the kernel in line: plan() and apply()."""
+        return self.apply(self.plan(desired, resync))
 
     @staticmethod
     def _owned_ifnames(
@@ -638,22 +720,21 @@ class RoutingDriver:
         return owned
 
     @staticmethod
-    def _reconcile(
+    def _plan_kind(
         manager: _Manager,
         session: _Session,
         desired: DesiredRouting,
         namespaces: set[str | None],
-        execute: bool,
-        result: Result,
-    ) -> None:
+        problems: list[Problem],
+    ) -> list[Change]:
         wanted: dict[Hashable, Any] = {
             obj.key: obj for obj in manager.wanted(desired) if obj.netns in namespaces
         }
         try:
             actual = manager.actual(session, namespaces, wanted)
         except KernelError as exc:
-            result.failures.append(Failure(f"reading {manager.kind}", str(exc)))
-            return
+            problems.append(problem_of(exc, message=f"reading {manager.kind}: {exc}"))
+            return []
         changes = delta(wanted, actual)
         planned = [
             Change("~" if new.key in actual else "+", new, actual.get(new.key))
@@ -663,11 +744,4 @@ class RoutingDriver:
             Change("-", old)
             for old in sorted(changes.deletes.values(), key=_sort_key, reverse=True)
         ]
-        if not execute:
-            result.changes += planned
-            return
-        for change, error in zip(planned, manager.write(session, planned), strict=True):
-            if error is None:
-                result.changes.append(change)
-            else:
-                result.failures.append(Failure(change.obj.describe(), str(error)))
+        return planned
