@@ -9,7 +9,8 @@ Order matters for isolation, so it is fixed here and nowhere else:
    exist (routing puts them on rnv0); the SAs charon installs resolve the ESP policies of 2.
 Each driver keeps going past a failing object; a failure in one stage (even an exception) does
 not stop the next, so one bad object never leaves the rest of the host unprogrammed, and the next
-apply retries it. Each stage reads the kernel once: it plans, and applies that plan.
+apply retries it. Every driver keeps the one contract of model/result.py: each stage reads the
+kernel once to plan, and applies that plan; its errors say whether retrying may help.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """Programs the routing datapath: diffs the desired state against what the kernel has and makes
 the minimal changes, one object kind after the other in dependency order.
 
-What the kernel has comes from a cache (Felix's dataplane cache): the first run, and every run
-asked to `resync`, reads each namespace's kernel in full; after that our own successful writes
-keep the cache current and a run only applies the delta, so a directory event costs in
-proportion to what changed, not to the 100,000 routes a host may carry. Drift made by others is
-found by the periodic resync. Changing a device has side effects in the kernel (deleting or
-re-enslaving it drops its routes and addresses), so a run that changes a device forgets what it
-knew of that namespace's links, addresses, proxies and sysctls (cheap to read again) and
-re-asserts the wanted routes through that device (routes are too many to read again).
+plan() reads, apply() writes exactly that plan and reads nothing (model/result.py). What the
+kernel has comes from a cache (Felix's dataplane cache): the first plan, and every plan asked to
+`resync`, reads each namespace's kernel in full; after that our own successful writes keep the
+cache current and a plan only holds the delta, so a directory event costs in proportion to what
+changed, not to the 100,000 routes a host may carry. Drift made by others is found by the
+periodic resync. Changing a device has side effects in the kernel (deleting or re-enslaving it
+drops its routes and addresses), so a plan that changes a device also asserts again what is
+wanted on it (addresses, proxies, per-device sysctls, ports enslaved to it, routes through it),
+and nothing of what a deleted or recreated device carried is left to remove; the apply that
+changes a device forgets what the cache knew of that namespace's links, addresses, proxies and
+sysctls (cheap to read again at the next plan; routes are too many and are kept).
 
 Ownership (how a restarted agent recognises what it may change or remove):
 - links: rnv0, rnv-v<T> (vrf), rnv-t<T> (ip6tnl), rnv-e<name> (veth) — created and deleted.
