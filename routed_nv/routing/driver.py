@@ -451,7 +451,8 @@ class _Sysctls(_OneByOne):
 
     def upsert(self, session: _Session, kernel: Kernel, new: Sysctl, old: Sysctl | None) -> None:
         kernel.write_sysctl(new.path, new.value)
-        session.known[new.netns].sysctls[new.path] = new.value  # opened for the write: known
+        if (known := session.known.get(new.netns)) is not None:
+            known.sysctls[new.path] = new.value
 
     def remove(self, session: _Session, kernel: Kernel, old: Sysctl) -> None:
         raise AssertionError("sysctls are never removed")  # actual() only reads desired ones
