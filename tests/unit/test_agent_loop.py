@@ -19,6 +19,7 @@ from routed_nv.calc.inputs import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 from routed_nv.model.directory_delta import DirectoryDelta
+from routed_nv.model.result import Problem as ApplyProblem
 
 HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
 HOST3 = PeerHost("host3", 3, ipaddress.IPv6Network("2001:db8:0:3::/64"))
@@ -81,7 +82,8 @@ class FakeDatapath:
         self.deltas.append(delta)
         if self.raises is not None:
             raise self.raises
-        stage = Stage("routing", list(self.changes), list(self.done), list(self.errors))
+        errors = [ApplyProblem(e, transient=True) for e in self.errors]
+        stage = Stage("routing", list(self.changes), list(self.done), errors)
         return Outcome([stage])
 
 
@@ -129,9 +131,11 @@ class Notes:
 
 
 class Harness:
-    def __init__(self, settings: Settings | None = None, source: object = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, source: object = None, datapath: object = None
+    ) -> None:
         self.config = config()
-        self.datapath = FakeDatapath()
+        self.datapath = datapath or FakeDatapath()
         self.source = source or FakeSource()
         self.clock = Clock()
         self.notes = Notes()
