@@ -328,6 +328,9 @@ class Datapath:
             lambda: self.ike.plan(desired_ike(config, view)),
             self.ike.apply if execute else None,
             of_ike,
+            # what charon does after our ops (exchanges, duplicates to resolve) is not in this
+            # plan's pending: look again at the next apply even with unchanged inputs
+            timers=lambda result: bool(result.done),
         )
 
     def _routing(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Stage:
