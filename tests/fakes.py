@@ -36,6 +36,7 @@ from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
 from routed_nv.model.directory import DirectoryView
 from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.model.netfilter import ActualTable, Family, NetfilterError, TableChange
+from routed_nv.model.result import Problem as ApplyProblem
 from routed_nv.model.routing import NeighProxy, PolicyRule
 from routed_nv.model.secret import Secret
 from routed_nv.model.xfrm import XfrmPolicy, XfrmState
@@ -74,7 +75,8 @@ class FakeDatapath:
         self.deltas.append(delta)
         if self.raises is not None:
             raise self.raises
-        stage = Stage("routing", list(self.changes), list(self.done), list(self.errors))
+        errors = [ApplyProblem(e, transient=True) for e in self.errors]
+        stage = Stage("routing", list(self.changes), list(self.done), errors)
         return Outcome([stage])
 
 
@@ -229,12 +231,11 @@ class FakeStage:
     def plan(self, desired: object, resync: bool = False) -> Any:
         return self._answer("plan", self.planned)
 
-    def apply_plan(self, plan: object) -> Any:
+    def apply(self, plan: Any) -> Any:
         self.applied_plans.append(plan)
-        return self._answer("apply_plan", self.result)
-
-    def apply(self, desired: object, resync: bool = False) -> Any:
-        return self._answer("apply", self.result)
+        result = self._answer("apply", self.result)
+        # as the drivers do: the plan's problems first, then the apply's
+        return dataclasses.replace(result, problems=[*plan.problems, *result.problems])
 
 
 class FakeReconfigureClient:

@@ -14,13 +14,16 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from routed_nv.agent.events import EventLog, Field
 from routed_nv.esp.xfrm import Op, Verb
 from routed_nv.model.netfilter import TableChange
 from routed_nv.model.secret import Secret
 from routed_nv.routing.driver import Change
+
+if TYPE_CHECKING:  # esp.ike imports vici, which a status command must not load
+    from routed_nv.esp.ike import IkeOp
 
 CHANGE_LOG_MAX = 50  # per stage and apply; the rest is counted
 
@@ -93,11 +96,11 @@ def of_netfilter(changes: Iterable[TableChange]) -> list[Changed]:
     return out
 
 
-def of_ike(described: Iterable[str]) -> list[Changed]:
-    """The IKE driver's own descriptions ("load-conn rnv-host2 (new)"): no secrets in them."""
+def of_ike(ops: Iterable[IkeOp]) -> list[Changed]:
+    """By the IKE driver's own descriptions ("load-conn rnv-host2 (new)"): no secrets in them."""
     out = []
-    for line in described:
-        verb, _, what = line.partition(" ")
+    for op in ops:
+        verb, _, what = op.describe().partition(" ")
         out.append(Changed(verb, "ike", (("what", what),)))
     return out
 

@@ -9,7 +9,8 @@ Order matters for isolation, so it is fixed here and nowhere else:
    exist (routing puts them on rnv0); the SAs charon installs resolve the ESP policies of 2.
 Each driver keeps going past a failing object; a failure in one stage (even an exception) does
 not stop the next, so one bad object never leaves the rest of the host unprogrammed, and the next
-apply retries it. Each stage reads the kernel once: it plans, and applies that plan.
+apply retries it. Every driver keeps the one contract of model/result.py: each stage reads the
+kernel once to plan, and applies that plan; its errors say whether retrying may help.
 
 Work in proportion to the change:
 - a stage whose inputs are the ones it last applied without error or anything pending is
@@ -47,47 +48,49 @@ from routed_nv.config.model import Config, KeyingMode
 from routed_nv.esp import keys
 from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
-from routed_nv.esp.vici_adapter import ViciError
-from routed_nv.esp.xfrm import XfrmError
 from routed_nv.model.directory import DirectoryView
 from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.model.ike import DesiredIke
+from routed_nv.model.keys import KeyFileError, TenantKeys
 from routed_nv.model.netfilter import DesiredRules
+from routed_nv.model.result import Plan, Problem, Result
 from routed_nv.model.routing import DesiredRouting
 from routed_nv.model.xfrm import DesiredXfrm
 from routed_nv.netfilter.driver import NetfilterPlan, NetfilterResult
-from routed_nv.routing.driver import Result
+from routed_nv.routing.driver import RoutingPlan, RoutingResult
 
 
-# What the Datapath needs of each driver: the real ones are built in agent/wiring.py, unit tests
-# pass fakes.
+# What the Datapath needs of each driver (the one plan/apply contract of model/result.py): the
+# real ones are built in agent/wiring.py, unit tests pass fakes.
 class NetfilterStage(Protocol):
     def plan(self, desired: DesiredRules) -> NetfilterPlan: ...
-    def apply_plan(self, plan: NetfilterPlan) -> NetfilterResult: ...
+    def apply(self, plan: NetfilterPlan) -> NetfilterResult: ...
 
 
 class XfrmStage(Protocol):
     def plan(self, desired: DesiredXfrm) -> XfrmPlan: ...
-    def apply_plan(self, plan: XfrmPlan) -> XfrmResult: ...
+    def apply(self, plan: XfrmPlan) -> XfrmResult: ...
 
 
 class RoutingStage(Protocol):
-    def plan(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
-    def apply(self, desired: DesiredRouting, resync: bool = False) -> Result: ...
-    def apply_changes(self, upserts: Iterable[Any], deletes: Iterable[Any]) -> Result | None: ...
+    def plan(self, desired: DesiredRouting, resync: bool = False) -> RoutingPlan: ...
+    def apply(self, plan: RoutingPlan) -> RoutingResult: ...
+    def apply_changes(
+        self, upserts: Iterable[Any], deletes: Iterable[Any]
+    ) -> RoutingResult | None: ...
 
 
 class IkeStage(Protocol):
     def plan(self, desired: DesiredIke) -> IkePlan: ...
-    def apply(self, desired: DesiredIke) -> IkeResult: ...
+    def apply(self, plan: IkePlan) -> IkeResult: ...
 
 
 @dataclass
 class Stage:
     name: str
     lines: list[str] = field(default_factory=list)  # changes (planned or made), one per line
-    changes: list[Changed] = field(default_factory=list)  # for the log: what apply really did
-    errors: list[str] = field(default_factory=list)
+    changes: list[Changed] = field(default_factory=list)  # for the log: the same, as objects
+    errors: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
     # left alone this time because the kernel or a daemon is mid-change (IKE exchanges in
     # flight): neither a change nor an error, but not settled either
@@ -112,6 +115,11 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not any(stage.errors for stage in self.stages)
+
+    @property
+    def retry(self) -> bool:
+        """Whether trying again may fix an error by itself (one is transient)."""
+        return any(e.transient for stage in self.stages for e in stage.errors)
 
 
 class Datapath:
@@ -210,13 +218,15 @@ class Datapath:
             )
         return Outcome(stages)
 
-    def _routing_stage(self, result: Result, start: float, inputs: tuple[object, ...]) -> Stage:
+    def _routing_stage(
+        self, result: RoutingResult, start: float, inputs: tuple[object, ...]
+    ) -> Stage:
         """The routing stage of a partial apply; clean with these inputs if it had no error."""
         stage = Stage(
             "routing",
-            lines=[str(c) for c in result.changes],
-            changes=of_routing(result.changes),
-            errors=[str(f) for f in result.failures],
+            lines=result.lines(),
+            changes=of_routing(result.done),
+            errors=list(result.problems),
             seconds=time.monotonic() - start,
         )
         if stage.errors:
@@ -244,7 +254,7 @@ class Datapath:
         if config.keying.mode is not KeyingMode.IKE:
             del runs["ike"]
         if not execute:  # a plan reads everything, and changes nothing that is known
-            return Outcome([_stage(name, run) for name, run in runs.items()])
+            return Outcome([run() for run in runs.values()])
         return Outcome([self._maybe(name, run, inputs[name]) for name, run in runs.items()])
 
     def _maybe(self, name: str, run: Callable[[], Stage], inputs: tuple[object, ...]) -> Stage:
@@ -258,7 +268,7 @@ class Datapath:
         ):
             self._clean[name] = inputs
             return Stage(name, skipped=True)
-        stage = _stage(name, run)
+        stage = run()
         if not (stage.errors or stage.pending or stage.timers):
             self._clean[name] = inputs
         return stage
@@ -298,74 +308,44 @@ class Datapath:
 
     # Each stage plans once; its apply takes that plan and does not read the kernel again.
     def _netfilter(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        desired = desired_rules(config)
-        plan = self.netfilter.plan(desired)
-        stage = Stage("netfilter", lines=plan.lines(), errors=[*desired.errors, *plan.errors])
-        if execute and plan:
-            result = self.netfilter.apply_plan(plan)
-            stage.changes = of_netfilter(result.done)
-            stage.errors += result.errors
-        else:
-            stage.changes = of_netfilter(plan.changes)
-        return stage
+        return _stage(
+            "netfilter",
+            lambda: self.netfilter.plan(desired_rules(config)),
+            self.netfilter.apply if execute else None,
+            of_netfilter,
+        )
 
     def _xfrm(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        static = config.keying.mode is KeyingMode.STATIC
-        loaded = keys.load_all(config.keying.secrets_dir, config.tenants) if static else {}
-        desired = desired_xfrm(config, view, loaded)
-        stage = Stage("xfrm", errors=list(desired.errors))
-        try:
-            plan = self.xfrm.plan(desired)
-        except XfrmError as exc:
-            stage.errors.append(str(exc))
-            return stage
-        stage.lines = [op.describe() for op in plan.ops]
-        if execute:
-            result = self.xfrm.apply_plan(plan)
-            stage.changes = of_xfrm(result.done)
-            stage.errors += result.errors
-            stage.timers = result.waiting > 0
-        else:
-            stage.changes = of_xfrm(plan.ops)
-        return stage
+        return _stage(
+            "xfrm",
+            lambda: self.xfrm.plan(desired_xfrm(config, view, _tenant_keys(config))),
+            self.xfrm.apply if execute else None,
+            of_xfrm,
+            timers=lambda result: result.waiting > 0,
+        )
 
     def _ike(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
-        desired = desired_ike(config, view, keys.read_files(*credential_files(config.keying)))
-        if execute:
-            result = self.ike.apply(desired)
-            return Stage(
-                "ike",
-                lines=result.done,
-                changes=of_ike(result.done),
-                errors=result.errors,
-                pending=result.waiting,
-            )
-        try:
-            plan = self.ike.plan(desired)
-        except ViciError as exc:
-            return Stage("ike", errors=[*desired.errors, str(exc)])
-        lines = [op.describe() for op in plan.ops]
-        return Stage(
+        return _stage(
             "ike",
-            lines=lines,
-            changes=of_ike(lines),
-            errors=list(desired.errors),
-            pending=list(plan.waiting),
+            lambda: self.ike.plan(
+                desired_ike(config, view, keys.read_files(*credential_files(config.keying)))
+            ),
+            self.ike.apply if execute else None,
+            of_ike,
+            # what charon does after our ops (exchanges, duplicates to resolve) is not in this
+            # plan's pending: look again at the next apply even with unchanged inputs
+            timers=lambda result: bool(result.done),
         )
 
     def _routing(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Stage:
-        try:
-            desired = desired_routing(config, view)
-        except RoutingConflict as exc:
-            return Stage("routing", errors=[str(exc)])
-        run = self.routing.apply if execute else self.routing.plan
-        result = run(desired, resync=resync)
-        return Stage(
-            "routing",
-            lines=[str(c) for c in result.changes],
-            changes=of_routing(result.changes),
-            errors=[str(f) for f in result.failures],
-        )
+        def plan() -> RoutingPlan:
+            try:
+                desired = desired_routing(config, view)
+            except RoutingConflict as exc:  # the config and the directory disagree
+                return RoutingPlan(problems=(Problem(str(exc), transient=False),))
+            return self.routing.plan(desired, resync=resync)
+
+        return _stage("routing", plan, self.routing.apply if execute else None, of_routing)
 
 
 def _peer_pairs(view: DirectoryView) -> frozenset[tuple[int, object]]:
@@ -373,11 +353,40 @@ def _peer_pairs(view: DirectoryView) -> frozenset[tuple[int, object]]:
     return frozenset((r.tenant_id, r.peer) for r in view.remote_routes)
 
 
-def _stage(name: str, run: Callable[[], Stage]) -> Stage:
+def _stage(
+    name: str,
+    plan: Callable[[], Plan[Any]],
+    apply: Callable[[Any], Result[Any]] | None,
+    changed: Callable[[Iterable[Any]], list[Changed]],
+    timers: Callable[[Any], bool] | None = None,
+) -> Stage:
+    """Plans a stage and, unless `apply` is None (a dry run), applies that plan: the lines are
+    what was planned or done, the errors the plan's and the apply's. `timers`: whether the
+    result waits for time to pass (the stage must run again even with unchanged inputs)."""
     start = time.monotonic()
     try:
-        stage = run()
+        planned = plan()
+        if apply is None:
+            objs, errors, pending = list(planned.changes), list(planned.problems), planned.pending
+        else:
+            result = apply(planned)
+            objs, errors, pending = result.done, result.problems, result.pending
+        stage = Stage(
+            name,
+            [line for obj in objs for line in obj.lines()],
+            changed(objs),
+            errors,
+            pending=list(pending),
+            timers=apply is not None and timers is not None and timers(result),
+        )
     except Exception as exc:  # a bug or a vanished netns: the next stages still run
-        stage = Stage(name, errors=[f"{type(exc).__name__}: {exc}"])
+        stage = Stage(name, errors=[Problem(f"{type(exc).__name__}: {exc}", transient=True)])
     stage.seconds = time.monotonic() - start
     return stage
+
+
+def _tenant_keys(config: Config) -> dict[str, TenantKeys | KeyFileError]:
+    """Static keying's keys, read afresh at each plan (rotation is edit + apply)."""
+    if config.keying.mode is not KeyingMode.STATIC:
+        return {}
+    return keys.load_all(config.keying.secrets_dir, config.tenants)

@@ -220,6 +220,7 @@ class Agent:
         self._last_end = 0.0
         self._failures = 0
         self._retry_at = 0.0
+        self._reported: set[str] = set()  # permanent errors of the last apply, logged once
         self._ready_sent = False
         self._reload_pending = False  # READY=1 owed to systemd after the reload's apply
         self._guard = Guard(limits(config))
@@ -415,10 +416,14 @@ class Agent:
         try:
             outcome = self._datapath.apply(config, view, resync=resync, delta=delta, since=since)
             errors = tuple(f"{s.name}: {e}" for s in outcome.stages for e in s.errors)
+            permanent = {
+                f"{s.name}: {e}" for s in outcome.stages for e in s.errors if not e.transient
+            }
+            retry = outcome.retry
             changes = sum(len(s.lines) for s in outcome.stages)
             stages = {f"{s.name}_changes": len(s.lines) for s in outcome.stages}
         except Exception as exc:  # a bug or a vanished netns must not end the agent
-            outcome = None
+            outcome, retry, permanent = None, True, set()
             errors, changes, stages = (f"apply: {type(exc).__name__}: {exc}",), 0, {}
         end = self._clock()
         self._last_end = end
@@ -446,9 +451,12 @@ class Agent:
             in_sync=update.in_sync,
             **stages,
         )
+        # a permanent error (a bad input) is logged when it appears; status shows it while it lasts
         for error in errors:
-            self._log("agent.apply.error", error=error)
-        if errors:
+            if error not in permanent or error not in self._reported:
+                self._log("agent.apply.error", error=error)
+        self._reported = permanent
+        if retry:  # transient errors: try again soon, backing off
             self._failures += 1
             backoff = self.settings.backoff_min_s * 2 ** (self._failures - 1)
             self._retry_at = end + min(backoff, self.settings.backoff_max_s)

@@ -182,7 +182,7 @@ class Bench:
         for host in ("host1", "host3"):
             outcome = env.datapath.apply(host)
             if not outcome.ok:
-                raise LabError(f"{host}: {[e for s in outcome.stages for e in s.errors]}")
+                raise LabError(f"{host}: {[str(e) for s in outcome.stages for e in s.errors]}")
         env.agents["host2"].start()
         env.birds.start_hosts(env.datapath.configs)
         env.birds.wait_established()

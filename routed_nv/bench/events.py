@@ -122,25 +122,25 @@ class MemoryKernel:
 # Netfilter, XFRM and IKE stand-ins: nothing to change.
 class _Netfilter:
     def plan(self, desired: object) -> NetfilterPlan:
-        return NetfilterPlan(())
+        return NetfilterPlan()
 
-    def apply_plan(self, plan: NetfilterPlan) -> NetfilterResult:
+    def apply(self, plan: NetfilterPlan) -> NetfilterResult:
         return NetfilterResult()
 
 
 class _Xfrm:
     def plan(self, desired: object) -> XfrmPlan:
-        return XfrmPlan((), {})
+        return XfrmPlan()
 
-    def apply_plan(self, plan: XfrmPlan) -> XfrmResult:
+    def apply(self, plan: XfrmPlan) -> XfrmResult:
         return XfrmResult()
 
 
 class _Ike:
     def plan(self, desired: object) -> IkePlan:
-        return IkePlan((), ())
+        return IkePlan()
 
-    def apply(self, desired: object) -> IkeResult:
+    def apply(self, plan: IkePlan) -> IkeResult:
         return IkeResult()
 
 

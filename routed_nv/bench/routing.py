@@ -32,7 +32,7 @@ from routed_nv.lab.builder import LabError, ip_batch
 from routed_nv.model import markers
 from routed_nv.model.directory import DirectoryView, PeerHost, RemoteRoute
 from routed_nv.model.routing import DesiredRouting
-from routed_nv.routing.driver import Result, RoutingDriver
+from routed_nv.routing.driver import RoutingDriver, RoutingResult
 from routed_nv.routing.netlink import NetlinkKernel
 
 NETNS = "rnv-bench-routing"
@@ -95,12 +95,12 @@ def _floor_lines(desired: DesiredRouting) -> list[str]:
     return lines
 
 
-def _timed(action: Callable[[], Result]) -> float:
+def _timed(action: Callable[[], RoutingResult]) -> float:
     start = time.monotonic()
     result = action()
     seconds = time.monotonic() - start
     if not result.ok:
-        raise RuntimeError(f"apply failed: {result.lines()[-3:]}")
+        raise RuntimeError(f"apply failed: {result.errors[-3:]}")
     return seconds
 
 
@@ -110,20 +110,20 @@ def measure(n: int) -> Row:
         config = _config()
         driver = RoutingDriver(NetlinkKernel, host_netns=NETNS)
         # the tenant's links, addresses and sysctls first: the rows are about routes
-        if not driver.apply(desired_routing(config, DirectoryView(frozenset()))).ok:
+        if not driver.reconcile(desired_routing(config, DirectoryView(frozenset()))).ok:
             raise RuntimeError("cannot build the tenant")
         start = time.monotonic()
         desired = desired_routing(config, _view(n))
         calc = time.monotonic() - start
-        first = _timed(partial(driver.apply, desired))
-        again = _timed(partial(driver.apply, desired))
-        resync = _timed(partial(driver.apply, desired, resync=True))
+        first = _timed(partial(driver.reconcile, desired))
+        again = _timed(partial(driver.reconcile, desired))
+        resync = _timed(partial(driver.reconcile, desired, resync=True))
         lines = _floor_lines(desired)
         del desired  # one desired state at a time
         one_more = desired_routing(config, _view(n + 1))
-        delta = _timed(partial(driver.apply, one_more))
+        delta = _timed(partial(driver.reconcile, one_more))
         del one_more
-        remove = _timed(partial(driver.apply, desired_routing(config, _view(0))))
+        remove = _timed(partial(driver.reconcile, desired_routing(config, _view(0))))
         return Row(n, calc, first, again, resync, delta, remove, _floor(lines))
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], check=False)

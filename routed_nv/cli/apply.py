@@ -76,7 +76,7 @@ def apply_command(
                         {
                             "name": s.name,
                             "changes": s.lines,
-                            "errors": s.errors,
+                            "errors": [str(e) for e in s.errors],
                             "pending": s.pending,
                             "seconds": round(s.seconds, 3),
                         }

@@ -24,6 +24,7 @@ from routed_nv.esp.seqstore import Reservations, ReservationStore, StoreError
 from routed_nv.esp.xfrm import Op, OpFailure, Verb, XfrmError
 from routed_nv.model import markers
 from routed_nv.model.delta import delta
+from routed_nv.model.result import Plan, Problem, Result, permanent, problem_of
 from routed_nv.model.xfrm import (
     TUNNELLED_PROTOS,
     DesiredXfrm,
@@ -42,41 +43,42 @@ class XfrmAdapter(Protocol):
 
 
 @dataclass(frozen=True)
-class XfrmPlan:
-    ops: tuple[Op, ...]
-    waiting: Mapping[StateKey, float]  # stale inbound SAs kept for now: key -> seconds left
-    # What apply_plan() needs from the read the plan was made on, so it never reads again: our
-    # SAs as they were (their outbound sequence counters), when, and whether SAs are ours to
-    # manage (not in IKE mode).
+class XfrmPlan(Plan[Op]):
+    waiting: Mapping[StateKey, float] = field(default_factory=dict)  # stale inbound SAs kept
+    # for now: key -> seconds left. What apply() needs from the read the plan was made on, so it
+    # never reads again: whether the read succeeded, our SAs as they were (their outbound
+    # sequence counters), when, and whether SAs are ours to manage (not in IKE mode).
+    read: bool = False
     states: tuple[XfrmState, ...] = ()
     now: float = 0.0
     manage_states: bool = False
 
     def lines(self) -> list[str]:
         """The plan for humans (`apply --dry-run`); keys are redacted."""
-        lines = [op.describe() for op in self.ops]
-        lines += [
+        return super().lines() + [
             f"keep state dst {dst} spi 0x{spi:08x} for {left:.0f} s more (rotation grace)"
             for (dst, spi), left in sorted(self.waiting.items())
         ]
-        return lines
-
-    def __bool__(self) -> bool:
-        return bool(self.ops)
 
 
 @dataclass
-class XfrmResult:
-    added: int = 0
-    updated: int = 0
-    deleted: int = 0
+class XfrmResult(Result[Op]):
     waiting: int = 0  # stale inbound SAs left in place until their grace period ends
-    errors: list[str] = field(default_factory=list)
-    done: list[Op] = field(default_factory=list)  # the ops the kernel took, in order
+
+    def _count(self, verb: Verb) -> int:
+        return sum(op.verb is verb for op in self.done)
 
     @property
-    def ok(self) -> bool:
-        return not self.errors
+    def added(self) -> int:
+        return self._count(Verb.ADD)
+
+    @property
+    def updated(self) -> int:
+        return self._count(Verb.UPDATE)
+
+    @property
+    def deleted(self) -> int:
+        return self._count(Verb.DELETE)
 
 
 class XfrmDriver:
@@ -109,57 +111,55 @@ class XfrmDriver:
         self._stale_since: dict[StateKey, float] = {}
 
     def plan(self, desired: DesiredXfrm) -> XfrmPlan:
-        """What apply_plan() would do now; reads the kernel once, changes nothing. XfrmError
-        when the kernel cannot be read."""
-        states, policies = self._read()
+        """What apply() would do now; reads the kernel once, changes nothing. A kernel that
+        cannot be read is the plan's problem (and its apply changes nothing)."""
+        problems = permanent(desired.errors)
+        try:
+            states, policies = self._read()
+        except XfrmError as exc:
+            return XfrmPlan(problems=(*problems, problem_of(exc)))
         now = self._clock()
         plan = plan_ops(
             desired, states, policies, self._local_prefix, self._stale_since, now, self._grace_s
         )
         return replace(
-            plan, states=tuple(states), now=now, manage_states=desired.states is not None
+            plan,
+            problems=tuple(problems),
+            read=True,
+            states=tuple(states),
+            now=now,
+            manage_states=desired.states is not None,
         )
 
-    def apply(self, desired: DesiredXfrm) -> XfrmResult:
-        """Brings the kernel in line: plan() and apply_plan()."""
-        try:
-            plan = self.plan(desired)
-        except XfrmError as exc:
-            return XfrmResult(errors=[*desired.errors, str(exc)])
-        result = self.apply_plan(plan)
-        result.errors[:0] = desired.errors
-        return result
-
-    def apply_plan(self, plan: XfrmPlan) -> XfrmResult:
+    def apply(self, plan: XfrmPlan) -> XfrmResult:
         """Applies a plan of this driver without reading the kernel again."""
-        result = XfrmResult()
+        result = XfrmResult(problems=list(plan.problems))
+        if not plan.read:
+            return result
         self._stale_since = {k: self._stale_since.get(k, plan.now) for k in plan.waiting}
-        ops = list(plan.ops)
+        ops = list(plan.changes)
         if plan.manage_states:
-            ops = self._reserve(list(plan.states), ops, plan.now, result.errors)
+            ops = self._reserve(list(plan.states), ops, plan.now, result.problems)
         try:
             failures = self._adapter.apply(ops)
         except XfrmError as exc:
-            result.errors.append(str(exc))
+            result.problems.append(problem_of(exc))
             return result
         failed = {id(f.op) for f in failures}
         self._unsent = {
             o.key(): o.oseq for o in _added_states(f.op for f in failures) if self._outbound(o)
         }
         result.done = [op for op in ops if id(op) not in failed]
-        for op in result.done:
-            if op.verb is Verb.DELETE:
-                result.deleted += 1
-            elif op.verb is Verb.ADD:
-                result.added += 1
-            else:
-                result.updated += 1
         result.waiting = len(plan.waiting)
-        result.errors += [str(f) for f in failures]
+        result.problems += [Problem(str(f), transient=True, obj=f.op) for f in failures]
         return result
 
+    def reconcile(self, desired: DesiredXfrm) -> XfrmResult:
+        """Brings the kernel in line: plan() and apply()."""
+        return self.apply(self.plan(desired))
+
     def _reserve(
-        self, states: list[XfrmState], ops: list[Op], now: float, errors: list[str]
+        self, states: list[XfrmState], ops: list[Op], now: float, problems: list[Problem]
     ) -> list[Op]:
         """Raises the persisted reservations of our outbound SAs that need it, then returns the
         ops with every outbound SA to create starting at its reservation. If the store fails, no
@@ -193,16 +193,25 @@ class XfrmDriver:
                 self._reserved = self._store.raise_to(wanted)
         except StoreError as exc:
             if creating:
-                errors.append(f"{len(creating)} outbound SAs not created: {exc}")
+                problems.append(
+                    problem_of(exc, message=f"{len(creating)} outbound SAs not created: {exc}")
+                )
             else:
-                errors.append(f"outbound sequence reservations not updated: {exc}")
+                problems.append(
+                    problem_of(exc, message=f"outbound sequence reservations not updated: {exc}")
+                )
             return [op for op in ops if not _state_in(op, creating)]
         for key, oseq in sorted({**running, **starts}.items()):
             check = seqres.extend(
                 self._reserved.get(key, 0), oseq, pps.get(key, 0), self._interval_s
             )
-            if check.problem:
-                errors.append(f"outbound SA dst {key[0]} spi 0x{key[1]:08x} {check.problem}")
+            if check.problem:  # the tenant's key must be rotated: retrying does not help
+                problems.append(
+                    Problem(
+                        f"outbound SA dst {key[0]} spi 0x{key[1]:08x} {check.problem}",
+                        transient=False,
+                    )
+                )
         return [
             Op(op.verb, replace(op.obj, oseq=starts[op.obj.key()]))
             if op.verb is Verb.ADD and isinstance(op.obj, XfrmState) and op.obj.key() in starts
@@ -308,7 +317,7 @@ def plan_ops(
         *sa_deletes,
         *policies(pol.deletes, Verb.DELETE, block=True),
     ]
-    return XfrmPlan(tuple(ops), waiting)
+    return XfrmPlan(tuple(ops), waiting=waiting)
 
 
 def _sort(item: tuple[object, object]) -> str:

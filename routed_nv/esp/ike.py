@@ -37,6 +37,7 @@ from routed_nv.model.ike import (
     SharedSecret,
     is_ours,
 )
+from routed_nv.model.result import Plan, Problem, Result, permanent, problem_of
 from routed_nv.model.secret import Secret
 from routed_nv.model.xfrm import XfrmPolicy
 
@@ -103,6 +104,9 @@ class IkeOp:
             target = self.child or (f"{self.name}[{self.ike_id}]" if self.ike_id else self.name)
         return f"{self.verb} {target} ({self.reason})"
 
+    def lines(self) -> list[str]:
+        return [self.describe()]
+
 
 @dataclass(frozen=True)
 class ChildSa:
@@ -158,28 +162,18 @@ class Memory:
 
 
 @dataclass(frozen=True)
-class IkePlan:
-    ops: tuple[IkeOp, ...]
-    # connections with exchanges in flight (left alone this time), stale pins to confirm
-    waiting: tuple[str, ...]
+class IkePlan(Plan[IkeOp]):
+    """`pending`: connections with exchanges in flight (left alone this time), stale pins to
+    confirm. `problems`: also what the driver cannot repair."""
+
+    read: bool = False  # charon was read: apply() may act on it and remember what it saw
     stale_pins: frozenset[PinKey] = frozenset()  # seen now (repaired or still to confirm)
     peer_surplus: frozenset[tuple[str, str]] = frozenset()  # likewise
     rekeyed_pins: frozenset[PinKey] = frozenset()  # stale pins rekeyed now or before
-    problems: tuple[str, ...] = ()  # what the driver cannot repair: errors of the apply
-
-    def __bool__(self) -> bool:
-        return bool(self.ops)
 
 
-@dataclass
-class IkeResult:
-    done: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    waiting: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
+class IkeResult(Result[IkeOp]):
+    pass
 
 
 class IkeDriver:
@@ -200,49 +194,64 @@ class IkeDriver:
         self._memory = Memory()
 
     def plan(self, desired: DesiredIke) -> IkePlan:
-        """What apply() would do now; reads charon, changes nothing."""
-        with self._connect() as vici:
-            return plan_ike(desired, self._read(vici, []), self._memory)
-
-    def apply(self, desired: DesiredIke) -> IkeResult:
-        result = IkeResult(errors=list(desired.errors))
+        """What apply() would do now; reads charon (and its pinned policies) once, changes
+        nothing. A charon that cannot be read is the plan's problem."""
+        problems = permanent(desired.errors)
         try:
             with self._connect() as vici:
-                plan = plan_ike(desired, self._read(vici, result.errors), self._memory)
-                self._memory.stale_pins = plan.stale_pins
-                self._memory.rekeyed_pins = plan.rekeyed_pins
-                result.errors += plan.problems
-                self._memory.peer_surplus = plan.peer_surplus
-                result.waiting = list(plan.waiting)
+                charon = self._read(vici, problems)
+        except ViciError as exc:
+            return IkePlan(problems=(*problems, problem_of(exc)))
+        plan = plan_ike(desired, charon, self._memory)
+        return replace(plan, problems=(*problems, *plan.problems), read=True)
+
+    def apply(self, plan: IkePlan) -> IkeResult:
+        """Runs the plan's ops in one VICI session without reading charon again."""
+        result = IkeResult(problems=list(plan.problems), pending=list(plan.pending))
+        if not plan.read:
+            return result
+        self._memory.stale_pins = plan.stale_pins
+        self._memory.rekeyed_pins = plan.rekeyed_pins
+        self._memory.peer_surplus = plan.peer_surplus
+        if not plan.changes:
+            return result
+        try:
+            with self._connect() as vici:
                 self._execute(vici, plan, result)
         except ViciError as exc:
-            result.errors.append(str(exc))
+            result.problems.append(problem_of(exc))
         return result
 
-    def _read(self, vici: ViciApi, errors: list[str]) -> Charon:
+    def reconcile(self, desired: DesiredIke) -> IkeResult:
+        """Brings charon in line: plan() and apply()."""
+        return self.apply(self.plan(desired))
+
+    def _read(self, vici: ViciApi, problems: list[Problem]) -> Charon:
         # The kernel first: a CHILD_SA that charon adds meanwhile is listed but not pinned yet,
         # which is not a stale pin; one deleted meanwhile is caught by the second sighting.
         try:
             pinned = tuple(self._read_pins())
         except XfrmError as exc:
             # everything else can still be done; only the policy check is skipped this time
-            errors.append(f"cannot check charon's outbound policies: {exc}")
+            problems.append(
+                problem_of(exc, message=f"cannot check charon's outbound policies: {exc}")
+            )
             pinned = ()
         return replace(read_charon(vici), pinned=pinned)
 
     def _execute(self, vici: ViciApi, plan: IkePlan, result: IkeResult) -> None:
         failed_conns: set[str] = set()
-        for op in plan.ops:
+        for op in plan.changes:
             if op.name in failed_conns:
                 continue  # its IKE_SA just failed: the other children would fail the same way
             try:
                 self._run(vici, op)
             except ViciError as exc:
-                result.errors.append(_explain(op, exc))
+                result.problems.append(problem_of(exc, op, _explain(op, exc)))
                 if op.verb is Verb.INITIATE:
                     failed_conns.add(op.name)
                 continue
-            result.done.append(op.describe())
+            result.done.append(op)
 
     def _run(self, vici: ViciApi, op: IkeOp) -> None:
         cred, conn = op.credential, op.conn
@@ -396,7 +405,7 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
     waiting = []
     stale_pins: set[PinKey] = set()
     rekeyed_pins: set[PinKey] = set()
-    problems: list[str] = []
+    problems: list[Problem] = []
     peer_surplus: set[tuple[str, str]] = set()
     for name, conn in sorted(desired.conns.items()):
         reason = _load_reason(conn, charon, memory)
@@ -423,8 +432,13 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
             stale_pins |= stale
             rekeyed_pins |= rekeyed
             problems += [
-                f"{name}: outbound policy {_describe_pin(pin)}, also after a rekey: traffic of "
-                "that protocol to the peer is lost until charon installs it anew (restart charon)"
+                Problem(
+                    f"{name}: outbound policy {_describe_pin(pin)}, also after a rekey: traffic "
+                    "of that protocol to the peer is lost until charon installs it anew (restart "
+                    "charon)",
+                    transient=False,  # another rekey would only churn SAs
+                    obj=conn,
+                )
                 for pin in sorted(stale & memory.rekeyed_pins)
             ]
             waiting += [
@@ -449,11 +463,11 @@ def plan_ike(desired: DesiredIke, charon: Charon, memory: Memory) -> IkePlan:
     rekeyed_pins |= memory.rekeyed_pins & {_pin_key(p) for p in charon.pinned}
     return IkePlan(
         tuple(ops),
-        tuple(waiting),
-        frozenset(stale_pins),
-        frozenset(peer_surplus),
-        frozenset(rekeyed_pins),
         tuple(problems),
+        tuple(waiting),
+        stale_pins=frozenset(stale_pins),
+        peer_surplus=frozenset(peer_surplus),
+        rekeyed_pins=frozenset(rekeyed_pins),
     )
 
 

@@ -50,6 +50,9 @@ class Op:
     def describe(self) -> str:
         return f"{self.verb} {self.obj.describe()}"
 
+    def lines(self) -> list[str]:
+        return [self.describe()]
+
 
 @dataclass(frozen=True)
 class OpFailure:

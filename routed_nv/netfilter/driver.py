@@ -9,7 +9,6 @@ that are no longer wanted are deleted in that commit too, after the jumps to the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from routed_nv.model.delta import delta
@@ -22,6 +21,7 @@ from routed_nv.model.netfilter import (
     Rule,
     TableChange,
 )
+from routed_nv.model.result import Plan, Result, permanent, problem_of
 
 
 class TablesAdapter(Protocol):
@@ -29,29 +29,22 @@ class TablesAdapter(Protocol):
     def apply(self, change: TableChange) -> None: ...
 
 
-@dataclass(frozen=True)
-class NetfilterPlan:
-    changes: tuple[TableChange, ...]
-    errors: tuple[str, ...] = ()  # tables that could not be read: left alone
-
-    def lines(self) -> list[str]:
-        return [line for change in self.changes for line in change.lines()]
-
-    def __bool__(self) -> bool:
-        return bool(self.changes)
+class NetfilterPlan(Plan[TableChange]):
+    """One change per table that differs; a table that could not be read is a problem."""
 
 
-@dataclass
-class NetfilterResult:
-    chains_set: int = 0
-    chains_deleted: int = 0
-    hooks_fixed: int = 0
-    errors: list[str] = field(default_factory=list)
-    done: list[TableChange] = field(default_factory=list)  # the changes committed
+class NetfilterResult(Result[TableChange]):
+    @property
+    def chains_set(self) -> int:
+        return sum(len(c.set_chains) for c in self.done)
 
     @property
-    def ok(self) -> bool:
-        return not self.errors
+    def chains_deleted(self) -> int:
+        return sum(len(c.delete_chains) for c in self.done)
+
+    @property
+    def hooks_fixed(self) -> int:
+        return sum(len(c.hooks) for c in self.done)
 
 
 class NetfilterDriver:
@@ -65,42 +58,35 @@ class NetfilterDriver:
         return [self._adapter.read(family, table) for family, table in _tables(desired)]
 
     def plan(self, desired: DesiredRules) -> NetfilterPlan:
-        """What apply_plan() would do now; reads each table once, changes nothing. A table that
+        """What apply() would do now; reads each table once, changes nothing. A table that
         cannot be read is reported and left out, the others are still planned."""
-        changes, errors = [], []
+        changes, problems = [], permanent(desired.errors)
         for family, table in _tables(desired):
             try:
                 change = plan_table(desired, self._adapter.read(family, table))
             except NetfilterError as exc:  # names the table and the operation
-                errors.append(str(exc))
+                problems.append(problem_of(exc))
                 continue
             if change:
                 changes.append(change)
-        return NetfilterPlan(tuple(changes), tuple(errors))
+        return NetfilterPlan(tuple(changes), tuple(problems))
 
-    def apply(self, desired: DesiredRules) -> NetfilterResult:
-        """Brings every table in line: plan() and apply_plan()."""
-        plan = self.plan(desired)
-        result = self.apply_plan(plan)
-        result.errors[:0] = [*desired.errors, *plan.errors]
-        return result
-
-    def apply_plan(self, plan: NetfilterPlan) -> NetfilterResult:
+    def apply(self, plan: NetfilterPlan) -> NetfilterResult:
         """Commits a plan without reading again; a table that fails stays as it was (its commit
-        is atomic) and is reported, the others are still applied. The plan's own errors (tables
-        it could not read) are the caller's to report."""
-        result = NetfilterResult()
+        is atomic) and is reported, the others are still applied."""
+        result = NetfilterResult(problems=list(plan.problems))
         for change in plan.changes:
             try:
                 self._adapter.apply(change)
             except NetfilterError as exc:
-                result.errors.append(str(exc))
+                result.problems.append(problem_of(exc, change))
                 continue
             result.done.append(change)
-            result.chains_set += len(change.set_chains)
-            result.chains_deleted += len(change.delete_chains)
-            result.hooks_fixed += len(change.hooks)
         return result
+
+    def reconcile(self, desired: DesiredRules) -> NetfilterResult:
+        """Brings every table in line: plan() and apply()."""
+        return self.apply(self.plan(desired))
 
 
 def plan_table(desired: DesiredRules, actual: ActualTable) -> TableChange:

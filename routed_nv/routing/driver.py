@@ -1,14 +1,17 @@
 """Programs the routing datapath: diffs the desired state against what the kernel has and makes
 the minimal changes, one object kind after the other in dependency order.
 
-What the kernel has comes from a cache (Felix's dataplane cache): the first run, and every run
-asked to `resync`, reads each namespace's kernel in full; after that our own successful writes
-keep the cache current and a run only applies the delta, so a directory event costs in
-proportion to what changed, not to the 100,000 routes a host may carry. Drift made by others is
-found by the periodic resync. Changing a device has side effects in the kernel (deleting or
-re-enslaving it drops its routes and addresses), so a run that changes a device forgets what it
-knew of that namespace's links, addresses, proxies and sysctls (cheap to read again) and
-re-asserts the wanted routes through that device (routes are too many to read again).
+plan() reads, apply() writes exactly that plan and reads nothing (model/result.py). What the
+kernel has comes from a cache (Felix's dataplane cache): the first plan, and every plan asked to
+`resync`, reads each namespace's kernel in full; after that our own successful writes keep the
+cache current and a plan only holds the delta, so a directory event costs in proportion to what
+changed, not to the 100,000 routes a host may carry. Drift made by others is found by the
+periodic resync. Changing a device has side effects in the kernel (deleting or re-enslaving it
+drops its routes and addresses), so a plan that changes a device also asserts again what is
+wanted on it (addresses, proxies, per-device sysctls, ports enslaved to it, routes through it),
+and nothing of what a deleted or recreated device carried is left to remove; the apply that
+changes a device forgets what the cache knew of that namespace's links, addresses, proxies and
+sysctls (cheap to read again at the next plan; routes are too many and are kept).
 
 Ownership (how a restarted agent recognises what it may change or remove):
 - links: rnv0, rnv-v<T> (vrf), rnv-t<T> (ip6tnl), rnv-e<name> (veth) — created and deleted.
@@ -35,10 +38,11 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from routed_nv.model import markers
 from routed_nv.model.delta import delta
+from routed_nv.model.result import Plan, Problem, Result, problem_of
 from routed_nv.model.routing import (
     LINK_ORDER,
     LOCAL_TABLE,
@@ -74,27 +78,16 @@ class Change:
     def __str__(self) -> str:
         return f"{self.op} {self.obj}" + (f"  (was: {self.old})" if self.old is not None else "")
 
-
-@dataclass(frozen=True)
-class Failure:
-    what: str  # the object, e.g. "route 10.0.0.2/32 table 268435556"
-    error: str
-
-    def __str__(self) -> str:
-        return f"{self.what}: {self.error}"
-
-
-@dataclass
-class Result:
-    changes: list[Change] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
     def lines(self) -> list[str]:
-        return [str(c) for c in self.changes] + [f"! {f}" for f in self.failures]
+        return [str(self)]
+
+
+class RoutingPlan(Plan[Change]):
+    """The changes in dependency order (kind after kind, see _MANAGERS)."""
+
+
+class RoutingResult(Result[Change]):
+    pass
 
 
 RouteKey = tuple[str | None, int, Any, int]
@@ -114,26 +107,29 @@ class _Known:
 
 
 class _Session:
-    """One plan/apply run: the cache, the kernels opened for it (only where something must be
-    read or written) and the devices it changed."""
+    """One plan or apply run: the cache, the kernels opened for it (only where something must
+    be read or written) and, in a plan, the devices its changes will touch."""
 
     def __init__(
         self,
         open_kernel: OpenKernel,
         host_netns: str | None,
-        result: Result,
+        problems: list[Problem],
         known: dict[str | None, _Known],
     ):
         self._open = open_kernel
         self._host_netns = host_netns
         self._kernels: dict[str | None, Kernel] = {}
         self._missing: set[str | None] = set()
-        self._result = result
+        self._problems = problems
         self.known = known
         self.owned_ifnames: dict[str | None, set[str]] = {}
-        # routes through these devices, or in these tables, may have gone with a device change
+        # What hangs on these devices (or is in these tables) may go with the planned device
+        # changes: the plan asserts what is wanted there again. On gone devices (deleted or
+        # recreated) nothing of the old is left to remove.
         self.touched_devices: dict[str | None, set[str]] = {}
         self.touched_tables: dict[str | None, set[int]] = {}
+        self.gone_devices: dict[str | None, set[str]] = {}
 
     def kernel(self, netns: str | None) -> Kernel | None:
         """The kernel of a logical namespace (None: the host's), or None if it cannot be opened
@@ -146,8 +142,8 @@ class _Session:
             except KernelError as exc:
                 self._missing.add(netns)
                 self.known.pop(netns, None)
-                self._result.failures.append(
-                    Failure(f"netns {netns or self._host_netns}", str(exc))
+                self._problems.append(
+                    problem_of(exc, message=f"netns {netns or self._host_netns}: {exc}")
                 )
                 return None
         return self._kernels[netns]
@@ -213,25 +209,54 @@ class _Session:
             sysctls[path] = self._kernel_for_read(netns).read_sysctl(path)
         return sysctls[path]
 
-    def touch(self, netns: str | None, ifname: str, table: int | None = None) -> None:
-        """A device was changed (or we tried): the kernel may have dropped what hung on it."""
+    def cached(self, netns: str | None, kind: str) -> Any:
+        """What is known of a kind ("rules", "addresses", "proxies") without reading: None if
+        nothing is known."""
+        known = self.known.get(netns)
+        return None if known is None else getattr(known, kind)
+
+    def forget(self, netns: str | None) -> None:
+        """A device was changed (or we tried): the kernel may have dropped what hung on it, so
+        the next plan reads it again."""
         known = self.known.get(netns)
         if known is not None:
             known.links = known.addresses = known.proxies = None
             known.sysctls.clear()
-        self.touched_devices.setdefault(netns, set()).add(ifname)
-        if table is not None:
-            self.touched_tables.setdefault(netns, set()).add(table)
+
+    def will_touch(self, touches: Iterable[Touch]) -> None:
+        for t in touches:
+            self.touched_devices.setdefault(t.netns, set()).add(t.ifname)
+            if t.table is not None:
+                self.touched_tables.setdefault(t.netns, set()).add(t.table)
+            if t.gone:
+                self.gone_devices.setdefault(t.netns, set()).add(t.ifname)
+
+    def reasserted(self, netns: str | None, ifname: str | None, wanted: bool) -> bool:
+        """Whether an object on this device is left out of what the kernel has: a wanted one
+        is asserted again, any one on a gone device goes with it."""
+        if ifname in self.gone_devices.get(netns, ()):
+            return True
+        return wanted and ifname in self.touched_devices.get(netns, ())
 
     def close(self) -> None:
         for kernel in self._kernels.values():
             kernel.close()
 
 
+class Touch(NamedTuple):
+    """A device a change works on: the kernel may drop what hangs on it (`gone`: all of it)."""
+
+    netns: str | None
+    ifname: str
+    table: int | None = None  # a VRF's: its routes may go with it
+    gone: bool = False  # deleted or recreated
+
+
 class _Manager(Protocol):
     """One object kind: what exists (ours only) and how to change it."""
 
     kind: str
+    type: type
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Any]: ...
 
@@ -239,6 +264,9 @@ class _Manager(Protocol):
 
     def write(self, session: _Session, changes: list[Change]) -> list[KernelError | None]:
         """Make the changes; one outcome per change, in order (None: done)."""
+
+    def touches(self, change: Change) -> list[Touch]:
+        """The devices a change works on (links and ports only)."""
 
 
 class _OneByOne:
@@ -258,7 +286,13 @@ class _OneByOne:
                 outcomes.append(None)
             except KernelError as exc:
                 outcomes.append(exc)
+            finally:
+                for touch in self.touches(change):
+                    session.forget(touch.netns)
         return outcomes
+
+    def touches(self, change: Change) -> list[Touch]:
+        return []
 
     def upsert(self, session: _Session, kernel: Kernel, new: Any, old: Any) -> None:
         raise NotImplementedError
@@ -300,6 +334,7 @@ def _unmanaged_as_none(actual: Any, wanted: Any | None) -> Any:
 
 class _Links(_OneByOne):
     kind = "links"
+    type = Link
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Link]:
         return desired.links
@@ -340,33 +375,35 @@ class _Links(_OneByOne):
         return None
 
     def upsert(self, session: _Session, kernel: Kernel, new: Link, old: Link | None) -> None:
-        try:
-            if old is not None and new.same_identity(old):
-                kernel.set_link(new.name, new.mtu, new.master, new.up)
-                return
-            if old is not None:
-                kernel.delete_link(old.name)
-            kernel.add_link(new)
-        finally:
-            self._touch(session, new)
-            if old is not None:
-                self._touch(session, old)
+        if old is not None and new.same_identity(old):
+            kernel.set_link(new.name, new.mtu, new.master, new.up)
+            return
+        if old is not None:
+            kernel.delete_link(old.name)
+        kernel.add_link(new)
 
     def remove(self, session: _Session, kernel: Kernel, old: Link) -> None:
-        try:
-            kernel.delete_link(old.name)
-        finally:
-            self._touch(session, old)
+        kernel.delete_link(old.name)
 
-    @staticmethod
-    def _touch(session: _Session, link: Link) -> None:
-        session.touch(link.netns, link.name, link.vrf_table)
-        if link.veth_peer is not None:  # the other end goes and comes with this one
-            session.touch(link.veth_peer.netns, link.veth_peer.name)
+    def touches(self, change: Change) -> list[Touch]:
+        if change.op == "-":
+            return _link_touches(change.obj, gone=True)
+        if change.old is None:
+            return _link_touches(change.obj, gone=False)
+        recreate = not change.obj.same_identity(change.old)
+        return [*_link_touches(change.obj, recreate), *_link_touches(change.old, recreate)]
+
+
+def _link_touches(link: Link, gone: bool) -> list[Touch]:
+    touches = [Touch(link.netns, link.name, link.vrf_table, gone)]
+    if link.veth_peer is not None:  # the other end goes and comes with this one
+        touches.append(Touch(link.veth_peer.netns, link.veth_peer.name, gone=gone))
+    return touches
 
 
 class _Ports(_OneByOne):
     kind = "ports"
+    type = Port
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Port]:
         return desired.ports
@@ -376,6 +413,10 @@ class _Ports(_OneByOne):
         for ns in namespaces:
             for s in session.links(ns):
                 wanted = (ns, s.name) in desired
+                if session.reasserted(ns, s.name, wanted) or session.reasserted(
+                    ns, s.master, wanted
+                ):
+                    continue  # it, or the VRF it is enslaved to, changes first
                 stale = not wanted and _is_our_vrf(s.master) and not _is_owned_link(s)
                 if wanted or stale:
                     port = Port(s.name, s.mtu, netns=ns, master=s.master, up=s.up)
@@ -383,20 +424,18 @@ class _Ports(_OneByOne):
         return found
 
     def upsert(self, session: _Session, kernel: Kernel, new: Port, old: Port | None) -> None:
-        try:
-            kernel.set_link(new.name, new.mtu, new.master, new.up)
-        finally:
-            session.touch(new.netns, new.name)
+        kernel.set_link(new.name, new.mtu, new.master, new.up)
 
     def remove(self, session: _Session, kernel: Kernel, old: Port) -> None:
-        try:
-            kernel.set_link(old.name, None, None, old.up)
-        finally:
-            session.touch(old.netns, old.name)
+        kernel.set_link(old.name, None, None, old.up)
+
+    def touches(self, change: Change) -> list[Touch]:
+        return [Touch(change.obj.netns, change.obj.name)]
 
 
 class _Sysctls(_OneByOne):
     kind = "sysctls"
+    type = Sysctl
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Sysctl]:
         return desired.sysctls
@@ -404,7 +443,7 @@ class _Sysctls(_OneByOne):
     def actual(self, session: _Session, namespaces: set[str | None], desired: Mapping) -> dict:
         found = {}
         for (ns, path), want in desired.items():
-            if ns in namespaces:
+            if ns in namespaces and not session.reasserted(ns, _sysctl_device(path), True):
                 value = session.sysctl(ns, path)
                 if value is not None:
                     found[(ns, path)] = dataclasses.replace(want, value=value)
@@ -412,7 +451,8 @@ class _Sysctls(_OneByOne):
 
     def upsert(self, session: _Session, kernel: Kernel, new: Sysctl, old: Sysctl | None) -> None:
         kernel.write_sysctl(new.path, new.value)
-        session.known[new.netns].sysctls[new.path] = new.value  # opened for the write: known
+        if (known := session.known.get(new.netns)) is not None:
+            known.sysctls[new.path] = new.value
 
     def remove(self, session: _Session, kernel: Kernel, old: Sysctl) -> None:
         raise AssertionError("sysctls are never removed")  # actual() only reads desired ones
@@ -420,6 +460,7 @@ class _Sysctls(_OneByOne):
 
 class _Rules(_OneByOne):
     kind = "policy rules"
+    type = PolicyRule
 
     def wanted(self, desired: DesiredRouting) -> Iterable[PolicyRule]:
         return desired.rules
@@ -437,15 +478,18 @@ class _Rules(_OneByOne):
         self, session: _Session, kernel: Kernel, new: PolicyRule, old: PolicyRule | None
     ) -> None:
         kernel.add_rule(new)
-        session.rules(new.netns).add(dataclasses.replace(new, netns=None))
+        if (rules := session.cached(new.netns, "rules")) is not None:
+            rules.add(dataclasses.replace(new, netns=None))
 
     def remove(self, session: _Session, kernel: Kernel, old: PolicyRule) -> None:
         kernel.delete_rule(old)
-        session.rules(old.netns).discard(dataclasses.replace(old, netns=None))
+        if (rules := session.cached(old.netns, "rules")) is not None:
+            rules.discard(dataclasses.replace(old, netns=None))
 
 
 class _Addresses(_OneByOne):
     kind = "addresses"
+    type = Address
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Address]:
         return desired.addresses
@@ -460,20 +504,24 @@ class _Addresses(_OneByOne):
                 if iface.version == 6 and iface.is_link_local and iface.ip != _GATEWAY_V6:
                     continue  # the kernel's own link-local address
                 addr = Address(ifname, iface, netns=ns)
-                found[addr] = addr
+                if not session.reasserted(ns, ifname, addr in desired):
+                    found[addr] = addr
         return found
 
     def upsert(self, session: _Session, kernel: Kernel, new: Address, old: Address | None) -> None:
         kernel.add_address(new)
-        session.addresses(new.netns).add((new.ifname, new.address))
+        if (addresses := session.cached(new.netns, "addresses")) is not None:
+            addresses.add((new.ifname, new.address))
 
     def remove(self, session: _Session, kernel: Kernel, old: Address) -> None:
         kernel.delete_address(old)
-        session.addresses(old.netns).discard((old.ifname, old.address))
+        if (addresses := session.cached(old.netns, "addresses")) is not None:
+            addresses.discard((old.ifname, old.address))
 
 
 class _Routes:
     kind = "routes"
+    type = Route
 
     def wanted(self, desired: DesiredRouting) -> Iterable[Route]:
         return desired.routes
@@ -537,9 +585,13 @@ class _Routes:
                         known.routes[op.route.key] = op.route
         return outcomes
 
+    def touches(self, change: Change) -> list[Touch]:
+        return []
+
 
 class _NeighProxies(_OneByOne):
     kind = "neighbour proxies"
+    type = NeighProxy
 
     def wanted(self, desired: DesiredRouting) -> Iterable[NeighProxy]:
         return desired.neigh_proxies
@@ -552,18 +604,21 @@ class _NeighProxies(_OneByOne):
                 if p.ifname not in owned:
                     continue
                 proxy = dataclasses.replace(p, netns=ns)
-                found[proxy] = proxy
+                if not session.reasserted(ns, p.ifname, proxy in desired):
+                    found[proxy] = proxy
         return found
 
     def upsert(
         self, session: _Session, kernel: Kernel, new: NeighProxy, old: NeighProxy | None
     ) -> None:
         kernel.add_neigh_proxy(new)
-        session.proxies(new.netns).add(dataclasses.replace(new, netns=None))
+        if (proxies := session.cached(new.netns, "proxies")) is not None:
+            proxies.add(dataclasses.replace(new, netns=None))
 
     def remove(self, session: _Session, kernel: Kernel, old: NeighProxy) -> None:
         kernel.delete_neigh_proxy(old)
-        session.proxies(old.netns).discard(dataclasses.replace(old, netns=None))
+        if (proxies := session.cached(old.netns, "proxies")) is not None:
+            proxies.discard(dataclasses.replace(old, netns=None))
 
 
 # Dependency order: links before the ports enslaved to them, per-device sysctls before the
@@ -578,6 +633,12 @@ _MANAGERS: tuple[_Manager, ...] = (
     _Routes(),
     _NeighProxies(),
 )
+
+
+def _sysctl_device(path: str) -> str | None:
+    """The interface of a per-interface sysctl (net/ipv4/conf/<if>/rp_filter)."""
+    parts = path.split("/")
+    return parts[3] if len(parts) == 5 and parts[2] in ("conf", "neigh") else None
 
 
 def _sort_key(obj: Any) -> tuple:
@@ -610,67 +671,102 @@ class RoutingDriver:
         self._host_netns = host_netns
         self._known: dict[str | None, _Known] = {}
 
-    def plan(self, desired: DesiredRouting, resync: bool = False) -> Result:
-        """What apply would change, without changing anything. `resync`: read the kernel again
-        instead of trusting the cache."""
-        return self._run(desired, execute=False, resync=resync)
-
-    def apply(self, desired: DesiredRouting, resync: bool = False) -> Result:
-        """Make the changes. `resync`: read the kernel again first (catches others' changes)."""
-        return self._run(desired, execute=True, resync=resync)
-
-    def _run(self, desired: DesiredRouting, execute: bool, resync: bool) -> Result:
-        result = Result()
+    def plan(self, desired: DesiredRouting, resync: bool = False) -> RoutingPlan:
+        """What apply() would change, in dependency order; changes nothing. `resync`: read the
+        kernel again instead of trusting the cache (catches others' changes). A change of a
+        device plans to assert again what is wanted on it, as the kernel may drop it."""
+        problems: list[Problem] = []
         wanted_namespaces = desired.namespaces()
         if resync:
             self._known.clear()
         for ns in set(self._known) - wanted_namespaces:
             del self._known[ns]  # forgotten: read afresh if it is ever wanted again
-        session = _Session(self._open, self._host_netns, result, self._known)
+        session = _Session(self._open, self._host_netns, problems, self._known)
         try:
             namespaces = session.available(wanted_namespaces)
-            try:
-                session.owned_ifnames = self._owned_ifnames(session, desired, namespaces)
-            except KernelError as exc:
-                result.failures.append(Failure("reading links", str(exc)))
-                return result
+            changes = self._plan_in(session, desired, namespaces, problems)
+        finally:
+            session.close()
+        return RoutingPlan(tuple(changes), tuple(problems))
+
+    def apply(self, plan: RoutingPlan) -> RoutingResult:
+        """Makes the planned changes without reading the kernel again; a failure is reported
+        against its object and the others are still made."""
+        result = RoutingResult(problems=list(plan.problems))
+        by_kind: dict[type, list[Change]] = {}
+        for change in plan.changes:
+            by_kind.setdefault(type(change.obj), []).append(change)
+        session = _Session(self._open, self._host_netns, result.problems, self._known)
+        try:
             for manager in _MANAGERS:
-                self._reconcile(manager, session, desired, namespaces, execute, result)
+                planned = by_kind.get(manager.type, [])
+                for change, error in zip(
+                    planned, manager.write(session, planned) if planned else [], strict=True
+                ):
+                    if error is None:
+                        result.done.append(change)
+                    else:
+                        message = f"{change.obj.describe()}: {error}"
+                        result.problems.append(problem_of(error, change.obj, message))
         finally:
             session.close()
         return result
 
-    def apply_changes(self, upserts: Iterable[Any], deletes: Iterable[Any]) -> Result | None:
+    def reconcile(self, desired: DesiredRouting, resync: bool = False) -> RoutingResult:
+        """Brings the kernel in line: plan() and apply()."""
+        return self.apply(self.plan(desired, resync))
+
+    def apply_changes(self, upserts: Iterable[Any], deletes: Iterable[Any]) -> RoutingResult | None:
         """Bring only these objects in line, each kind in the usual order: `upserts` as given,
         `deletes` gone unless an upsert has their key; nothing else is looked at or changed.
         For what a directory delta or one endpoint changes: the cache stands for the kernel
         (a namespace not known yet is read). Deletes in a workload namespace no upsert is in
         are left out: they go with the veth. None when the cache does not know the host's
-        routes (nothing applied yet, or a resync cleared it): run `apply` instead."""
+        routes (nothing applied yet, or a resync cleared it): run `reconcile` instead. Plans
+        these objects, then applies that plan (which reads nothing)."""
         known = self._known.get(None)
         if known is None or known.routes is None:
             return None
         up = _desired_of(upserts)
         kept = up.namespaces()  # a workload namespace no longer wanted goes with its veth
         down = _desired_of(o for o in deletes if o.netns in kept)
-        result = Result()
-        session = _Session(self._open, self._host_netns, result, self._known)
+        problems: list[Problem] = []
+        session = _Session(self._open, self._host_netns, problems, self._known)
         try:
             namespaces = session.available(up.namespaces())
-            try:
-                session.owned_ifnames = self._owned_ifnames(session, up, namespaces)
-            except KernelError as exc:
-                result.failures.append(Failure("reading links", str(exc)))
-                return result
-            # the interfaces these addresses and proxies are on are ours (an unchanged port's)
-            for o in (*up.addresses, *up.neigh_proxies, *down.addresses, *down.neigh_proxies):
-                session.owned_ifnames.setdefault(o.netns, set()).add(o.ifname)
-            for manager in _MANAGERS:
-                gone = {o.key for o in manager.wanted(down)}
-                self._reconcile(manager, session, up, namespaces, True, result, only=gone)
+            changes = self._plan_in(session, up, namespaces, problems, down)
         finally:
             session.close()
-        return result
+        return self.apply(RoutingPlan(tuple(changes), tuple(problems)))
+
+    def _plan_in(
+        self,
+        session: _Session,
+        desired: DesiredRouting,
+        namespaces: set[str | None],
+        problems: list[Problem],
+        down: DesiredRouting | None = None,
+    ) -> list[Change]:
+        """Every kind's changes in dependency order. `down`: only `desired` and these objects
+        to delete are looked at (apply_changes); None: what else is ours goes."""
+        try:
+            session.owned_ifnames = self._owned_ifnames(session, desired, namespaces)
+        except KernelError as exc:
+            problems.append(problem_of(exc, message=f"reading links: {exc}"))
+            return []
+        if down is not None:
+            # the interfaces these addresses and proxies are on are ours (an unchanged port's)
+            for o in (*desired.addresses, *desired.neigh_proxies, *down.addresses,
+                      *down.neigh_proxies):  # fmt: skip
+                session.owned_ifnames.setdefault(o.netns, set()).add(o.ifname)
+        changes: list[Change] = []
+        for manager in _MANAGERS:
+            only = None if down is None else {o.key for o in manager.wanted(down)}
+            planned = self._plan_kind(manager, session, desired, namespaces, problems, only)
+            for change in planned:
+                session.will_touch(manager.touches(change))
+            changes += planned
+        return changes
 
     @staticmethod
     def _owned_ifnames(
@@ -689,30 +785,29 @@ class RoutingDriver:
         return owned
 
     @staticmethod
-    def _reconcile(
+    def _plan_kind(
         manager: _Manager,
         session: _Session,
         desired: DesiredRouting,
         namespaces: set[str | None],
-        execute: bool,
-        result: Result,
+        problems: list[Problem],
         only: set[Hashable] | None = None,
-    ) -> None:
+    ) -> list[Change]:
         """`only`: the objects of `desired` and these keys are all there is (apply_changes);
         None: `desired` is everything, and what else is ours goes."""
         wanted: dict[Hashable, Any] = {
             obj.key: obj for obj in manager.wanted(desired) if obj.netns in namespaces
         }
         if only is not None and not (wanted or only):
-            return
+            return []
         try:
             if only is not None and isinstance(manager, _Routes):  # 100,000s: by key
                 actual = manager.actual_of(session, namespaces, wanted, {*wanted, *only})
             else:
                 actual = manager.actual(session, namespaces, wanted)
         except KernelError as exc:
-            result.failures.append(Failure(f"reading {manager.kind}", str(exc)))
-            return
+            problems.append(problem_of(exc, message=f"reading {manager.kind}: {exc}"))
+            return []
         if only is not None:
             actual = {k: actual[k] for k in (*wanted, *only) if k in actual}
         changes = delta(wanted, actual)
@@ -724,18 +819,7 @@ class RoutingDriver:
             Change("-", old)
             for old in sorted(changes.deletes.values(), key=_sort_key, reverse=True)
         ]
-        if not execute:
-            result.changes += planned
-            return
-        _write(manager, session, planned, result)
-
-
-def _write(manager: _Manager, session: _Session, planned: list[Change], result: Result) -> None:
-    for change, error in zip(planned, manager.write(session, planned), strict=True):
-        if error is None:
-            result.changes.append(change)
-        else:
-            result.failures.append(Failure(change.obj.describe(), str(error)))
+        return planned
 
 
 def _desired_of(objects: Iterable[Any]) -> DesiredRouting:

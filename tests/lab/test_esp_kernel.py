@@ -82,7 +82,7 @@ class Host:
 
     def apply(self):
         start = time.perf_counter()
-        result = self.driver.apply(self.desired())
+        result = self.driver.reconcile(self.desired())
         APPLY_TIMES.append(time.perf_counter() - start)
         assert result.ok, result.errors
         return result

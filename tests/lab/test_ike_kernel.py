@@ -69,7 +69,7 @@ class IkeLab:
 
     def ike_errors(self, host: str) -> list[str]:
         outcome = self.reconcile(host)
-        return [e for s in outcome.stages for e in s.errors]
+        return [str(e) for s in outcome.stages for e in s.errors]
 
     def vici(self, host: str) -> ViciSession:
         return ViciSession(self.charons.nodes[host].socket)

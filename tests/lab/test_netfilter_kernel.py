@@ -148,7 +148,7 @@ def lab() -> Iterator[None]:
 @pytest.fixture
 def driver(lab: None) -> NetfilterDriver:
     driver = NetfilterDriver(RestoreTables(NS["h1"]))
-    result = driver.apply(desired_rules(H1))
+    result = driver.reconcile(desired_rules(H1))
     assert result.ok, result.errors
     return driver
 
@@ -226,7 +226,7 @@ def test_reapply_changes_nothing_and_keeps_counters(driver) -> None:
     assert ping(NS["w1"], "169.254.0.1", src="10.0.0.1", count=1)
     before = saved_raw_table()
     assert not driver.plan(desired), driver.plan(desired).lines()
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     assert (result.chains_set, result.chains_deleted, result.hooks_fixed) == (0, 0, 0)
     assert saved_raw_table() == before
 
@@ -240,10 +240,10 @@ def saved_raw_table() -> list[str]:
 
 def test_removing_a_tenant_removes_exactly_its_rules(driver) -> None:
     both = config(1, {**BLUE, **RED}, {**WEB, **DB})
-    assert driver.apply(desired_rules(both)).ok
+    assert driver.reconcile(desired_rules(both)).ok
     with_red = {f: rules(f) for f in ("iptables", "ip6tables")}
     second_agent = NetfilterDriver(RestoreTables(NS["h1"]))  # a restarted agent, no memory
-    assert second_agent.apply(desired_rules(H1)).ok
+    assert second_agent.reconcile(desired_rules(H1)).ok
     for f, lines in with_red.items():
         gone = lines - rules(f)
         assert gone and all("wl-red" in line or "reqid 65736" in line for line in gone), gone
@@ -264,7 +264,7 @@ def test_a_rule_we_did_not_write_reads_as_none_and_its_chain_is_rewritten(driver
     (table,) = [t for t in driver.read(desired_rules(H1)) if t.family == Family.IPV4]
     assert table.chains["RNV-SRC-wl-1"][0] is None
     assert table.counters["RNV-SRC-wl-1"][0][0] >= 1  # the hole is real: it let the packet by
-    result = driver.apply(desired_rules(H1))
+    result = driver.reconcile(desired_rules(H1))
     assert (result.chains_set, result.ok) == (1, True), result.errors
     assert not driver.plan(desired_rules(H1))
     drop = len(desired_rules(H1).chains[ChainKey(Family.IPV4, "raw", "RNV-SRC-wl-1")]) - 1

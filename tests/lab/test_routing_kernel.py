@@ -111,8 +111,8 @@ def driver() -> Iterator[RoutingDriver]:
 
 def test_apply_builds_the_recipe_and_reapply_is_a_no_op(driver):
     cfg = make_config()
-    result = driver.apply(desired(cfg))
-    assert result.ok, result.lines()
+    result = driver.reconcile(desired(cfg))
+    assert result.ok, result.errors
 
     tunnel = host_ip("-d", "link", "show", "rnv-t100")
     outer = cfg.host.tenant_address(100)
@@ -146,13 +146,13 @@ def test_apply_builds_the_recipe_and_reapply_is_a_no_op(driver):
     assert "mtu 1426" in sh("ip", "-n", "rnvt-b1", "link", "show", "eth0")
     assert in_ns(HOST_NS, "sysctl", "-n", "net.ipv6.conf.all.forwarding").strip() == "1"
 
-    again = driver.apply(desired(cfg))
-    assert again.ok and again.changes == [], again.lines()
+    again = driver.reconcile(desired(cfg))
+    assert again.ok and again.done == [], again.lines()
 
 
 def test_workloads_reach_their_gateway_and_their_tenant_only(driver):
-    applied = driver.apply(desired(make_config()))
-    assert applied.ok, applied.lines()
+    applied = driver.reconcile(desired(make_config()))
+    assert applied.ok, applied.errors
     assert pings("rnvt-b1", "169.254.0.1")
     assert pings("rnvt-b1", "-6", "fe80::1%eth0")
     assert pings("rnvt-b1", "10.0.0.2")  # b2, through the blue VRF
@@ -166,8 +166,8 @@ def test_workloads_reach_their_gateway_and_their_tenant_only(driver):
 
 def test_removing_a_tenant_and_an_endpoint_removes_exactly_their_objects(driver):
     full = make_config()
-    applied = driver.apply(desired(full))
-    assert applied.ok, applied.lines()
+    applied = driver.reconcile(desired(full))
+    assert applied.ok, applied.errors
     links_before = set(host_ip("-o", "link", "show").split())
     smaller = make_config(
         tenants={"blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]}},
@@ -175,9 +175,9 @@ def test_removing_a_tenant_and_an_endpoint_removes_exactly_their_objects(driver)
             "b1": {"tenant": "blue", "addresses": ["10.0.0.1", "fd10::1"], "netns": "rnvt-b1"}
         },
     )
-    result = driver.apply(desired(smaller))
-    assert result.ok, result.lines()
-    removed = {str(c.obj.name) for c in result.changes if c.op == "-" and hasattr(c.obj, "kind")}
+    result = driver.reconcile(desired(smaller))
+    assert result.ok, result.errors
+    removed = {str(c.obj.name) for c in result.done if c.op == "-" and hasattr(c.obj, "kind")}
     assert removed == {"rnv-v200", "rnv-t200", endpoint_link_name("b2"), endpoint_link_name("r1")}
     links = host_ip("-o", "link", "show")
     assert "rnv-v200" not in links and endpoint_link_name("b2") not in links
@@ -188,20 +188,20 @@ def test_removing_a_tenant_and_an_endpoint_removes_exactly_their_objects(driver)
     assert str(full.host.tenant_address(200)) not in host_ip("addr", "show", "rnv0")
     assert len(links_before) > len(set(links.split()))
     assert pings("rnvt-b1", "169.254.0.1")
-    assert driver.plan(desired(smaller)).changes == []
+    assert driver.plan(desired(smaller)).changes == ()
 
 
 def test_mtu_change_is_made_in_place(driver):
-    applied = driver.apply(desired(make_config()))
-    assert applied.ok, applied.lines()
+    applied = driver.reconcile(desired(make_config()))
+    assert applied.ok, applied.errors
     b1 = endpoint_link_name("b1")
     index = host_ip("-o", "link", "show", b1).split(":")[0]
     tenants = {
         "blue": {"id": 100, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"], "mtu": 1400},
         "red": {"id": 200, "ipv4": ["10.0.0.0/24"], "ipv6": ["fd10::/64"]},
     }
-    result = driver.apply(desired(make_config(tenants=tenants)))
-    assert result.ok, result.lines()
+    result = driver.reconcile(desired(make_config(tenants=tenants)))
+    assert result.ok, result.errors
     after = host_ip("-o", "link", "show", b1)
     assert after.split(":")[0] == index and "mtu 1400" in after
     assert "mtu 1400" in sh("ip", "-n", "rnvt-b1", "link", "show", "eth0")
@@ -210,16 +210,16 @@ def test_mtu_change_is_made_in_place(driver):
 def test_apply_time_for_1000_remote_endpoints(driver):
     cfg = make_config(remotes=1000)
     start = time.monotonic()
-    first = driver.apply(desired(cfg))
+    first = driver.reconcile(desired(cfg))
     first_s = time.monotonic() - start
-    assert first.ok, first.lines()[-5:]
+    assert first.ok, first.errors[-5:]
     start = time.monotonic()
-    second = driver.apply(desired(cfg))
+    second = driver.reconcile(desired(cfg))
     second_s = time.monotonic() - start
-    assert second.changes == []
+    assert second.done == []
     routes = host_ip("route", "show", "vrf", "rnv-v100").count("proto 231")
     assert routes == 1001
     print(
         f"\nrouting apply, 1,000 remote endpoints (2,002 remote routes): "
-        f"first {first_s:.2f} s ({len(first.changes)} changes), no-op re-apply {second_s:.2f} s"
+        f"first {first_s:.2f} s ({len(first.done)} changes), no-op re-apply {second_s:.2f} s"
     )

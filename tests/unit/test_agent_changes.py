@@ -19,6 +19,8 @@ from routed_nv.agent.changes import (
 )
 from routed_nv.agent.events import EventLog
 from routed_nv.config.model import LogFormat
+from routed_nv.esp.ike import IkeOp
+from routed_nv.esp.ike import Verb as IkeVerb
 from routed_nv.esp.xfrm import Op, Verb
 from routed_nv.model import markers
 from routed_nv.model.netfilter import TableChange
@@ -80,7 +82,7 @@ def test_netfilter_and_ike_lines() -> None:
         "agent.change stage=netfilter op=set obj=chain family=ipv4 table=raw chain=rnv-pre rules=0",
         "agent.change stage=netfilter op=delete obj=chain family=ipv4 table=raw chain=rnv-x",
     ]
-    assert lines("ike", of_ike(["load-conn rnv-host2 (new)"])) == [
+    assert lines("ike", of_ike([IkeOp(IkeVerb.LOAD_CONN, "rnv-host2", "new")])) == [
         'agent.change stage=ike op=load-conn obj=ike what="rnv-host2 (new)"'
     ]
 

@@ -75,9 +75,11 @@ class Notes:
 
 
 class Harness:
-    def __init__(self, settings: Settings | None = None, source: object = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, source: object = None, datapath: object = None
+    ) -> None:
         self.config = config()
-        self.datapath = FakeDatapath()
+        self.datapath = datapath or FakeDatapath()
         self.source = source or FakeSource()
         self.clock = Clock()
         self.notes = Notes()

@@ -73,7 +73,7 @@ def test_each_delta_leaves_the_kernel_as_a_full_apply_would() -> None:
         outcome = datapath.apply(CONFIG, learner.view, delta=delta)
         assert outcome.ok, (name, [s.errors for s in outcome.stages])
         fresh = new_world()
-        assert RoutingDriver(fresh.ns).apply(desired_routing(CONFIG, learner.view)).ok
+        assert RoutingDriver(fresh.ns).reconcile(desired_routing(CONFIG, learner.view)).ok
         assert kernel_state(world) == kernel_state(fresh), name
         assert world.ns(None).reads["routes"] == reads, f"{name}: read the routes again"
         skipped = {s.name for s in outcome.stages if s.skipped}
@@ -100,5 +100,5 @@ def test_without_a_known_kernel_a_delta_is_a_full_apply() -> None:
     delta = learner.update([(True, mirror("10.0.0.2/32"))])
     assert datapath.apply(CONFIG, learner.view, delta=delta).ok  # nothing applied before
     fresh = new_world()
-    assert RoutingDriver(fresh.ns).apply(desired_routing(CONFIG, learner.view)).ok
+    assert RoutingDriver(fresh.ns).reconcile(desired_routing(CONFIG, learner.view)).ok
     assert kernel_state(world) == kernel_state(fresh)

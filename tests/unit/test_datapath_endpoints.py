@@ -80,14 +80,15 @@ def test_each_endpoint_change_leaves_the_kernel_as_a_full_apply_would() -> None:
     full = RoutingDriver(full_world.ns)
     last = config()
     last_view = mobility.resolve(last, DirectoryView(REMOTE))
-    assert datapath.apply(last, last_view).ok and full.apply(desired_routing(last, last_view)).ok
-    driver.apply = None  # type: ignore[method-assign]  # from now on, only endpoints' objects
+    assert datapath.apply(last, last_view).ok
+    assert full.reconcile(desired_routing(last, last_view)).ok
+    driver.plan = None  # type: ignore[method-assign]  # from now on, only endpoints' objects
     for name, cfg in STEPS:
         host_reads = world.ns(None).reads["routes"]
         view = mobility.resolve(cfg, DirectoryView(REMOTE))
         outcome = datapath.apply(cfg, view, since=(last, last_view))
         assert outcome.ok, (name, [s.errors for s in outcome.stages])
-        assert full.apply(desired_routing(cfg, view)).ok
+        assert full.reconcile(desired_routing(cfg, view)).ok
         assert state(world) == state(full_world), name
         assert world.ns(None).reads["routes"] == host_reads, f"{name}: read the routes again"
         last, last_view = cfg, view

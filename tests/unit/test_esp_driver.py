@@ -69,7 +69,7 @@ def driver(kernel: FakeXfrmKernel, clock: Clock | None = None) -> XfrmDriver:
 
 def test_first_apply_order_never_opens_a_plaintext_window() -> None:
     kernel = FakeXfrmKernel()
-    result = driver(kernel).apply(desired(ALLOW, OUT0, IN0, BLOCK))
+    result = driver(kernel).reconcile(desired(ALLOW, OUT0, IN0, BLOCK))
     assert [op.obj for op in kernel.log] == [BLOCK, IN0, OUT0, ALLOW]
     assert (result.added, result.updated, result.deleted, result.errors) == (2, 2, 0, [])
 
@@ -77,42 +77,42 @@ def test_first_apply_order_never_opens_a_plaintext_window() -> None:
 def test_second_apply_is_a_no_op_even_after_restart() -> None:
     kernel = FakeXfrmKernel()
     want = desired(ALLOW, OUT0, IN0, BLOCK)
-    driver(kernel).apply(want)
+    driver(kernel).reconcile(want)
     kernel.log.clear()
     assert not driver(kernel).plan(want)
-    assert driver(kernel).apply(want) == driver(kernel).apply(want)
+    assert driver(kernel).reconcile(want) == driver(kernel).reconcile(want)
     assert kernel.log == []
 
 
 def test_rotation_is_make_before_break() -> None:
     kernel, clock = FakeXfrmKernel(), Clock()
     drv = driver(kernel, clock)
-    drv.apply(desired(OUT0, IN0))
-    drv.apply(desired(OUT0, IN0, IN1))  # 1. accept the new generation
+    drv.reconcile(desired(OUT0, IN0))
+    drv.reconcile(desired(OUT0, IN0, IN1))  # 1. accept the new generation
     kernel.log.clear()
-    drv.apply(desired(OUT1, IN0, IN1))  # 2. send with it: add before delete
+    drv.reconcile(desired(OUT1, IN0, IN1))  # 2. send with it: add before delete
     assert [(op.verb, op.obj) for op in kernel.log] == [(Verb.ADD, OUT1), (Verb.DELETE, OUT0)]
     kernel.log.clear()
-    result = drv.apply(desired(OUT1, IN1))  # 3. retire the old: only after the grace period
+    result = drv.reconcile(desired(OUT1, IN1))  # 3. retire the old: only after the grace period
     assert (result.deleted, result.waiting, kernel.log) == (0, 1, [])
     assert drv.plan(desired(OUT1, IN1)).lines() == [
         f"keep state dst {HERE} spi 0x00640008 for 5 s more (rotation grace)"
     ]
     clock.now += 4.9
-    assert drv.apply(desired(OUT1, IN1)).deleted == 0
+    assert drv.reconcile(desired(OUT1, IN1)).deleted == 0
     clock.now += 0.2
-    result = drv.apply(desired(OUT1, IN1))
+    result = drv.reconcile(desired(OUT1, IN1))
     assert (result.deleted, result.waiting) == (1, 0)
     assert set(kernel.states.values()) == {OUT1, IN1}
 
 
 def test_changed_sa_is_replaced_and_policies_updated_in_place() -> None:
     kernel = FakeXfrmKernel()
-    driver(kernel).apply(desired(IN0, ALLOW))
+    driver(kernel).reconcile(desired(IN0, ALLOW))
     kernel.log.clear()
     new_in0 = replace(IN0, key_material=Secret(b"\x08" * 20))
     new_allow = replace(ALLOW, reqid=markers.reqid(101))  # same key, other value
-    driver(kernel).apply(desired(new_in0, new_allow))
+    driver(kernel).reconcile(desired(new_in0, new_allow))
     assert [(op.verb, op.obj) for op in kernel.log] == [
         (Verb.DELETE, IN0),
         (Verb.ADD, new_in0),
@@ -122,9 +122,9 @@ def test_changed_sa_is_replaced_and_policies_updated_in_place() -> None:
 
 def test_removed_tenant_goes_last_with_blocks_at_the_very_end() -> None:
     kernel = FakeXfrmKernel()
-    driver(kernel).apply(desired(BLOCK, ALLOW, OUT0))
+    driver(kernel).reconcile(desired(BLOCK, ALLOW, OUT0))
     kernel.log.clear()
-    driver(kernel).apply(desired())
+    driver(kernel).reconcile(desired())
     assert [op.obj for op in kernel.log] == [ALLOW, OUT0, BLOCK]
 
 
@@ -140,7 +140,7 @@ def test_foreign_objects_are_left_alone() -> None:
     ]
     for obj in foreign:
         (kernel.states if isinstance(obj, XfrmState) else kernel.policies)[obj.key()] = obj
-    assert driver(kernel).apply(desired()).deleted == 0
+    assert driver(kernel).reconcile(desired()).deleted == 0
     assert kernel.log == []
 
 
@@ -163,17 +163,17 @@ def test_pinned_out_policies_are_charons_outbound_ones_with_an_spi() -> None:
 
 def test_tenants_with_unreadable_keys_and_ike_mode_keep_their_sas() -> None:
     kernel = FakeXfrmKernel()
-    driver(kernel).apply(desired(OUT0, IN0))
+    driver(kernel).reconcile(desired(OUT0, IN0))
     kernel.log.clear()
-    driver(kernel).apply(desired(states={}, keep_states_of=frozenset({100})))
-    driver(kernel).apply(desired(states=None))
+    driver(kernel).reconcile(desired(states={}, keep_states_of=frozenset({100})))
+    driver(kernel).reconcile(desired(states=None))
     assert kernel.log == []
 
 
 def test_one_failure_does_not_stop_the_others() -> None:
     kernel = FakeXfrmKernel()
     kernel.fail_spi = IN0.spi
-    result = driver(kernel).apply(desired(OUT0, IN0, BLOCK, errors=("tenant red: bad key",)))
+    result = driver(kernel).reconcile(desired(OUT0, IN0, BLOCK, errors=("tenant red: bad key",)))
     assert result.added == 1 and result.updated == 1 and not result.ok
     assert result.errors == [
         "tenant red: bad key",
@@ -186,7 +186,7 @@ def test_one_failure_does_not_stop_the_others() -> None:
 def test_unreadable_kernel_is_reported_not_raised() -> None:
     kernel = FakeXfrmKernel()
     kernel.broken = True
-    result = driver(kernel).apply(desired(OUT0))
+    result = driver(kernel).reconcile(desired(OUT0))
     assert result.errors == ["ip xfrm state in netns x failed: boom"] and kernel.log == []
 
 
@@ -212,7 +212,7 @@ def reserved(state: XfrmState) -> int:
 
 def test_an_outbound_sa_starts_at_its_persisted_reservation() -> None:
     kernel = FakeXfrmKernel()
-    driver(kernel).apply(desired(OUT0, IN0))
+    driver(kernel).reconcile(desired(OUT0, IN0))
     assert kernel.states[OUT0.key()].oseq == 0  # nothing reserved before: from the start
     assert reserved(OUT0) == 2 * FLOOR  # persisted before the SA existed
     assert IN0.key() not in ReservationStore(STATE_DIR).load()  # inbound SAs count nothing
@@ -221,45 +221,45 @@ def test_an_outbound_sa_starts_at_its_persisted_reservation() -> None:
 def test_after_a_wipe_the_sa_sends_above_anything_it_sent_before() -> None:
     kernel, clock = FakeXfrmKernel(), Clock()
     want = desired(OUT0, IN0)
-    driver(kernel, clock).apply(want)
+    driver(kernel, clock).reconcile(want)
     sent(kernel, OUT0, 0x4DE)
     clock.now += 30
-    driver(kernel, clock).apply(want)
+    driver(kernel, clock).reconcile(want)
     wiped = FakeXfrmKernel()  # a reboot: kernel state gone, the state directory kept
-    result = driver(wiped, clock).apply(want)
+    result = driver(wiped, clock).reconcile(want)
     assert result.ok and result.added == 2
     assert wiped.states[OUT0.key()].oseq == 2 * FLOOR > 0x4DE
     assert reserved(OUT0) == 4 * FLOOR
     # ... and again: every re-creation starts above the last one's reservation
-    assert driver(FakeXfrmKernel(), clock).apply(want).ok
+    assert driver(FakeXfrmKernel(), clock).reconcile(want).ok
     assert reserved(OUT0) == 6 * FLOOR
 
 
 def test_the_counter_never_makes_an_sa_differ() -> None:
     kernel = FakeXfrmKernel()
     want = desired(OUT0, IN0)
-    driver(kernel).apply(want)
+    driver(kernel).reconcile(want)
     sent(kernel, OUT0, 12345)
     kernel.log.clear()
     assert not driver(kernel).plan(want)
-    assert driver(kernel).apply(want).ok and kernel.log == []
+    assert driver(kernel).reconcile(want).ok and kernel.log == []
 
 
 def test_the_reservation_moves_ahead_of_a_busy_sa() -> None:
     kernel, clock = FakeXfrmKernel(), Clock()
     drv = driver(kernel, clock)
     want = desired(OUT0, IN0)
-    drv.apply(want)
+    drv.reconcile(want)
     kernel.log.clear()
     written = (STATE_DIR / FILE_NAME).stat().st_mtime_ns
     clock.now += 30
     sent(kernel, OUT0, FLOOR // 2)  # still a whole floor below the reservation: no write
-    drv.apply(want)
+    drv.reconcile(want)
     assert reserved(OUT0) == 2 * FLOOR
     assert (STATE_DIR / FILE_NAME).stat().st_mtime_ns == written
     clock.now += 30
     sent(kernel, OUT0, FLOOR // 2 + 30_000_000)  # 1,000,000 packets/s
-    drv.apply(want)
+    drv.reconcile(want)
     assert reserved(OUT0) == FLOOR // 2 + 30_000_000 + 2 * 60_000_000
     assert kernel.log == []  # the SA itself is left alone
 
@@ -268,7 +268,7 @@ def test_a_corrupt_store_creates_no_outbound_sa_and_says_why() -> None:
     STATE_DIR.mkdir()
     (STATE_DIR / FILE_NAME).write_text("{")
     kernel = FakeXfrmKernel()
-    result = driver(kernel).apply(desired(ALLOW, BLOCK, OUT0, IN0))
+    result = driver(kernel).reconcile(desired(ALLOW, BLOCK, OUT0, IN0))
     assert set(kernel.states) == {IN0.key()}  # receiving still works
     assert set(kernel.policies) == {ALLOW.key(), BLOCK.key()}  # the block policy guards the rest
     assert result.errors == [
@@ -283,19 +283,19 @@ def test_a_failed_add_is_retried_at_the_same_start() -> None:
     kernel.fail_spi = OUT0.spi
     drv = driver(kernel)
     want = desired(OUT0, IN0)
-    assert not drv.apply(want).ok
-    assert not drv.apply(want).ok
+    assert not drv.reconcile(want).ok
+    assert not drv.reconcile(want).ok
     assert reserved(OUT0) == 2 * FLOOR  # retries burn no sequence numbers
     kernel.fail_spi = None
-    assert drv.apply(want).ok and kernel.states[OUT0.key()].oseq == 0
+    assert drv.reconcile(want).ok and kernel.states[OUT0.key()].oseq == 0
 
 
 def test_an_sa_near_the_end_of_its_sequence_space_is_reported() -> None:
     kernel = FakeXfrmKernel()
     want = desired(OUT0, IN0)
-    driver(kernel).apply(want)
+    driver(kernel).reconcile(want)
     sent(kernel, OUT0, SEQ_LIMIT - 1000)
-    result = driver(kernel).apply(want)
+    result = driver(kernel).reconcile(want)
     assert len(result.errors) == 1
     assert result.errors[0].startswith(f"outbound SA dst {THERE} spi 0x00640004 has sent ")
     assert "rotate the tenant's static key" in result.errors[0]

@@ -53,7 +53,7 @@ def test_first_apply_loads_the_secret_then_the_conns_and_initiates_nothing(
     desired: DesiredIke,
 ) -> None:
     charon = FakeCharon()
-    result = driver_for(charon).apply(desired)
+    result = driver_for(charon).reconcile(desired)
     assert result.ok, result.errors
     # start_action=start brings freshly loaded conns up: initiating too would race it
     assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
@@ -62,23 +62,23 @@ def test_first_apply_loads_the_secret_then_the_conns_and_initiates_nothing(
 def test_a_converged_charon_gets_no_calls_and_an_empty_plan(desired: DesiredIke) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"])
     charon.establish("rnv-host3", ["rnv-host3-t200"], uniqueid="2")
     charon.calls.clear()
     assert not driver.plan(desired)
-    assert driver.apply(desired).done == [] and charon.calls == []
+    assert driver.reconcile(desired).done == [] and charon.calls == []
 
 
 def test_missing_children_are_initiated_and_foreign_conns_left_alone(desired: DesiredIke) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.conns["roadwarrior"] = {"local_addrs": [], "remote_addrs": [], "children": {}}
     charon.conns["rnv-host9"] = {"local_addrs": [], "remote_addrs": [], "children": {}}
     charon.establish("rnv-host2", ["rnv-host2-t100"])
     charon.calls.clear()
-    driver.apply(desired)
+    driver.reconcile(desired)
     assert charon.calls == [
         "unload-conn rnv-host9",
         "initiate rnv-host2-t200",
@@ -90,18 +90,18 @@ def test_missing_children_are_initiated_and_foreign_conns_left_alone(desired: De
 def test_what_a_charon_restart_or_load_all_dropped_is_put_back(desired: DesiredIke) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.conns.clear()  # swanctl --load-all unloads VICI-loaded conns
     charon.shared.clear()  # and a restart forgets the secret too
     charon.calls.clear()
     plan = driver.plan(desired)
-    assert [op.describe() for op in plan.ops] == [
+    assert [op.describe() for op in plan.changes] == [
         "load-shared rnv-psk (missing)",
         "load-conn rnv-host2 (missing)",
         "load-conn rnv-host3 (missing)",
     ]
     assert charon.calls == []  # planning changes nothing
-    driver.apply(desired)
+    driver.reconcile(desired)
     assert sorted(charon.conns) == ["rnv-host2", "rnv-host3"]
 
 
@@ -109,13 +109,13 @@ def test_a_restarted_agent_reloads_once_and_a_changed_conn_is_reloaded(
     desired: DesiredIke, tmp_path: Path
 ) -> None:
     charon = FakeCharon()
-    driver_for(charon).apply(desired)
+    driver_for(charon).reconcile(desired)
     fresh = driver_for(charon)
     charon.calls.clear()
-    fresh.apply(desired)  # no memory: reload (charon keeps identical conns and their SAs)
+    fresh.reconcile(desired)  # no memory: reload (charon keeps identical conns and their SAs)
     assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
     charon.calls.clear()
-    fresh.apply(desired)
+    fresh.reconcile(desired)
     assert [c for c in charon.calls if c.startswith("load")] == []
 
     cfg = config(
@@ -123,20 +123,20 @@ def test_a_restarted_agent_reloads_once_and_a_changed_conn_is_reloaded(
     )
     changed = ike_desired(cfg)
     charon.calls.clear()
-    fresh.apply(changed)
+    fresh.reconcile(changed)
     assert charon.calls == ["load-conn rnv-host2", "load-conn rnv-host3"]
 
 
 def test_busy_ike_sas_are_waited_for(desired: DesiredIke) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.sas.append(("rnv-host2", {"uniqueid": "1", "state": "CONNECTING", "child-sas": {}}))
     charon.sas.append(
         ("rnv-host3", {"uniqueid": "2", "state": "ESTABLISHED", "tasks-active": ["CHILD_CREATE"]})
     )
     plan = driver.plan(desired)
-    assert not plan.ops and len(plan.waiting) == 2
+    assert not plan.changes and len(plan.pending) == 2
 
 
 def duplicate_pair(charon: FakeCharon, ours: list[str], peers: list[str], ids: str = "12") -> None:
@@ -161,11 +161,11 @@ def test_duplicate_ike_sas_keep_the_lower_hosts_and_the_higher_end_terminates_it
 ) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     # host1 (::1:...) is lower than host2: it keeps the one it initiated and terminates nothing
     both = ["rnv-host2-t100", "rnv-host2-t200"]
     duplicate_pair(charon, both, both)
-    assert not driver.plan(desired).ops
+    assert not driver.plan(desired).changes
 
     # host2 terminates the one it initiated, though its initiator SPI is the lower
     sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
@@ -178,12 +178,12 @@ def test_duplicates_one_end_initiated_are_resolved_by_that_end(desired: DesiredI
     must not wait for the other end to act (it did, and the pair kept both for ever)."""
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.establish("rnv-host2", ["rnv-host2-t100"], "1", True, "c0ffee0000000002")
     charon.establish("rnv-host2", ["rnv-host2-t200"], "2", True, "c0ffee0000000001")
     charon.establish("rnv-host2", ["rnv-host2-t100"], "3", False, "0000000000000001")
     plan = driver.plan(desired)
-    ops = [(op.verb, op.ike_id) for op in plan.ops if op.name == "rnv-host2"]
+    ops = [(op.verb, op.ike_id) for op in plan.changes if op.name == "rnv-host2"]
     assert ops == [(Verb.TERMINATE, "1")]
 
     sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
@@ -196,16 +196,16 @@ def test_a_child_sa_both_ends_initiated_in_one_ike_sa_is_deleted_by_the_lower_en
 ) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     # the peer's and ours, both INSTALLED; and a rekey's old one (REKEYED) is no duplicate
     charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200", "rnv-host2-t100"], "7")
     charon.establish("rnv-host3", ["rnv-host3-t100", "rnv-host3-t200", "rnv-host3-t200"], "8")
     charon.sas[-1][1]["child-sas"]["rnv-host3-t200-1"]["state"] = "REKEYED"
     charon.calls.clear()
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     assert result.ok, result.errors
     assert charon.calls == ["terminate-child 70"]  # "72" stays, the one numbered last
-    assert result.done == ["terminate-child rnv-host2-t100{70} (duplicate CHILD_SA)"]
+    assert result.lines() == ["terminate-child rnv-host2-t100{70} (duplicate CHILD_SA)"]
 
     # the higher end leaves it to the lower one: the two would delete both copies at once
     sas = tuple(map(seen_from_the_peer, read_charon(charon).sas["rnv-host2"]))
@@ -215,13 +215,13 @@ def test_a_child_sa_both_ends_initiated_in_one_ike_sa_is_deleted_by_the_lower_en
 def test_a_wrong_psk_becomes_a_clear_error_and_stops_that_peer_only(desired: DesiredIke) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.calls.clear()
     charon.initiate_error = ViciError(
         "initiating rnv-host2-t100: establishing CHILD_SA 'rnv-host2-t100' failed",
         ("received AUTHENTICATION_FAILED notify error",),
     )
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     # the second child of host2 is not tried (same IKE_SA), host3 is
     assert charon.calls == ["initiate rnv-host2-t100", "initiate rnv-host3-t200"]
     assert len(result.errors) == 2
@@ -248,11 +248,11 @@ def first_initiate_error(desired: DesiredIke, *log: str) -> str:
     """The driver's first error when charon fails every initiate with these log lines."""
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.initiate_error = ViciError(
         "initiating rnv-host2-t100: establishing CHILD_SA 'rnv-host2-t100' failed", log
     )
-    return driver.apply(desired).errors[0]
+    return driver.reconcile(desired).errors[0]
 
 
 # What charon 5.9.8 logs in the lab (tests/lab/test_ike_x509_kernel.py) when it checks a
@@ -287,7 +287,7 @@ def test_a_peer_refusing_our_certificate_points_at_our_certificate(
 
 def test_charon_unreachable_is_one_clear_error(desired: DesiredIke, tmp_path: Path) -> None:
     driver = IkeDriver(lambda: ViciSession(tmp_path / "nope.vici"))
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     (error,) = result.errors
     assert "nope.vici does not exist: is charon running" in error
 
@@ -336,7 +336,7 @@ def left_on_a_terminated_child_sa(
     local, remote = addresses(desired.conns["rnv-host2"], "rnv-host2-t100")
     pins = [pin(local, remote, 41, KEPT), pin(local, remote, 4, TERMINATED)]
     driver = driver_for(charon, pins)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200"], "9")
     charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
     with_spi(charon, "rnv-host2-t100-0", KEPT, local, remote)
@@ -352,15 +352,15 @@ def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey
     charon, driver, pins, local, remote = left_on_a_terminated_child_sa(desired)
     charon.calls.clear()
 
-    first = driver.apply(desired)
+    first = driver.reconcile(desired)
     assert charon.calls == []  # once could be a deletion between reading the kernel and charon
-    assert first.waiting == [
+    assert first.pending == [
         f"rnv-host2: outbound policy {local} -> {remote} proto 4 names SPI 0xc6f2fc7e of no "
         "CHILD_SA, checking again"
     ]
-    second = driver.apply(desired)
+    second = driver.reconcile(desired)
     assert charon.calls == ["rekey-child 90"]
-    assert second.done == [
+    assert second.lines() == [
         f"rekey-child rnv-host2-t100{{90}} (outbound policy {local} -> {remote} proto 4 names "
         "SPI 0xc6f2fc7e of no CHILD_SA)"
     ]
@@ -370,23 +370,23 @@ def test_an_outbound_policy_left_on_a_terminated_child_sa_is_repaired_by_a_rekey
     pins[:] = [pin(local, remote, 41, 0xC1000001), pin(local, remote, 4, 0xC1000001)]
     charon.calls.clear()
     assert not driver.plan(desired)
-    assert driver.apply(desired).waiting == [] and charon.calls == []
+    assert driver.reconcile(desired).pending == [] and charon.calls == []
 
 
 def test_a_pin_a_rekey_did_not_move_is_an_error_not_a_rekey_every_apply(
     desired: DesiredIke,
 ) -> None:
     charon, driver, pins, local, remote = left_on_a_terminated_child_sa(desired)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.calls.clear()
-    assert driver.apply(desired).errors == []
+    assert driver.reconcile(desired).errors == []
     assert charon.calls == ["rekey-child 90"]
     # the rekey moved IPv6 to the new CHILD_SA but IPv4 stayed on the dead SPI
     charon.sas[0][1]["child-sas"]["rnv-host2-t100-0"]["spi-out"] = "c1000001"
     pins[:] = [pin(local, remote, 41, 0xC1000001), pin(local, remote, 4, TERMINATED)]
     for _ in range(3):
         charon.calls.clear()
-        result = driver.apply(desired)
+        result = driver.reconcile(desired)
         assert charon.calls == []  # no second rekey, however often it is seen
         assert result.errors == [
             f"rnv-host2: outbound policy {local} -> {remote} proto 4 names SPI 0xc6f2fc7e of no "
@@ -396,7 +396,7 @@ def test_a_pin_a_rekey_did_not_move_is_an_error_not_a_rekey_every_apply(
     # charon installed it anew: no error, nothing to do
     pins[:] = [pin(local, remote, 41, 0xC1000001), pin(local, remote, 4, 0xC1000001)]
     charon.calls.clear()
-    assert driver.apply(desired).errors == [] and charon.calls == []
+    assert driver.reconcile(desired).errors == [] and charon.calls == []
 
 
 def test_a_pinned_spi_of_any_listed_child_sa_is_no_stale_pin(desired: DesiredIke) -> None:
@@ -410,15 +410,15 @@ def test_a_pinned_spi_of_any_listed_child_sa_is_no_stale_pin(desired: DesiredIke
         pin(local, "2001:db8:0:9::1:64", 4, 0x1234),  # no CHILD_SA between these addresses
     ]
     driver = driver_for(charon, pins)
-    driver.apply(desired)
+    driver.reconcile(desired)
     charon.establish("rnv-host2", ["rnv-host2-t100", "rnv-host2-t200", "rnv-host2-t100"], "9")
     charon.establish("rnv-host3", ["rnv-host3-t200"], "3")
     with_spi(charon, "rnv-host2-t100-0", TERMINATED, local, remote, state="REKEYED")
     with_spi(charon, "rnv-host2-t100-2", KEPT, local, remote)
     charon.calls.clear()
     for _ in range(2):
-        result = driver.apply(desired)
-        assert result.waiting == [] and charon.calls == []
+        result = driver.reconcile(desired)
+        assert result.pending == [] and charon.calls == []
 
 
 def test_an_unreadable_kernel_skips_only_the_policy_check(desired: DesiredIke) -> None:
@@ -432,12 +432,12 @@ def test_an_unreadable_kernel_skips_only_the_policy_check(desired: DesiredIke) -
         yield charon
 
     driver = IkeDriver(connect, read_pins=broken)  # type: ignore[arg-type]
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     assert result.errors == [
         "cannot check charon's outbound policies: ip xfrm policy in netns x failed: boom"
     ]
     assert charon.calls == ["load-shared rnv-psk", "load-conn rnv-host2", "load-conn rnv-host3"]
-    assert {op.verb for op in driver.plan(desired).ops} == {Verb.INITIATE}  # a dry run too
+    assert {op.verb for op in driver.plan(desired).changes} == {Verb.INITIATE}  # a dry run too
 
 
 def test_a_duplicate_the_peer_dropped_on_initial_contact_is_terminated_with_force(
@@ -451,37 +451,37 @@ def test_a_duplicate_the_peer_dropped_on_initial_contact_is_terminated_with_forc
     and the drivers waited for it until the test gave up)."""
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     duplicate_pair(charon, ["rnv-host2-t100"], ["rnv-host2-t100"], "56")
     charon.calls.clear()
 
-    first = driver.apply(desired)
+    first = driver.reconcile(desired)
     assert charon.calls == []  # not even `initiate rnv-host2-t200`
-    assert first.waiting == [
+    assert first.pending == [
         "rnv-host2: duplicate IKE_SA #6 is the peer's to delete, checking again"
     ]
-    second = driver.apply(desired)
+    second = driver.reconcile(desired)
     assert charon.calls == ["terminate 6 (force)"]
-    assert second.done == [
+    assert second.lines() == [
         "terminate rnv-host2[6] (duplicate IKE_SA the peer initiated and did not delete)"
     ]
 
     # gone: the missing CHILD_SA is initiated into the one left
     del charon.sas[1]
     charon.calls.clear()
-    driver.apply(desired)
+    driver.reconcile(desired)
     assert charon.calls == ["initiate rnv-host2-t200"]
 
 
 def test_the_peer_deleting_its_own_duplicate_in_time_is_not_forced(desired: DesiredIke) -> None:
     charon = FakeCharon()
     driver = driver_for(charon)
-    driver.apply(desired)
+    driver.reconcile(desired)
     both = ["rnv-host2-t100", "rnv-host2-t200"]
     duplicate_pair(charon, both, both, "56")
-    driver.apply(desired)
+    driver.reconcile(desired)
     del charon.sas[1]  # the peer's DELETE arrived
     charon.calls.clear()
-    assert driver.apply(desired).waiting == [] and charon.calls == []
+    assert driver.reconcile(desired).pending == [] and charon.calls == []
     charon.establish("rnv-host2", ["rnv-host2-t100"], "7", False, "00000007")  # a new one
-    assert driver.apply(desired).waiting != [] and charon.calls == []  # its first sighting
+    assert driver.reconcile(desired).pending != [] and charon.calls == []  # its first sighting

@@ -36,27 +36,27 @@ def fake():
 def test_first_apply_creates_everything_and_second_changes_nothing(fake):
     driver = NetfilterDriver(fake)
     desired = desired_rules(config())
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     assert result.ok
     assert result.chains_set == len(desired.chains)
     assert result.hooks_fixed == 2
     assert not driver.plan(desired)  # converged: "apply twice, the second changes nothing"
     fake.applied.clear()
-    assert driver.apply(desired).chains_set == 0
+    assert driver.reconcile(desired).chains_set == 0
     assert fake.applied == []
 
 
 def test_restart_adopts_existing_rules_without_touching_them(fake):
-    NetfilterDriver(fake).apply(desired_rules(config()))
+    NetfilterDriver(fake).reconcile(desired_rules(config()))
     fake.applied.clear()
     restarted = NetfilterDriver(fake)  # no memory, only the kernel's state
-    restarted.apply(desired_rules(config()))
+    restarted.reconcile(desired_rules(config()))
     assert fake.applied == []
 
 
 def test_only_the_chain_that_differs_is_replaced(fake):
     driver = NetfilterDriver(fake)
-    driver.apply(desired_rules(config()))
+    driver.reconcile(desired_rules(config()))
     fake.applied.clear()
     changed = config(
         endpoints={
@@ -64,7 +64,7 @@ def test_only_the_chain_that_differs_is_replaced(fake):
             "db": {"tenant": "red", "addresses": ["10.0.0.2"], "interface": "wl-db"},
         }
     )
-    driver.apply(desired_rules(changed))
+    driver.reconcile(desired_rules(changed))
     assert [(c.family, sorted(c.set_chains)) for c in fake.applied] == [
         (Family.IPV4, ["RNV-SRC-wl-web"])
     ]
@@ -75,13 +75,13 @@ def test_only_the_chain_that_differs_is_replaced(fake):
 
 def test_removed_tenant_loses_its_chains_and_decap_rule_in_one_commit_per_table(fake):
     driver = NetfilterDriver(fake)
-    driver.apply(desired_rules(config()))
+    driver.reconcile(desired_rules(config()))
     fake.applied.clear()
     blue_only = config(
         tenants={"blue": {"id": 100}},
         endpoints={"web": {"tenant": "blue", "addresses": ["10.0.0.1"], "interface": "wl-web"}},
     )
-    driver.apply(desired_rules(blue_only))
+    driver.reconcile(desired_rules(blue_only))
     by_family = {c.family: c for c in fake.applied}
     assert by_family[Family.IPV4].delete_chains == ("RNV-SRC-wl-db",)
     assert not by_family[Family.IPV4].set_chains
@@ -100,9 +100,9 @@ def test_an_endpoint_added_or_removed_changes_only_its_own_rules(fake):
     """The dispatch chain is edited by one rule; no other chain is rewritten (issue 16: 200
     endpoints rewrote the whole dispatch chain on every add)."""
     driver = NetfilterDriver(fake)
-    driver.apply(desired_rules(config(endpoints=endpoints(50))))
+    driver.reconcile(desired_rules(config(endpoints=endpoints(50))))
     fake.applied.clear()
-    driver.apply(desired_rules(config(endpoints=endpoints(51))))
+    driver.reconcile(desired_rules(config(endpoints=endpoints(51))))
     (ipv4,) = [c for c in fake.applied if c.family == Family.IPV4]
     assert set(ipv4.set_chains) == {"RNV-SRC-wl-51"}
     assert ipv4.edit_chains == {
@@ -111,7 +111,7 @@ def test_an_endpoint_added_or_removed_changes_only_its_own_rules(fake):
     fake.applied.clear()
     gone = endpoints(51)
     del gone["e7"]
-    driver.apply(desired_rules(config(endpoints=gone)))
+    driver.reconcile(desired_rules(config(endpoints=gone)))
     (ipv4,) = [c for c in fake.applied if c.family == Family.IPV4]
     assert not ipv4.set_chains and ipv4.delete_chains == ("RNV-SRC-wl-7",)
     assert ipv4.edit_chains == {
@@ -123,7 +123,7 @@ def test_an_endpoint_added_or_removed_changes_only_its_own_rules(fake):
 def test_a_dispatch_chain_with_a_rule_twice_is_rewritten_whole(fake):
     driver = NetfilterDriver(fake)
     desired = desired_rules(config())
-    driver.apply(desired)
+    driver.reconcile(desired)
     chains = fake.chains[(Family.IPV4, "raw")]
     chains[DISPATCH] = (*chains[DISPATCH], chains[DISPATCH][0])  # a delete by spec takes one
     (change,) = [c for c in driver.plan(desired).changes if c.family == Family.IPV4]
@@ -133,7 +133,7 @@ def test_a_dispatch_chain_with_a_rule_twice_is_rewritten_whole(fake):
 def test_foreign_or_unreadable_rule_in_our_chain_gets_the_chain_rewritten(fake):
     driver = NetfilterDriver(fake)
     desired = desired_rules(config())
-    driver.apply(desired)
+    driver.reconcile(desired)
     chains = fake.chains[(Family.IPV4, "raw")]
     chains["RNV-SRC-wl-web"] = (None, *chains["RNV-SRC-wl-web"])  # e.g. inserted by hand
     plan = driver.plan(desired)
@@ -143,7 +143,7 @@ def test_foreign_or_unreadable_rule_in_our_chain_gets_the_chain_rewritten(fake):
 def test_our_jump_must_be_first_and_single(fake):
     driver = NetfilterDriver(fake)
     desired = desired_rules(config())
-    driver.apply(desired)
+    driver.reconcile(desired)
     fake.hooks[(Family.IPV4, "raw")]["PREROUTING"] = ["SOMETHING", DISPATCH]  # hooks list ours
     fake.hooks[(Family.IPV6, "raw")]["PREROUTING"] = [DISPATCH, DISPATCH]
     plan = driver.plan(desired)
@@ -153,7 +153,7 @@ def test_our_jump_must_be_first_and_single(fake):
 def test_stale_jump_in_a_hook_we_no_longer_use_is_removed(fake):
     driver = NetfilterDriver(fake)
     desired = desired_rules(config())
-    driver.apply(desired)
+    driver.reconcile(desired)
     fake.hooks[(Family.IPV4, "raw")]["OUTPUT"] = [DISPATCH]
     (change,) = driver.plan(desired).changes
     assert change.hooks == {"OUTPUT": None}
@@ -171,7 +171,7 @@ def test_dry_run_lines_show_every_rule(fake):
 def test_a_failing_table_is_reported_and_the_other_still_applied(fake):
     fake.fail = {Family.IPV6}
     desired = desired_rules(config())
-    result = NetfilterDriver(fake).apply(desired)
+    result = NetfilterDriver(fake).reconcile(desired)
     assert result.errors == ["ipv6 table raw: apply failed: boom"]
     assert (Family.IPV4, "raw") in fake.chains
     assert (Family.IPV6, "raw") not in fake.chains
@@ -179,7 +179,7 @@ def test_a_failing_table_is_reported_and_the_other_still_applied(fake):
 
 def test_calculation_errors_are_passed_on(fake):
     desired = replace(desired_rules(config()), errors=("endpoint x: no interface",))
-    assert NetfilterDriver(fake).apply(desired).errors == ["endpoint x: no interface"]
+    assert NetfilterDriver(fake).reconcile(desired).errors == ["endpoint x: no interface"]
 
 
 def test_a_table_that_cannot_be_read_is_reported_and_the_others_are_still_planned(fake):
@@ -192,7 +192,7 @@ def test_a_table_that_cannot_be_read_is_reported_and_the_others_are_still_planne
     desired = desired_rules(config())
     driver = NetfilterDriver(Unreadable())
     plan = driver.plan(desired)  # a dry run reports it, it does not end in a traceback
-    assert plan.errors == ("ipv6 table raw: read failed: boom",)
+    assert plan.errors == ["ipv6 table raw: read failed: boom"]
     assert {c.family for c in plan.changes} == {Family.IPV4}
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     assert result.errors == ["ipv6 table raw: read failed: boom"] and result.chains_set > 0

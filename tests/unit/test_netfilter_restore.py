@@ -215,7 +215,7 @@ def uncounted_save(netns: str) -> list[str]:
 def test_what_we_apply_reads_back_unchanged_and_a_second_apply_does_nothing(netns):
     driver = NetfilterDriver(RestoreTables(netns))
     desired = desired_rules(config())
-    assert driver.apply(desired).ok
+    assert driver.reconcile(desired).ok
     assert not driver.plan(desired), driver.plan(desired).lines()
     for table in driver.read(desired):
         mine = {k.chain: r for k, r in desired.chains.items() if k.family == table.family}
@@ -226,13 +226,13 @@ def test_what_we_apply_reads_back_unchanged_and_a_second_apply_does_nothing(netn
 def test_a_foreign_rule_in_our_chain_reads_as_none_and_the_chain_is_rewritten(netns):
     driver = NetfilterDriver(RestoreTables(netns))
     desired = desired_rules(config())
-    driver.apply(desired)
+    driver.reconcile(desired)
     iptables(netns, "-I", "RNV-SRC-wl-web", "1", "-s", "10.9.9.9", "-j", "RETURN")
     iptables(netns, "-I", "PREROUTING", "1", "-s", "192.0.2.1", "-j", "DROP")
     (ipv4,) = [t for t in driver.read(desired) if t.family == Family.IPV4]
     assert ipv4.chains["RNV-SRC-wl-web"][0] is None
     assert ipv4.hooks == {"PREROUTING": ((1, DISPATCH),)}
-    result = driver.apply(desired)
+    result = driver.reconcile(desired)
     assert (result.chains_set, result.hooks_fixed, result.ok) == (1, 1, True)
     assert not driver.plan(desired)
     assert "10.9.9.9" not in iptables(netns, "-S", "RNV-SRC-wl-web")
@@ -246,16 +246,16 @@ def test_a_foreign_rule_in_our_chain_reads_as_none_and_the_chain_is_rewritten(ne
 def test_an_edited_chain_keeps_its_other_rules_and_their_counters(netns):
     driver = NetfilterDriver(RestoreTables(netns))
     two = config()
-    assert driver.apply(desired_rules(two)).ok
+    assert driver.reconcile(desired_rules(two)).ok
     iptables(netns, "-Z", DISPATCH)
     before = iptables(netns, "-S", DISPATCH)
     web_only = config(endpoints={"web": two.endpoints["web"].model_dump(exclude_none=True)})
-    result = driver.apply(desired_rules(web_only))
+    result = driver.reconcile(desired_rules(web_only))
     assert result.ok and result.chains_set == 0, result
     assert not driver.plan(desired_rules(web_only))
     after = iptables(netns, "-S", DISPATCH)
     assert [x for x in before.splitlines() if "wl-db" not in x] == after.splitlines()
-    assert driver.apply(desired_rules(two)).ok and not driver.plan(desired_rules(two))
+    assert driver.reconcile(desired_rules(two)).ok and not driver.plan(desired_rules(two))
     assert sorted(iptables(netns, "-S", DISPATCH).splitlines()) == sorted(before.splitlines())
 
 
@@ -268,7 +268,7 @@ def test_an_edited_chain_keeps_its_other_rules_and_their_counters(netns):
 )
 def test_a_refused_change_leaves_the_table_as_it_was(netns, broken, complaint):
     tables = RestoreTables(netns)
-    NetfilterDriver(tables).apply(desired_rules(config()))
+    NetfilterDriver(tables).reconcile(desired_rules(config()))
     before = uncounted_save(netns)
     change = TableChange(
         family=Family.IPV4,

@@ -55,8 +55,8 @@ def driver(world):
 
 
 def test_apply_builds_everything_and_second_apply_changes_nothing(world, driver):
-    result = driver.apply(desired(make_config()))
-    assert result.ok, result.lines()
+    result = driver.reconcile(desired(make_config()))
+    assert result.ok, result.errors
     host = world.ns(None)
     assert host.links_["rnv-v100"].vrf_table == markers.vrf_table(100)
     assert host.links_["rnv-t100"].master == "rnv-v100"
@@ -67,7 +67,7 @@ def test_apply_builds_everything_and_second_apply_changes_nothing(world, driver)
     assert host.sysctls["net/ipv4/ip_forward"] == "1"
     assert (markers.vrf_table(100), net("10.0.0.2/32"), 0) in host.routes_
     assert not driver.plan(desired(make_config())).changes
-    assert driver.apply(desired(make_config())).changes == []
+    assert driver.reconcile(desired(make_config())).done == []
 
 
 def test_plan_changes_nothing_and_lists_what_apply_would_do(world, driver):
@@ -76,19 +76,19 @@ def test_plan_changes_nothing_and_lists_what_apply_would_do(world, driver):
     lines = plan.lines()
     assert "+ link rnv-v100 type vrf table 268435556 nomaster up" in lines
     assert any(line.startswith("+ route 10.0.0.2/32 via ") for line in lines)
-    assert len(plan.changes) == len(driver.apply(desired(make_config())).changes)
+    assert len(plan.changes) == len(driver.reconcile(desired(make_config())).done)
 
 
 def test_one_failing_route_does_not_stop_the_others_and_is_retried(world, driver):
     world.ns(None).failing["10.0.0.2/32"] = "Network is unreachable"
-    result = driver.apply(desired(make_config()))
-    assert [str(f) for f in result.failures] == [
+    result = driver.reconcile(desired(make_config()))
+    assert [str(f) for f in result.problems] == [
         f"route 10.0.0.2/32 table {markers.vrf_table(100)}: Network is unreachable"
     ]
     assert (markers.vrf_table(100), net("fd10::2/128"), 1024) in world.ns(None).routes_
     del world.ns(None).failing["10.0.0.2/32"]
-    again = driver.apply(desired(make_config()))
-    assert again.ok and [str(c.obj.dst) for c in again.changes] == ["10.0.0.2/32"]
+    again = driver.reconcile(desired(make_config()))
+    assert again.ok and [str(c.obj.dst) for c in again.done] == ["10.0.0.2/32"]
 
 
 def test_foreign_objects_are_left_alone(world, driver):
@@ -99,21 +99,21 @@ def test_foreign_objects_are_left_alone(world, driver):
     host.addrs.add(("eth9", ipaddress.ip_interface("192.0.2.1/24")))
     foreign = Route(net("10.0.0.2/32"), markers.vrf_table(100), proto=4, dev="eth9")
     host.routes_[foreign.key[1:]] = foreign
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     assert {"eth9", "rnv-v12x", "rnv-v300"} <= host.links_.keys()
     assert ("eth9", ipaddress.ip_interface("192.0.2.1/24")) in host.addrs
     assert not any(op[0] == "delete_link" for op in host.log)
 
 
 def test_removing_a_tenant_and_endpoints_removes_exactly_their_objects(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     host = world.ns(None)
     smaller = make_config(
         tenants={"blue": {"id": 100, "ipv6": ["fd10::/64"]}},
         endpoints={"b1": {"tenant": "blue", "addresses": ["10.0.0.1", "fd10::1"], "netns": "w1"}},
     )
-    result = driver.apply(desired(smaller))
-    assert result.ok, result.lines()
+    result = driver.reconcile(desired(smaller))
+    assert result.ok, result.errors
     deleted = {op[1] for op in host.log if op[0] == "delete_link"}
     assert deleted == {"rnv-v200", "rnv-t200", endpoint_link_name("r1")}
     # the tap is not ours: released from the VRF, stripped of our gateway addresses, kept
@@ -124,15 +124,15 @@ def test_removing_a_tenant_and_endpoints_removes_exactly_their_objects(world, dr
     assert (markers.vrf_table(100), net("10.0.0.3/32"), 0) not in host.routes_
     outer_200 = smaller.host.tenant_address(200)
     assert not any(a.ip == outer_200 for _, a in host.addrs)
-    assert driver.plan(desired(smaller)).changes == []
+    assert driver.plan(desired(smaller)).changes == ()
 
 
 def test_mtu_change_modifies_the_link_in_place(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     host = world.ns(None)
     host.log.clear()
     cfg = make_config(tenants={"blue": {"id": 100, "mtu": 1400}, "red": {"id": 200}})
-    result = driver.apply(desired(cfg))
+    result = driver.reconcile(desired(cfg))
     assert result.ok
     veth = endpoint_link_name("b1")
     assert ("set_link", veth) in host.log
@@ -141,34 +141,34 @@ def test_mtu_change_modifies_the_link_in_place(world, driver):
 
 
 def test_changed_tunnel_endpoint_recreates_the_tunnel(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     host = world.ns(None)
     tunnel = host.links_["rnv-t100"]
     other = dataclasses.replace(tunnel.tunnel, hoplimit=10)
     host.links_["rnv-t100"] = dataclasses.replace(tunnel, tunnel=other)
     host.log.clear()
-    driver.apply(desired(make_config()), resync=True)
+    driver.reconcile(desired(make_config()), resync=True)
     assert host.log[:2] == [("delete_link", "rnv-t100"), ("add_link", "rnv-t100")]
     assert host.links_["rnv-t100"].tunnel.hoplimit == 64
     # the kernel dropped the routes through the old tunnel; the same run put them back
     assert (markers.vrf_table(100), net("10.0.0.2/32"), 0) in host.routes_
-    assert driver.plan(desired(make_config()), resync=True).changes == []
+    assert driver.plan(desired(make_config()), resync=True).changes == ()
 
 
 def test_veth_whose_peer_is_gone_is_recreated(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     del world.ns("w1").links_["eth0"]
-    result = driver.apply(desired(make_config()), resync=True)
+    result = driver.reconcile(desired(make_config()), resync=True)
     assert result.ok
     assert "eth0" in world.ns("w1").links_
-    assert any(c.op == "~" and c.obj.name == endpoint_link_name("b1") for c in result.changes)
+    assert any(c.op == "~" and c.obj.name == endpoint_link_name("b1") for c in result.done)
 
 
 def test_missing_workload_netns_is_reported_once_and_the_rest_is_applied():
     world = FakeWorld("w1")  # w2 does not exist
     world.ns(None).plain_link("tap3", kind="tun")
-    result = RoutingDriver(world.ns).apply(desired(make_config()))
-    messages = [str(f) for f in result.failures]
+    result = RoutingDriver(world.ns).reconcile(desired(make_config()))
+    messages = [str(f) for f in result.problems]
     assert "netns w2: netns w2 does not exist" in messages
     r1 = endpoint_link_name("r1")
     red, red_publish = markers.vrf_table(200), markers.publish_table(200)
@@ -189,8 +189,8 @@ def test_missing_workload_netns_is_reported_once_and_the_rest_is_applied():
 
 def test_missing_port_interface_fails_alone(world, driver):
     del world.ns(None).links_["tap3"]
-    result = driver.apply(desired(make_config()))
-    assert [str(f) for f in result.failures] == [
+    result = driver.reconcile(desired(make_config()))
+    assert [str(f) for f in result.problems] == [
         "port tap3: No such device",
         "address 169.254.0.1/32 dev tap3: No such device",
         "address fe80::1/64 dev tap3: No such device",
@@ -201,25 +201,25 @@ def test_missing_port_interface_fails_alone(world, driver):
 
 
 def test_kernel_made_link_local_addresses_are_not_ours(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     veth = endpoint_link_name("b1")
     world.ns(None).addrs.add((veth, ipaddress.ip_interface("fe80::1234/64")))
-    assert driver.plan(desired(make_config())).changes == []
+    assert driver.plan(desired(make_config())).changes == ()
 
 
 def test_links_are_created_vrf_first(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     added = [op[1] for op in world.ns(None).log if op[0] == "add_link"]
     assert added.index("rnv-v100") < added.index("rnv-t100")
     assert added.index("rnv-v200") < added.index(endpoint_link_name("r1"))
 
 
 def test_stray_address_on_our_device_is_removed(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     stray = Address(markers.HOST_DEVICE, ipaddress.ip_interface("2001:db8:0:1::99/128"))
     world.ns(None).addrs.add((stray.ifname, stray.address))
-    result = driver.apply(desired(make_config()), resync=True)
-    assert [str(c) for c in result.changes] == [f"- {stray}"]
+    result = driver.reconcile(desired(make_config()), resync=True)
+    assert [str(c) for c in result.done] == [f"- {stray}"]
 
 
 def remote_endpoints(count, start=0):
@@ -241,42 +241,41 @@ def config_with_remotes(count):
 
 
 def test_reapply_reads_no_routes_and_once_settled_nothing_at_all(world, driver):
-    driver.apply(desired(config_with_remotes(20)))
+    driver.reconcile(desired(config_with_remotes(20)))
     host = world.ns(None)
     host.reads.clear()
-    result = driver.apply(desired(config_with_remotes(20)))
-    assert result.ok and result.changes == []
+    result = driver.reconcile(desired(config_with_remotes(20)))
+    assert result.ok and result.done == []
     # the first apply changed devices, so their cheap facts (links) are read again, once
     assert host.reads["routes"] == 0 and host.reads["links"] == 1
     for kernel in world.kernels.values():
         kernel.reads.clear()
         kernel.log.clear()
-    assert driver.apply(desired(config_with_remotes(20))).changes == []
+    assert driver.reconcile(desired(config_with_remotes(20))).done == []
     assert all(k.reads == {} and k.log == [] for k in world.kernels.values())
 
 
 def test_a_delta_writes_only_the_delta_in_one_batch(world, driver):
-    driver.apply(desired(config_with_remotes(20)))
+    driver.reconcile(desired(config_with_remotes(20)))
     host = world.ns(None)
     host.reads.clear()
     host.log.clear()
-    result = driver.apply(desired(config_with_remotes(21)))
+    result = driver.reconcile(desired(config_with_remotes(21)))
     assert result.ok
-    assert sorted(str(c.obj.dst) for c in result.changes) == ["10.1.0.21/32", "fd11::15/128"]
+    assert sorted(str(c.obj.dst) for c in result.done) == ["10.1.0.21/32", "fd11::15/128"]
     assert host.reads["routes"] == 0
     assert [op for op in host.log if op[0] == "write_routes"] == [("write_routes", 2)]
-    result = driver.apply(desired(config_with_remotes(19)))
-    assert [str(c) for c in result.changes if c.op == "-"] == [
-        str(c) for c in result.changes
-    ] and len(result.changes) == 4
+    result = driver.reconcile(desired(config_with_remotes(19)))
+    deleted = [str(c) for c in result.done if c.op == "-"]
+    assert deleted == [str(c) for c in result.done] and len(result.done) == 4
 
 
 def test_a_failure_in_the_middle_of_a_batch_is_attributed_and_the_rest_applied(world, driver):
     host = world.ns(None)
     host.failing["10.1.0.10/32"] = "Invalid argument"
-    result = driver.apply(desired(config_with_remotes(20)))
+    result = driver.reconcile(desired(config_with_remotes(20)))
     table = markers.vrf_table(100)
-    assert [str(f) for f in result.failures] == [
+    assert [str(f) for f in result.problems] == [
         f"route 10.1.0.10/32 table {table}: Invalid argument"
     ]
     route_batches = [op for op in host.log if op[0] == "write_routes"]
@@ -287,39 +286,39 @@ def test_a_failure_in_the_middle_of_a_batch_is_attributed_and_the_rest_applied(w
     # the cache knows the route is missing: the next apply retries exactly that one
     del host.failing["10.1.0.10/32"]
     host.log.clear()
-    again = driver.apply(desired(config_with_remotes(20)))
-    assert again.ok and [str(c.obj.dst) for c in again.changes] == ["10.1.0.10/32"]
+    again = driver.reconcile(desired(config_with_remotes(20)))
+    assert again.ok and [str(c.obj.dst) for c in again.done] == ["10.1.0.10/32"]
     assert host.log == [("write_routes", 1), ("replace_route", "10.1.0.10/32")]
 
 
 def test_drift_is_found_by_resync(world, driver):
     cfg = config_with_remotes(3)
-    driver.apply(desired(cfg))
+    driver.reconcile(desired(cfg))
     host = world.ns(None)
     gone = host.routes_.pop((markers.vrf_table(100), net("10.1.0.2/32"), 0))
     stray = dataclasses.replace(gone, dst=net("10.9.9.9/32"))
     host.routes_[stray.key[1:]] = stray
-    assert driver.plan(desired(cfg)).changes == []  # the cache does not know yet
-    result = driver.apply(desired(cfg), resync=True)
-    assert sorted(str(c) for c in result.changes) == [f"+ {gone}", f"- {stray}"]
-    assert driver.plan(desired(cfg), resync=True).changes == []
+    assert driver.plan(desired(cfg)).changes == ()  # the cache does not know yet
+    result = driver.reconcile(desired(cfg), resync=True)
+    assert sorted(str(c) for c in result.done) == [f"+ {gone}", f"- {stray}"]
+    assert driver.plan(desired(cfg), resync=True).changes == ()
 
 
 def test_a_restarted_driver_recognises_everything_and_changes_nothing(world, driver):
-    driver.apply(desired(config_with_remotes(5)))
-    assert RoutingDriver(world.ns).plan(desired(config_with_remotes(5))).changes == []
+    driver.reconcile(desired(config_with_remotes(5)))
+    assert RoutingDriver(world.ns).plan(desired(config_with_remotes(5))).changes == ()
 
 
 def test_a_new_workload_reasserts_only_its_own_routes(world, driver):
-    driver.apply(desired(config_with_remotes(5)))
+    driver.reconcile(desired(config_with_remotes(5)))
     host = world.ns(None)
     host.log.clear()
     cfg = make_config()
     data = cfg.model_dump(mode="json")
     data["remote_endpoints"] |= remote_endpoints(5)
     data["endpoints"]["b2"] = {"tenant": "blue", "addresses": ["10.0.0.7"], "netns": "w1"}
-    result = driver.apply(desired(Config.model_validate(data)))
-    assert result.ok, result.lines()
+    result = driver.reconcile(desired(Config.model_validate(data)))
+    assert result.ok, result.errors
     written = sorted(op[1] for op in host.log if op[0] == "replace_route")
     assert written == ["10.0.0.7/32", "10.0.0.7/32"]  # VRF and publish table
 
@@ -328,8 +327,8 @@ LOCAL_AFTER_L3MDEV = {PolicyRule(v, 32765, 255, markers.RTPROT_INFRA) for v in (
 
 
 def test_the_local_table_rule_moves_behind_the_l3mdev_rule_without_a_gap(world, driver):
-    result = driver.apply(desired(make_config()))
-    assert result.ok, result.lines()
+    result = driver.reconcile(desired(make_config()))
+    assert result.ok, result.errors
     host = world.ns(None)
     assert host.rules_ == KERNEL_RULES - {PolicyRule(v, 0, 255, 2) for v in (4, 6)} | (
         LOCAL_AFTER_L3MDEV
@@ -356,13 +355,13 @@ def test_the_plan_shows_the_rule_move(world, driver):
 
 
 def test_a_local_rule_put_back_at_pref_0_is_removed_again_by_a_resync(world, driver):
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     host = world.ns(None)
     put_back = PolicyRule(4, 0, 255, 0)  # `ip rule add pref 0 lookup local`: proto unspec
     host.rules_.add(put_back)
     assert not driver.plan(desired(make_config())).changes  # the cache: found by a resync
-    result = driver.apply(desired(make_config()), resync=True)
-    assert [str(c) for c in result.changes] == [f"- {put_back}"]
+    result = driver.reconcile(desired(make_config()), resync=True)
+    assert [str(c) for c in result.done] == [f"- {put_back}"]
     assert put_back not in host.rules_ and host.rules_ >= LOCAL_AFTER_L3MDEV
 
 
@@ -370,5 +369,5 @@ def test_foreign_rules_are_left_alone(world, driver):
     host = world.ns(None)
     foreign = {PolicyRule(4, 100, 255, 0), PolicyRule(6, 0, 300, 4)}
     host.rules_ |= foreign
-    driver.apply(desired(make_config()))
+    driver.reconcile(desired(make_config()))
     assert foreign <= host.rules_

@@ -45,7 +45,7 @@ def main(root: str | None) -> None:
         prefix = f"{root}/usr/sbin/"
     subprocess.run(["ip", "netns", "add", NS], check=True)
     try:
-        result = NetfilterDriver(RestoreTables(NS)).apply(desired_rules(config()))
+        result = NetfilterDriver(RestoreTables(NS)).reconcile(desired_rules(config()))
         assert result.ok, result.errors
         for tool, rules in FOREIGN.items():
             for rule in rules:
