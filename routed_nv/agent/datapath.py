@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from routed_nv.agent.changes import Changed, of_ike, of_netfilter, of_routing, of_xfrm
-from routed_nv.calc.ike import credential_files, desired_ike
+from routed_nv.calc.ike import CredentialFiles, credential_files, desired_ike
 from routed_nv.calc.netfilter import desired_rules
 from routed_nv.calc.routing import (
     RoutingConflict,
@@ -51,7 +51,7 @@ from routed_nv.esp.ike import IkePlan, IkeResult
 from routed_nv.model.directory import DirectoryView
 from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.model.ike import DesiredIke
-from routed_nv.model.keys import KeyFileError, TenantKeys
+from routed_nv.model.keys import LoadedKeys
 from routed_nv.model.netfilter import DesiredRules
 from routed_nv.model.result import Plan, Problem, Result
 from routed_nv.model.routing import DesiredRouting
@@ -199,7 +199,7 @@ class Datapath:
         peers = _peer_pairs(view)
         stages = [
             self._maybe("netfilter", lambda: self._netfilter(config, view, True), (config,)),
-            self._maybe("xfrm", lambda: self._xfrm(config, view, True), (config, peers)),
+            self._maybe_xfrm(config, view, peers),
         ]
         start = time.monotonic()
         try:
@@ -213,9 +213,7 @@ class Datapath:
         else:
             stages.append(self._routing_stage(result, start, (config, view)))
         if config.keying.mode is KeyingMode.IKE:
-            stages.append(
-                self._maybe("ike", lambda: self._ike(config, view, True), (config, peers))
-            )
+            stages.append(self._maybe_ike(config, view, peers))
         return Outcome(stages)
 
     def _routing_stage(
@@ -238,32 +236,48 @@ class Datapath:
     def _run(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Outcome:
         if resync:
             self._clean.clear()
-        peers = _peer_pairs(view) if execute else frozenset()
-        inputs = {
-            "netfilter": (config,),
-            "xfrm": (config, peers),
-            "routing": (config, view),
-            "ike": (config, peers),
-        }
-        runs = {
-            "netfilter": lambda: self._netfilter(config, view, execute),
-            "xfrm": lambda: self._xfrm(config, view, execute),
-            "routing": lambda: self._routing(config, view, execute, resync),
-            "ike": lambda: self._ike(config, view, execute),
-        }
-        if config.keying.mode is not KeyingMode.IKE:
-            del runs["ike"]
+        ike = config.keying.mode is KeyingMode.IKE
         if not execute:  # a plan reads everything, and changes nothing that is known
-            return Outcome([run() for run in runs.values()])
-        return Outcome([self._maybe(name, run, inputs[name]) for name, run in runs.items()])
+            stages = [
+                self._netfilter(config, view, False),
+                self._xfrm(config, view, False, _tenant_keys(config)),
+                self._routing(config, view, False, resync),
+            ]
+            if ike:
+                stages.append(self._ike(config, view, False, _credentials(config)))
+            return Outcome(stages)
+        peers = _peer_pairs(view)
+        stages = [
+            self._maybe("netfilter", lambda: self._netfilter(config, view, True), (config,)),
+            self._maybe_xfrm(config, view, peers),
+            self._maybe(
+                "routing", lambda: self._routing(config, view, True, resync), (config, view)
+            ),
+        ]
+        if ike:
+            stages.append(self._maybe_ike(config, view, peers))
+        return Outcome(stages)
+
+    def _maybe_xfrm(self, config: Config, view: DirectoryView, peers: frozenset[Any]) -> Stage:
+        # the key files are inputs too: a rotation edits them, not the config
+        loaded = _tenant_keys(config)
+        return self._maybe(
+            "xfrm", lambda: self._xfrm(config, view, True, loaded), (config, peers, loaded)
+        )
+
+    def _maybe_ike(self, config: Config, view: DirectoryView, peers: frozenset[Any]) -> Stage:
+        texts = _credentials(config)
+        return self._maybe(
+            "ike", lambda: self._ike(config, view, True, texts), (config, peers, texts)
+        )
 
     def _maybe(self, name: str, run: Callable[[], Stage], inputs: tuple[object, ...]) -> Stage:
         """Run a stage unless it last applied these very inputs cleanly. The config and the
         view count by identity (each is replaced whole when it changes, and a reload runs
-        everything: key files may have changed), the peer pairs by value."""
+        everything), the peer pairs and the key and credential files' contents by value."""
         last = self._clean.pop(name, None)
         if last is not None and all(
-            a is b or (isinstance(a, frozenset) and a == b)
+            a is b or (isinstance(a, frozenset | dict) and a == b)
             for a, b in zip(last, inputs, strict=True)
         ):
             self._clean[name] = inputs
@@ -293,16 +307,14 @@ class Datapath:
         peers = None if not delta.peers else _peer_pairs(view)  # rare: a tenant's peer set
         stages = [Stage("netfilter", skipped=True)]
         stages.append(
-            Stage("xfrm", skipped=True)
-            if peers is None
-            else self._maybe("xfrm", lambda: self._xfrm(config, view, True), (config, peers))
+            Stage("xfrm", skipped=True) if peers is None else self._maybe_xfrm(config, view, peers)
         )
         stages.append(stage)
         if config.keying.mode is KeyingMode.IKE:
             stages.append(
                 Stage("ike", skipped=True)
                 if peers is None
-                else self._maybe("ike", lambda: self._ike(config, view, True), (config, peers))
+                else self._maybe_ike(config, view, peers)
             )
         return Outcome(stages)
 
@@ -315,21 +327,23 @@ class Datapath:
             of_netfilter,
         )
 
-    def _xfrm(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
+    def _xfrm(
+        self, config: Config, view: DirectoryView, execute: bool, loaded: LoadedKeys
+    ) -> Stage:
         return _stage(
             "xfrm",
-            lambda: self.xfrm.plan(desired_xfrm(config, view, _tenant_keys(config))),
+            lambda: self.xfrm.plan(desired_xfrm(config, view, loaded)),
             self.xfrm.apply if execute else None,
             of_xfrm,
             timers=lambda result: result.waiting > 0,
         )
 
-    def _ike(self, config: Config, view: DirectoryView, execute: bool) -> Stage:
+    def _ike(
+        self, config: Config, view: DirectoryView, execute: bool, texts: CredentialFiles
+    ) -> Stage:
         return _stage(
             "ike",
-            lambda: self.ike.plan(
-                desired_ike(config, view, keys.read_files(*credential_files(config.keying)))
-            ),
+            lambda: self.ike.plan(desired_ike(config, view, texts)),
             self.ike.apply if execute else None,
             of_ike,
             # what charon does after our ops (exchanges, duplicates to resolve) is not in this
@@ -385,8 +399,13 @@ def _stage(
     return stage
 
 
-def _tenant_keys(config: Config) -> dict[str, TenantKeys | KeyFileError]:
-    """Static keying's keys, read afresh at each plan (rotation is edit + apply)."""
+def _tenant_keys(config: Config) -> LoadedKeys:
+    """Static keying's keys, read afresh at each apply (rotation is edit + apply)."""
     if config.keying.mode is not KeyingMode.STATIC:
         return {}
     return keys.load_all(config.keying.secrets_dir, config.tenants)
+
+
+def _credentials(config: Config) -> CredentialFiles:
+    """IKE's credential files' contents, read afresh at each apply."""
+    return keys.read_files(*credential_files(config.keying))

@@ -274,6 +274,23 @@ def test_a_stage_whose_inputs_did_not_change_is_skipped_until_the_resync(
     assert not any(s.skipped for s in outcome.stages) and kernel.reads
 
 
+def test_a_key_rotation_is_an_input_of_the_xfrm_stage(
+    static: Config, fakes: Fakes, tmp_path: Path
+) -> None:
+    # a rotation edits the key file and applies the same config: XFRM must not be skipped
+    _, kernel, datapath = counting(static, fakes, tmp_path)
+    routes = view(route("10.0.0.2/32"))
+    assert datapath.apply(static, routes).ok
+    before = set(kernel.states)
+    (tmp_path / "blue.key").write_text(f"1 {SECRET} active\n2 {SECRET[::-1]}\n")
+    outcome = datapath.apply(static, routes)
+    assert outcome.ok, [str(e) for s in outcome.stages for e in s.errors]
+    assert [s.name for s in outcome.stages if s.skipped] == ["netfilter", "routing"]
+    assert set(kernel.states) - before  # the new generation's SAs are in the kernel
+    again = datapath.apply(static, routes)
+    assert [s.name for s in again.stages if s.skipped] == ["netfilter", "xfrm", "routing"]
+
+
 class CountingCharon(FakeCharon):
     def __init__(self) -> None:
         super().__init__()
