@@ -213,7 +213,7 @@ class Datapath:
         else:
             stages.append(self._routing_stage(result, start, (config, view)))
         if config.keying.mode is KeyingMode.IKE:
-            stages.append(self._maybe_ike(config, view, peers))
+            stages.append(self._ike_stage(config, view))
         return Outcome(stages)
 
     def _routing_stage(
@@ -255,7 +255,7 @@ class Datapath:
             ),
         ]
         if ike:
-            stages.append(self._maybe_ike(config, view, peers))
+            stages.append(self._ike_stage(config, view))
         return Outcome(stages)
 
     def _maybe_xfrm(self, config: Config, view: DirectoryView, peers: frozenset[Any]) -> Stage:
@@ -265,16 +265,16 @@ class Datapath:
             "xfrm", lambda: self._xfrm(config, view, True, loaded), (config, peers, loaded)
         )
 
-    def _maybe_ike(self, config: Config, view: DirectoryView, peers: frozenset[Any]) -> Stage:
-        texts = _credentials(config)
-        return self._maybe(
-            "ike", lambda: self._ike(config, view, True, texts), (config, peers, texts)
-        )
+    def _ike_stage(self, config: Config, view: DirectoryView) -> Stage:
+        # never skipped for unchanged inputs: charon keeps state of its own (it restarts, and
+        # negotiates, rekeys and deletes with its peers by itself), so only reading its lists
+        # says whether there is nothing to do
+        return self._ike(config, view, True, _credentials(config))
 
     def _maybe(self, name: str, run: Callable[[], Stage], inputs: tuple[object, ...]) -> Stage:
         """Run a stage unless it last applied these very inputs cleanly. The config and the
         view count by identity (each is replaced whole when it changes, and a reload runs
-        everything), the peer pairs and the key and credential files' contents by value."""
+        everything), the peer pairs and the key files' contents by value."""
         last = self._clean.pop(name, None)
         if last is not None and all(
             a is b or (isinstance(a, frozenset | dict) and a == b)
@@ -312,9 +312,7 @@ class Datapath:
         stages.append(stage)
         if config.keying.mode is KeyingMode.IKE:
             stages.append(
-                Stage("ike", skipped=True)
-                if peers is None
-                else self._maybe_ike(config, view, peers)
+                Stage("ike", skipped=True) if peers is None else self._ike_stage(config, view)
             )
         return Outcome(stages)
 
@@ -346,9 +344,6 @@ class Datapath:
             lambda: self.ike.plan(desired_ike(config, view, texts)),
             self.ike.apply if execute else None,
             of_ike,
-            # what charon does after our ops (exchanges, duplicates to resolve) is not in this
-            # plan's pending: look again at the next apply even with unchanged inputs
-            timers=lambda result: bool(result.done),
         )
 
     def _routing(self, config: Config, view: DirectoryView, execute: bool, resync: bool) -> Stage:

@@ -116,6 +116,18 @@ def test_ike_mode_adds_the_ike_stage_last(fakes: Fakes) -> None:
     assert outcome.stages[-1].lines == ["load-conn rnv-host2 (new)"]
 
 
+def test_the_ike_stage_reads_charon_at_every_apply(fakes: Fakes) -> None:
+    # unchanged inputs do not mean charon is unchanged: a restarted charon has lost its
+    # connections, and only its lists say so
+    datapath, cfg, routes = fakes.datapath(), config(), view()
+    fakes.ike.planned, fakes.ike.result = IkePlan(()), IkeResult()  # charon in line
+    datapath.apply(cfg, routes)
+    fakes.calls.clear()
+    outcome = datapath.apply(cfg, routes)
+    assert [c for c in fakes.calls if c.startswith("ike.")] == ["ike.plan", "ike.apply"]
+    assert not outcome.stages[-1].skipped
+
+
 def test_static_mode_never_talks_to_charon(static: Config, fakes: Fakes) -> None:
     fakes.datapath().apply(static, view())
     fakes.datapath().plan(static, view())
