@@ -15,8 +15,9 @@ kernel once to plan, and applies that plan; its errors say whether retrying may 
 Work in proportion to the change:
 - a stage whose inputs are the ones it last applied without error or anything pending is
   skipped, unless the apply is a resync (which reads everything again: drift): netfilter's only
-  input is the config, XFRM's and IKE's the config and the view's (tenant, peer host) pairs,
-  routing's the config and the view;
+  input is the config, XFRM's the config, the view's (tenant, peer host) pairs and the key
+  files' contents, routing's the config and the view; IKE is never skipped on this path
+  (charon's own state changes without any input of ours changing);
 - given the config and view it last applied, when only endpoints changed (the endpoint API),
   only those endpoints' routing objects are computed and applied (calc.routing
   .endpoint_changes), against the routing driver's cache; netfilter edits only their rules;
