@@ -124,10 +124,16 @@ def test_check_mode_run_on_localhost(tmp_path: Path) -> None:
         "-e",
         "routed_nv_libvirt_hook=true",  # the hook's tasks too
         "-e",
+        "routed_nv_cni=true",  # and the CNI plugin's
+        "-e",
         f"routed_nv_config_dir={tmp_path / 'etc'}",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "failed=0" in result.stdout
+    for task in ("Put the libvirt qemu hook's command", "Put the CNI plugin where runtimes look"):
+        assert task in result.stdout
+        after = result.stdout.split(task, 1)[1].split("TASK [", 1)[0]
+        assert "changed: [localhost]" in after, after  # run, not skipped
 
 
 def test_config_tasks_validate_with_routed_nv(tmp_path: Path) -> None:
