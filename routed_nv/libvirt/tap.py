@@ -16,6 +16,7 @@ TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC
 TUNSETGROUP = 0x400454CE
 SIOCSIFHWADDR = 0x8924
+SIOCGIFHWADDR = 0x8927
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000  # what QEMU asks for; a persistent tap keeps the flags of its creator
@@ -26,13 +27,20 @@ class TapError(RoutedNvError):
     """One line naming the tap and what failed."""
 
 
+# By name in this process's network namespace, not through /sys/class/net: sysfs shows the
+# namespace it was mounted in, which is not ours after a bare setns or unshare (no remount).
 def exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def mac_of(name: str) -> str:
-    with open(f"/sys/class/net/{name}/address") as f:
-        return f.read().strip()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = fcntl.ioctl(s, SIOCGIFHWADDR, struct.pack("16s16x", name.encode()))
+    return ":".join(f"{b:02x}" for b in ifreq[18:24])  # after the name and sa_family
 
 
 def create(name: str, mac: str, uid: int | None, gid: int | None) -> bool:
