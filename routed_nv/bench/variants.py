@@ -16,7 +16,9 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 from routed_nv.bench import overhead
-from routed_nv.bench.results import Variant
+from routed_nv.bench.esp import CIPHERS
+from routed_nv.bench.results import PROTECTION, Variant
+from routed_nv.esp.xfrm import parse_states
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.datapath import LabDatapath, host_config
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Node, Topology, Workload, default_topology
@@ -202,3 +204,48 @@ class Routed(Setup):
                 raise LabError(f"{name}: apply after move failed")
             steps[name] = time.time()
         return Moved(broken, steps)
+
+
+class RoutedMode(Routed):
+    """routed_nv in another protection mode, for throughput, latency and MTU (no moves: an
+    apply would put AES-GCM back). The datapath (which keys AES-GCM only) programs everything;
+    then every SA is replaced by one with the same addresses, SPI, reqid and replay window and
+    the mode's algorithm (a fresh random key, the same at both ends), and the tunnels and
+    workloads get the mode's MTU."""
+
+    move_method = ""
+
+    def build(self) -> None:
+        self.datapath.configure_workloads()
+        self.datapath.apply_all()
+        cipher = CIPHERS[PROTECTION[self.variant]]  # type: ignore[index]
+        keys: dict[tuple[IPv6Address, int], str] = {}
+        for host in self.topology.hosts:
+            text = self.lab.exec(host.namespace, ["ip", "xfrm", "state"], check=True).stdout
+            lines = []
+            for sa in parse_states(text):
+                key = keys.setdefault((sa.dst, sa.spi), cipher.new_key())
+                ident = f"src {sa.src} dst {sa.dst} proto esp spi 0x{sa.spi:08x}"
+                lines += [
+                    f"xfrm state delete {ident}",
+                    f"xfrm state add {ident} reqid {sa.reqid} mode {sa.mode} "
+                    f"replay-window {sa.replay_window} {cipher.clause(key)}",
+                ]
+            if not lines:
+                raise LabError(f"{host.name}: routed_nv programmed no SA to re-key")
+            tunnels = [markers.tunnel_name(t.id) for t in self.topology.tenants]
+            ip_batch(host.namespace, lines + [f"link set {t} mtu {self.mtu}" for t in tunnels])
+        for w in self.topology.workloads:
+            ip_batch(w.namespace, [f"link set {WORKLOAD_IFNAME} mtu {self.mtu}"])
+
+
+class RoutedChacha(RoutedMode):
+    variant = Variant.ROUTED_CHACHA
+
+
+class RoutedIntegrity(RoutedMode):
+    variant = Variant.ROUTED_INTEGRITY
+
+
+class RoutedNone(RoutedMode):
+    variant = Variant.ROUTED_NONE
