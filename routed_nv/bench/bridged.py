@@ -12,17 +12,18 @@ workload the way an orchestrator with l2population does (see VxlanIpsec).
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from routed_nv.bench import tools
-from routed_nv.bench.esp import CIPHERS
 from routed_nv.bench.results import PROTECTION, Variant
 from routed_nv.bench.variants import Moved, Setup, workload_mac
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Node, Workload
+from routed_nv.model.protection import suite
 
 VXLAN_PORT = 4789
 ESP_REQID = 1
@@ -169,10 +170,11 @@ class VxlanIpsec(Vxlan):
 
     def __init__(self, lab: Lab, workdir: Path) -> None:
         super().__init__(lab, workdir)
-        self.cipher = CIPHERS[PROTECTION[self.variant]]  # type: ignore[index]
+        # the same AEAD (and key length) as routed_nv's mode
+        self.suite = suite(PROTECTION[self.variant])  # type: ignore[arg-type]
         # One key per direction of each host pair, known to both ends (static keying).
         self.keys = {
-            (a.id, b.id): self.cipher.new_key()
+            (a.id, b.id): secrets.token_hex(self.suite.key_bytes)
             for a in self.topology.hosts
             for b in self.topology.hosts
             if a != b
@@ -208,7 +210,8 @@ class VxlanIpsec(Vxlan):
         return (
             f"xfrm state add src {source.uplink_address} dst {destination.uplink_address} "
             f"proto esp spi {self.spi(source, destination)} reqid {ESP_REQID} mode transport "
-            f"replay-window 64 {self.cipher.clause(self.keys[source.id, destination.id])}"
+            f"replay-window 64 aead '{self.suite.algorithm}' "
+            f"0x{self.keys[source.id, destination.id]} {self.suite.icv_bits}"
         )
 
     def _program_esp(self, host: Node) -> None:

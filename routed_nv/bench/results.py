@@ -7,6 +7,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from routed_nv.model.protection import Protection
+
 
 class Variant(StrEnum):
     UNDERLAY = "underlay"  # (d) the floor: workloads routed directly, no overlay
@@ -21,15 +23,7 @@ class Variant(StrEnum):
     VXLAN_IPSEC_CHACHA = "vxlan+ipsec chacha20-poly1305"
 
 
-class Protection(StrEnum):
-    """What ESP does to a packet: the per-tenant `protection` modes of issue 19."""
-
-    AES_GCM = "aes-gcm"  # rfc4106(gcm(aes)): encrypted and authenticated
-    CHACHA20_POLY1305 = "chacha20-poly1305"  # rfc7539esp(chacha20,poly1305): the same
-    INTEGRITY = "integrity"  # rfc4543(gcm(aes)), AES-GMAC: authenticated, not encrypted
-    NONE = "none"  # ecb(cipher_null), no ICV: only SPI and sequence number
-
-
+# The protection mode (docs/configuration.md) whose ESP each variant runs; None: no ESP.
 PROTECTION = {
     Variant.UNDERLAY: None,
     Variant.ROUTED: Protection.AES_GCM,

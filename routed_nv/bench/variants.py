@@ -16,9 +16,8 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 from routed_nv.bench import overhead
-from routed_nv.bench.esp import CIPHERS
 from routed_nv.bench.results import PROTECTION, Variant
-from routed_nv.esp.xfrm import parse_states
+from routed_nv.config.model import Config
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.datapath import LabDatapath, host_config
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Node, Topology, Workload, default_topology
@@ -168,7 +167,11 @@ class Routed(Setup):
 
     def __init__(self, lab: Lab, workdir: Path) -> None:
         super().__init__(lab, workdir)
-        self.datapath = LabDatapath(lab, workdir)
+        self.datapath = LabDatapath(lab, workdir, self.adapt)
+
+    def adapt(self, host: str, config: Config) -> Config:
+        """A host's config as the variant runs it: the lab's."""
+        return config
 
     def build(self) -> None:
         for host, config in self.datapath.configs.items():
@@ -207,36 +210,16 @@ class Routed(Setup):
 
 
 class RoutedMode(Routed):
-    """routed_nv in another protection mode, for throughput, latency and MTU (no moves: an
-    apply would put AES-GCM back). The datapath (which keys AES-GCM only) programs everything;
-    then every SA is replaced by one with the same addresses, SPI, reqid and replay window and
-    the mode's algorithm (a fresh random key, the same at both ends), and the tunnels and
-    workloads get the mode's MTU."""
+    """routed_nv with every tenant in another protection mode (the tenants' `protection` key):
+    the datapath derives the mode's keys, programs its SAs and the MTU that follows from it."""
 
-    move_method = ""
-
-    def build(self) -> None:
-        self.datapath.configure_workloads()
-        self.datapath.apply_all()
-        cipher = CIPHERS[PROTECTION[self.variant]]  # type: ignore[index]
-        keys: dict[tuple[IPv6Address, int], str] = {}
-        for host in self.topology.hosts:
-            text = self.lab.exec(host.namespace, ["ip", "xfrm", "state"], check=True).stdout
-            lines = []
-            for sa in parse_states(text):
-                key = keys.setdefault((sa.dst, sa.spi), cipher.new_key())
-                ident = f"src {sa.src} dst {sa.dst} proto esp spi 0x{sa.spi:08x}"
-                lines += [
-                    f"xfrm state delete {ident}",
-                    f"xfrm state add {ident} reqid {sa.reqid} mode {sa.mode} "
-                    f"replay-window {sa.replay_window} {cipher.clause(key)}",
-                ]
-            if not lines:
-                raise LabError(f"{host.name}: routed_nv programmed no SA to re-key")
-            tunnels = [markers.tunnel_name(t.id) for t in self.topology.tenants]
-            ip_batch(host.namespace, lines + [f"link set {t} mtu {self.mtu}" for t in tunnels])
-        for w in self.topology.workloads:
-            ip_batch(w.namespace, [f"link set {WORKLOAD_IFNAME} mtu {self.mtu}"])
+    def adapt(self, host: str, config: Config) -> Config:
+        protection = PROTECTION[self.variant]
+        tenants = {
+            name: t.model_copy(update={"protection": protection})
+            for name, t in config.tenants.items()
+        }
+        return config.model_copy(update={"tenants": tenants})
 
 
 class RoutedChacha(RoutedMode):

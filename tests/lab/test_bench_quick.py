@@ -9,17 +9,16 @@ from __future__ import annotations
 import pytest
 
 from routed_nv.bench import overhead
-from routed_nv.bench.esp import CIPHERS
 from routed_nv.bench.results import (
     PROTECTION,
     EventFlood,
-    Protection,
     Report,
     Scale,
     Variant,
     VariantResult,
 )
 from routed_nv.bench.run import MODES, QUICK, SETUPS, run
+from routed_nv.model.protection import SUITES, suite
 
 pytestmark = pytest.mark.kernel
 
@@ -113,13 +112,13 @@ def test_every_protection_mode_runs_its_own_algorithm(report: Report) -> None:
         if protection is None:
             assert v.esp == [], v.variant
             continue
-        kind = "enc" if protection is Protection.NONE else "aead"
-        assert v.esp == [f"{kind} {CIPHERS[protection].algorithm}"], v.variant
+        mode = suite(protection)
+        assert v.esp == [f"{'aead' if mode.aead else 'enc'} {mode.algorithm}"], v.variant
 
 
 def test_environment_names_the_crypto(report: Report) -> None:
-    for cipher in CIPHERS.values():  # every algorithm the run used has a kernel driver named
-        assert report.environment.crypto[cipher.algorithm], cipher.algorithm
+    for mode in SUITES.values():  # every algorithm the run used has a kernel driver named
+        assert report.environment.crypto[mode.algorithm], mode.algorithm
     assert report.environment.kernel
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from routed_nv.bench import overhead
-from routed_nv.bench.results import Protection, Variant
+from routed_nv.bench.results import PROTECTION, Variant
 from routed_nv.config.model import ESP_OVERHEAD
+from routed_nv.model.protection import Protection, suite
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,13 @@ def test_workload_mtu_and_overhead_on_a_1500_underlay(
 
 def test_routed_mtu_agrees_with_the_datapath_constant() -> None:
     assert overhead.overhead(Variant.ROUTED) == ESP_OVERHEAD
+
+
+@pytest.mark.parametrize("variant", [v for v in Variant if v.startswith("routed_nv")])
+def test_every_routed_mode_agrees_with_the_datapath(variant: Variant) -> None:
+    mode = suite(PROTECTION[variant])  # type: ignore[arg-type]
+    assert overhead.workload_mtu(variant) == mode.workload_mtu(1500)
+    assert overhead.overhead(variant) == mode.overhead(1500)
 
 
 def test_esp_pads_payload_and_trailer_to_four_bytes() -> None:
