@@ -17,7 +17,7 @@ from routed_nv.bench import measure, parse
 from routed_nv.bench.results import TenantsRun
 from routed_nv.bench.variants import Routed
 from routed_nv.lab.builder import Lab, LabError
-from routed_nv.lab.topology import Tenant, Topology, Workload, default_topology
+from routed_nv.lab.topology import Tenant, Topology, Workload, default_topology, one_each
 
 TENANT_NAMES = ("blue", "red", "green", "gold")
 CLIENT_HOST, SERVER_HOST = "host1", "host2"
@@ -32,18 +32,7 @@ def topology() -> Topology:
     tenants = tuple(
         Tenant(100 * (i + 1), name, subnet4, subnet6) for i, name in enumerate(TENANT_NAMES)
     )
-    workloads = tuple(
-        Workload(
-            name=f"{t.name}{h.id}",
-            tenant=t.name,
-            host=h.name,
-            ipv4=subnet4[h.id],
-            ipv6=subnet6[h.id],
-        )
-        for t in tenants
-        for h in hosts
-    )
-    return Topology(base.aggregate, hosts, tenants, workloads)
+    return Topology(base.aggregate, hosts, tenants, one_each(tenants, hosts))
 
 
 def _stat() -> str:
