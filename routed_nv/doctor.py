@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from routed_nv.kernel_features import (
@@ -78,7 +79,8 @@ def lab_plugins() -> list[str]:
     return loadable_plugins(_charon_plugins())
 
 
-def gather_facts() -> MachineFacts:
+def kernel_facts() -> MachineFacts:
+    """The kernel's facts alone (modules, /proc/crypto): cheap, for `config check`."""
     release = os.uname().release
     modules_dir = Path("/lib/modules") / release
     sys_module = Path("/sys/module")
@@ -90,6 +92,12 @@ def gather_facts() -> MachineFacts:
         modules_builtin=_read(modules_dir / "modules.builtin"),
         modules_dep=_read(modules_dir / "modules.dep"),
         proc_crypto=_read(Path("/proc/crypto")),
+    )
+
+
+def gather_facts() -> MachineFacts:
+    return replace(
+        kernel_facts(),
         iptables_version=_version(_which("iptables"), "-V"),
         iptables_legacy=_which("iptables-legacy-restore"),
         charon=str(CHARON) if os.access(CHARON, os.X_OK) else None,

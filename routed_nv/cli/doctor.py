@@ -21,8 +21,10 @@ def doctor_command(output: str) -> None:
     """Check what this kernel and machine provide for routed_nv.
 
     Reports the distribution, the kernel features the datapath needs (esp4, esp6, xfrm_user,
-    vrf, ip6_tunnel, IPv4 over an NBMA ip6tnl, AES-GCM) and the tools around it with their
-    versions (iptables and its backend, charon and the plugins the lab loads, BIRD,
+    vrf, ip6_tunnel, IPv4 over an NBMA ip6tnl, AES-GCM), which tenant protection modes the
+    kernel can do (`protection aes-gcm`, `chacha20-poly1305`, `integrity`, `none`: optional,
+    `config check` refuses a tenant in a mode this kernel lacks) and the tools around it with
+    their versions (iptables and its backend, charon and the plugins the lab loads, BIRD,
     user-mode-linux's kernel for the lab). A module counts when it is loaded, built in or
     loadable.
 

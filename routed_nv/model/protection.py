@@ -37,7 +37,6 @@ class Suite:
     iv_bytes: int
     block_bytes: int  # the payload + trailer is padded to a multiple of this
     esp_proposal: str | None  # strongSwan's ESP proposal keyword; None: IKE cannot do this mode
-    kernel_names: tuple[str, ...]  # /proc/crypto names, any of which shows the kernel has it
 
     @property
     def key_bytes(self) -> int:
@@ -72,7 +71,6 @@ SUITES = {
             iv_bytes=8,
             block_bytes=4,
             esp_proposal="aes128gcm16",
-            kernel_names=("rfc4106(gcm(aes))", "gcm(aes)"),
         ),
         Suite(
             Protection.CHACHA20_POLY1305,
@@ -84,7 +82,6 @@ SUITES = {
             iv_bytes=8,
             block_bytes=4,
             esp_proposal="chacha20poly1305",
-            kernel_names=("rfc7539esp(chacha20,poly1305)",),
         ),
         # AES-GMAC (RFC 4543): the payload is authenticated, not encrypted
         Suite(
@@ -97,7 +94,6 @@ SUITES = {
             iv_bytes=8,
             block_bytes=4,
             esp_proposal="aes128gmac",
-            kernel_names=("rfc4543(gcm(aes))",),
         ),
         # NULL encryption and no ICV: the kernel allows ESP without `auth`; strongSwan does not
         # negotiate it (docs/ike.md), so the mode is static keying's only.
@@ -111,7 +107,6 @@ SUITES = {
             iv_bytes=0,
             block_bytes=4,
             esp_proposal=None,
-            kernel_names=("ecb(cipher_null)", "cipher_null"),
         ),
     )
 }

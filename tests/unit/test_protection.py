@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from routed_nv.calc.ike import esp_proposals
 from routed_nv.calc.routing import desired_routing
 from routed_nv.calc.xfrm import desired_xfrm
-from routed_nv.config import crosscheck
+from routed_nv.config import ConfigError, crosscheck, load_config, loader
 from routed_nv.config.model import Config, Keying, KeyingMode
 from routed_nv.config.views import static_view
 from routed_nv.esp.xfrm import Op, Verb, parse_states, render
+from routed_nv.kernel_features import MachineFacts, evaluate, protection_support
 from routed_nv.model import markers, spi
 from routed_nv.model.keys import TenantKeys, derive_sa_key
 from routed_nv.model.protection import Protection, suite
@@ -177,3 +179,56 @@ def test_ike_refuses_none_and_generation_modes_naming_the_field() -> None:
     found = crosscheck.problems(config("ike", generation_protection={"1": "integrity"}))
     assert [path for path, _, _ in found] == [("tenants", "blue", "generation_protection")]
     assert crosscheck.problems(config("static", protection="none")) == []
+
+
+def support(facts: MachineFacts) -> dict[str, bool]:
+    return {str(mode): ok for mode, (ok, _) in protection_support(facts).items()}
+
+
+UML_LIKE = MachineFacts(
+    release="6.1.176",
+    modules_builtin="kernel/crypto/crypto_null.ko\n",
+    modules_dep="kernel/crypto/gcm.ko:\nkernel/crypto/authenc.ko:\n",
+)
+
+
+def test_doctor_lists_the_modes_the_kernel_can_do() -> None:
+    assert support(MachineFacts(release="6.18")) == dict.fromkeys(map(str, MODES), False)
+    assert support(UML_LIKE) == {
+        "aes-gcm": True,
+        "chacha20-poly1305": False,
+        "integrity": True,
+        "none": True,
+    }
+    registered = replace(UML_LIKE, proc_crypto="name         : rfc7539esp(chacha20,poly1305)\n")
+    assert support(registered)["chacha20-poly1305"]
+    features = {f.name: f for f in evaluate(UML_LIKE).features}
+    chacha = features["protection chacha20-poly1305"]
+    assert not chacha.ok and not chacha.needed
+    assert "rfc7539esp(chacha20,poly1305) (module chacha20poly1305: not built in" in chacha.detail
+
+
+def test_config_check_refuses_a_mode_this_kernel_cannot_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "kernel_facts", lambda: UML_LIKE)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "blue.key").write_text(f"0 {'ab' * 32}\n")
+    (keys / "blue.key").chmod(0o600)
+    (tmp_path / "routed-nv.toml").write_text(
+        "[host]\nname = 'host1'\nid = 1\nunderlay_prefix = '2001:db8:0:1::/64'\n"
+        "underlay_aggregate = '2001:db8::/48'\nuplink = 'eth0'\n"
+        f"[keying]\nmode = 'static'\nsecrets_dir = '{keys}'\n"
+        "[tenants.blue]\nid = 100\nipv4 = ['10.0.0.0/24']\nprotection = 'none'\n"
+        "generation_protection = { '1' = 'chacha20-poly1305' }\n"
+    )
+    load_config(tmp_path / "routed-nv.toml", env={})  # away from the host: not checked
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "routed-nv.toml", env={}, check_files=True)
+    assert [str(p) for p in info.value.problems] == [
+        "routed-nv.toml: tenants.blue.generation_protection.1: 'chacha20-poly1305' is not "
+        "supported by this kernel (6.1.176): missing rfc7539esp(chacha20,poly1305) (module "
+        "chacha20poly1305: not built in, loaded or loadable on 6.1.176) (routed-nv doctor "
+        "lists the modes it supports)"
+    ]
