@@ -167,15 +167,20 @@ def copy_logs(charons: LabCharon, directory: Path) -> None:
             shutil.copy(node.log, directory / f"{host}-charon.log")
 
 
+def psk_auth(workdir: Path, secret: str) -> Auth:
+    """ike_lab's auth with a pre-shared key: the same secret in every host's psk_file."""
+
+    def psk(host: str, config: Config) -> dict[str, str]:
+        write_psk(workdir / host / "psk", secret)
+        return {"psk_file": str(workdir / host / "psk")}
+
+    return psk
+
+
 @pytest.fixture(scope="module")
 def ike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IkeLab]:
     workdir = tmp_path_factory.mktemp("ike")
-
-    def psk(host: str, config: Config) -> dict[str, str]:
-        write_psk(workdir / host / "psk", "lab pre-shared key " + "x" * 32)
-        return {"psk_file": str(workdir / host / "psk")}
-
-    with ike_lab(workdir, psk, "ike-kernel") as lab:
+    with ike_lab(workdir, psk_auth(workdir, "lab pre-shared key " + "x" * 32), "ike-kernel") as lab:
         yield lab
 
 

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from routed_nv.config.model import Config
 from routed_nv.lab.checks import tenant_matrix, underlay_capture
 from routed_nv.model import markers
 from routed_nv.model.protection import Protection, suite
-from tests.lab.test_ike_kernel import HOSTS, IkeLab, ike_lab, write_psk
+from tests.lab.test_ike_kernel import HOSTS, IkeLab, ike_lab, psk_auth
 
 pytestmark = pytest.mark.kernel
 
@@ -23,15 +22,11 @@ MODES = {"blue": (100, Protection.CHACHA20_POLY1305), "red": (200, Protection.IN
 @pytest.fixture(scope="module")
 def ike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IkeLab]:
     workdir = tmp_path_factory.mktemp("ike-protection")
-
-    def psk(host: str, config: Config) -> dict[str, str]:
-        write_psk(workdir / host / "psk", "lab pre-shared key " + "y" * 32)
-        return {"psk_file": str(workdir / host / "psk")}
-
     tenants: dict[str, dict[str, object]] = {
         name: {"protection": str(mode)} for name, (_, mode) in MODES.items()
     }
-    with ike_lab(workdir, psk, "ike-protection-kernel", tenants) as lab:
+    auth = psk_auth(workdir, "lab pre-shared key " + "y" * 32)
+    with ike_lab(workdir, auth, "ike-protection-kernel", tenants) as lab:
         lab.settle()
         yield lab
 

@@ -17,21 +17,26 @@ from pathlib import Path
 import pytest
 
 from routed_nv.agent.wiring import build_datapath
+from routed_nv.config import load_config
 from routed_nv.config.model import Config
 from routed_nv.config.views import static_view
+from routed_nv.doctor import kernel_facts
 from routed_nv.esp.xfrm import IprouteXfrm
-from routed_nv.lab.builder import Lab
+from routed_nv.kernel_features import protection_support
 from routed_nv.lab.checks import (
     ContinuousPing,
+    decap_drops,
     echo_counters,
+    plaintext_tunnel_pings,
     start_capture,
     tenant_matrix,
     underlay_capture,
 )
-from routed_nv.lab.datapath import LabDatapath
+from routed_nv.lab.datapath import LabDatapath, programmed_lab
 from routed_nv.lab.topology import Node, Tenant, Topology, Workload
 from routed_nv.model import markers, spi
 from routed_nv.model.protection import Protection, suite
+from tests.lab.test_datapath_scenario import ns, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -68,22 +73,9 @@ def with_modes(config: Config, modes: dict[str, dict[str, object]]) -> Config:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDatapath]:
     modes = {name: {"protection": str(mode)} for name, (_, mode) in MODES.items()}
-    with Lab(topology()) as built:
-        datapath = LabDatapath(
-            built, tmp_path_factory.mktemp("lab"), lambda _, c: with_modes(c, modes)
-        )
-        datapath.configure_workloads()
-        datapath.apply_all()
+    workdir = tmp_path_factory.mktemp("lab")
+    with programmed_lab(topology(), workdir, lambda _, c: with_modes(c, modes)) as datapath:
         yield datapath
-
-
-def sh(lab: LabDatapath, namespace: str, command: str) -> str:
-    done = lab.lab.exec(namespace, ["sh", "-c", command], timeout=60)
-    return done.stdout + done.stderr
-
-
-def ns(name: str) -> str:
-    return f"rnv-lab-{name}"
 
 
 def test_each_mode_is_in_the_kernel_and_a_second_apply_changes_nothing(lab: LabDatapath) -> None:
@@ -98,6 +90,13 @@ def test_each_mode_is_in_the_kernel_and_a_second_apply_changes_nothing(lab: LabD
         config = lab.configs[host.name]
         fresh = build_datapath(config, netns=host.namespace)  # like a restarted agent
         assert not fresh.plan(config, static_view(config)).changed
+
+
+def test_doctor_and_config_check_find_every_mode_in_this_kernel(lab: LabDatapath) -> None:
+    support = protection_support(kernel_facts())
+    assert {mode: ok for mode, (ok, _) in support.items()} == dict.fromkeys(Protection, True)
+    for host, path in lab.config_files.items():  # the hosts' files, as on a real host
+        assert load_config(path, env={}, check_files=True) == lab.configs[host]
 
 
 def test_every_mode_reaches_its_own_tenant_only_over_esp(lab: LabDatapath) -> None:
@@ -228,31 +227,14 @@ def test_mtu_of_every_mode_passes_and_one_byte_more_gets_packet_too_big(
         assert re.search(rf"mtu ?= ?{mtu}\b", big6), (name, big6)
 
 
-def decap_drops(lab: LabDatapath, host: str) -> int:
-    out = sh(lab, ns(host), "ip6tables-legacy -t raw -L RNV-DECAP -v -x -n")
-    line = next(x for x in out.splitlines() if "pol none" in x and "DROP" in x)
-    return int(line.split()[0])
-
-
 def test_plaintext_to_a_none_tenant_is_still_dropped(lab: LabDatapath) -> None:
     host1, host2 = lab.configs["host1"].host, lab.configs["host2"].host
-    tid = MODES["null"][0]
-    target = host1.tenant_address(tid)
-    before_drops, before_echo = decap_drops(lab, "host1"), echo_counters(lab.lab)["null1"][0]
-    sh(
-        lab,
-        ns("host2"),
-        f"ip link add inject type ip6tnl mode any local {host2.address} remote {target} && "
-        "ip link set inject up && ip addr add 10.99.0.2/32 dev inject && "
-        "ip route add 10.0.0.1/32 dev inject",
-    )
-    try:
-        sh(lab, ns("host2"), "ping -c 3 -i 0.2 -W 1 -I 10.99.0.2 10.0.0.1")
-    finally:
-        sh(lab, ns("host2"), "ip link del inject")
+    target = host1.tenant_address(MODES["null"][0])
+    before_drops, before_echo = decap_drops(lab.lab, ns("host1")), echo_counters(lab.lab)
+    plaintext_tunnel_pings(lab.lab, ns("host2"), host2.address, target)
 
-    assert decap_drops(lab, "host1") - before_drops >= 3
-    assert echo_counters(lab.lab)["null1"][0] == before_echo
+    assert decap_drops(lab.lab, ns("host1")) - before_drops >= 3
+    assert echo_counters(lab.lab)["null1"][0] == before_echo["null1"][0]
 
 
 FORGE = """

@@ -117,6 +117,21 @@ A = ipaddress.IPv6Address("2001:db8:0:1::1:64")
 B = ipaddress.IPv6Address("2001:db8:0:2::1:64")
 
 
+def shown(transform: str) -> str:
+    """An SA from A to B as `ip xfrm state` (iproute2 6.1) shows it, with this transform line."""
+    return f"""\
+src {A} dst {B}
+\tproto esp spi 0x00640004 reqid {markers.reqid(100)} mode transport
+\treplay-window 0
+\t{transform}
+\tanti-replay esn context:
+\t seq-hi 0x0, seq 0x0, oseq-hi 0x0, oseq 0x0
+\t replay_window 64, bitmap-length 2
+\t 00000000 00000000
+\tsel src ::/0 dst ::/0
+"""
+
+
 def test_null_encryption_renders_as_enc_without_auth_and_reads_back() -> None:
     cipher = suite(Protection.NONE)
     state = XfrmState(
@@ -126,18 +141,7 @@ def test_null_encryption_renders_as_enc_without_auth_and_reads_back() -> None:
     assert render(Op(Verb.ADD, state)).endswith(' enc ecb(cipher_null) ""')
     assert "enc ecb(cipher_null) <key redacted>" in state.describe()
     # iproute2 prints no key word for an empty key
-    shown = f"""\
-src {A} dst {B}
-\tproto esp spi 0x00640004 reqid {markers.reqid(100)} mode transport
-\treplay-window 0
-\tenc ecb(cipher_null) {""}
-\tanti-replay esn context:
-\t seq-hi 0x0, seq 0x0, oseq-hi 0x0, oseq 0x0
-\t replay_window 64, bitmap-length 2
-\t 00000000 00000000
-\tsel src ::/0 dst ::/0
-"""
-    assert parse_states(shown) == [state]
+    assert parse_states(shown("enc ecb(cipher_null) ")) == [state]
 
 
 def test_an_algorithm_with_a_comma_reads_back_whole() -> None:
@@ -146,18 +150,7 @@ def test_an_algorithm_with_a_comma_reads_back_whole() -> None:
         A, B, 0x640004, markers.reqid(100), Secret(key),
         algorithm="rfc7539esp(chacha20,poly1305)",
     )  # fmt: skip
-    shown = f"""\
-src {A} dst {B}
-\tproto esp spi 0x00640004 reqid {markers.reqid(100)} mode transport
-\treplay-window 0
-\taead rfc7539esp(chacha20,poly1305) 0x{key.hex()} 128
-\tanti-replay esn context:
-\t seq-hi 0x0, seq 0x0, oseq-hi 0x0, oseq 0x0
-\t replay_window 64, bitmap-length 2
-\t 00000000 00000000
-\tsel src ::/0 dst ::/0
-"""
-    assert parse_states(shown) == [state]
+    assert parse_states(shown(f"aead rfc7539esp(chacha20,poly1305) 0x{key.hex()} 128")) == [state]
 
 
 def test_ike_proposals_follow_the_mode_and_keep_the_dh_groups() -> None:
