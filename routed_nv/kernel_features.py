@@ -57,6 +57,9 @@ class MachineFacts:
     bird_version: str = ""  # `bird --version`
     charon_version: str = ""  # `charon --version`
     charon_plugins: frozenset[str] = frozenset()  # names of the installed charon plugins
+    # Each protection mode's test SA in a scratch netns: (mode, None if the kernel took it, else
+    # its error); None when no scratch netns could be made (not root): the modules decide then.
+    xfrm_probe: tuple[tuple[Protection, str | None], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,15 @@ def _gcm_feature(facts: MachineFacts, modules: _Modules) -> Feature:
 
 
 def protection_support(facts: MachineFacts) -> dict[Protection, tuple[bool, str]]:
-    """Per protection mode: whether this kernel can do its ESP transform, and why (or not)."""
+    """Per protection mode: whether this kernel can do its ESP transform, and why (or not): the
+    kernel's own answer to a test SA where there is one, else the crypto and modules it needs."""
+    if facts.xfrm_probe is not None:
+        return {
+            mode: (True, "a test SA in a scratch netns was accepted")
+            if error is None
+            else (False, f"the kernel refused a test SA: {error}")
+            for mode, error in facts.xfrm_probe
+        }
     modules = _Modules(facts)
     registered = crypto_names(facts.proc_crypto)
     support = {}

@@ -115,7 +115,7 @@ def validate(layered: Layered, main_source: str, check_files: bool = False) -> C
         for loc, value, message in [
             *crosscheck.problems(config),
             *(files.problems(config) if check_files else ()),
-            *(kernel.problems(config, kernel_facts()) if check_files else ()),
+            *(kernel.problems(config, kernel_facts) if check_files else ()),
         ]
     ]
     if found:

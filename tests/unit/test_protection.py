@@ -201,10 +201,24 @@ def test_doctor_lists_the_modes_the_kernel_can_do() -> None:
     assert "rfc7539esp(chacha20,poly1305) (module chacha20poly1305: not built in" in chacha.detail
 
 
+def test_the_kernels_answer_to_a_test_sa_wins_over_the_modules() -> None:
+    refused = "Error: Requested AEAD algorithm not found."
+    probed = replace(
+        UML_LIKE,
+        xfrm_probe=tuple((m, refused if m is Protection.INTEGRITY else None) for m in MODES),
+    )
+    assert protection_support(probed) == {
+        Protection.AES_GCM: (True, "a test SA in a scratch netns was accepted"),
+        Protection.CHACHA20_POLY1305: (True, "a test SA in a scratch netns was accepted"),
+        Protection.INTEGRITY: (False, f"the kernel refused a test SA: {refused}"),
+        Protection.NONE: (True, "a test SA in a scratch netns was accepted"),
+    }
+
+
 def test_config_check_refuses_a_mode_this_kernel_cannot_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loader, "kernel_facts", lambda: UML_LIKE)
+    monkeypatch.setattr(loader, "kernel_facts", lambda: UML_LIKE)  # as if not root: no probe
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / "blue.key").write_text(f"0 {'ab' * 32}\n")
