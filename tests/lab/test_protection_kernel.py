@@ -122,6 +122,7 @@ if sys.argv[2] == "serve":
     s = socket.socket(family)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((sys.argv[1], 7007)); s.listen(1); s.settimeout(30)
+    print("listening", flush=True)
     c, _ = s.accept()
     while data := c.recv(65536):
         c.sendall(data)
@@ -146,12 +147,17 @@ def test_tcp_carries_256_kib_both_ways_in_every_mode(
         ns(f"{name}2"), [sys.executable, "-c", TCP_ECHO, target, "serve"], stdout=subprocess.PIPE
     )
     try:
-        time.sleep(0.5)
+        # python starts slowly in a loaded guest: connect once the server listens
+        assert server.stdout is not None and server.stdout.readline() == b"listening\n"
         client = lab.lab.exec(
             ns(f"{name}1"), [sys.executable, "-c", TCP_ECHO, target, "connect"], timeout=60
         )
     finally:
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=10)  # it ends with the connection: at once after an echo
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     assert client.stdout.strip() == "echoed", client.stdout + client.stderr
 
 
