@@ -41,6 +41,7 @@ from routed_nv.model.ike import (
     conn_name,
 )
 from routed_nv.model.keys import KeyFileError
+from routed_nv.model.protection import Protection, suite
 from routed_nv.model.secret import Secret
 from routed_nv.model.xfrm import TUNNELLED_PROTOS
 
@@ -85,6 +86,7 @@ def _conn(
 ) -> IkeConn:
     keying = config.keying
     me, there = str(config.host.address), str(peer.address)
+    protections = {t.id: t.protection for t in config.tenants.values()}
     children = tuple(
         IkeChild(
             child_name(peer.name, t),
@@ -115,7 +117,7 @@ def _conn(
                 "local_ts": list(c.local_ts),
                 "remote_ts": list(c.remote_ts),
                 "reqid": str(c.reqid),
-                "esp_proposals": list(keying.esp_proposals),
+                "esp_proposals": esp_proposals(keying, protections[c.tenant_id]),
                 "policies": "yes",
                 "priority": str(markers.IKE_POLICY_PRIORITY),
                 "rekey_time": f"{keying.child_rekey_s}s",
@@ -130,6 +132,16 @@ def _conn(
         },
     }
     return IkeConn(conn_name(peer.name), peer.name, me, there, children, message)
+
+
+def esp_proposals(keying: Keying, protection: Protection) -> list[str]:
+    """A CHILD_SA's ESP proposals: keying.esp_proposals as given for AES-GCM; for another mode,
+    each of them with its cipher (the first keyword) replaced by the mode's, so the DH groups
+    (PFS) stay the operator's choice. config check refuses modes IKE cannot do."""
+    if protection is Protection.AES_GCM:
+        return list(keying.esp_proposals)
+    cipher = suite(protection).esp_proposal
+    return [f"{cipher}-{p.partition('-')[2]}".rstrip("-") for p in keying.esp_proposals]
 
 
 def credential_files(keying: Keying) -> tuple[list[Path], list[Path]]:

@@ -4,7 +4,8 @@ Decisions:
 - Every tenant in the config is local: it gets its VRF, tunnel and outer address even before a
   workload arrives, so the directory and IKE can come up first and a workload's first packet
   finds everything in place. Remote routes of tenants that are not configured are ignored.
-- Workload interfaces get the tenant MTU on both ends; the tunnel gets the underlay MTU - 74.
+- Workload interfaces get the tenant MTU on both ends; the tunnel gets the underlay MTU minus the
+  overhead of the tenant's protection mode (74 for AES-GCM).
 - Proxy-style workloads (on-link /24 and /64) need one proxy-NDP entry per other IPv6 address of
   the tenant (local and remote): O(proxy endpoints x tenant addresses) kernel entries, fine for
   hundreds of addresses per tenant, not for 100k. IPv4 proxy_arp needs no entries: the kernel
@@ -100,7 +101,7 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
     proxies: set[NeighProxy] = set()
     claims = {(c.tenant_id, c.prefix): c for c in view.claims}
 
-    for tid in tenant_ids.values():
+    for name, tid in tenant_ids.items():
         vrf = markers.vrf_name(tid)
         outer = host.tenant_address(tid)
         addresses.add(Address(markers.HOST_DEVICE, _host_route(outer)))
@@ -109,7 +110,7 @@ def desired_routing(config: Config, view: DirectoryView) -> DesiredRouting:
             Link(
                 markers.tunnel_name(tid),
                 LinkKind.IP6TNL,
-                mtu=host.tunnel_mtu,
+                mtu=config.tunnel_mtu(name),
                 master=vrf,
                 tunnel=Tunnel(local=outer),
             )

@@ -8,10 +8,12 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterator
 
-from routed_nv.config.model import Config, KeyingMode, Tenant
+from routed_nv.config.model import Config, Host, KeyingMode, Tenant
 from routed_nv.model import markers, spi
 from routed_nv.model.directory import DirectoryView, PeerHost
 from routed_nv.model.keys import KeyFileError, LoadedKeys, TenantKeys, derive_sa_key
+from routed_nv.model.protection import suite
+from routed_nv.model.secret import Secret
 from routed_nv.model.xfrm import (
     TUNNELLED_PROTOS,
     Action,
@@ -78,28 +80,29 @@ def tenant_policies(config: Config, tenant: Tenant) -> Iterator[XfrmPolicy]:
 def tenant_sas(
     config: Config, tenant: Tenant, peers: list[PeerHost], keys: TenantKeys
 ) -> Iterator[XfrmState]:
-    """Per peer: an outbound SA for the active generation, an inbound SA for every generation."""
+    """Per peer: an outbound SA for the active generation, an inbound SA for every generation,
+    each in its generation's protection mode."""
     me = config.host
-    here = me.tenant_address(tenant.id)
     reqid = markers.reqid(tenant.id)
-    for peer in peers:
-        there = peer.tenant_address(tenant.id)
-        gen = keys.active
-        yield XfrmState(
-            src=here,
-            dst=there,
-            spi=spi.encode(tenant.id, me.id, gen),
+
+    def sa(src: PeerHost | Host, dst: PeerHost | Host, gen: int, secret: Secret) -> XfrmState:
+        mode = tenant.protection_of(gen)
+        cipher = suite(mode)
+        return XfrmState(
+            src=src.tenant_address(tenant.id),
+            dst=dst.tenant_address(tenant.id),
+            spi=spi.encode(tenant.id, src.id, gen),
             reqid=reqid,
-            key_material=derive_sa_key(keys.generations[gen], tenant.id, me.id, peer.id, gen),
+            key_material=derive_sa_key(secret, tenant.id, src.id, dst.id, gen, mode),
+            algorithm=cipher.algorithm,
+            icv_bits=cipher.icv_bits,
+            aead=cipher.aead,
         )
+
+    for peer in peers:
+        yield sa(me, peer, keys.active, keys.generations[keys.active])
         for gen, secret in sorted(keys.generations.items()):
-            yield XfrmState(
-                src=there,
-                dst=here,
-                spi=spi.encode(tenant.id, peer.id, gen),
-                reqid=reqid,
-                key_material=derive_sa_key(secret, tenant.id, peer.id, me.id, gen),
-            )
+            yield sa(peer, me, gen, secret)
 
 
 def _usable_peers(config: Config, peers: frozenset[PeerHost]) -> tuple[list[PeerHost], list[str]]:

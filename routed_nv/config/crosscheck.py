@@ -6,7 +6,8 @@ import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
-from routed_nv.config.model import ESP_OVERHEAD, Config, DirectorySourceKind, KeyingMode
+from routed_nv.config.model import Config, DirectorySourceKind, KeyingMode
+from routed_nv.model.protection import Protection, suite
 
 Found = tuple[tuple[str | int, ...], Any, str]  # (field path, offending value, message)
 
@@ -69,7 +70,6 @@ def _host(config: Config) -> Iterator[Found]:
 
 def _tenants(config: Config) -> Iterator[Found]:
     seen: dict[int, str] = {}
-    limit = config.host.underlay_mtu - ESP_OVERHEAD
     for name, tenant in config.tenants.items():
         if tenant.id in seen:
             yield (
@@ -80,12 +80,42 @@ def _tenants(config: Config) -> Iterator[Found]:
         seen.setdefault(tenant.id, name)
         if not tenant.ipv4 and not tenant.ipv6:
             yield ("tenants", name), name, "has no ipv4 or ipv6 subnet"
+        limit = config.tunnel_mtu(name)
         if tenant.mtu is not None and tenant.mtu > limit:
+            overhead = config.host.underlay_mtu - limit
             yield (
                 ("tenants", name, "mtu"),
                 tenant.mtu,
-                f"is above host.underlay_mtu - {ESP_OVERHEAD} = {limit}",
+                f"is above host.underlay_mtu - {overhead} = {limit} "
+                f"(the overhead of {_modes(tenant.protections)})",
             )
+        yield from _protection(config, name)
+
+
+def _protection(config: Config, name: str) -> Iterator[Found]:
+    """The modes the keying can do: charon negotiates no ESP without an ICV, and its rekeys
+    replace SAs on their own (docs/ike.md), so key generations mean nothing to IKE."""
+    if config.keying.mode is not KeyingMode.IKE:
+        return
+    tenant = config.tenants[name]
+    if suite(tenant.protection).esp_proposal is None:
+        yield (
+            ("tenants", name, "protection"),
+            str(tenant.protection),
+            'is not possible with keying.mode "ike" (strongSwan negotiates no ESP without an '
+            'integrity check): use "integrity", or static keying',
+        )
+    if tenant.generation_protection:
+        yield (
+            ("tenants", name, "generation_protection"),
+            {str(g): str(p) for g, p in tenant.generation_protection.items()},
+            'is for keying.mode "static" (key generations); with IKE, change protection: '
+            "charon rekeys the CHILD_SAs",
+        )
+
+
+def _modes(modes: frozenset[Protection]) -> str:
+    return ", ".join(sorted(modes))
 
 
 def _endpoints(config: Config) -> Iterator[Found]:

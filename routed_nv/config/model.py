@@ -17,6 +17,7 @@ from routed_nv.config.types import (
     AbsolutePath,
     Asn,
     DpdSeconds,
+    GenerationNumber,
     HostId,
     IfName,
     IPAddress,
@@ -31,8 +32,10 @@ from routed_nv.config.types import (
     int_range,
 )
 from routed_nv.model.directory import tenant_outer_address
+from routed_nv.model.protection import DEFAULT, Protection, suite
 
-# IPv6 + ESP header + IV + trailer + ICV with AES-GCM-128 in transport mode (ARCHITECTURE.md §5).
+# IPv6 + ESP header + IV + trailer + ICV with AES-GCM-128 in transport mode (ARCHITECTURE.md §5),
+# at a 1500-byte underlay; each protection mode has its own (model/protection.py).
 ESP_OVERHEAD = 74
 
 
@@ -56,10 +59,6 @@ class Host(_Strict):
     def tenant_address(self, tenant_id: int) -> ipaddress.IPv6Address:
         """The tenant outer address: <prefix>::1:<tenant id>."""
         return tenant_outer_address(self.underlay_prefix, tenant_id)
-
-    @property
-    def tunnel_mtu(self) -> int:
-        return self.underlay_mtu - ESP_OVERHEAD
 
 
 class Upstream(_Strict):
@@ -122,7 +121,21 @@ class Tenant(_Strict):
     id: TenantId
     ipv4: list[IPv4Network] = Field(default_factory=list)
     ipv6: list[IPv6Network] = Field(default_factory=list)
-    mtu: Mtu | None = Field(default=None, description="workload MTU; default underlay MTU - 74")
+    mtu: Mtu | None = Field(
+        default=None, description="workload MTU; default underlay MTU - the mode's overhead"
+    )
+    protection: Protection = Field(default=DEFAULT, description="the ESP transform of its SAs")
+    # static keying: key generations that keep another mode than `protection`, so that a mode
+    # change is make-before-break like a rotation (docs/keys.md)
+    generation_protection: dict[GenerationNumber, Protection] = Field(default_factory=dict)
+
+    def protection_of(self, generation: int) -> Protection:
+        return self.generation_protection.get(generation, self.protection)
+
+    @property
+    def protections(self) -> frozenset[Protection]:
+        """Every mode the tenant's SAs may use now."""
+        return frozenset({self.protection, *self.generation_protection.values()})
 
 
 class EndpointStyle(StrEnum):
@@ -192,4 +205,9 @@ class Config(_Strict):
     remote_endpoints: dict[Name, RemoteEndpoint] = Field(default_factory=dict)
 
     def tenant_mtu(self, name: str) -> int:
-        return self.tenants[name].mtu or self.host.tunnel_mtu
+        return self.tenants[name].mtu or self.tunnel_mtu(name)
+
+    def tunnel_mtu(self, name: str) -> int:
+        """What fits every mode the tenant uses (during a mode change: the smaller)."""
+        modes = self.tenants[name].protections
+        return min(suite(p).workload_mtu(self.host.underlay_mtu) for p in modes)

@@ -104,6 +104,7 @@ Name = Annotated[str, AfterValidator(_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 TenantId = Annotated[int, int_range(1, 65535)]
 HostId = Annotated[int, int_range(1, 16383)]  # the sender slot of the SPI plan (14 bits)
+GenerationNumber = Annotated[int, int_range(0, 3)]  # a static key generation (the SPI's 2 bits)
 Asn = Annotated[int, int_range(1, 4294967294)]
 Mtu = Annotated[int, int_range(1280, 65535)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]  # HOST:PORT, or "off"

@@ -145,7 +145,8 @@ def render(op: Op) -> str:
             f"xfrm state {op.verb} {ident} reqid {obj.reqid} mode {obj.mode} "
             f"replay-window {obj.replay_window} "
             + (f"replay-oseq {obj.oseq} " if obj.oseq else "")
-            + f"aead {obj.aead} 0x{obj.key_material.hex()} {obj.icv_bits}"
+            # an empty key (NULL encryption) is an empty word: `0x` alone is taken as text
+            + obj.transform(f"0x{obj.key_material.hex()}" if obj.key_material.value else '""')
         )
     sel = f"src {obj.src} dst {obj.dst} proto {obj.proto} dir {obj.direction}"
     if op.verb is Verb.DELETE:
@@ -163,11 +164,13 @@ def parse_states(text: str) -> list[XfrmState]:
     states = []
     for block in _blocks(text):
         first = block[0].split()
+        # commas separate the anti-replay fields, but are part of rfc7539esp(chacha20,poly1305)
+        raw = " ".join(block).split()
         words = " ".join(block).replace(",", " ").split()
         src, dst = _v6(_after(first, "src")), _v6(_after(first, "dst"))
         if src is None or dst is None or _after(words, "proto") != "esp":
             continue
-        aead = _after_n(words, "aead", 3)
+        aead, algorithm, key, icv = _transform(raw)
         # With a window > 32 iproute2 uses the ESN replay attribute and prints the real window as
         # `replay_window N` in the anti-replay context; `replay-window` then shows 0.
         replay = _after(words, "replay_window") or _after(words, "replay-window") or "0"
@@ -179,14 +182,26 @@ def parse_states(text: str) -> list[XfrmState]:
                 reqid=int(_after(words, "reqid") or "0"),
                 mode=_after(words, "mode") or "",
                 replay_window=int(replay),
-                aead=aead[0] if aead else "",
-                key_material=Secret(bytes.fromhex(aead[1].removeprefix("0x")) if aead else b""),
-                icv_bits=int(aead[2]) if aead else 0,
+                algorithm=algorithm,
+                key_material=Secret(key),
+                icv_bits=icv,
+                aead=aead,
                 # "anti-replay esn context: ... oseq 0x.." (or "anti-replay context: ...")
                 oseq=int(_after(words, "oseq") or "0", 0),
             )
         )
     return states
+
+
+def _transform(words: list[str]) -> tuple[bool, str, bytes, int]:
+    """(aead?, algorithm, key, ICV bits) from `aead NAME 0xKEY ICV` or `enc NAME [0xKEY]`
+    (iproute2 prints no key word for an empty key, as NULL encryption has)."""
+    aead = _after_n(words, "aead", 3)
+    if aead is not None:
+        return True, aead[0], bytes.fromhex(aead[1].removeprefix("0x")), int(aead[2])
+    enc = _after_n(words, "enc", 2) or _after_n(words, "enc", 1) or [""]
+    key = enc[1] if len(enc) > 1 and enc[1].startswith("0x") else "0x"
+    return False, enc[0], bytes.fromhex(key.removeprefix("0x")), 0
 
 
 def parse_counters(text: str) -> dict[StateKey, SaCounters]:

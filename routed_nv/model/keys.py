@@ -15,12 +15,11 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from routed_nv.errors import RoutedNvError
+from routed_nv.model.protection import DEFAULT, Protection, suite
 from routed_nv.model.secret import Secret
 
 MIN_SECRET_BYTES = 32
-AEAD_KEY_BYTES = 16 + 4  # AES-128 key + the 4-byte salt (nonce prefix) of rfc4106(gcm(aes))
 _HKDF_SALT = b"routed_nv static keying"
-_HKDF_LABEL = b"routed_nv/esp/v1 rfc4106(gcm(aes)) 128"
 
 
 class KeyFileError(RoutedNvError):
@@ -41,10 +40,19 @@ LoadedKeys = Mapping[str, TenantKeys | KeyFileError]
 
 
 def derive_sa_key(
-    secret: Secret, tenant_id: int, sender_id: int, receiver_id: int, generation: int
+    secret: Secret,
+    tenant_id: int,
+    sender_id: int,
+    receiver_id: int,
+    generation: int,
+    protection: Protection = DEFAULT,
 ) -> Secret:
-    """The AEAD key (16-byte key + 4-byte salt) of one SA; both ends compute the same bytes for
-    the same direction, and the two directions of a pair get different keys."""
-    info = _HKDF_LABEL + struct.pack("!IHHB", tenant_id, sender_id, receiver_id, generation)
-    hkdf = HKDF(algorithm=SHA256(), length=AEAD_KEY_BYTES, salt=_HKDF_SALT, info=info)
+    """The key (+ salt) of one SA in the given mode (AES-GCM: 16-byte key + 4-byte salt); both
+    ends compute the same bytes for the same direction, and the two directions of a pair get
+    different keys. The mode's label is part of the HKDF info: each mode has its own keys."""
+    cipher = suite(protection)
+    if not cipher.key_bytes:  # NULL encryption: nothing to derive
+        return Secret(b"")
+    info = cipher.hkdf_label + struct.pack("!IHHB", tenant_id, sender_id, receiver_id, generation)
+    hkdf = HKDF(algorithm=SHA256(), length=cipher.key_bytes, salt=_HKDF_SALT, info=info)
     return Secret(hkdf.derive(secret.value))

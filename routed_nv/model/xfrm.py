@@ -54,11 +54,14 @@ class XfrmState:
     dst: ipaddress.IPv6Address
     spi: int
     reqid: int
-    key_material: Secret  # the AEAD key + salt; repr is redacted
+    key_material: Secret  # the key (+ salt) of the transform; repr is redacted
     mode: str = "transport"
     replay_window: int = REPLAY_WINDOW
-    aead: str = AEAD_ALGORITHM
+    algorithm: str = AEAD_ALGORITHM
     icv_bits: int = ICV_BITS
+    # An `aead` transform (the protection modes but `none`); else `enc` alone, with no `auth`:
+    # ESP with NULL encryption and no ICV (model/protection.py).
+    aead: bool = True
     # Outbound sequence counter: read back from the kernel, or where a new SA starts
     # (esp/seqres.py). It moves with every packet, so it is no part of what the SA should be.
     oseq: int = field(default=0, compare=False)
@@ -75,8 +78,14 @@ class XfrmState:
         return (
             f"state src {self.src} dst {self.dst} spi 0x{self.spi:08x} reqid {self.reqid} "
             f"mode {self.mode} replay-window {self.replay_window}{self._oseq()} "
-            f"aead {self.aead} <key redacted> {self.icv_bits}"
+            f"{self.transform('<key redacted>')}"
         )
+
+    def transform(self, key: str) -> str:
+        """The transform's words as iproute2 takes them, with `key` standing for the key."""
+        if self.aead:
+            return f"aead {self.algorithm} {key} {self.icv_bits}"
+        return f"enc {self.algorithm} {key}"
 
     def _oseq(self) -> str:
         return f" replay-oseq {self.oseq}" if self.oseq else ""

@@ -144,7 +144,8 @@ host = "host9"
         },
     )
     assert problems(path) == [
-        "conf.d/t.toml: tenants.blue.mtu: 1480 is above host.underlay_mtu - 74 = 1426",
+        "conf.d/t.toml: tenants.blue.mtu: 1480 is above host.underlay_mtu - 74 = 1426 "
+        "(the overhead of aes-gcm)",
         "conf.d/t.toml: tenants.red.id: 100 is already used by tenants.blue",
         "conf.d/t.toml: endpoints.web.addresses[0]: '10.0.1.1' is outside the subnets of "
         "tenants.blue",

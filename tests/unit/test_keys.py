@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from routed_nv.esp import keys
-from routed_nv.model.keys import AEAD_KEY_BYTES, KeyFileError, TenantKeys, derive_sa_key
+from routed_nv.model.keys import KeyFileError, TenantKeys, derive_sa_key
+from routed_nv.model.protection import DEFAULT, suite
 from routed_nv.model.secret import Secret
 
 S0 = "00" * 31 + "01"
@@ -85,7 +86,7 @@ def test_symlink_is_not_followed(tmp_path: Path) -> None:
 def test_derived_keys_bind_tenant_direction_and_generation() -> None:
     secret = Secret(bytes.fromhex(S0))
     base = derive_sa_key(secret, 100, 1, 2, 0)
-    assert len(base.value) == AEAD_KEY_BYTES
+    assert len(base.value) == suite(DEFAULT).key_bytes == 20
     assert derive_sa_key(secret, 100, 1, 2, 0) == base  # the peer computes the same
     others = {
         derive_sa_key(secret, 100, 2, 1, 0),  # other direction
