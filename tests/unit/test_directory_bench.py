@@ -55,16 +55,9 @@ RESULT = {
 
 
 def test_the_json_keys_are_the_stable_ones_of_issue_16() -> None:
-    assert bench.KEYS == (
-        "header",
-        "ready_s",
-        "in_sync_s",
-        "publish_to_vrf",
-        "event_cpu_ms",
-        "agent_rss_bytes_per_route",
-        "add_to_reachable_s",
-        "move_to_traffic_s",
-    )
+    # a literal, not bench.KEYS: renaming a key must fail here (machines read them)
+    stable = "header ready_s in_sync_s publish_to_vrf event_cpu_ms agent_rss_bytes_per_route"
+    assert (*stable.split(), "add_to_reachable_s", "move_to_traffic_s") == bench.KEYS
     assert tuple(RESULT) == bench.KEYS
 
 
