@@ -533,6 +533,7 @@ def guest_header(plan: Plan, hosts: int) -> dict[str, Any]:
             "event": plan.event_trials,
             "unit_events": plan.unit_events,
         },
+        "commit": commit(),
         "guest_kernel": os.uname().release,
         "guest_cpus": os.cpu_count(),
         "in_uml": uml.in_guest(),
@@ -551,15 +552,19 @@ def uml_guests(proc: Path = Path("/proc")) -> int:
     return len(umids)
 
 
+def commit() -> str | None:
+    """The checkout's commit, `-dirty` when it has changes (None outside a git checkout)."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                          text=True, check=False, cwd=Path(__file__).parent)  # fmt: skip
+    return done.stdout.strip() or None
+
+
 def host_header() -> dict[str, Any]:
     """What only the host sees: its load and the other UML guests (before ours boots)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False, cwd=Path(__file__).parent)  # fmt: skip
     return {
         "host_load": list(os.getloadavg()),
         "other_uml_guests": uml_guests(),
         "host_cpus": os.cpu_count(),
-        "commit": commit.stdout.strip() or None,
     }
 
 
