@@ -64,6 +64,7 @@ REACH_TIMEOUT_S = 60.0
 BATCH_LINES = 10_000
 SETTLE_S = 0.3  # after an event's route is in the VRF: the agent finishes its bookkeeping
 IDLE_S = 3.0  # window of the agent's idle CPU rate, beside the per-event figure
+QUIET_TIMEOUT_S = 60.0
 PING_INTERVAL = "0.01"
 MOVED_TTL = 200  # the new location answers with this TTL: ping's output tells who answered
 MOVED_SEEN = 128  # ... and arrives with at least this one (the old location's starts at 64)
@@ -328,9 +329,7 @@ class Bench:
         guest's CPU clock ticks at 10 ms, so only the mean over all changes, less the agent's
         idle rate over the same windows, says something (unit_events gives p50 / p99)."""
         pid = self.agent_pid
-        cpu = cpu_ns(pid)
-        time.sleep(IDLE_S)
-        idle = (cpu_ns(pid) - cpu) / 1e6 / IDLE_S
+        idle = idle_rate(pid)
         total_ms = window = 0.0
         for i in range(trials):
             for verb, count in (("add", n + 1), ("del", n)):
@@ -435,6 +434,24 @@ class Bench:
         finally:
             for ping in started:
                 ping.stop()
+
+
+def idle_rate(pid: int) -> float:
+    """The agent's CPU ms per second once it is quiet: after a publish it keeps working for
+    seconds (its last applies, the source's quiet period), which an idle window must not see.
+    Quiet: two 1 s windows in a row within one 10 ms tick, or QUIET_TIMEOUT_S."""
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        cpu = cpu_ns(pid)
+        time.sleep(1.0)
+        rate = (cpu_ns(pid) - cpu) / 1e6
+        if last is not None and abs(rate - last) <= 10:
+            break
+        last = rate
+    cpu = cpu_ns(pid)
+    time.sleep(IDLE_S)
+    return (cpu_ns(pid) - cpu) / 1e6 / IDLE_S
 
 
 class Ping:
