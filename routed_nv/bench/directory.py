@@ -317,7 +317,7 @@ class Bench:
                 log(f"publish {n:,}: {row['seconds']:.2f} s, floor {row['floor_seconds']:.2f} s, "
                     f"ratio {row['ratio']:.2f}")  # fmt: skip
         self.result["publish_to_vrf"] = rows
-        self.result["event_cpu_ms"] = [{"routes": e["routes"], "lab": e} for e in events]
+        self.result["event_cpu_ms"] = [{"routes": e.pop("routes"), "lab": e} for e in events]
         largest = max(rows, key=lambda r: r["routes"])
         self.result["agent_rss_bytes_per_route"] = (
             largest["agent_rss_bytes"] - idle_rss
