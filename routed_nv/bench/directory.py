@@ -504,6 +504,7 @@ def workload_netns(name: str, ttl: int = 0) -> Iterator[str]:
 
 def run(plan: Plan, hosts: int = 3, memory_log: Path = MEMORY_LOG) -> dict[str, Any]:
     """One lab, both phases; the result without the host's part of the header."""
+    header = guest_header(plan, hosts)  # the commit as the run starts
     topology = directory_topology(hosts=hosts, reflectors=hosts - 1)
     with (
         MemoryLog(memory_log),
@@ -522,7 +523,7 @@ def run(plan: Plan, hosts: int = 3, memory_log: Path = MEMORY_LOG) -> dict[str, 
         bench.add_to_reachable(plan.add_trials)
         bench.move_to_traffic(plan.move_trials)
         bench.env.agents.stop_all()  # a clean stop, checked
-    result = {"header": guest_header(plan, hosts), **bench.result}
+    result = {"header": header, **bench.result}
     return {key: result[key] for key in KEYS}
 
 
