@@ -41,6 +41,7 @@ from routed_nv.model import markers
 from routed_nv.model.directory import Claim, DirectoryView, IPNetwork, PeerHost, RemoteRoute
 from routed_nv.model.directory_delta import DirectoryDelta, Marks, TenantPeer
 from routed_nv.model.mobility import MAX_SEQUENCE
+from routed_nv.model.route_set import SharedSet
 from routed_nv.model.routing import DEFAULT_METRIC
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -117,7 +118,7 @@ class Learned:
     rejected: tuple[Rejection, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Candidate:
     route: RemoteRoute
     mirror: MirrorRoute
@@ -238,7 +239,9 @@ class Learner:
     """learn() kept current one route at a time: `update` changes only the (tenant, address)
     pairs its routes are for and answers with the delta of the view, so a directory event costs
     what it changes, not the 100,000 routes a host may carry. `view` and `rejected` are always
-    what learn() over the same routes would give (tests check that)."""
+    what learn() over the same routes would give (tests check that). The view's remote routes
+    are a SharedSet, changed by each update's delta: a new view shares all but the changed
+    buckets with the one before, so no event copies the whole set."""
 
     def __init__(
         self,
@@ -250,14 +253,16 @@ class Learner:
         self._local = local_addresses(config)
         self._check = _Checker(config)
         self._paths: dict[MirrorRoute, _Candidate | Rejection] = {}
-        self._locations: dict[Where, dict[MirrorRoute, _Candidate]] = {}  # valid, not local
-        self._winners: dict[Where, _Candidate] = {}
+        # valid, not local; the winner first. Almost every address has one location: it is
+        # kept bare, not in a 1-tuple (100,000 tuples are ~6 MB)
+        self._locations: dict[Where, _Candidate | tuple[_Candidate, ...]] = {}
         self._superseded: dict[Where, tuple[Rejection, ...]] = {}
         self._contested: dict[RemoteRoute, int] = {}  # several mirror routes may give one
         self._published: dict[PublishedRoute, Claim] = {}
         self._claims: dict[Claim, int] = {}
         self._peers: dict[TenantPeer, int] = {}  # routes per (tenant, peer host)
-        self._remote: set[RemoteRoute] = set()
+        self._remote: SharedSet[RemoteRoute] = SharedSet()
+        self._view: DirectoryView | None = None  # built when asked, until the next change
         self.rejections = 0  # counts changes of `rejected`: a refused route changes no view
         self._refused: dict[MirrorRoute, Rejection] = {}  # by the checks
         self._rejected: tuple[int, tuple[Rejection, ...]] | None = None  # rejected, as of
@@ -265,9 +270,11 @@ class Learner:
 
     @property
     def view(self) -> DirectoryView:
-        return DirectoryView(
-            frozenset(self._remote), frozenset(self._contested), frozenset(self._claims)
-        )
+        if self._view is None:
+            self._view = DirectoryView(
+                self._remote, frozenset(self._contested), frozenset(self._claims)
+            )
+        return self._view
 
     @property
     def rejected(self) -> tuple[Rejection, ...]:
@@ -293,7 +300,11 @@ class Learner:
                 self._add(batch, route)
             else:
                 self._remove(batch, route)
-        return batch.delta()
+        delta = batch.delta()
+        if delta:
+            self._remote = self._remote.changed(delta.remote_added, delta.remote_removed)
+            self._view = None
+        return delta
 
     def _add(self, batch: _Batch, mirror: MirrorRoute) -> None:
         if mirror in self._paths:
@@ -307,8 +318,7 @@ class Learner:
         if key in self._local:
             _count(self._contested, outcome.route, 1, batch.contested)
             return
-        self._locations.setdefault(key, {})[mirror] = outcome
-        self._choose(batch, key)
+        self._choose(batch, key, (*self._candidates(key), outcome))
 
     def _remove(self, batch: _Batch, mirror: MirrorRoute) -> None:
         outcome = self._paths.pop(mirror, None)
@@ -322,35 +332,37 @@ class Learner:
         if key in self._local:
             _count(self._contested, outcome.route, -1, batch.contested)
             return
-        candidates = self._locations[key]
-        del candidates[mirror]
-        if not candidates:
-            del self._locations[key]
-        self._choose(batch, key)
+        self._choose(batch, key, tuple(c for c in self._candidates(key) if c is not outcome))
 
-    def _choose(self, batch: _Batch, key: Where) -> None:
-        """The winner of one address again, as learn() picks it (rank, then the route order)."""
-        old = self._winners.pop(key, None)
+    def _candidates(self, key: Where) -> tuple[_Candidate, ...]:
+        found = self._locations.get(key, ())
+        return found if isinstance(found, tuple) else (found,)
+
+    def _choose(self, batch: _Batch, key: Where, candidates: tuple[_Candidate, ...]) -> None:
+        """The winner of one address again, now that its locations are `candidates`, as learn()
+        picks it (rank, then the route order)."""
+        before = self._candidates(key)
+        old = before[0] if before else None
         if self._superseded.pop(key, None):
             self.rejections += 1
-        candidates = self._locations.get(key)
         new = None
-        if candidates:
-            ranked = sorted(candidates.values(), key=lambda c: (c.rank(), c.mirror.sort_key()))
+        if not candidates:
+            del self._locations[key]
+        elif len(candidates) == 1:
+            new = self._locations[key] = candidates[0]
+        else:
+            ranked = sorted(candidates, key=lambda c: (c.rank(), c.mirror.sort_key()))
             new, losers = ranked[0], ranked[1:]
-            self._winners[key] = new
-            if losers:
-                self.rejections += 1
-                detail = f"{new.route.peer.address} (metric {new.mirror.metric}) wins"
-                self._superseded[key] = tuple(
-                    Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers
-                )
+            self._locations[key] = tuple(ranked)
+            self.rejections += 1
+            detail = f"{new.route.peer.address} (metric {new.mirror.metric}) wins"
+            self._superseded[key] = tuple(
+                Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers
+            )
         if old is not None and (new is None or old.route != new.route):
-            self._remote.discard(old.route)
             batch.remote.change(old.route, False)
             _count(self._peers, (key[0], old.route.peer), -1, batch.peers)
         if new is not None and (old is None or old.route != new.route):
-            self._remote.add(new.route)
             batch.remote.change(new.route, True)
             _count(self._peers, (key[0], new.route.peer), 1, batch.peers)
 
