@@ -252,10 +252,10 @@ class Learner:
         self.config = config
         self._local = local_addresses(config)
         self._check = _Checker(config)
-        self._paths: dict[MirrorRoute, _Candidate | Rejection] = {}
-        # valid, not local; the winner first. Almost every address has one location: it is
-        # kept bare, not in a 1-tuple (100,000 tuples are ~6 MB)
-        self._locations: dict[Where, _Candidate | tuple[_Candidate, ...]] = {}
+        self._paths: dict[MirrorRoute, RemoteRoute | Rejection] = {}
+        # the mirror routes of each valid, not local address, the winner first. Almost every
+        # address has one: it is kept bare, not in a 1-tuple (100,000 tuples are ~6 MB)
+        self._locations: dict[Where, MirrorRoute | tuple[MirrorRoute, ...]] = {}
         self._superseded: dict[Where, tuple[Rejection, ...]] = {}
         self._contested: dict[RemoteRoute, int] = {}  # several mirror routes may give one
         self._published: dict[PublishedRoute, Claim] = {}
@@ -309,62 +309,74 @@ class Learner:
     def _add(self, batch: _Batch, mirror: MirrorRoute) -> None:
         if mirror in self._paths:
             return
-        outcome = self._paths[mirror] = self._check(mirror)
+        outcome = self._check(mirror)
         if isinstance(outcome, Rejection):
-            self._refused[mirror] = outcome
+            self._paths[mirror] = self._refused[mirror] = outcome
             self.rejections += 1
             return
-        key = (outcome.route.tenant_id, outcome.route.prefix)
+        route = self._paths[mirror] = outcome.route  # not the _Candidate: ~50 B a route
+        key = (route.tenant_id, route.prefix)
         if key in self._local:
-            _count(self._contested, outcome.route, 1, batch.contested)
+            _count(self._contested, route, 1, batch.contested)
             return
-        self._choose(batch, key, (*self._candidates(key), outcome))
+        self._choose(batch, key, (*self._candidates(key), mirror))
 
     def _remove(self, batch: _Batch, mirror: MirrorRoute) -> None:
-        outcome = self._paths.pop(mirror, None)
+        outcome = self._paths.get(mirror)
         if outcome is None:
             return
         if isinstance(outcome, Rejection):
-            del self._refused[mirror]
+            del self._paths[mirror], self._refused[mirror]
             self.rejections += 1
             return
-        key = (outcome.route.tenant_id, outcome.route.prefix)
+        key = (outcome.tenant_id, outcome.prefix)
         if key in self._local:
-            _count(self._contested, outcome.route, -1, batch.contested)
+            del self._paths[mirror]
+            _count(self._contested, outcome, -1, batch.contested)
             return
-        self._choose(batch, key, tuple(c for c in self._candidates(key) if c is not outcome))
+        self._choose(batch, key, tuple(m for m in self._candidates(key) if m != mirror))
+        del self._paths[mirror]  # after: _choose looks up the old winner's route
 
-    def _candidates(self, key: Where) -> tuple[_Candidate, ...]:
+    def _candidates(self, key: Where) -> tuple[MirrorRoute, ...]:
         found = self._locations.get(key, ())
         return found if isinstance(found, tuple) else (found,)
 
-    def _choose(self, batch: _Batch, key: Where, candidates: tuple[_Candidate, ...]) -> None:
+    def _route(self, mirror: MirrorRoute) -> RemoteRoute:
+        route = self._paths[mirror]
+        assert isinstance(route, RemoteRoute)  # a location is a valid path
+        return route
+
+    def _rank(self, mirror: MirrorRoute) -> tuple[tuple[int, int], tuple[int, ...]]:
+        return (mirror.metric, int(self._route(mirror).peer.address)), mirror.sort_key()
+
+    def _choose(self, batch: _Batch, key: Where, candidates: tuple[MirrorRoute, ...]) -> None:
         """The winner of one address again, now that its locations are `candidates`, as learn()
         picks it (rank, then the route order)."""
         before = self._candidates(key)
-        old = before[0] if before else None
+        old = self._route(before[0]) if before else None
         if self._superseded.pop(key, None):
             self.rejections += 1
         new = None
         if not candidates:
             del self._locations[key]
         elif len(candidates) == 1:
-            new = self._locations[key] = candidates[0]
+            self._locations[key] = candidates[0]
+            new = self._route(candidates[0])
         else:
-            ranked = sorted(candidates, key=lambda c: (c.rank(), c.mirror.sort_key()))
-            new, losers = ranked[0], ranked[1:]
+            ranked = sorted(candidates, key=self._rank)
             self._locations[key] = tuple(ranked)
+            new = self._route(ranked[0])
             self.rejections += 1
-            detail = f"{new.route.peer.address} (metric {new.mirror.metric}) wins"
+            detail = f"{new.peer.address} (metric {ranked[0].metric}) wins"
             self._superseded[key] = tuple(
-                Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers
+                Rejection(m, Reason.SUPERSEDED, detail) for m in ranked[1:]
             )
-        if old is not None and (new is None or old.route != new.route):
-            batch.remote.change(old.route, False)
-            _count(self._peers, (key[0], old.route.peer), -1, batch.peers)
-        if new is not None and (old is None or old.route != new.route):
-            batch.remote.change(new.route, True)
-            _count(self._peers, (key[0], new.route.peer), 1, batch.peers)
+        if old is not None and old != new:
+            batch.remote.change(old, False)
+            _count(self._peers, (key[0], old.peer), -1, batch.peers)
+        if new is not None and new != old:
+            batch.remote.change(new, True)
+            _count(self._peers, (key[0], new.peer), 1, batch.peers)
 
     def _publish(self, batch: _Batch, added: bool, route: PublishedRoute) -> None:
         if added and route not in self._published:

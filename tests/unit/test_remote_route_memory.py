@@ -6,6 +6,7 @@ no __dict__ on the per-route value types. Structure, not byte counts (`routed-nv
 from __future__ import annotations
 
 import dataclasses
+import gc
 import ipaddress
 
 from hypothesis import given, settings
@@ -122,3 +123,12 @@ def test_the_learner_keeps_mirror_routes_as_given() -> None:
     learner = Learner(CONFIG, [mirror])
     (remote,) = learner.view.remote_routes
     assert remote.prefix is mirror.prefix
+
+
+def test_the_learner_keeps_one_remote_route_per_path_and_no_candidate_wrapper() -> None:
+    routes = [route(f"fd10::{i + 2:x}/128") for i in range(200)]
+    routes.append(route("fd10::2/128", via="2001:db8:0:3::1"))  # a second location of one
+    learner = Learner(CONFIG, routes)
+    gc.collect()
+    assert sum(isinstance(o, _Candidate) for o in gc.get_objects()) == 0
+    assert len(learner.view.remote_routes) == 200 and len(learner.rejected) == 1
