@@ -192,8 +192,9 @@ def bench_routing_command(args: tuple[str, ...]) -> None:
 def bench_events_command(args: tuple[str, ...]) -> None:
     """Agent CPU per directory event, full recalculation against delta, on this host.
 
-    Its own options follow it: --routes N..., --trials N, --full-trials N, -o json.
-    In-memory kernel, no UML guest. Method: docs/directory.md.
+    Its own options follow it: --routes N..., --trials N, --full-trials N, --memory (bytes
+    per remote route instead), -o json. In-memory kernel, no UML guest. Method:
+    docs/directory.md.
 
     \b
     Exit status:
@@ -204,6 +205,7 @@ def bench_events_command(args: tuple[str, ...]) -> None:
     Examples:
       routed-nv bench events
       routed-nv bench events --routes 100000 -o json
+      routed-nv bench events --memory --routes 10000 100000
     """
     from routed_nv.bench import events
 
