@@ -7,22 +7,31 @@ user-mode-linux.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
+from routed_nv.esp.xfrm import IprouteXfrm, Op, Verb, XfrmError
 from routed_nv.kernel_features import (
     MachineFacts,
     Report,
     evaluate,
     loadable_plugins,
 )
+from routed_nv.model.protection import Protection, suite
+from routed_nv.model.secret import Secret
+from routed_nv.model.xfrm import XfrmState
 
 CHARON = Path("/usr/lib/ipsec/charon")
 CHARON_PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
 UML_MODULES = Path("/usr/lib/uml/modules")
 OS_RELEASE = Path("/etc/os-release")
+# The scratch namespace of the protection probe (its pid appended), and its test SAs' SPIs.
+PROBE_NETNS_PREFIX = "rnv-probe-"
+PROBE_SPI = 0x100
 DEBIAN_VERSION = Path("/etc/debian_version")
 # Tools live in sbin, which an unprivileged PATH often lacks.
 _SEARCH_PATH = os.pathsep.join(
@@ -78,7 +87,44 @@ def lab_plugins() -> list[str]:
     return loadable_plugins(_charon_plugins())
 
 
-def gather_facts() -> MachineFacts:
+def probe_protection() -> tuple[tuple[Protection, str | None], ...] | None:
+    """Adds one SA per protection mode in a scratch network namespace, where it harms nothing
+    (the kernel loads what it needs on the way): None for each mode it took, else its error.
+    None when no namespace can be made (not root, no `ip`)."""
+    netns = f"{PROBE_NETNS_PREFIX}{os.getpid()}"
+    try:
+        made = subprocess.run(["ip", "netns", "add", netns], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if made.returncode != 0:
+        return None
+    try:
+        loopback = ipaddress.IPv6Address("::1")
+        ops = []
+        for index, mode in enumerate(Protection):
+            cipher = suite(mode)
+            state = XfrmState(
+                src=loopback,
+                dst=loopback,
+                spi=PROBE_SPI + index,
+                reqid=0,
+                key_material=Secret(bytes(cipher.key_bytes)),
+                algorithm=cipher.algorithm,
+                icv_bits=cipher.icv_bits,
+                aead=cipher.aead,
+            )
+            ops.append(Op(Verb.ADD, state))
+        failed = {id(f.op): f.message for f in IprouteXfrm(netns).apply(ops)}
+        return tuple((mode, failed.get(id(op))) for mode, op in zip(Protection, ops, strict=True))
+    except XfrmError as exc:
+        return tuple((mode, str(exc)) for mode in Protection)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)
+
+
+def kernel_facts() -> MachineFacts:
+    """The kernel's facts alone (modules, /proc/crypto, the protection modes' test SAs): no
+    other tools, for `config check`."""
     release = os.uname().release
     modules_dir = Path("/lib/modules") / release
     sys_module = Path("/sys/module")
@@ -90,6 +136,13 @@ def gather_facts() -> MachineFacts:
         modules_builtin=_read(modules_dir / "modules.builtin"),
         modules_dep=_read(modules_dir / "modules.dep"),
         proc_crypto=_read(Path("/proc/crypto")),
+        xfrm_probe=probe_protection(),
+    )
+
+
+def gather_facts() -> MachineFacts:
+    return replace(
+        kernel_facts(),
         iptables_version=_version(_which("iptables"), "-V"),
         iptables_legacy=_which("iptables-legacy-restore"),
         charon=str(CHARON) if os.access(CHARON, os.X_OK) else None,

@@ -11,11 +11,26 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from routed_nv.model.protection import Protection
+
 # Kernel modules the datapath needs, by the feature name doctor reports.
 DATAPATH_MODULES = ("esp4", "esp6", "xfrm_user", "vrf", "ip6_tunnel")
 # ip6_tunnel routes IPv4 over an NBMA (remote any) tunnel since Linux 5.18.
 NBMA_IPV4_MIN_RELEASE = (5, 18)
 GCM_ALGORITHMS = ("rfc4106(gcm(aes))", "gcm(aes)")
+# What ESP in each protection mode needs: (/proc/crypto name, the module that provides it). A
+# requirement is met when the name is registered (a template shows there only once something
+# used it) or the module is available. ESP without an ICV runs as
+# authenc(digest_null,ecb(cipher_null)); cipher_null is usually built in.
+PROTECTION_NEEDS: dict[Protection, tuple[tuple[str, str], ...]] = {
+    Protection.AES_GCM: (("rfc4106(gcm(aes))", "gcm"),),
+    Protection.CHACHA20_POLY1305: (("rfc7539esp(chacha20,poly1305)", "chacha20poly1305"),),
+    Protection.INTEGRITY: (("rfc4543(gcm(aes))", "gcm"),),
+    Protection.NONE: (
+        ("ecb(cipher_null)", "crypto_null"),
+        ("authenc(digest_null,ecb(cipher_null))", "authenc"),
+    ),
+}
 
 _MODULE_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 _RELEASE = re.compile(r"^(\d+)\.(\d+)")
@@ -42,6 +57,9 @@ class MachineFacts:
     bird_version: str = ""  # `bird --version`
     charon_version: str = ""  # `charon --version`
     charon_plugins: frozenset[str] = frozenset()  # names of the installed charon plugins
+    # Each protection mode's test SA in a scratch netns: (mode, None if the kernel took it, else
+    # its error); None when no scratch netns could be made (not root): the modules decide then.
+    xfrm_probe: tuple[tuple[Protection, str | None], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,10 @@ def evaluate(facts: MachineFacts) -> Report:
     features += [
         _nbma_feature(facts, modules),
         _gcm_feature(facts, modules),
+        *(
+            Feature(f"protection {mode}", ok, detail)
+            for mode, (ok, detail) in protection_support(facts).items()
+        ),
         _iptables_feature(facts),
         _charon_feature(facts),
         _bird_feature(facts),
@@ -165,6 +187,38 @@ def _gcm_feature(facts: MachineFacts, modules: _Modules) -> Feature:
     # The template only shows in /proc/crypto once something instantiated it.
     ok, detail = modules.status("gcm")
     return Feature("gcm", ok, f"gcm template: {detail}", needed=True)
+
+
+def protection_support(facts: MachineFacts) -> dict[Protection, tuple[bool, str]]:
+    """Per protection mode: whether this kernel can do its ESP transform, and why (or not): the
+    kernel's own answer to a test SA where there is one, else the crypto and modules it needs."""
+    if facts.xfrm_probe is not None:
+        return {
+            mode: (True, "a test SA in a scratch netns was accepted")
+            if error is None
+            else (False, f"the kernel refused a test SA: {error}")
+            for mode, error in facts.xfrm_probe
+        }
+    modules = _Modules(facts)
+    registered = crypto_names(facts.proc_crypto)
+    support = {}
+    for mode, needs in PROTECTION_NEEDS.items():
+        found = {
+            name: " in /proc/crypto" if name in registered else f": {module} {status}"
+            for name, module in needs
+            for ok, status in [modules.status(module)]
+            if name in registered or ok
+        }
+        missing = [
+            f"{name} (module {module}: {modules.status(module)[1]})"
+            for name, module in needs
+            if name not in found
+        ]
+        if missing:
+            support[mode] = (False, "missing " + ", ".join(missing))
+        else:
+            support[mode] = (True, ", ".join(f"{name}{where}" for name, where in found.items()))
+    return support
 
 
 def _iptables_feature(facts: MachineFacts) -> Feature:

@@ -10,17 +10,25 @@ event to the end of the agent's apply, in two ways:
 - `delta`: the Learner applies the event, the agent applies its delta.
 CPU time, not wall time: the numbers hold on a loaded machine too (no asserts on them: tests
 never time anything).
+
+`--memory`: bytes the agent holds per remote route, after the start, `delta` events and one
+resync (which reads the in-memory kernel back as fresh objects, as a netlink dump does): traced
+by tracemalloc, without the in-memory kernel's own copy; and the process's RSS growth over the
+same steps, in a run of its own (tracemalloc's bookkeeping would count), less that copy.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import gc
 import ipaddress
 import json
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +38,7 @@ from routed_nv.agent.loop import Agent, Settings
 from routed_nv.agent.notify import Notifier
 from routed_nv.config.model import Config
 from routed_nv.directory.learn import Learner, MirrorRoute, learn
+from routed_nv.directory.netlink_watch import route_prefix
 from routed_nv.esp.driver import XfrmPlan, XfrmResult
 from routed_nv.esp.ike import IkePlan, IkeResult
 from routed_nv.model import markers
@@ -80,7 +89,7 @@ class MemoryKernel:
         self._addresses.discard((address.ifname, address.address))
 
     def routes(self, protos: set[int]) -> list[Route]:
-        return [r for r in self._routes.values() if r.proto in protos]
+        return [_parsed(r) for r in self._routes.values() if r.proto in protos]
 
     def write_routes(self, ops: Sequence[RouteOp]) -> list[KernelError | None]:
         for delete, route in ops:
@@ -88,7 +97,7 @@ class MemoryKernel:
             if delete:
                 self._routes.pop(key, None)
             else:
-                self._routes[key] = route
+                self._routes[key] = _parsed(route)  # the kernel's copy, not the agent's object
         return [None] * len(ops)
 
     def neigh_proxies(self) -> list[NeighProxy]:
@@ -117,6 +126,13 @@ class MemoryKernel:
 
     def close(self) -> None:
         pass
+
+
+def _parsed(route: Route) -> Route:
+    """`route` made anew from its values, as a netlink dump gives it."""
+    dst = type(route.dst)((int(route.dst.network_address), route.dst.prefixlen))
+    via = ipaddress.ip_address(route.via.packed) if route.via is not None else None
+    return dataclasses.replace(route, dst=dst, via=via)
 
 
 # Netfilter, XFRM and IKE stand-ins: nothing to change.
@@ -172,12 +188,13 @@ def config() -> Config:
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=PEERS)  # one object per next hop, as the watch has it
 def hop(peer: int) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(f"2001:db8:0:{peer + 2:x}::1")
 
 
 def mirror(i: int, peer: int) -> MirrorRoute:
-    prefix = ipaddress.IPv4Network((0x0A000000 + 16 + i, 32))
+    prefix = route_prefix(ipaddress.IPv4Address(0x0A000000 + 16 + i), 32)  # as the watch
     return MirrorRoute(markers.mirror_table(TENANT_ID), prefix, hop(peer), 0)
 
 
@@ -219,6 +236,11 @@ class Bench:
         new = self.routes[i] = mirror(i, (int(old.next_hop.packed[7]) - 1) % PEERS)  # type: ignore[union-attr]
         return old, new
 
+    def resync(self) -> None:
+        """The agent's periodic resync: every route read back from the kernel."""
+        self.clock += self.agent.settings.resync_interval_s + 1.0
+        self._settle()
+
     def full(self) -> float:
         start = time.process_time()
         old, new = self._event()
@@ -258,13 +280,59 @@ def measure(routes: int, trials: int, full_trials: int) -> dict[str, Any]:
     return row
 
 
+EVENTS = 200  # delta events before memory is counted
+
+
+def memory(routes: int) -> dict[str, Any]:
+    """Bytes per remote route: traced (tracemalloc) and RSS growth, each less the in-memory
+    kernel's copy of the routes (what the traced run frees when that copy is dropped)."""
+    gc.collect()
+    before = _rss_bytes()
+    bench = _settled(routes)
+    rss = _rss_bytes() - before
+    del bench
+    gc.collect()
+    tracemalloc.start()
+    bench = _settled(routes)
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0]
+    bench.kernel._routes.clear()
+    gc.collect()
+    copy = traced - tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return {
+        "routes": routes,
+        "traced_bytes_per_route": round((traced - copy) / routes),
+        "rss_bytes_per_route": round((rss - copy) / routes),
+    }
+
+
+def _settled(routes: int) -> Bench:
+    bench = Bench(routes)
+    for _ in range(EVENTS):
+        bench.delta()
+    bench.resync()
+    return bench
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="routed-nv bench events", description=__doc__)
     parser.add_argument("--routes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--trials", type=int, default=200, help="delta events per size")
     parser.add_argument("--full-trials", type=int, default=5, help="full events per size")
+    parser.add_argument("--memory", action="store_true", help="bytes per route, not CPU")
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
+    if args.memory:
+        return _report_memory([memory(n) for n in args.routes], args.output)
     rows = [measure(n, args.trials, args.full_trials) for n in args.routes]
     if args.output == "json":
         print(json.dumps({"event_cpu_ms": rows}, indent=2))
@@ -275,6 +343,17 @@ def main(argv: list[str]) -> int:
         f, d = r["full"], r["delta"]
         print(f"{r['routes']:>8}  {f['p50']:>11.2f}  {f['p99']:>11.2f}  {d['p50']:>12.3f}  "
               f"{d['p99']:>12.3f}  {r['kernel_matches']}")  # fmt: skip
+    return 0
+
+
+def _report_memory(rows: list[dict[str, Any]], output: str) -> int:
+    if output == "json":
+        print(json.dumps({"agent_bytes_per_route": rows}, indent=2))
+        return 0
+    print(f"{'routes':>8}  {'traced B/route':>14}  {'RSS B/route':>11}")
+    for r in rows:
+        traced, rss = r["traced_bytes_per_route"], r["rss_bytes_per_route"]
+        print(f"{r['routes']:>8}  {traced:>14}  {rss:>11}")
     return 0
 
 

@@ -85,8 +85,11 @@ def resolve(
         claims.add(claim)
         if claim.stale and best is not None:
             winners.add(best)
-    remote = {r for r in view.remote_routes if _where(r) not in local} | winners
-    return dataclasses.replace(view, remote_routes=frozenset(remote), claims=frozenset(claims))
+    remote = view.remote_routes
+    if winners or any(_where(r) in local for r in remote):
+        remote = frozenset({r for r in remote if _where(r) not in local} | winners)
+    # else the source's set as it is: a copy would be a second 100,000 routes the agent keeps
+    return dataclasses.replace(view, remote_routes=remote, claims=frozenset(claims))
 
 
 def stale(view: DirectoryView) -> frozenset[Claim]:

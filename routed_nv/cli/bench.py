@@ -142,10 +142,15 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 @bench_command.command("directory", context_settings=_PASS_THROUGH)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench_directory_command(args: tuple[str, ...]) -> None:
-    """Publish N routes on host1 -> in host2's VRF, beside the `ip -batch` floor.
+    """The BGP directory against issue 16's goals, each figure beside its floor.
 
-    Its own options follow it: --quick, --full, --size N[:REPS], -o json.
-    Runs in a UML guest when this kernel lacks the datapath. Method: docs/directory.md.
+    Agent start -> READY -> in sync; N routes published on host1 -> in host2's VRF against
+    the `ip -batch` floor (both timed by a C netlink reader); agent CPU per route change and
+    RSS per remote route; `routed-nv endpoint add` -> first ping reply from a peer host (IPv4,
+    IPv6); a make-before-break move under a 10 ms ping. The header records the host's load and
+    the other UML guests running. Its own options follow it: --quick, --full, --size N[:REPS],
+    --hosts 2|3, -o json. Runs in a UML guest when this kernel lacks the datapath.
+    Method and JSON schema: docs/directory.md "Measurements".
 
     \b
     Exit status:
@@ -155,8 +160,9 @@ def bench_directory_command(args: tuple[str, ...]) -> None:
 
     \b
     Examples:
-      routed-nv bench directory --quick
-      routed-nv bench directory --size 100000:1 -o json
+      routed-nv bench directory --quick --hosts 2 -o json
+      routed-nv bench directory --full -o json > directory.json
+      routed-nv bench directory --size 10000:3
     """
     from routed_nv.bench import directory
 
@@ -192,8 +198,9 @@ def bench_routing_command(args: tuple[str, ...]) -> None:
 def bench_events_command(args: tuple[str, ...]) -> None:
     """Agent CPU per directory event, full recalculation against delta, on this host.
 
-    Its own options follow it: --routes N..., --trials N, --full-trials N, -o json.
-    In-memory kernel, no UML guest. Method: docs/directory.md.
+    Its own options follow it: --routes N..., --trials N, --full-trials N, --memory (bytes
+    per remote route instead), -o json. In-memory kernel, no UML guest. Method:
+    docs/directory.md.
 
     \b
     Exit status:
@@ -204,6 +211,7 @@ def bench_events_command(args: tuple[str, ...]) -> None:
     Examples:
       routed-nv bench events
       routed-nv bench events --routes 100000 -o json
+      routed-nv bench events --memory --routes 10000 100000
     """
     from routed_nv.bench import events
 

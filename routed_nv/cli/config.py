@@ -66,7 +66,8 @@ def check_command(
     Only regular files of at most 16 MiB are read. A --drop-in-dir given must exist; the
     default conf.d may be absent. The files the configuration names must exist and be readable,
     and secrets (PSK, private key, tenant keys, BGP password) must be mode 0600 or stricter;
-    tenant key files (static keying) must parse as the agent reads them.
+    tenant key files (static keying) must parse as the agent reads them; this kernel must be
+    able to do each tenant's protection mode (as `routed-nv doctor` lists them).
 
     Settings that are valid but have no effect (BGP settings while directory.source is
     "static") are named on stderr as `warning:` lines; they do not change the exit status.

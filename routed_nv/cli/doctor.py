@@ -21,9 +21,12 @@ def doctor_command(output: str) -> None:
     """Check what this kernel and machine provide for routed_nv.
 
     Reports the distribution, the kernel features the datapath needs (esp4, esp6, xfrm_user,
-    vrf, ip6_tunnel, IPv4 over an NBMA ip6tnl, AES-GCM) and the tools around it with their
-    versions (iptables and its backend, charon and the plugins the lab loads, BIRD,
-    user-mode-linux's kernel for the lab). A module counts when it is loaded, built in or
+    vrf, ip6_tunnel, IPv4 over an NBMA ip6tnl, AES-GCM), which tenant protection modes the
+    kernel can do (`protection aes-gcm`, `chacha20-poly1305`, `integrity`, `none`: as root, from
+    a test SA per mode in a scratch network namespace, else from /proc/crypto and the modules;
+    optional, `config check` refuses a tenant in a mode this kernel lacks) and the tools around
+    it with their versions (iptables and its backend, charon and the plugins the lab loads,
+    BIRD, user-mode-linux's kernel for the lab). A module counts when it is loaded, built in or
     loadable.
 
     Exit status: 0 when every datapath need is met, 1 when one is missing (the lab then runs

@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from routed_nv.config import crosscheck, files
+from routed_nv.config import crosscheck, files, kernel
 from routed_nv.config.model import Config
 from routed_nv.config.sources import Layered, Loc, SourceError, env_layers, read_toml
+from routed_nv.doctor import kernel_facts
 from routed_nv.errors import RoutedNvError
 
 DEFAULT_PATH = Path("/etc/routed-nv/routed-nv.toml")
@@ -114,6 +115,7 @@ def validate(layered: Layered, main_source: str, check_files: bool = False) -> C
         for loc, value, message in [
             *crosscheck.problems(config),
             *(files.problems(config) if check_files else ()),
+            *(kernel.problems(config, kernel_facts) if check_files else ()),
         ]
     ]
     if found:

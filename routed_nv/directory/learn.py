@@ -41,6 +41,7 @@ from routed_nv.model import markers
 from routed_nv.model.directory import Claim, DirectoryView, IPNetwork, PeerHost, RemoteRoute
 from routed_nv.model.directory_delta import DirectoryDelta, Marks, TenantPeer
 from routed_nv.model.mobility import MAX_SEQUENCE
+from routed_nv.model.route_set import SharedSet
 from routed_nv.model.routing import DEFAULT_METRIC
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -117,7 +118,7 @@ class Learned:
     rejected: tuple[Rejection, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Candidate:
     route: RemoteRoute
     mirror: MirrorRoute
@@ -238,7 +239,9 @@ class Learner:
     """learn() kept current one route at a time: `update` changes only the (tenant, address)
     pairs its routes are for and answers with the delta of the view, so a directory event costs
     what it changes, not the 100,000 routes a host may carry. `view` and `rejected` are always
-    what learn() over the same routes would give (tests check that)."""
+    what learn() over the same routes would give (tests check that). The view's remote routes
+    are a SharedSet, changed by each update's delta: a new view shares all but the changed
+    buckets with the one before, so no event copies the whole set."""
 
     def __init__(
         self,
@@ -249,15 +252,17 @@ class Learner:
         self.config = config
         self._local = local_addresses(config)
         self._check = _Checker(config)
-        self._paths: dict[MirrorRoute, _Candidate | Rejection] = {}
-        self._locations: dict[Where, dict[MirrorRoute, _Candidate]] = {}  # valid, not local
-        self._winners: dict[Where, _Candidate] = {}
+        self._paths: dict[MirrorRoute, RemoteRoute | Rejection] = {}
+        # the mirror routes of each valid, not local address, the winner first. Almost every
+        # address has one: it is kept bare, not in a 1-tuple (100,000 tuples are ~6 MB)
+        self._locations: dict[Where, MirrorRoute | tuple[MirrorRoute, ...]] = {}
         self._superseded: dict[Where, tuple[Rejection, ...]] = {}
         self._contested: dict[RemoteRoute, int] = {}  # several mirror routes may give one
         self._published: dict[PublishedRoute, Claim] = {}
         self._claims: dict[Claim, int] = {}
         self._peers: dict[TenantPeer, int] = {}  # routes per (tenant, peer host)
-        self._remote: set[RemoteRoute] = set()
+        self._remote: SharedSet[RemoteRoute] = SharedSet()
+        self._view: DirectoryView | None = None  # built when asked, until the next change
         self.rejections = 0  # counts changes of `rejected`: a refused route changes no view
         self._refused: dict[MirrorRoute, Rejection] = {}  # by the checks
         self._rejected: tuple[int, tuple[Rejection, ...]] | None = None  # rejected, as of
@@ -265,9 +270,11 @@ class Learner:
 
     @property
     def view(self) -> DirectoryView:
-        return DirectoryView(
-            frozenset(self._remote), frozenset(self._contested), frozenset(self._claims)
-        )
+        if self._view is None:
+            self._view = DirectoryView(
+                self._remote, frozenset(self._contested), frozenset(self._claims)
+            )
+        return self._view
 
     @property
     def rejected(self) -> tuple[Rejection, ...]:
@@ -293,66 +300,83 @@ class Learner:
                 self._add(batch, route)
             else:
                 self._remove(batch, route)
-        return batch.delta()
+        delta = batch.delta()
+        if delta:
+            self._remote = self._remote.changed(delta.remote_added, delta.remote_removed)
+            self._view = None
+        return delta
 
     def _add(self, batch: _Batch, mirror: MirrorRoute) -> None:
         if mirror in self._paths:
             return
-        outcome = self._paths[mirror] = self._check(mirror)
+        outcome = self._check(mirror)
         if isinstance(outcome, Rejection):
-            self._refused[mirror] = outcome
+            self._paths[mirror] = self._refused[mirror] = outcome
             self.rejections += 1
             return
-        key = (outcome.route.tenant_id, outcome.route.prefix)
+        route = self._paths[mirror] = outcome.route  # not the _Candidate: ~50 B a route
+        key = (route.tenant_id, route.prefix)
         if key in self._local:
-            _count(self._contested, outcome.route, 1, batch.contested)
+            _count(self._contested, route, 1, batch.contested)
             return
-        self._locations.setdefault(key, {})[mirror] = outcome
-        self._choose(batch, key)
+        self._choose(batch, key, (*self._candidates(key), mirror))
 
     def _remove(self, batch: _Batch, mirror: MirrorRoute) -> None:
-        outcome = self._paths.pop(mirror, None)
+        outcome = self._paths.get(mirror)
         if outcome is None:
             return
         if isinstance(outcome, Rejection):
-            del self._refused[mirror]
+            del self._paths[mirror], self._refused[mirror]
             self.rejections += 1
             return
-        key = (outcome.route.tenant_id, outcome.route.prefix)
+        key = (outcome.tenant_id, outcome.prefix)
         if key in self._local:
-            _count(self._contested, outcome.route, -1, batch.contested)
+            del self._paths[mirror]
+            _count(self._contested, outcome, -1, batch.contested)
             return
-        candidates = self._locations[key]
-        del candidates[mirror]
-        if not candidates:
-            del self._locations[key]
-        self._choose(batch, key)
+        self._choose(batch, key, tuple(m for m in self._candidates(key) if m != mirror))
+        del self._paths[mirror]  # after: _choose looks up the old winner's route
 
-    def _choose(self, batch: _Batch, key: Where) -> None:
-        """The winner of one address again, as learn() picks it (rank, then the route order)."""
-        old = self._winners.pop(key, None)
+    def _candidates(self, key: Where) -> tuple[MirrorRoute, ...]:
+        found = self._locations.get(key, ())
+        return found if isinstance(found, tuple) else (found,)
+
+    def _route(self, mirror: MirrorRoute) -> RemoteRoute:
+        route = self._paths[mirror]
+        assert isinstance(route, RemoteRoute)  # a location is a valid path
+        return route
+
+    def _rank(self, mirror: MirrorRoute) -> tuple[tuple[int, int], tuple[int, ...]]:
+        return (mirror.metric, int(self._route(mirror).peer.address)), mirror.sort_key()
+
+    def _choose(self, batch: _Batch, key: Where, candidates: tuple[MirrorRoute, ...]) -> None:
+        """The winner of one address again, now that its locations are `candidates`, as learn()
+        picks it (rank, then the route order)."""
+        before = self._candidates(key)
+        old = self._route(before[0]) if before else None
         if self._superseded.pop(key, None):
             self.rejections += 1
-        candidates = self._locations.get(key)
         new = None
-        if candidates:
-            ranked = sorted(candidates.values(), key=lambda c: (c.rank(), c.mirror.sort_key()))
-            new, losers = ranked[0], ranked[1:]
-            self._winners[key] = new
-            if losers:
-                self.rejections += 1
-                detail = f"{new.route.peer.address} (metric {new.mirror.metric}) wins"
-                self._superseded[key] = tuple(
-                    Rejection(c.mirror, Reason.SUPERSEDED, detail) for c in losers
-                )
-        if old is not None and (new is None or old.route != new.route):
-            self._remote.discard(old.route)
-            batch.remote.change(old.route, False)
-            _count(self._peers, (key[0], old.route.peer), -1, batch.peers)
-        if new is not None and (old is None or old.route != new.route):
-            self._remote.add(new.route)
-            batch.remote.change(new.route, True)
-            _count(self._peers, (key[0], new.route.peer), 1, batch.peers)
+        if not candidates:
+            del self._locations[key]
+        elif len(candidates) == 1:
+            self._locations[key] = candidates[0]
+            new = self._route(candidates[0])
+        else:
+            ranked = sorted(candidates, key=self._rank)
+            self._locations[key] = tuple(ranked)
+            new = self._route(ranked[0])
+            self.rejections += 1
+            detail = f"{new.peer.address} (metric {ranked[0].metric}) wins"
+            self._superseded[key] = tuple(
+                Rejection(m, Reason.SUPERSEDED, detail) for m in ranked[1:]
+            )
+        if old is not None and old != new:
+            batch.remote.change(old, False)
+            _count(self._peers, (key[0], old.peer), -1, batch.peers)
+        if new is not None and new != old:
+            batch.remote.change(new, True)
+            _count(self._peers, (key[0], new.peer), 1, batch.peers)
 
     def _publish(self, batch: _Batch, added: bool, route: PublishedRoute) -> None:
         if added and route not in self._published:

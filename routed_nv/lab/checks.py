@@ -203,6 +203,31 @@ def tenant_matrix(lab: Lab) -> list[Reach]:
     return [r for w in lab.topology.workloads for f in (0, 1) for r in found[w.name, f]]
 
 
+def plaintext_tunnel_pings(
+    lab: Lab, namespace: str, local: IPv6Address, remote: IPv6Address, target: str = "10.0.0.1"
+) -> None:
+    """3 pings to `target` as IPv4-in-IPv6 from `namespace` (a host, address `local`) straight
+    to `remote`, a tenant outer address, outside any SA: what anyone on the underlay can send."""
+    setup = (
+        f"ip link add inject type ip6tnl mode any local {local} remote {remote} && "
+        f"ip link set inject up && ip addr add 10.99.0.2/32 dev inject && "
+        f"ip route add {target}/32 dev inject"
+    )
+    lab.exec(namespace, ["sh", "-c", setup], check=True)
+    try:
+        lab.exec(namespace, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.99.0.2", target])
+    finally:
+        lab.exec(namespace, ["ip", "link", "del", "inject"])
+
+
+def decap_drops(lab: Lab, namespace: str) -> int:
+    """Packets a host's decap rule dropped: IP-in-IPv6 that no SA of the tenant decrypted."""
+    argv = ["ip6tables-legacy", "-t", "raw", "-L", "RNV-DECAP", "-v", "-x", "-n"]
+    out = lab.exec(namespace, argv, check=True).stdout
+    line = next(x for x in out.splitlines() if "pol none" in x and "DROP" in x)
+    return int(line.split()[0])
+
+
 # What crosses the underlay, from a capture on the underlay router.
 
 _ESP = re.compile(r"ESP\(spi=0x([0-9a-f]+),")

@@ -150,11 +150,13 @@ class LabDatapath:
 
 
 @contextmanager
-def programmed_lab(topology: Topology, workdir: Path) -> Iterator[LabDatapath]:
+def programmed_lab(
+    topology: Topology, workdir: Path, adapt: Callable[[str, Config], Config] | None = None
+) -> Iterator[LabDatapath]:
     """A lab built from `topology`, its workloads configured and every host programmed by
-    routed_nv (static keying); torn down when the block ends."""
+    routed_nv (static keying; `adapt` as for LabDatapath); torn down when the block ends."""
     with Lab(topology) as built:
-        datapath = LabDatapath(built, workdir)
+        datapath = LabDatapath(built, workdir, adapt)
         datapath.configure_workloads()
         datapath.apply_all()
         yield datapath

@@ -185,18 +185,22 @@ def one_each(tenants: tuple[Tenant, ...], hosts: tuple[Node, ...]) -> tuple[Work
     )
 
 
-def directory_topology() -> Topology:
-    """The default topology plus two route reflectors (rr1, rr2) for the BGP directory, with a
-    BGP underlay (every node announces its /64 to the router).
+def directory_topology(hosts: int = 3, reflectors: int = 2) -> Topology:
+    """The default topology plus route reflectors (rr1, rr2) for the BGP directory, with a
+    BGP underlay (every node announces its /64 to the router). `hosts` and `reflectors` make it
+    smaller (the directory benchmark's 2-host/1-RR mode keeps host1, host2 and rr1).
 
     Route reflector ids and /64s follow the hosts' pattern (id 11 -> 2001:db8:0:11::/64) so that
     router ids, derived from node ids, are unique across the whole underlay.
     """
     base = default_topology()
-    reflectors = tuple(
+    kept = base.hosts[:hosts]
+    names = {h.name for h in kept}
+    workloads = tuple(w for w in base.workloads if w.host in names)
+    rrs = tuple(
         Node(id=i, name=f"rr{n}", prefix=IPv6Network(f"2001:db8:0:{i}::/64"))
         for n, i in ((1, 11), (2, 12))
     )
     return Topology(
-        base.aggregate, base.hosts, base.tenants, base.workloads, reflectors, bgp_underlay=True
+        base.aggregate, kept, base.tenants, workloads, rrs[:reflectors], bgp_underlay=True
     )

@@ -59,6 +59,11 @@ GUEST_MODULES = (
     "sha512_generic",
     "cbc",
     "aes_generic",
+    # the other protection modes: rfc7539esp(chacha20,poly1305), and ecb(cipher_null)
+    "chacha20poly1305",
+    "chacha_generic",
+    "poly1305_generic",
+    "ecb",
     "ip6_tables",
     "ip6table_filter",
     "ip6table_mangle",

@@ -6,7 +6,9 @@ A directory source produces it: the static one from the config's `peers` and `re
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+from collections.abc import Set
 from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -17,11 +19,14 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TENANT_ADDRESS_OFFSET = 0x1_0000
 
 
+# cached: every remote route via a peer host shares one next-hop object (not ~100 B each)
+@functools.lru_cache(maxsize=4096)
 def tenant_outer_address(prefix: ipaddress.IPv6Network, tenant_id: int) -> ipaddress.IPv6Address:
     return prefix[TENANT_ADDRESS_OFFSET + tenant_id]
 
 
-@dataclass(frozen=True, order=True)
+# slots: a host keeps one RemoteRoute per remote address (100,000 and more), and no __dict__ each
+@dataclass(frozen=True, order=True, slots=True)
 class PeerHost:
     name: str
     id: int  # the peer's SPI sender slot
@@ -35,7 +40,7 @@ class PeerHost:
         return tenant_outer_address(self.underlay_prefix, tenant_id)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class RemoteRoute:
     """One remote workload address (a /32 or /128) of a tenant, and the host that holds it."""
 
@@ -45,7 +50,7 @@ class RemoteRoute:
     sequence: int = 0  # the mobility sequence it was announced with (0: never moved)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Claim:
     """This host announcing one of its local addresses (calc/mobility.py): active with a
     mobility sequence, or stale (another host announced it with a newer sequence, `sequence`)."""
@@ -61,9 +66,11 @@ class DirectoryView:
     """Other hosts' addresses (`remote_routes`), and for mobility (calc/mobility.py): other
     hosts' announcements of addresses this host holds (`contested`), this host's announcements
     as the kernel has them (`published`), and what this host should announce (`claims`, set by
-    mobility.resolve; empty means every local address is active with sequence 0)."""
+    mobility.resolve; empty means every local address is active with sequence 0).
+    `remote_routes` is any immutable set: the BGP source's is a model.route_set.SharedSet, which
+    its next view shares but for the buckets an event changed."""
 
-    remote_routes: frozenset[RemoteRoute]
+    remote_routes: Set[RemoteRoute]
     contested: frozenset[RemoteRoute] = frozenset()
     published: frozenset[Claim] = frozenset()
     claims: frozenset[Claim] = frozenset()

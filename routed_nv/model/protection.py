@@ -26,18 +26,19 @@ class Protection(StrEnum):
 
 @dataclass(frozen=True)
 class Suite:
-    """How one mode is spelled for the kernel (XFRM), for strongSwan, and what it adds."""
+    """How one mode is spelled for the kernel (XFRM), for strongSwan, and what it adds. The
+    defaults are those of the three AEADs (RFC 4106, 7634, 4543 for ESP): a 4-byte salt after
+    the key, an 8-byte IV, a 128-bit ICV."""
 
     protection: Protection
     algorithm: str  # the XFRM algorithm, as `ip xfrm state` prints it back
-    aead: bool  # an `aead` transform (key + salt, ICV); else `enc` alone, with no `auth`
     key_bits: int  # the cipher key, without the salt
-    salt_bytes: int  # the nonce prefix appended to the key (RFC 4106, 4543, 7634)
-    icv_bits: int
-    iv_bytes: int
-    block_bytes: int  # the payload + trailer is padded to a multiple of this
     esp_proposal: str | None  # strongSwan's ESP proposal keyword; None: IKE cannot do this mode
-    kernel_names: tuple[str, ...]  # /proc/crypto names, any of which shows the kernel has it
+    aead: bool = True  # an `aead` transform (key + salt, ICV); else `enc` alone, with no `auth`
+    salt_bytes: int = 4  # the nonce prefix appended to the key
+    icv_bits: int = 128
+    iv_bytes: int = 8
+    block_bytes: int = 4  # the payload + trailer is padded to a multiple of this
 
     @property
     def key_bytes(self) -> int:
@@ -62,56 +63,23 @@ class Suite:
 SUITES = {
     s.protection: s
     for s in (
+        Suite(Protection.AES_GCM, "rfc4106(gcm(aes))", 128, "aes128gcm16"),
         Suite(
-            Protection.AES_GCM,
-            "rfc4106(gcm(aes))",
-            aead=True,
-            key_bits=128,
-            salt_bytes=4,
-            icv_bits=128,
-            iv_bytes=8,
-            block_bytes=4,
-            esp_proposal="aes128gcm16",
-            kernel_names=("rfc4106(gcm(aes))", "gcm(aes)"),
-        ),
-        Suite(
-            Protection.CHACHA20_POLY1305,
-            "rfc7539esp(chacha20,poly1305)",
-            aead=True,
-            key_bits=256,
-            salt_bytes=4,
-            icv_bits=128,
-            iv_bytes=8,
-            block_bytes=4,
-            esp_proposal="chacha20poly1305",
-            kernel_names=("rfc7539esp(chacha20,poly1305)",),
+            Protection.CHACHA20_POLY1305, "rfc7539esp(chacha20,poly1305)", 256, "chacha20poly1305"
         ),
         # AES-GMAC (RFC 4543): the payload is authenticated, not encrypted
-        Suite(
-            Protection.INTEGRITY,
-            "rfc4543(gcm(aes))",
-            aead=True,
-            key_bits=128,
-            salt_bytes=4,
-            icv_bits=128,
-            iv_bytes=8,
-            block_bytes=4,
-            esp_proposal="aes128gmac",
-            kernel_names=("rfc4543(gcm(aes))",),
-        ),
+        Suite(Protection.INTEGRITY, "rfc4543(gcm(aes))", 128, "aes128gmac"),
         # NULL encryption and no ICV: the kernel allows ESP without `auth`; strongSwan does not
         # negotiate it (docs/ike.md), so the mode is static keying's only.
         Suite(
             Protection.NONE,
             "ecb(cipher_null)",
+            0,
+            None,
             aead=False,
-            key_bits=0,
             salt_bytes=0,
             icv_bits=0,
             iv_bytes=0,
-            block_bytes=4,
-            esp_proposal=None,
-            kernel_names=("ecb(cipher_null)", "cipher_null"),
         ),
     )
 }

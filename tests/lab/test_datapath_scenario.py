@@ -15,7 +15,14 @@ import pytest
 from routed_nv.agent.wiring import build_datapath
 from routed_nv.config.model import Config
 from routed_nv.config.views import static_view
-from routed_nv.lab.checks import ContinuousPing, echo_counters, tenant_matrix, underlay_capture
+from routed_nv.lab.checks import (
+    ContinuousPing,
+    decap_drops,
+    echo_counters,
+    plaintext_tunnel_pings,
+    tenant_matrix,
+    underlay_capture,
+)
 from routed_nv.lab.datapath import LabDatapath, programmed_lab
 from routed_nv.lab.topology import default_topology
 from routed_nv.model import markers, spi
@@ -64,30 +71,17 @@ def test_full_tenant_matrix_over_esp_only(lab: LabDatapath) -> None:
     assert wire.esp_spis == predicted
 
 
-def decap_drops(lab: LabDatapath, host: str) -> int:
-    out = sh(lab, ns(host), "ip6tables-legacy -t raw -L RNV-DECAP -v -x -n")
-    line = next(x for x in out.splitlines() if "pol none" in x and "DROP" in x)
-    return int(line.split()[0])
-
-
 def test_plaintext_ip_in_ipv6_from_the_underlay_is_dropped(lab: LabDatapath) -> None:
     host1, host2 = lab.configs["host1"].host, lab.configs["host2"].host
     target = host1.tenant_address(BLUE)
-    before_drops, before_echo = decap_drops(lab, "host1"), echo_counters(lab.lab)["blue1"][0]
-    # host2 sends IPv4-in-IPv6 straight to host1's blue tenant address, outside any SA
-    sh(
-        lab,
-        ns("host2"),
-        f"ip link add inject type ip6tnl mode any local {host2.address} remote {target} && "
-        "ip link set inject up && ip addr add 10.99.0.2/32 dev inject && "
-        "ip route add 10.0.0.1/32 dev inject",
+    before_drops, before_echo = (
+        decap_drops(lab.lab, ns("host1")),
+        echo_counters(lab.lab)["blue1"][0],
     )
-    try:
-        sh(lab, ns("host2"), "ping -c 3 -i 0.2 -W 1 -I 10.99.0.2 10.0.0.1")
-    finally:
-        sh(lab, ns("host2"), "ip link del inject")
+    # host2 sends IPv4-in-IPv6 straight to host1's blue tenant address, outside any SA
+    plaintext_tunnel_pings(lab.lab, ns("host2"), host2.address, target)
 
-    assert decap_drops(lab, "host1") - before_drops >= 3
+    assert decap_drops(lab.lab, ns("host1")) - before_drops >= 3
     assert echo_counters(lab.lab)["blue1"][0] == before_echo
 
 

@@ -131,10 +131,13 @@ Auth = Callable[[str, Config], dict[str, str]]
 
 
 @contextmanager
-def ike_lab(workdir: Path, auth: Auth, logs: str) -> Iterator[IkeLab]:
+def ike_lab(
+    workdir: Path, auth: Auth, logs: str, tenants: dict[str, dict[str, object]] | None = None
+) -> Iterator[IkeLab]:
     """The 3-host lab, one charon per host, every host's Datapath in IKE mode; `auth(host,
-    config)` writes the host's credentials and returns their keying fields. charon's logs are
-    copied to .rnv-lab/<logs>/ at the end."""
+    config)` writes the host's credentials and returns their keying fields; `tenants` adds
+    fields to the tenants' config (by name). charon's logs are copied to .rnv-lab/<logs>/ at
+    the end."""
     topology = default_topology()
     with Lab(topology) as lab:
         charons = LabCharon(lab, workdir)
@@ -145,6 +148,8 @@ def ike_lab(workdir: Path, auth: Auth, logs: str) -> Iterator[IkeLab]:
             config = host_config(topology, host, workdir / "unused")
             data = config.model_dump(mode="json")
             data["keying"] = charons.keying(host.name, auth(host.name, config))
+            for name, fields in (tenants or {}).items():
+                data["tenants"][name].update(fields)
             configs[host.name] = Config.model_validate(data)
         for w in topology.workloads:
             configure_workload(w, configs[w.host].tenant_mtu(w.tenant))
@@ -162,15 +167,20 @@ def copy_logs(charons: LabCharon, directory: Path) -> None:
             shutil.copy(node.log, directory / f"{host}-charon.log")
 
 
+def psk_auth(workdir: Path, secret: str) -> Auth:
+    """ike_lab's auth with a pre-shared key: the same secret in every host's psk_file."""
+
+    def psk(host: str, config: Config) -> dict[str, str]:
+        write_psk(workdir / host / "psk", secret)
+        return {"psk_file": str(workdir / host / "psk")}
+
+    return psk
+
+
 @pytest.fixture(scope="module")
 def ike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IkeLab]:
     workdir = tmp_path_factory.mktemp("ike")
-
-    def psk(host: str, config: Config) -> dict[str, str]:
-        write_psk(workdir / host / "psk", "lab pre-shared key " + "x" * 32)
-        return {"psk_file": str(workdir / host / "psk")}
-
-    with ike_lab(workdir, psk, "ike-kernel") as lab:
+    with ike_lab(workdir, psk_auth(workdir, "lab pre-shared key " + "x" * 32), "ike-kernel") as lab:
         yield lab
 
 

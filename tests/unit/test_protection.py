@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from routed_nv.calc.ike import esp_proposals
 from routed_nv.calc.routing import desired_routing
 from routed_nv.calc.xfrm import desired_xfrm
-from routed_nv.config import crosscheck
+from routed_nv.config import ConfigError, crosscheck, load_config, loader
 from routed_nv.config.model import Config, Keying, KeyingMode
 from routed_nv.config.views import static_view
 from routed_nv.esp.xfrm import Op, Verb, parse_states, render
+from routed_nv.kernel_features import MachineFacts, evaluate, protection_support
 from routed_nv.model import markers, spi
 from routed_nv.model.keys import TenantKeys, derive_sa_key
 from routed_nv.model.protection import Protection, suite
@@ -115,6 +117,21 @@ A = ipaddress.IPv6Address("2001:db8:0:1::1:64")
 B = ipaddress.IPv6Address("2001:db8:0:2::1:64")
 
 
+def shown(transform: str) -> str:
+    """An SA from A to B as `ip xfrm state` (iproute2 6.1) shows it, with this transform line."""
+    return f"""\
+src {A} dst {B}
+\tproto esp spi 0x00640004 reqid {markers.reqid(100)} mode transport
+\treplay-window 0
+\t{transform}
+\tanti-replay esn context:
+\t seq-hi 0x0, seq 0x0, oseq-hi 0x0, oseq 0x0
+\t replay_window 64, bitmap-length 2
+\t 00000000 00000000
+\tsel src ::/0 dst ::/0
+"""
+
+
 def test_null_encryption_renders_as_enc_without_auth_and_reads_back() -> None:
     cipher = suite(Protection.NONE)
     state = XfrmState(
@@ -124,18 +141,7 @@ def test_null_encryption_renders_as_enc_without_auth_and_reads_back() -> None:
     assert render(Op(Verb.ADD, state)).endswith(' enc ecb(cipher_null) ""')
     assert "enc ecb(cipher_null) <key redacted>" in state.describe()
     # iproute2 prints no key word for an empty key
-    shown = f"""\
-src {A} dst {B}
-\tproto esp spi 0x00640004 reqid {markers.reqid(100)} mode transport
-\treplay-window 0
-\tenc ecb(cipher_null) {""}
-\tanti-replay esn context:
-\t seq-hi 0x0, seq 0x0, oseq-hi 0x0, oseq 0x0
-\t replay_window 64, bitmap-length 2
-\t 00000000 00000000
-\tsel src ::/0 dst ::/0
-"""
-    assert parse_states(shown) == [state]
+    assert parse_states(shown("enc ecb(cipher_null) ")) == [state]
 
 
 def test_an_algorithm_with_a_comma_reads_back_whole() -> None:
@@ -144,18 +150,7 @@ def test_an_algorithm_with_a_comma_reads_back_whole() -> None:
         A, B, 0x640004, markers.reqid(100), Secret(key),
         algorithm="rfc7539esp(chacha20,poly1305)",
     )  # fmt: skip
-    shown = f"""\
-src {A} dst {B}
-\tproto esp spi 0x00640004 reqid {markers.reqid(100)} mode transport
-\treplay-window 0
-\taead rfc7539esp(chacha20,poly1305) 0x{key.hex()} 128
-\tanti-replay esn context:
-\t seq-hi 0x0, seq 0x0, oseq-hi 0x0, oseq 0x0
-\t replay_window 64, bitmap-length 2
-\t 00000000 00000000
-\tsel src ::/0 dst ::/0
-"""
-    assert parse_states(shown) == [state]
+    assert parse_states(shown(f"aead rfc7539esp(chacha20,poly1305) 0x{key.hex()} 128")) == [state]
 
 
 def test_ike_proposals_follow_the_mode_and_keep_the_dh_groups() -> None:
@@ -177,3 +172,70 @@ def test_ike_refuses_none_and_generation_modes_naming_the_field() -> None:
     found = crosscheck.problems(config("ike", generation_protection={"1": "integrity"}))
     assert [path for path, _, _ in found] == [("tenants", "blue", "generation_protection")]
     assert crosscheck.problems(config("static", protection="none")) == []
+
+
+def support(facts: MachineFacts) -> dict[str, bool]:
+    return {str(mode): ok for mode, (ok, _) in protection_support(facts).items()}
+
+
+UML_LIKE = MachineFacts(
+    release="6.1.176",
+    modules_builtin="kernel/crypto/crypto_null.ko\n",
+    modules_dep="kernel/crypto/gcm.ko:\nkernel/crypto/authenc.ko:\n",
+)
+
+
+def test_doctor_lists_the_modes_the_kernel_can_do() -> None:
+    assert support(MachineFacts(release="6.18")) == dict.fromkeys(map(str, MODES), False)
+    assert support(UML_LIKE) == {
+        "aes-gcm": True,
+        "chacha20-poly1305": False,
+        "integrity": True,
+        "none": True,
+    }
+    registered = replace(UML_LIKE, proc_crypto="name         : rfc7539esp(chacha20,poly1305)\n")
+    assert support(registered)["chacha20-poly1305"]
+    features = {f.name: f for f in evaluate(UML_LIKE).features}
+    chacha = features["protection chacha20-poly1305"]
+    assert not chacha.ok and not chacha.needed
+    assert "rfc7539esp(chacha20,poly1305) (module chacha20poly1305: not built in" in chacha.detail
+
+
+def test_the_kernels_answer_to_a_test_sa_wins_over_the_modules() -> None:
+    refused = "Error: Requested AEAD algorithm not found."
+    probed = replace(
+        UML_LIKE,
+        xfrm_probe=tuple((m, refused if m is Protection.INTEGRITY else None) for m in MODES),
+    )
+    assert protection_support(probed) == {
+        Protection.AES_GCM: (True, "a test SA in a scratch netns was accepted"),
+        Protection.CHACHA20_POLY1305: (True, "a test SA in a scratch netns was accepted"),
+        Protection.INTEGRITY: (False, f"the kernel refused a test SA: {refused}"),
+        Protection.NONE: (True, "a test SA in a scratch netns was accepted"),
+    }
+
+
+def test_config_check_refuses_a_mode_this_kernel_cannot_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "kernel_facts", lambda: UML_LIKE)  # as if not root: no probe
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "blue.key").write_text(f"0 {'ab' * 32}\n")
+    (keys / "blue.key").chmod(0o600)
+    (tmp_path / "routed-nv.toml").write_text(
+        "[host]\nname = 'host1'\nid = 1\nunderlay_prefix = '2001:db8:0:1::/64'\n"
+        "underlay_aggregate = '2001:db8::/48'\nuplink = 'eth0'\n"
+        f"[keying]\nmode = 'static'\nsecrets_dir = '{keys}'\n"
+        "[tenants.blue]\nid = 100\nipv4 = ['10.0.0.0/24']\nprotection = 'none'\n"
+        "generation_protection = { '1' = 'chacha20-poly1305' }\n"
+    )
+    load_config(tmp_path / "routed-nv.toml", env={})  # away from the host: not checked
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "routed-nv.toml", env={}, check_files=True)
+    assert [str(p) for p in info.value.problems] == [
+        "routed-nv.toml: tenants.blue.generation_protection.1: 'chacha20-poly1305' is not "
+        "supported by this kernel (6.1.176): missing rfc7539esp(chacha20,poly1305) (module "
+        "chacha20poly1305: not built in, loaded or loadable on 6.1.176) (routed-nv doctor "
+        "lists the modes it supports)"
+    ]
