@@ -19,15 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from routed_nv.bench import tools
-from routed_nv.bench.results import Variant
+from routed_nv.bench.results import PROTECTION, Variant
 from routed_nv.bench.variants import Moved, Setup, workload_mac
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Node, Workload
+from routed_nv.model.protection import suite
 
 VXLAN_PORT = 4789
 ESP_REQID = 1
-AEAD = "rfc4106(gcm(aes))"
-GCM_KEY_BYTES = 20  # 16-byte AES-128 key + 4-byte salt
 ZERO_MAC = "00:00:00:00:00:00"
 MIGRATION_ANNOUNCE_ROUNDS = 5  # QEMU's announce-rounds default
 
@@ -171,9 +170,11 @@ class VxlanIpsec(Vxlan):
 
     def __init__(self, lab: Lab, workdir: Path) -> None:
         super().__init__(lab, workdir)
+        # the same AEAD (and key length) as routed_nv's mode
+        self.suite = suite(PROTECTION[self.variant])  # type: ignore[arg-type]
         # One key per direction of each host pair, known to both ends (static keying).
         self.keys = {
-            (a.id, b.id): secrets.token_hex(GCM_KEY_BYTES)
+            (a.id, b.id): secrets.token_hex(self.suite.key_bytes)
             for a in self.topology.hosts
             for b in self.topology.hosts
             if a != b
@@ -209,7 +210,8 @@ class VxlanIpsec(Vxlan):
         return (
             f"xfrm state add src {source.uplink_address} dst {destination.uplink_address} "
             f"proto esp spi {self.spi(source, destination)} reqid {ESP_REQID} mode transport "
-            f"replay-window 64 aead '{AEAD}' 0x{self.keys[source.id, destination.id]} 128"
+            f"replay-window 64 aead '{self.suite.algorithm}' "
+            f"0x{self.keys[source.id, destination.id]} {self.suite.icv_bits}"
         )
 
     def _program_esp(self, host: Node) -> None:
@@ -224,3 +226,9 @@ class VxlanIpsec(Vxlan):
             if peer != host:
                 lines += [self._sa(host, peer), self._sa(peer, host)]
         ip_batch(host.namespace, lines)
+
+
+class VxlanIpsecChacha(VxlanIpsec):
+    """vxlan+ipsec with ChaCha20-Poly1305: the bridged peer of routed_nv's chacha20-poly1305."""
+
+    variant = Variant.VXLAN_IPSEC_CHACHA

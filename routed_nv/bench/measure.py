@@ -55,6 +55,13 @@ def _cpu() -> parse.CpuTimes:
     return parse.proc_stat(Path("/proc/stat").read_text())
 
 
+def iperf(lab: Lab, client: Workload, address: str, streams: int, seconds: float) -> parse.Iperf:
+    """One iperf3 TCP run from the client to the server at address."""
+    argv = ["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(seconds)]
+    done = lab.exec(client.namespace, [*argv, "-P", str(streams), "-J"], timeout=seconds + 30)
+    return parse.iperf3(done.stdout)
+
+
 def throughput(
     lab: Lab, client: Workload, address: str, streams: int, seconds: float, repeats: int
 ) -> Throughput:
@@ -62,24 +69,8 @@ def throughput(
     runs = []
     for _ in range(repeats):
         before = _cpu()
-        done = lab.exec(
-            client.namespace,
-            [
-                "iperf3",
-                "-c",
-                address,
-                "-p",
-                str(IPERF_PORT),
-                "-t",
-                str(seconds),
-                "-P",
-                str(streams),
-                "-J",
-            ],
-            timeout=seconds + 30,
-        )
+        result = iperf(lab, client, address, streams, seconds)
         after = _cpu()
-        result = parse.iperf3(done.stdout)
         busy = (after.busy - before.busy) / os.sysconf("SC_CLK_TCK")
         gbit = result.bytes * 8 / 1e9
         runs.append(

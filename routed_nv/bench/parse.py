@@ -104,3 +104,34 @@ def cpu_model(cpuinfo: str) -> str:
         if key.strip() == "model name":
             return value.strip()
     return "unknown"
+
+
+def openssl_speed(text: str) -> float:
+    """`openssl speed -mr -bytes N -evp ALG`: bytes per second, from its `+F:` line
+    (`+F:<n>:<algorithm>:<bytes/s at N>`)."""
+    for line in text.splitlines():
+        if line.startswith("+F:"):
+            return float(line.rsplit(":", 1)[1])
+    raise ValueError("openssl speed printed no +F: line")
+
+
+def cpu_busy(before: str, after: str) -> list[float]:
+    """Per CPU (`cpuN` lines of two /proc/stat readings): the fraction of time not idle."""
+
+    def per_cpu(text: str) -> dict[str, CpuTimes]:
+        lines = [line for line in text.splitlines() if re.match(r"cpu\d+ ", line)]
+        return {line.split()[0]: proc_stat("cpu " + line.split(" ", 1)[1]) for line in lines}
+
+    a, b = per_cpu(before), per_cpu(after)
+    return [
+        round((b[c].busy - a[c].busy) / max(b[c].total - a[c].total, 1), 3)
+        for c in sorted(b, key=lambda name: int(name[3:]))
+        if c in a
+    ]
+
+
+def esp_algorithms(xfrm_state: str) -> list[str]:
+    """`ip xfrm state`: the distinct algorithms of the SAs (`aead rfc4106(gcm(aes)) ...`,
+    `enc ecb(cipher_null) ...`), as `kind name`."""
+    found = re.findall(r"^\s+(aead|enc|auth|auth-trunc) (\S+)", xfrm_state, re.MULTILINE)
+    return sorted({f"{kind} {name}" for kind, name in found})

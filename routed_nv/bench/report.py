@@ -8,6 +8,7 @@ from pathlib import Path
 from routed_nv.bench import parse
 from routed_nv.bench.results import (
     DESCRIPTIONS,
+    PROTECTION,
     EventFlood,
     Flood,
     FrameCount,
@@ -70,13 +71,98 @@ def performance_rows(report: Report) -> list[list[object]]:
     return rows
 
 
+# The protection table's order: from no protection to the costliest, each cipher's routed_nv
+# row beside its vxlan+ipsec row.
+PROTECTION_ORDER = (
+    Variant.UNDERLAY,
+    Variant.VXLAN,
+    Variant.ROUTED_NONE,
+    Variant.ROUTED_INTEGRITY,
+    Variant.ROUTED,
+    Variant.VXLAN_IPSEC,
+    Variant.ROUTED_CHACHA,
+    Variant.VXLAN_IPSEC_CHACHA,
+)
+
+
+def _variant(report: Report, variant: Variant) -> VariantResult | None:
+    return next((v for v in report.variants if v.variant is variant), None)
+
+
+def protection_rows(report: Report) -> list[list[object]]:
+    """Per variant, 1 TCP stream: throughput with its ratio to the plain underlay and to
+    routed_nv with AES-GCM, CPU per Gbit and RR p50 with ratios to plain, bytes added, MTU."""
+    base, gcm = _variant(report, Variant.UNDERLAY), _variant(report, Variant.ROUTED)
+    floor = base and _by_streams(base, 1)
+    reference = gcm and _by_streams(gcm, 1)
+    rows: list[list[object]] = []
+    for variant in PROTECTION_ORDER:
+        v = _variant(report, variant)
+        if v is None:
+            continue
+        t = _by_streams(v, 1)
+        gbps = t and t.gbps
+        rows.append(
+            [
+                v.variant,
+                PROTECTION[v.variant] or "no ESP",
+                ", ".join(v.esp) or NONE,
+                _cell(gbps, floor and floor.gbps, 3),
+                f"{gbps / reference.gbps:.2f}x" if gbps and reference else NONE,
+                _cell(t and t.cpu_s_per_gbit, floor and floor.cpu_s_per_gbit, 2),
+                _cell(
+                    v.latency and v.latency.p50_us,
+                    base and base.latency and base.latency.p50_us,
+                    0,
+                ),
+                v.mtu.overhead if v.mtu else NONE,
+                v.mtu.computed if v.mtu else NONE,
+            ]
+        )
+    return rows
+
+
+def tenants_rows(report: Report) -> list[list[object]]:
+    return [
+        [
+            r.tenants,
+            r.streams,
+            f"{r.gbps:.3f}",
+            ", ".join(f"{g:.3f}" for g in r.per_stream_gbps),
+            ", ".join(f"{b:.0%}" for b in r.cpu_busy),
+            f"{r.cpu_s_per_gbit:.2f}",
+        ]
+        for r in report.tenants
+    ]
+
+
+def aead_rows(report: Report) -> list[list[object]]:
+    speeds = report.environment.openssl
+    sizes = sorted({s.size for s in speeds})
+    return [
+        [
+            algorithm,
+            *(
+                f"{s.bytes_per_second * 8 / 1e9:.2f}"
+                for size in sizes
+                for s in speeds
+                if s.algorithm == algorithm and s.size == size
+            ),
+        ]
+        for algorithm in dict.fromkeys(s.algorithm for s in speeds)
+    ]
+
+
 def tables(report: Report) -> str:
     env = report.environment
     crypto = "; ".join(f"{k}: {', '.join(v) or 'not instantiated'}" for k, v in env.crypto.items())
+    sizes = sorted({s.size for s in env.openssl})
     sections = [
         f"routed-nv bench ({env.mode}) - kernel {env.kernel}"
         f"{' (UML guest)' if env.uml else ''}, {env.cpus} CPU, {env.cpu_model}, {env.iperf3}",
-        f"crypto drivers: {crypto}",
+        f"machine load when the run started: {env.host_load or 'not read'}; "
+        f"{env.uml_processes} linux.uml processes (UML guests share the machine's CPUs)",
+        f"crypto drivers (kernel, /proc/crypto): {crypto}",
         "\n".join(f"- {v}: {DESCRIPTIONS[v]}" for v in Variant),
         "Throughput (Gbit/s), CPU-seconds per Gbit (1 stream) and TCP request/response "
         "latency (µs); ratios to the plain underlay",
@@ -84,6 +170,35 @@ def tables(report: Report) -> str:
             ["variant", "TCP 1 stream", "TCP 4 streams", "CPU-s/Gbit", "RR p50", "RR p99"],
             performance_rows(report),
         ),
+        "What encryption costs: 1 TCP stream per protection mode, ratios to the plain underlay "
+        "(and throughput to routed_nv with AES-GCM); ESP as host1's kernel reports its SAs",
+        _table(
+            [
+                "variant",
+                "protection",
+                "ESP (kernel)",
+                "Gbit/s",
+                "x AES-GCM",
+                "CPU-s/Gbit",
+                "RR p50 (µs)",
+                "overhead (B)",
+                "workload MTU",
+            ],
+            protection_rows(report),
+        ),
+        f"routed_nv (AES-GCM), 1 tenant vs {max((r.tenants for r in report.tenants), default=0)} "
+        f"tenants between the same two hosts, the same number of TCP streams "
+        f"({env.cpus} CPU in this kernel)",
+        _table(
+            ["tenants", "streams", "Gbit/s", "per tenant", "CPU busy (per CPU)", "CPU-s/Gbit"],
+            tenants_rows(report),
+        ),
+        f"User-space AEAD on the machine's CPU (`openssl speed -evp`, {env.openssl_version}): "
+        "Gbit/s per size in bytes. A reference for hardware crypto, NOT ESP: no kernel, no "
+        "packets",
+        _table(["algorithm", *(f"{s} B" for s in sizes)], aead_rows(report))
+        if env.openssl
+        else "not measured (openssl missing, or the report was made inside the guest)",
         "Per-packet overhead and workload MTU (underlay MTU 1500)",
         _table(
             ["variant", "overhead (B)", "workload MTU", "DF ping of MTU arrives", "MTU+1 fails"],

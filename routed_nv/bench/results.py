@@ -7,12 +7,33 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from routed_nv.model.protection import Protection
+
 
 class Variant(StrEnum):
     UNDERLAY = "underlay"  # (d) the floor: workloads routed directly, no overlay
     ROUTED = "routed_nv"  # (a) routed, per-tenant VRF, ESP transport with AES-GCM
     VXLAN = "vxlan"  # (b) Linux bridge + VXLAN per tenant, head-end replication, unencrypted
     VXLAN_IPSEC = "vxlan+ipsec"  # (c) (b) with host-to-host ESP transport on the VXLAN port
+    # The protection modes (issue 19), measured for throughput, latency and MTU only: the flood,
+    # state and move figures do not depend on the cipher.
+    ROUTED_CHACHA = "routed_nv chacha20-poly1305"
+    ROUTED_INTEGRITY = "routed_nv integrity"
+    ROUTED_NONE = "routed_nv none"
+    VXLAN_IPSEC_CHACHA = "vxlan+ipsec chacha20-poly1305"
+
+
+# The protection mode (docs/configuration.md) whose ESP each variant runs; None: no ESP.
+PROTECTION = {
+    Variant.UNDERLAY: None,
+    Variant.ROUTED: Protection.AES_GCM,
+    Variant.VXLAN: None,
+    Variant.VXLAN_IPSEC: Protection.AES_GCM,
+    Variant.ROUTED_CHACHA: Protection.CHACHA20_POLY1305,
+    Variant.ROUTED_INTEGRITY: Protection.INTEGRITY,
+    Variant.ROUTED_NONE: Protection.NONE,
+    Variant.VXLAN_IPSEC_CHACHA: Protection.CHACHA20_POLY1305,
+}
 
 
 DESCRIPTIONS = {
@@ -20,6 +41,10 @@ DESCRIPTIONS = {
     Variant.ROUTED: "routed_nv: VRF per tenant, ip6tnl, ESP transport rfc4106(gcm(aes))",
     Variant.VXLAN: "Linux bridge + VXLAN (IPv6) per tenant, static all-zero FDB flood list",
     Variant.VXLAN_IPSEC: "as vxlan, plus host-to-host ESP transport on UDP 4789 (AES-GCM)",
+    Variant.ROUTED_CHACHA: "routed_nv, ESP rfc7539esp(chacha20,poly1305)",
+    Variant.ROUTED_INTEGRITY: "routed_nv, ESP rfc4543(gcm(aes)): AES-GMAC, authenticated, clear",
+    Variant.ROUTED_NONE: "routed_nv, ESP ecb(cipher_null) without ICV: SPI + sequence only",
+    Variant.VXLAN_IPSEC_CHACHA: "as vxlan+ipsec, ESP rfc7539esp(chacha20,poly1305)",
 }
 
 
@@ -117,6 +142,7 @@ class VariantResult(_Model):
     convergence: Convergence | None = None
     convergence_note: str = ""
     scale: list[Scale] = []
+    esp: list[str] = []  # the ESP algorithms of host1's SAs, as the kernel reports them
 
 
 class Projection(_Model):
@@ -130,6 +156,26 @@ class Projection(_Model):
     state: HostState
 
 
+class AeadSpeed(_Model):
+    """`openssl speed -evp`: user-space AEAD on the machine's CPU (AES-NI, SIMD), not ESP."""
+
+    algorithm: str  # openssl's name, e.g. aes-128-gcm
+    size: int  # bytes per operation
+    bytes_per_second: float
+
+
+class TenantsRun(_Model):
+    """routed_nv (AES-GCM) between the same two hosts: one TCP stream per tenant at once, or
+    the same number of streams inside one tenant (one SA per direction)."""
+
+    tenants: int
+    streams: int  # in all
+    gbps: float  # summed over the streams
+    per_stream_gbps: list[float]  # per tenant (several tenants) or the one tenant's total
+    cpu_busy: list[float]  # per CPU of the kernel that ran it: fraction not idle
+    cpu_s_per_gbit: float
+
+
 class Environment(_Model):
     kernel: str  # release of the kernel that ran the datapath
     uml: bool  # that kernel was a user-mode-linux guest
@@ -138,9 +184,15 @@ class Environment(_Model):
     crypto: dict[str, list[str]]  # /proc/crypto: algorithm name -> driver names, as loaded
     iperf3: str
     mode: str
+    # user-space AEAD speeds where the report was rendered (the machine, not the guest)
+    openssl: list[AeadSpeed] = []
+    openssl_version: str = ""
+    host_load: str = ""  # the machine's /proc/loadavg when the run started
+    uml_processes: int = 0  # `linux.uml` processes on the machine then (a guest runs several)
 
 
 class Report(_Model):
     environment: Environment
     variants: list[VariantResult]
     projections: list[Projection]
+    tenants: list[TenantsRun] = []

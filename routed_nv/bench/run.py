@@ -7,6 +7,7 @@ so they run side by side on the same (guest) CPU with nothing else running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -15,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from routed_nv.bench import flood, measure, parse, state
-from routed_nv.bench.bridged import Vxlan, VxlanIpsec
+from routed_nv.bench import aead, flood, measure, parse, state, tenants
+from routed_nv.bench.bridged import Vxlan, VxlanIpsec, VxlanIpsecChacha
 from routed_nv.bench.results import (
     Environment,
     Projection,
@@ -25,7 +26,15 @@ from routed_nv.bench.results import (
     Variant,
     VariantResult,
 )
-from routed_nv.bench.variants import Routed, Setup, Underlay, bench_topology
+from routed_nv.bench.variants import (
+    Routed,
+    RoutedChacha,
+    RoutedIntegrity,
+    RoutedNone,
+    Setup,
+    Underlay,
+    bench_topology,
+)
 from routed_nv.lab import uml
 from routed_nv.lab.builder import Lab, LabError
 
@@ -35,11 +44,29 @@ SETUPS: dict[Variant, type[Setup]] = {
     Variant.VXLAN: Vxlan,
     Variant.VXLAN_IPSEC: VxlanIpsec,
 }
+# The other protection modes: throughput, latency and MTU at the smallest lab size only.
+MODES: dict[Variant, type[Setup]] = {
+    Variant.ROUTED_CHACHA: RoutedChacha,
+    Variant.ROUTED_INTEGRITY: RoutedIntegrity,
+    Variant.ROUTED_NONE: RoutedNone,
+    Variant.VXLAN_IPSEC_CHACHA: VxlanIpsecChacha,
+}
 CLIENT, SERVER, MOVER = "blue1", "blue2", "blue2"  # blue1 on host1, blue2 on host2
 MOVE_TO = "host3"
 STATE_HOST = "host1"
 STREAMS = (1, 4)
-CRYPTO = ("rfc4106(gcm(aes))", "gcm(aes)", "ghash", "ctr(aes)", "aes")
+CRYPTO = (
+    "rfc4106(gcm(aes))",
+    "gcm(aes)",
+    "ghash",
+    "ctr(aes)",
+    "aes",
+    "rfc7539esp(chacha20,poly1305)",
+    "chacha20",
+    "poly1305",
+    "rfc4543(gcm(aes))",
+    "ecb(cipher_null)",
+)
 # State projections: tenants per host and workloads per tenant per host, every tenant on all
 # hosts (dense) or on SPARSE_SPAN of them.
 PROJECTION_HOSTS = (10, 100, 1000)
@@ -55,10 +82,30 @@ class Plan:
     repeats: int  # iperf3 runs per figure (the median is kept)
     transactions: int  # request/response round trips
     convergence_timeout: float  # seconds to wait for traffic after a move
+    mode_streams: tuple[int, ...]  # TCP streams for the MODES variants
+    openssl_seconds: int  # per `openssl speed` run
 
 
-QUICK = Plan("quick", (3, 10), seconds=2, repeats=1, transactions=300, convergence_timeout=10)
-FULL = Plan("full", (3, 10, 30), seconds=10, repeats=3, transactions=5000, convergence_timeout=30)
+QUICK = Plan(
+    "quick",
+    (3, 10),
+    seconds=2,
+    repeats=1,
+    transactions=300,
+    convergence_timeout=10,
+    mode_streams=(1,),
+    openssl_seconds=1,
+)
+FULL = Plan(
+    "full",
+    (3, 10, 30),
+    seconds=10,
+    repeats=3,
+    transactions=5000,
+    convergence_timeout=30,
+    mode_streams=STREAMS,
+    openssl_seconds=3,
+)
 
 
 def lab_load(variant: Variant, hosts: int) -> state.HostLoad:
@@ -97,13 +144,17 @@ def projections() -> list[Projection]:
 
 
 def _performance(
-    setup: Setup, plan: Plan, result: VariantResult, log: Callable[[str], None]
+    setup: Setup,
+    plan: Plan,
+    result: VariantResult,
+    log: Callable[[str], None],
+    streams_tried: tuple[int, ...] = STREAMS,
 ) -> None:
     topology = setup.topology
     client, server = (next(w for w in topology.workloads if w.name == n) for n in (CLIENT, SERVER))
     address = setup.addresses(server)[0]
     measure.start_servers(setup.lab, server)
-    for streams in STREAMS:
+    for streams in streams_tried:
         tp = measure.throughput(setup.lab, client, address, streams, plan.seconds, plan.repeats)
         result.throughput.append(tp)
         log(f"  TCP {streams} stream(s): {tp.gbps:.3f} Gbit/s, {tp.cpu_s_per_gbit:.2f} CPU-s/Gbit")
@@ -114,13 +165,15 @@ def _performance(
         f"  MTU {result.mtu.computed} (overhead {result.mtu.overhead} B): "
         f"fits={result.mtu.fits} next_fails={result.mtu.next_fails}"
     )
-    if setup.move_method:
+    if setup.move_method and setup.variant in SETUPS:  # a cipher does not change a move
         mover = next(w for w in topology.workloads if w.name == MOVER)
         moved = measure.convergence(setup, client, mover, MOVE_TO, plan.convergence_timeout)
         result.convergence = moved
         log(f"  moved {MOVER} to {MOVE_TO}: traffic after {moved.seconds} s {moved.note}")
-    else:
+    elif setup.variant is Variant.UNDERLAY:
         result.convergence_note = "n/a: a workload's address belongs to its host's prefix"
+    else:
+        result.convergence_note = "not measured: the cipher does not change a move"
 
 
 def _variant_at(
@@ -150,7 +203,25 @@ def _variant_at(
         crossings = {e: getattr(flooded, e).crossings for e in ("resolve", "unknown", "boot")}
         log(f"  crossing hosts: {crossings}; {STATE_HOST} state: {measured}")
         if hosts == plan.hosts[0]:
+            result.esp = parse.esp_algorithms(
+                lab.exec(topology.host(STATE_HOST).namespace, ["ip", "xfrm", "state"]).stdout
+            )
             _performance(setup, plan, result, log)
+
+
+def _mode(variant: Variant, plan: Plan, result: VariantResult, log: Callable[[str], None]) -> None:
+    with Lab(bench_topology(plan.hosts[0])) as lab, tempfile.TemporaryDirectory() as workdir:
+        setup = MODES[variant](lab, Path(workdir))
+        setup.build()
+        client = next(w for w in lab.topology.workloads if w.name == CLIENT)
+        failures = measure.reach(setup, client)
+        if failures:
+            raise LabError(f"{variant} does not work: {'; '.join(failures)}")
+        result.esp = parse.esp_algorithms(
+            lab.exec(lab.topology.host(STATE_HOST).namespace, ["ip", "xfrm", "state"]).stdout
+        )
+        log(f"{variant}: built and reachable, ESP {result.esp}")
+        _performance(setup, plan, result, log, plan.mode_streams)
 
 
 def environment(plan: Plan) -> Environment:
@@ -166,12 +237,42 @@ def environment(plan: Plan) -> Environment:
     )
 
 
+@dataclass(frozen=True)
+class Load:
+    loadavg: str  # /proc/loadavg
+    uml_processes: int  # `linux.uml` processes: other engineers' guests share the CPUs
+
+
+def machine_load() -> Load:
+    """Read on the machine itself (not in a guest), before the run starts."""
+    count = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):  # the process exited meanwhile
+            count += comm.read_text().strip() == "linux.uml"
+    return Load(Path("/proc/loadavg").read_text().strip(), count)
+
+
+def machine(env: Environment, plan: Plan, load: Load) -> None:
+    """What only the machine itself can say: its load when the run started, and its user-space
+    AEAD speeds (measured after the run, so they compete with nothing of ours)."""
+    env.host_load, env.uml_processes = load.loadavg, load.uml_processes
+    env.openssl_version = aead.version()
+    env.openssl = aead.speeds(plan.openssl_seconds)
+
+
 def run(plan: Plan, log: Callable[[str], None]) -> Report:
-    results = {v: VariantResult(variant=v) for v in SETUPS}
+    results = {v: VariantResult(variant=v) for v in Variant}
     for hosts in plan.hosts:
         for variant in SETUPS:
             _variant_at(variant, hosts, plan, results[variant], log)
+    for variant in MODES:
+        _mode(variant, plan, results[variant], log)
+    log("routed_nv, 1 vs 4 tenants between two hosts")
+    by_tenants = tenants.run(plan.seconds, plan.repeats, log)
     # /proc/crypto lists rfc4106(gcm(aes)) once an SA has instantiated it: read it last.
     return Report(
-        environment=environment(plan), variants=list(results.values()), projections=projections()
+        environment=environment(plan),
+        variants=list(results.values()),
+        projections=projections(),
+        tenants=by_tenants,
     )

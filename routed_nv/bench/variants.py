@@ -16,7 +16,8 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 from routed_nv.bench import overhead
-from routed_nv.bench.results import Variant
+from routed_nv.bench.results import PROTECTION, Variant
+from routed_nv.config.model import Config
 from routed_nv.lab.builder import Lab, LabError, ip_batch
 from routed_nv.lab.datapath import LabDatapath, host_config
 from routed_nv.lab.topology import WORKLOAD_IFNAME, Node, Topology, Workload, default_topology
@@ -166,7 +167,11 @@ class Routed(Setup):
 
     def __init__(self, lab: Lab, workdir: Path) -> None:
         super().__init__(lab, workdir)
-        self.datapath = LabDatapath(lab, workdir)
+        self.datapath = LabDatapath(lab, workdir, self.adapt)
+
+    def adapt(self, host: str, config: Config) -> Config:
+        """A host's config as the variant runs it: the lab's."""
+        return config
 
     def build(self) -> None:
         for host, config in self.datapath.configs.items():
@@ -202,3 +207,28 @@ class Routed(Setup):
                 raise LabError(f"{name}: apply after move failed")
             steps[name] = time.time()
         return Moved(broken, steps)
+
+
+class RoutedMode(Routed):
+    """routed_nv with every tenant in another protection mode (the tenants' `protection` key):
+    the datapath derives the mode's keys, programs its SAs and the MTU that follows from it."""
+
+    def adapt(self, host: str, config: Config) -> Config:
+        protection = PROTECTION[self.variant]
+        tenants = {
+            name: t.model_copy(update={"protection": protection})
+            for name, t in config.tenants.items()
+        }
+        return config.model_copy(update={"tenants": tenants})
+
+
+class RoutedChacha(RoutedMode):
+    variant = Variant.ROUTED_CHACHA
+
+
+class RoutedIntegrity(RoutedMode):
+    variant = Variant.ROUTED_INTEGRITY
+
+
+class RoutedNone(RoutedMode):
+    variant = Variant.ROUTED_NONE

@@ -92,8 +92,12 @@ def bench_command(
     TCP request/response latency (p50/p99), per-packet overhead and the workload MTU (checked
     with DF pings), packets that cross hosts when a workload resolves a neighbour, boots or
     probes an unknown address (as the lab grows), convergence after moving a workload, and
-    kernel state per host (measured, and by formula up to 1,000 hosts). Absolute figures from
-    a UML guest are not a machine's: compare the ratios. Method: docs/benchmarks.md.
+    kernel state per host (measured, and by formula up to 1,000 hosts). What encryption costs:
+    routed_nv in each protection mode (aes-gcm, chacha20-poly1305, integrity, none) beside
+    vxlan+ipsec with AES-GCM and ChaCha20-Poly1305, 1 vs 4 tenants between two hosts, the
+    kernel's crypto drivers, and this machine's user-space AEAD speeds (openssl speed, not
+    ESP). Absolute figures from a UML guest are not a machine's: compare the ratios. Method:
+    docs/benchmarks.md.
 
     \b
     Exit status:
@@ -115,13 +119,15 @@ def bench_command(
         return
     # the benchmark (and the lab it builds) loads only when it runs, not for `--help`
     from routed_nv.bench import plots, report
-    from routed_nv.bench.run import FULL, QUICK, run
+    from routed_nv.bench.run import FULL, QUICK, machine, machine_load, run
 
     plan = QUICK if quick else FULL
     if guest_report is not None:
         guest_report.write_text(run(plan, _log).model_dump_json(indent=2))
         return
+    load = machine_load()
     result = _in_uml(quick, mem, timeout) if uml.needs_uml() else run(plan, _log)
+    machine(result.environment, plan, load)
     if save is not None:
         save.write_text(result.model_dump_json(indent=2) + "\n")
     if plot_dir is not None:

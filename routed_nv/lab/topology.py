@@ -167,18 +167,22 @@ def default_topology() -> Topology:
     )
     subnet4, subnet6 = ipaddress.IPv4Network("10.0.0.0/24"), IPv6Network("fd10::/64")
     tenants = (Tenant(100, "blue", subnet4, subnet6), Tenant(200, "red", subnet4, subnet6))
-    workloads = tuple(
+    return Topology(IPv6Network("2001:db8::/48"), hosts, tenants, one_each(tenants, hosts))
+
+
+def one_each(tenants: tuple[Tenant, ...], hosts: tuple[Node, ...]) -> tuple[Workload, ...]:
+    """One workload per tenant per host, named <tenant><host id>, host id as its address."""
+    return tuple(
         Workload(
             name=f"{t.name}{h.id}",
             tenant=t.name,
             host=h.name,
-            ipv4=subnet4[h.id],
-            ipv6=subnet6[h.id],
+            ipv4=t.ipv4[h.id],
+            ipv6=t.ipv6[h.id],
         )
         for t in tenants
         for h in hosts
     )
-    return Topology(IPv6Network("2001:db8::/48"), hosts, tenants, workloads)
 
 
 def directory_topology(hosts: int = 3, reflectors: int = 2) -> Topology:

@@ -1,15 +1,24 @@
 """`routed-nv bench --quick` on a real kernel: every variant produces figures, MTUs are exactly
 the arithmetic's and verified on the wire, routed_nv floods nothing across hosts while the
-bridged variants' crossings are exactly frames x copies, state matches the formulas, and every
-move converges."""
+bridged variants' crossings are exactly frames x copies, state matches the formulas, every
+move converges, every protection mode's SAs use its own algorithm, and 1 vs 4 tenants both
+carry traffic."""
 
 from __future__ import annotations
 
 import pytest
 
 from routed_nv.bench import overhead
-from routed_nv.bench.results import EventFlood, Report, Scale, Variant, VariantResult
-from routed_nv.bench.run import QUICK, run
+from routed_nv.bench.results import (
+    PROTECTION,
+    EventFlood,
+    Report,
+    Scale,
+    Variant,
+    VariantResult,
+)
+from routed_nv.bench.run import MODES, QUICK, SETUPS, run
+from routed_nv.model.protection import SUITES, suite
 
 pytestmark = pytest.mark.kernel
 
@@ -33,7 +42,8 @@ def _event(s: Scale, event: str) -> EventFlood:
 def test_every_variant_moves_data(report: Report) -> None:
     assert [v.variant for v in report.variants] == list(Variant)
     for v in report.variants:
-        assert sorted(t.streams for t in v.throughput) == [1, 4]
+        streams = [1, 4] if v.variant in SETUPS else list(QUICK.mode_streams)
+        assert sorted(t.streams for t in v.throughput) == streams, v.variant
         assert all(t.gbps > 0 for t in v.throughput), v.variant
         assert v.latency is not None and 0 < v.latency.p50_us <= v.latency.p99_us
 
@@ -88,13 +98,33 @@ def test_measured_state_matches_the_formulas(report: Report) -> None:
 
 def test_every_move_converges(report: Report) -> None:
     for v in report.variants:
-        if v.variant is Variant.UNDERLAY:
+        if v.variant is Variant.UNDERLAY or v.variant in MODES:
             continue
         moved = v.convergence
         assert moved is not None and moved.seconds is not None and moved.seconds > 0, v.variant
         assert moved.datapath_seconds is not None and moved.path_seconds <= moved.move_seconds
 
 
+def test_every_protection_mode_runs_its_own_algorithm(report: Report) -> None:
+    """The kernel's SAs on host1 carry the mode's algorithm (and only that one)."""
+    for v in report.variants:
+        protection = PROTECTION[v.variant]
+        if protection is None:
+            assert v.esp == [], v.variant
+            continue
+        mode = suite(protection)
+        assert v.esp == [f"{'aead' if mode.aead else 'enc'} {mode.algorithm}"], v.variant
+
+
 def test_environment_names_the_crypto(report: Report) -> None:
-    assert report.environment.crypto["rfc4106(gcm(aes))"]
+    for mode in SUITES.values():  # every algorithm the run used has a kernel driver named
+        assert report.environment.crypto[mode.algorithm], mode.algorithm
     assert report.environment.kernel
+
+
+def test_one_tenant_and_four_tenants_both_carry_traffic(report: Report) -> None:
+    one, four = report.tenants
+    assert (one.tenants, one.streams, four.tenants, four.streams) == (1, 4, 4, 4)
+    for row in (one, four):
+        assert len(row.per_stream_gbps) == row.tenants and all(g > 0 for g in row.per_stream_gbps)
+        assert row.gbps > 0 and len(row.cpu_busy) == report.environment.cpus

@@ -86,6 +86,32 @@ module       : kernel
     }
 
 
+def test_openssl_speed_reads_bytes_per_second() -> None:
+    text = "+DT:AES-128-GCM:1:1024\n+R:1922792:AES-128-GCM:1.000000\n+H:1024\n"
+    assert parse.openssl_speed(text + "+F:25:AES-128-GCM:1968939008.00\n") == 1968939008.0
+    with pytest.raises(ValueError, match=r"\+F:"):
+        parse.openssl_speed(text)
+
+
+def test_cpu_busy_is_per_cpu() -> None:
+    before = "cpu  0 0 0 0 0 0 0 0\ncpu0 10 0 0 90 0 0 0 0\ncpu1 0 0 0 100 0 0 0 0\n"
+    after = "cpu  0 0 0 0 0 0 0 0\ncpu0 60 0 0 140 0 0 0 0\ncpu1 25 0 0 175 0 0 0 0\n"
+    assert parse.cpu_busy(before, after) == [0.5, 0.25]
+
+
+def test_esp_algorithms_of_the_sas() -> None:
+    text = """src 2001:db8:0:1::1 dst 2001:db8:0:2::1
+\tproto esp spi 0x00640102 reqid 100 mode transport
+\treplay-window 0
+\taead rfc4543(gcm(aes)) 0x00 128
+src 2001:db8:0:2::1 dst 2001:db8:0:1::1
+\tproto esp spi 0x00640201 reqid 100 mode transport
+\tenc ecb(cipher_null)\x20
+\tanti-replay context: seq 0x0, oseq 0x0, bitmap 0x00000000
+"""
+    assert parse.esp_algorithms(text) == ["aead rfc4543(gcm(aes))", "enc ecb(cipher_null)"]
+
+
 def test_cpu_model() -> None:
     assert parse.cpu_model("processor : 0\nmodel name\t: AMD EPYC\n") == "AMD EPYC"
     assert parse.cpu_model("") == "unknown"
