@@ -34,10 +34,6 @@ from routed_nv.config.types import (
 from routed_nv.model.directory import tenant_outer_address
 from routed_nv.model.protection import DEFAULT, Protection, suite
 
-# IPv6 + ESP header + IV + trailer + ICV with AES-GCM-128 in transport mode (ARCHITECTURE.md §5),
-# at a 1500-byte underlay; each protection mode has its own (model/protection.py).
-ESP_OVERHEAD = 74
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
