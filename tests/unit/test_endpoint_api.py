@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 import threading
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +270,27 @@ def test_fifty_concurrent_clients_all_land_none_lost(running: Running) -> None:
     # every answer names an apply that had its endpoint
     generations = {a["generation"] for a in answers.values()}
     assert max(generations) == running.agent.generation()
+
+
+def test_a_change_parses_no_configuration_file_again(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each change is validated as a whole configuration, which at 1,000 run-time endpoints
+    meant parsing their drop-in three times per request (most of the request's cost). Files
+    unchanged since they were read, and the drop-in the agent itself just wrote, are not
+    parsed again; an edit (a new inode or mtime) is."""
+    running.ask(add("p1", 11))
+    parsed: list[str] = []
+    loads = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text: parsed.append(text) or loads(text))
+    running.ask(add("p2", 12))
+    running.ask({"request": "endpoint.delete", "id": "p1"})
+    assert {e["id"] for e in running.ask({"request": "endpoint.list"})["endpoints"]} >= {"p2"}
+    assert parsed == []
+    drop_in = runtime.drop_in_path(running.config_path)
+    drop_in.write_text(drop_in.read_text().replace("10.0.0.12", "10.0.0.13"))  # by hand
+    assert running.stored()["p2"]["addresses"] == ["10.0.0.13"]
+    assert len(parsed) == 1
 
 
 def test_a_restarted_agent_has_the_endpoints_the_api_added(tmp_path: Path) -> None:
