@@ -7,16 +7,18 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from test_datapath import Fakes
+from test_datapath import CountingTables, Fakes
 
 from routed_nv.agent.datapath import Datapath
 from routed_nv.calc import mobility
-from routed_nv.calc.routing import desired_routing
+from routed_nv.calc.netfilter import SRC_PREFIX, desired_rules
+from routed_nv.calc.routing import desired_routing, host_ifname
 from routed_nv.config.model import Config
 from routed_nv.model.directory import DirectoryView, PeerHost, RemoteRoute
+from routed_nv.netfilter.driver import NetfilterDriver
 from routed_nv.routing.driver import RoutingDriver
 from tests.factories import HOST1
-from tests.fakes import FakeWorld
+from tests.fakes import FakeTables, FakeWorld
 
 HOST2 = PeerHost("host2", 2, ipaddress.IPv6Network("2001:db8:0:2::/64"))
 REMOTE = frozenset(
@@ -106,3 +108,36 @@ def test_anything_but_endpoints_changed_is_a_full_apply() -> None:
     fewer = DirectoryView(frozenset(list(REMOTE)[:1]), claims=view.claims)
     assert datapath._changed_endpoints((first, view), first, fewer) is None
     assert datapath._changed_endpoints((first, view), config(), view) == {"b1"}
+
+
+def test_an_endpoint_change_reads_no_table_and_sets_only_its_own_chains() -> None:
+    """At 1,000 endpoints, reading the raw tables back (and the XFRM state, and charon) for each
+    endpoint the API added cost more than the change: the endpoint path writes the changed
+    endpoints' chains and dispatch rules against what it last applied, and leaves XFRM and IKE
+    alone (they take nothing from endpoints). The tables end as a full apply leaves them, and
+    no other endpoint's chain is rewritten (its counters stay)."""
+    fakes, world, tables = Fakes(), new_world(), CountingTables()
+    datapath = Datapath(NetfilterDriver(tables), fakes.xfrm, RoutingDriver(world.ns), fakes.ike)  # type: ignore[arg-type]
+    full = FakeTables()
+    last = config()
+    last_view = mobility.resolve(last, DirectoryView(REMOTE))
+    assert datapath.apply(last, last_view).ok
+    assert NetfilterDriver(full).reconcile(desired_rules(last)).ok
+    reads, fakes.calls[:] = dict(tables.reads), []
+    for name, cfg in STEPS:
+        view = mobility.resolve(cfg, DirectoryView(REMOTE))
+        done = len(tables.applied)
+        outcome = datapath.apply(cfg, view, since=(last, last_view))
+        assert outcome.ok, (name, [s.errors for s in outcome.stages])
+        assert NetfilterDriver(full).reconcile(desired_rules(cfg)).ok
+        assert tables.chains == full.chains, name
+        changed = {n for n in last.endpoints.keys() | cfg.endpoints.keys()
+                   if last.endpoints.get(n) != cfg.endpoints.get(n)}  # fmt: skip
+        theirs = {SRC_PREFIX + host_ifname(n, c.endpoints[n])
+                  for c in (last, cfg) for n in changed if n in c.endpoints}  # fmt: skip
+        for change in tables.applied[done:]:
+            assert set(change.set_chains) | set(change.delete_chains) <= theirs, name
+            assert not change.hooks, name
+        last, last_view = cfg, view
+    assert tables.reads == reads, "read the tables again"
+    assert fakes.calls == [], "ran XFRM or IKE for an endpoint change"
