@@ -30,13 +30,13 @@ Work in proportion to the change:
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from routed_nv.agent.changes import Changed, of_ike, of_netfilter, of_routing, of_xfrm
+from routed_nv.agent.snapshot import changed_endpoints
 from routed_nv.calc.ike import CredentialFiles, credential_files, desired_ike
 from routed_nv.calc.netfilter import desired_rules, endpoint_rule_changes
 from routed_nv.calc.routing import (
@@ -168,27 +168,11 @@ class Datapath:
     def _changed_endpoints(
         self, since: tuple[Config, DirectoryView], config: Config, view: DirectoryView
     ) -> set[str] | None:
-        """The endpoints whose definition or claims differ from `since`; None when anything
-        else may differ (other config, remote routes) or routing last applied something else."""
-        old_config, old_view = since
+        """changed_endpoints, or None when routing last applied something else than `since`."""
         routing = self._clean.get("routing")
-        if routing is None or routing[0] is not old_config or routing[1] is not old_view:
+        if routing is None or routing[0] is not since[0] or routing[1] is not since[1]:
             return None
-        if old_config.model_copy(update={"endpoints": {}}) != config.model_copy(
-            update={"endpoints": {}}
-        ):
-            return None
-        if view.remote_routes != old_view.remote_routes:
-            return None
-        old, new = old_config.endpoints, config.endpoints
-        names = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
-        moved = {(c.tenant_id, c.prefix) for c in old_view.claims ^ view.claims}
-        for c in (old_config, config):
-            for name, ep in c.endpoints.items():
-                tid = c.tenants[ep.tenant].id
-                if any((tid, ipaddress.ip_network(a)) in moved for a in ep.addresses):
-                    names.add(name)
-        return names
+        return changed_endpoints(since, config, view)
 
     def _apply_endpoints(
         self,

@@ -17,7 +17,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from routed_nv.agent import runtime
+from routed_nv.agent import runtime, snapshot
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, RequestFailed, ask
 from routed_nv.agent.endpoint_api import EndpointApi
 from routed_nv.agent.events import EventLog
@@ -291,6 +291,27 @@ def test_a_change_parses_no_configuration_file_again(
     drop_in.write_text(drop_in.read_text().replace("10.0.0.12", "10.0.0.13"))  # by hand
     assert running.stored()["p2"]["addresses"] == ["10.0.0.13"]
     assert len(parsed) == 1
+
+
+def test_an_endpoint_change_counts_only_that_endpoint(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each apply the agent counts what it wants (status, metrics): at 1,000 endpoints,
+    building every endpoint's routes to count them, and reading the SAs back, was most of an
+    API change's CPU. An endpoint change counts its own routes and keeps the SA count (SAs
+    change with tenants, keys and peers); the counts equal a full count."""
+    running.ask(add("q1", 21))
+    built: list[object] = []
+    read: list[object] = []
+    full = snapshot.desired_routing
+    monkeypatch.setattr(snapshot, "desired_routing", lambda *a: built.append(a) or full(*a))
+    monkeypatch.setattr(running.agent, "_read_sas", lambda: read.append(1) or ())
+    running.ask(add("q2", 22))
+    running.ask({"request": "endpoint.delete", "id": "q1"})
+    assert (built, read) == ([], [])
+    monkeypatch.undo()
+    now = running.agent.snapshot()
+    assert now.counts == snapshot.count(now.config, now.view, now.sas)
 
 
 def test_a_restarted_agent_has_the_endpoints_the_api_added(tmp_path: Path) -> None:
