@@ -3,8 +3,10 @@
 One NetlinkKernel talks to one network namespace: the process's own (netns None) or a named
 one under /run/netns, entered with flags=0 so that a typo never creates a namespace, by a
 short-lived thread that opens the namespace's sockets there (no child process per namespace).
-Links, addresses and proxy-NDP entries go through pyroute2 (a few per host); routes, which come
-by the 100,000, go through rtnl.py's batched stdlib socket, opened in the same namespace.
+Links and proxy-NDP entries go through pyroute2; routes, which come by the 100,000, and the
+dumps of addresses and of link names (one veth per endpoint: pyroute2 decoded every attribute of
+every link, three times per namespace and plan), go through rtnl.py's stdlib socket, opened in
+the same namespace.
 Objects read back carry no netns: the driver knows which logical namespace it asked.
 Netlink errors become KernelError subclasses with the errno's words; "already gone" on delete
 and "already there" on address/neigh add count as success.
@@ -152,20 +154,17 @@ class NetlinkKernel:
     # addresses
 
     def _names(self) -> dict[int, str]:
-        with _errors():
-            return {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
+        try:
+            return self._route_socket().link_names()
+        except OSError as exc:
+            raise KernelError(exc.strerror or str(exc)) from None
 
     def addresses(self) -> list[tuple[str, IPInterface]]:
         names = self._names()
-        with _errors():
-            msgs = self._ipr.get_addr()
-        found = []
-        for m in msgs:
-            name = names.get(m["index"])
-            if name is not None:
-                addr = m.get("IFA_LOCAL") or m.get("IFA_ADDRESS")
-                found.append((name, ipaddress.ip_interface(f"{addr}/{m['prefixlen']}")))
-        return found
+        try:
+            return self._route_socket().addresses(names)
+        except OSError as exc:
+            raise KernelError(exc.strerror or str(exc)) from None
 
     def _addr(self, command: str, address: Address) -> None:
         iface = address.address
