@@ -275,6 +275,12 @@ class RouteSocket:
         found = (decode_link_name(body) for body in self._dump(request, seq, RTM_NEWLINK))
         return dict(pair for pair in found if pair is not None)
 
+    def link_messages(self) -> list[bytes]:
+        """The RTM_NEWLINK body of every link (netlink.py decodes the few attributes it uses)."""
+        seq = self._next_seq()
+        request = _dump_request(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), seq)
+        return [bytes(body) for body in self._dump(request, seq, RTM_NEWLINK)]
+
     def addresses(
         self, names: dict[int, str]
     ) -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:

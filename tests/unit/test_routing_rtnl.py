@@ -74,11 +74,12 @@ def test_an_ipv4_next_hop_of_an_ipv6_route_round_trips():
     assert rtnl.decode_route(body, NAMES, {231}) == route
 
 
-def test_addresses_routes_and_proxies_are_read_without_a_pyroute2_link_dump() -> None:
+def test_links_addresses_routes_and_proxies_are_read_without_a_pyroute2_link_dump() -> None:
     """Each of them needs the links' names: pyroute2 decoded every attribute of every link for
-    that, three times per namespace and plan (one veth per endpoint: most of a resync's time in
-    the lab at 200 endpoints). The stdlib dumps give the same names and addresses. Read from
-    this process's own namespace (dumps need no privilege)."""
+    that, four times per namespace and plan (one veth per endpoint: most of a resync's time in
+    the lab at 200 endpoints, and each endpoint change read the host's links again). The stdlib
+    dumps give the same links, names and addresses (vrf and ip6tnl attributes: the kernel
+    tests). Read from this process's own namespace (dumps need no privilege)."""
     from pyroute2 import IPRoute
 
     from routed_nv.routing.netlink import NetlinkKernel
@@ -99,7 +100,14 @@ def test_addresses_routes_and_proxies_are_read_without_a_pyroute2_link_dump() ->
                     f"{m.get('IFA_LOCAL') or m.get('IFA_ADDRESS')}/{m['prefixlen']}"))
                 for m in ipr.get_addr()
             ]  # fmt: skip
+            links = [
+                (m.get("ifname"), m["index"], m.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")),
+                 m.get("IFLA_MTU"), bool(m["flags"] & 1), names.get(m.get("IFLA_MASTER")))
+                for m in ipr.get_links()
+            ]  # fmt: skip
         assert kernel._names() == names
         assert found == sorted(expected, key=str) and found
+        assert [(s.name, s.index, s.kind, s.mtu, s.up, s.master) for s in kernel.links()] == links
+        assert dumps == []
     finally:
         kernel.close()
