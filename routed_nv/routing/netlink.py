@@ -86,14 +86,26 @@ class NetlinkKernel:
         # pyroute2's netns=, which forks a child process per namespace and gives it 2 s to hand
         # the socket back: slow with a hundred workload namespaces, and a late child that had
         # exited was a RuntimeError ("child process is dead") that failed the whole apply.
-        sock = self._in_netns(_netlink_route_socket)
-        with _errors():
-            self._ipr = IPRoute(fileno=sock.detach())
+        # Both sockets are opened when first needed: a no-op resync reads a workload namespace
+        # (links, addresses, routes) through the stdlib socket alone, and an IPRoute (with its
+        # event loop) per namespace cost more than those reads.
+        self._pyroute2: IPRoute | None = None
         self._indexes: dict[str, int] = {}
-        self._routes: rtnl.RouteSocket | None = None  # opened when routes are first needed
+        self._routes: rtnl.RouteSocket | None = None
+        # fail now, as before, for a namespace that cannot be entered
+        self._route_socket()
+
+    @property
+    def _ipr(self) -> IPRoute:
+        if self._pyroute2 is None:
+            sock = self._in_netns(_netlink_route_socket)
+            with _errors():
+                self._pyroute2 = IPRoute(fileno=sock.detach())
+        return self._pyroute2
 
     def close(self) -> None:
-        self._ipr.close()
+        if self._pyroute2 is not None:
+            self._pyroute2.close()
         if self._routes is not None:
             self._routes.close()
 

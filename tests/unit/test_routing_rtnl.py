@@ -111,3 +111,17 @@ def test_links_addresses_routes_and_proxies_are_read_without_a_pyroute2_link_dum
         assert dumps == []
     finally:
         kernel.close()
+
+
+def test_reading_links_addresses_and_routes_makes_no_pyroute2_socket() -> None:
+    """A no-op resync reads every workload namespace: an IPRoute (and its event loop) made for
+    each cost more than the reads, which need only the stdlib socket."""
+    from routed_nv.routing.netlink import NetlinkKernel
+
+    kernel = NetlinkKernel(None)
+    try:
+        assert kernel.links() and kernel.addresses()
+        kernel.routes({230, 231})
+        assert kernel._pyroute2 is None
+    finally:
+        kernel.close()
