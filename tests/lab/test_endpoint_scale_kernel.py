@@ -11,12 +11,13 @@ import contextlib
 import re
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import test_agent_kernel
 from test_agent_kernel import AGENT_ARGS, Env
+from test_agent_kill_kernel import namespaces
 from test_datapath_scenario import ns, sh
 
 from routed_nv.agent.control import SOCKET_NAME, ControlError, ask
@@ -29,16 +30,6 @@ scale_lab = test_agent_kernel.env  # that module's agent lab, built anew for thi
 COUNT = 50
 NAMES = [f"s{i}" for i in range(COUNT)]
 ADDRESS = {n: f"10.0.0.{200 + i}" for i, n in enumerate(NAMES)}
-
-
-@contextlib.contextmanager
-def namespaces() -> Iterator[None]:
-    script = "".join(f"ip netns add {ns(n)} && ip -n {ns(n)} link set lo up\n" for n in NAMES)
-    try:
-        subprocess.run(["sh", "-ec", script], check=True)
-        yield
-    finally:
-        subprocess.run(["sh", "-c", "".join(f"ip netns del {ns(n)}\n" for n in NAMES)], check=False)
 
 
 def at_once(call: Callable[[str], Any]) -> dict[str, str]:
@@ -106,7 +97,7 @@ def test_fifty_concurrent_adds_programmed_reachable_restored_and_only_their_rule
 
     host2_original = host2.config_path.read_text()
     first = pinged_blue1()
-    with namespaces():
+    with namespaces([ns(n) for n in NAMES]):
         try:
             assert at_once(add) == dict.fromkeys(NAMES, "ok")
             assert endpoint_links(env) == set(NAMES)
