@@ -61,7 +61,7 @@ class Sizes:
 
 
 QUICK = Sizes(burst=50, restore=30, noop=200, noop_reps=5)
-FULL = Sizes(burst=200, restore=100, noop=1000, noop_reps=10)
+FULL = Sizes(burst=200, restore=100, noop=1000, noop_reps=5)
 
 
 @dataclass
@@ -250,7 +250,9 @@ class Bench:
                     raise LabError("no resync apply logged")
                 time.sleep(POLL_S)
             if done[0]["changes"] != "0" or done[0]["ok"] != "true":
-                raise LabError(f"a no-op resync changed something or failed: {done[0]}")
+                errors = [x for x in self.agent.log()[offset:].splitlines()
+                          if x.startswith("agent.apply.error")][:5]  # fmt: skip
+                raise LabError(f"a no-op resync changed something or failed: {done[0]} {errors}")
             seconds.append(float(done[0]["seconds"]))
         return {"endpoints": len(self.present), "p50": round(statistics.median(seconds), 3),
                 "p99": round(p99(seconds), 3), "n": len(seconds)}  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+import pytest
 from test_datapath import CountingTables, Fakes
 
 from routed_nv.agent.datapath import Datapath
@@ -16,6 +17,7 @@ from routed_nv.calc.routing import desired_routing, host_ifname
 from routed_nv.config.model import Config
 from routed_nv.model.directory import DirectoryView, PeerHost, RemoteRoute
 from routed_nv.netfilter.driver import NetfilterDriver
+from routed_nv.routing import driver as routing_driver
 from routed_nv.routing.driver import RoutingDriver
 from tests.factories import HOST1
 from tests.fakes import FakeTables, FakeWorld
@@ -141,3 +143,33 @@ def test_an_endpoint_change_reads_no_table_and_sets_only_its_own_chains() -> Non
         last, last_view = cfg, view
     assert tables.reads == reads, "read the tables again"
     assert fakes.calls == [], "ran XFRM or IKE for an endpoint change"
+
+
+def test_a_resync_over_many_namespaces_keeps_few_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resync reads every workload namespace: with each one's socket open until the end, the
+    bench's 1,000 endpoints ran out of the default 1,024 descriptors and every resync failed.
+    At most MAX_OPEN_KERNELS stay open; the others are opened again when needed."""
+    monkeypatch.setattr(routing_driver, "MAX_OPEN_KERNELS", 3, raising=False)
+    names = [f"w{i}" for i in range(10)]
+    world, open_now, most = FakeWorld(*names), set(), [0]
+
+    class Counted:
+        def __init__(self, ns: str | None) -> None:
+            self.ns, self.kernel = ns, world.ns(ns)
+            open_now.add(ns)
+            most[0] = max(most[0], len(open_now))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.kernel, name)
+
+        def close(self) -> None:
+            open_now.discard(self.ns)
+
+    cfg = config(**{f"e{i}": {"tenant": "blue", "addresses": [f"10.0.0.{10 + i}"], "netns": n}
+                    for i, n in enumerate(names)})  # fmt: skip
+    desired = desired_routing(cfg, mobility.resolve(cfg, DirectoryView(REMOTE)))
+    driver = RoutingDriver(Counted)
+    assert driver.reconcile(desired).ok
+    assert driver.plan(desired, resync=True).changes == ()  # read back through reopened ones
+    assert most[0] <= 3 + 1  # and the host's
+    assert open_now == set()
