@@ -238,6 +238,15 @@ class FakeStage:
         return dataclasses.replace(result, problems=[*plan.problems, *result.problems])
 
 
+class FakeNetfilterStage(FakeStage):
+    """The netfilter driver, which also commits changes made without a read (one endpoint's
+    rules): recorded as "netfilter.apply_changes"."""
+
+    def apply_changes(self, changes: list[Any]) -> Any:
+        self.applied_plans.append(changes)
+        return self._answer("apply_changes", self.result)
+
+
 class FakeReconfigureClient:
     calls: ClassVar[list[str]] = []
 

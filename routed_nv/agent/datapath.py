@@ -29,15 +29,16 @@ Work in proportion to the change:
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from routed_nv.agent.changes import Changed, of_ike, of_netfilter, of_routing, of_xfrm
+from routed_nv.agent.snapshot import changed_endpoints
 from routed_nv.calc.ike import CredentialFiles, credential_files, desired_ike
-from routed_nv.calc.netfilter import desired_rules
+from routed_nv.calc.netfilter import desired_rules, endpoint_rule_changes
 from routed_nv.calc.routing import (
     RoutingConflict,
     desired_routing,
@@ -53,7 +54,7 @@ from routed_nv.model.directory import DirectoryView
 from routed_nv.model.directory_delta import DirectoryDelta
 from routed_nv.model.ike import DesiredIke
 from routed_nv.model.keys import LoadedKeys
-from routed_nv.model.netfilter import DesiredRules
+from routed_nv.model.netfilter import DesiredRules, TableChange
 from routed_nv.model.result import Plan, Problem, Result
 from routed_nv.model.routing import DesiredRouting
 from routed_nv.model.xfrm import DesiredXfrm
@@ -66,6 +67,7 @@ from routed_nv.routing.driver import RoutingPlan, RoutingResult
 class NetfilterStage(Protocol):
     def plan(self, desired: DesiredRules) -> NetfilterPlan: ...
     def apply(self, plan: NetfilterPlan) -> NetfilterResult: ...
+    def apply_changes(self, changes: list[TableChange]) -> NetfilterResult: ...
 
 
 class XfrmStage(Protocol):
@@ -166,27 +168,11 @@ class Datapath:
     def _changed_endpoints(
         self, since: tuple[Config, DirectoryView], config: Config, view: DirectoryView
     ) -> set[str] | None:
-        """The endpoints whose definition or claims differ from `since`; None when anything
-        else may differ (other config, remote routes) or routing last applied something else."""
-        old_config, old_view = since
+        """changed_endpoints, or None when routing last applied something else than `since`."""
         routing = self._clean.get("routing")
-        if routing is None or routing[0] is not old_config or routing[1] is not old_view:
+        if routing is None or routing[0] is not since[0] or routing[1] is not since[1]:
             return None
-        if old_config.model_copy(update={"endpoints": {}}) != config.model_copy(
-            update={"endpoints": {}}
-        ):
-            return None
-        if view.remote_routes != old_view.remote_routes:
-            return None
-        old, new = old_config.endpoints, config.endpoints
-        names = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
-        moved = {(c.tenant_id, c.prefix) for c in old_view.claims ^ view.claims}
-        for c in (old_config, config):
-            for name, ep in c.endpoints.items():
-                tid = c.tenants[ep.tenant].id
-                if any((tid, ipaddress.ip_network(a)) in moved for a in ep.addresses):
-                    names.add(name)
-        return names
+        return changed_endpoints(since, config, view)
 
     def _apply_endpoints(
         self,
@@ -197,11 +183,18 @@ class Datapath:
     ) -> Outcome:
         """Every stage but routing as usual (netfilter edits only what changed); routing only
         for these endpoints, or in full when that cannot be done."""
-        peers = _peer_pairs(view)
-        stages = [
-            self._maybe("netfilter", lambda: self._netfilter(config, view, True), (config,)),
-            self._maybe_xfrm(config, view, peers),
-        ]
+        old_config = since[0]
+        stages = [self._endpoint_rules(old_config, config, view, names)]
+        # XFRM and IKE take nothing from endpoints (tenants, keys and peer hosts are as last
+        # applied: _changed_endpoints checked): skipped if XFRM last applied them cleanly, IKE
+        # as on the delta path (a restarted charon waits for the next full apply or resync)
+        peers, xfrm = _peer_pairs(view), self._clean.get("xfrm")
+        loaded = _tenant_keys(config)
+        if xfrm is not None and xfrm[0] is old_config and xfrm[1:] == (peers, loaded):
+            self._clean["xfrm"] = (config, peers, loaded)
+            stages.append(Stage("xfrm", skipped=True))
+        else:
+            stages.append(self._maybe_xfrm(config, view, peers))
         start = time.monotonic()
         try:
             upserts, deletes = endpoint_changes(since, (config, view), names)
@@ -214,8 +207,36 @@ class Datapath:
         else:
             stages.append(self._routing_stage(result, start, (config, view)))
         if config.keying.mode is KeyingMode.IKE:
-            stages.append(self._ike_stage(config, view))
+            stages.append(Stage("ike", skipped=True))
         return Outcome(stages)
+
+    def _endpoint_rules(
+        self, old: Config, config: Config, view: DirectoryView, names: set[str]
+    ) -> Stage:
+        """Netfilter for a change of these endpoints: their chains and dispatch rules alone,
+        without reading the tables, when the rules of `old` are what it last applied cleanly;
+        else the whole stage."""
+        clean = self._clean.pop("netfilter", None)
+        changes = None
+        if clean is not None and clean[0] is old:
+            with contextlib.suppress(RoutingConflict):  # the full stage reports it
+                changes = endpoint_rule_changes(old, config, names)
+        if changes is None:
+            if clean is not None:
+                self._clean["netfilter"] = clean
+            return self._maybe("netfilter", lambda: self._netfilter(config, view, True), (config,))
+        start = time.monotonic()
+        result = self.netfilter.apply_changes(changes)
+        stage = Stage(
+            "netfilter",
+            [line for obj in result.done for line in obj.lines()],
+            of_netfilter(result.done),
+            list(result.problems),
+            seconds=time.monotonic() - start,
+        )
+        if not stage.errors:
+            self._clean["netfilter"] = (config,)
+        return stage
 
     def _routing_stage(
         self, result: RoutingResult, start: float, inputs: tuple[object, ...]

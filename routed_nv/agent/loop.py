@@ -52,12 +52,15 @@ from routed_nv.agent.snapshot import (
     Snapshot,
     SourceInfo,
     Withdrawn,
+    changed_endpoints,
     count,
     recount,
+    recount_endpoints,
 )
 from routed_nv.agent.source import DirectorySource, keep_known
 from routed_nv.calc import mobility
 from routed_nv.calc.duplicates import Duplicate, Guard, Limits, Where
+from routed_nv.calc.routing import RoutingConflict
 from routed_nv.config.loader import ConfigError, Problem
 from routed_nv.config.model import Config
 from routed_nv.config.views import local_addresses
@@ -428,7 +431,9 @@ class Agent:
         end = self._clock()
         self._last_end = end
         record = ApplyRecord(started, end - now, not errors, changes, errors, ",".join(why))
-        self._after_apply(config, view, record, inspect=outcome is not None, delta=delta)
+        self._after_apply(
+            config, view, record, inspect=outcome is not None, delta=delta, since=since
+        )
         self._by_delta_ok = (
             record.ok
             and update.in_sync
@@ -567,14 +572,25 @@ class Agent:
         record: ApplyRecord,
         inspect: bool,
         delta: DirectoryDelta | None = None,
+        since: tuple[Config, DirectoryView] | None = None,
     ) -> None:
+        """`since`: the config and view of the last apply, when only endpoints may have
+        changed: then the counts follow those endpoints, and neither the SAs (they change with
+        tenants, keys and peers) nor the remote addresses can have changed."""
+        endpoints = changed_endpoints(since, config, view) if since is not None else None
         sas = self._sas  # an apply that could not even start would not find the SAs either
-        if inspect and (delta is None or delta.peers):  # SAs change with peers only
-            try:
+        if inspect and endpoints is None and (delta is None or delta.peers):
+            try:  # SAs change with peers (and the config) only
                 sas = tuple(self._read_sas())
             except Exception as exc:  # counts are for people; the apply is what matters
                 self._log("agent.inspect.error", error=f"{type(exc).__name__}: {exc}")
-        if delta is None:
+        if endpoints is not None and since is not None:
+            try:
+                counts = recount_endpoints(self._counts, since, (config, view), endpoints)
+            except RoutingConflict:  # the apply reported it
+                counts = count(config, view, sas)
+            withdrawn = self._withdrawn
+        elif delta is None:
             counts = count(config, view, sas)
             withdrawn = self._remember_withdrawn(view)
         else:

@@ -18,11 +18,12 @@ Chains, all prefixed markers.CHAIN_PREFIX, reached by one jump from PREROUTING p
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from routed_nv.calc.routing import RoutingConflict, host_ifname
 from routed_nv.config.model import Config, Endpoint
 from routed_nv.model import markers
-from routed_nv.model.netfilter import ChainKey, DesiredRules, Family, Rule
+from routed_nv.model.netfilter import ChainKey, DesiredRules, Family, Rule, TableChange
 
 TABLE = "raw"
 HOOK = "PREROUTING"  # the built-in chain that carries our single jump
@@ -75,6 +76,55 @@ def desired_rules(config: Config) -> DesiredRules:
     jumps = {ChainKey(f, TABLE, HOOK): DISPATCH for f in Family}
     unordered = frozenset(ChainKey(f, TABLE, DISPATCH) for f in Family)
     return DesiredRules(chains=chains, jumps=jumps, errors=tuple(errors), unordered=unordered)
+
+
+def endpoint_rule_changes(old: Config, new: Config, names: Iterable[str]) -> list[TableChange]:
+    """What `desired_rules` would change between `old` and `new` if only these endpoints
+    differ: their own chains set or deleted, and their dispatch rules edited in place (the
+    other endpoints' rules and counters stay). One change per family that has any; raises
+    RoutingConflict when an endpoint's interface name cannot be made (the full path reports
+    it)."""
+    sets: dict[Family, dict[str, tuple[Rule, ...]]] = {f: {} for f in Family}
+    gone: dict[Family, set[str]] = {f: set() for f in Family}
+    append: dict[Family, set[Rule]] = {f: set() for f in Family}
+    remove: dict[Family, set[Rule]] = {f: set() for f in Family}
+    for name in sorted(names):
+        before, after = _endpoint_chains(old, name), _endpoint_chains(new, name)
+        for family in Family:
+            b, a = before.get(family), after.get(family)
+            if a is not None and a != b:
+                sets[family][a[0]] = a[1]
+                append[family].add(a[2])
+            if b is not None and a != b:
+                gone[family].add(b[0])
+                remove[family].add(b[2])
+    changes = []
+    for family in Family:
+        added = sorted(append[family] - remove[family], key=Rule.render)
+        removed = sorted(remove[family] - append[family], key=Rule.render)
+        change = TableChange(
+            family=family,
+            table=TABLE,
+            set_chains=sets[family],
+            delete_chains=tuple(sorted(gone[family] - sets[family].keys())),
+            edit_chains={DISPATCH: (tuple(added), tuple(removed))} if added or removed else {},
+        )
+        if change:
+            changes.append(change)
+    return changes
+
+
+def _endpoint_chains(config: Config, name: str) -> dict[Family, tuple[str, tuple[Rule, ...], Rule]]:
+    """Per family: the endpoint's chain, its rules and its dispatch rule (none if absent)."""
+    endpoint = config.endpoints.get(name)
+    if endpoint is None:
+        return {}
+    ifname = host_ifname(name, endpoint)
+    chain = SRC_PREFIX + ifname
+    return {
+        family: (chain, rules, Rule(target=chain, goto=True, in_interface=ifname))
+        for family, rules in source_rules(endpoint).items()
+    }
 
 
 def to_host_rules() -> dict[Family, tuple[Rule, ...]]:

@@ -1,6 +1,6 @@
 """`routed-nv bench`: the comparative benchmark, inside UML when this kernel lacks the datapath;
-`routed-nv bench directory|routing|events ...`: the directory, routing-programming and
-per-event CPU benchmarks.
+`routed-nv bench directory|endpoints|routing|events ...`: the directory, local-endpoint,
+routing-programming and per-event CPU benchmarks.
 
 Like `routed-nv lab`, the command re-runs itself in a user-mode-linux guest
 (`python -m routed_nv.cli.bench --guest-report FILE`); the guest writes the JSON report to
@@ -167,6 +167,30 @@ def bench_directory_command(args: tuple[str, ...]) -> None:
     from routed_nv.bench import directory
 
     sys.exit(directory.main(list(args)))
+
+
+@bench_command.command("endpoints", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_endpoints_command(args: tuple[str, ...]) -> None:
+    """Local endpoints at scale: a burst of API adds and deletes, no-op resyncs, a restore.
+
+    Its own options follow it: --quick, -o json. Runs in the BGP lab, in a UML guest when
+    this kernel lacks the datapath. Method: docs/agent.md, "Local endpoints at scale".
+
+    \b
+    Exit status:
+      0  measured and reported
+      1  the benchmark failed (in the UML guest or on this kernel)
+      2  usage error
+
+    \b
+    Examples:
+      routed-nv bench endpoints --quick
+      routed-nv bench endpoints -o json
+    """
+    from routed_nv.bench import endpoints
+
+    sys.exit(endpoints.main(list(args)))
 
 
 @bench_command.command("routing", context_settings=_PASS_THROUGH)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,8 +85,19 @@ MAX_DEPTH = 32
 TOO_DEEP = f"tables and arrays nest deeper than {MAX_DEPTH} levels"
 
 
+# Parsed files by (device, inode) -> (mtime_ns, size, data): the agent validates the whole
+# configuration at every endpoint API change, and parsing a run-time drop-in of 1,000 endpoints
+# took longer than everything else (docs/agent.md, "Local endpoints at scale"). A file replaced
+# by rename is a new inode, an edit in place changes the mtime; callers must not mutate the data.
+_PARSED: dict[tuple[int, int], tuple[int, int, dict[str, Any]]] = {}
+_PARSED_MAX = 64
+_PARSED_LOCK = threading.Lock()
+
+
 def read_toml(path: Path, shown_as: str) -> dict[str, Any]:
-    text = read_regular_file(path, shown_as, MAX_FILE_BYTES)
+    text, st, known = _read(path, shown_as, MAX_FILE_BYTES, cached=True)
+    if known is not None:
+        return known
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -93,11 +105,34 @@ def read_toml(path: Path, shown_as: str) -> dict[str, Any]:
     except RecursionError:
         raise SourceError(shown_as, TOO_DEEP) from None
     check_depth(data, shown_as)
+    _remember(st, data)
     return data
+
+
+def remember_parsed(fd: int, data: dict[str, Any]) -> None:
+    """`data` is what the file open as `fd` holds (its writer just wrote it from `data`): the
+    next read_toml of it, under any name, need not parse it again."""
+    _remember(os.fstat(fd), data)
+
+
+def _remember(st: os.stat_result, data: dict[str, Any]) -> None:
+    with _PARSED_LOCK:  # the agent's control threads load configurations concurrently
+        if len(_PARSED) >= _PARSED_MAX:
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[(st.st_dev, st.st_ino)] = (st.st_mtime_ns, st.st_size, data)
 
 
 def read_regular_file(path: Path, shown_as: str, limit: int) -> str:
     """The UTF-8 text of a regular file of at most `limit` bytes; SourceError otherwise."""
+    return _read(path, shown_as, limit, cached=False)[0]
+
+
+def _read(
+    path: Path, shown_as: str, limit: int, cached: bool
+) -> tuple[str, os.stat_result, dict[str, Any] | None]:
+    """The text and status of the file; with `cached`, the parsed data instead of the text
+    when _PARSED holds this very version of it (the status is the open file's, so a file
+    replaced meanwhile is not mixed up with the one read)."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -108,13 +143,17 @@ def read_regular_file(path: Path, shown_as: str, limit: int) -> str:
     except OSError as exc:
         raise SourceError(shown_as, f"cannot open: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
             raise SourceError(shown_as, "is a directory, not a TOML file")
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(st.st_mode):
             raise SourceError(
-                shown_as, f"is a {file_kind(mode)}: only regular files are read as configuration"
+                shown_as,
+                f"is a {file_kind(st.st_mode)}: only regular files are read as configuration",
             )
+        known = _PARSED.get((st.st_dev, st.st_ino))
+        if cached and known is not None and known[:2] == (st.st_mtime_ns, st.st_size):
+            return "", st, known[2]
         try:
             data = fh.read(limit + 1)
         except OSError as exc:
@@ -122,7 +161,7 @@ def read_regular_file(path: Path, shown_as: str, limit: int) -> str:
     if len(data) > limit:
         raise SourceError(shown_as, f"is larger than the limit of {limit // 2**20} MiB")
     try:
-        return data.decode()
+        return data.decode(), st, None
     except UnicodeDecodeError:
         raise SourceError(shown_as, "not UTF-8 text") from None
 

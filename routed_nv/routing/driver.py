@@ -60,6 +60,7 @@ from routed_nv.model.routing import (
 from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
 
 OpenKernel = Callable[[str | None], Kernel]
+MAX_OPEN_KERNELS = 128  # workload namespaces open at once in one plan or apply (descriptors)
 OUR_PROTOS = {
     markers.RTPROT_ENDPOINT,
     markers.RTPROT_REMOTE,
@@ -137,7 +138,11 @@ class _Session:
         (reported once, and all that was known of it is forgotten)."""
         if netns in self._missing:
             return None
-        if netns not in self._kernels:
+        if netns in self._kernels:
+            self._kernels[netns] = self._kernels.pop(netns)  # the most recently used last
+        else:
+            if netns is not None:
+                self._close_least_used()
             try:
                 self._kernels[netns] = self._open(netns if netns else self._host_netns)
             except KernelError as exc:
@@ -148,6 +153,14 @@ class _Session:
                 )
                 return None
         return self._kernels[netns]
+
+    def _close_least_used(self) -> None:
+        """Keep at most MAX_OPEN_KERNELS workload namespaces open: a resync reads every one,
+        and with a socket each, 1,000 endpoints ran out of the default 1,024 descriptors (the
+        resync failed). A closed one is opened again when needed; what was read stays known."""
+        open_workloads = [ns for ns in self._kernels if ns is not None]
+        if len(open_workloads) >= MAX_OPEN_KERNELS:
+            self._kernels.pop(open_workloads[0]).close()
 
     def available(self, namespaces: Iterable[str | None]) -> set[str | None]:
         """The namespaces known from earlier runs, and those that open now."""

@@ -3,8 +3,10 @@
 One NetlinkKernel talks to one network namespace: the process's own (netns None) or a named
 one under /run/netns, entered with flags=0 so that a typo never creates a namespace, by a
 short-lived thread that opens the namespace's sockets there (no child process per namespace).
-Links, addresses and proxy-NDP entries go through pyroute2 (a few per host); routes, which come
-by the 100,000, go through rtnl.py's batched stdlib socket, opened in the same namespace.
+Links and proxy-NDP entries go through pyroute2; routes, which come by the 100,000, and the
+dumps of addresses and of link names (one veth per endpoint: pyroute2 decoded every attribute of
+every link, three times per namespace and plan), go through rtnl.py's stdlib socket, opened in
+the same namespace.
 Objects read back carry no netns: the driver knows which logical namespace it asked.
 Netlink errors become KernelError subclasses with the errno's words; "already gone" on delete
 and "already there" on address/neigh add count as success.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -82,14 +86,26 @@ class NetlinkKernel:
         # pyroute2's netns=, which forks a child process per namespace and gives it 2 s to hand
         # the socket back: slow with a hundred workload namespaces, and a late child that had
         # exited was a RuntimeError ("child process is dead") that failed the whole apply.
-        sock = self._in_netns(_netlink_route_socket)
-        with _errors():
-            self._ipr = IPRoute(fileno=sock.detach())
+        # Both sockets are opened when first needed: a no-op resync reads a workload namespace
+        # (links, addresses, routes) through the stdlib socket alone, and an IPRoute (with its
+        # event loop) per namespace cost more than those reads.
+        self._pyroute2: IPRoute | None = None
         self._indexes: dict[str, int] = {}
-        self._routes: rtnl.RouteSocket | None = None  # opened when routes are first needed
+        self._routes: rtnl.RouteSocket | None = None
+        # fail now, as before, for a namespace that cannot be entered
+        self._route_socket()
+
+    @property
+    def _ipr(self) -> IPRoute:
+        if self._pyroute2 is None:
+            sock = self._in_netns(_netlink_route_socket)
+            with _errors():
+                self._pyroute2 = IPRoute(fileno=sock.detach())
+        return self._pyroute2
 
     def close(self) -> None:
-        self._ipr.close()
+        if self._pyroute2 is not None:
+            self._pyroute2.close()
         if self._routes is not None:
             self._routes.close()
 
@@ -111,10 +127,14 @@ class NetlinkKernel:
         return self._indexes[name]
 
     def links(self) -> list[LinkState]:
-        with _errors():
-            msgs = self._ipr.get_links()
-        names = {m["index"]: m.get("ifname") for m in msgs}
-        return [_link_state(m, names) for m in msgs]
+        # decoded with struct: pyroute2 decoded every attribute of every link, and a host has
+        # a veth per endpoint (each endpoint change reads the host's links again)
+        try:
+            found = [_link_attrs(body) for body in self._route_socket().link_messages()]
+        except OSError as exc:
+            raise KernelError(exc.strerror or str(exc)) from None
+        names = {index: attrs.get(IFLA_IFNAME) for index, _, attrs in found}
+        return [_link_state(index, flags, attrs, names) for index, flags, attrs in found]
 
     def add_link(self, link: Link) -> None:
         spec: dict[str, Any] = {"ifname": link.name, "kind": str(link.kind)}
@@ -152,20 +172,17 @@ class NetlinkKernel:
     # addresses
 
     def _names(self) -> dict[int, str]:
-        with _errors():
-            return {m["index"]: m.get("ifname") for m in self._ipr.get_links()}
+        try:
+            return self._route_socket().link_names()
+        except OSError as exc:
+            raise KernelError(exc.strerror or str(exc)) from None
 
     def addresses(self) -> list[tuple[str, IPInterface]]:
         names = self._names()
-        with _errors():
-            msgs = self._ipr.get_addr()
-        found = []
-        for m in msgs:
-            name = names.get(m["index"])
-            if name is not None:
-                addr = m.get("IFA_LOCAL") or m.get("IFA_ADDRESS")
-                found.append((name, ipaddress.ip_interface(f"{addr}/{m['prefixlen']}")))
-        return found
+        try:
+            return self._route_socket().addresses(names)
+        except OSError as exc:
+            raise KernelError(exc.strerror or str(exc)) from None
 
     def _addr(self, command: str, address: Address) -> None:
         iface = address.address
@@ -318,21 +335,70 @@ def _netlink_route_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
 
 
-def _link_state(m: Any, names: dict[int, str]) -> LinkState:
-    info = m.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
-    data = m.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))
-    master = m.get("IFLA_MASTER")
+IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 3, 4, 5, 10, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VRF_TABLE = 1
+# IFLA_IP6TNL_* (linux/if_tunnel.h), by the names _tunnel reads
+_IP6TNL = {
+    2: "IFLA_IP6TNL_LOCAL",
+    3: "IFLA_IP6TNL_REMOTE",
+    4: "IFLA_IP6TNL_TTL",
+    6: "IFLA_IP6TNL_ENCAP_LIMIT",
+    8: "IFLA_IP6TNL_FLAGS",
+    9: "IFLA_IP6TNL_PROTO",
+}
+_NLA_TYPE = 0x3FFF  # without the nested and byte-order flags
+_U32 = struct.Struct("=I")
+
+
+def _nested(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    return {k & _NLA_TYPE: bytes(v) for k, v in rtnl.attributes(data, offset).items()}
+
+
+def _link_attrs(body: bytes) -> tuple[int, int, dict[int, Any]]:
+    """(index, flags, the attributes LinkState needs) of an RTM_NEWLINK body."""
+    _family, _type, index, flags, _change = rtnl.IFINFOMSG.unpack_from(body)
+    raw = _nested(body, rtnl.IFINFOMSG.size)
+    attrs: dict[int, Any] = {}
+    if IFLA_IFNAME in raw:
+        attrs[IFLA_IFNAME] = raw[IFLA_IFNAME].split(b"\0", 1)[0].decode()
+    for key in (IFLA_MTU, IFLA_LINK, IFLA_MASTER):
+        if key in raw:
+            attrs[key] = _U32.unpack_from(raw[key])[0]
+    info = _nested(raw[IFLA_LINKINFO]) if IFLA_LINKINFO in raw else {}
+    if IFLA_INFO_KIND in info:
+        attrs[IFLA_INFO_KIND] = info[IFLA_INFO_KIND].split(b"\0", 1)[0].decode()
+    if IFLA_INFO_DATA in info:
+        attrs[IFLA_INFO_DATA] = _nested(info[IFLA_INFO_DATA])
+    return index, flags, attrs
+
+
+def _link_state(index: int, flags: int, attrs: dict[int, Any], names: dict[int, str]) -> LinkState:
+    kind = attrs.get(IFLA_INFO_KIND)
+    data = attrs.get(IFLA_INFO_DATA) or {}
+    master = attrs.get(IFLA_MASTER)
+    vrf_table = data.get(IFLA_VRF_TABLE)
     return LinkState(
-        name=m.get("IFLA_IFNAME"),
-        index=m["index"],
-        kind=info,
-        mtu=m.get("IFLA_MTU"),
-        up=bool(m["flags"] & IFF_UP),
+        name=attrs.get(IFLA_IFNAME),
+        index=index,
+        kind=kind,
+        mtu=attrs.get(IFLA_MTU),
+        up=bool(flags & IFF_UP),
         master=names.get(master) if master else None,
-        vrf_table=data.get("IFLA_VRF_TABLE") if info == "vrf" and data else None,
-        tunnel=_tunnel(data) if info == "ip6tnl" and data else None,
-        peer_index=m.get("IFLA_LINK") if info == "veth" else None,
+        vrf_table=_U32.unpack_from(vrf_table)[0] if kind == "vrf" and vrf_table else None,
+        tunnel=_tunnel(_ip6tnl(data)) if kind == "ip6tnl" and data else None,
+        peer_index=attrs.get(IFLA_LINK) if kind == "veth" else None,
     )
+
+
+def _ip6tnl(data: dict[int, bytes]) -> dict[str, Any]:
+    """An ip6tnl's IFLA_INFO_DATA by attribute name: addresses packed, numbers as ints."""
+    found: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _IP6TNL.get(key)
+        if name is not None:
+            found[name] = value if len(value) == 16 else int.from_bytes(value, sys.byteorder)
+    return found
 
 
 def _is_plain_rule(m: Any) -> bool:

@@ -32,7 +32,10 @@ NETLINK_GET_STRICT_CHK = 12  # the kernel filters dumps by the request's protoco
 RCVBUF = 4 * 1024 * 1024
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+IFLA_IFNAME = 3
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
 NLM_F_ACK_TLVS = 0x200
@@ -49,6 +52,8 @@ _VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 NLMSGHDR = struct.Struct("=IHHII")
 RTMSG = struct.Struct("=BBBBBBBBI")
+IFINFOMSG = struct.Struct("=BxHiII")
+IFADDRMSG = struct.Struct("=BBBBI")
 _RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _ERRNO = struct.Struct("=i")
@@ -125,6 +130,32 @@ def dump_request(family: int, proto: int, seq: int) -> bytes:
         NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
     return header + body
+
+
+def _dump_request(kind: int, body: bytes, seq: int) -> bytes:
+    flags = NLM_F_REQUEST | NLM_F_DUMP
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def decode_link_name(body: memoryview) -> tuple[int, str] | None:
+    """(index, name) of an RTM_NEWLINK body: all a dump of names needs of it."""
+    index = IFINFOMSG.unpack_from(body)[2]
+    name = attributes(body, IFINFOMSG.size).get(IFLA_IFNAME)
+    return None if name is None else (index, bytes(name).split(b"\0", 1)[0].decode())
+
+
+def decode_address(
+    body: memoryview, names: dict[int, str]
+) -> tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface] | None:
+    """(interface name, address/prefix) of an RTM_NEWADDR body (the local address of a
+    point-to-point one, as `ip addr` shows it)."""
+    family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(body)
+    attrs = attributes(body, IFADDRMSG.size)
+    packed = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if index not in names or packed is None or family not in _VERSION:
+        return None
+    address = ipaddress.ip_address(bytes(packed))
+    return names[index], ipaddress.ip_interface(f"{address}/{prefixlen}")
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
@@ -229,24 +260,52 @@ class RouteSocket:
         for family in _VERSION:
             for proto in sorted(protos):
                 seq = self._next_seq()
-                self._sock.send(dump_request(family, proto, seq))
-                done = False
-                while not done:
-                    for kind, flags, got, body in messages(self._sock.recv(_RECV)):
-                        if got != seq:
-                            continue  # a late answer to an earlier request
-                        if kind == RTM_NEWROUTE:
-                            route = decode_route(body, names, protos)
-                            if route is not None:
-                                found.append(route)
-                        elif kind == NLMSG_DONE:
-                            done = True
-                        elif kind == NLMSG_ERROR:
-                            code, detail = decode_ack(flags, body)
-                            if code:
-                                raise OSError(code, detail or "route dump failed")
-                            done = True
+                for body in self._dump(dump_request(family, proto, seq), seq, RTM_NEWROUTE):
+                    route = decode_route(body, names, protos)
+                    if route is not None:
+                        found.append(route)
         return found
+
+    def link_names(self) -> dict[int, str]:
+        """Interface index -> name of every link: what reading addresses, routes and proxy
+        entries needs of the links, without decoding every attribute of each (pyroute2 took
+        most of a resync's time in the lab doing that, three times per namespace)."""
+        seq = self._next_seq()
+        request = _dump_request(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), seq)
+        found = (decode_link_name(body) for body in self._dump(request, seq, RTM_NEWLINK))
+        return dict(pair for pair in found if pair is not None)
+
+    def link_messages(self) -> list[bytes]:
+        """The RTM_NEWLINK body of every link (netlink.py decodes the few attributes it uses)."""
+        seq = self._next_seq()
+        request = _dump_request(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), seq)
+        return [bytes(body) for body in self._dump(request, seq, RTM_NEWLINK)]
+
+    def addresses(
+        self, names: dict[int, str]
+    ) -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+        """The addresses of the links in `names`, both families."""
+        seq = self._next_seq()
+        request = _dump_request(RTM_GETADDR, IFADDRMSG.pack(0, 0, 0, 0, 0), seq)
+        found = (decode_address(body, names) for body in self._dump(request, seq, RTM_NEWADDR))
+        return [pair for pair in found if pair is not None]
+
+    def _dump(self, request: bytes, seq: int, wanted: int) -> Iterator[memoryview]:
+        """Send a dump request; the bodies of its answers of type `wanted`, until done."""
+        self._sock.send(request)
+        while True:
+            for kind, flags, got, body in messages(self._sock.recv(_RECV)):
+                if got != seq:
+                    continue  # a late answer to an earlier request
+                if kind == wanted:
+                    yield body
+                elif kind == NLMSG_DONE:
+                    return
+                elif kind == NLMSG_ERROR:
+                    code, detail = decode_ack(flags, body)
+                    if code:
+                        raise OSError(code, detail or "dump failed")
+                    return
 
     def send(self, requests: Sequence[bytes | None]) -> list[tuple[int, str | None]]:
         """Send the requests (None: skip) CHUNK per send(); (errno, detail) per request, in

@@ -41,13 +41,14 @@ def drop_in() -> str:
 
 
 @contextlib.contextmanager
-def namespaces() -> Iterator[None]:
-    script = "".join(f"ip netns add {n} && ip -n {n} link set lo up\n" for n in NETNS)
+def namespaces(names: list[str] = NETNS) -> Iterator[None]:
+    """Empty network namespaces (loopback up) for netns endpoints, deleted afterwards."""
+    script = "".join(f"ip netns add {n} && ip -n {n} link set lo up\n" for n in names)
     try:
         subprocess.run(["sh", "-ec", script], check=True)
         yield
     finally:
-        subprocess.run(["sh", "-c", "".join(f"ip netns del {n}\n" for n in NETNS)], check=False)
+        subprocess.run(["sh", "-c", "".join(f"ip netns del {n}\n" for n in names)], check=False)
 
 
 def endpoint_links(env: Env) -> int:

@@ -34,6 +34,7 @@ from routed_nv.netfilter.driver import NetfilterDriver, NetfilterPlan, Netfilter
 from routed_nv.routing.driver import Change, RoutingDriver, RoutingPlan, RoutingResult
 from tests.fakes import (
     FakeCharon,
+    FakeNetfilterStage,
     FakeRoutingKernel,
     FakeStage,
     FakeTables,
@@ -58,7 +59,7 @@ LOAD = IkeOp(IkeVerb.LOAD_CONN, "rnv-host2", "new")
 class Fakes:
     def __init__(self) -> None:
         self.calls: list[str] = []
-        self.netfilter = FakeStage(
+        self.netfilter = FakeNetfilterStage(
             "netfilter", self.calls, NetfilterPlan((HOOK,)), NetfilterResult(done=[HOOK])
         )
         op = Op(Verb.ADD, SA)

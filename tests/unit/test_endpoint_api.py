@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 import threading
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from routed_nv.agent import runtime
+from routed_nv.agent import runtime, snapshot
 from routed_nv.agent.control import SOCKET_NAME, ControlServer, RequestFailed, ask
 from routed_nv.agent.endpoint_api import EndpointApi
 from routed_nv.agent.events import EventLog
@@ -269,6 +270,48 @@ def test_fifty_concurrent_clients_all_land_none_lost(running: Running) -> None:
     # every answer names an apply that had its endpoint
     generations = {a["generation"] for a in answers.values()}
     assert max(generations) == running.agent.generation()
+
+
+def test_a_change_parses_no_configuration_file_again(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each change is validated as a whole configuration, which at 1,000 run-time endpoints
+    meant parsing their drop-in three times per request (most of the request's cost). Files
+    unchanged since they were read, and the drop-in the agent itself just wrote, are not
+    parsed again; an edit (a new inode or mtime) is."""
+    running.ask(add("p1", 11))
+    parsed: list[str] = []
+    loads = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text: parsed.append(text) or loads(text))
+    running.ask(add("p2", 12))
+    running.ask({"request": "endpoint.delete", "id": "p1"})
+    assert {e["id"] for e in running.ask({"request": "endpoint.list"})["endpoints"]} >= {"p2"}
+    assert parsed == []
+    drop_in = runtime.drop_in_path(running.config_path)
+    drop_in.write_text(drop_in.read_text().replace("10.0.0.12", "10.0.0.13"))  # by hand
+    assert running.stored()["p2"]["addresses"] == ["10.0.0.13"]
+    assert len(parsed) == 1
+
+
+def test_an_endpoint_change_counts_only_that_endpoint(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each apply the agent counts what it wants (status, metrics): at 1,000 endpoints,
+    building every endpoint's routes to count them, and reading the SAs back, was most of an
+    API change's CPU. An endpoint change counts its own routes and keeps the SA count (SAs
+    change with tenants, keys and peers); the counts equal a full count."""
+    running.ask(add("q1", 21))
+    built: list[object] = []
+    read: list[object] = []
+    full = snapshot.desired_routing
+    monkeypatch.setattr(snapshot, "desired_routing", lambda *a: built.append(a) or full(*a))
+    monkeypatch.setattr(running.agent, "_read_sas", lambda: read.append(1) or ())
+    running.ask(add("q2", 22))
+    running.ask({"request": "endpoint.delete", "id": "q1"})
+    assert (built, read) == ([], [])
+    monkeypatch.undo()
+    now = running.agent.snapshot()
+    assert now.counts == snapshot.count(now.config, now.view, now.sas)
 
 
 def test_a_restarted_agent_has_the_endpoints_the_api_added(tmp_path: Path) -> None:

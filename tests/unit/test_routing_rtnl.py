@@ -72,3 +72,56 @@ def test_an_ipv4_next_hop_of_an_ipv6_route_round_trips():
     route = Route(net("fd10::2/128"), 100, 231, dev="eth0", via=ip("192.0.2.1"))
     ((_, _, _, body),) = rtnl.messages(rtnl.encode_route(route, 8, delete=False))
     assert rtnl.decode_route(body, NAMES, {231}) == route
+
+
+def test_links_addresses_routes_and_proxies_are_read_without_a_pyroute2_link_dump() -> None:
+    """Each of them needs the links' names: pyroute2 decoded every attribute of every link for
+    that, four times per namespace and plan (one veth per endpoint: most of a resync's time in
+    the lab at 200 endpoints, and each endpoint change read the host's links again). The stdlib
+    dumps give the same links, names and addresses (vrf and ip6tnl attributes: the kernel
+    tests). Read from this process's own namespace (dumps need no privilege)."""
+    from pyroute2 import IPRoute
+
+    from routed_nv.routing.netlink import NetlinkKernel
+
+    kernel = NetlinkKernel(None)
+    dumps: list[object] = []
+    links = kernel._ipr.get_links
+    kernel._ipr.get_links = lambda *a, **k: dumps.append(a) or links(*a, **k)  # type: ignore[method-assign]
+    try:
+        found = sorted(kernel.addresses(), key=str)
+        kernel.routes({230, 231})
+        kernel.neigh_proxies()
+        assert dumps == []
+        with IPRoute() as ipr:
+            names = {m["index"]: m.get("ifname") for m in ipr.get_links()}
+            expected = [
+                (names[m["index"]], ipaddress.ip_interface(
+                    f"{m.get('IFA_LOCAL') or m.get('IFA_ADDRESS')}/{m['prefixlen']}"))
+                for m in ipr.get_addr()
+            ]  # fmt: skip
+            links = [
+                (m.get("ifname"), m["index"], m.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")),
+                 m.get("IFLA_MTU"), bool(m["flags"] & 1), names.get(m.get("IFLA_MASTER")))
+                for m in ipr.get_links()
+            ]  # fmt: skip
+        assert kernel._names() == names
+        assert found == sorted(expected, key=str) and found
+        assert [(s.name, s.index, s.kind, s.mtu, s.up, s.master) for s in kernel.links()] == links
+        assert dumps == []
+    finally:
+        kernel.close()
+
+
+def test_reading_links_addresses_and_routes_makes_no_pyroute2_socket() -> None:
+    """A no-op resync reads every workload namespace: an IPRoute (and its event loop) made for
+    each cost more than the reads, which need only the stdlib socket."""
+    from routed_nv.routing.netlink import NetlinkKernel
+
+    kernel = NetlinkKernel(None)
+    try:
+        assert kernel.links() and kernel.addresses()
+        kernel.routes({230, 231})
+        assert kernel._pyroute2 is None
+    finally:
+        kernel.close()
