@@ -2,9 +2,10 @@
 host's publish tables, the other half of the mobility decision).
 
 One thread owns everything: it applies the rendered BIRD config (start, reload, and again after a
-failure), sleeps in select() on the mirror-table watch (route events wake it at once) and reads
-BIRD's state every POLL_S (BIRD pushes no session events). It publishes only when something
-changed; the agent coalesces the rest.
+failure; after publishing the view, so the agent's first apply and READY never wait for BIRD),
+sleeps in select() on the mirror-table watch (route events wake it at once) and reads BIRD's
+state every POLL_S (BIRD pushes no session events). It publishes only when something changed;
+the agent coalesces the rest.
 
 In sync means: every configured route-reflector session is Established (one that stays down is
 given up on after DOWN_WAIT_S), BIRD is not in graceful-restart recovery, and the mirror tables
@@ -224,8 +225,6 @@ class BgpSource:
             with self._lock:
                 config, to_apply = self._config, self._to_apply
             assert config is not None
-            if to_apply is not None:
-                self._apply_config(to_apply)
             now = time.monotonic()
             if now >= next_poll:
                 state = self._bird_state(config)
@@ -282,13 +281,17 @@ class BgpSource:
                 self._log_update(last, update)
                 self._publish(update)
                 last, delta = update, DirectoryDelta()
+            # after the publish: the agent's first apply (READY) needs no BIRD config, and
+            # rendering it runs `bird --version` and `bird -p`
+            if to_apply is not None and self._apply_config(to_apply):
+                next_poll = 0.0  # read BIRD's state under its new config at once
             ready, _, _ = select.select(
                 [self._watch, self._wake_r], [], [], max(0.0, next_poll - time.monotonic())
             )
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
 
-    def _apply_config(self, config: Config) -> None:
+    def _apply_config(self, config: Config) -> bool:
         try:
             self._apply(config, config.directory.bird_config)
         except (BirdError, BirdConfigError, OSError) as exc:
@@ -296,12 +299,13 @@ class BgpSource:
             if error != self._apply_error:
                 self._log("directory.bird_config", ok=False, error=str(exc))
             self._apply_error = error
-            return
+            return False
         self._apply_error = ""
         self._log("directory.bird_config", ok=True, path=str(config.directory.bird_config))
         with self._lock:
             if self._to_apply is config:  # not replaced by a reload meanwhile
                 self._to_apply = None
+        return True
 
     def _log_update(self, last: SourceUpdate | None, update: SourceUpdate) -> None:
         """What changed since the last update published: sessions, then being in sync."""

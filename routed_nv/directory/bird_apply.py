@@ -1,9 +1,9 @@
 """Bring the running BIRD to the config rendered from routed_nv's Config.
 
-Order: render, parse with `bird -p` (no daemon needed), `configure check` by the running BIRD
-(its own version and state), then replace the file and `configure`. A config BIRD rejects never
-replaces the one it runs, and one syntax error cannot take down every session. An unchanged
-config is not reapplied, so the agent may call this on every reconcile pass.
+Order: render, connect, parse with `bird -p` (no daemon needed), `configure check` by the
+running BIRD (its own version and state), then replace the file and `configure`. A config BIRD
+rejects never replaces the one it runs, and one syntax error cannot take down every session. An
+unchanged config is not reapplied, so the agent may call this on every reconcile pass.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ def apply(config: Config, path: Path, log: Path | None = None) -> Applied:
     if path.exists() and path.read_text() == text:
         return Applied(False, "unchanged")
     candidate = path.with_name(f"{path.name}.new")
-    bird_config.write_private(candidate, text)
-    bird_config.check(candidate)
+    # connect first: the agent retries while BIRD is not up yet (it starts after the agent's
+    # first apply), and each retry would otherwise fork `bird -p` for nothing
     with BirdClient(config.directory.bird_socket) as bird:
+        bird_config.write_private(candidate, text)
+        bird_config.check(candidate)
         bird.configure_check(candidate)
         candidate.replace(path)
         return Applied(True, bird.configure(path))

@@ -47,6 +47,13 @@ SCAN_TIME_S = 60  # netlink events do the work; the scan only catches what was m
 # A route reflector is unreachable until the underlay routes arrive from the upstream (eBGP, in
 # the same BIRD): retry soon rather than after BIRD's default 120 s.
 RR_CONNECT_RETRY_S = 5
+# BIRD's first connect waits `connect delay time` (5 s by default) after it starts. The eBGP
+# session to the upstream (link-local, the ToR is passive) goes first and soon: the route
+# reflector sessions need the underlay routes it brings, and a first attempt made before they
+# arrive waits out a connect retry (lab: in sync 8.6-11.8 s after the agent's start, varying
+# with that race).
+UPSTREAM_CONNECT_DELAY_S = 1
+RR_CONNECT_DELAY_S = 2
 # A restarted route reflector's graceful-restart recovery, instead of BIRD's 240 s: it never ends
 # it on its own (docs/incidents.md, "A route reflector restarted with -R").
 RR_RECOVERY_WAIT_S = 15
@@ -286,7 +293,7 @@ def _upstreams(asn: int, sessions: UpstreamSessions) -> list[str]:
         lines += [
             f"protocol bgp {upstream_protocol(i)} {{",
             f"  local as {asn}; neighbor {up.address} as {up.asn};{where}",
-            "  graceful restart on;",
+            f"  graceful restart on; connect delay time {UPSTREAM_CONNECT_DELAY_S};",
             "  ipv6 {",
             f"    import where net ~ [{sessions.aggregate}+] && !(net ~ [{own}+]);",
             '    export where proto = "host_prefix";',
@@ -322,7 +329,7 @@ def render_host(
         lines += [
             f"protocol bgp {rr_protocol(i)} {{",
             f"  local {config.host.address} as {asn}; neighbor {rr} as {asn}; multihop;",
-            f"  connect retry time {RR_CONNECT_RETRY_S};",
+            f"  connect delay time {RR_CONNECT_DELAY_S}; connect retry time {RR_CONNECT_RETRY_S};",
             *_session_options(password, version),
             *_channels("where source != RTS_BGP", next_hop_self=True),
             "}",

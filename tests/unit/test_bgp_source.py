@@ -6,6 +6,7 @@ import contextlib
 import io
 import ipaddress
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -436,3 +437,21 @@ def test_a_mirror_route_bird_withdraws_as_unreachable_stays_in_the_view(
         assert [u for u in seen if not u.view.remote_routes] == []
     finally:
         r.source.stop()
+
+
+def test_the_first_view_is_published_before_birds_config_is_applied(fast_poll: None) -> None:
+    """The agent's first apply (READY) needs no BIRD config: rendering it runs `bird --version`
+    and `bird -p`, and BIRD itself may start only after the agent's first apply."""
+    applying = threading.Event()
+    release = threading.Event()
+
+    def apply(config: Config, path: Path) -> None:
+        applying.set()
+        release.wait(2 * TIMEOUT_S)  # the old order published only once this returned
+
+    r = Run(apply)
+    with running(r):
+        r.updates.get(timeout=TIMEOUT_S)  # while apply() still waits for release
+        assert applying.wait(TIMEOUT_S)
+        release.set()
+        r.until(lambda u: u.in_sync)

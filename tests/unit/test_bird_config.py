@@ -109,6 +109,18 @@ def test_route_reflector_sessions_retry_soon_while_the_underlay_comes_up() -> No
     assert text.count(f"connect retry time {bird_config.RR_CONNECT_RETRY_S};") == 2
 
 
+def test_the_upstream_connects_first_and_the_route_reflectors_soon_after() -> None:
+    """BIRD's default 5 s before a first connect: the underlay routes from the upstream are
+    there before the route reflector sessions' first attempt, which then needs no retry."""
+    upstream = [{"address": "fe80::1", "asn": 65100}]
+    text = bird_config.render_host(config(upstreams=upstream), None, version=OLD)
+    blocks = {b.split(" ", 1)[0]: b for b in text.split("protocol bgp ")[1:]}
+    assert f"connect delay time {bird_config.UPSTREAM_CONNECT_DELAY_S};" in blocks["upstream1"]
+    for rr in ("rr1", "rr2"):
+        assert f"connect delay time {bird_config.RR_CONNECT_DELAY_S};" in blocks[rr]
+    assert bird_config.UPSTREAM_CONNECT_DELAY_S < bird_config.RR_CONNECT_DELAY_S < 5
+
+
 AGGREGATE = ipaddress.IPv6Network("2001:db8::/48")
 
 

@@ -9,6 +9,7 @@ from test_bird_config import config
 
 from routed_nv.directory import bird_apply, bird_config
 from routed_nv.directory.bird_config import BirdConfigError
+from routed_nv.directory.birdc import BirdClient, BirdError
 from tests.fakes import FakeReconfigureClient
 
 
@@ -52,3 +53,13 @@ def test_a_rejected_config_never_replaces_the_running_one(
         bird_apply.apply(config(), path)
     assert path.read_text() == "old"
     assert FakeReconfigureClient.calls == []
+
+
+def test_bird_not_running_costs_no_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent retries the config every poll until BIRD is up: no `bird -p` per retry."""
+    monkeypatch.setattr(bird_apply, "BirdClient", BirdClient)
+    absent = config().directory.model_copy(update={"bird_socket": tmp_path / "bird.ctl"})
+    with pytest.raises(BirdError, match="cannot connect"):
+        bird_apply.apply(config().model_copy(update={"directory": absent}), tmp_path / "bird.conf")
+    assert FakeReconfigureClient.calls == []  # not parsed
+    assert not (tmp_path / "bird.conf").exists()
