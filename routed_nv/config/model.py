@@ -31,6 +31,7 @@ from routed_nv.config.types import (
     int_range,
 )
 from routed_nv.model.directory import tenant_outer_address
+from routed_nv.model.endpoint import EndpointStyle
 
 # IPv6 + ESP header + IV + trailer + ICV with AES-GCM-128 in transport mode (ARCHITECTURE.md §5).
 ESP_OVERHEAD = 74
@@ -123,11 +124,6 @@ class Tenant(_Strict):
     ipv4: list[IPv4Network] = Field(default_factory=list)
     ipv6: list[IPv6Network] = Field(default_factory=list)
     mtu: Mtu | None = Field(default=None, description="workload MTU; default underlay MTU - 74")
-
-
-class EndpointStyle(StrEnum):
-    HOST = "host"  # workload holds /32 and /128 and a default via the host's gateway addresses
-    PROXY = "proxy"  # workload holds a /24../64 on-link; the host answers ARP/ND by proxy
 
 
 class Endpoint(_Strict):
