@@ -372,9 +372,12 @@ class Bench:
             raise LabError(f"{host}: routed-nv endpoint {' '.join(args)}: {done.stderr.strip()}")
         return time.monotonic() - start
 
-    def add(self, host: str, name: str, netns: str, addresses: tuple[str, str]) -> float:
+    def add(
+        self, host: str, name: str, netns: str, addresses: tuple[str, str], *more: str
+    ) -> float:
         given = [a for address in addresses for a in ("--address", address)]
-        return self.endpoint(host, "add", name, "--tenant", TENANT, *given, "--netns", netns)
+        return self.endpoint(host, "add", name, "--tenant", TENANT, *given, "--netns", netns,
+                             *more)  # fmt: skip
 
     def add_to_reachable(self, trials: int) -> None:
         """`endpoint add` on host1 -> first echo reply at blue2 (host2), IPv4 and IPv6, timed by
@@ -397,9 +400,11 @@ class Bench:
         }  # fmt: skip
 
     def move_to_traffic(self, trials: int) -> None:
-        """Make-before-break: an endpoint on host1 pinged from blue2 every 10 ms; `endpoint add`
-        on the new host, then `endpoint del` on host1; the time from the add's start to the
-        first reply from the new location (its TTL), and the pings lost (ping's own count)."""
+        """Make-before-break as docs/directory.md documents it: an endpoint on host1 pinged from
+        blue2 every 10 ms; `endpoint add --wait` on the new host (it returns once host1 has
+        withdrawn, i.e. routes the address there), then `endpoint del` on host1; the time from
+        the add's start to the first reply from the new location (its TTL), and the pings lost
+        (ping's own count)."""
         target = "host3" if "host3" in self.env.datapath.configs else "host2"
         seconds: list[float] = []
         lost = 0
@@ -415,7 +420,7 @@ class Bench:
                     for ping in pings:
                         ping.first_reply()
                     start = time.time()
-                    self.add(target, name, new, addresses)
+                    self.add(target, name, new, addresses, "--wait")
                     self.endpoint("host1", "del", name)
                     moved = [p.first_reply(ttl=MOVED_SEEN) - start for p in pings]
                     time.sleep(1.0)  # traffic stays at the new location
