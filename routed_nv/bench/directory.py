@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -421,14 +422,19 @@ class Bench:
                         ping.first_reply()
                     start = time.time()
                     self.add(target, name, new, addresses, "--wait")
+                    added = time.time() - start
                     self.endpoint("host1", "del", name)
+                    deleted = time.time() - start
                     moved = [p.first_reply(ttl=MOVED_SEEN) - start for p in pings]
                     time.sleep(1.0)  # traffic stays at the new location
                     lost_now = [p.stop() for p in pings]
                 self.endpoint(target, "del", name)
             seconds += moved
             lost += sum(lost_now)
-            log(f"move #{i} host1 -> {target}: {moved} s, lost {lost_now}")
+            # when the lost requests were sent, against the add's and the del's return
+            when = [[round(t - start, 2) for t in p.lost_at()] for p in pings]
+            log(f"move #{i} host1 -> {target}: {moved} s, lost {lost_now} sent at {when} s "
+                f"(add --wait returned {added:.2f} s, del {deleted:.2f} s)")  # fmt: skip
         self.result["move_to_traffic_s"] = {**summary(seconds), "lost_pings": lost}
 
     @contextlib.contextmanager
@@ -481,6 +487,20 @@ class Ping:
                     return float(found[1])
             time.sleep(0.05)
         raise LabError(f"no reply from {self.address} (ttl >= {ttl}) in {REACH_TIMEOUT_S:g} s")
+
+    def lost_at(self) -> list[float]:
+        """When each request without a reply was sent (ping's clock), between the first reply
+        and the last: its sequence number counted on from the reply before it."""
+        replies = sorted(
+            (int(seq), float(at))
+            for at, seq in re.findall(r"\[([\d.]+)\] .* icmp_seq=(\d+) ttl=", self.path.read_text())
+        )
+        interval = float(PING_INTERVAL)
+        return [
+            at + (missing - seq) * interval
+            for (seq, at), (after, _) in itertools.pairwise(replies)
+            for missing in range(seq + 1, after)
+        ]
 
     def stop(self) -> int:
         """Lost pings (ping's own count, without the requests still in flight)."""
