@@ -32,29 +32,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from routed_nv import control_wire
 from routed_nv.agent import report, view_json
 from routed_nv.agent.snapshot import Snapshot
-from routed_nv.errors import RoutedNvError, TransientError
 
-SOCKET_NAME = "agent.sock"
+# the client side lives in a light module (the CLI must not import this one); named here too
+from routed_nv.control_wire import (  # noqa: F401
+    SOCKET_NAME,
+    TIMEOUT_S,
+    AgentDown,
+    ControlError,
+    RequestFailed,
+    ask,
+)
+
 MAX_REQUEST = 64 * 1024
-TIMEOUT_S = 5.0
 _UCRED = struct.Struct("=iII")  # pid, uid, gid
-
-
-class ControlError(RoutedNvError, RuntimeError):
-    pass
-
-
-class AgentDown(ControlError, TransientError):
-    """No agent answers on the socket."""
-
-
-class RequestFailed(ControlError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 ClearDuplicate = Callable[[tuple[int, Any]], None]
@@ -208,18 +200,3 @@ def _claim(path: Path) -> None:
         path.unlink()
         return
     raise ControlError(f"another agent is running (it answers on {path})")
-
-
-def ask(path: Path, request: dict[str, Any], timeout: float = TIMEOUT_S) -> Any:
-    """Send one request; the result, or RequestFailed with the agent's code and message."""
-    try:
-        reply = control_wire.exchange(str(path), request, timeout)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise AgentDown(f"no agent answers on {path} ({exc.strerror})") from None
-    except PermissionError:
-        raise ControlError(f"{path}: permission denied (the control socket is root's)") from None
-    except control_wire.WireError as exc:
-        raise ControlError(str(exc)) from None
-    if not reply.get("ok"):
-        raise RequestFailed(reply.get("code", "error"), reply.get("error", "failed"))
-    return reply["result"]

@@ -24,7 +24,7 @@ from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.config.loader import ConfigError
 from routed_nv.config.model import Config, DirectorySourceKind, Endpoint
 from routed_nv.errors import RoutedNvError
-from routed_nv.model.directory import Claim
+from routed_nv.model.directory import Claim, RemoteRoute
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_TIMEOUT_S = 600.0
@@ -52,6 +52,7 @@ class AgentLike(Protocol):
     def wait_applied(self, generation: int, timeout: float) -> Applied | None: ...
     def last_applied(self) -> Applied | None: ...
     def published(self) -> frozenset[Claim] | None: ...
+    def contested(self) -> frozenset[RemoteRoute] | None: ...
 
 
 class BadRequest(RoutedNvError, ValueError):
@@ -190,12 +191,17 @@ class EndpointApi:
 
     def _announced(self, config: Config, name: str) -> bool:
         """The directory's view of this host has every address (BGP: read back from the
-        publish tables BIRD exports); the static directory has nothing to announce."""
+        publish tables BIRD exports) and no other host's announcement of any of them: in a
+        make-before-break move the old host withdraws once it has learned of this one (it
+        then routes the address here), so only after that may it delete its endpoint without
+        losing traffic. The static directory has nothing to announce."""
         if config.directory.source != DirectorySourceKind.BGP:
             return True
         published = self._agent.published() or frozenset()
+        elsewhere = self._agent.contested() or frozenset()
         ep = config.endpoints[name]
         have = {(c.tenant_id, c.prefix.network_address) for c in published if not c.stale}
+        have -= {(r.tenant_id, r.prefix.network_address) for r in elsewhere}
         tid = config.tenants[ep.tenant].id
         return all((tid, a) in have for a in ep.addresses)
 

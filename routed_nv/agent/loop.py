@@ -335,6 +335,12 @@ class Agent:
         with self._lock:
             return self._update.view.published if self._update else None
 
+    def contested(self) -> frozenset[RemoteRoute] | None:
+        """Other hosts' announcements of local addresses as the source last read them; None
+        before its first update."""
+        with self._lock:
+            return self._update.view.contested if self._update else None
+
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:

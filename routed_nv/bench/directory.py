@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -372,9 +373,12 @@ class Bench:
             raise LabError(f"{host}: routed-nv endpoint {' '.join(args)}: {done.stderr.strip()}")
         return time.monotonic() - start
 
-    def add(self, host: str, name: str, netns: str, addresses: tuple[str, str]) -> float:
+    def add(
+        self, host: str, name: str, netns: str, addresses: tuple[str, str], *more: str
+    ) -> float:
         given = [a for address in addresses for a in ("--address", address)]
-        return self.endpoint(host, "add", name, "--tenant", TENANT, *given, "--netns", netns)
+        return self.endpoint(host, "add", name, "--tenant", TENANT, *given, "--netns", netns,
+                             *more)  # fmt: skip
 
     def add_to_reachable(self, trials: int) -> None:
         """`endpoint add` on host1 -> first echo reply at blue2 (host2), IPv4 and IPv6, timed by
@@ -397,9 +401,11 @@ class Bench:
         }  # fmt: skip
 
     def move_to_traffic(self, trials: int) -> None:
-        """Make-before-break: an endpoint on host1 pinged from blue2 every 10 ms; `endpoint add`
-        on the new host, then `endpoint del` on host1; the time from the add's start to the
-        first reply from the new location (its TTL), and the pings lost (ping's own count)."""
+        """Make-before-break as docs/directory.md documents it: an endpoint on host1 pinged from
+        blue2 every 10 ms; `endpoint add --wait` on the new host (it returns once host1 has
+        withdrawn, i.e. routes the address there), then `endpoint del` on host1; the time from
+        the add's start to the first reply from the new location (its TTL), and the pings lost
+        (ping's own count)."""
         target = "host3" if "host3" in self.env.datapath.configs else "host2"
         seconds: list[float] = []
         lost = 0
@@ -415,15 +421,20 @@ class Bench:
                     for ping in pings:
                         ping.first_reply()
                     start = time.time()
-                    self.add(target, name, new, addresses)
+                    self.add(target, name, new, addresses, "--wait")
+                    added = time.time() - start
                     self.endpoint("host1", "del", name)
+                    deleted = time.time() - start
                     moved = [p.first_reply(ttl=MOVED_SEEN) - start for p in pings]
                     time.sleep(1.0)  # traffic stays at the new location
                     lost_now = [p.stop() for p in pings]
                 self.endpoint(target, "del", name)
             seconds += moved
             lost += sum(lost_now)
-            log(f"move #{i} host1 -> {target}: {moved} s, lost {lost_now}")
+            # when the lost requests were sent, against the add's and the del's return
+            when = [[round(t - start, 2) for t in p.lost_at()] for p in pings]
+            log(f"move #{i} host1 -> {target}: {moved} s, lost {lost_now} sent at {when} s "
+                f"(add --wait returned {added:.2f} s, del {deleted:.2f} s)")  # fmt: skip
         self.result["move_to_traffic_s"] = {**summary(seconds), "lost_pings": lost}
 
     @contextlib.contextmanager
@@ -476,6 +487,20 @@ class Ping:
                     return float(found[1])
             time.sleep(0.05)
         raise LabError(f"no reply from {self.address} (ttl >= {ttl}) in {REACH_TIMEOUT_S:g} s")
+
+    def lost_at(self) -> list[float]:
+        """When each request without a reply was sent (ping's clock), between the first reply
+        and the last: its sequence number counted on from the reply before it."""
+        replies = sorted(
+            (int(seq), float(at))
+            for at, seq in re.findall(r"\[([\d.]+)\] .* icmp_seq=(\d+) ttl=", self.path.read_text())
+        )
+        interval = float(PING_INTERVAL)
+        return [
+            at + (missing - seq) * interval
+            for (seq, at), (after, _) in itertools.pairwise(replies)
+            for missing in range(seq + 1, after)
+        ]
 
     def stop(self) -> int:
         """Lost pings (ping's own count, without the requests still in flight)."""

@@ -21,7 +21,6 @@ Decisions:
 from __future__ import annotations
 
 import functools
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -30,6 +29,7 @@ from routed_nv.config.model import Config, Endpoint, EndpointStyle
 from routed_nv.errors import RoutedNvError
 from routed_nv.model import markers
 from routed_nv.model.directory import Claim, DirectoryView, IPNetwork, RemoteRoute
+from routed_nv.model.endpoint import endpoint_link_name
 from routed_nv.model.mobility import metric_for
 from routed_nv.model.routing import (
     LOCAL_TABLE,
@@ -54,21 +54,10 @@ UNREACHABLE_METRIC = 4278198272
 # Just before the main table's 32766: after the l3mdev rule (1000) and any operator's rules.
 LOCAL_RULE_PRIORITY = 32765
 WORKLOAD_IFNAME = "eth0"  # the workload end of a veth pair routed_nv creates
-_IFNAMSIZ = 15
 
 
 class RoutingConflict(RoutedNvError, ValueError):
     """The config asks for something the routing datapath cannot build."""
-
-
-def endpoint_link_name(endpoint_name: str) -> str:
-    """The host end of the veth of a netns endpoint: rnv-e<name>, shortened with a hash if the
-    name does not fit in 15 characters, so it stays stable across restarts."""
-    room = _IFNAMSIZ - len(markers.ENDPOINT_LINK_PREFIX)
-    if len(endpoint_name) <= room:
-        return markers.ENDPOINT_LINK_PREFIX + endpoint_name
-    digest = hashlib.sha256(endpoint_name.encode()).hexdigest()[:5]
-    return f"{markers.ENDPOINT_LINK_PREFIX}{endpoint_name[: room - 5]}{digest}"
 
 
 def host_ifname(name: str, endpoint: Endpoint) -> str:

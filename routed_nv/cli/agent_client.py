@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
+from routed_nv.control_wire import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
 
 EXIT_DOWN = 1  # no agent answers, or the thing asked for does not exist
 EXIT_ERROR = 2  # usage error, invalid configuration, refused change

@@ -11,8 +11,6 @@ from typing import Any
 
 import click
 
-from routed_nv.agent import report, runtime
-from routed_nv.agent.control import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
 from routed_nv.agent.options import run_dir_option
 from routed_nv.cli.agent_client import (
     EXIT_DOWN,
@@ -23,9 +21,8 @@ from routed_nv.cli.agent_client import (
     table,
 )
 from routed_nv.cli.endpoint_checks import missing_interface, shortened_link
-from routed_nv.config.loader import shorten
-from routed_nv.config.model import EndpointStyle
-from routed_nv.config.views import static_view
+from routed_nv.control_wire import SOCKET_NAME, AgentDown, ControlError, RequestFailed, ask
+from routed_nv.model.endpoint import EndpointStyle
 from routed_nv.options import agent_run_dir, config_option, config_or_exit, output_option
 
 
@@ -64,6 +61,10 @@ def endpoint_list_command(config_path: Path | None, run_dir: Path | None, output
     try:
         listing = ask(agent_run_dir(run_dir, config_path) / SOCKET_NAME, {"request": "endpoints"})
     except AgentDown:
+        # the configuration's view (pydantic, the calculation): only without an agent
+        from routed_nv.agent import report
+        from routed_nv.config.views import static_view
+
         config = config_or_exit(config_path, EXIT_ERROR)
         listing = {"source": "config", "endpoints": report.endpoints(config, static_view(config))}
     except ControlError as exc:
@@ -101,8 +102,9 @@ def _api_options(command: Any) -> Any:
     return click.option(
         "--wait",
         is_flag=True,
-        help="Also wait until the directory's view of this host shows the endpoint announced "
-        "(BGP: read back from the publish table BIRD exports; static: programmed).",
+        help="Also wait until the directory's view shows the endpoint announced by this host "
+        "alone (BGP: read back from the publish table BIRD exports, and no other host announces "
+        "its addresses: in a move, the old host has withdrawn; static: programmed).",
     )(command)
 
 
@@ -194,6 +196,9 @@ def endpoint_add_command(
     request = {"request": "endpoint.add", "id": name, **entry, "replace": replace}
     answer = _ask_api(run_dir, request, timeout)
     if answer is None:
+        # no agent: validate and store the change ourselves (the configuration and pydantic)
+        from routed_nv.agent import runtime
+
         try:
             verb, _ = runtime.add(config_path, name, entry, replace)
         except runtime.Refused as exc:
@@ -239,17 +244,25 @@ def endpoint_del_command(
     run_dir = agent_run_dir(run_dir, config_path)
     answer = _ask_api(run_dir, {"request": "endpoint.delete", "id": name}, timeout)
     if answer is None:
+        from routed_nv.agent import runtime
+
         try:
             verb, _ = runtime.delete(config_path, name)
         except runtime.Refused as exc:
             _refused(exc.problems)
         if verb == "absent":
-            fail(EXIT_DOWN, f"no run-time endpoint {shorten(name)}")
+            _absent(name)
         _stored(name, verb, config_path, output)
         return
     if answer["action"] == "absent":
-        fail(EXIT_DOWN, f"no run-time endpoint {shorten(name)}")
+        _absent(name)
     _programmed(answer, output)
+
+
+def _absent(name: str) -> None:
+    from routed_nv.config.loader import shorten  # pydantic: only on this rare path
+
+    fail(EXIT_DOWN, f"no run-time endpoint {shorten(name)}")
 
 
 def _ask_api(run_dir: Path, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
@@ -272,7 +285,11 @@ def _wait_announced(run_dir: Path, name: str, timeout: float) -> bool:
         if state["announced"]:
             return True
         if time.monotonic() > deadline:
-            fail(EXIT_DOWN, f"endpoint {name} is programmed but not announced after {timeout:g} s")
+            fail(
+                EXIT_DOWN,
+                f"endpoint {name} is programmed but not announced by this host alone after "
+                f"{timeout:g} s (another host still announces it: `routed-nv status`)",
+            )
         time.sleep(0.1)
 
 
@@ -285,6 +302,8 @@ def _refused(problems: list[str]) -> None:
 def _stored(
     name: str, verb: str, config_path: Path | None, output: str, notes: list[str] | None = None
 ) -> None:
+    from routed_nv.agent import runtime
+
     path = runtime.drop_in_path(config_path)
     if output == "json":
         print_json(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import socket
 
-from routed_nv.calc.routing import endpoint_link_name
 from routed_nv.model import markers
+from routed_nv.model.endpoint import endpoint_link_name
 
 
 def missing_interface(name: str) -> str | None:

@@ -32,6 +32,7 @@ from routed_nv.config.types import (
     int_range,
 )
 from routed_nv.model.directory import tenant_outer_address
+from routed_nv.model.endpoint import EndpointStyle
 from routed_nv.model.protection import DEFAULT, Protection, suite
 
 
@@ -132,11 +133,6 @@ class Tenant(_Strict):
     def protections(self) -> frozenset[Protection]:
         """Every mode the tenant's SAs may use now."""
         return frozenset({self.protection, *self.generation_protection.values()})
-
-
-class EndpointStyle(StrEnum):
-    HOST = "host"  # workload holds /32 and /128 and a default via the host's gateway addresses
-    PROXY = "proxy"  # workload holds a /24../64 on-link; the host answers ARP/ND by proxy
 
 
 class Endpoint(_Strict):

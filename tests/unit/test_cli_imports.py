@@ -9,10 +9,14 @@ every `status` or `endpoint add` paid it too (docs/design-notes.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,64 @@ def test_command_loads_no_heavy_library(etc: Path, tmp_path: Path, command: str)
     done, modules = _run(tmp_path, *argv)
     assert (done.returncode, says in done.stdout) == (exit_code, True), done
     assert _heavy(modules) == []
+
+
+# What the endpoint commands may not load when an agent answers (issue 16): the configuration
+# (pydantic), the calculation and the agent's own modules took seconds in the UML guest before
+# the request reached the agent. routed_nv.agent.options is only the shared --run-dir option.
+AGENT_SIDE = ("pydantic", "routed_nv.config", "routed_nv.calc", "routed_nv.agent.")
+ANSWERS = {
+    "endpoint.add": {"id": "web9", "action": "added", "programmed": True, "other_errors": [],
+                     "apply": {"trigger": "endpoint", "seconds": 0.1, "changes": 3}},
+    "endpoint.get": {"id": "web9", "programmed": True, "announced": True},
+    "endpoint.delete": {"id": "web9", "action": "deleted", "other_errors": [],
+                        "apply": {"trigger": "endpoint", "seconds": 0.1, "changes": 3}},
+    "endpoints": {"source": "agent", "endpoints": []},
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _fake_agent(run: Path) -> Iterator[None]:
+    """An agent's control socket that answers each request from ANSWERS."""
+    run.mkdir()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(run / "agent.sock"))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                request = json.loads(conn.makefile().readline())
+                reply = {"ok": True, "result": ANSWERS[request["request"]]}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(timeout=5)
+
+
+ENDPOINT_API = {
+    "endpoint add web9 --tenant blue --address 10.0.0.9 --netns web9 --wait": "added endpoint",
+    "endpoint del web9": "deleted endpoint web9",
+    "endpoint list": "(from the running agent)",
+}
+
+
+@pytest.mark.parametrize("command", ENDPOINT_API)
+def test_endpoint_command_with_an_agent_loads_no_agent_side_module(
+    tmp_path: Path, command: str
+) -> None:
+    run = tmp_path / "run"
+    with _fake_agent(run):
+        done, modules = _run(tmp_path, *command.split(), "--run-dir", str(run))
+    assert (done.returncode, ENDPOINT_API[command] in done.stdout) == (0, True), done
+    assert [m for m in modules if m.startswith(AGENT_SIDE) and m != "routed_nv.agent.options"] == []

@@ -5,6 +5,7 @@ changes nothing, answers that wait for the apply, 50 concurrent clients, and the
 from __future__ import annotations
 
 import io
+import ipaddress
 import shutil
 import threading
 import tomllib
@@ -26,6 +27,7 @@ from routed_nv.cli.endpoint import endpoint_group
 from routed_nv.config.loader import load_config
 from routed_nv.config.model import Config
 from routed_nv.config.views import static_view
+from routed_nv.model.directory import Claim, DirectoryView, PeerHost, RemoteRoute
 from routed_nv.model.directory_source import SourceUpdate
 from tests.fakes import FakeDatapath
 
@@ -71,7 +73,9 @@ class Running:
         return runtime.runtime_endpoints(runtime.drop_in_path(self.config_path))
 
 
-def start(tmp_path: Path, silent: bool = False) -> tuple[Running, Callable[[], None]]:
+def start(
+    tmp_path: Path, silent: bool = False, source: Source | None = None
+) -> tuple[Running, Callable[[], None]]:
     etc = tmp_path / "etc"
     if not etc.exists():
         shutil.copytree(EXAMPLES, etc)
@@ -80,7 +84,7 @@ def start(tmp_path: Path, silent: bool = False) -> tuple[Running, Callable[[], N
     agent = Agent(
         load_config(path),
         datapath,
-        Source(silent),  # type: ignore[arg-type]
+        source or Source(silent),  # type: ignore[arg-type]
         lambda: load_config(path),
         settings=Settings(min_interval_s=0.01, resync_interval_s=600),
         log=EventLog(stream=io.StringIO()),
@@ -368,3 +372,46 @@ def test_a_file_edit_only_a_restart_applies_refuses_the_change_before_it_is_stor
     assert refused.code == "conflict"
     assert "change only on restart: restart the agent first" in str(refused)
     assert running.stored() == {}
+
+
+class BgpSource(Source):
+    """A BGP directory the test speaks for: `say` publishes a view."""
+
+    def start(self, config: Config, publish: Callable[[SourceUpdate], None]) -> None:
+        self.publish = publish
+        self.say(DirectoryView(frozenset()))
+
+    def say(self, view: DirectoryView) -> None:
+        self.publish(SourceUpdate(view, in_sync=True))
+
+
+def _announced_when(running: Running, source: BgpSource, view: DirectoryView) -> bool:
+    source.say(view)  # the agent keeps the update before publish returns
+    return bool(running.ask({"request": "endpoint.get", "id": "mover"})["announced"])
+
+
+def test_announced_only_once_no_other_host_announces_the_address(tmp_path: Path) -> None:
+    """`endpoint add --wait` in a make-before-break move (issue 16): the old host still
+    announcing the address means it has not learned of the new location yet, and deleting
+    the endpoint there then black-holes the peers' traffic until they learn it."""
+    shutil.copytree(EXAMPLES, tmp_path / "etc")
+    (tmp_path / "etc" / "conf.d" / "40-bgp.toml").write_text('[directory]\nsource = "bgp"\n')
+    source = BgpSource()
+    running, stop = start(tmp_path, source=source)
+    try:
+        assert running.ask(add("mover", 13))["programmed"] is True
+        tid = running.agent.config.tenants["blue"].id
+        prefix = ipaddress.ip_network("10.0.0.13/32")
+        here = frozenset({Claim(tid, prefix, sequence=1)})
+        old = RemoteRoute(
+            tid, prefix, PeerHost("host3", 3, ipaddress.ip_network("2001:db8:0:3::/64"))
+        )
+        assert not _announced_when(running, source, DirectoryView(frozenset()))
+        # announced here, the old host still announces it: not yet
+        assert not _announced_when(
+            running, source, DirectoryView(frozenset(), frozenset({old}), here)
+        )
+        # the old host withdrew (it went stale: it routes the address here now)
+        assert _announced_when(running, source, DirectoryView(frozenset(), published=here))
+    finally:
+        stop()
