@@ -65,6 +65,10 @@ def publish_table(tenant_id: int) -> int:
     return PUBLISH_TABLE_BASE + tenant_id
 
 
+def is_publish_table(table: int) -> bool:
+    return PUBLISH_TABLE_BASE + TENANT_ID_MIN <= table <= PUBLISH_TABLE_BASE + TENANT_ID_MAX
+
+
 def mirror_table(tenant_id: int) -> int:
     return MIRROR_TABLE_BASE + tenant_id
 

@@ -657,6 +657,11 @@ _MANAGERS: tuple[_Manager, ...] = (
 )
 
 
+def _announces(obj: Any) -> bool:
+    """A route in a tenant's publish table, which BIRD announces to the directory."""
+    return isinstance(obj, Route) and markers.is_publish_table(obj.table)
+
+
 def _sysctl_device(path: str) -> str | None:
     """The interface of a per-interface sysctl (net/ipv4/conf/<if>/rp_filter)."""
     parts = path.split("/")
@@ -715,24 +720,37 @@ class RoutingDriver:
         """Makes the planned changes without reading the kernel again; a failure is reported
         against its object and the others are still made."""
         result = RoutingResult(problems=list(plan.problems))
-        by_kind: dict[type, list[Change]] = {}
-        for change in plan.changes:
-            by_kind.setdefault(type(change.obj), []).append(change)
+        withdrawn = [c for c in plan.changes if _announces(c.obj) and c.op == "-"]
+        announced = [c for c in plan.changes if _announces(c.obj) and c.op != "-"]
+        rest = [c for c in plan.changes if not _announces(c.obj)]
         session = _Session(self._open, self._host_netns, result.problems, self._known)
         try:
-            for manager in _MANAGERS:
-                planned = by_kind.get(manager.type, [])
-                for change, error in zip(
-                    planned, manager.write(session, planned) if planned else [], strict=True
-                ):
-                    if error is None:
-                        result.done.append(change)
-                    else:
-                        message = f"{change.obj.describe()}: {error}"
-                        result.problems.append(problem_of(error, change.obj, message))
+            # A published route draws the peers' traffic here (BIRD announces it at once): it is
+            # withdrawn before anything it leads to goes and announced after all of it is there
+            # (the workload's addresses and default route, the host's proxy entries); announced
+            # first, a moved workload's first replies had no route back yet.
+            for batch in (withdrawn, rest, announced):
+                self._write(session, batch, result)
         finally:
             session.close()
         return result
+
+    @staticmethod
+    def _write(session: _Session, changes: list[Change], result: RoutingResult) -> None:
+        """Every kind's changes, kind after kind (_MANAGERS)."""
+        by_kind: dict[type, list[Change]] = {}
+        for change in changes:
+            by_kind.setdefault(type(change.obj), []).append(change)
+        for manager in _MANAGERS:
+            planned = by_kind.get(manager.type, [])
+            for change, error in zip(
+                planned, manager.write(session, planned) if planned else [], strict=True
+            ):
+                if error is None:
+                    result.done.append(change)
+                else:
+                    message = f"{change.obj.describe()}: {error}"
+                    result.problems.append(problem_of(error, change.obj, message))
 
     def reconcile(self, desired: DesiredRouting, resync: bool = False) -> RoutingResult:
         """Brings the kernel in line: plan() and apply()."""

@@ -179,8 +179,9 @@ def test_missing_workload_netns_is_reported_once_and_the_rest_is_applied():
         f"address 169.254.0.1/32 dev {r1}: No such device",
         f"address fe80::1/64 dev {r1}: No such device",
         f"route 10.0.0.1/32 table {red}: No such device",
-        f"route 10.0.0.1/32 table {red_publish}: No such device",
         f"route fd10::1/128 table {red}: No such device",
+        # announced last, after everything of the endpoint
+        f"route 10.0.0.1/32 table {red_publish}: No such device",
         f"route fd10::1/128 table {red_publish}: No such device",
     ]
     assert "rnv-v200" in world.ns(None).links_
@@ -279,7 +280,8 @@ def test_a_failure_in_the_middle_of_a_batch_is_attributed_and_the_rest_applied(w
         f"route 10.1.0.10/32 table {table}: Invalid argument"
     ]
     route_batches = [op for op in host.log if op[0] == "write_routes"]
-    assert len(route_batches) == 1  # every route of the host in one batch
+    # every route of the host in one batch, its published ones in a second (announced last)
+    assert [n for _, n in route_batches] == [51, 5]
     assert (table, net("10.1.0.11/32"), 0) in host.routes_
     assert (table, net("10.1.0.9/32"), 0) in host.routes_
     assert (table, net("10.1.0.10/32"), 0) not in host.routes_
@@ -371,3 +373,41 @@ def test_foreign_rules_are_left_alone(world, driver):
     host.rules_ |= foreign
     driver.reconcile(desired(make_config()))
     assert foreign <= host.rules_
+
+
+def test_a_published_route_comes_after_the_workloads_side_and_goes_before_it(
+    world, driver, monkeypatch
+):
+    """Announced first, a moved workload's first replies had no default route yet (pings lost
+    in a make-before-break move); withdrawn last, peers sent traffic to a veth already gone."""
+    events = []
+
+    def recorder(real, name, ns):
+        def record(obj):
+            events.append((name, ns, getattr(obj, "table", None)))
+            return real(obj)
+
+        return record
+
+    for ns in (None, "w1"):
+        kernel = world.ns(ns)
+        for name in ("_replace_route", "_delete_route", "add_address", "delete_link"):
+            monkeypatch.setattr(kernel, name, recorder(getattr(kernel, name), name, ns))
+    published = markers.is_publish_table
+    assert driver.reconcile(desired(make_config())).ok
+    first = next(i for i, e in enumerate(events) if e[0] == "_replace_route" and published(e[2]))
+    assert [e for e in events[first:] if not published(e[2])] == []
+    assert {e[1] for e in events[:first]} == {None, "w1"}
+
+    events.clear()
+    without_b1 = make_config(
+        endpoints={
+            "r1": {"tenant": "red", "addresses": ["10.0.0.1", "fd10::1"], "netns": "w2"},
+            "tap": {"tenant": "blue", "addresses": ["10.0.0.3"], "interface": "tap3"},
+        }
+    )
+    assert driver.reconcile(desired(without_b1)).ok
+    withdrawals = [e for e in events if e[0] == "_delete_route" and published(e[2])]
+    assert len(withdrawals) == 2  # 10.0.0.1 and fd10::1
+    assert events[:2] == withdrawals
+    assert ("delete_link", None, None) in events
