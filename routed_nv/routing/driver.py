@@ -2,16 +2,18 @@
 the minimal changes, one object kind after the other in dependency order.
 
 plan() reads, apply() writes exactly that plan and reads nothing (model/result.py). What the
-kernel has comes from a cache (Felix's dataplane cache): the first plan, and every plan asked to
-`resync`, reads each namespace's kernel in full; after that our own successful writes keep the
-cache current and a plan only holds the delta, so a directory event costs in proportion to what
-changed, not to the 100,000 routes a host may carry. Drift made by others is found by the
-periodic resync. Changing a device has side effects in the kernel (deleting or re-enslaving it
-drops its routes and addresses), so a plan that changes a device also asserts again what is
-wanted on it (addresses, proxies, per-device sysctls, ports enslaved to it, routes through it),
-and nothing of what a deleted or recreated device carried is left to remove; the apply that
-changes a device forgets what the cache knew of that namespace's links, addresses, proxies and
-sysctls (cheap to read again at the next plan; routes are too many and are kept).
+kernel has comes from a cache (Felix's dataplane cache): the first plan reads each namespace's
+kernel in full, every plan asked to `resync` the host namespace and a bounded rotating share of
+the workload namespaces (plus those whose veth or wanted objects changed); after that our own
+successful writes keep the cache current and a plan only holds the delta, so a directory event
+costs in proportion to what changed, not to the 100,000 routes a host may carry. Drift made by
+others is found by the periodic resync. Changing a device has side effects in the kernel
+(deleting or re-enslaving it drops its routes and addresses), so a plan that changes a device
+also asserts again what is wanted on it (addresses, proxies, per-device sysctls, ports enslaved
+to it, routes through it), and nothing of what a deleted or recreated device carried is left to
+remove; the apply that changes a device forgets what the cache knew of that namespace's links,
+addresses, proxies and sysctls (cheap to read again at the next plan; routes are too many and
+are kept).
 
 Ownership (how a restarted agent recognises what it may change or remove):
 - links: rnv0, rnv-v<T> (vrf), rnv-t<T> (ip6tnl), rnv-e<name> (veth) — created and deleted.
@@ -61,6 +63,9 @@ from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
 
 OpenKernel = Callable[[str | None], Kernel]
 MAX_OPEN_KERNELS = 128  # workload namespaces open at once in one plan or apply (descriptors)
+# Workload namespaces a resync reads in full besides those that changed, the least recently
+# read first: each is verified at least every ceil(namespaces / 32) resyncs (docs/agent.md).
+ROTATE_NAMESPACES = 32
 OUR_PROTOS = {
     markers.RTPROT_ENDPOINT,
     markers.RTPROT_REMOTE,
@@ -69,6 +74,7 @@ OUR_PROTOS = {
 }
 _GATEWAY_V6 = ipaddress.IPv6Address(markers.GATEWAY_V6)
 _NOTHING: Mapping = {}
+_UNRECORDED = (0, None)  # a host veth this driver's plan changes: recorded at the next resync
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,13 @@ class _Known:
     routes: dict[RouteKey, Route] | None = None  # ours only, with netns
     sysctls: dict[str, str | None] = field(default_factory=dict)
     rules: set[PolicyRule] | None = None  # ours only (see _is_owned_rule), without netns
+    # workload namespaces, for the resync's rotation: when it was last read in full (the
+    # driver's resync count), what was wanted in it and its host veth's (ifindex, peer
+    # ifindex) at the last plan (_UNRECORDED: that plan changed the veth, its new indexes are
+    # not known); a resync reads it again when either differs
+    read_at: int = 0
+    wanted: frozenset | None = None
+    host_veth: tuple[int, int | None] | None = None
 
 
 class _Session:
@@ -697,6 +710,7 @@ class RoutingDriver:
         self._open = open_kernel
         self._host_netns = host_netns
         self._known: dict[str | None, _Known] = {}
+        self._resyncs = 0  # resyncs planned: the clock of the rotation
 
     def plan(self, desired: DesiredRouting, resync: bool = False) -> RoutingPlan:
         """What apply() would change, in dependency order; changes nothing. `resync`: read the
@@ -704,17 +718,63 @@ class RoutingDriver:
         device plans to assert again what is wanted on it, as the kernel may drop it."""
         problems: list[Problem] = []
         wanted_namespaces = desired.namespaces()
-        if resync:
-            self._known.clear()
         for ns in set(self._known) - wanted_namespaces:
             del self._known[ns]  # forgotten: read afresh if it is ever wanted again
+        workloads = _workloads(desired)
         session = _Session(self._open, self._host_netns, problems, self._known)
         try:
+            if resync:
+                self._forget_for_resync(session, workloads)
             namespaces = session.available(wanted_namespaces)
             changes = self._plan_in(session, desired, namespaces, problems)
+            self._remember(session, workloads)
         finally:
             session.close()
         return RoutingPlan(tuple(changes), tuple(problems))
+
+    def _forget_for_resync(
+        self, session: _Session, workloads: dict[str, tuple[frozenset, str | None]]
+    ) -> None:
+        """A resync reads the host namespace in full, and of the workload namespaces: those
+        whose host veth changed (missing, a new ifindex or peer ifindex: the workload side was
+        recreated, or its namespace deleted), those whose wanted objects changed, and the
+        ROTATE_NAMESPACES least recently read. Entering each of 1,000 namespaces took 16 s."""
+        self._resyncs += 1
+        self._known.pop(None, None)
+        session.available([None])
+        try:
+            host = {s.name: (s.index, s.peer_index) for s in session.links(None)}
+        except KernelError:
+            self._known.clear()  # the plan reports it; nothing is trusted meanwhile
+            return
+        stale, rest = [], []
+        for ns, known in self._known.items():
+            if ns is None:
+                continue  # the host's: read afresh just now
+            wanted, veth = workloads.get(ns, (None, None))
+            recorded = known.host_veth != _UNRECORDED
+            moved = recorded and known.host_veth != host.get(veth or "")
+            changed = moved or known.wanted != wanted
+            (stale if changed else rest).append(ns)
+        rest.sort(key=lambda ns: self._known[ns].read_at)
+        for ns in (*stale, *rest[:ROTATE_NAMESPACES]):
+            del self._known[ns]
+
+    def _remember(
+        self, session: _Session, workloads: dict[str, tuple[frozenset, str | None]]
+    ) -> None:
+        """What a later resync compares against (see _forget_for_resync)."""
+        host_links = session.cached(None, "links") or []
+        host = {s.name: (s.index, s.peer_index) for s in host_links}
+        ours = session.touched_devices.get(None, set())
+        for ns, (wanted, veth) in workloads.items():
+            known = self._known.get(ns)
+            if known is None:
+                continue
+            if known.wanted is None:  # read in full by this plan
+                known.read_at = self._resyncs
+            known.wanted = wanted
+            known.host_veth = _UNRECORDED if veth in ours else host.get(veth or "")
 
     def apply(self, plan: RoutingPlan) -> RoutingResult:
         """Makes the planned changes without reading the kernel again; a failure is reported
@@ -860,6 +920,23 @@ class RoutingDriver:
             for old in sorted(changes.deletes.values(), key=_sort_key, reverse=True)
         ]
         return planned
+
+
+def _workloads(desired: DesiredRouting) -> dict[str, tuple[frozenset, str | None]]:
+    """Per workload namespace: what is wanted in it, and the name of its veth's host end."""
+    objects: dict[str, list[Any]] = {}
+    veths: dict[str, str] = {}
+    for group in (
+        desired.sysctls, desired.links, desired.ports, desired.addresses, desired.routes,
+        desired.neigh_proxies, desired.rules,
+    ):  # fmt: skip
+        for obj in group:
+            if obj.netns is not None:
+                objects.setdefault(obj.netns, []).append(obj)
+    for link in desired.links:
+        if link.netns is None and link.veth_peer is not None:
+            veths[link.veth_peer.netns] = link.name
+    return {ns: (frozenset(objs), veths.get(ns)) for ns, objs in objects.items()}
 
 
 def _desired_of(objects: Iterable[Any]) -> DesiredRouting:

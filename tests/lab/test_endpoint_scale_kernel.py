@@ -3,14 +3,18 @@
 restarted agent after their veths were lost, deleted again by 50 concurrent clients; and every
 add and delete rewrote only that endpoint's rules: the netfilter counters of an endpoint that
 was there all along keep counting. The agent lab of test_agent_kernel.py (3 hosts, static
-directory). Behaviour only: `routed-nv bench endpoints` measures the times."""
+directory). Behaviour only: `routed-nv bench endpoints` measures the times. A resync enters only
+a rotating share of the workload namespaces: a default route deleted inside one of the 50 comes
+back within K resyncs."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +27,7 @@ from test_datapath_scenario import ns, sh
 from routed_nv.agent.control import SOCKET_NAME, ControlError, ask
 from routed_nv.calc.netfilter import DISPATCH, SRC_PREFIX
 from routed_nv.model import markers
+from routed_nv.routing.driver import ROTATE_NAMESPACES
 
 pytestmark = pytest.mark.kernel
 scale_lab = test_agent_kernel.env  # that module's agent lab, built anew for this module
@@ -70,6 +75,22 @@ def unreachable(env: Env, names: list[str]) -> list[str]:
     return sh(env.lab, ns("blue2"), script).split()
 
 
+def resynced(env: Env, repaired: Callable[[], bool], k: int) -> int:
+    """Asks host1's agent for up to `k` resyncs, each waited for in its log, until `repaired()`;
+    how many it took (k + 1: never)."""
+    agent = env.agents["host1"]
+    for n in range(1, k + 1):
+        offset = len(agent.log())
+        ask(agent.run_dir / SOCKET_NAME, {"request": "resync"})
+        deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
+        while not re.search(r"^agent\.apply .*trigger=\S*resync", agent.log()[offset:], re.M):
+            assert time.monotonic() < deadline, "no resync apply logged"
+            time.sleep(0.5)
+        if repaired():
+            return n
+    return k + 1
+
+
 def test_fifty_concurrent_adds_programmed_reachable_restored_and_only_their_rules_rewritten(
     scale_lab: Env,
 ) -> None:
@@ -104,6 +125,16 @@ def test_fifty_concurrent_adds_programmed_reachable_restored_and_only_their_rule
             after_adds = pinged_blue1()
             # blue1's rules were not rewritten by 50 changes: their counters kept counting
             assert all(a > b for a, b in zip(after_adds, first, strict=True)), (first, after_adds)
+
+            # drift inside one workload namespace of many: back within K resyncs
+            drifted = ns(NAMES[COUNT // 2])
+            sh(env.lab, drifted, "ip route del default")
+            k = math.ceil((COUNT + 2) / ROTATE_NAMESPACES)  # and blue1, red1
+
+            def back() -> bool:
+                return "default" in sh(env.lab, drifted, "ip route show")
+
+            assert resynced(env, back, k) <= k
 
             host2.config_path.write_text(
                 host2_original
