@@ -46,6 +46,14 @@ def test_route_prefix_is_the_network_without_its_own_hosts_closure() -> None:
         assert "hosts" not in vars(lean)
 
 
+def test_route_prefix_keeps_its_attributes_inline_without_a_dict_object() -> None:
+    # asking for __dict__ (to pop `hosts`) turns the inline values into a dict (~64 B a prefix)
+    for text in ("10.0.0.2/32", "fd10::2/128"):
+        plain = ipaddress.ip_network(text)
+        lean = route_prefix(plain.network_address, plain.prefixlen)
+        assert not any(isinstance(o, dict) for o in gc.get_referents(lean))
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.sets(st.integers(0, 300)),
