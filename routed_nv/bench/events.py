@@ -193,9 +193,12 @@ def hop(peer: int) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(f"2001:db8:0:{peer + 2:x}::1")
 
 
+MIRROR_TABLE = markers.mirror_table(TENANT_ID)  # one int object, as the watch shares it
+
+
 def mirror(i: int, peer: int) -> MirrorRoute:
     prefix = route_prefix(ipaddress.IPv4Address(0x0A000000 + 16 + i), 32)  # as the watch
-    return MirrorRoute(markers.mirror_table(TENANT_ID), prefix, hop(peer), 0)
+    return MirrorRoute(MIRROR_TABLE, prefix, hop(peer), 0)
 
 
 class Bench:

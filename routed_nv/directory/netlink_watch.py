@@ -14,6 +14,7 @@ from the routing driver) the destination, table, metric and protocol.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -147,6 +148,7 @@ def _route(body: bytes, tables: Container[int]) -> Watched | None:
     table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
     if table not in tables:
         return None
+    table = _shared_table(table)
     dst = ipaddress.ip_address(attrs.get(RTA_DST, bytes(4 if version == 4 else 16)))
     metric = struct.unpack("=I", attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
     prefix = route_prefix(dst, dst_len)
@@ -167,9 +169,11 @@ def route_prefix(address: ipaddress.IPv4Address | ipaddress.IPv6Address, length:
     """The network, less the `hosts` closure the stdlib gives each /32 and /128 of its own
     (~200 B, for 100,000s of prefixes the watch, the learner, the view and the routing cache
     share). Their `hosts()` is then the class's, which is empty for one address; nothing here
-    calls it."""
+    calls it. `del`, not `__dict__.pop`: asking for `__dict__` makes the instance a dict of its
+    own (~64 B more than the attribute values it keeps inline)."""
     prefix = ipaddress.ip_network((address, length))
-    prefix.__dict__.pop("hosts", None)
+    with contextlib.suppress(AttributeError):  # a shorter prefix has no closure of its own
+        del prefix.hosts
     return prefix
 
 
@@ -179,6 +183,12 @@ def _next_hop(attrs: dict[int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6
     if RTA_VIA in attrs:  # struct rtvia: family, then the address (IPv4 via inet6)
         return _shared_address(attrs[RTA_VIA][2:])
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_table(table: int) -> int:
+    """One int object per table number: each route parsed its own (32 B, above 256)."""
+    return table
 
 
 @functools.lru_cache(maxsize=4096)

@@ -220,8 +220,8 @@ class _Session:
         directory view, the kernel's are new objects (~700 B a route, 100,000s of them)."""
         known = self._entry(netns)
         if known.routes is None:
-            found = (
-                _same(dataclasses.replace(r, netns=netns), wanted)
+            found = (  # no copy of a host route, whose netns is None already
+                _same(r if r.netns == netns else dataclasses.replace(r, netns=netns), wanted)
                 for r in self._kernel_for_read(netns).routes(OUR_PROTOS)
             )
             known.routes = {r.key: r for r in found}

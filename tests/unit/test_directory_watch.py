@@ -112,6 +112,8 @@ def test_routes_share_one_object_per_next_hop_and_keep_no_attribute_dict() -> No
     assert isinstance(third, MirrorRoute) and first.prefix != second.prefix
     assert first.next_hop is second.next_hop is third.next_hop
     assert not hasattr(first, "__dict__")
+    # the table number (above 256: not one of Python's cached small ints) is shared too
+    assert first.table is second.table is third.table
 
 
 def test_routes_outside_mirror_and_publish_tables_are_ignored() -> None:

@@ -46,6 +46,14 @@ def test_route_prefix_is_the_network_without_its_own_hosts_closure() -> None:
         assert "hosts" not in vars(lean)
 
 
+def test_route_prefix_keeps_its_attributes_inline_without_a_dict_object() -> None:
+    # asking for __dict__ (to pop `hosts`) turns the inline values into a dict (~64 B a prefix)
+    for text in ("10.0.0.2/32", "fd10::2/128"):
+        plain = ipaddress.ip_network(text)
+        lean = route_prefix(plain.network_address, plain.prefixlen)
+        assert not any(isinstance(o, dict) for o in gc.get_referents(lean))
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.sets(st.integers(0, 300)),
@@ -132,3 +140,22 @@ def test_the_learner_keeps_one_remote_route_per_path_and_no_candidate_wrapper() 
     gc.collect()
     assert sum(isinstance(o, _Candidate) for o in gc.get_objects()) == 0
     assert len(learner.view.remote_routes) == 200 and len(learner.rejected) == 1
+
+
+def test_a_host_route_read_back_that_is_not_wanted_is_cached_as_read_not_copied() -> None:
+    # a resync reads 100,000s of routes: a copy of each (to set netns=None, which it has) left
+    # the allocator's pools fragmented by the cache built among them (~190 B a route of RSS)
+    world = FakeWorld("w1", "w2")
+    world.ns(None).plain_link("tap3", kind="tun")
+    driver = RoutingDriver(world.ns)
+    cfg = config_with_remotes(20)
+    assert driver.reconcile(desired_routing(cfg, static_view(cfg))).ok
+    host = world.ns(None)
+    host.routes_ = {k: _reparsed(r) for k, r in host.routes_.items()}
+    read = {id(r) for r in host.routes_.values()}
+    fewer = config_with_remotes(0)
+    wanted = desired_routing(fewer, static_view(fewer))
+    driver.plan(wanted, resync=True)
+    keys = {r.key for r in wanted.routes}
+    cached = [r for k, r in driver._known[None].routes.items() if k not in keys]
+    assert len(cached) >= 20 and all(id(r) in read for r in cached)
