@@ -298,10 +298,14 @@ class Datapath:
         return self._ike(config, view, True, _credentials(config))
 
     def _calc(self, calc: Callable[..., Any], *inputs: object) -> Any:
-        """calc(*inputs), or its last result for these very inputs (by identity: the config
-        and the view are replaced whole when they change). A raised error is not kept."""
+        """calc(*inputs), or its last result for the same inputs: the config by identity (it is
+        replaced whole when it changes), the view by value (every full apply resolves mobility
+        into a new one; comparing sets costs milliseconds). A raised error is not kept."""
         last = self._desired.get(calc)
-        if last is not None and all(a is b for a, b in zip(last[0], inputs, strict=True)):
+        if last is not None and all(
+            a is b or (isinstance(a, DirectoryView) and a == b)
+            for a, b in zip(last[0], inputs, strict=True)
+        ):
             return last[1]
         result = calc(*inputs)
         self._desired[calc] = (inputs, result)
