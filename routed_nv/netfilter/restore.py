@@ -21,7 +21,7 @@ import shlex
 import socket
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from routed_nv.model import markers
@@ -87,9 +87,20 @@ class RestoreTables:
     def __init__(self, netns: str | None = None, wait_s: int = 10) -> None:
         self.netns = netns
         self._wait_s = wait_s
+        # per table, the last -save text without counters and what it parsed to: a resync
+        # reads tables that rarely changed, and parsing 1,000 endpoints' rules cost more than
+        # running -save; a text that differs in anything but counters is parsed again
+        self._parsed: dict[tuple[Family, str], tuple[str, ActualTable]] = {}
 
     def read(self, family: Family, table: str) -> ActualTable:
-        return parse_save(family, table, self._save(family, table))
+        saved = self._save(family, table)
+        rules = _NOT_RULES.sub("", saved)
+        last = self._parsed.get((family, table))
+        if last is not None and last[0] == rules:
+            return replace(last[1], counters=_counters(saved, last[1].chains))
+        actual = parse_save(family, table, saved)
+        self._parsed[(family, table)] = (rules, actual)
+        return actual
 
     def apply(self, change: TableChange) -> None:
         saved = self._save(change.family, change.table) if change.hooks else ""
@@ -181,24 +192,34 @@ def _hook_rules(saved: str) -> dict[str, list[str]]:
 # --- -save output -> ActualTable -------------------------------------------------------------
 
 
+# what -save prints besides the rules: counters, and comments (the time it ran)
+_NOT_RULES = re.compile(r"\[\d+:\d+\]|^#.*$", re.MULTILINE)
+
+
 def parse_save(family: Family, table: str, saved: str) -> ActualTable:
     chains: dict[str, tuple[Rule | None, ...]] = {}
-    counters: dict[str, tuple[tuple[int, int], ...]] = {}
     hooks: dict[str, tuple[tuple[int, str], ...]] = {}
     for line in saved.splitlines():
         if line.startswith(":" + markers.CHAIN_PREFIX):
             chains[line[1:].split()[0]] = ()
-            counters[line[1:].split()[0]] = ()
     builtin = _builtin_chains(saved)
     position: dict[str, int] = {}
-    for chain, args, count in _rule_lines(saved):
+    for chain, args, _ in _rule_lines(saved):
         index = position[chain] = position.get(chain, -1) + 1
         if chain in chains:
             chains[chain] += (parse_rule(args),)
-            counters[chain] += (count,)
         elif chain in builtin and _is_ours(args):
             hooks[chain] = (*hooks.get(chain, ()), (index, _target(args)))
-    return ActualTable(family, table, chains, counters, hooks)
+    return ActualTable(family, table, chains, _counters(saved, chains), hooks)
+
+
+def _counters(saved: str, chains: Mapping[str, object]) -> dict[str, tuple[tuple[int, int], ...]]:
+    """(packets, bytes) of each rule of `chains` (ours), in order."""
+    counters: dict[str, list[tuple[int, int]]] = {chain: [] for chain in chains}
+    for chain, _, count in _rule_lines(saved):
+        if chain in counters:
+            counters[chain].append(count)
+    return {chain: tuple(counts) for chain, counts in counters.items()}
 
 
 def _builtin_chains(saved: str) -> set[str]:

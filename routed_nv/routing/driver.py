@@ -64,8 +64,11 @@ from routed_nv.routing.kernel import Kernel, KernelError, LinkState, RouteOp
 OpenKernel = Callable[[str | None], Kernel]
 MAX_OPEN_KERNELS = 128  # workload namespaces open at once in one plan or apply (descriptors)
 # Workload namespaces a resync reads in full besides those that changed, the least recently
-# read first: each is verified at least every ceil(namespaces / 32) resyncs (docs/agent.md).
-ROTATE_NAMESPACES = 32
+# read first: each is verified at least every ceil(namespaces / 8) resyncs (docs/agent.md).
+# Sized by time: entering one took ~16 ms in UML, so 32 were ~0.5 s of a no-op resync at
+# 1,000 endpoints, its whole goal; 8 are ~0.13 s. Isolation (the host namespace's VRFs,
+# routes and rules) is read in full at every resync regardless.
+ROTATE_NAMESPACES = 8
 OUR_PROTOS = {
     markers.RTPROT_ENDPOINT,
     markers.RTPROT_REMOTE,

@@ -105,3 +105,12 @@ def test_the_agent_logs_each_stages_changes_before_the_apply_line() -> None:
     change = [i for i, line in enumerate(log) if line.startswith("agent.change stage=routing")]
     applied = [i for i, line in enumerate(log) if line.startswith("agent.apply ")]
     assert len(change) == 1 and change[0] < applied[0]
+
+
+def test_the_apply_line_says_how_long_each_stage_that_ran_took() -> None:
+    h = Harness()
+    h.datapath.done = of_routing([Change("+", ROUTE)])
+    h.publish(view(route("10.0.0.2/32")))
+    h.settle()
+    (applied,) = [line for line in h.log.getvalue().splitlines() if line.startswith("agent.apply ")]
+    assert " routing_s=" in applied and " routing_changes=1" in applied, applied

@@ -429,3 +429,35 @@ def test_a_permanent_error_is_reported_once_and_not_retried(fakes: Fakes) -> Non
     h.clock.now += 1
     h.settle()
     assert len(h.lines("agent.apply.error")) == 2
+
+
+def test_a_resync_of_the_same_config_and_view_reads_the_kernel_but_does_not_recalculate(
+    static: Config, fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # at 1,000 endpoints the two calculations took most of a no-op resync
+    import routed_nv.agent.datapath as module
+
+    calls: list[str] = []
+    for name in ("desired_rules", "desired_routing"):
+        calc = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _c=calc, _n=name: calls.append(_n) or _c(*a))
+    tables, _, datapath = counting(static, fakes, tmp_path)
+    routes = view(route("10.0.0.2/32"))
+    first = datapath.apply(static, routes)
+    assert first.ok, [str(e) for s in first.stages for e in s.errors]
+    assert sorted(calls) == ["desired_routing", "desired_rules"]
+    calls.clear()
+    tables.reads.clear()
+    for _ in range(3):
+        assert datapath.apply(static, routes, resync=True).ok
+    assert calls == [] and tables.reads == {"ipv4 raw": 3, "ipv6 raw": 3}
+    assert fakes.calls.count("routing.plan") == 4  # the routing stage still runs, reading
+    # every full apply resolves mobility into a new view: an equal one is the same input
+    assert datapath.apply(static, view(route("10.0.0.2/32")), resync=True).ok
+    assert calls == []
+    # a new view is a new input of routing only; a new config of both
+    assert datapath.apply(static, view(route("10.0.0.3/32")), resync=True).ok
+    assert calls == ["desired_routing"]
+    calls.clear()
+    assert datapath.apply(static.model_copy(), routes, resync=True).ok
+    assert sorted(calls) == ["desired_routing", "desired_rules"]
