@@ -8,6 +8,7 @@ import io
 import ipaddress
 import shutil
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -326,6 +327,10 @@ def test_a_restarted_agent_has_the_endpoints_the_api_added(tmp_path: Path) -> No
         stop()
     second, stop = start(tmp_path)
     try:
+        # programmed means applied by this agent: wait for its first apply, not a fixed time
+        deadline = time.monotonic() + 30
+        while second.agent.snapshot().state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert second.ask({"request": "endpoint.get", "id": "web2"})["programmed"] is True
         assert "web2" in second.datapath.applied[0][0].endpoints
     finally:
