@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,9 +90,12 @@ TOO_DEEP = f"tables and arrays nest deeper than {MAX_DEPTH} levels"
 # configuration at every endpoint API change, and parsing a run-time drop-in of 1,000 endpoints
 # took longer than everything else (docs/agent.md, "Local endpoints at scale"). A file replaced
 # by rename is a new inode, an edit in place changes the mtime; callers must not mutate the data.
+# Like git's racily clean index entries: a file read within RACY_NS of its mtime may be edited
+# again in place within the same timestamp tick (the kernel's clock is coarse), so it is not kept.
 _PARSED: dict[tuple[int, int], tuple[int, int, dict[str, Any]]] = {}
 _PARSED_MAX = 64
 _PARSED_LOCK = threading.Lock()
+RACY_NS = 2_000_000_000
 
 
 def read_toml(path: Path, shown_as: str) -> dict[str, Any]:
@@ -105,7 +109,8 @@ def read_toml(path: Path, shown_as: str) -> dict[str, Any]:
     except RecursionError:
         raise SourceError(shown_as, TOO_DEEP) from None
     check_depth(data, shown_as)
-    _remember(st, data)
+    if time.time_ns() - st.st_mtime_ns > RACY_NS:
+        _remember(st, data)
     return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from routed_nv.config import ConfigError, load_config
 from routed_nv.config.model import Config
+from routed_nv.config.sources import read_toml
 from routed_nv.model.directory import tenant_outer_address
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs"
@@ -331,3 +333,17 @@ def test_an_endpoint_without_or_with_both_host_sides_is_told_which(tmp_path: Pat
         "routed-nv.toml: endpoints.web: 'web' has both an interface and a netns: set one "
         "(interface: an existing tap or veth; netns: routed_nv makes the veth pair)"
     ]
+
+
+def test_an_edit_in_place_within_one_timestamp_tick_is_read(tmp_path: Path) -> None:
+    """The kernel's file timestamps are coarse: two writes in place of the same size within one
+    tick leave inode, size and mtime alike, so a file read just after it was written is not
+    kept as parsed (git's racily clean entries)."""
+    path = tmp_path / "drop-in.toml"
+    path.write_text('a = "1"\n')
+    tick = path.stat().st_mtime_ns
+    assert read_toml(path, "drop-in.toml") == {"a": "1"}
+    with path.open("r+") as fh:  # the same inode, the same size
+        fh.write('a = "2"\n')
+    os.utime(path, ns=(tick, tick))  # the same tick
+    assert read_toml(path, "drop-in.toml") == {"a": "2"}
